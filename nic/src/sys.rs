@@ -1,0 +1,468 @@
+//! Thin, checked wrappers over the few syscalls nic/ makes directly.
+//!
+//! Every raw call goes through [`syscall!`], which turns the C convention
+//! (-1 and `errno`) into `io::Result`. Everything that is not a ring access
+//! or a libbpf call lives here, so the `unsafe` surface is easy to audit.
+
+use std::{
+    ffi::CString,
+    io,
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+    time::Duration,
+};
+
+/// Calls a libc function and maps a -1 return to `io::Error::last_os_error()`.
+macro_rules! syscall {
+    ($fn:ident ( $($arg:expr),* $(,)? )) => {{
+        // SAFETY: the caller of the macro upholds the function's contract;
+        // every use site below states why its arguments are valid.
+        let res = unsafe { libc::$fn($($arg),*) };
+        if res == -1 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(res)
+        }
+    }};
+}
+pub(crate) use syscall;
+
+/// Linux capability numbers (include/uapi/linux/capability.h).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capability {
+    /// CAP_NET_ADMIN: attach XDP programs, configure interfaces.
+    NetAdmin = 12,
+    /// CAP_NET_RAW: open AF_XDP and AF_PACKET sockets.
+    NetRaw = 13,
+    /// CAP_IPC_LOCK: pin UMEM pages beyond RLIMIT_MEMLOCK.
+    IpcLock = 14,
+    /// CAP_SYS_ADMIN: the pre-5.8 umbrella for BPF.
+    SysAdmin = 21,
+    /// CAP_SYS_RESOURCE: raise RLIMIT_MEMLOCK.
+    SysResource = 24,
+    /// CAP_BPF: load BPF programs and create maps.
+    Bpf = 39,
+}
+
+impl Capability {
+    /// The name used by setcap(8) and capabilities(7).
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::NetAdmin => "CAP_NET_ADMIN",
+            Capability::NetRaw => "CAP_NET_RAW",
+            Capability::IpcLock => "CAP_IPC_LOCK",
+            Capability::SysAdmin => "CAP_SYS_ADMIN",
+            Capability::SysResource => "CAP_SYS_RESOURCE",
+            Capability::Bpf => "CAP_BPF",
+        }
+    }
+}
+
+/// The effective capability set of this thread, from /proc/thread-self/status.
+pub fn effective_capabilities() -> io::Result<u64> {
+    let status = std::fs::read_to_string("/proc/thread-self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .ok_or_else(|| io::Error::other("no CapEff line in /proc/thread-self/status"))
+}
+
+/// Whether this thread holds `cap` in its effective set.
+pub fn has_capability(cap: Capability) -> bool {
+    effective_capabilities().is_ok_and(|set| set & (1u64 << cap as u32) != 0)
+}
+
+/// Of `needed`, the capabilities this thread lacks. CAP_BPF also counts as
+/// held when CAP_SYS_ADMIN is (kernels before 5.8, and the kernel's own
+/// fallback check).
+pub fn missing_capabilities(needed: &[Capability]) -> Vec<Capability> {
+    let set = effective_capabilities().unwrap_or(0);
+    let held = |c: Capability| set & (1u64 << c as u32) != 0;
+    needed
+        .iter()
+        .copied()
+        .filter(|&c| !(held(c) || (c == Capability::Bpf && held(Capability::SysAdmin))))
+        .collect()
+}
+
+/// The current RLIMIT_MEMLOCK soft limit in bytes (`None` = unlimited).
+pub fn memlock_limit() -> io::Result<Option<u64>> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    syscall!(getrlimit(libc::RLIMIT_MEMLOCK, &mut lim))?;
+    Ok((lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur))
+}
+
+/// Raises RLIMIT_MEMLOCK to at least `bytes` if the hard limit (or
+/// CAP_SYS_RESOURCE) allows. Returns the limit now in force.
+pub fn raise_memlock(bytes: u64) -> io::Result<Option<u64>> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    syscall!(getrlimit(libc::RLIMIT_MEMLOCK, &mut lim))?;
+    if lim.rlim_cur == libc::RLIM_INFINITY || lim.rlim_cur >= bytes {
+        return memlock_limit();
+    }
+    let want = libc::rlimit {
+        rlim_cur: bytes.max(lim.rlim_cur),
+        rlim_max: lim.rlim_max.max(bytes),
+    };
+    // SAFETY: `want` is a valid rlimit; failure leaves the limit unchanged.
+    let raised = syscall!(setrlimit(libc::RLIMIT_MEMLOCK, &want));
+    if raised.is_err() && lim.rlim_max > lim.rlim_cur {
+        let soft = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above; raising the soft limit to the hard limit needs no privilege.
+        let _ = syscall!(setrlimit(libc::RLIMIT_MEMLOCK, &soft));
+    }
+    memlock_limit()
+}
+
+/// Readiness reported by [`poll_fds`] for one descriptor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ready {
+    /// Readable (POLLIN).
+    pub readable: bool,
+    /// Writable (POLLOUT).
+    pub writable: bool,
+    /// Error or hang-up (POLLERR, POLLHUP, POLLNVAL).
+    pub error: bool,
+}
+
+/// What to wait for on one descriptor in [`poll_fds`].
+#[derive(Debug, Clone, Copy)]
+pub struct Interest<'fd> {
+    /// The descriptor.
+    pub fd: BorrowedFd<'fd>,
+    /// Wait for readability.
+    pub read: bool,
+    /// Wait for writability.
+    pub write: bool,
+}
+
+/// poll(2) over `fds`; `None` waits indefinitely. EINTR counts as a timeout.
+/// Returns one [`Ready`] per interest, in order.
+pub fn poll_fds(fds: &[Interest<'_>], timeout: Option<Duration>) -> io::Result<Vec<Ready>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|i| libc::pollfd {
+            fd: i.fd.as_raw_fd(),
+            events: (if i.read { libc::POLLIN } else { 0 })
+                | (if i.write { libc::POLLOUT } else { 0 }),
+            revents: 0,
+        })
+        .collect();
+    let ms = match timeout {
+        None => -1,
+        // Round up so a 100 µs wait does not become a busy 0 ms poll.
+        Some(d) => i32::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(i32::MAX),
+    };
+    // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs, and
+    // every fd in it is borrowed for the duration of the call.
+    match syscall!(poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms)) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+        Err(e) => return Err(e),
+    }
+    Ok(pfds
+        .iter()
+        .map(|p| Ready {
+            readable: p.revents & libc::POLLIN != 0,
+            writable: p.revents & libc::POLLOUT != 0,
+            error: p.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0,
+        })
+        .collect())
+}
+
+/// A non-blocking eventfd: a pollable doorbell one thread rings for another.
+#[derive(Debug)]
+pub struct EventFd(OwnedFd);
+
+impl EventFd {
+    /// A new, unsignalled eventfd.
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: eventfd takes no pointers.
+        let fd = syscall!(eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC))?;
+        // SAFETY: `fd` was just returned by eventfd and is owned by no one else.
+        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Makes the fd readable until the next [`EventFd::clear`].
+    pub fn signal(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64 to an fd we own. A full
+        // counter (EAGAIN) means it is already signalled, which is the goal.
+        let _ = syscall!(write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8));
+    }
+
+    /// Resets the fd to unreadable.
+    pub fn clear(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a valid u64 from an fd we own; EAGAIN
+        // (not signalled) is fine.
+        let _ = syscall!(read(self.0.as_raw_fd(), (&mut v as *mut u64).cast(), 8));
+    }
+
+    /// The fd to poll for readability.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.0.as_fd()
+    }
+}
+
+/// An AF_INET datagram socket, only for interface ioctls in this thread's
+/// network namespace.
+fn ioctl_socket() -> io::Result<OwnedFd> {
+    // SAFETY: socket takes no pointers.
+    let fd = syscall!(socket(
+        libc::AF_INET,
+        libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+        0
+    ))?;
+    // SAFETY: `fd` was just returned by socket and is owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn ifreq_for(name: &str) -> io::Result<libc::ifreq> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name:?} is not a valid interface name (1 to 15 bytes)"),
+        ));
+    }
+    // SAFETY: ifreq is plain old data; all-zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    Ok(req)
+}
+
+/// The index of interface `name` in this thread's network namespace.
+pub fn if_index(name: &str) -> io::Result<u32> {
+    let c = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `c` is a valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(idx)
+    }
+}
+
+/// The names of all interfaces in this thread's network namespace.
+pub fn if_names() -> Vec<String> {
+    // SAFETY: if_nameindex takes no arguments; the result is freed below.
+    let list = unsafe { libc::if_nameindex() };
+    if list.is_null() {
+        return Vec::new();
+    }
+    let mut names = Vec::new();
+    let mut p = list;
+    // SAFETY: the array is terminated by an entry with if_index 0, and each
+    // if_name is a valid C string until if_freenameindex.
+    unsafe {
+        while (*p).if_index != 0 {
+            names.push(
+                std::ffi::CStr::from_ptr((*p).if_name)
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+            p = p.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    names
+}
+
+/// MTU of interface `name`.
+pub fn if_mtu(name: &str) -> io::Result<u32> {
+    let sock = ioctl_socket()?;
+    let mut req = ifreq_for(name)?;
+    // SAFETY: SIOCGIFMTU reads ifr_name and writes ifr_mtu of a valid ifreq.
+    syscall!(ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req))?;
+    // SAFETY: the kernel filled the ifru_mtu member.
+    Ok(unsafe { req.ifr_ifru.ifru_mtu } as u32)
+}
+
+/// Hardware (MAC) address of interface `name`.
+pub fn if_mac(name: &str) -> io::Result<[u8; 6]> {
+    let sock = ioctl_socket()?;
+    let mut req = ifreq_for(name)?;
+    // SAFETY: SIOCGIFHWADDR reads ifr_name and writes ifr_hwaddr of a valid ifreq.
+    syscall!(ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req))?;
+    // SAFETY: the kernel filled the ifru_hwaddr member.
+    let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
+    let mut mac = [0u8; 6];
+    for (d, s) in mac.iter_mut().zip(sa.sa_data.iter()) {
+        *d = *s as u8;
+    }
+    Ok(mac)
+}
+
+/// `struct ethtool_channels` (include/uapi/linux/ethtool.h).
+#[repr(C)]
+#[derive(Default)]
+struct EthtoolChannels {
+    cmd: u32,
+    max_rx: u32,
+    max_tx: u32,
+    max_other: u32,
+    max_combined: u32,
+    rx_count: u32,
+    tx_count: u32,
+    other_count: u32,
+    combined_count: u32,
+}
+const ETHTOOL_GCHANNELS: u32 = 0x3c;
+const SIOCETHTOOL: libc::c_ulong = 0x8946;
+
+/// Number of receive queues of interface `name` (rx + combined channels,
+/// per ETHTOOL_GCHANNELS), or `None` if the driver does not say.
+pub fn if_rx_queues(name: &str) -> io::Result<Option<u32>> {
+    let sock = ioctl_socket()?;
+    let mut req = ifreq_for(name)?;
+    let mut ch = EthtoolChannels {
+        cmd: ETHTOOL_GCHANNELS,
+        ..Default::default()
+    };
+    req.ifr_ifru.ifru_data = (&mut ch as *mut EthtoolChannels).cast();
+    // SAFETY: SIOCETHTOOL with ETHTOOL_GCHANNELS writes a struct
+    // ethtool_channels through ifru_data, which points at `ch`, alive for the call.
+    match syscall!(ioctl(sock.as_raw_fd(), SIOCETHTOOL, &mut req)) {
+        Ok(_) => Ok(Some(ch.rx_count + ch.combined_count).filter(|&n| n > 0)),
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Identity (device, inode) of this thread's network namespace, so state
+/// keyed by ifindex does not mix interfaces of different namespaces.
+pub fn netns_id() -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata("/proc/thread-self/ns/net")?;
+    Ok((m.dev(), m.ino()))
+}
+
+/// Sets an integer socket option.
+pub fn set_sockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: passes a pointer to a live c_int and its exact size.
+    syscall!(setsockopt(
+        fd,
+        level,
+        name,
+        (&value as *const i32).cast(),
+        std::mem::size_of::<i32>() as libc::socklen_t
+    ))?;
+    Ok(())
+}
+
+/// Reads an integer socket option.
+pub fn get_sockopt_u32(fd: RawFd, level: i32, name: i32) -> io::Result<u32> {
+    let mut v: u32 = 0;
+    let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+    // SAFETY: passes a pointer to a live u32 and its exact size.
+    syscall!(getsockopt(
+        fd,
+        level,
+        name,
+        (&mut v as *mut u32).cast(),
+        &mut len
+    ))?;
+    Ok(v)
+}
+
+/// A kick to the kernel for an AF_XDP socket: sendto(fd, NULL, 0,
+/// MSG_DONTWAIT). ENOBUFS, EAGAIN, EBUSY and ENETDOWN mean "try again", as in
+/// the kernel's xdpsock sample.
+pub fn xsk_kick_tx(fd: RawFd) -> io::Result<()> {
+    // SAFETY: a zero-length send with null buffer and address is the
+    // documented AF_XDP wake-up call.
+    match syscall!(sendto(
+        fd,
+        std::ptr::null(),
+        0,
+        libc::MSG_DONTWAIT,
+        std::ptr::null(),
+        0
+    )) {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOBUFS | libc::EAGAIN | libc::EBUSY | libc::ENETDOWN)
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A kick to the kernel to refill from the fill ring: recvfrom(fd, NULL, 0,
+/// MSG_DONTWAIT).
+pub fn xsk_kick_rx(fd: RawFd) -> io::Result<()> {
+    // SAFETY: a zero-length receive with null buffer and address is the
+    // documented AF_XDP wake-up call for the fill ring.
+    match syscall!(recvfrom(
+        fd,
+        std::ptr::null_mut(),
+        0,
+        libc::MSG_DONTWAIT,
+        std::ptr::null_mut(),
+        std::ptr::null_mut()
+    )) {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EAGAIN | libc::EBUSY | libc::ENETDOWN)
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_found_with_its_mtu() {
+        assert!(if_index("lo").is_ok());
+        assert_eq!(if_mtu("lo").unwrap(), 65536);
+        assert!(if_names().iter().any(|n| n == "lo"));
+    }
+
+    #[test]
+    fn missing_interface_is_an_error_not_a_panic() {
+        assert!(if_index("xsock-nope0").is_err());
+        assert!(if_mtu("xsock-nope0").is_err());
+        assert!(if_mtu("a-name-that-is-too-long").is_err());
+    }
+
+    #[test]
+    fn eventfd_signals_and_clears() {
+        let ev = EventFd::new().unwrap();
+        let i = [Interest {
+            fd: ev.fd(),
+            read: true,
+            write: false,
+        }];
+        assert!(!poll_fds(&i, Some(Duration::ZERO)).unwrap()[0].readable);
+        ev.signal();
+        ev.signal();
+        assert!(poll_fds(&i, Some(Duration::ZERO)).unwrap()[0].readable);
+        ev.clear();
+        assert!(!poll_fds(&i, Some(Duration::ZERO)).unwrap()[0].readable);
+    }
+}

@@ -1,0 +1,333 @@
+//! The two halves of an AF_XDP socket: the receive side (rx + fill rings)
+//! and the transmit side (tx + completion rings). They are separate so a
+//! receive callback can transmit while the received frame is still borrowed.
+//!
+//! Ownership rule (the AF_XDP contract, kernel docs "Usage"): a descriptor
+//! handed to the fill or tx ring belongs to the kernel until it comes back
+//! on the rx or completion ring. Every `FrameDesc` here is in exactly one
+//! place: a ring, `refill`, `free` or `pending`.
+
+use std::{io, os::fd::RawFd};
+
+use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem, socket::XdpStatistics};
+
+use crate::{
+    device::{DeviceStats, FrameSink, RxFrame, TxError},
+    sys,
+};
+
+/// `XDP_PKT_CONTD` (if_xdp.h): "this descriptor is not the last of its packet".
+const XDP_PKT_CONTD: u32 = 1;
+
+pub(super) struct RxSide {
+    umem: Umem,
+    rx_q: RxQueue,
+    fill_q: FillQueue,
+    /// Scratch for descriptors taken off the rx ring.
+    descs: Vec<FrameDesc>,
+    /// Received frames waiting to go back on the fill ring.
+    refill: Vec<FrameDesc>,
+    fd: RawFd,
+    frames: u64,
+    bytes: u64,
+}
+
+impl RxSide {
+    pub(super) fn new(
+        umem: Umem,
+        rx_q: RxQueue,
+        fill_q: FillQueue,
+        ring: usize,
+        fd: RawFd,
+    ) -> Self {
+        Self {
+            umem,
+            rx_q,
+            fill_q,
+            descs: vec![FrameDesc::default(); ring],
+            refill: Vec::with_capacity(ring * 2),
+            fd,
+            frames: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Hands the receive frames to the kernel through the fill ring.
+    pub(super) fn prime(&mut self, frames: &[FrameDesc]) -> io::Result<()> {
+        self.refill.extend_from_slice(frames);
+        self.refill_ring()
+    }
+
+    fn refill_ring(&mut self) -> io::Result<()> {
+        if self.refill.is_empty() {
+            return Ok(());
+        }
+        // The reserve is all-or-nothing, so offer what fits.
+        let n = self.fill_q.nb_free(self.refill.len() as u32) as usize;
+        let n = n.min(self.refill.len());
+        if n > 0 {
+            let start = self.refill.len() - n;
+            // SAFETY: these descriptors came from this UMEM (at creation or
+            // off the rx ring) and are in no ring now.
+            let produced = unsafe { self.fill_q.produce(&self.refill[start..]) };
+            debug_assert_eq!(produced, n);
+            self.refill.truncate(self.refill.len() - produced);
+        }
+        if self.fill_q.needs_wakeup() {
+            sys::xsk_kick_rx(self.fd)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn receive(
+        &mut self,
+        budget: usize,
+        tx: &mut TxSide,
+        on_frame: &mut dyn FnMut(RxFrame<'_>, &mut dyn FrameSink),
+    ) -> io::Result<usize> {
+        let want = budget.min(self.descs.len());
+        if want == 0 {
+            return Ok(0);
+        }
+        // SAFETY: the rx ring hands us descriptors of this socket's UMEM.
+        let mut n = unsafe { self.rx_q.consume(&mut self.descs[..want]) };
+        // A multi-buffer packet is placed on the ring whole; if the budget
+        // cut it, take its remaining buffers now.
+        while n > 0 && self.descs[n - 1].options() & XDP_PKT_CONTD != 0 && n < self.descs.len() {
+            // SAFETY: as above.
+            let got = unsafe { self.rx_q.consume_one(&mut self.descs[n]) };
+            if got == 0 {
+                break;
+            }
+            n += got;
+        }
+        let mut frames = 0;
+        let mut i = 0;
+        while i < n {
+            let mut end = i;
+            while end < n && self.descs[end].options() & XDP_PKT_CONTD != 0 {
+                end += 1;
+            }
+            if end == n {
+                // Truncated packet (cannot happen with a well-behaved
+                // kernel): drop its buffers back to the fill ring.
+                break;
+            }
+            let umem = &self.umem;
+            // SAFETY: the descriptors came off the rx ring, so the kernel
+            // has finished writing them and they are ours until refilled.
+            let head = unsafe { umem.data(&self.descs[i]) }.contents();
+            if end == i {
+                self.bytes += head.len() as u64;
+                on_frame(RxFrame::contiguous(head), tx);
+            } else {
+                let mut rest: [&[u8]; super::MAX_SEGMENTS] = [&[]; super::MAX_SEGMENTS];
+                let count = (end - i).min(super::MAX_SEGMENTS);
+                for (slot, desc) in rest.iter_mut().zip(&self.descs[i + 1..=i + count]) {
+                    // SAFETY: as above.
+                    *slot = unsafe { umem.data(desc) }.contents();
+                }
+                let frame = RxFrame::segmented(head, &rest[..count]);
+                self.bytes += frame.len() as u64;
+                on_frame(frame, tx);
+            }
+            frames += 1;
+            i = end + 1;
+        }
+        self.frames += frames as u64;
+        self.refill.extend_from_slice(&self.descs[..n]);
+        self.refill_ring()?;
+        Ok(frames)
+    }
+
+    pub(super) fn kernel_stats(&self) -> io::Result<XdpStatistics> {
+        self.rx_q.fd().xdp_statistics()
+    }
+
+    pub(super) fn add_stats(&self, s: &mut DeviceStats) {
+        s.rx_frames += self.frames;
+        s.rx_bytes += self.bytes;
+    }
+}
+
+/// Sizes the transmit side works with.
+pub(super) struct TxLimits {
+    /// Frame bytes one UMEM chunk holds.
+    pub chunk_capacity: usize,
+    /// Largest frame the device sends.
+    pub max_frame: usize,
+    /// Descriptors gathered before they are put on the ring.
+    pub batch: usize,
+    /// Size of the tx ring.
+    pub ring_size: usize,
+}
+
+pub(super) struct TxSide {
+    umem: Umem,
+    tx_q: TxQueue,
+    comp_q: CompQueue,
+    free: Vec<FrameDesc>,
+    /// Written, not yet on the tx ring.
+    pending: Vec<FrameDesc>,
+    /// Scratch for descriptors taken off the completion ring.
+    completed: Vec<FrameDesc>,
+    /// On the tx ring or in the kernel, not yet completed.
+    in_flight: usize,
+    /// Staging for a frame longer than one chunk (multi-buffer).
+    scatter: Vec<u8>,
+    limits: TxLimits,
+    fd: RawFd,
+    frames: u64,
+    bytes: u64,
+    ring_full: u64,
+}
+
+impl TxSide {
+    pub(super) fn new(
+        umem: Umem,
+        tx_q: TxQueue,
+        comp_q: CompQueue,
+        free: Vec<FrameDesc>,
+        limits: TxLimits,
+        fd: RawFd,
+    ) -> Self {
+        let n = free.len();
+        Self {
+            umem,
+            tx_q,
+            comp_q,
+            free,
+            pending: Vec::with_capacity(n),
+            completed: vec![FrameDesc::default(); n],
+            in_flight: 0,
+            scatter: Vec::new(),
+            limits,
+            fd,
+            frames: 0,
+            bytes: 0,
+            ring_full: 0,
+        }
+    }
+
+    /// Moves completed descriptors back to the free list.
+    fn reclaim(&mut self) {
+        if self.in_flight == 0 {
+            return;
+        }
+        // SAFETY: the completion ring returns descriptors of this UMEM that
+        // the kernel has finished sending.
+        let n = unsafe { self.comp_q.consume(&mut self.completed[..self.in_flight]) };
+        self.in_flight -= n;
+        // In copy mode a completed descriptor comes back with no length;
+        // `transmit` sets the length on every reuse.
+        self.free.extend_from_slice(&self.completed[..n]);
+    }
+
+    /// Puts pending descriptors on the tx ring, whole packets only.
+    fn submit(&mut self) -> usize {
+        if self.pending.is_empty() {
+            return 0;
+        }
+        let mut n = (self.tx_q.nb_free(self.pending.len() as u32) as usize).min(self.pending.len());
+        while n > 0 && self.pending[n - 1].options() & XDP_PKT_CONTD != 0 {
+            n -= 1;
+        }
+        if n == 0 {
+            return 0;
+        }
+        // SAFETY: the descriptors are of this UMEM, written by `transmit`,
+        // and in no ring.
+        let produced = unsafe { self.tx_q.produce(&self.pending[..n]) };
+        self.pending.drain(..produced);
+        self.in_flight += produced;
+        produced
+    }
+
+    /// Asks the kernel to send what is on the tx ring. In copy mode nothing
+    /// leaves without this call (and each call sends at most a small batch).
+    fn kick(&mut self) -> io::Result<()> {
+        let unsent = (self.tx_q.nb_free_exact() as usize) < self.limits.ring_size;
+        if unsent && self.tx_q.needs_wakeup() {
+            sys::xsk_kick_tx(self.fd)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn add_stats(&self, s: &mut DeviceStats) {
+        s.tx_frames += self.frames;
+        s.tx_bytes += self.bytes;
+        s.tx_ring_full += self.ring_full;
+    }
+
+    fn write_one(&mut self, len: usize, options: u32, fill: impl FnOnce(&mut [u8])) {
+        let mut desc = self.free.pop().expect("caller checked the free list");
+        {
+            // SAFETY: `desc` is of this UMEM and in no ring, so nothing else
+            // reads or writes its chunk.
+            let mut data = unsafe { self.umem.data_mut(&mut desc) };
+            data.cursor().set_pos(len);
+            fill(data.contents_mut());
+        }
+        desc.set_options(options);
+        self.pending.push(desc);
+    }
+}
+
+impl FrameSink for TxSide {
+    fn transmit(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<(), TxError> {
+        if len > self.limits.max_frame {
+            return Err(TxError::TooLong {
+                len,
+                max: self.limits.max_frame,
+            });
+        }
+        let chunk = self.limits.chunk_capacity;
+        let segments = len.div_ceil(chunk).max(1);
+        if self.free.len() < segments {
+            self.reclaim();
+            if self.free.len() < segments {
+                self.submit();
+                let _ = self.kick();
+                self.reclaim();
+            }
+            if self.free.len() < segments {
+                self.ring_full += 1;
+                return Err(TxError::RingFull);
+            }
+        }
+        if segments == 1 {
+            self.write_one(len, 0, fill);
+        } else {
+            let mut staged = std::mem::take(&mut self.scatter);
+            staged.resize(len, 0);
+            fill(&mut staged);
+            for (k, piece) in staged.chunks(chunk).enumerate() {
+                let options = if k + 1 < segments { XDP_PKT_CONTD } else { 0 };
+                self.write_one(piece.len(), options, |buf| buf.copy_from_slice(piece));
+            }
+            self.scatter = staged;
+        }
+        self.frames += 1;
+        self.bytes += len as u64;
+        if self.pending.len() >= self.limits.batch {
+            self.submit();
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.submit();
+        self.kick()?;
+        self.reclaim();
+        Ok(())
+    }
+
+    fn tx_space(&self) -> usize {
+        self.free.len()
+            / self
+                .limits
+                .max_frame
+                .div_ceil(self.limits.chunk_capacity)
+                .max(1)
+    }
+}

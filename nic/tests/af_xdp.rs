@@ -1,0 +1,251 @@
+//! AF_XDP backend in network namespaces (needs root; skips loudly otherwise).
+
+use std::time::{Duration, Instant};
+
+use xsock_nic::{
+    Backend, BackendChoice, ETHERTYPE_LOCAL_EXP1, ETHERTYPE_LOCAL_EXP2, FrameDevice, MacAddr,
+    NicError,
+    xdp::{AfXdpConfig, AfXdpDevice},
+};
+use xsock_testbed::{Host, LinkOpts, Testbed, require_root};
+
+fn pair(opts: LinkOpts) -> (Testbed, Host, Host) {
+    let bed = Testbed::new().unwrap();
+    let a = bed.host("a").unwrap();
+    let b = bed.host("b").unwrap();
+    bed.link(&a, "eth0", &b, "eth0", opts).unwrap();
+    a.addr("eth0", "10.77.0.1/24").unwrap();
+    b.addr("eth0", "10.77.0.2/24").unwrap();
+    (bed, a, b)
+}
+
+fn config(queue: u32) -> AfXdpConfig {
+    AfXdpConfig {
+        queue,
+        frame_count: 1024,
+        ring_size: 512,
+        ethertypes: vec![ETHERTYPE_LOCAL_EXP1, ETHERTYPE_LOCAL_EXP2],
+        ..AfXdpConfig::new("eth0")
+    }
+}
+
+fn open_in(host: &Host, cfg: AfXdpConfig) -> Result<AfXdpDevice, NicError> {
+    host.run(move || AfXdpDevice::open(&cfg)).unwrap()
+}
+
+fn send(dev: &mut dyn FrameDevice, dst: MacAddr, len: usize, seq: u32) {
+    let src = dev.info().mac;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let r = dev.sink().transmit(len, &mut |b| {
+            b[0..6].copy_from_slice(&dst.0);
+            b[6..12].copy_from_slice(&src.0);
+            b[12..14].copy_from_slice(&ETHERTYPE_LOCAL_EXP2.to_be_bytes());
+            b[14..18].copy_from_slice(&seq.to_be_bytes());
+            for (i, x) in b[18..].iter_mut().enumerate() {
+                *x = (i as u32).wrapping_add(seq) as u8;
+            }
+        });
+        match r {
+            Ok(()) => return,
+            Err(_) if Instant::now() < deadline => dev.sink().flush().unwrap(),
+            Err(e) => panic!("transmit: {e}"),
+        }
+    }
+}
+
+/// Receives until `n` frames arrived or 3 s passed; checks each frame's
+/// payload pattern and returns the sequence numbers.
+fn recv(dev: &mut dyn FrameDevice, n: usize, len: usize) -> Vec<u32> {
+    let mut seqs = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while seqs.len() < n && Instant::now() < deadline {
+        dev.sink().flush().unwrap();
+        dev.receive(64, &mut |f, _| {
+            let bytes = f.to_vec();
+            assert_eq!(bytes.len(), len, "frame length");
+            let seq = u32::from_be_bytes(bytes[14..18].try_into().unwrap());
+            for (i, x) in bytes[18..].iter().enumerate() {
+                assert_eq!(
+                    *x,
+                    (i as u32).wrapping_add(seq) as u8,
+                    "payload byte {i} of frame {seq}"
+                );
+            }
+            seqs.push(seq);
+        })
+        .unwrap();
+        if seqs.len() < n {
+            dev.wait(Some(Duration::from_millis(10))).unwrap();
+        }
+    }
+    seqs
+}
+
+#[test]
+fn frames_cross_and_kernel_traffic_still_flows() {
+    require_root!();
+    let (_bed, a, b) = pair(LinkOpts::default());
+    let mut da = open_in(&a, config(0)).unwrap();
+    let mut db = open_in(&b, config(0)).unwrap();
+    assert!(
+        matches!(
+            da.info().backend,
+            Backend::AfXdp {
+                zero_copy: false,
+                native: true,
+                ..
+            }
+        ),
+        "{:?}",
+        da.info().backend
+    );
+    let dst = db.info().mac;
+    for seq in 0..200 {
+        send(&mut da, dst, 64 + (seq as usize % 1400), seq);
+    }
+    da.sink().flush().unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while got.len() < 200 && Instant::now() < deadline {
+        da.sink().flush().unwrap();
+        db.receive(64, &mut |f, _| {
+            got.push(u32::from_be_bytes(f.head()[14..18].try_into().unwrap()))
+        })
+        .unwrap();
+    }
+    assert_eq!(got, (0..200).collect::<Vec<_>>());
+    // ARP and ICMP are not ours: the filter passes them to the kernel.
+    a.exec("ping", &["-c2", "-i0.2", "-W2", "10.77.0.2"])
+        .unwrap();
+    let counters = db.filter().counters();
+    assert!(
+        counters.matched >= 200 && counters.passed >= 2,
+        "{counters:?}"
+    );
+    assert_eq!(db.stats().rx_frames, 200);
+}
+
+#[test]
+fn echo_answers_inside_the_receive_callback() {
+    require_root!();
+    let (_bed, a, b) = pair(LinkOpts::default());
+    let mut da = open_in(&a, config(0)).unwrap();
+    let mut db = open_in(&b, config(0)).unwrap();
+    let dst = db.info().mac;
+    let echo = std::thread::spawn(move || {
+        let mut echoed = 0;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while echoed < 100 && Instant::now() < deadline {
+            db.receive(64, &mut |f, sink| {
+                let frame = f.to_vec();
+                sink.transmit(frame.len(), &mut |out| {
+                    out.copy_from_slice(&frame);
+                    out[0..6].copy_from_slice(&frame[6..12]);
+                    out[6..12].copy_from_slice(&frame[0..6]);
+                })
+                .unwrap();
+                echoed += 1;
+            })
+            .unwrap();
+            db.sink().flush().unwrap();
+        }
+        echoed
+    });
+    let mut back = Vec::new();
+    for seq in 0..100 {
+        send(&mut da, dst, 128, seq);
+        da.sink().flush().unwrap();
+        back.extend(recv(&mut da, 1, 128));
+    }
+    assert_eq!(echo.join().unwrap(), 100);
+    assert_eq!(back, (0..100).collect::<Vec<_>>());
+}
+
+#[test]
+fn two_queues_in_one_process_share_the_filter() {
+    require_root!();
+    let (_bed, a, b) = pair(LinkOpts {
+        mtu: 1500,
+        queues: 2,
+    });
+    let mut a0 = open_in(&a, config(0)).unwrap();
+    let mut a1 = open_in(&a, config(1)).unwrap();
+    let mut b0 = open_in(&b, config(0)).unwrap();
+    let mut b1 = open_in(&b, config(1)).unwrap();
+    assert!(
+        std::sync::Arc::ptr_eq(b0.filter(), b1.filter()),
+        "one program per interface"
+    );
+    // A frame sent on queue q arrives on the peer's queue q (veth keeps the
+    // queue mapping).
+    let dst = b0.info().mac;
+    for seq in 0..20 {
+        send(&mut a0, dst, 100, seq);
+        send(&mut a1, dst, 100, 1000 + seq);
+    }
+    a0.sink().flush().unwrap();
+    a1.sink().flush().unwrap();
+    let q0 = recv(&mut b0, 20, 100);
+    let q1 = recv(&mut b1, 20, 100);
+    assert_eq!(q0, (0..20).collect::<Vec<_>>());
+    assert_eq!(q1, (1000..1020).collect::<Vec<_>>());
+}
+
+#[test]
+fn jumbo_frames_cross_as_multi_buffer() {
+    require_root!();
+    let (_bed, a, b) = pair(LinkOpts {
+        mtu: 9000,
+        queues: 1,
+    });
+    let cfg = AfXdpConfig {
+        multi_buffer: true,
+        ..config(0)
+    };
+    let mut da = open_in(&a, cfg.clone()).unwrap();
+    let mut db = open_in(&b, cfg).unwrap();
+    assert_eq!(da.info().max_frame, 9014);
+    let dst = db.info().mac;
+    for (seq, len) in [(0u32, 9014usize), (1, 3841), (2, 64), (3, 7000)] {
+        send(&mut da, dst, len, seq);
+        da.sink().flush().unwrap();
+        assert_eq!(recv(&mut db, 1, len), vec![seq]);
+    }
+}
+
+#[test]
+fn auto_backend_picks_af_xdp_here() {
+    require_root!();
+    let (_bed, a, _b) = pair(LinkOpts::default());
+    let dev = a
+        .run(|| xsock_nic::open(&config(0), BackendChoice::Auto))
+        .unwrap()
+        .unwrap();
+    assert!(matches!(dev.info().backend, Backend::AfXdp { .. }));
+}
+
+#[test]
+fn af_packet_backend_carries_our_frames_only() {
+    require_root!();
+    let (_bed, a, b) = pair(LinkOpts::default());
+    let mut da = a
+        .run(|| xsock_nic::open(&config(0), BackendChoice::AfPacket))
+        .unwrap()
+        .unwrap();
+    let mut db = b
+        .run(|| xsock_nic::open(&config(0), BackendChoice::AfPacket))
+        .unwrap()
+        .unwrap();
+    assert_eq!(db.info().backend, Backend::AfPacket);
+    // Kernel chatter (ICMP, ARP) must not reach us through the socket filter.
+    a.exec("ping", &["-c2", "-i0.2", "-W2", "10.77.0.2"])
+        .unwrap();
+    let dst = db.info().mac;
+    for seq in 0..50 {
+        send(&mut *da, dst, 200, seq);
+    }
+    assert_eq!(recv(&mut *db, 50, 200), (0..50).collect::<Vec<_>>());
+    // And our own transmissions never loop back to us.
+    assert!(recv(&mut *da, 1, 200).is_empty());
+}
