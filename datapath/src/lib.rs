@@ -1,2 +1,2 @@
-//! placeholder
+//! The xsock runtime (being built).
 #![forbid(unsafe_code)]

@@ -265,20 +265,21 @@ pub fn if_names() -> Vec<String> {
         return Vec::new();
     }
     let mut names = Vec::new();
-    let mut p = list;
-    // SAFETY: the array is terminated by an entry with if_index 0, and each
-    // if_name is a valid C string until if_freenameindex.
-    unsafe {
-        while (*p).if_index != 0 {
-            names.push(
-                std::ffi::CStr::from_ptr((*p).if_name)
-                    .to_string_lossy()
-                    .into_owned(),
-            );
-            p = p.add(1);
+    for i in 0.. {
+        // SAFETY: the array is terminated by an entry with if_index 0, and we
+        // stop at it, so entry `i` is in bounds.
+        let ptr = unsafe { list.add(i) };
+        // SAFETY: `ptr` points at an initialised entry (see above).
+        let entry = unsafe { &*ptr };
+        if entry.if_index == 0 {
+            break;
         }
-        libc::if_freenameindex(list);
+        // SAFETY: each if_name is a valid C string until if_freenameindex.
+        let name = unsafe { std::ffi::CStr::from_ptr(entry.if_name) };
+        names.push(name.to_string_lossy().into_owned());
     }
+    // SAFETY: `list` came from if_nameindex and is freed exactly once.
+    unsafe { libc::if_freenameindex(list) };
     names
 }
 

@@ -1,1 +1,2 @@
+//! The xsock perf suite (being built).
 fn main() {}

@@ -301,6 +301,17 @@ impl Testbed {
         Ok(pid)
     }
 
+    /// Takes over clean-up of a child started elsewhere (e.g. from
+    /// [`Host::command`] with extra environment); returns its pid.
+    pub fn adopt(&self, child: Child) -> u32 {
+        let pid = child.id();
+        self.children
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(child);
+        pid
+    }
+
     /// Kills the child `pid` (SIGTERM, then SIGKILL after a grace period)
     /// and returns its output.
     pub fn finish(&self, pid: u32) -> io::Result<Output> {
@@ -323,9 +334,9 @@ impl Testbed {
             .position(|c| c.id() == pid)
             .ok_or_else(|| io::Error::other(format!("no child {pid}")))?;
         let mut child = kids.swap_remove(i);
-        child.kill()?;
+        let killed = child.kill();
         child.wait()?;
-        Ok(())
+        killed
     }
 
     /// Whether child `pid` has exited (reaping it if so), with its status.
@@ -400,6 +411,13 @@ impl Host {
     /// Adds a route: `ip route add DST via GW`.
     pub fn route(&self, dst: &str, via: &str) -> io::Result<()> {
         self.ip(&["route", "add", dst, "via", via]).map(|_| ())
+    }
+
+    /// Whether an XDP program is attached to `ifname` (any mode).
+    pub fn has_xdp(&self, ifname: &str) -> io::Result<bool> {
+        Ok(self
+            .ip(&["-d", "link", "show", "dev", ifname])?
+            .contains("prog/xdp"))
     }
 
     /// The MAC address of `ifname`.

@@ -1,1 +1,2 @@
+//! The xsock command (being built).
 fn main() {}

@@ -360,10 +360,10 @@ fn load_object() -> Result<LoadedObject, NicError> {
     let prog_fd = |name: &CStr| -> Result<RawFd, NicError> {
         // SAFETY: ptr is a loaded object; name is NUL-terminated.
         let prog = unsafe { bpf::bpf_object__find_program_by_name(ptr, name.as_ptr()) };
-        // SAFETY: prog is checked non-null before use.
         let fd = if prog.is_null() {
             -1
         } else {
+            // SAFETY: prog is a non-null program of the loaded object.
             unsafe { bpf::bpf_program__fd(prog) }
         };
         if fd < 0 {

@@ -235,6 +235,13 @@ impl AfXdpDevice {
         // unless the process has CAP_IPC_LOCK.
         let _ = sys::raise_memlock(umem_bytes + (1 << 20));
 
+        // The filter first: a foreign program (or another xsock runtime) on
+        // the interface is reported as such rather than as a busy queue.
+        let filter = XdpFilter::acquire(iface, ifindex, config.multi_buffer)?;
+        for &et in &config.ethertypes {
+            filter.add_ethertype(et)?;
+        }
+
         let (umem, descs, socket, zero_copy) = bind_socket(config, umem_bytes)?;
         let (tx_q, rx_q, fq_cq) = socket;
         let (fill_q, comp_q) = fq_cq.ok_or_else(|| {
@@ -244,11 +251,6 @@ impl AfXdpDevice {
             )
         })?;
         let fd = rx_q.fd().as_raw_fd();
-
-        let filter = XdpFilter::acquire(iface, ifindex, config.multi_buffer)?;
-        for &et in &config.ethertypes {
-            filter.add_ethertype(et)?;
-        }
 
         let rx_count = config.frame_count as usize / 2;
         let (rx_descs, tx_descs) = descs.split_at(rx_count);
