@@ -35,6 +35,7 @@ pub mod mem;
 pub mod packet;
 pub mod pcap;
 pub mod sys;
+pub mod wire;
 pub mod xdp;
 
 pub use device::{

@@ -344,6 +344,51 @@ pub fn if_rx_queues(name: &str) -> io::Result<Option<u32>> {
     }
 }
 
+/// `struct ethtool_drvinfo` (include/uapi/linux/ethtool.h).
+#[repr(C)]
+struct EthtoolDrvinfo {
+    cmd: u32,
+    driver: [u8; 32],
+    version: [u8; 32],
+    fw_version: [u8; 32],
+    bus_info: [u8; 32],
+    erom_version: [u8; 32],
+    reserved2: [u8; 12],
+    n_priv_flags: u32,
+    n_stats: u32,
+    testinfo_len: u32,
+    eedump_len: u32,
+    regdump_len: u32,
+}
+const ETHTOOL_GDRVINFO: u32 = 0x03;
+
+/// The driver behind interface `name` ("veth", "mlx5_core", ...), if it says.
+pub fn if_driver(name: &str) -> io::Result<Option<String>> {
+    let sock = ioctl_socket()?;
+    let mut req = ifreq_for(name)?;
+    // SAFETY: EthtoolDrvinfo is plain old data; all-zeroes is a valid value.
+    let mut info: EthtoolDrvinfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    req.ifr_ifru.ifru_data = (&mut info as *mut EthtoolDrvinfo).cast();
+    // SAFETY: SIOCETHTOOL with ETHTOOL_GDRVINFO writes a struct
+    // ethtool_drvinfo through ifru_data, which points at `info`, alive for the call.
+    match syscall!(ioctl(sock.as_raw_fd(), SIOCETHTOOL, &mut req)) {
+        Ok(_) => {
+            let end = info
+                .driver
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(info.driver.len());
+            Ok(
+                Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+                    .filter(|d| !d.is_empty()),
+            )
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Identity (device, inode) of this thread's network namespace, so state
 /// keyed by ifindex does not mix interfaces of different namespaces.
 pub fn netns_id() -> io::Result<(u64, u64)> {
@@ -433,6 +478,34 @@ pub fn xsk_kick_rx(fd: RawFd) -> io::Result<()> {
     }
 }
 
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn note_interrupt(_signal: libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Makes SIGINT and SIGTERM set a flag ([`interrupted`]) instead of killing
+/// the process, so a program that built namespaces can unwind and remove
+/// them. Blocking calls are restarted (SA_RESTART); children in the same
+/// process group still receive the signal and end, which returns control.
+pub fn catch_interrupts() -> io::Result<()> {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: sigaction is plain old data; all-zeroes is a valid value.
+        let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+        act.sa_sigaction = note_interrupt as *const () as libc::sighandler_t;
+        act.sa_flags = libc::SA_RESTART;
+        // SAFETY: `act` is a valid sigaction whose handler only performs an
+        // atomic store (async-signal-safe); the old action is not needed.
+        syscall!(sigaction(sig, &act, std::ptr::null_mut()))?;
+    }
+    Ok(())
+}
+
+/// Whether SIGINT or SIGTERM arrived since [`catch_interrupts`].
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -442,6 +515,13 @@ mod tests {
         assert!(if_index("lo").is_ok());
         assert_eq!(if_mtu("lo").unwrap(), 65536);
         assert!(if_names().iter().any(|n| n == "lo"));
+    }
+
+    #[test]
+    fn loopback_driver_is_unnamed_or_loopback() {
+        // lo has no ethtool driver info on most kernels; either way, no error.
+        let d = if_driver("lo").unwrap();
+        assert!(d.is_none() || d.as_deref() == Some("loopback"), "{d:?}");
     }
 
     #[test]

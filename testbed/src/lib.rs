@@ -108,9 +108,11 @@ pub struct Testbed {
     tag: String,
     namespaces: Mutex<Vec<String>>,
     children: Mutex<Vec<Child>>,
+    logs: std::path::PathBuf,
 }
 
 static NEXT_BED: AtomicU32 = AtomicU32::new(0);
+static NEXT_LOG: AtomicU32 = AtomicU32::new(0);
 
 fn run(cmd: &mut Command) -> io::Result<Output> {
     let out = cmd.stdin(Stdio::null()).output()?;
@@ -159,10 +161,13 @@ impl Testbed {
             std::process::id(),
             NEXT_BED.fetch_add(1, Ordering::Relaxed)
         );
+        let logs = std::env::temp_dir().join(format!("xsock-testbed-{tag}"));
+        std::fs::create_dir_all(&logs)?;
         Ok(Self {
             tag,
             namespaces: Mutex::new(Vec::new()),
             children: Mutex::new(Vec::new()),
+            logs,
         })
     }
 
@@ -272,11 +277,21 @@ impl Testbed {
         Ok(())
     }
 
-    /// Starts `cmd` inside `host`; the process is killed when the test bed drops.
-    /// Returns its pid.
+    /// Starts `program` inside `host`, its output going to a log file (see
+    /// [`Testbed::log_tail`]); the process is killed when the test bed
+    /// drops. Returns its pid.
     pub fn spawn(&self, host: &Host, program: &str, args: &[&str]) -> io::Result<u32> {
-        let child = host.command(program, args).stdin(Stdio::null()).spawn()?;
+        let n = NEXT_LOG.fetch_add(1, Ordering::Relaxed);
+        let path = self.logs.join(format!("{n}.log"));
+        let out = File::create(&path)?;
+        let child = host
+            .command(program, args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()?;
         let pid = child.id();
+        std::fs::rename(&path, self.logs.join(format!("{pid}.log")))?;
         self.children
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -284,21 +299,12 @@ impl Testbed {
         Ok(pid)
     }
 
-    /// Like [`Testbed::spawn`], with stdout and stderr captured; take them
-    /// back with [`Testbed::finish`].
-    pub fn spawn_captured(&self, host: &Host, program: &str, args: &[&str]) -> io::Result<u32> {
-        let child = host
-            .command(program, args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let pid = child.id();
-        self.children
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(child);
-        Ok(pid)
+    /// The last `lines` lines a child started by [`Testbed::spawn`] printed.
+    pub fn log_tail(&self, pid: u32, lines: usize) -> String {
+        let text =
+            std::fs::read_to_string(self.logs.join(format!("{pid}.log"))).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     /// Takes over clean-up of a child started elsewhere (e.g. from
@@ -380,6 +386,7 @@ impl Drop for Testbed {
         for child in kids {
             let _ = terminate(child);
         }
+        let _ = std::fs::remove_dir_all(&self.logs);
         let namespaces =
             std::mem::take(&mut *self.namespaces.lock().unwrap_or_else(|p| p.into_inner()));
         for ns in namespaces.iter().rev() {
@@ -576,6 +583,55 @@ mod tests {
             .run(|| std::fs::read_to_string("/proc/thread-self/net/dev").unwrap())
             .unwrap();
         assert!(names.contains("eth0"));
+    }
+
+    #[test]
+    fn router_forwards_filters_and_masquerades() {
+        require_root!();
+        let bed = Testbed::new().unwrap();
+        let (left, right, r) = (
+            bed.host("l").unwrap(),
+            bed.host("r").unwrap(),
+            bed.router("gw").unwrap(),
+        );
+        bed.link(&left, "eth0", &r, "l0", LinkOpts::default())
+            .unwrap();
+        bed.link(&right, "eth0", &r, "r0", LinkOpts::default())
+            .unwrap();
+        left.addr("eth0", "10.9.2.2/24").unwrap();
+        r.addr("l0", "10.9.2.1/24").unwrap();
+        right.addr("eth0", "10.9.3.2/24").unwrap();
+        r.addr("r0", "10.9.3.1/24").unwrap();
+        left.route("default", "10.9.2.1").unwrap();
+        right.route("default", "10.9.3.1").unwrap();
+        left.exec("ping", &["-c1", "-W2", "10.9.3.2"]).unwrap();
+        // A firewall that drops what the right side starts toward the left.
+        r.nft(
+            "table inet fw {
+                chain fw_forward {
+                    type filter hook forward priority 0; policy accept;
+                    iifname \"r0\" ct state new drop
+                }
+            }",
+        )
+        .unwrap();
+        assert!(right.exec("ping", &["-c1", "-W1", "10.9.2.2"]).is_err());
+        left.exec("ping", &["-c1", "-W2", "10.9.3.2"]).unwrap();
+        // NAT: the left side appears to the right as the router's address.
+        r.nft(
+            "table ip nat {
+                chain nat_post {
+                    type nat hook postrouting priority 100;
+                    oifname \"r0\" masquerade
+                }
+            }",
+        )
+        .unwrap();
+        // The right host forgets its way back to the left subnet: replies
+        // still arrive, because they are addressed to the router.
+        right.ip(&["route", "del", "default"]).unwrap();
+        left.exec("ping", &["-c1", "-W2", "10.9.3.2"]).unwrap();
+        assert!(bed.namespaces().iter().any(|n| n.ends_with("gw")));
     }
 
     #[test]

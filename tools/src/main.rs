@@ -1,2 +1,54 @@
-//! The xsock command (being built).
-fn main() {}
+//! `xsock`: the command-line tools of the xsock runtime. Flags and JSON
+//! fields that scripts depend on are fixed in CLI.md.
+
+mod args;
+mod demo;
+mod fail;
+mod latency;
+mod ping;
+mod rawbw;
+mod rawping;
+
+use clap::{Parser, Subcommand};
+
+/// xsock: userspace networking over AF_XDP.
+#[derive(Debug, Parser)]
+#[command(name = "xsock", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Raw frame ping-pong between two hosts over the datapath (AF_XDP).
+    Rawping(rawping::RawPing),
+    /// Raw one-way frame blast: frame rate and bit rate of the datapath.
+    Rawbw(rawbw::RawBw),
+    /// Message ping-pong over a transport (kernel TCP at this stage).
+    Ping(ping::Ping),
+    /// Build a two-host network in namespaces and compare xsock with kernel TCP.
+    Demo(demo::Demo),
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp(None)
+        .target(env_logger::Target::Stderr)
+        .init();
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Rawping(c) => c.run(),
+        Cmd::Rawbw(c) => c.run(),
+        Cmd::Ping(c) => c.run(),
+        Cmd::Demo(c) => c.run(),
+    };
+    if let Err(e) = r {
+        if xsock_nic::sys::interrupted() {
+            eprintln!("xsock: interrupted ({e}); everything it built has been removed");
+        } else {
+            eprintln!("xsock: {e}");
+        }
+        std::process::exit(1);
+    }
+}

@@ -22,7 +22,7 @@ use xsk_rs::{
     config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig},
 };
 
-pub use filter::{FilterCounters, Ipv4Rule, XdpFilter};
+pub use filter::{FilterCounters, Ipv4Rule, XdpFilter, XdpMode};
 use rings::{RxSide, TxSide};
 
 use crate::{
@@ -40,6 +40,10 @@ pub const XDP_PACKET_HEADROOM: usize = 256;
 /// `XDP_OPTIONS` getsockopt and its `XDP_OPTIONS_ZEROCOPY` bit (if_xdp.h).
 const XDP_OPTIONS: i32 = 8;
 const XDP_OPTIONS_ZEROCOPY: u32 = 1;
+/// `XDP_MAX_TX_SKB_BUDGET` (if_xdp.h, Linux 6.17+): descriptors one
+/// copy-mode send call may process, 32 by default, "allowed range is
+/// [32, xs->tx->nentries]".
+const XDP_MAX_TX_SKB_BUDGET: i32 = 9;
 /// Largest number of buffers in one multi-buffer frame the kernel accepts on
 /// transmit (MAX_SKB_FRAGS + 1 with the default MAX_SKB_FRAGS of 17).
 pub const MAX_SEGMENTS: usize = 18;
@@ -73,6 +77,9 @@ pub struct AfXdpConfig {
     pub multi_buffer: bool,
     /// Zero-copy or copy mode.
     pub bind: BindMode,
+    /// Native or generic XDP (for the interface's first socket; later
+    /// sockets share its program).
+    pub xdp_mode: XdpMode,
     /// EtherTypes the XDP filter steers to xsock on this interface.
     pub ethertypes: Vec<u16>,
     /// Transmit descriptors gathered before they are put on the tx ring.
@@ -91,6 +98,7 @@ impl AfXdpConfig {
             ring_size: 2048,
             multi_buffer: false,
             bind: BindMode::Auto,
+            xdp_mode: XdpMode::Auto,
             ethertypes: Vec::new(),
             tx_batch: 64,
         }
@@ -118,14 +126,6 @@ impl AfXdpConfig {
                     "{what} {v} must be a power of two, at least 64"
                 )));
             }
-        }
-        if self.frame_count / 2 > self.ring_size * 2 {
-            return Err(NicError::Config(format!(
-                "{} receive frames cannot all sit in a fill ring of {}; raise the ring size or lower \
-                 the frame count",
-                self.frame_count / 2,
-                self.ring_size
-            )));
         }
         if self.queue >= filter::MAX_QUEUES {
             return Err(NicError::Config(format!(
@@ -237,7 +237,7 @@ impl AfXdpDevice {
 
         // The filter first: a foreign program (or another xsock runtime) on
         // the interface is reported as such rather than as a busy queue.
-        let filter = XdpFilter::acquire(iface, ifindex, config.multi_buffer)?;
+        let filter = XdpFilter::acquire(iface, ifindex, config.multi_buffer, config.xdp_mode)?;
         for &et in &config.ethertypes {
             filter.add_ethertype(et)?;
         }
@@ -251,6 +251,19 @@ impl AfXdpDevice {
             )
         })?;
         let fd = rx_q.fd().as_raw_fd();
+        if !zero_copy {
+            // One kick sends the whole ring rather than 32 frames of it.
+            if let Err(e) = sys::set_sockopt_int(
+                fd,
+                libc::SOL_XDP,
+                XDP_MAX_TX_SKB_BUDGET,
+                config.ring_size as i32,
+            ) {
+                log::debug!(
+                    "{iface}: XDP_MAX_TX_SKB_BUDGET not available ({e}); each kick sends up to 32 frames"
+                );
+            }
+        }
 
         let rx_count = config.frame_count as usize / 2;
         let (rx_descs, tx_descs) = descs.split_at(rx_count);

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Every test, as CI runs it (as root: the namespace and AF_XDP tests run,
+# and XSOCK_REQUIRE_ROOT=1 makes a skipped one a failure). Installs what it
+# needs first. Prints the wall time of each step.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+step() { echo; echo "== $* ($(( $(date +%s) - start )) s)"; }
+
+step setup
+bash scripts/setup.sh
+
+step "format"
+cargo fmt --all --check
+
+step "clippy (warnings are errors)"
+cargo clippy --locked --workspace --all-targets -- -D warnings
+
+step "tests"
+XSOCK_REQUIRE_ROOT=1 cargo test --locked --workspace
+
+step "leftovers"
+left=$(ip netns list | awk '{print $1}' | grep '^xst' || true)
+if [ -n "$left" ]; then
+    echo "tests left network namespaces behind: $left" >&2
+    exit 1
+fi
+
+echo
+echo "all tests passed in $(( $(date +%s) - start )) s"

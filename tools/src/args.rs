@@ -1,0 +1,171 @@
+//! Flag groups shared by several subcommands, and value parsers.
+
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use xsock::{Datapath, PollMode};
+use xsock_nic::{
+    BackendChoice,
+    xdp::{BindMode, XdpMode},
+};
+
+/// How the loop waits when idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Poll {
+    /// Spin on the rings (lowest latency; takes a core).
+    Busy,
+    /// Spin 50 µs after the last work, then sleep in poll(2).
+    Adaptive,
+    /// Sleep in poll(2) whenever idle.
+    Sleep,
+}
+
+impl From<Poll> for PollMode {
+    fn from(p: Poll) -> Self {
+        match p {
+            Poll::Busy => PollMode::Busy,
+            Poll::Adaptive => PollMode::default(),
+            Poll::Sleep => PollMode::Sleep,
+        }
+    }
+}
+
+/// Frame backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// AF_XDP, falling back to AF_PACKET where AF_XDP cannot be used.
+    Auto,
+    /// AF_XDP only.
+    Xdp,
+    /// AF_PACKET only.
+    Packet,
+}
+
+/// AF_XDP bind mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BindArg {
+    /// Zero-copy where the driver supports it, else copy.
+    Auto,
+    /// Copy mode.
+    Copy,
+    /// Zero-copy (fails where unsupported).
+    Zerocopy,
+}
+
+/// Where the XDP program runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum XdpModeArg {
+    /// Native where the driver has it, else generic.
+    Auto,
+    /// Native (driver) mode.
+    Native,
+    /// Generic (skb) mode.
+    Generic,
+}
+
+/// The datapath on one interface.
+#[derive(Debug, Clone, Args)]
+pub struct DatapathArgs {
+    /// Interface xsock drives with AF_XDP.
+    #[arg(long)]
+    pub iface: String,
+    /// Queue id to bind.
+    #[arg(long, default_value_t = 0)]
+    pub queue: u32,
+    /// Frame backend.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendArg,
+    /// AF_XDP bind mode.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub bind: BindArg,
+    /// Native or generic XDP.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub xdp_mode: XdpModeArg,
+    /// UMEM frame (chunk) size in bytes: 2048 or 4096.
+    #[arg(long, default_value_t = 4096)]
+    pub frame_size: u32,
+    /// UMEM frames per queue (half receive, half transmit).
+    #[arg(long, default_value_t = 4096)]
+    pub frames: u32,
+    /// Ring size (fill, rx, tx, completion); a power of two.
+    #[arg(long, default_value_t = 2048)]
+    pub ring: u32,
+    /// Accept frames longer than one UMEM frame (jumbo MTU; XDP multi-buffer).
+    #[arg(long)]
+    pub multi_buffer: bool,
+    /// What the loop does when idle.
+    #[arg(long, value_enum, default_value = "busy")]
+    pub poll: Poll,
+}
+
+impl DatapathArgs {
+    /// Opens the datapath these flags describe.
+    pub fn open(&self) -> Result<Datapath, xsock::Error> {
+        Datapath::builder(&self.iface)
+            .queues([self.queue])
+            .backend(match self.backend {
+                BackendArg::Auto => BackendChoice::Auto,
+                BackendArg::Xdp => BackendChoice::AfXdp,
+                BackendArg::Packet => BackendChoice::AfPacket,
+            })
+            .bind(match self.bind {
+                BindArg::Auto => BindMode::Auto,
+                BindArg::Copy => BindMode::Copy,
+                BindArg::Zerocopy => BindMode::ZeroCopy,
+            })
+            .frame_size(self.frame_size)
+            .frame_count(self.frames)
+            .xdp_mode(match self.xdp_mode {
+                XdpModeArg::Auto => XdpMode::Auto,
+                XdpModeArg::Native => XdpMode::Native,
+                XdpModeArg::Generic => XdpMode::Generic,
+            })
+            .ring_size(self.ring)
+            .multi_buffer(self.multi_buffer)
+            .poll_mode(self.poll.into())
+            .build()
+    }
+}
+
+/// Parses durations like `50ms`, `2s`, `1.5s`, `100us`, `3m`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration; write e.g. 50ms, 2s, 100us"))?;
+    let scale = match unit.trim() {
+        "" | "s" => 1.0,
+        "ms" => 1e-3,
+        "us" | "µs" => 1e-6,
+        "ns" => 1e-9,
+        "m" | "min" => 60.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} in {s:?}; use ns, us, ms, s or m"
+            ));
+        }
+    };
+    if !(v * scale).is_finite() || v < 0.0 {
+        return Err(format!("{s:?} is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(v * scale))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("50ms").unwrap(), Duration::from_millis(50));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("100us").unwrap(), Duration::from_micros(100));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}
