@@ -309,3 +309,69 @@ fn af_packet_backend_carries_our_frames_only() {
     // And our own transmissions never loop back to us.
     assert!(recv(&mut *da, 1, 200).is_empty());
 }
+
+#[test]
+fn ipv4_rules_steer_chosen_ports_at_run_time() {
+    require_root!();
+    use std::net::{Ipv4Addr, UdpSocket};
+    use xsock_nic::xdp::Ipv4Rule;
+    let (_bed, a, b) = pair(LinkOpts::default());
+    let mut db = open_in(&b, config(0)).unwrap();
+    // The kernel's own socket on port 5001 in b must keep working.
+    let kernel_sock = b
+        .run(|| UdpSocket::bind("10.77.0.2:5001").unwrap())
+        .unwrap();
+    kernel_sock
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let send_udp = |port: u16, tag: u8| {
+        a.run(move || {
+            UdpSocket::bind("10.77.0.1:0")
+                .unwrap()
+                .send_to(&[tag; 32], ("10.77.0.2", port))
+                .unwrap()
+        })
+        .unwrap();
+    };
+    let rule = Ipv4Rule {
+        addr: Ipv4Addr::new(10, 77, 0, 2),
+        proto: 17,
+        port: 5000,
+    };
+    db.filter().add_ipv4_rule(rule).unwrap();
+    send_udp(5000, 1);
+    send_udp(5001, 2);
+    // Port 5000 reaches the AF_XDP socket as a whole IPv4 frame...
+    let mut ours = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while ours.is_empty() && Instant::now() < deadline {
+        db.receive(8, &mut |f, _| ours.push(f.to_vec())).unwrap();
+    }
+    assert_eq!(ours.len(), 1, "the steered datagram");
+    let f = &ours[0];
+    assert_eq!(u16::from_be_bytes([f[12], f[13]]), 0x0800);
+    assert_eq!(
+        u16::from_be_bytes([f[36], f[37]]),
+        5000,
+        "UDP destination port"
+    );
+    assert_eq!(f[f.len() - 1], 1);
+    // ...port 5001 still reaches the kernel's socket.
+    let mut buf = [0u8; 64];
+    let (n, _) = kernel_sock.recv_from(&mut buf).unwrap();
+    assert_eq!((n, buf[0]), (32, 2));
+    // Removing the rule hands port 5000 back to the kernel.
+    db.filter().remove_ipv4_rule(rule);
+    let k5000 = b
+        .run(|| UdpSocket::bind("10.77.0.2:5000").unwrap())
+        .unwrap();
+    k5000
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    send_udp(5000, 3);
+    let (n, _) = k5000.recv_from(&mut buf).unwrap();
+    assert_eq!((n, buf[0]), (32, 3));
+    let mut late = 0;
+    db.receive(8, &mut |_, _| late += 1).unwrap();
+    assert_eq!(late, 0);
+}
