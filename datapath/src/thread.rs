@@ -87,20 +87,21 @@ impl DatapathThread {
         &self,
         f: impl FnOnce(&mut Datapath) -> R + Send + 'static,
     ) -> Result<R, Error> {
-        let (tx, rx) = bounded(1);
-        self.commands
-            .send(Message::Run(Box::new(move |dp| {
-                let _ = tx.send(f(dp));
-            })))
-            .map_err(|_| Error::Stopped)?;
-        self.waker.wake();
-        rx.recv().map_err(|_| Error::Stopped)
+        self.call_within(None, f)
     }
 
     /// Like [`DatapathThread::call`], giving up after `timeout`.
     pub fn call_timeout<R: Send + 'static>(
         &self,
         timeout: Duration,
+        f: impl FnOnce(&mut Datapath) -> R + Send + 'static,
+    ) -> Result<R, Error> {
+        self.call_within(Some(timeout), f)
+    }
+
+    fn call_within<R: Send + 'static>(
+        &self,
+        timeout: Option<Duration>,
         f: impl FnOnce(&mut Datapath) -> R + Send + 'static,
     ) -> Result<R, Error> {
         let (tx, rx) = bounded(1);
@@ -110,7 +111,10 @@ impl DatapathThread {
             })))
             .map_err(|_| Error::Stopped)?;
         self.waker.wake();
-        rx.recv_timeout(timeout).map_err(|_| Error::Stopped)
+        match timeout {
+            None => rx.recv().map_err(|_| Error::Stopped),
+            Some(t) => rx.recv_timeout(t).map_err(|_| Error::Stopped),
+        }
     }
 
     /// A waker for the datapath's sleeps (give it to code that feeds a

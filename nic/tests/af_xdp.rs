@@ -11,11 +11,7 @@ use xsock_testbed::{Host, LinkOpts, Testbed, require_root};
 
 fn pair(opts: LinkOpts) -> (Testbed, Host, Host) {
     let bed = Testbed::new().unwrap();
-    let a = bed.host("a").unwrap();
-    let b = bed.host("b").unwrap();
-    bed.link(&a, "eth0", &b, "eth0", opts).unwrap();
-    a.addr("eth0", "10.77.0.1/24").unwrap();
-    b.addr("eth0", "10.77.0.2/24").unwrap();
+    let (a, b) = bed.pair(opts, "10.77.0").unwrap();
     (bed, a, b)
 }
 

@@ -20,9 +20,7 @@ use xsock_testbed::{Host, LinkOpts, Testbed, require_root};
 
 fn pair(opts: LinkOpts) -> (Testbed, Host, Host) {
     let bed = Testbed::new().unwrap();
-    let a = bed.host("a").unwrap();
-    let b = bed.host("b").unwrap();
-    bed.link(&a, "eth0", &b, "eth0", opts).unwrap();
+    let (a, b) = bed.pair(opts, "10.78.0").unwrap();
     (bed, a, b)
 }
 

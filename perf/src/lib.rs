@@ -65,6 +65,8 @@ pub struct Bench {
     pub mtu: u32,
 }
 
+/// The /24 the two hosts share.
+pub const NET: &str = "10.90.0";
 /// Address of host a.
 pub const A_IP: &str = "10.90.0.1";
 /// Address of host b.
@@ -90,11 +92,7 @@ impl Bench {
     /// Builds the two hosts with a link of `mtu`.
     pub fn two_hosts(xsock: &Path, mtu: u32) -> io::Result<Bench> {
         let bed = Testbed::new()?;
-        let a = bed.host("a")?;
-        let b = bed.host("b")?;
-        bed.link(&a, "eth0", &b, "eth0", LinkOpts { mtu, queues: 1 })?;
-        a.addr("eth0", &format!("{A_IP}/24"))?;
-        b.addr("eth0", &format!("{B_IP}/24"))?;
+        let (a, b) = bed.pair(LinkOpts { mtu, queues: 1 }, NET)?;
         // Resolve ARP once so the first kernel measurement does not include it.
         a.exec("ping", &["-c1", "-W2", B_IP])?;
         Ok(Bench {
@@ -112,47 +110,14 @@ impl Bench {
 
     /// Starts an xsock server in `b` and waits until its XDP filter is attached.
     fn start_xsock_server(&self, args: &[&str]) -> io::Result<u32> {
-        let pid = self.bed.spawn(&self.b, self.xsock(), args)?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.b.has_xdp("eth0")? {
-            if let Some(st) = self.bed.try_wait(pid)? {
-                return Err(io_err(format!(
-                    "xsock {args:?} exited early ({st}): {}",
-                    self.bed.log_tail(pid, 5)
-                )));
-            }
-            if Instant::now() > deadline {
-                return Err(io_err(format!(
-                    "xsock {args:?} did not attach to eth0 within 10 s"
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(pid)
+        self.bed
+            .spawn_ready(&self.b, self.xsock(), args, || self.b.has_xdp("eth0"))
     }
 
     /// Starts a TCP server in `b` and waits until `port` is listening.
     fn start_tcp_server(&self, program: &str, args: &[&str], port: u16) -> io::Result<u32> {
-        let pid = self.bed.spawn(&self.b, program, args)?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = self.b.exec("ss", &["-Hltn", &format!("sport = :{port}")])?;
-            if !out.stdout.is_empty() {
-                return Ok(pid);
-            }
-            if let Some(st) = self.bed.try_wait(pid)? {
-                return Err(io_err(format!(
-                    "{program} {args:?} exited early ({st}): {}",
-                    self.bed.log_tail(pid, 5)
-                )));
-            }
-            if Instant::now() > deadline {
-                return Err(io_err(format!(
-                    "{program} did not listen on port {port} within 10 s"
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.bed
+            .spawn_ready(&self.b, program, args, || self.b.listening(port))
     }
 
     fn stop(&self, pid: u32) {

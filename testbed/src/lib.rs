@@ -299,6 +299,46 @@ impl Testbed {
         Ok(pid)
     }
 
+    /// Like [`Testbed::spawn`], then waits (up to 10 s) until `ready()`
+    /// holds; an error, with the end of the child's output, if the child
+    /// exits first or never gets ready.
+    pub fn spawn_ready(
+        &self,
+        host: &Host,
+        program: &str,
+        args: &[&str],
+        mut ready: impl FnMut() -> io::Result<bool>,
+    ) -> io::Result<u32> {
+        let pid = self.spawn(host, program, args)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ready()? {
+            if let Some(status) = self.try_wait(pid)? {
+                return Err(io::Error::other(format!(
+                    "{program} {args:?} exited early ({status}): {}",
+                    self.log_tail(pid, 5)
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!(
+                    "{program} {args:?} was not ready within 10 s"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(pid)
+    }
+
+    /// Two hosts `a` and `b` joined by a veth pair (`eth0` on each side),
+    /// addressed `<net>.1/24` and `<net>.2/24` (`net` like "10.77.0").
+    pub fn pair(&self, opts: LinkOpts, net: &str) -> io::Result<(Host, Host)> {
+        let a = self.host("a")?;
+        let b = self.host("b")?;
+        self.link(&a, "eth0", &b, "eth0", opts)?;
+        a.addr("eth0", &format!("{net}.1/24"))?;
+        b.addr("eth0", &format!("{net}.2/24"))?;
+        Ok((a, b))
+    }
+
     /// The last `lines` lines a child started by [`Testbed::spawn`] printed.
     pub fn log_tail(&self, pid: u32, lines: usize) -> String {
         let text =
@@ -418,6 +458,12 @@ impl Host {
     /// Adds a route: `ip route add DST via GW`.
     pub fn route(&self, dst: &str, via: &str) -> io::Result<()> {
         self.ip(&["route", "add", dst, "via", via]).map(|_| ())
+    }
+
+    /// Whether a TCP socket listens on `port` here.
+    pub fn listening(&self, port: u16) -> io::Result<bool> {
+        let out = self.exec("ss", &["-Hltn", &format!("sport = :{port}")])?;
+        Ok(!out.stdout.is_empty())
     }
 
     /// Whether an XDP program is attached to `ifname` (any mode).

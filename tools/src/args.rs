@@ -127,6 +127,35 @@ impl DatapathArgs {
     }
 }
 
+/// Runs the datapath's loop until the process is killed (the server side
+/// of a tool), after saying what serves where.
+pub fn serve_forever(dp: &mut Datapath, what: &str) -> Result<(), xsock::Error> {
+    let info = dp.device_info(0);
+    log::info!(
+        "{what} on {} ({}), MAC {}",
+        info.name,
+        info.backend,
+        info.mac
+    );
+    loop {
+        if dp.poll().map_err(xsock::Error::Io)? == 0 {
+            dp.idle(None).map_err(xsock::Error::Io)?;
+        }
+    }
+}
+
+/// Checks a `--size` of a diagnostic frame against what the device carries.
+pub fn check_frame_size(size: usize, info: &xsock_nic::DeviceInfo) -> Result<(), String> {
+    let min = xsock::diag::MIN_FRAME;
+    if size < min || size > info.max_frame {
+        return Err(format!(
+            "--size {size} is outside {min}..={} (the diagnostic header, up to the largest frame {} carries at MTU {})",
+            info.max_frame, info.name, info.mtu
+        ));
+    }
+    Ok(())
+}
+
 /// Parses durations like `50ms`, `2s`, `1.5s`, `100us`, `3m`; a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();

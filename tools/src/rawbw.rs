@@ -12,7 +12,7 @@ use xsock::diag::{
 use xsock_nic::MacAddr;
 
 use crate::{
-    args::{DatapathArgs, parse_duration},
+    args::{DatapathArgs, check_frame_size, parse_duration, serve_forever},
     fail::Fail,
 };
 
@@ -67,31 +67,12 @@ impl RawBw {
         let info = dp.device_info(0).clone();
         let id = dp.register(diag::ETHERTYPE, Box::new(BlastHandler::default()))?;
         if self.listen {
-            log::info!(
-                "rawbw receiver on {} ({}), MAC {}",
-                info.name,
-                info.backend,
-                info.mac
-            );
-            loop {
-                if dp.poll()? == 0 {
-                    dp.idle(None)?;
-                }
-            }
+            return Ok(serve_forever(&mut dp, "rawbw receiver")?);
         }
         let peer = self
             .peer_mac
             .expect("clap requires --peer-mac without --listen");
-        if self.size < diag::MIN_FRAME || self.size > info.max_frame {
-            return Err(Fail::msg(format!(
-                "--size {} is outside {}..={} (the largest frame {} carries at MTU {})",
-                self.size,
-                diag::MIN_FRAME,
-                info.max_frame,
-                info.name,
-                info.mtu
-            )));
-        }
+        check_frame_size(self.size, &info).map_err(Fail::msg)?;
         let out = blast(
             &mut dp,
             id,

@@ -10,7 +10,7 @@ use xsock::diag::{
 use xsock_nic::MacAddr;
 
 use crate::{
-    args::{DatapathArgs, parse_duration},
+    args::{DatapathArgs, check_frame_size, parse_duration, serve_forever},
     fail::Fail,
     latency::Latencies,
 };
@@ -50,30 +50,12 @@ impl RawPing {
         let info = dp.device_info(0).clone();
         if self.echo {
             dp.register(diag::ETHERTYPE, Box::new(EchoHandler::default()))?;
-            log::info!(
-                "rawping echo on {} ({}), MAC {}",
-                info.name,
-                info.backend,
-                info.mac
-            );
-            loop {
-                if dp.poll()? == 0 {
-                    dp.idle(None)?;
-                }
-            }
+            return Ok(serve_forever(&mut dp, "rawping echo")?);
         }
         let peer = self
             .peer_mac
             .expect("clap requires --peer-mac without --echo");
-        if self.size < diag::MIN_FRAME || self.size > info.max_frame {
-            return Err(Fail::msg(format!(
-                "--size {} is outside {}..={} (the diagnostic header, and the largest frame {} carries)",
-                self.size,
-                diag::MIN_FRAME,
-                info.max_frame,
-                info.name
-            )));
-        }
+        check_frame_size(self.size, &info).map_err(Fail::msg)?;
         let id = dp.register(diag::ETHERTYPE, Box::new(PingClient::new(peer, self.size)?))?;
         let mut lat = Latencies::new();
         let mut answered_warmup = 0;

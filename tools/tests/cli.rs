@@ -1,10 +1,7 @@
 //! The `xsock` binary end to end, in namespaces: the flags and JSON fields
 //! of CLI.md, one-line errors with a non-zero exit, and the demo.
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::process::Command;
 
 use serde_json::Value;
 use xsock_testbed::{Host, LinkOpts, Testbed, require_root};
@@ -13,21 +10,8 @@ const XSOCK: &str = env!("CARGO_BIN_EXE_xsock");
 
 fn pair() -> (Testbed, Host, Host) {
     let bed = Testbed::new().unwrap();
-    let a = bed.host("a").unwrap();
-    let b = bed.host("b").unwrap();
-    bed.link(&a, "eth0", &b, "eth0", LinkOpts::default())
-        .unwrap();
-    a.addr("eth0", "10.66.0.1/24").unwrap();
-    b.addr("eth0", "10.66.0.2/24").unwrap();
+    let (a, b) = bed.pair(LinkOpts::default(), "10.66.0").unwrap();
     (bed, a, b)
-}
-
-fn wait_for_xdp(host: &Host) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !host.has_xdp("eth0").unwrap() {
-        assert!(Instant::now() < deadline, "server did not attach");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn json(out: &std::process::Output) -> Value {
@@ -49,13 +33,9 @@ fn json(out: &std::process::Output) -> Value {
 fn rawping_prints_the_cli_md_fields() {
     require_root!();
     let (bed, a, b) = pair();
-    bed.spawn(
-        &b,
-        XSOCK,
-        &["rawping", "--iface", "eth0", "--echo", "--poll", "adaptive"],
-    )
-    .unwrap();
-    wait_for_xdp(&b);
+    let server = ["rawping", "--iface", "eth0", "--echo", "--poll", "adaptive"];
+    bed.spawn_ready(&b, XSOCK, &server, || b.has_xdp("eth0"))
+        .unwrap();
     let mac = b.mac("eth0").unwrap();
     let out = a
         .command(
@@ -100,9 +80,9 @@ fn rawping_prints_the_cli_md_fields() {
 fn rawbw_reports_what_the_receiver_counted() {
     require_root!();
     let (bed, a, b) = pair();
-    bed.spawn(&b, XSOCK, &["rawbw", "--iface", "eth0", "--listen"])
+    let server = ["rawbw", "--iface", "eth0", "--listen"];
+    bed.spawn_ready(&b, XSOCK, &server, || b.has_xdp("eth0"))
         .unwrap();
-    wait_for_xdp(&b);
     let mac = b.mac("eth0").unwrap();
     let out = a
         .command(
@@ -144,45 +124,30 @@ fn rawbw_reports_what_the_receiver_counted() {
 fn kernel_ping_round_trips_over_tcp() {
     require_root!();
     let (bed, a, b) = pair();
-    bed.spawn(
-        &b,
-        XSOCK,
-        &[
-            "ping",
-            "--listen",
-            "10.66.0.2:7100",
-            "--transport",
-            "kernel",
-            "--poll",
-            "sleep",
-        ],
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let out = loop {
-        let out = a
-            .command(
-                XSOCK,
-                &[
-                    "ping",
-                    "--connect",
-                    "10.66.0.2:7100",
-                    "--transport",
-                    "kernel",
-                    "--count",
-                    "300",
-                    "--size",
-                    "1000",
-                    "--json",
-                ],
-            )
-            .output()
-            .unwrap();
-        if out.status.success() || Instant::now() > deadline {
-            break out;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let server = [
+        "ping",
+        "--listen",
+        "10.66.0.2:7100",
+        "--transport",
+        "kernel",
+        "--poll",
+        "sleep",
+    ];
+    bed.spawn_ready(&b, XSOCK, &server, || b.listening(7100))
+        .unwrap();
+    let client = [
+        "ping",
+        "--connect",
+        "10.66.0.2:7100",
+        "--transport",
+        "kernel",
+        "--count",
+        "300",
+        "--size",
+        "1000",
+        "--json",
+    ];
+    let out = a.command(XSOCK, &client).output().unwrap();
     let v = json(&out);
     assert_eq!(v["transport"], "kernel");
     assert_eq!(v["count"], 300);
