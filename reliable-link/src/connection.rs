@@ -1,0 +1,967 @@
+//! One reliable-link connection: a sans-IO state machine.
+//!
+//! Driver surface (called by the [`crate::Endpoint`] that owns it):
+//! - [`Connection::handle_input`] for every frame addressed to it;
+//! - [`Connection::poll_transmit`] until it returns `None`, after any input,
+//!   timeout or application call;
+//! - [`Connection::poll_timeout`] for when to call
+//!   [`Connection::handle_timeout`];
+//! - [`Connection::poll_event`] for what the application should hear.
+//!
+//! Fast path: DATA frames carry the sender's receive state (`ack`, `limit`),
+//! so a conversation needs no separate acknowledgements, and a one-way
+//! stream sees one CREDIT frame per quarter of the receive buffer read.
+//! There is no checksum (the NIC checks the CRC) and no per-frame timer.
+//!
+//! Rare path: a receiver that sees a gap drops out-of-order frames and
+//! sends one NAK (go-back-N: the sender resends from the first missing
+//! byte, out of the bytes it keeps until acknowledged — never more than the
+//! peer's credit). A single timer per connection, armed only while it waits
+//! for the peer, resends SYN / SYN-ACK / FIN or probes for the receive
+//! state (which repairs a lost tail), backing off; after `dead_after`
+//! without hearing from the peer the connection fails.
+
+use std::{
+    collections::VecDeque,
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    buffer::ByteRing,
+    wire::{
+        Body, FLAG_END, FLAG_FIN_SEEN, HEADER_LEN, Packet, Repr, RstBody, RstReason, SynAckBody,
+        SynBody,
+    },
+};
+
+/// Flag of a CREDIT frame: it answers a PROBE (so everything the prober
+/// sent before it has arrived, or was lost).
+pub const FLAG_PROBE_REPLY: u8 = 0x04;
+
+/// How a connection delivers bytes to the application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// A byte stream: reads ignore message boundaries.
+    #[default]
+    Stream = 0,
+    /// Messages: each write is one message, each read stops at its end.
+    Message = 1,
+}
+
+impl Mode {
+    pub(crate) fn from_u8(v: u8) -> Mode {
+        if v == 1 { Mode::Message } else { Mode::Stream }
+    }
+}
+
+/// Tunables of a connection.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Bytes the application may have written but the peer not yet
+    /// acknowledged.
+    pub send_buffer: usize,
+    /// Bytes received in order but not yet read; the credit granted.
+    pub recv_buffer: usize,
+    /// First wait for an answer; later waits double (up to `max_rto`).
+    pub initial_rto: Duration,
+    /// Shortest wait for an answer.
+    pub min_rto: Duration,
+    /// Longest wait between retries.
+    pub max_rto: Duration,
+    /// Give up after hearing nothing from the peer for this long.
+    pub dead_after: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            send_buffer: 4 << 20,
+            recv_buffer: 4 << 20,
+            initial_rto: Duration::from_millis(1),
+            min_rto: Duration::from_micros(200),
+            max_rto: Duration::from_millis(250),
+            dead_after: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Both sides finished their streams.
+    Graceful,
+    /// Nobody listens on the port.
+    Refused,
+    /// The peer reset the connection.
+    Reset(RstReason),
+    /// This side aborted it.
+    Aborted,
+    /// The peer stopped answering.
+    TimedOut,
+    /// The peer broke the protocol.
+    Protocol,
+}
+
+/// What the application should hear about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// The handshake completed.
+    Connected,
+    /// Bytes (or the end of the stream) can be read.
+    Readable,
+    /// Send-buffer space became free.
+    Writable,
+    /// The connection ended.
+    Closed(CloseReason),
+}
+
+/// What a [`Connection::read`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadOutcome {
+    /// Bytes copied.
+    pub len: usize,
+    /// The copied bytes end a message (message reads only).
+    pub end_of_message: bool,
+}
+
+/// Why a write or read was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    /// The application already closed its side for writing.
+    #[error("the stream was closed for writing")]
+    WriteClosed,
+    /// The connection has ended.
+    #[error("the connection has ended ({0:?})")]
+    Closed(CloseReason),
+    /// The handshake has not completed.
+    #[error("the connection is not established yet")]
+    NotConnected,
+}
+
+/// Counters of one connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnStats {
+    /// DATA frames sent (first transmissions and resends).
+    pub data_frames: u64,
+    /// Payload bytes sent again after a NAK or a probe answer.
+    pub resent_bytes: u64,
+    /// NAKs sent (gaps seen).
+    pub naks_sent: u64,
+    /// NAKs received.
+    pub naks_received: u64,
+    /// Probes sent (the timer fired while waiting).
+    pub probes: u64,
+    /// DATA frames dropped: out of order or duplicate.
+    pub dropped_frames: u64,
+    /// DATA frames beyond the credit this side granted (a sender bug or a
+    /// hostile peer); dropped.
+    pub overrun_frames: u64,
+    /// CREDIT frames sent.
+    pub credit_frames: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Initiator, SYN sent.
+    SynSent,
+    /// Responder, SYN-ACK sent, nothing heard since.
+    SynReceived,
+    Established,
+    Closed(CloseReason),
+}
+
+/// Addressing of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addressing {
+    /// Our address.
+    pub local_ip: Ipv4Addr,
+    /// Our port.
+    pub local_port: u16,
+    /// The peer's address.
+    pub remote_ip: Ipv4Addr,
+    /// The peer's port.
+    pub remote_port: u16,
+    /// The peer's MAC.
+    pub remote_mac: [u8; 6],
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    syn: bool,
+    syn_ack: bool,
+    nak: bool,
+    probe: bool,
+    fin: bool,
+    credit: bool,
+    probe_reply: bool,
+    rst: Option<RstReason>,
+}
+
+/// One connection.
+#[derive(Debug)]
+pub struct Connection {
+    state: State,
+    mode: Mode,
+    local_cid: u64,
+    remote_cid: u64,
+    addr: Addressing,
+    local_max_payload: u16,
+    max_payload: usize,
+    config: Config,
+
+    // Send direction. Bytes [send.start(), send.end()) are kept; `next` is
+    // the next offset to send; `sent_hi` the highest offset ever sent.
+    send: ByteRing,
+    next: u64,
+    sent_hi: u64,
+    peer_limit: u64,
+    write_closed: bool,
+    fin_sent: bool,
+    fin_acked: bool,
+    was_full: bool,
+    last_rewind: Option<(u64, Instant)>,
+
+    // Receive direction. `recv` holds [read offset, expected).
+    recv: ByteRing,
+    limit_sent: u64,
+    peer_fin: Option<u64>,
+    nak_at: Option<(u64, Instant)>,
+
+    // The rare-path timer.
+    rto: Duration,
+    srtt: Option<Duration>,
+    backoff: u32,
+    /// Retries are timed from here: the last progress or the last retry.
+    retry_base: Instant,
+    last_heard: Instant,
+    closed_at: Option<Instant>,
+    probe_sent_at: Option<Instant>,
+    handshake_sent_at: Option<Instant>,
+
+    pending: Pending,
+    events: VecDeque<Event>,
+    stats: ConnStats,
+}
+
+impl Connection {
+    fn new(
+        now: Instant,
+        local_cid: u64,
+        addr: Addressing,
+        mode: Mode,
+        max_payload: u16,
+        config: Config,
+    ) -> Self {
+        let recv = ByteRing::new(config.recv_buffer);
+        let limit = recv.capacity() as u64;
+        Self {
+            state: State::SynSent,
+            mode,
+            local_cid,
+            remote_cid: 0,
+            addr,
+            local_max_payload: max_payload,
+            max_payload: max_payload as usize,
+            send: ByteRing::new(config.send_buffer),
+            next: 0,
+            sent_hi: 0,
+            peer_limit: 0,
+            write_closed: false,
+            fin_sent: false,
+            fin_acked: false,
+            was_full: false,
+            last_rewind: None,
+            recv,
+            limit_sent: limit,
+            peer_fin: None,
+            nak_at: None,
+            rto: config.initial_rto,
+            srtt: None,
+            backoff: 0,
+            retry_base: now,
+            last_heard: now,
+            closed_at: None,
+            probe_sent_at: None,
+            handshake_sent_at: None,
+            config,
+            pending: Pending::default(),
+            events: VecDeque::new(),
+            stats: ConnStats::default(),
+        }
+    }
+
+    /// An initiator: sends SYN on the first [`Connection::poll_transmit`].
+    pub fn connect(
+        now: Instant,
+        local_cid: u64,
+        addr: Addressing,
+        mode: Mode,
+        max_payload: u16,
+        config: Config,
+    ) -> Self {
+        let mut c = Self::new(now, local_cid, addr, mode, max_payload, config);
+        c.pending.syn = true;
+        c
+    }
+
+    /// A responder for a received SYN: answers with SYN-ACK.
+    pub fn accept(
+        now: Instant,
+        local_cid: u64,
+        addr: Addressing,
+        syn: &SynBody,
+        syn_header: &Repr,
+        max_payload: u16,
+        config: Config,
+    ) -> Self {
+        let mut c = Self::new(
+            now,
+            local_cid,
+            addr,
+            Mode::from_u8(syn.mode),
+            max_payload,
+            config,
+        );
+        c.state = State::SynReceived;
+        c.remote_cid = syn.src_cid;
+        c.max_payload = max_payload.min(syn.max_payload).max(1) as usize;
+        c.peer_limit = syn_header.limit;
+        c.pending.syn_ack = true;
+        c
+    }
+
+    /// Our connection id (what the peer puts in `dst_cid`).
+    pub fn local_cid(&self) -> u64 {
+        self.local_cid
+    }
+
+    /// The peer's connection id (0 before the handshake).
+    pub fn remote_cid(&self) -> u64 {
+        self.remote_cid
+    }
+
+    /// Addresses and ports of both ends.
+    pub fn addressing(&self) -> &Addressing {
+        &self.addr
+    }
+
+    /// Stream or message semantics.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> ConnStats {
+        self.stats
+    }
+
+    /// Whether the handshake has completed (and the connection not ended).
+    pub fn is_established(&self) -> bool {
+        matches!(self.state, State::Established | State::SynReceived)
+    }
+
+    /// Why the connection ended, if it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        match self.state {
+            State::Closed(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Whether the endpoint may forget the connection (once the
+    /// application has let go): it failed and its RST went out, or it
+    /// closed gracefully and has lingered long enough to answer a peer whose
+    /// last acknowledgement was lost.
+    pub fn is_finished(&self, now: Instant) -> bool {
+        match (self.state, self.closed_at) {
+            (State::Closed(CloseReason::Graceful), Some(at)) => {
+                now.duration_since(at) >= self.linger()
+            }
+            (State::Closed(_), _) => self.pending.rst.is_none(),
+            _ => false,
+        }
+    }
+
+    /// When a gracefully closed connection stops lingering (the endpoint
+    /// forgets it then, if the application has let go).
+    pub fn forget_at(&self) -> Option<Instant> {
+        match (self.state, self.closed_at) {
+            (State::Closed(CloseReason::Graceful), Some(at)) => Some(at + self.linger()),
+            _ => None,
+        }
+    }
+
+    fn linger(&self) -> Duration {
+        (self.config.max_rto * 4).min(self.config.dead_after)
+    }
+
+    /// Payload bytes per DATA frame (negotiated).
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn push_event(&mut self, e: Event) {
+        if self.events.back() != Some(&e) {
+            self.events.push_back(e);
+        }
+    }
+
+    // ---- application side ------------------------------------------------
+
+    /// Bytes [`Connection::write`] would accept now.
+    pub fn send_space(&self) -> usize {
+        if self.write_closed || matches!(self.state, State::Closed(_)) {
+            0
+        } else {
+            self.send.free()
+        }
+    }
+
+    /// Queues bytes for sending. With `end_of_message`, the last of them end
+    /// a message (only if all were accepted). Returns the bytes accepted.
+    pub fn write(&mut self, data: &[u8], end_of_message: bool) -> Result<usize, StreamError> {
+        match self.state {
+            State::Closed(r) => return Err(StreamError::Closed(r)),
+            State::SynSent => return Err(StreamError::NotConnected),
+            _ => {}
+        }
+        if self.write_closed {
+            return Err(StreamError::WriteClosed);
+        }
+        let n = self.send.push(data, end_of_message);
+        if n < data.len() {
+            self.was_full = true;
+        }
+        Ok(n)
+    }
+
+    /// Marks the end of a message whose bytes were all written already.
+    pub fn end_message(&mut self) {
+        self.send.mark_end();
+    }
+
+    /// Bytes ready to read.
+    pub fn readable(&self) -> usize {
+        self.recv.len()
+    }
+
+    /// Whether the peer has finished its stream and every byte was read.
+    pub fn is_eof(&self) -> bool {
+        self.peer_fin.is_some_and(|f| self.recv.start() >= f)
+    }
+
+    /// Reads in order into `out`. In message mode (or with
+    /// `stop_at_message_end`) the read stops at the end of a message and
+    /// says so.
+    pub fn read(&mut self, out: &mut [u8], stop_at_message_end: bool) -> ReadOutcome {
+        let start = self.recv.start();
+        let mut want = out.len().min(self.recv.len());
+        let boundary = self.recv.next_end_after(start);
+        if stop_at_message_end && let Some(end) = boundary {
+            want = want.min((end - start) as usize);
+        }
+        let n = self.recv.copy_out(start, &mut out[..want]);
+        let new_start = start + n as u64;
+        let end_of_message = n > 0 && self.recv.is_end(new_start);
+        self.recv.release_to(new_start);
+        if n > 0 {
+            self.after_read();
+        }
+        ReadOutcome {
+            len: n,
+            end_of_message,
+        }
+    }
+
+    /// The receive buffer freed space: grant credit when it is worth a frame
+    /// (a quarter of the buffer), or at once if the peer may be blocked.
+    fn after_read(&mut self) {
+        let limit = self.current_limit();
+        let grown = limit - self.limit_sent;
+        let peer_may_block =
+            self.limit_sent.saturating_sub(self.recv.end()) < (self.max_payload as u64) * 2;
+        if grown > 0 && (grown >= self.recv.capacity() as u64 / 4 || peer_may_block) {
+            self.pending.credit = true;
+        }
+    }
+
+    /// Closes the sending side: a FIN follows the last byte.
+    pub fn close(&mut self) {
+        self.write_closed = true;
+    }
+
+    /// Aborts: sends RST and ends the connection at once.
+    pub fn abort(&mut self) {
+        if !matches!(self.state, State::Closed(_)) {
+            if self.remote_cid != 0 {
+                self.pending.rst = Some(RstReason::Aborted);
+            }
+            self.end(CloseReason::Aborted);
+        }
+    }
+
+    fn end_at(&mut self, now: Instant, reason: CloseReason) {
+        if matches!(self.state, State::Closed(_)) {
+            return;
+        }
+        self.state = State::Closed(reason);
+        self.closed_at = Some(now);
+        self.push_event(Event::Closed(reason));
+    }
+
+    fn end(&mut self, reason: CloseReason) {
+        let at = self.last_heard.max(self.retry_base);
+        self.end_at(at, reason);
+    }
+
+    // ---- input -------------------------------------------------------------
+
+    fn current_limit(&self) -> u64 {
+        self.recv.start() + self.recv.capacity() as u64
+    }
+
+    fn progress(&mut self, now: Instant) {
+        self.retry_base = now;
+        self.backoff = 0;
+    }
+
+    fn sample_rtt(&mut self, sample: Duration) {
+        let srtt = match self.srtt {
+            None => sample,
+            Some(s) => (s * 7 + sample) / 8,
+        };
+        self.srtt = Some(srtt);
+        self.rto =
+            (srtt * 4 + Duration::from_micros(50)).clamp(self.config.min_rto, self.config.max_rto);
+    }
+
+    /// A frame for this connection arrived (`repr.dst_cid` is ours).
+    pub fn handle_input(&mut self, now: Instant, repr: &Repr, payload: &[u8]) {
+        match self.state {
+            State::Closed(CloseReason::Graceful) => {
+                // Lingering: the peer missed our last acknowledgement.
+                if matches!(repr.body, Body::Fin | Body::Probe) {
+                    self.pending.credit = true;
+                    self.pending.probe_reply = matches!(repr.body, Body::Probe);
+                }
+                return;
+            }
+            State::Closed(_) => return,
+            _ => {}
+        }
+        match repr.body {
+            Body::SynAck(sa) => {
+                if self.state == State::SynSent {
+                    self.remote_cid = sa.src_cid;
+                    self.max_payload = self.local_max_payload.min(sa.max_payload).max(1) as usize;
+                    self.state = State::Established;
+                    if let Some(t) = self.handshake_sent_at.take() {
+                        self.sample_rtt(now - t);
+                    }
+                    self.push_event(Event::Connected);
+                    if self.send.free() > 0 {
+                        self.push_event(Event::Writable);
+                    }
+                    self.progress(now);
+                }
+                // Confirm (again): the responder waits for a frame from us.
+                self.pending.credit = true;
+            }
+            Body::Syn(_) => {
+                // A repeated SYN: our SYN-ACK was lost.
+                if self.state == State::SynReceived {
+                    self.pending.syn_ack = true;
+                }
+                return;
+            }
+            _ => {}
+        }
+        if self.state == State::SynSent {
+            // Before the SYN-ACK we cannot address the peer: only a refusal
+            // (an RST naming our id) means anything.
+            if let Body::Rst(RstBody { reason }) = repr.body {
+                let r = if reason == RstReason::Refused {
+                    CloseReason::Refused
+                } else {
+                    CloseReason::Reset(reason)
+                };
+                self.end_at(now, r);
+            }
+            return;
+        }
+        self.last_heard = now;
+        if self.state == State::SynReceived && !matches!(repr.body, Body::Syn(_)) {
+            self.state = State::Established;
+            if let Some(t) = self.handshake_sent_at.take() {
+                self.sample_rtt(now - t);
+            }
+            self.progress(now);
+        }
+        self.absorb_receive_state(now, repr);
+        match repr.body {
+            Body::Data { .. } => self.on_data(now, repr, payload),
+            Body::Nak => {
+                self.stats.naks_received += 1;
+                self.rewind(now, repr.ack);
+            }
+            Body::Probe => {
+                self.pending.credit = true;
+                self.pending.probe_reply = true;
+            }
+            Body::Credit => {
+                if repr.flags & FLAG_PROBE_REPLY != 0 {
+                    if let Some(t) = self.probe_sent_at.take() {
+                        self.sample_rtt(now - t);
+                    }
+                    // Everything sent before the probe has arrived or is lost.
+                    if repr.ack < self.sent_hi {
+                        self.rewind(now, repr.ack);
+                    }
+                }
+                if repr.flags & FLAG_FIN_SEEN != 0
+                    && self.fin_sent
+                    && repr.ack >= self.send.end()
+                    && !self.fin_acked
+                {
+                    self.fin_acked = true;
+                    self.progress(now);
+                    self.maybe_finish(now);
+                }
+            }
+            Body::Fin => self.on_fin(now, repr.seq),
+            Body::Rst(RstBody { reason }) => {
+                let r = if reason == RstReason::Refused {
+                    CloseReason::Refused
+                } else {
+                    CloseReason::Reset(reason)
+                };
+                self.end(r);
+            }
+            Body::Syn(_) | Body::SynAck(_) | Body::Discover(_) | Body::DiscoverReply(_) => {}
+        }
+    }
+
+    /// Every connection frame carries the peer's receive state.
+    fn absorb_receive_state(&mut self, now: Instant, repr: &Repr) {
+        if repr.ack > self.send.start() && repr.ack <= self.sent_hi {
+            self.send.release_to(repr.ack);
+            if self.next < repr.ack {
+                self.next = repr.ack;
+            }
+            self.progress(now);
+            if self.was_full && self.send_space() > 0 {
+                self.was_full = false;
+                self.push_event(Event::Writable);
+            }
+        }
+        if repr.limit > self.peer_limit {
+            self.peer_limit = repr.limit;
+            self.progress(now);
+        }
+    }
+
+    fn on_data(&mut self, now: Instant, repr: &Repr, payload: &[u8]) {
+        let offset = repr.seq;
+        let end = offset + payload.len() as u64;
+        let expected = self.recv.end();
+        if end > self.current_limit() {
+            // Beyond the credit we granted: a broken or hostile sender.
+            self.stats.overrun_frames += 1;
+            return;
+        }
+        if offset > expected {
+            // A gap: go-back-N drops this and asks once for a resend.
+            self.stats.dropped_frames += 1;
+            let fresh = match self.nak_at {
+                Some((at, t)) => at != expected || now.duration_since(t) >= self.rto,
+                None => true,
+            };
+            if fresh {
+                self.nak_at = Some((expected, now));
+                self.pending.nak = true;
+                self.stats.naks_sent += 1;
+            }
+            return;
+        }
+        if end <= expected {
+            self.stats.dropped_frames += 1;
+            return;
+        }
+        // In order, possibly overlapping what we have: take the new tail.
+        let skip = (expected - offset) as usize;
+        let ends_message = repr.flags & FLAG_END != 0;
+        self.recv.push(&payload[skip..], ends_message);
+        self.nak_at = None;
+        self.progress(now);
+        self.push_event(Event::Readable);
+        if self.peer_fin == Some(self.recv.end()) {
+            self.pending.credit = true;
+            self.maybe_finish(now);
+        }
+    }
+
+    fn on_fin(&mut self, now: Instant, final_len: u64) {
+        if final_len < self.recv.end() || self.peer_fin.is_some_and(|f| f != final_len) {
+            return;
+        }
+        self.peer_fin = Some(final_len);
+        if self.recv.end() == final_len {
+            self.pending.credit = true;
+            self.push_event(Event::Readable);
+            self.maybe_finish(now);
+        } else {
+            self.nak_at = Some((self.recv.end(), now));
+            self.pending.nak = true;
+            self.stats.naks_sent += 1;
+        }
+    }
+
+    /// Go back to `offset` and resend from there.
+    fn rewind(&mut self, now: Instant, offset: u64) {
+        let offset = offset.max(self.send.start());
+        if offset >= self.next {
+            return;
+        }
+        if let Some((at, t)) = self.last_rewind
+            && at == offset
+            && now.duration_since(t) < self.rto / 2
+        {
+            return; // the same request again, already being served
+        }
+        self.last_rewind = Some((offset, now));
+        self.next = offset;
+        if self.fin_sent && !self.fin_acked {
+            self.fin_sent = false;
+        }
+    }
+
+    // ---- timer -------------------------------------------------------------
+
+    fn waiting_for_peer(&self) -> bool {
+        match self.state {
+            State::SynSent | State::SynReceived => true,
+            State::Established => {
+                self.send.start() < self.sent_hi
+                    || (self.next < self.send.end() && self.next >= self.peer_limit)
+                    || (self.fin_sent && !self.fin_acked)
+                    || self.nak_at.is_some()
+            }
+            State::Closed(_) => false,
+        }
+    }
+
+    /// When [`Connection::handle_timeout`] must be called, if at all.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if !self.waiting_for_peer() {
+            return None;
+        }
+        let wait = self
+            .rto
+            .saturating_mul(1 << self.backoff.min(16))
+            .min(self.config.max_rto);
+        Some((self.retry_base + wait).min(self.last_heard + self.config.dead_after))
+    }
+
+    /// The timer fired (at or after [`Connection::poll_timeout`]).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let Some(due) = self.poll_timeout() else {
+            return;
+        };
+        if now < due {
+            return;
+        }
+        if now.duration_since(self.last_heard) >= self.config.dead_after {
+            if self.remote_cid != 0 {
+                self.pending.rst = Some(RstReason::TimedOut);
+            }
+            self.end_at(now, CloseReason::TimedOut);
+            return;
+        }
+        self.backoff = (self.backoff + 1).min(16);
+        self.retry_base = now;
+        match self.state {
+            State::SynSent => self.pending.syn = true,
+            State::SynReceived => self.pending.syn_ack = true,
+            State::Established => {
+                if self.fin_sent && !self.fin_acked && self.next >= self.send.end() {
+                    self.pending.fin = true;
+                } else {
+                    self.pending.probe = true;
+                }
+                if self.nak_at.is_some() {
+                    self.pending.nak = true;
+                }
+            }
+            State::Closed(_) => {}
+        }
+    }
+
+    fn maybe_finish(&mut self, now: Instant) {
+        let both_done = self.write_closed
+            && self.fin_acked
+            && self.peer_fin.is_some_and(|f| self.recv.end() >= f);
+        if both_done {
+            self.end_at(now, CloseReason::Graceful);
+        }
+    }
+
+    // ---- output ------------------------------------------------------------
+
+    fn header(&mut self, flags: u8, seq: u64, body: Body) -> Repr {
+        let limit = self.current_limit();
+        self.limit_sent = limit;
+        Repr {
+            flags,
+            dst_cid: self.remote_cid,
+            seq,
+            ack: self.recv.end(),
+            limit,
+            body,
+        }
+    }
+
+    fn emit(repr: &Repr, buf: &mut [u8]) -> usize {
+        let mut p = Packet::new_unchecked(&mut *buf);
+        repr.emit(&mut p);
+        repr.buffer_len()
+    }
+
+    /// Writes the next frame to send (without the Ethernet header) into
+    /// `buf`, which must hold a header plus [`Connection::max_payload`].
+    /// Returns its length, or `None` if there is nothing to send now.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        if let Some(reason) = self.pending.rst.take() {
+            let r = self.header(0, 0, Body::Rst(RstBody { reason }));
+            return Some(Self::emit(&r, buf));
+        }
+        match self.state {
+            State::Closed(CloseReason::Graceful) => {
+                if !std::mem::take(&mut self.pending.credit) {
+                    return None;
+                }
+                let mut flags = FLAG_FIN_SEEN;
+                if std::mem::take(&mut self.pending.probe_reply) {
+                    flags |= FLAG_PROBE_REPLY;
+                }
+                let r = self.header(flags, 0, Body::Credit);
+                return Some(Self::emit(&r, buf));
+            }
+            State::Closed(_) => return None,
+            State::SynSent => {
+                if !std::mem::take(&mut self.pending.syn) {
+                    return None;
+                }
+                self.handshake_sent_at = if self.backoff == 0 { Some(now) } else { None };
+                let body = SynBody {
+                    src_cid: self.local_cid,
+                    dst_ip: self.addr.remote_ip,
+                    src_ip: self.addr.local_ip,
+                    dst_port: self.addr.remote_port,
+                    src_port: self.addr.local_port,
+                    mode: self.mode as u8,
+                    max_payload: self.local_max_payload,
+                };
+                let mut r = self.header(0, 0, Body::Syn(body));
+                r.dst_cid = 0;
+                return Some(Self::emit(&r, buf));
+            }
+            _ => {}
+        }
+        if std::mem::take(&mut self.pending.syn_ack) {
+            self.handshake_sent_at = if self.backoff == 0 { Some(now) } else { None };
+            let body = SynAckBody {
+                src_cid: self.local_cid,
+                max_payload: self.local_max_payload,
+                mode: self.mode as u8,
+            };
+            let r = self.header(0, 0, Body::SynAck(body));
+            return Some(Self::emit(&r, buf));
+        }
+        if std::mem::take(&mut self.pending.nak) {
+            let r = self.header(0, 0, Body::Nak);
+            return Some(Self::emit(&r, buf));
+        }
+        if let Some(n) = self.emit_data(buf) {
+            return Some(n);
+        }
+        if !self.fin_sent && self.write_closed && self.next >= self.send.end() {
+            self.fin_sent = true;
+            self.pending.fin = true;
+        }
+        if std::mem::take(&mut self.pending.fin) {
+            let r = self.header(0, self.send.end(), Body::Fin);
+            return Some(Self::emit(&r, buf));
+        }
+        if std::mem::take(&mut self.pending.credit) {
+            let mut flags = 0;
+            if std::mem::take(&mut self.pending.probe_reply) {
+                flags |= FLAG_PROBE_REPLY;
+            }
+            if self.peer_fin.is_some_and(|f| self.recv.end() >= f) {
+                flags |= FLAG_FIN_SEEN;
+            }
+            self.stats.credit_frames += 1;
+            let r = self.header(flags, 0, Body::Credit);
+            return Some(Self::emit(&r, buf));
+        }
+        if std::mem::take(&mut self.pending.probe) {
+            self.stats.probes += 1;
+            self.probe_sent_at = Some(now);
+            let r = self.header(0, 0, Body::Probe);
+            return Some(Self::emit(&r, buf));
+        }
+        None
+    }
+
+    fn emit_data(&mut self, buf: &mut [u8]) -> Option<usize> {
+        let end = self.send.end().min(self.peer_limit);
+        if self.next >= end {
+            return None;
+        }
+        let mut len = ((end - self.next) as usize)
+            .min(self.max_payload)
+            .min(buf.len() - HEADER_LEN);
+        if let Some(message_end) = self.send.next_end_after(self.next) {
+            len = len.min((message_end - self.next) as usize);
+        }
+        if len == 0 {
+            return None;
+        }
+        let offset = self.next;
+        let flags = if self.send.is_end(offset + len as u64) {
+            FLAG_END
+        } else {
+            0
+        };
+        let r = self.header(flags, offset, Body::Data { len: len as u16 });
+        let n = Self::emit(&r, buf);
+        self.send
+            .copy_out(offset, &mut buf[HEADER_LEN..HEADER_LEN + len]);
+        if offset < self.sent_hi {
+            self.stats.resent_bytes += self.sent_hi.min(offset + len as u64) - offset;
+        }
+        self.next = offset + len as u64;
+        self.sent_hi = self.sent_hi.max(self.next);
+        self.stats.data_frames += 1;
+        // Piggybacked: the frame carried our receive state.
+        self.pending.credit = false;
+        self.pending.probe_reply = false;
+        Some(n)
+    }
+
+    /// Whether [`Connection::poll_transmit`] may have a frame now.
+    pub fn wants_transmit(&self) -> bool {
+        let p = &self.pending;
+        p.rst.is_some()
+            || (p.syn || p.syn_ack || p.nak || p.fin || p.credit || p.probe)
+            || (matches!(self.state, State::Established | State::SynReceived)
+                && (self.next < self.send.end().min(self.peer_limit)
+                    || (self.write_closed && !self.fin_sent && self.next >= self.send.end())))
+    }
+}
