@@ -1,10 +1,14 @@
-//! Errors of the xsock runtime.
+//! Errors of the xsock runtime and its sockets. Each says what happened
+//! and, where there is one, what to do.
 
-use std::io;
+use std::{
+    io,
+    net::{Ipv4Addr, SocketAddrV4},
+};
 
 use xsock_nic::{NicError, TxError};
 
-/// An error from the runtime.
+/// An error from the runtime or a socket.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -26,4 +30,71 @@ pub enum Error {
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// Nobody accepts connections at the address.
+    #[error(
+        "connection refused by {0}: nothing listens there (start the server first, or check the port)"
+    )]
+    ConnectionRefused(SocketAddrV4),
+    /// The peer reset the connection.
+    #[error("connection reset: {0}")]
+    ConnectionReset(String),
+    /// The peer stopped answering, or a connect took too long.
+    #[error("timed out: {0}")]
+    TimedOut(String),
+    /// The destination does not run xsock on this segment (only with
+    /// reliable-link forced).
+    #[error(
+        "{0} does not answer reliable-link discovery: it is not on this segment or does not run xsock \
+             (use the automatic transport to fall back to kernel TCP)"
+    )]
+    NotXsockPeer(Ipv4Addr),
+    /// reliable-link was asked for, but no interface is driven.
+    #[error(
+        "no interface is driven by xsock, so reliable-link is unavailable: build the runtime with \
+             .interface(\"eth0\") (it may have failed to open; see the warning logged then)"
+    )]
+    NoLink,
+    /// Something already listens on the address.
+    #[error("{0} is already in use: another listener has it")]
+    AddrInUse(SocketAddrV4),
+    /// The connection has ended (or the stream was closed).
+    #[error("the connection is closed")]
+    Closed,
+    /// A non-blocking call found nothing to do.
+    #[error("the operation would block")]
+    WouldBlock,
+    /// The peer broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl Error {
+    /// Maps an I/O error from a kernel socket, keeping "would block" distinct.
+    pub fn from_io(e: io::Error) -> Error {
+        match e.kind() {
+            io::ErrorKind::WouldBlock => Error::WouldBlock,
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => {
+                Error::ConnectionReset(e.to_string())
+            }
+            _ => Error::Io(e),
+        }
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(e: Error) -> io::Error {
+        let kind = match &e {
+            Error::Io(inner) => return io::Error::new(inner.kind(), e),
+            Error::ConnectionRefused(_) => io::ErrorKind::ConnectionRefused,
+            Error::ConnectionReset(_) => io::ErrorKind::ConnectionReset,
+            Error::TimedOut(_) => io::ErrorKind::TimedOut,
+            Error::WouldBlock => io::ErrorKind::WouldBlock,
+            Error::AddrInUse(_) => io::ErrorKind::AddrInUse,
+            Error::Closed => io::ErrorKind::NotConnected,
+            Error::NotXsockPeer(_) | Error::NoLink => io::ErrorKind::Unsupported,
+            Error::Config(_) => io::ErrorKind::InvalidInput,
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, e)
+    }
 }

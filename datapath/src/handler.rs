@@ -91,6 +91,26 @@ impl Context<'_> {
         r
     }
 
+    /// Queues a frame built in place by `fill` in a buffer of `max_len`
+    /// bytes; `fill` returns the length used (0 = nothing). Returns it.
+    pub fn transmit_with(
+        &mut self,
+        max_len: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> usize,
+    ) -> Result<usize, TxError> {
+        let r = self.sink.transmit_with(max_len, fill);
+        match r {
+            Ok(0) => {}
+            Ok(len) => {
+                self.tally.tx_frames += 1;
+                self.tally.tx_bytes += len as u64;
+            }
+            Err(TxError::RingFull) => self.tally.tx_ring_full += 1,
+            Err(_) => {}
+        }
+        r
+    }
+
     /// Asks for `on_timer(token)` at (or soon after) `at`, on this queue.
     pub fn set_timer(&mut self, at: Instant, token: u64) {
         self.timers.set(at, self.handler, self.queue, token);

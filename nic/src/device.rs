@@ -188,9 +188,25 @@ pub enum TxError {
 /// its buffer to `fill`, so nothing is assembled and then copied (except on
 /// multi-buffer AF_XDP, where a frame longer than one chunk is scattered).
 pub trait FrameSink {
+    /// Queues one frame built by `fill` in a buffer of `max_len` bytes;
+    /// `fill` returns how many of them make the frame (0 = send nothing, the
+    /// buffer goes back). Returns that length. `fill` is not called when
+    /// there is no buffer ([`TxError::RingFull`]). Queued frames leave at the
+    /// next [`FrameSink::flush`] at the latest.
+    fn transmit_with(
+        &mut self,
+        max_len: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> usize,
+    ) -> Result<usize, TxError>;
+
     /// Queues one frame of exactly `len` bytes, written by `fill`.
-    /// Queued frames leave at the next [`FrameSink::flush`] at the latest.
-    fn transmit(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<(), TxError>;
+    fn transmit(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<(), TxError> {
+        self.transmit_with(len, &mut |buf| {
+            fill(&mut buf[..len]);
+            len
+        })
+        .map(|_| ())
+    }
 
     /// Hands queued frames to the hardware (or the peer) and reclaims
     /// completed buffers. Call after a batch of `transmit`s.

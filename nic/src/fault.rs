@@ -237,25 +237,32 @@ fn transmit_through(
     state: &mut FaultState,
     inner: &mut dyn FrameSink,
     max_frame: usize,
-    len: usize,
-    fill: &mut dyn FnMut(&mut [u8]),
-) -> Result<(), TxError> {
-    if len > max_frame {
+    max_len: usize,
+    fill: &mut dyn FnMut(&mut [u8]) -> usize,
+) -> Result<usize, TxError> {
+    if max_len > max_frame {
         return Err(TxError::TooLong {
-            len,
+            len: max_len,
             max: max_frame,
         });
     }
-    let mut buf = vec![0u8; len];
-    fill(&mut buf);
-    state.offer(buf);
+    let mut buf = vec![0u8; max_len];
+    let len = fill(&mut buf).min(max_len);
+    if len > 0 {
+        buf.truncate(len);
+        state.offer(buf);
+    }
     state.release(inner);
-    Ok(())
+    Ok(len)
 }
 
 impl FrameSink for Adapter<'_> {
-    fn transmit(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<(), TxError> {
-        transmit_through(self.state, self.inner, self.max_frame, len, fill)
+    fn transmit_with(
+        &mut self,
+        max_len: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> usize,
+    ) -> Result<usize, TxError> {
+        transmit_through(self.state, self.inner, self.max_frame, max_len, fill)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.state.release(self.inner);
@@ -267,12 +274,16 @@ impl FrameSink for Adapter<'_> {
 }
 
 impl<D: FrameDevice> FrameSink for FaultInjector<D> {
-    fn transmit(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<(), TxError> {
+    fn transmit_with(
+        &mut self,
+        max_len: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> usize,
+    ) -> Result<usize, TxError> {
         transmit_through(
             &mut self.state,
             self.inner.sink(),
             self.max_frame,
-            len,
+            max_len,
             fill,
         )
     }

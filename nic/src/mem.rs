@@ -141,12 +141,21 @@ struct MemSink {
 }
 
 impl FrameSink for MemSink {
-    fn transmit(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<(), TxError> {
-        if len > self.max_frame {
+    fn transmit_with(
+        &mut self,
+        max_len: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> usize,
+    ) -> Result<usize, TxError> {
+        if max_len > self.max_frame {
             return Err(TxError::TooLong {
-                len,
+                len: max_len,
                 max: self.max_frame,
             });
+        }
+        let mut buf = vec![0u8; max_len];
+        let len = fill(&mut buf).min(max_len);
+        if len == 0 {
+            return Ok(0);
         }
         if len < ETH_HEADER_LEN {
             // Not a frame: a real NIC would not send it either.
@@ -155,12 +164,11 @@ impl FrameSink for MemSink {
                 max: self.max_frame,
             });
         }
-        let mut buf = vec![0u8; len];
-        fill(&mut buf);
+        buf.truncate(len);
         self.frames += 1;
         self.bytes += len as u64;
         self.outlet.deliver(buf);
-        Ok(())
+        Ok(len)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -362,6 +370,27 @@ mod tests {
         }
         assert_eq!(drain(&mut b), vec![0, 1]);
         assert_eq!(b.stats().rx_dropped, 3);
+    }
+
+    #[test]
+    fn variable_length_transmit_sends_what_was_built() {
+        let (mut a, mut b) = MemDevice::pair(&MemConfig::default()).unwrap();
+        assert_eq!(
+            a.sink().transmit_with(1514, &mut |_| 0),
+            Ok(0),
+            "0 = nothing sent"
+        );
+        assert_eq!(
+            a.sink().transmit_with(1514, &mut |buf| {
+                buf[14] = 9;
+                60
+            }),
+            Ok(60)
+        );
+        let mut lens = Vec::new();
+        b.receive(8, &mut |f, _| lens.push((f.len(), f.head()[14])))
+            .unwrap();
+        assert_eq!(lens, vec![(60, 9)]);
     }
 
     #[test]

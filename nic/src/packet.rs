@@ -65,6 +65,8 @@ pub struct AfPacketDevice {
 
 struct PacketSink {
     tx: Box<dyn DataLinkSender>,
+    /// The frame being built (AF_PACKET copies it into the kernel anyway).
+    staging: Vec<u8>,
     max_frame: usize,
     frames: u64,
     bytes: u64,
@@ -228,6 +230,7 @@ impl AfPacketDevice {
             rx,
             tx: PacketSink {
                 tx,
+                staging: Vec::new(),
                 max_frame,
                 frames: 0,
                 bytes: 0,
@@ -241,18 +244,27 @@ impl AfPacketDevice {
 }
 
 impl FrameSink for PacketSink {
-    fn transmit(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<(), TxError> {
-        if len > self.max_frame {
+    fn transmit_with(
+        &mut self,
+        max_len: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> usize,
+    ) -> Result<usize, TxError> {
+        if max_len > self.max_frame {
             return Err(TxError::TooLong {
-                len,
+                len: max_len,
                 max: self.max_frame,
             });
         }
-        match self.tx.build_and_send(1, len, &mut |buf| fill(buf)) {
+        self.staging.resize(max_len, 0);
+        let len = fill(&mut self.staging[..max_len]).min(max_len);
+        if len == 0 {
+            return Ok(0);
+        }
+        match self.tx.send_to(&self.staging[..len], None) {
             Some(Ok(())) => {
                 self.frames += 1;
                 self.bytes += len as u64;
-                Ok(())
+                Ok(len)
             }
             Some(Err(e)) if e.raw_os_error() == Some(libc::ENOBUFS) => Err(TxError::RingFull),
             Some(Err(e)) => {

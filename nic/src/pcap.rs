@@ -79,18 +79,25 @@ struct Tap<'a> {
 fn tap_transmit(
     file: &mut PcapFile,
     inner: &mut dyn FrameSink,
-    len: usize,
-    fill: &mut dyn FnMut(&mut [u8]),
-) -> Result<(), TxError> {
-    inner.transmit(len, &mut |buf| {
-        fill(buf);
-        file.record(buf.len(), std::iter::once(&*buf));
+    max_len: usize,
+    fill: &mut dyn FnMut(&mut [u8]) -> usize,
+) -> Result<usize, TxError> {
+    inner.transmit_with(max_len, &mut |buf| {
+        let len = fill(buf).min(buf.len());
+        if len > 0 {
+            file.record(len, std::iter::once(&buf[..len]));
+        }
+        len
     })
 }
 
 impl FrameSink for Tap<'_> {
-    fn transmit(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<(), TxError> {
-        tap_transmit(self.file, self.inner, len, fill)
+    fn transmit_with(
+        &mut self,
+        max_len: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> usize,
+    ) -> Result<usize, TxError> {
+        tap_transmit(self.file, self.inner, max_len, fill)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
@@ -101,8 +108,12 @@ impl FrameSink for Tap<'_> {
 }
 
 impl<D: FrameDevice> FrameSink for PcapWriter<D> {
-    fn transmit(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<(), TxError> {
-        tap_transmit(&mut self.file, self.inner.sink(), len, fill)
+    fn transmit_with(
+        &mut self,
+        max_len: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> usize,
+    ) -> Result<usize, TxError> {
+        tap_transmit(&mut self.file, self.inner.sink(), max_len, fill)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.inner.sink().flush()?;

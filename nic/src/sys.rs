@@ -389,6 +389,56 @@ pub fn if_driver(name: &str) -> io::Result<Option<String>> {
     }
 }
 
+/// The IPv4 addresses of interface `name` with their prefix lengths.
+pub fn if_ipv4_addrs(name: &str) -> io::Result<Vec<(std::net::Ipv4Addr, u8)>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a list head we free below.
+    syscall!(getifaddrs(&mut head))?;
+    let mut out = Vec::new();
+    let mut p = head;
+    while !p.is_null() {
+        // SAFETY: `p` is a node of the list getifaddrs returned, alive
+        // until freeifaddrs.
+        let ifa = unsafe { &*p };
+        p = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_name is a valid C string for the list's lifetime.
+        let ifname = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+        // SAFETY: ifa_addr is non-null and points at a sockaddr.
+        let family = unsafe { (*ifa.ifa_addr).sa_family };
+        if ifname.to_bytes() != name.as_bytes() || i32::from(family) != libc::AF_INET {
+            continue;
+        }
+        // SAFETY: an AF_INET address is a sockaddr_in.
+        let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+        let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+        let prefix = if ifa.ifa_netmask.is_null() {
+            32
+        } else {
+            // SAFETY: the netmask of an AF_INET address is a sockaddr_in.
+            let mask = unsafe { &*(ifa.ifa_netmask as *const libc::sockaddr_in) };
+            u32::from_be(mask.sin_addr.s_addr).count_ones() as u8
+        };
+        out.push((ip, prefix));
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
+
+/// Eight bytes from the kernel's entropy pool (getrandom(2)).
+pub fn random_u64() -> io::Result<u64> {
+    let mut v = [0u8; 8];
+    // SAFETY: writes at most 8 bytes into `v`.
+    let n = syscall!(getrandom(v.as_mut_ptr().cast(), v.len(), 0))?;
+    if n != 8 {
+        return Err(io::Error::other("getrandom returned fewer than 8 bytes"));
+    }
+    Ok(u64::from_ne_bytes(v))
+}
+
 /// Identity (device, inode) of this thread's network namespace, so state
 /// keyed by ifindex does not mix interfaces of different namespaces.
 pub fn netns_id() -> io::Result<(u64, u64)> {
@@ -515,6 +565,17 @@ mod tests {
         assert!(if_index("lo").is_ok());
         assert_eq!(if_mtu("lo").unwrap(), 65536);
         assert!(if_names().iter().any(|n| n == "lo"));
+    }
+
+    #[test]
+    fn loopback_has_its_address_and_entropy_differs() {
+        let addrs = if_ipv4_addrs("lo").unwrap();
+        assert!(
+            addrs.contains(&(std::net::Ipv4Addr::LOCALHOST, 8)),
+            "{addrs:?}"
+        );
+        assert!(if_ipv4_addrs("xsock-nope0").unwrap().is_empty());
+        assert_ne!(random_u64().unwrap(), random_u64().unwrap());
     }
 
     #[test]

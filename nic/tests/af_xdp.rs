@@ -371,3 +371,41 @@ fn ipv4_rules_steer_chosen_ports_at_run_time() {
     db.receive(8, &mut |_, _| late += 1).unwrap();
     assert_eq!(late, 0);
 }
+
+#[test]
+fn variable_length_frames_are_built_in_place() {
+    require_root!();
+    let (_bed, a, b) = pair(LinkOpts {
+        mtu: 9000,
+        queues: 1,
+    });
+    let cfg = AfXdpConfig {
+        multi_buffer: true,
+        ..config(0)
+    };
+    let mut da = open_in(&a, cfg.clone()).unwrap();
+    let mut db = open_in(&b, cfg).unwrap();
+    let (src, dst) = (da.info().mac, db.info().mac);
+    let build = |len: usize| {
+        move |buf: &mut [u8]| {
+            buf[0..6].copy_from_slice(&dst.0);
+            buf[6..12].copy_from_slice(&src.0);
+            buf[12..14].copy_from_slice(&ETHERTYPE_LOCAL_EXP2.to_be_bytes());
+            buf[14..18].copy_from_slice(&(len as u32).to_be_bytes());
+            len
+        }
+    };
+    // Nothing built: the buffer goes back and nothing is sent.
+    assert_eq!(da.sink().transmit_with(9014, &mut |_| 0), Ok(0));
+    // A short frame in a jumbo-sized reservation, and a long one scattered.
+    for len in [100usize, 7000] {
+        assert_eq!(da.sink().transmit_with(9014, &mut build(len)), Ok(len));
+    }
+    da.sink().flush().unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while got.len() < 2 && Instant::now() < deadline {
+        db.receive(8, &mut |f, _| got.push(f.len())).unwrap();
+    }
+    assert_eq!(got, vec![100, 7000]);
+}

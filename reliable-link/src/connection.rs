@@ -446,6 +446,12 @@ impl Connection {
         self.send.mark_end();
     }
 
+    /// Whether the sending side is done: closed, every byte and the FIN
+    /// acknowledged by the peer.
+    pub fn send_finished(&self) -> bool {
+        self.write_closed && self.fin_acked
+    }
+
     /// Bytes ready to read.
     pub fn readable(&self) -> usize {
         self.recv.len()

@@ -746,9 +746,12 @@ impl Endpoint {
         self.slots.keys().copied()
     }
 
-    /// Whether any connection or control frame is waiting to be sent.
-    pub fn wants_transmit(&self) -> bool {
-        !self.control.is_empty() || !self.ready.is_empty()
+    /// Whether a frame may be waiting to be sent at `now` (a control frame,
+    /// a due discovery, or a connection with something to say).
+    pub fn wants_transmit(&self, now: Instant) -> bool {
+        !self.control.is_empty()
+            || !self.ready.is_empty()
+            || self.discovery.poll_timeout().is_some_and(|t| t <= now)
     }
 
     /// Tracks connection `cid` as wanting a transmit check (after a change

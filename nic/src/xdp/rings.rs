@@ -365,30 +365,48 @@ impl TxSide {
         s.tx_ring_full += self.ring_full;
     }
 
-    fn write_one(&mut self, len: usize, options: u32, fill: impl FnOnce(&mut [u8])) {
+    /// Fills one free chunk through `fill` (given `max_len` bytes, returning
+    /// the length used) and queues it; a length of 0 returns the chunk.
+    fn write_one(
+        &mut self,
+        max_len: usize,
+        options: u32,
+        fill: impl FnOnce(&mut [u8]) -> usize,
+    ) -> usize {
         let mut desc = self.free.pop().expect("caller checked the free list");
-        {
+        let len = {
             // SAFETY: `desc` is of this UMEM and in no ring, so nothing else
             // reads or writes its chunk.
             let mut data = unsafe { self.umem.data_mut(&mut desc) };
+            data.cursor().set_pos(max_len);
+            let len = fill(data.contents_mut()).min(max_len);
             data.cursor().set_pos(len);
-            fill(data.contents_mut());
+            len
+        };
+        if len == 0 {
+            self.free.push(desc);
+            return 0;
         }
         desc.set_options(options);
         self.pending.push(desc);
+        len
     }
 }
 
 impl FrameSink for TxSide {
-    fn transmit(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<(), TxError> {
-        if len > self.limits.max_frame {
+    fn transmit_with(
+        &mut self,
+        max_len: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> usize,
+    ) -> Result<usize, TxError> {
+        if max_len > self.limits.max_frame {
             return Err(TxError::TooLong {
-                len,
+                len: max_len,
                 max: self.limits.max_frame,
             });
         }
         let chunk = self.limits.chunk_capacity;
-        let segments = len.div_ceil(chunk).max(1);
+        let segments = max_len.div_ceil(chunk).max(1);
         if self.free.len() < segments {
             self.reclaim();
             if self.free.len() < segments {
@@ -401,24 +419,32 @@ impl FrameSink for TxSide {
                 return Err(TxError::RingFull);
             }
         }
-        if segments == 1 {
-            self.write_one(len, 0, fill);
+        let len = if segments == 1 {
+            self.write_one(max_len, 0, fill)
         } else {
+            // Longer than one chunk: build in a staging buffer, then scatter.
             let mut staged = std::mem::take(&mut self.scatter);
-            staged.resize(len, 0);
-            fill(&mut staged);
-            for (k, piece) in staged.chunks(chunk).enumerate() {
-                let options = if k + 1 < segments { XDP_PKT_CONTD } else { 0 };
-                self.write_one(piece.len(), options, |buf| buf.copy_from_slice(piece));
+            staged.resize(max_len, 0);
+            let len = fill(&mut staged).min(max_len);
+            let pieces = len.div_ceil(chunk);
+            for (k, piece) in staged[..len].chunks(chunk).enumerate() {
+                let options = if k + 1 < pieces { XDP_PKT_CONTD } else { 0 };
+                self.write_one(piece.len(), options, |buf| {
+                    buf[..piece.len()].copy_from_slice(piece);
+                    piece.len()
+                });
             }
             self.scatter = staged;
+            len
+        };
+        if len > 0 {
+            self.frames += 1;
+            self.bytes += len as u64;
+            if self.pending.len() >= self.limits.batch {
+                self.submit();
+            }
         }
-        self.frames += 1;
-        self.bytes += len as u64;
-        if self.pending.len() >= self.limits.batch {
-            self.submit();
-        }
-        Ok(())
+        Ok(len)
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -1,0 +1,90 @@
+//! Wake-ups for application threads waiting on the runtime.
+//!
+//! A generation counter that the datapath bumps whenever something may have
+//! changed (a frame arrived, a connection was accepted, a timer fired). A
+//! busy-polling waiter spins on the counter without taking any lock; a
+//! sleeping one waits on a condvar. A waiter reads the generation *before*
+//! checking its condition and sleeps only while the generation is still the
+//! same, and the producer bumps it before notifying under the same mutex, so
+//! no wake-up is lost.
+
+use std::{
+    sync::{
+        Condvar, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+/// See the module documentation.
+#[derive(Debug, Default)]
+pub(crate) struct Notifier {
+    generation: AtomicU64,
+    lock: Mutex<()>,
+    cond: Condvar,
+}
+
+impl Notifier {
+    /// The current generation (read before checking a condition).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Something changed: wake every waiter.
+    pub fn notify(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.cond.notify_all();
+    }
+
+    /// Spins until the generation moves past `seen` or `deadline` passes.
+    pub fn spin_past(&self, seen: u64, deadline: Option<Instant>) {
+        let mut n = 0u32;
+        while self.generation() == seen {
+            std::hint::spin_loop();
+            n = n.wrapping_add(1);
+            if n.is_multiple_of(1024) && deadline.is_some_and(|d| Instant::now() >= d) {
+                return;
+            }
+        }
+    }
+
+    /// Sleeps until the generation moves past `seen`, or `max` passes.
+    pub fn wait_past(&self, seen: u64, max: Duration) {
+        let g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.generation() != seen {
+            return;
+        }
+        let _ = self
+            .cond
+            .wait_timeout_while(g, max, |_| self.generation() == seen);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_notify_between_check_and_sleep_is_not_lost() {
+        let n = Arc::new(Notifier::default());
+        for _ in 0..200 {
+            let seen = n.generation();
+            let n2 = n.clone();
+            let t = std::thread::spawn(move || n2.notify());
+            // However the notify interleaves with this wait, it returns.
+            n.wait_past(seen, Duration::from_secs(5));
+            assert_ne!(n.generation(), seen);
+            t.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn spinning_stops_at_the_deadline() {
+        let n = Notifier::default();
+        let t0 = Instant::now();
+        n.spin_past(n.generation(), Some(t0 + Duration::from_millis(5)));
+        assert!(t0.elapsed() >= Duration::from_millis(5));
+    }
+}

@@ -1,0 +1,457 @@
+//! The runtime an application builds once: the datapath on its interface
+//! (if any), the reliable-link endpoint on it, and how both are driven.
+
+use std::{
+    net::Ipv4Addr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use xsock_nic::{BackendChoice, FrameDevice, MacAddr, sys, xdp::BindMode, xdp::XdpMode};
+use xsock_reliable_link::{Endpoint, EndpointConfig, LocalAddr, wire::ETHERTYPE};
+
+use crate::{
+    Datapath, DatapathThread, Error, PollMode, Waker,
+    launch::Launch,
+    link::{LinkHandler, LinkShared},
+    notify::Notifier,
+};
+
+/// Devices opened elsewhere and the addresses to use on them.
+type TestDevices = (Vec<Box<dyn FrameDevice>>, Vec<LocalAddr>);
+
+/// Who runs the datapath's poll loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Driving {
+    /// A dedicated datapath thread; application threads block on a condvar
+    /// (or spin, with [`PollMode::Busy`]).
+    #[default]
+    Thread,
+    /// The application's own thread, inside every blocking call and in
+    /// [`Runtime::poll`]: the lowest-latency way, one core per process.
+    Inline,
+}
+
+/// Builds a [`Runtime`].
+pub struct RuntimeBuilder {
+    iface: Option<String>,
+    queues: u32,
+    backend: BackendChoice,
+    frame_size: u32,
+    frame_count: u32,
+    ring_size: u32,
+    multi_buffer: bool,
+    bind: BindMode,
+    xdp_mode: XdpMode,
+    poll: PollMode,
+    driving: Driving,
+    require_link: bool,
+    endpoint: Option<EndpointConfig>,
+    send_buffer: usize,
+    recv_buffer: usize,
+    dead_after: Duration,
+    devices: Option<TestDevices>,
+}
+
+impl std::fmt::Debug for RuntimeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeBuilder")
+            .field("iface", &self.iface)
+            .field("driving", &self.driving)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for RuntimeBuilder {
+    fn default() -> Self {
+        let c = xsock_reliable_link::Config::default();
+        Self {
+            iface: None,
+            queues: 1,
+            backend: BackendChoice::Auto,
+            frame_size: 4096,
+            frame_count: 4096,
+            ring_size: 2048,
+            multi_buffer: false,
+            bind: BindMode::Auto,
+            xdp_mode: XdpMode::Auto,
+            poll: PollMode::default(),
+            driving: Driving::Thread,
+            require_link: false,
+            endpoint: None,
+            send_buffer: c.send_buffer,
+            recv_buffer: c.recv_buffer,
+            dead_after: c.dead_after,
+            devices: None,
+        }
+    }
+}
+
+impl RuntimeBuilder {
+    /// The interface xsock drives (AF_XDP). Without one, every connection
+    /// takes the kernel's TCP.
+    pub fn interface(mut self, iface: impl Into<String>) -> Self {
+        self.iface = Some(iface.into());
+        self
+    }
+
+    /// Queues to drive on the interface (sockets 0..n).
+    pub fn queues(mut self, n: u32) -> Self {
+        self.queues = n.max(1);
+        self
+    }
+
+    /// Frame backend (default: AF_XDP with AF_PACKET fallback).
+    pub fn backend(mut self, b: BackendChoice) -> Self {
+        self.backend = b;
+        self
+    }
+
+    /// UMEM frame size (2048 or 4096).
+    pub fn frame_size(mut self, bytes: u32) -> Self {
+        self.frame_size = bytes;
+        self
+    }
+
+    /// UMEM frames per queue.
+    pub fn frame_count(mut self, n: u32) -> Self {
+        self.frame_count = n;
+        self
+    }
+
+    /// Ring size.
+    pub fn ring_size(mut self, n: u32) -> Self {
+        self.ring_size = n;
+        self
+    }
+
+    /// Frames longer than one UMEM frame (jumbo MTU).
+    pub fn multi_buffer(mut self, on: bool) -> Self {
+        self.multi_buffer = on;
+        self
+    }
+
+    /// AF_XDP bind mode.
+    pub fn bind(mut self, b: BindMode) -> Self {
+        self.bind = b;
+        self
+    }
+
+    /// Native or generic XDP.
+    pub fn xdp_mode(mut self, m: XdpMode) -> Self {
+        self.xdp_mode = m;
+        self
+    }
+
+    /// Busy-poll, adaptive or sleeping, for the datapath and for waiting
+    /// application calls.
+    pub fn poll_mode(mut self, m: PollMode) -> Self {
+        self.poll = m;
+        self
+    }
+
+    /// Who runs the poll loop.
+    pub fn driving(mut self, d: Driving) -> Self {
+        self.driving = d;
+        self
+    }
+
+    /// Fail if the interface cannot be driven (default: fall back to kernel
+    /// sockets with a warning, as a plain socket would still work).
+    pub fn require_link(mut self, on: bool) -> Self {
+        self.require_link = on;
+        self
+    }
+
+    /// Bytes a connection may have written but not yet acknowledged.
+    pub fn send_buffer(mut self, bytes: usize) -> Self {
+        self.send_buffer = bytes;
+        self
+    }
+
+    /// Bytes a connection buffers for reading (the credit it grants).
+    pub fn recv_buffer(mut self, bytes: usize) -> Self {
+        self.recv_buffer = bytes;
+        self
+    }
+
+    /// Give up on a reliable-link peer after this long without hearing it.
+    pub fn dead_after(mut self, d: Duration) -> Self {
+        self.dead_after = d;
+        self
+    }
+
+    /// Runs on devices opened elsewhere (in-memory ports, for tests) with
+    /// these addresses, instead of an interface.
+    pub fn devices(mut self, devices: Vec<Box<dyn FrameDevice>>, addrs: Vec<LocalAddr>) -> Self {
+        self.devices = Some((devices, addrs));
+        self
+    }
+
+    /// Overrides the whole reliable-link endpoint configuration.
+    pub fn endpoint_config(mut self, c: EndpointConfig) -> Self {
+        self.endpoint = Some(c);
+        self
+    }
+
+    /// Opens the interface (if any) and starts the datapath.
+    pub fn build(mut self) -> Result<Runtime, Error> {
+        let notifier = Arc::new(Notifier::default());
+        let devices = self.devices.take();
+        let testing = devices.is_some();
+        let link = match self.open_link(&notifier, devices) {
+            Ok(l) => l,
+            Err(e) if !self.require_link && !testing => {
+                log::warn!("xsock runs on kernel sockets only: {e}");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                link,
+                notifier,
+                poll: self.poll,
+                launch: crate::launch::from_env(),
+            }),
+        })
+    }
+
+    /// The datapath over the interface, or over the given test devices.
+    fn open_datapath(
+        &self,
+        devices: Option<TestDevices>,
+    ) -> Result<Option<(Datapath, Vec<LocalAddr>)>, Error> {
+        if let Some((devices, addrs)) = devices {
+            return Ok(Some((Datapath::from_devices(devices, self.poll)?, addrs)));
+        }
+        let Some(iface) = &self.iface else {
+            return Ok(None);
+        };
+        let addrs: Vec<LocalAddr> = sys::if_ipv4_addrs(iface)
+            .map_err(Error::Io)?
+            .into_iter()
+            .map(|(ip, prefix)| LocalAddr { ip, prefix })
+            .collect();
+        if addrs.is_empty() && sys::if_index(iface).is_ok() {
+            return Err(Error::Config(format!(
+                "interface {iface} has no IPv4 address; xsock names peers by IPv4 (add one: \
+                 `ip addr add 10.0.0.1/24 dev {iface}`)"
+            )));
+        }
+        let dp = Datapath::builder(iface)
+            .queues(0..self.queues)
+            .backend(self.backend)
+            .frame_size(self.frame_size)
+            .frame_count(self.frame_count)
+            .ring_size(self.ring_size)
+            .multi_buffer(self.multi_buffer)
+            .bind(self.bind)
+            .xdp_mode(self.xdp_mode)
+            .poll_mode(self.poll)
+            .ethertypes([ETHERTYPE, crate::diag::ETHERTYPE])
+            .build()?;
+        Ok(Some((dp, addrs)))
+    }
+
+    fn open_link(
+        &self,
+        notifier: &Arc<Notifier>,
+        devices: Option<TestDevices>,
+    ) -> Result<Option<LinkCore>, Error> {
+        let Some((mut dp, addrs)) = self.open_datapath(devices)? else {
+            return Ok(None);
+        };
+        let info = dp.device_info(0).clone();
+        let mut cfg = self
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| EndpointConfig::new(info.mac.0, addrs.clone(), info.max_frame));
+        cfg.addrs = addrs.clone();
+        cfg.connection.send_buffer = self.send_buffer;
+        cfg.connection.recv_buffer = self.recv_buffer;
+        cfg.connection.dead_after = self.dead_after;
+        let seed = sys::random_u64().map_err(Error::Io)?;
+        let shared = Arc::new(LinkShared {
+            endpoint: Mutex::new(Endpoint::new(cfg, seed)),
+            notifier: notifier.clone(),
+        });
+        dp.register(
+            ETHERTYPE,
+            Box::new(LinkHandler::new(shared.clone(), info.mac, info.max_frame)),
+        )?;
+        let waker = dp.waker();
+        let engine = match self.driving {
+            Driving::Thread => Engine::Thread(dp.spawn("xsock-datapath")?),
+            Driving::Inline => Engine::Inline(Mutex::new(dp)),
+        };
+        Ok(Some(LinkCore {
+            shared,
+            engine,
+            waker,
+            addrs,
+            mac: info.mac,
+            iface: info.name,
+        }))
+    }
+}
+
+pub(crate) enum Engine {
+    Thread(DatapathThread),
+    Inline(Mutex<Datapath>),
+}
+
+pub(crate) struct LinkCore {
+    pub shared: Arc<LinkShared>,
+    pub engine: Engine,
+    pub waker: Waker,
+    pub addrs: Vec<LocalAddr>,
+    pub mac: MacAddr,
+    pub iface: String,
+}
+
+pub(crate) struct Inner {
+    pub link: Option<LinkCore>,
+    pub notifier: Arc<Notifier>,
+    pub poll: PollMode,
+    pub launch: Option<Launch>,
+}
+
+/// The xsock runtime: one per process and interface. Cheap to clone
+/// (streams and listeners hold a clone).
+#[derive(Clone)]
+pub struct Runtime {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("iface", &self.inner.link.as_ref().map(|l| &l.iface))
+            .field("poll", &self.inner.poll)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// A builder.
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder::default()
+    }
+
+    /// Whether the reliable-link path is up (an interface is driven).
+    pub fn has_link(&self) -> bool {
+        self.inner.link.is_some()
+    }
+
+    /// Our IPv4 addresses on the driven interface.
+    pub fn local_addrs(&self) -> Vec<Ipv4Addr> {
+        self.inner
+            .link
+            .as_ref()
+            .map(|l| l.addrs.iter().map(|a| a.ip).collect())
+            .unwrap_or_default()
+    }
+
+    /// Our MAC on the driven interface.
+    pub fn local_mac(&self) -> Option<MacAddr> {
+        self.inner.link.as_ref().map(|l| l.mac)
+    }
+
+    /// Rank and size when started by Slurm or an MPI launcher.
+    pub fn launch(&self) -> Option<Launch> {
+        self.inner.launch
+    }
+
+    /// The poll mode.
+    pub fn poll_mode(&self) -> PollMode {
+        self.inner.poll
+    }
+
+    /// Inline driving: runs one pass of the poll loop on this thread and
+    /// returns how much work it did. With a datapath thread: returns 0.
+    pub fn poll(&self) -> Result<usize, Error> {
+        match self.inner.link.as_ref().map(|l| &l.engine) {
+            Some(Engine::Inline(dp)) => dp
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .poll()
+                .map_err(Error::Io),
+            _ => Ok(0),
+        }
+    }
+
+    /// Counters of the datapath's queues (empty without an interface).
+    pub fn queue_stats(&self) -> Vec<crate::QueueStats> {
+        match self.inner.link.as_ref().map(|l| &l.engine) {
+            Some(Engine::Inline(dp)) => dp.lock().unwrap_or_else(|p| p.into_inner()).stats(),
+            Some(Engine::Thread(t)) => t.call(|dp| dp.stats()).unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+
+    pub(crate) fn link(&self) -> Option<&LinkCore> {
+        self.inner.link.as_ref()
+    }
+
+    /// Announces a change to every waiter (and wakes an inline datapath
+    /// sleeping in poll(2)).
+    pub(crate) fn notify(&self) {
+        self.inner.notifier.notify();
+        if let Some(l) = &self.inner.link {
+            l.waker.wake();
+        }
+    }
+
+    /// Gets frames the application just queued moving: an inline datapath
+    /// runs a pass now; a sleeping datapath thread is woken.
+    pub(crate) fn kick(&self) {
+        let Some(l) = &self.inner.link else { return };
+        match &l.engine {
+            Engine::Inline(dp) => {
+                if let Ok(mut dp) = dp.try_lock() {
+                    let _ = dp.poll();
+                }
+            }
+            Engine::Thread(_) => {
+                if self.inner.poll != PollMode::Busy {
+                    l.waker.wake();
+                }
+            }
+        }
+    }
+
+    /// Waits until `check` returns `Some`, or `deadline` passes (`None`).
+    /// With inline driving, runs the poll loop while waiting.
+    pub(crate) fn wait_until<R>(
+        &self,
+        deadline: Option<Instant>,
+        mut check: impl FnMut() -> Result<Option<R>, Error>,
+    ) -> Result<Option<R>, Error> {
+        let notifier = &self.inner.notifier;
+        loop {
+            let seen = notifier.generation();
+            if let Some(r) = check()? {
+                return Ok(Some(r));
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Ok(None);
+            }
+            let cap = deadline.map_or(Duration::from_millis(100), |d| {
+                (d - now).min(Duration::from_millis(100))
+            });
+            match self.inner.link.as_ref().map(|l| &l.engine) {
+                Some(Engine::Inline(dp)) => {
+                    let mut dp = dp.lock().unwrap_or_else(|p| p.into_inner());
+                    let work = dp.poll().map_err(Error::Io)?;
+                    if work == 0 && notifier.generation() == seen {
+                        dp.idle(Some(cap)).map_err(Error::Io)?;
+                    }
+                }
+                _ if self.inner.poll == PollMode::Busy => notifier.spin_past(seen, Some(now + cap)),
+                _ => notifier.wait_past(seen, cap),
+            }
+        }
+    }
+}
