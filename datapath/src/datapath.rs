@@ -106,6 +106,7 @@ pub struct DatapathBuilder {
     xdp_mode: XdpMode,
     mode: PollMode,
     ethertypes: Vec<u16>,
+    inject_loss: f64,
 }
 
 impl DatapathBuilder {
@@ -127,7 +128,15 @@ impl DatapathBuilder {
                 xsock_nic::ETHERTYPE_LOCAL_EXP1,
                 xsock_nic::ETHERTYPE_LOCAL_EXP2,
             ],
+            inject_loss: 0.0,
         }
+    }
+
+    /// Drops this fraction of transmitted frames, at random (seeded from the
+    /// OS): a lossy link, for testing and measuring recovery.
+    pub fn inject_loss(mut self, fraction: f64) -> Self {
+        self.inject_loss = fraction.clamp(0.0, 1.0);
+        self
     }
 
     /// Queues to drive (one socket each).
@@ -196,7 +205,7 @@ impl DatapathBuilder {
         if self.queues.is_empty() {
             return Err(Error::Config("a datapath needs at least one queue".into()));
         }
-        let mut devices = Vec::with_capacity(self.queues.len());
+        let mut devices: Vec<Box<dyn FrameDevice>> = Vec::with_capacity(self.queues.len());
         for &queue in &self.queues {
             let cfg = AfXdpConfig {
                 iface: self.iface.clone(),
@@ -210,7 +219,22 @@ impl DatapathBuilder {
                 ethertypes: self.ethertypes.clone(),
                 tx_batch: 64,
             };
-            devices.push(xsock_nic::open(&cfg, self.backend)?);
+            let dev = xsock_nic::open(&cfg, self.backend)?;
+            if self.inject_loss > 0.0 {
+                let seed = xsock_nic::sys::random_u64().map_err(Error::Io)?;
+                log::warn!(
+                    "dropping {:.3}% of transmitted frames on queue {queue} (--inject-loss)",
+                    self.inject_loss * 100.0
+                );
+                let faults = xsock_nic::fault::FaultConfig {
+                    seed,
+                    loss: self.inject_loss,
+                    ..Default::default()
+                };
+                devices.push(Box::new(xsock_nic::fault::FaultInjector::new(dev, faults)));
+            } else {
+                devices.push(dev);
+            }
         }
         Datapath::from_devices(devices, self.mode)
     }

@@ -138,13 +138,15 @@ impl FrameHandler for LinkHandler {
             return true; // the application holds it; come back next pass
         };
         let now = cx.now();
-        let deadline = ep.poll_timeout();
-        if deadline.is_some_and(|t| t <= now) {
+        // One deadline scan per pass: due timers run, and the next deadline
+        // arms the loop's timer below.
+        let mut next = ep.poll_timeout();
+        if next.is_some_and(|t| t <= now) {
             ep.handle_timeout(now);
+            next = ep.poll_timeout();
         }
         let sent = transmit(&mut ep, cx, self.mac, self.max_frame);
         let changed = take_events(&mut ep);
-        let next = ep.poll_timeout();
         drop(ep);
         if changed {
             self.shared.notifier.notify();

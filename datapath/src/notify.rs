@@ -11,7 +11,7 @@
 use std::{
     sync::{
         Condvar, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -20,6 +20,9 @@ use std::{
 #[derive(Debug, Default)]
 pub(crate) struct Notifier {
     generation: AtomicU64,
+    /// Threads inside `wait_past`: a notify with none skips the condvar
+    /// (whose wake-up is a system call even when nobody waits).
+    sleepers: AtomicUsize,
     lock: Mutex<()>,
     cond: Condvar,
 }
@@ -33,8 +36,12 @@ impl Notifier {
     /// Something changed: wake every waiter.
     pub fn notify(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
-        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.cond.notify_all();
+        // A sleeper registers before it checks the generation, so one that
+        // registers after this load sees the new generation and never sleeps.
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.cond.notify_all();
+        }
     }
 
     /// Spins until the generation moves past `seen` or `deadline` passes.
@@ -51,13 +58,14 @@ impl Notifier {
 
     /// Sleeps until the generation moves past `seen`, or `max` passes.
     pub fn wait_past(&self, seen: u64, max: Duration) {
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
         let g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        if self.generation() != seen {
-            return;
+        if self.generation() == seen {
+            let _ = self
+                .cond
+                .wait_timeout_while(g, max, |_| self.generation() == seen);
         }
-        let _ = self
-            .cond
-            .wait_timeout_while(g, max, |_| self.generation() == seen);
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -50,6 +50,7 @@ pub struct RuntimeBuilder {
     send_buffer: usize,
     recv_buffer: usize,
     dead_after: Duration,
+    inject_loss: f64,
     devices: Option<TestDevices>,
 }
 
@@ -82,6 +83,7 @@ impl Default for RuntimeBuilder {
             send_buffer: c.send_buffer,
             recv_buffer: c.recv_buffer,
             dead_after: c.dead_after,
+            inject_loss: 0.0,
             devices: None,
         }
     }
@@ -181,6 +183,13 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Drops this fraction of transmitted frames at random (a lossy link, to
+    /// test and measure recovery).
+    pub fn inject_loss(mut self, fraction: f64) -> Self {
+        self.inject_loss = fraction;
+        self
+    }
+
     /// Runs on devices opened elsewhere (in-memory ports, for tests) with
     /// these addresses, instead of an interface.
     pub fn devices(mut self, devices: Vec<Box<dyn FrameDevice>>, addrs: Vec<LocalAddr>) -> Self {
@@ -250,6 +259,7 @@ impl RuntimeBuilder {
             .xdp_mode(self.xdp_mode)
             .poll_mode(self.poll)
             .ethertypes([ETHERTYPE, crate::diag::ETHERTYPE])
+            .inject_loss(self.inject_loss)
             .build()?;
         Ok(Some((dp, addrs)))
     }
@@ -315,6 +325,44 @@ pub(crate) struct Inner {
     pub notifier: Arc<Notifier>,
     pub poll: PollMode,
     pub launch: Option<Launch>,
+}
+
+/// How long a dropped runtime lets open reliable-link connections finish
+/// gracefully before resetting them (peers then see a reset at once, not a
+/// silence they must time out on).
+pub const LINGER_ON_DROP: Duration = Duration::from_secs(1);
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let Some(link) = &self.link else { return };
+        let open = |ep: &Endpoint| {
+            ep.connection_ids()
+                .filter(|&c| ep.connection(c).is_some_and(|c| c.close_reason().is_none()))
+                .count()
+        };
+        let drive = || match &link.engine {
+            Engine::Inline(dp) => {
+                let _ = dp.lock().unwrap_or_else(|p| p.into_inner()).poll();
+            }
+            Engine::Thread(_) => {
+                link.waker.wake();
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        };
+        let deadline = Instant::now() + LINGER_ON_DROP;
+        while open(&link.shared.lock()) > 0 && Instant::now() < deadline {
+            drive();
+        }
+        let mut ep = link.shared.lock();
+        let left: Vec<u64> = ep.connection_ids().collect();
+        for cid in left {
+            ep.abort(cid);
+        }
+        drop(ep);
+        for _ in 0..10 {
+            drive();
+        }
+    }
 }
 
 /// The xsock runtime: one per process and interface. Cheap to clone

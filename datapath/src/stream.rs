@@ -457,26 +457,32 @@ impl Stream {
     ) -> Result<(usize, bool), Error> {
         let rt = self.rt.clone();
         let peer = self.peer;
+        let mut wants_transmit = false;
         let r = rt
             .wait_until(None, || {
-                let mut ep = rt.link().expect("link").shared.lock();
-                let r = ep.read(cid, buf, stop_at_end).map_err(|_| Error::Closed)?;
-                if r.len > 0 {
-                    return Ok(Some((r.len, r.end_of_message)));
+                let st = rt
+                    .link()
+                    .expect("link")
+                    .shared
+                    .lock()
+                    .read_status(cid, buf, stop_at_end)
+                    .map_err(|_| Error::Closed)?;
+                wants_transmit |= st.wants_transmit;
+                if st.len > 0 {
+                    return Ok(Some((st.len, st.end_of_message)));
                 }
-                let c = ep.connection(cid).ok_or(Error::Closed)?;
-                if c.is_eof() {
+                if st.eof {
                     return Ok(Some((0, false)));
                 }
-                match c.close_reason() {
+                match st.closed {
                     Some(CloseReason::Graceful) => Ok(Some((0, false))),
                     Some(reason) => Err(close_error(reason, peer)),
                     None => Ok(None),
                 }
             })?
             .expect("no deadline");
-        if r.0 > 0 {
-            rt.kick(); // the read may have freed credit worth granting
+        if wants_transmit {
+            rt.kick(); // the read freed credit worth granting now
         }
         Ok(r)
     }
@@ -561,7 +567,9 @@ impl Stream {
     /// Closes gracefully and waits (up to `timeout`) until the peer has
     /// everything that was sent, so exiting right after loses nothing.
     pub fn close(mut self, timeout: Duration) -> Result<(), Error> {
-        self.shutdown_write()?;
+        // Already shut down (by a clone, say) or already ended: the state
+        // below tells which.
+        let _ = self.shutdown_write();
         let Conn::Link { cid, .. } = self.conn else {
             return Ok(());
         };

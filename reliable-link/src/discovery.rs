@@ -15,7 +15,6 @@
 //! another's.
 
 use std::{
-    collections::HashMap,
     net::Ipv4Addr,
     time::{Duration, Instant},
 };
@@ -75,7 +74,7 @@ enum Entry {
 #[derive(Debug, Default)]
 pub struct Discovery {
     config: DiscoveryConfig,
-    entries: HashMap<Ipv4Addr, Entry>,
+    entries: crate::fasthash::FastMap<Ipv4Addr, Entry>,
     finished: Vec<(Ipv4Addr, Lookup)>,
 }
 

@@ -8,14 +8,17 @@
 //! `close`, `abort`, `release`), each of which may make frames to send.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     net::Ipv4Addr,
     time::{Duration, Instant},
 };
 
 use crate::{
-    connection::{Addressing, Config, Connection, Event, Mode, ReadOutcome, StreamError},
+    connection::{
+        Addressing, CloseReason, Config, Connection, Event, Mode, ReadOutcome, StreamError,
+    },
     discovery::{Discovery, DiscoveryConfig, Lookup, Peer},
+    fasthash::FastMap,
     wire::{
         self, Body, DiscoverBody, DiscoverReplyBody, HEADER_LEN, Packet, Repr, RstBody, RstReason,
         SynBody,
@@ -119,6 +122,21 @@ pub enum EndpointEvent {
     },
 }
 
+/// What [`Endpoint::read_status`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadStatus {
+    /// Bytes read.
+    pub len: usize,
+    /// They end a message.
+    pub end_of_message: bool,
+    /// The peer finished its stream and every byte has been read.
+    pub eof: bool,
+    /// The connection has ended, and why.
+    pub closed: Option<CloseReason>,
+    /// The connection has a frame to send now (call `poll_transmit`).
+    pub wants_transmit: bool,
+}
+
 /// Why a call was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -166,10 +184,10 @@ struct Listener {
 pub struct Endpoint {
     config: EndpointConfig,
     rng: SplitMix,
-    slots: HashMap<u64, Slot>,
+    slots: FastMap<u64, Slot>,
     /// (peer MAC, peer's cid) → our cid, to recognise a repeated SYN.
-    syns: HashMap<([u8; 6], u64), u64>,
-    listeners: HashMap<u16, Listener>,
+    syns: FastMap<([u8; 6], u64), u64>,
+    listeners: FastMap<u16, Listener>,
     control: VecDeque<([u8; 6], Repr)>,
     ready: VecDeque<u64>,
     discovery: Discovery,
@@ -211,9 +229,9 @@ impl Endpoint {
             discovery: Discovery::new(config.discovery.clone()),
             config,
             rng,
-            slots: HashMap::new(),
-            syns: HashMap::new(),
-            listeners: HashMap::new(),
+            slots: FastMap::default(),
+            syns: FastMap::default(),
+            listeners: FastMap::default(),
             control: VecDeque::new(),
             ready: VecDeque::new(),
             events: VecDeque::new(),
@@ -398,9 +416,35 @@ impl Endpoint {
         out: &mut [u8],
         stop_at_message_end: bool,
     ) -> Result<ReadOutcome, EndpointError> {
-        let r = self.slot(cid)?.conn.read(out, stop_at_message_end);
-        self.mark_ready(cid);
-        Ok(r)
+        self.read_status(cid, out, stop_at_message_end)
+            .map(|s| ReadOutcome {
+                len: s.len,
+                end_of_message: s.end_of_message,
+            })
+    }
+
+    /// Reads from `cid` and says what else the application needs to know,
+    /// in one lookup: whether the stream ended, whether the connection did,
+    /// and whether the read made a frame worth sending (a credit grant).
+    pub fn read_status(
+        &mut self,
+        cid: u64,
+        out: &mut [u8],
+        stop_at_message_end: bool,
+    ) -> Result<ReadStatus, EndpointError> {
+        let slot = self.slot(cid)?;
+        let r = slot.conn.read(out, stop_at_message_end);
+        let status = ReadStatus {
+            len: r.len,
+            end_of_message: r.end_of_message,
+            eof: slot.conn.is_eof(),
+            closed: slot.conn.close_reason(),
+            wants_transmit: slot.conn.wants_transmit(),
+        };
+        if status.wants_transmit {
+            self.mark_ready(cid);
+        }
+        Ok(status)
     }
 
     /// Closes `cid` for writing (a FIN follows the data).

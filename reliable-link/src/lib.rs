@@ -53,6 +53,7 @@ pub mod buffer;
 pub mod connection;
 pub mod discovery;
 pub mod endpoint;
+pub mod fasthash;
 pub mod wire;
 
 pub use connection::{
@@ -60,5 +61,6 @@ pub use connection::{
 };
 pub use discovery::{DiscoveryConfig, Lookup, Peer};
 pub use endpoint::{
-    Endpoint, EndpointConfig, EndpointError, EndpointEvent, EndpointStats, LocalAddr, Transmit,
+    Endpoint, EndpointConfig, EndpointError, EndpointEvent, EndpointStats, LocalAddr, ReadStatus,
+    Transmit,
 };

@@ -127,6 +127,101 @@ impl DatapathArgs {
     }
 }
 
+/// Transports of `ping`, `bw` and `cat` (CLI.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TransportArg {
+    /// reliable-link: xsock's own protocol on raw Ethernet frames.
+    Link,
+    /// The kernel's TCP socket.
+    Kernel,
+}
+
+/// The runtime behind `ping`, `bw` and `cat`.
+#[derive(Debug, Clone, Args)]
+pub struct RuntimeArgs {
+    /// Interface xsock drives with AF_XDP (not needed with --transport kernel).
+    #[arg(long)]
+    pub iface: Option<String>,
+    /// Transport; without it, reliable-link for an xsock peer on the segment
+    /// and kernel TCP otherwise.
+    #[arg(long, value_enum)]
+    pub transport: Option<TransportArg>,
+    /// Frame backend.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendArg,
+    /// Native or generic XDP.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub xdp_mode: XdpModeArg,
+    /// Accept frames longer than one UMEM frame (jumbo MTU).
+    #[arg(long)]
+    pub multi_buffer: bool,
+    /// Bytes each connection buffers for sending and receiving.
+    #[arg(long, default_value_t = 4 << 20)]
+    pub buffer: usize,
+    /// Drop this fraction of transmitted reliable-link frames (a lossy link,
+    /// for testing recovery); e.g. 0.01.
+    #[arg(long, default_value_t = 0.0)]
+    pub inject_loss: f64,
+}
+
+impl RuntimeArgs {
+    /// The transport to request.
+    pub fn transport(&self) -> xsock::Transport {
+        match self.transport {
+            None => xsock::Transport::Auto,
+            Some(TransportArg::Link) => xsock::Transport::Link,
+            Some(TransportArg::Kernel) => xsock::Transport::Kernel,
+        }
+    }
+
+    /// The transport's name in JSON output.
+    pub fn transport_name(&self, path: xsock::Path) -> &'static str {
+        match path {
+            xsock::Path::Link => "link",
+            xsock::Path::Kernel => "kernel",
+        }
+    }
+
+    /// Builds the runtime: no interface for the kernel transport; the
+    /// interface (required) for reliable-link.
+    pub fn build(
+        &self,
+        driving: xsock::Driving,
+        poll: PollMode,
+    ) -> Result<xsock::Runtime, crate::fail::Fail> {
+        use crate::fail::Fail;
+        let mut b = xsock::Runtime::builder()
+            .driving(driving)
+            .poll_mode(poll)
+            .send_buffer(self.buffer)
+            .recv_buffer(self.buffer)
+            .backend(match self.backend {
+                BackendArg::Auto => BackendChoice::Auto,
+                BackendArg::Xdp => BackendChoice::AfXdp,
+                BackendArg::Packet => BackendChoice::AfPacket,
+            })
+            .xdp_mode(match self.xdp_mode {
+                XdpModeArg::Auto => XdpMode::Auto,
+                XdpModeArg::Native => XdpMode::Native,
+                XdpModeArg::Generic => XdpMode::Generic,
+            })
+            .multi_buffer(self.multi_buffer)
+            .inject_loss(self.inject_loss);
+        match (self.transport, &self.iface) {
+            (Some(TransportArg::Kernel), _) => {}
+            (Some(TransportArg::Link), None) => {
+                return Err(Fail::msg(
+                    "--transport link needs --iface: the interface xsock drives",
+                ));
+            }
+            (Some(TransportArg::Link), Some(i)) => b = b.interface(i).require_link(true),
+            (None, Some(i)) => b = b.interface(i),
+            (None, None) => {}
+        }
+        Ok(b.build()?)
+    }
+}
+
 /// Runs the datapath's loop until the process is killed (the server side
 /// of a tool), after saying what serves where.
 pub fn serve_forever(dp: &mut Datapath, what: &str) -> Result<(), xsock::Error> {

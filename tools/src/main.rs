@@ -2,6 +2,8 @@
 //! fields that scripts depend on are fixed in CLI.md.
 
 mod args;
+mod bw;
+mod cat;
 mod demo;
 mod fail;
 mod latency;
@@ -25,8 +27,12 @@ enum Cmd {
     Rawping(rawping::RawPing),
     /// Raw one-way frame blast: frame rate and bit rate of the datapath.
     Rawbw(rawbw::RawBw),
-    /// Message ping-pong over a transport (kernel TCP at this stage).
+    /// Message ping-pong over reliable-link or kernel TCP, timed round trip by round trip.
     Ping(ping::Ping),
+    /// One-way bulk throughput over reliable-link or kernel TCP.
+    Bw(bw::Bw),
+    /// netcat over xsock: stdin to the peer, the peer to stdout.
+    Cat(cat::Cat),
     /// Build a two-host network in namespaces and compare xsock with kernel TCP.
     Demo(demo::Demo),
 }
@@ -41,6 +47,8 @@ fn main() {
         Cmd::Rawping(c) => c.run(),
         Cmd::Rawbw(c) => c.run(),
         Cmd::Ping(c) => c.run(),
+        Cmd::Bw(c) => c.run(),
+        Cmd::Cat(c) => c.run(),
         Cmd::Demo(c) => c.run(),
     };
     if let Err(e) = r {

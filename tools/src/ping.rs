@@ -1,49 +1,53 @@
-//! `xsock ping`: message ping-pong over a transport, timed round trip by
-//! round trip. This stage has the kernel TCP transport — the yardstick the
-//! raw datapath and later the reliable-link transport are compared with.
+//! `xsock ping`: message ping-pong over the socket API — reliable-link or
+//! kernel TCP, same code — timed round trip by round trip.
+//!
+//! The protocol is a plain byte-stream echo (the client sends `size` bytes
+//! and reads `size` back; the server echoes whatever arrives), so the
+//! kernel-TCP figures carry no framing of ours. Both ends drive the runtime
+//! inline and busy-poll by default: one core each.
 
 use std::{
-    io::{self, ErrorKind, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::SocketAddrV4,
     time::{Duration, Instant},
 };
 
-use clap::{Args, ValueEnum};
+use clap::Args;
+use serde::Serialize;
+use xsock::{ConnectOptions, Driving, Error, ListenOptions, Listener, Mode, Path, Runtime, Stream};
 
-use crate::{args::Poll, fail::Fail, latency::Latencies};
-
-/// Transports `ping` can use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Transport {
-    /// The kernel's own TCP socket.
-    Kernel,
-}
+use crate::{
+    args::{Poll, RuntimeArgs},
+    fail::Fail,
+    latency::{Latencies, Summary},
+};
 
 /// Flags of `xsock ping`.
 #[derive(Debug, Args)]
 pub struct Ping {
-    /// Interface xsock drives (not used by the kernel transport).
-    #[arg(long)]
-    iface: Option<String>,
+    #[command(flatten)]
+    rt: RuntimeArgs,
     /// Serve echoes on this address (runs until killed).
     #[arg(long, conflicts_with = "connect")]
-    listen: Option<SocketAddr>,
+    listen: Option<SocketAddrV4>,
     /// Ping the echo server at this address.
     #[arg(long, required_unless_present = "listen")]
-    connect: Option<SocketAddr>,
-    /// Transport.
-    #[arg(long, value_enum, default_value = "kernel")]
-    transport: Transport,
+    connect: Option<SocketAddrV4>,
     /// Message size in bytes.
     #[arg(long, default_value_t = 64)]
     size: usize,
-    /// Round trips to measure.
+    /// Round trips to measure (per size with --sweep, scaled down for large ones).
     #[arg(long, default_value_t = 10_000)]
     count: u64,
     /// Round trips before measuring.
     #[arg(long, default_value_t = 1_000)]
     warmup: u64,
-    /// Busy-poll (non-blocking sockets, spinning) or sleep in the kernel.
+    /// Measure every power of two from 1 B to --max-size instead of one size.
+    #[arg(long)]
+    sweep: bool,
+    /// Largest size of a sweep.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_size: usize,
+    /// Busy-poll (default) or sleep while waiting.
     #[arg(long, value_enum, default_value = "busy")]
     poll: Poll,
     /// Print one JSON object on stdout instead of a table.
@@ -51,125 +55,177 @@ pub struct Ping {
     json: bool,
 }
 
-/// Reads exactly `buf.len()` bytes, spinning on a non-blocking socket or
-/// blocking, as configured. Ok(false) on a clean end of stream.
-fn read_full(s: &mut TcpStream, buf: &mut [u8], spin: bool) -> io::Result<bool> {
-    let mut got = 0;
-    while got < buf.len() {
-        match s.read(&mut buf[got..]) {
-            Ok(0) if got == 0 => return Ok(false),
-            Ok(0) => {
-                return Err(io::Error::new(
-                    ErrorKind::UnexpectedEof,
-                    "peer closed mid-message",
-                ));
-            }
-            Ok(n) => got += n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock && spin => std::hint::spin_loop(),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(true)
+/// The JSON of a sweep.
+#[derive(Debug, Serialize)]
+struct Sweep {
+    transport: String,
+    sweep: Vec<Summary>,
 }
 
-fn write_full(s: &mut TcpStream, mut buf: &[u8], spin: bool) -> io::Result<()> {
-    while !buf.is_empty() {
-        match s.write(buf) {
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == ErrorKind::WouldBlock && spin => std::hint::spin_loop(),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-fn configure(s: &TcpStream, spin: bool) -> io::Result<()> {
-    s.set_nodelay(true)?;
-    s.set_nonblocking(spin)
-}
-
-fn serve(listen: SocketAddr, spin: bool) -> Result<(), Fail> {
-    let l = TcpListener::bind(listen)
-        .map_err(|e| Fail::msg(format!("cannot listen on {listen}: {e}")))?;
-    log::info!("ping echo (kernel TCP) on {listen}");
-    for conn in l.incoming() {
-        let mut s = conn?;
-        std::thread::spawn(move || {
-            let mut run = || -> io::Result<()> {
-                configure(&s, spin)?;
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    // Echo whatever arrives, as it arrives.
-                    let n = match s.read(&mut buf) {
-                        Ok(0) => return Ok(()),
-                        Ok(n) => n,
-                        Err(e) if e.kind() == ErrorKind::WouldBlock && spin => {
-                            std::hint::spin_loop();
-                            continue;
-                        }
-                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(e),
-                    };
-                    write_full(&mut s, &buf[..n], spin)?;
+fn serve(rt: &Runtime, addr: SocketAddrV4, transport: xsock::Transport) -> Result<(), Fail> {
+    let l = Listener::bind_with(
+        rt,
+        addr,
+        ListenOptions {
+            transport,
+            mode: Mode::Stream,
+        },
+    )?;
+    log::info!(
+        "ping echo on {addr} (link: {}, kernel: {})",
+        rt.has_link(),
+        transport != xsock::Transport::Link
+    );
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let mut s = l.accept()?;
+        log::info!("echoing for {} over {:?}", s.peer_addr(), s.path());
+        loop {
+            match s.recv(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if let Err(e) = s.send(&buf[..n]) {
+                        log::warn!("echo to {} ended: {e}", s.peer_addr());
+                        break;
+                    }
                 }
-            };
-            if let Err(e) = run() {
-                log::warn!("echo connection ended: {e}");
+                Err(e) => {
+                    log::warn!("echo from {} ended: {e}", s.peer_addr());
+                    break;
+                }
             }
-        });
+        }
     }
-    Ok(())
+}
+
+/// Round trips of `size` bytes: `warmup` unmeasured, then `count` measured.
+fn measure(s: &mut Stream, size: usize, warmup: u64, count: u64) -> Result<Latencies, Error> {
+    let msg: Vec<u8> = (0..size).map(|i| (i * 7 + size) as u8).collect();
+    let mut back = vec![0u8; size];
+    let mut lat = Latencies::new();
+    for i in 0..warmup + count {
+        let t = Instant::now();
+        s.send(&msg)?;
+        let mut got = 0;
+        while got < size {
+            let n = s.recv(&mut back[got..])?;
+            if n == 0 {
+                return Err(Error::Closed);
+            }
+            got += n;
+        }
+        let rtt = t.elapsed();
+        if back != msg {
+            return Err(Error::Protocol(format!(
+                "the echo of a {size}-byte message came back different"
+            )));
+        }
+        if i >= warmup {
+            lat.record(rtt);
+        }
+    }
+    Ok(lat)
+}
+
+/// Round trips to measure at `size` in a sweep: fewer for large messages,
+/// at least 50.
+fn sweep_count(count: u64, size: usize) -> u64 {
+    (count * 1024 / size.max(1024) as u64).max(50).min(count)
 }
 
 impl Ping {
     /// Runs the subcommand.
     pub fn run(self) -> Result<(), Fail> {
-        let spin = self.poll == Poll::Busy;
-        let _ = &self.iface;
-        if let Some(listen) = self.listen {
-            return serve(listen, spin);
+        let rt = self.rt.build(Driving::Inline, self.poll.into())?;
+        if let Some(addr) = self.listen {
+            return serve(&rt, addr, self.rt.transport());
         }
         let addr = self
             .connect
             .expect("clap requires --connect without --listen");
-        if self.size == 0 {
-            return Err(Fail::msg("--size must be at least 1 byte"));
+        if self.size == 0 || (self.sweep && self.max_size == 0) {
+            return Err(Fail::msg("--size and --max-size must be at least 1 byte"));
         }
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| {
-            Fail::msg(format!(
-                "cannot connect to {addr}: {e} (is `xsock ping --listen {addr}` running?)"
-            ))
+        let opts = ConnectOptions {
+            transport: self.rt.transport(),
+            mode: Mode::Stream,
+            timeout: Duration::from_secs(10),
+        };
+        let mut s = Stream::connect_with(&rt, addr, opts).map_err(|e| match e {
+            Error::ConnectionRefused(_) => {
+                Fail::msg(format!("{e} (is `xsock ping --listen {addr}` running?)"))
+            }
+            e => Fail::from(e),
         })?;
-        configure(&s, spin)?;
-        let msg: Vec<u8> = (0..self.size).map(|i| i as u8).collect();
-        let mut back = vec![0u8; self.size];
-        let mut lat = Latencies::new();
-        for i in 0..self.warmup + self.count {
-            let t = Instant::now();
-            write_full(&mut s, &msg, spin)?;
-            if !read_full(&mut s, &mut back, spin)? {
-                return Err(Fail::msg(format!("{addr} closed the connection")));
-            }
-            let rtt = t.elapsed();
-            if back != msg {
-                return Err(Fail::msg("echo came back corrupted"));
-            }
-            if i >= self.warmup {
-                lat.record(rtt);
-            }
+        let transport = self.rt.transport_name(s.path()).to_owned();
+        if s.path() == Path::Kernel && self.rt.transport.is_none() && self.rt.iface.is_some() {
+            log::info!("{addr} is not an xsock peer on this segment: measuring kernel TCP");
         }
-        let summary = lat.summary("kernel", self.size);
-        if self.json {
-            println!("{}", serde_json::to_string(&summary).expect("serialisable"));
+        let sizes: Vec<usize> = if self.sweep {
+            std::iter::successors(Some(1usize), |&s| {
+                (s < self.max_size).then_some((s * 2).min(self.max_size))
+            })
+            .collect()
         } else {
-            println!(
-                "ping kernel TCP → {addr}: {} round trips after {} warm-up",
-                summary.count, self.warmup
-            );
-            println!("{}", summary.table());
+            vec![self.size]
+        };
+        let mut results = Vec::new();
+        for &size in &sizes {
+            let (count, warmup) = if self.sweep {
+                (
+                    sweep_count(self.count, size),
+                    sweep_count(self.warmup, size),
+                )
+            } else {
+                (self.count, self.warmup)
+            };
+            let lat = measure(&mut s, size, warmup, count)?;
+            results.push(lat.summary(&transport, size));
+        }
+        s.shutdown_write()?;
+        if self.json {
+            if self.sweep {
+                println!(
+                    "{}",
+                    serde_json::to_string(&Sweep {
+                        transport,
+                        sweep: results
+                    })
+                    .expect("serialisable")
+                );
+            } else {
+                println!(
+                    "{}",
+                    serde_json::to_string(&results[0]).expect("serialisable")
+                );
+            }
+        } else {
+            println!("ping over {transport} to {addr}:");
+            for (i, r) in results.iter().enumerate() {
+                let t = r.table();
+                let mut lines = t.lines();
+                let header = lines.next().unwrap_or_default();
+                if i == 0 {
+                    println!("{header}");
+                }
+                for l in lines {
+                    println!("{l}");
+                }
+            }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweep_counts_shrink_with_size_but_not_below_50() {
+        assert_eq!(sweep_count(10_000, 1), 10_000);
+        assert_eq!(sweep_count(10_000, 64 << 10), 156);
+        assert_eq!(sweep_count(10_000, 1 << 20), 50);
+        assert_eq!(sweep_count(20, 1), 20);
     }
 }
