@@ -10,7 +10,7 @@ fi
 
 packages=(
     clang llvm libelf-dev zlib1g-dev m4 libpcap-dev pkg-config  # xsk-rs builds libxdp/libbpf; our XDP program
-    iproute2 nftables procps iputils-ping ethtool                # the namespace test bed
+    iproute2 nftables procps iputils-ping ethtool netcat-openbsd # the namespace test bed, peers
     iperf3 sockperf                                              # kernel baselines
 )
 missing=()

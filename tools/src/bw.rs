@@ -143,7 +143,7 @@ impl Bw {
         for _ in 0..self.streams {
             streams.push(Stream::connect_with(&rt, addr, opts).map_err(|e| match e {
                 Error::ConnectionRefused(_) => {
-                    Fail::msg(format!("{e} (is `xsock bw --listen {addr}` running?)"))
+                    Fail::msg(format!("connection refused by {addr}: nothing listens there; start `xsock bw --listen {addr}` on the peer first"))
                 }
                 e => Fail::from(e),
             })?);

@@ -153,7 +153,7 @@ impl Ping {
         };
         let mut s = Stream::connect_with(&rt, addr, opts).map_err(|e| match e {
             Error::ConnectionRefused(_) => {
-                Fail::msg(format!("{e} (is `xsock ping --listen {addr}` running?)"))
+                Fail::msg(format!("connection refused by {addr}: nothing listens there; start `xsock ping --listen {addr}` on the peer first"))
             }
             e => Fail::from(e),
         })?;
