@@ -1,0 +1,96 @@
+//! The C ABI from C: compiles examples/pingpong.c against libxsock.so and
+//! libxsock.a and runs it between two namespaces, over reliable-link and
+//! over kernel TCP. Needs root and a C compiler.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use xsock_testbed::{LinkOpts, Testbed, require_root};
+
+/// Builds libxsock.{so,a} and returns their directory. `cargo test` builds
+/// only the rlib, and the outer cargo holds its target directory's lock, so
+/// this builds into a target directory of its own (incremental: after the
+/// first run, only what changed).
+fn lib_dir() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+            let target = workspace.join("target/capi-c");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let out = Command::new(cargo)
+                .args(["build", "--quiet", "-p", "xsock-capi", "--target-dir"])
+                .arg(&target)
+                .current_dir(&workspace)
+                .output()
+                .expect("cargo");
+            assert!(out.status.success(), "building libxsock: {}", String::from_utf8_lossy(&out.stderr));
+            target.join("debug")
+        })
+        .clone()
+}
+
+fn compile(out: &Path, link: &[&str]) {
+    let crate_dir = env!("CARGO_MANIFEST_DIR");
+    let mut args = vec![
+        "-O2".to_owned(),
+        "-Wall".to_owned(),
+        "-Werror".to_owned(),
+        format!("-I{crate_dir}/include"),
+        format!("{crate_dir}/examples/pingpong.c"),
+        "-o".to_owned(),
+        out.display().to_string(),
+    ];
+    args.extend(link.iter().map(|s| s.to_string()));
+    let r = Command::new("cc").args(&args).output().expect("a C compiler (cc)");
+    assert!(r.status.success(), "cc {args:?}:\n{}", String::from_utf8_lossy(&r.stderr));
+}
+
+#[test]
+fn the_c_ping_pong_runs_over_link_and_kernel_with_both_libraries() {
+    require_root!();
+    let dir = std::env::temp_dir().join(format!("xsock-capi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lib = lib_dir();
+    let dynamic = dir.join("pingpong_dynamic");
+    compile(&dynamic, &[&format!("-L{}", lib.display()), "-lxsock", &format!("-Wl,-rpath,{}", lib.display())]);
+    let stat = dir.join("pingpong_static");
+    let archive = lib.join("libxsock.a");
+    compile(&stat, &[&archive.display().to_string(), "-lelf", "-lz", "-lgcc_s", "-lutil", "-lrt", "-lpthread", "-lm", "-ldl"]);
+
+    let bed = Testbed::new().unwrap();
+    let (a, b) = bed.pair(LinkOpts::default(), "10.82.0").unwrap();
+    for (bin, port, iface, want) in [(&dynamic, 7600, "eth0", "link"), (&stat, 7601, "eth0", "link"), (&dynamic, 7602, "-", "kernel")] {
+        let addr = format!("10.82.0.2:{port}");
+        let bin = bin.display().to_string();
+        bed.spawn_ready(&b, &bin, &["server", "eth0", &addr], || b.listening(port)).unwrap();
+        let out = a.command(&bin, &["client", iface, &addr, "2000", "200"]).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{bin}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.starts_with(&format!("path={want} count=2000 size=200 rtt_p50_ns=")), "{stdout}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn errors_come_back_as_codes_with_a_description() {
+    require_root!();
+    let dir = std::env::temp_dir().join(format!("xsock-capi-err-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lib = lib_dir();
+    let bin = dir.join("pingpong");
+    compile(&bin, &[&format!("-L{}", lib.display()), "-lxsock", &format!("-Wl,-rpath,{}", lib.display())]);
+    let bed = Testbed::new().unwrap();
+    let (a, _b) = bed.pair(LinkOpts::default(), "10.82.1").unwrap();
+    let bin = bin.display().to_string();
+    let out = a.command(&bin, &["client", "eth0", "10.82.1.2:7999", "1", "8"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("pingpong: connect: connection refused") && err.contains("10.82.1.2:7999"), "{err}");
+    let out = a.command(&bin, &["client", "eth0", "not-an-address", "1", "8"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid argument") && err.contains("is not an IPv4 address and port"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
