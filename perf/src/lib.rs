@@ -284,6 +284,142 @@ impl Bench {
         })
     }
 
+    /// `xsock ping` over `transport` ("link" or "kernel"): `size`-byte
+    /// messages, `count` round trips, both ends inline and busy-polling.
+    pub fn ping(
+        &self,
+        transport: &str,
+        size: usize,
+        count: u64,
+        server_extra: &[&str],
+        client_extra: &[&str],
+    ) -> io::Result<Rtt> {
+        let listen = format!("{B_IP}:7005");
+        let mut server = vec!["ping", "--iface", "eth0", "--listen", &listen];
+        server.extend_from_slice(server_extra);
+        let pid = self.start_tcp_server(self.xsock(), &server, 7005)?;
+        let (size, count) = (size.to_string(), count.to_string());
+        let mut client = vec![
+            "ping",
+            "--iface",
+            "eth0",
+            "--connect",
+            &listen,
+            "--transport",
+            transport,
+            "--size",
+            &size,
+            "--count",
+            &count,
+            "--json",
+        ];
+        client.extend_from_slice(client_extra);
+        let out = self.a.command(self.xsock(), &client).output();
+        self.stop(pid);
+        stdout_json("xsock ping", &out?)
+    }
+
+    /// `xsock ping --sweep` over `transport`, powers of two up to `max`.
+    pub fn ping_sweep(
+        &self,
+        transport: &str,
+        max: usize,
+        count: u64,
+    ) -> io::Result<Vec<(usize, Rtt)>> {
+        let listen = format!("{B_IP}:7006");
+        let pid = self.start_tcp_server(
+            self.xsock(),
+            &["ping", "--iface", "eth0", "--listen", &listen],
+            7006,
+        )?;
+        let (max, count) = (max.to_string(), count.to_string());
+        let out = self
+            .a
+            .command(
+                self.xsock(),
+                &[
+                    "ping",
+                    "--iface",
+                    "eth0",
+                    "--connect",
+                    &listen,
+                    "--transport",
+                    transport,
+                    "--sweep",
+                    "--max-size",
+                    &max,
+                    "--count",
+                    &count,
+                    "--json",
+                ],
+            )
+            .output();
+        self.stop(pid);
+        #[derive(Deserialize)]
+        struct Row {
+            size: usize,
+            #[serde(flatten)]
+            rtt: Rtt,
+        }
+        #[derive(Deserialize)]
+        struct Sweep {
+            sweep: Vec<Row>,
+        }
+        let s: Sweep = stdout_json("xsock ping --sweep", &out?)?;
+        Ok(s.sweep.into_iter().map(|r| (r.size, r.rtt)).collect())
+    }
+
+    /// `xsock bw` over `transport` with `size`-byte sends for `seconds`:
+    /// receiver-measured goodput (bytes checked against the sent pattern).
+    pub fn bw(
+        &self,
+        transport: &str,
+        size: usize,
+        seconds: u32,
+        server_extra: &[&str],
+        client_extra: &[&str],
+    ) -> io::Result<Rate> {
+        let listen = format!("{B_IP}:7007");
+        let mut server = vec!["bw", "--iface", "eth0", "--listen", &listen];
+        server.extend_from_slice(server_extra);
+        let pid = self.start_tcp_server(self.xsock(), &server, 7007)?;
+        let (size, secs) = (size.to_string(), format!("{seconds}s"));
+        let mut client = vec![
+            "bw",
+            "--iface",
+            "eth0",
+            "--connect",
+            &listen,
+            "--transport",
+            transport,
+            "--size",
+            &size,
+            "--seconds",
+            &secs,
+            "--json",
+        ];
+        client.extend_from_slice(client_extra);
+        let out = self.a.command(self.xsock(), &client).output();
+        self.stop(pid);
+        #[derive(Deserialize)]
+        struct R {
+            gbit_per_s: f64,
+            corrupt_bytes: u64,
+        }
+        let r: R = stdout_json("xsock bw", &out?)?;
+        if r.corrupt_bytes > 0 {
+            return Err(io_err(format!(
+                "xsock bw: {} corrupt bytes",
+                r.corrupt_bytes
+            )));
+        }
+        Ok(Rate {
+            gbit_per_s: r.gbit_per_s,
+            pps: None,
+            loss: None,
+        })
+    }
+
     /// iperf3 TCP for `seconds`: receiver goodput (TCP payload bytes).
     pub fn iperf3_tcp(&self, seconds: u32) -> io::Result<Rate> {
         let pid = self.start_tcp_server("iperf3", &["-s", "-B", B_IP, "-p", "7003"], 7003)?;

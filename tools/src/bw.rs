@@ -4,8 +4,11 @@
 //! Both ends run a single-threaded loop over non-blocking calls, driving the
 //! runtime inline (no thread per stream spinning on a 2-core machine). The
 //! receiver counts bytes from each stream's first byte to its end and, when
-//! the sender half-closes, answers with 16 bytes — bytes received and
-//! nanoseconds — so the rate printed is the one the receiver saw.
+//! the sender half-closes, answers with 24 bytes — bytes received,
+//! nanoseconds, and bytes that were not what the sender sent — so the rate
+//! printed is the one the receiver saw, and the stream is checked byte for
+//! byte: the sender sends a pattern fixed by position in the stream (byte i
+//! is i mod 251), which the receiver compares against as it counts.
 
 use std::{
     net::SocketAddrV4,
@@ -59,11 +62,39 @@ struct BwResult {
     bytes: u64,
     gbit_per_s: f64,
     msgs_per_s: f64,
+    /// Bytes the receiver found different from what was sent (always 0
+    /// unless something is broken; then the command fails).
+    corrupt_bytes: u64,
+}
+
+/// Period of the stream's byte pattern (a prime, so it never lines up with
+/// buffer or frame sizes).
+const PERIOD: usize = 251;
+
+/// `len + PERIOD` bytes of the pattern: any window of it at offset
+/// `pos % PERIOD` is the pattern at stream position `pos`.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len + PERIOD).map(|i| (i % PERIOD) as u8).collect()
+}
+
+/// Bytes of `got` (received at stream position `pos`) that differ from the
+/// pattern.
+fn corrupt_bytes(pattern: &[u8], pos: u64, got: &[u8]) -> u64 {
+    let mut bad = 0;
+    for (k, chunk) in got.chunks(pattern.len() - PERIOD).enumerate() {
+        let at = pos as usize + k * (pattern.len() - PERIOD);
+        let expect = &pattern[at % PERIOD..at % PERIOD + chunk.len()];
+        if expect != chunk {
+            bad += expect.iter().zip(chunk).filter(|(a, b)| a != b).count() as u64;
+        }
+    }
+    bad
 }
 
 struct Incoming {
     s: Stream,
     bytes: u64,
+    corrupt: u64,
     first: Option<Instant>,
 }
 
@@ -78,6 +109,7 @@ fn serve(rt: &Runtime, addr: SocketAddrV4, transport: xsock::Transport) -> Resul
     )?;
     log::info!("bw receiver on {addr}");
     let mut buf = vec![0u8; 1 << 20];
+    let expect = pattern(buf.len());
     let mut conns: Vec<Incoming> = Vec::new();
     loop {
         rt.poll()?;
@@ -87,6 +119,7 @@ fn serve(rt: &Runtime, addr: SocketAddrV4, transport: xsock::Transport) -> Resul
                 conns.push(Incoming {
                     s,
                     bytes: 0,
+                    corrupt: 0,
                     first: None,
                 });
             }
@@ -98,9 +131,13 @@ fn serve(rt: &Runtime, addr: SocketAddrV4, transport: xsock::Transport) -> Resul
                 match c.s.try_recv(&mut buf) {
                     Ok(0) => {
                         let nanos = c.first.map_or(0, |f| f.elapsed().as_nanos() as u64);
-                        let mut report = [0u8; 16];
+                        let mut report = [0u8; 24];
                         report[..8].copy_from_slice(&c.bytes.to_le_bytes());
-                        report[8..].copy_from_slice(&nanos.to_le_bytes());
+                        report[8..16].copy_from_slice(&nanos.to_le_bytes());
+                        report[16..].copy_from_slice(&c.corrupt.to_le_bytes());
+                        if c.corrupt > 0 {
+                            log::error!("{} corrupt bytes from {}", c.corrupt, c.s.peer_addr());
+                        }
                         if let Err(e) = c.s.send(&report).and_then(|()| c.s.shutdown_write()) {
                             log::warn!("report to {}: {e}", c.s.peer_addr());
                         }
@@ -108,6 +145,7 @@ fn serve(rt: &Runtime, addr: SocketAddrV4, transport: xsock::Transport) -> Resul
                     }
                     Ok(n) => {
                         c.first.get_or_insert_with(Instant::now);
+                        c.corrupt += corrupt_bytes(&expect, c.bytes, &buf[..n]);
                         c.bytes += n as u64;
                     }
                     Err(Error::WouldBlock) => return true,
@@ -149,40 +187,54 @@ impl Bw {
             })?);
         }
         let transport = self.rt.transport_name(streams[0].path()).to_owned();
-        let chunk: Vec<u8> = (0..self.size).map(|i| i as u8).collect();
-        let mut offsets = vec![0usize; self.streams];
+        let pat = pattern(self.size);
+        // Per stream: bytes sent, and how far into the current send call.
+        let mut sent = vec![0u64; self.streams];
+        let mut in_call = vec![0usize; self.streams];
+        let window = |pos: u64, from: usize| {
+            let at = (pos % PERIOD as u64) as usize;
+            &pat[at..at + self.size - from]
+        };
         let end = Instant::now() + self.seconds;
         while Instant::now() < end {
             rt.poll()?;
-            for (s, off) in streams.iter_mut().zip(offsets.iter_mut()) {
+            for ((s, pos), from) in streams
+                .iter_mut()
+                .zip(sent.iter_mut())
+                .zip(in_call.iter_mut())
+            {
                 loop {
-                    match s.try_send(&chunk[*off..]) {
-                        Ok(n) => *off = (*off + n) % self.size,
+                    match s.try_send(window(*pos, *from)) {
+                        Ok(n) => {
+                            *pos += n as u64;
+                            *from = (*from + n) % self.size;
+                        }
                         Err(Error::WouldBlock) => break,
                         Err(e) => return Err(e.into()),
                     }
                 }
             }
         }
-        // Finish the message in progress, end each stream, collect reports.
-        let (mut bytes, mut nanos) = (0u64, 0u64);
-        for (s, off) in streams.iter_mut().zip(&offsets) {
-            if *off > 0 {
-                s.send(&chunk[*off..])?;
+        // Finish the send call in progress, end each stream, collect reports.
+        let (mut bytes, mut nanos, mut corrupt) = (0u64, 0u64, 0u64);
+        for ((s, pos), from) in streams.iter_mut().zip(&sent).zip(&in_call) {
+            if *from > 0 {
+                s.send(window(*pos, *from))?;
             }
             s.shutdown_write()?;
         }
         for s in &mut streams {
-            let mut report = [0u8; 16];
+            let mut report = [0u8; 24];
             let mut got = 0;
-            while got < 16 {
+            while got < 24 {
                 match s.recv(&mut report[got..])? {
                     0 => return Err(Fail::msg("the receiver closed without reporting")),
                     n => got += n,
                 }
             }
             bytes += u64::from_le_bytes(report[..8].try_into().expect("8"));
-            nanos = nanos.max(u64::from_le_bytes(report[8..].try_into().expect("8")));
+            nanos = nanos.max(u64::from_le_bytes(report[8..16].try_into().expect("8")));
+            corrupt += u64::from_le_bytes(report[16..].try_into().expect("8"));
         }
         let secs = (nanos as f64 / 1e9).max(1e-9);
         let r = BwResult {
@@ -193,7 +245,13 @@ impl Bw {
             bytes,
             gbit_per_s: bytes as f64 * 8.0 / secs / 1e9,
             msgs_per_s: bytes as f64 / self.size as f64 / secs,
+            corrupt_bytes: corrupt,
         };
+        if corrupt > 0 {
+            return Err(Fail::msg(format!(
+                "{corrupt} of {bytes} bytes arrived corrupted"
+            )));
+        }
         if self.json {
             println!("{}", serde_json::to_string(&r).expect("serialisable"));
         } else {
@@ -203,5 +261,23 @@ impl Bw {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pattern_checks_any_window_at_any_position() {
+        let p = pattern(1000);
+        let stream: Vec<u8> = (0..5000usize).map(|i| (i % PERIOD) as u8).collect();
+        for (pos, len) in [(0usize, 1000usize), (17, 999), (250, 1), (3000, 2000)] {
+            assert_eq!(corrupt_bytes(&p, pos as u64, &stream[pos..pos + len]), 0);
+        }
+        let mut bad = stream[100..700].to_vec();
+        bad[5] ^= 1;
+        bad[599] ^= 0x80;
+        assert_eq!(corrupt_bytes(&p, 100, &bad), 2);
     }
 }

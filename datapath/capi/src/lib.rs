@@ -21,7 +21,8 @@ use std::{
 };
 
 use xsock::{
-    ConnectOptions, Driving, Error, ListenOptions, Listener, Mode, Path, PollMode, Runtime, Stream, Transport,
+    ConnectOptions, Driving, Error, ListenOptions, Listener, Mode, Path, PollMode, Runtime, Stream,
+    Transport,
 };
 
 /// Error codes; keep in step with xsock.h.
@@ -120,8 +121,14 @@ fn guard<T: From<i32>>(f: impl FnOnce() -> T) -> T {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(v) => v,
         Err(p) => {
-            let what = p.downcast_ref::<&str>().copied().or_else(|| p.downcast_ref::<String>().map(|s| s.as_str()));
-            set_error(&format!("internal error (a bug in xsock; please report it): {}", what.unwrap_or("panic")));
+            let what = p
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| p.downcast_ref::<String>().map(|s| s.as_str()));
+            set_error(&format!(
+                "internal error (a bug in xsock; please report it): {}",
+                what.unwrap_or("panic")
+            ));
             T::from(code::EIO)
         }
     }
@@ -142,7 +149,11 @@ unsafe fn str_arg<'a>(p: *const c_char) -> Option<&'a str> {
 unsafe fn addr_arg(p: *const c_char) -> Result<SocketAddrV4, i32> {
     // SAFETY: forwarded contract.
     let s = unsafe { str_arg(p) }.ok_or_else(|| invalid("the address is null or not UTF-8"))?;
-    s.parse().map_err(|_| invalid(&format!("{s:?} is not an IPv4 address and port like 10.0.0.2:7000")))
+    s.parse().map_err(|_| {
+        invalid(&format!(
+            "{s:?} is not an IPv4 address and port like 10.0.0.2:7000"
+        ))
+    })
 }
 
 fn timeout(ms: c_int) -> Option<Duration> {
@@ -150,7 +161,11 @@ fn timeout(ms: c_int) -> Option<Duration> {
 }
 
 fn mode(message_mode: c_int) -> Mode {
-    if message_mode != 0 { Mode::Message } else { Mode::Stream }
+    if message_mode != 0 {
+        Mode::Message
+    } else {
+        Mode::Stream
+    }
 }
 
 /// Creates a runtime.
@@ -159,12 +174,17 @@ fn mode(message_mode: c_int) -> Mode {
 /// `cfg` must point at a valid `xsock_config` (its `iface` null or a valid
 /// string); `out` must be valid for writing a pointer.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn xsock_runtime_new(cfg: *const xsock_config, out: *mut *mut xsock_runtime) -> c_int {
+pub unsafe extern "C" fn xsock_runtime_new(
+    cfg: *const xsock_config,
+    out: *mut *mut xsock_runtime,
+) -> c_int {
     guard(|| {
         if cfg.is_null() || out.is_null() {
             return invalid("xsock_runtime_new needs a config and an out pointer");
         }
-        let _ = env_logger::Builder::from_env(env_logger::Env::new().filter_or("XSOCK_LOG", "warn")).try_init();
+        let _ =
+            env_logger::Builder::from_env(env_logger::Env::new().filter_or("XSOCK_LOG", "warn"))
+                .try_init();
         // SAFETY: checked non-null; the caller promises a valid config.
         let cfg = unsafe { &*cfg };
         let transport = match cfg.transport {
@@ -174,14 +194,26 @@ pub unsafe extern "C" fn xsock_runtime_new(cfg: *const xsock_config, out: *mut *
             t => return invalid(&format!("transport {t} is not one of XSOCK_TRANSPORT_*")),
         };
         let mut b = Runtime::builder()
-            .driving(if cfg.inline_poll != 0 { Driving::Inline } else { Driving::Thread })
-            .poll_mode(if cfg.busy_poll != 0 { PollMode::Busy } else { PollMode::default() });
+            .driving(if cfg.inline_poll != 0 {
+                Driving::Inline
+            } else {
+                Driving::Thread
+            })
+            .poll_mode(if cfg.busy_poll != 0 {
+                PollMode::Busy
+            } else {
+                PollMode::default()
+            });
         if cfg.buffer_bytes > 0 {
-            b = b.send_buffer(cfg.buffer_bytes).recv_buffer(cfg.buffer_bytes);
+            b = b
+                .send_buffer(cfg.buffer_bytes)
+                .recv_buffer(cfg.buffer_bytes);
         }
         // SAFETY: the caller promises `iface` is null or a valid string.
         match unsafe { str_arg(cfg.iface) } {
-            Some(i) if transport != Transport::Kernel => b = b.interface(i).require_link(transport == Transport::Link),
+            Some(i) if transport != Transport::Kernel => {
+                b = b.interface(i).require_link(transport == Transport::Link)
+            }
             _ => {}
         }
         match b.build() {
@@ -218,7 +250,9 @@ pub unsafe extern "C" fn xsock_runtime_free(rt: *mut xsock_runtime) {
 pub unsafe extern "C" fn xsock_poll(rt: *mut xsock_runtime) -> c_int {
     guard(|| {
         // SAFETY: the caller promises a live runtime.
-        let Some(rt) = (unsafe { rt.as_ref() }) else { return invalid("null runtime") };
+        let Some(rt) = (unsafe { rt.as_ref() }) else {
+            return invalid("null runtime");
+        };
         match rt.rt.poll() {
             Ok(n) => n.min(i32::MAX as usize) as c_int,
             Err(e) => fail(e),
@@ -231,10 +265,16 @@ pub unsafe extern "C" fn xsock_poll(rt: *mut xsock_runtime) -> c_int {
 /// # Safety
 /// `rt` must be a live runtime; `rank` and `size` valid for writing.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn xsock_rank(rt: *const xsock_runtime, rank: *mut u32, size: *mut u32) -> c_int {
+pub unsafe extern "C" fn xsock_rank(
+    rt: *const xsock_runtime,
+    rank: *mut u32,
+    size: *mut u32,
+) -> c_int {
     guard(|| {
         // SAFETY: the caller promises a live runtime.
-        let Some(rt) = (unsafe { rt.as_ref() }) else { return invalid("null runtime") };
+        let Some(rt) = (unsafe { rt.as_ref() }) else {
+            return invalid("null runtime");
+        };
         if rank.is_null() || size.is_null() {
             return invalid("xsock_rank needs rank and size pointers");
         }
@@ -247,7 +287,9 @@ pub unsafe extern "C" fn xsock_rank(rt: *const xsock_runtime, rank: *mut u32, si
                 code::OK
             }
             None => {
-                set_error("not started by Slurm or an MPI launcher (no SLURM_PROCID, PMI_RANK or OMPI_COMM_WORLD_RANK)");
+                set_error(
+                    "not started by Slurm or an MPI launcher (no SLURM_PROCID, PMI_RANK or OMPI_COMM_WORLD_RANK)",
+                );
                 code::ENOTLAUNCHED
             }
         }
@@ -267,7 +309,9 @@ pub unsafe extern "C" fn xsock_listen(
 ) -> c_int {
     guard(|| {
         // SAFETY: the caller promises a live runtime.
-        let Some(rt) = (unsafe { rt.as_ref() }) else { return invalid("null runtime") };
+        let Some(rt) = (unsafe { rt.as_ref() }) else {
+            return invalid("null runtime");
+        };
         if out.is_null() {
             return invalid("null out pointer");
         }
@@ -276,7 +320,14 @@ pub unsafe extern "C" fn xsock_listen(
             Ok(a) => a,
             Err(c) => return c,
         };
-        match Listener::bind_with(&rt.rt, addr, ListenOptions { transport: rt.transport, mode: mode(message_mode) }) {
+        match Listener::bind_with(
+            &rt.rt,
+            addr,
+            ListenOptions {
+                transport: rt.transport,
+                mode: mode(message_mode),
+            },
+        ) {
             Ok(l) => {
                 // SAFETY: checked non-null; the caller promises writable.
                 unsafe { *out = Box::into_raw(Box::new(xsock_listener { l })) };
@@ -292,10 +343,16 @@ pub unsafe extern "C" fn xsock_listen(
 /// # Safety
 /// `l` must be a live listener; `out` writable.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn xsock_accept(l: *mut xsock_listener, timeout_ms: c_int, out: *mut *mut xsock_stream) -> c_int {
+pub unsafe extern "C" fn xsock_accept(
+    l: *mut xsock_listener,
+    timeout_ms: c_int,
+    out: *mut *mut xsock_stream,
+) -> c_int {
     guard(|| {
         // SAFETY: the caller promises a live listener.
-        let Some(l) = (unsafe { l.as_ref() }) else { return invalid("null listener") };
+        let Some(l) = (unsafe { l.as_ref() }) else {
+            return invalid("null listener");
+        };
         if out.is_null() {
             return invalid("null out pointer");
         }
@@ -343,7 +400,9 @@ pub unsafe extern "C" fn xsock_connect(
 ) -> c_int {
     guard(|| {
         // SAFETY: the caller promises a live runtime.
-        let Some(rt) = (unsafe { rt.as_ref() }) else { return invalid("null runtime") };
+        let Some(rt) = (unsafe { rt.as_ref() }) else {
+            return invalid("null runtime");
+        };
         if out.is_null() {
             return invalid("null out pointer");
         }
@@ -386,9 +445,15 @@ pub unsafe extern "C" fn xsock_stream_path(s: *const xsock_stream) -> c_int {
 
 /// # Safety
 /// `s` must be a live stream and `buf` valid for `len` bytes (or `len` 0).
-unsafe fn with_stream<'a>(s: *mut xsock_stream, buf: *const c_void, len: usize) -> Result<(&'a mut xsock_stream, &'a [u8]), i64> {
+unsafe fn with_stream<'a>(
+    s: *mut xsock_stream,
+    buf: *const c_void,
+    len: usize,
+) -> Result<(&'a mut xsock_stream, &'a [u8]), i64> {
     // SAFETY: the caller promises a live stream, used by one thread.
-    let Some(s) = (unsafe { s.as_mut() }) else { return Err(i64::from(invalid("null stream"))) };
+    let Some(s) = (unsafe { s.as_mut() }) else {
+        return Err(i64::from(invalid("null stream")));
+    };
     if buf.is_null() && len > 0 {
         return Err(i64::from(invalid("null buffer")));
     }
@@ -403,9 +468,15 @@ unsafe fn with_stream<'a>(s: *mut xsock_stream, buf: *const c_void, len: usize) 
 
 /// # Safety
 /// `s` must be a live stream and `buf` valid for writing `len` bytes.
-unsafe fn with_stream_mut<'a>(s: *mut xsock_stream, buf: *mut c_void, len: usize) -> Result<(&'a mut xsock_stream, &'a mut [u8]), i64> {
+unsafe fn with_stream_mut<'a>(
+    s: *mut xsock_stream,
+    buf: *mut c_void,
+    len: usize,
+) -> Result<(&'a mut xsock_stream, &'a mut [u8]), i64> {
     // SAFETY: the caller promises a live stream, used by one thread.
-    let Some(s) = (unsafe { s.as_mut() }) else { return Err(i64::from(invalid("null stream"))) };
+    let Some(s) = (unsafe { s.as_mut() }) else {
+        return Err(i64::from(invalid("null stream")));
+    };
     if buf.is_null() && len > 0 {
         return Err(i64::from(invalid("null buffer")));
     }
@@ -460,7 +531,11 @@ pub unsafe extern "C" fn xsock_recv(s: *mut xsock_stream, buf: *mut c_void, len:
 /// # Safety
 /// `s` must be a live stream; `buf` readable for `len` bytes.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn xsock_send_msg(s: *mut xsock_stream, buf: *const c_void, len: usize) -> i64 {
+pub unsafe extern "C" fn xsock_send_msg(
+    s: *mut xsock_stream,
+    buf: *const c_void,
+    len: usize,
+) -> i64 {
     guard(|| {
         // SAFETY: forwarded contract.
         match unsafe { with_stream(s, buf, len) } {
@@ -486,7 +561,11 @@ pub unsafe extern "C" fn xsock_recv_msg(s: *mut xsock_stream, buf: *mut c_void, 
         let r = match s.s.recv_message(&mut msg) {
             Ok(false) => 0,
             Ok(true) if msg.len() > out.len() => {
-                set_error(&format!("a {}-byte message does not fit a {}-byte buffer; it was dropped", msg.len(), out.len()));
+                set_error(&format!(
+                    "a {}-byte message does not fit a {}-byte buffer; it was dropped",
+                    msg.len(),
+                    out.len()
+                ));
                 i64::from(code::EMSGSIZE)
             }
             Ok(true) => {
@@ -505,7 +584,11 @@ pub unsafe extern "C" fn xsock_recv_msg(s: *mut xsock_stream, buf: *mut c_void, 
 /// # Safety
 /// `s` must be a live stream; `buf` readable for `len` bytes.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn xsock_try_send(s: *mut xsock_stream, buf: *const c_void, len: usize) -> i64 {
+pub unsafe extern "C" fn xsock_try_send(
+    s: *mut xsock_stream,
+    buf: *const c_void,
+    len: usize,
+) -> i64 {
     guard(|| {
         // SAFETY: forwarded contract.
         match unsafe { with_stream(s, buf, len) } {
@@ -538,7 +621,9 @@ pub unsafe extern "C" fn xsock_try_recv(s: *mut xsock_stream, buf: *mut c_void, 
 pub unsafe extern "C" fn xsock_shutdown(s: *mut xsock_stream) -> c_int {
     guard(|| {
         // SAFETY: the caller promises a live stream.
-        let Some(s) = (unsafe { s.as_mut() }) else { return invalid("null stream") };
+        let Some(s) = (unsafe { s.as_mut() }) else {
+            return invalid("null stream");
+        };
         match s.s.shutdown_write() {
             Ok(()) => code::OK,
             Err(e) => fail(e),
@@ -558,7 +643,10 @@ pub unsafe extern "C" fn xsock_close(s: *mut xsock_stream, timeout_ms: c_int) ->
     guard(|| {
         // SAFETY: the caller passes ownership of a pointer from Box::into_raw.
         let s = unsafe { Box::from_raw(s) };
-        match s.s.close(timeout(timeout_ms).unwrap_or(Duration::from_secs(3600))) {
+        match s
+            .s
+            .close(timeout(timeout_ms).unwrap_or(Duration::from_secs(3600)))
+        {
             Ok(()) => code::OK,
             Err(e) => fail(e),
         }
@@ -596,7 +684,9 @@ pub extern "C" fn xsock_strerror(code: c_int) -> *const c_char {
         code::EADDRINUSE => c"the address is already in use",
         code::EMSGSIZE => c"the message does not fit the buffer",
         code::EIO => c"system or device error",
-        code::EPERM => c"missing privileges: run as root or grant CAP_NET_RAW, CAP_NET_ADMIN and CAP_BPF",
+        code::EPERM => {
+            c"missing privileges: run as root or grant CAP_NET_RAW, CAP_NET_ADMIN and CAP_BPF"
+        }
         code::ENOTLAUNCHED => c"not started by Slurm or an MPI launcher",
         code::EPROTO => c"the peer broke the protocol",
         _ => c"unknown error code",
