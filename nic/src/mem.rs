@@ -43,16 +43,25 @@ impl Default for MemConfig {
 }
 
 struct Inbox {
-    frames: Mutex<VecDeque<Vec<u8>>>,
+    frames: Mutex<Queue>,
     doorbell: EventFd,
     capacity: usize,
     dropped: AtomicU64,
 }
 
+/// The frames, and whether the doorbell is rung (kept beside them, under
+/// the same lock, so it is rung and cleared only on empty ↔ non-empty
+/// transitions: no system call per frame, none on an empty poll).
+#[derive(Default)]
+struct Queue {
+    frames: VecDeque<Vec<u8>>,
+    rung: bool,
+}
+
 impl Inbox {
     fn new(capacity: usize) -> io::Result<Arc<Self>> {
         Ok(Arc::new(Self {
-            frames: Mutex::new(VecDeque::with_capacity(capacity.min(1024))),
+            frames: Mutex::new(Queue { frames: VecDeque::with_capacity(capacity.min(1024)), rung: false }),
             doorbell: EventFd::new()?,
             capacity,
             dropped: AtomicU64::new(0),
@@ -61,13 +70,15 @@ impl Inbox {
 
     fn push(&self, frame: Vec<u8>) {
         let mut q = self.frames.lock().unwrap_or_else(|p| p.into_inner());
-        if q.len() >= self.capacity {
+        if q.frames.len() >= self.capacity {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        q.push_back(frame);
-        drop(q);
-        self.doorbell.signal();
+        q.frames.push_back(frame);
+        if !q.rung {
+            q.rung = true;
+            self.doorbell.signal();
+        }
     }
 }
 
@@ -272,8 +283,9 @@ impl FrameDevice for MemDevice {
         while n < budget {
             let next = {
                 let mut q = self.inbox.frames.lock().unwrap_or_else(|p| p.into_inner());
-                let f = q.pop_front();
-                if q.is_empty() {
+                let f = q.frames.pop_front();
+                if q.frames.is_empty() && q.rung {
+                    q.rung = false;
                     self.inbox.doorbell.clear();
                 }
                 f
