@@ -11,9 +11,7 @@ fn main() {
     let obj = out.join("xsock_filter.bpf.o");
     let clang = env::var("CLANG").unwrap_or_else(|_| "clang".to_owned());
     let status = Command::new(&clang)
-        .args([
-            "-O2", "-g", "-target", "bpf", "-Wall", "-Werror", "-c", src, "-o",
-        ])
+        .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror", "-c", src, "-o"])
         .arg(&obj)
         .status();
     match status {

@@ -51,7 +51,8 @@ fn until<T>(a: &Runtime, b: &Runtime, mut f: impl FnMut() -> Result<T, Error>) -
 fn link_round_trip(c: &mut Criterion) {
     let (a, b) = runtimes();
     let server_addr = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 7000);
-    let l = Listener::bind_with(&b, server_addr, ListenOptions { transport: Transport::Link, ..Default::default() }).unwrap();
+    let l = Listener::bind_with(&b, server_addr, ListenOptions { transport: Transport::Link, ..Default::default() })
+        .unwrap();
     let b2 = b.clone();
     let t = std::thread::spawn(move || {
         // Serve the accept while the client connects (blocking calls drive b).

@@ -45,15 +45,7 @@ impl ChannelHandler {
     pub fn new(capacity: usize, waker: Waker) -> (ChannelHandler, ChannelEndpoint) {
         let (to_app, rx) = bounded(capacity);
         let (tx, from_app) = bounded(capacity);
-        (
-            ChannelHandler {
-                to_app,
-                from_app,
-                stalled: None,
-                dropped: 0,
-            },
-            ChannelEndpoint { rx, tx, waker },
-        )
+        (ChannelHandler { to_app, from_app, stalled: None, dropped: 0 }, ChannelEndpoint { rx, tx, waker })
     }
 }
 

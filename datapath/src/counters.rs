@@ -73,9 +73,7 @@ pub struct Counters {
 
 impl Counters {
     pub(crate) fn new(queues: usize) -> Self {
-        Self {
-            queues: (0..queues).map(|_| Shared::default()).collect(),
-        }
+        Self { queues: (0..queues).map(|_| Shared::default()).collect() }
     }
 
     pub(crate) fn publish(&self, queue: usize, t: &Tally) {

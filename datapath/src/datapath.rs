@@ -37,9 +37,7 @@ pub enum PollMode {
 
 impl Default for PollMode {
     fn default() -> Self {
-        PollMode::Adaptive {
-            spin: Duration::from_micros(50),
-        }
+        PollMode::Adaptive { spin: Duration::from_micros(50) }
     }
 }
 
@@ -83,10 +81,7 @@ pub struct Datapath {
 impl std::fmt::Debug for Datapath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Datapath")
-            .field(
-                "queues",
-                &self.ports.iter().map(|p| &p.info).collect::<Vec<_>>(),
-            )
+            .field("queues", &self.ports.iter().map(|p| &p.info).collect::<Vec<_>>())
             .field("mode", &self.mode)
             .finish_non_exhaustive()
     }
@@ -124,10 +119,7 @@ impl DatapathBuilder {
             bind: BindMode::Auto,
             xdp_mode: XdpMode::Auto,
             mode: PollMode::default(),
-            ethertypes: vec![
-                xsock_nic::ETHERTYPE_LOCAL_EXP1,
-                xsock_nic::ETHERTYPE_LOCAL_EXP2,
-            ],
+            ethertypes: vec![xsock_nic::ETHERTYPE_LOCAL_EXP1, xsock_nic::ETHERTYPE_LOCAL_EXP2],
             inject_loss: 0.0,
         }
     }
@@ -226,11 +218,7 @@ impl DatapathBuilder {
                     "dropping {:.3}% of transmitted frames on queue {queue} (--inject-loss)",
                     self.inject_loss * 100.0
                 );
-                let faults = xsock_nic::fault::FaultConfig {
-                    seed,
-                    loss: self.inject_loss,
-                    ..Default::default()
-                };
+                let faults = xsock_nic::fault::FaultConfig { seed, loss: self.inject_loss, ..Default::default() };
                 devices.push(Box::new(xsock_nic::fault::FaultInjector::new(dev, faults)));
             } else {
                 devices.push(dev);
@@ -257,11 +245,7 @@ impl Datapath {
         Ok(Self {
             ports: devices
                 .into_iter()
-                .map(|device| Port {
-                    info: device.info().clone(),
-                    device,
-                    tally: Tally::default(),
-                })
+                .map(|device| Port { info: device.info().clone(), device, tally: Tally::default() })
                 .collect(),
             slots: Vec::new(),
             timers: TimerQueue::default(),
@@ -274,11 +258,7 @@ impl Datapath {
     }
 
     /// Registers `handler` for frames of `ethertype`.
-    pub fn register(
-        &mut self,
-        ethertype: u16,
-        handler: Box<dyn FrameHandler>,
-    ) -> Result<HandlerId, Error> {
+    pub fn register(&mut self, ethertype: u16, handler: Box<dyn FrameHandler>) -> Result<HandlerId, Error> {
         if self.slots.iter().any(|s| s.ethertype == ethertype) {
             return Err(Error::HandlerExists(ethertype));
         }
@@ -359,16 +339,8 @@ impl Datapath {
     }
 
     /// Transmits a frame on `queue` outside any handler.
-    pub fn transmit(
-        &mut self,
-        queue: usize,
-        len: usize,
-        fill: impl FnOnce(&mut [u8]),
-    ) -> Result<(), Error> {
-        let port = self
-            .ports
-            .get_mut(queue)
-            .ok_or(Error::Config(format!("no queue {queue}")))?;
+    pub fn transmit(&mut self, queue: usize, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<(), Error> {
+        let port = self.ports.get_mut(queue).ok_or(Error::Config(format!("no queue {queue}")))?;
         let mut fill = Some(fill);
         let r = port.device.sink().transmit(len, &mut |b| {
             if let Some(f) = fill.take() {
@@ -398,6 +370,25 @@ impl Datapath {
         Ok(())
     }
 
+    /// Runs only handler `id`'s `on_poll` on every queue and flushes: a
+    /// transmit-only pass, for getting frames an application call just
+    /// queued onto the wire without a whole pass of the loop.
+    pub fn poll_handler(&mut self, id: HandlerId) -> io::Result<usize> {
+        let now = Instant::now();
+        let Some(slot) = self.slots.get_mut(id.0) else { return Ok(0) };
+        let mut work = 0;
+        for port in &mut self.ports {
+            let Port { device, info, tally } = port;
+            let mut cx =
+                Context { now, queue: 0, handler: id, sink: device.sink(), timers: &mut self.timers, info, tally };
+            if slot.handler.on_poll(&mut cx) {
+                work += 1;
+            }
+            device.sink().flush()?;
+        }
+        Ok(work)
+    }
+
     /// One pass: receive up to [`RX_BUDGET`] frames per queue and hand them
     /// to their handlers, give every handler its `on_poll`, fire due timers,
     /// flush. Returns how much work was done (0 = idle).
@@ -407,21 +398,13 @@ impl Datapath {
         let slots = &mut self.slots;
         let timers = &mut self.timers;
         for (q, port) in self.ports.iter_mut().enumerate() {
-            let Port {
-                device,
-                info,
-                tally,
-            } = port;
+            let Port { device, info, tally } = port;
             tally.polls += 1;
             work += device.receive(RX_BUDGET, &mut |frame, sink| {
                 tally.rx_frames += 1;
                 tally.rx_bytes += frame.len() as u64;
                 let et = frame.ethertype();
-                match slots
-                    .iter_mut()
-                    .enumerate()
-                    .find(|(_, s)| Some(s.ethertype) == et)
-                {
+                match slots.iter_mut().enumerate().find(|(_, s)| Some(s.ethertype) == et) {
                     Some((i, slot)) => {
                         let mut cx = Context {
                             now,
@@ -454,10 +437,7 @@ impl Datapath {
         }
         while let Some(due) = self.timers.pop_due(now) {
             work += 1;
-            let (Some(port), Some(slot)) = (
-                self.ports.get_mut(due.queue),
-                self.slots.get_mut(due.handler.0),
-            ) else {
+            let (Some(port), Some(slot)) = (self.ports.get_mut(due.queue), self.slots.get_mut(due.handler.0)) else {
                 continue;
             };
             let mut cx = Context {
@@ -513,20 +493,9 @@ impl Datapath {
             port.device.sink().flush()?;
             port.tally.sleeps += 1;
         }
-        let mut interests: Vec<Interest<'_>> = self
-            .ports
-            .iter()
-            .map(|p| Interest {
-                fd: p.device.readiness_fd(),
-                read: true,
-                write: false,
-            })
-            .collect();
-        interests.push(Interest {
-            fd: self.waker.fd(),
-            read: true,
-            write: false,
-        });
+        let mut interests: Vec<Interest<'_>> =
+            self.ports.iter().map(|p| Interest { fd: p.device.readiness_fd(), read: true, write: false }).collect();
+        interests.push(Interest { fd: self.waker.fd(), read: true, write: false });
         poll_fds(&interests, timeout)?;
         self.waker.clear();
         Ok(())
@@ -534,11 +503,7 @@ impl Datapath {
 
     /// Polls (and idles per the poll mode) until `done()` holds or `timeout`
     /// passes. Returns whether `done()` held.
-    pub fn run_until(
-        &mut self,
-        timeout: Duration,
-        mut done: impl FnMut(&mut Datapath) -> bool,
-    ) -> io::Result<bool> {
+    pub fn run_until(&mut self, timeout: Duration, mut done: impl FnMut(&mut Datapath) -> bool) -> io::Result<bool> {
         let deadline = Instant::now() + timeout;
         loop {
             let work = self.poll()?;

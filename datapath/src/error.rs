@@ -31,9 +31,7 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
     /// Nobody accepts connections at the address.
-    #[error(
-        "connection refused by {0}: nothing listens there (start the server first, or check the port)"
-    )]
+    #[error("connection refused by {0}: nothing listens there (start the server first, or check the port)")]
     ConnectionRefused(SocketAddrV4),
     /// The peer reset the connection.
     #[error("connection reset: {0}")]
@@ -73,9 +71,7 @@ impl Error {
     pub fn from_io(e: io::Error) -> Error {
         match e.kind() {
             io::ErrorKind::WouldBlock => Error::WouldBlock,
-            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => {
-                Error::ConnectionReset(e.to_string())
-            }
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => Error::ConnectionReset(e.to_string()),
             _ => Error::Io(e),
         }
     }

@@ -32,16 +32,10 @@ pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Option<Launch> {
         let Some(r) = get(rank).and_then(|v| v.trim().parse::<u32>().ok()) else {
             continue;
         };
-        let s = get(size)
-            .and_then(|v| v.trim().parse::<u32>().ok())
-            .filter(|&s| s > r);
+        let s = get(size).and_then(|v| v.trim().parse::<u32>().ok()).filter(|&s| s > r);
         // A rank without a size (PMIX_SIZE is not always set) still names a
         // rank; the size is then unknown and reported as rank + 1 at least.
-        return Some(Launch {
-            rank: r,
-            size: s.unwrap_or(r + 1),
-            launcher,
-        });
+        return Some(Launch { rank: r, size: s.unwrap_or(r + 1), launcher });
     }
     None
 }
@@ -52,10 +46,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let m: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| m.get(k).cloned()
     }
 
@@ -63,30 +54,15 @@ mod tests {
     fn each_launcher_is_read() {
         assert_eq!(
             from_vars(env(&[("SLURM_PROCID", "3"), ("SLURM_NTASKS", "8")])),
-            Some(Launch {
-                rank: 3,
-                size: 8,
-                launcher: "slurm"
-            })
+            Some(Launch { rank: 3, size: 8, launcher: "slurm" })
         );
         assert_eq!(
             from_vars(env(&[("PMI_RANK", "0"), ("PMI_SIZE", "2")])),
-            Some(Launch {
-                rank: 0,
-                size: 2,
-                launcher: "pmi"
-            })
+            Some(Launch { rank: 0, size: 2, launcher: "pmi" })
         );
         assert_eq!(
-            from_vars(env(&[
-                ("OMPI_COMM_WORLD_RANK", "5"),
-                ("OMPI_COMM_WORLD_SIZE", "6")
-            ])),
-            Some(Launch {
-                rank: 5,
-                size: 6,
-                launcher: "openmpi"
-            })
+            from_vars(env(&[("OMPI_COMM_WORLD_RANK", "5"), ("OMPI_COMM_WORLD_SIZE", "6")])),
+            Some(Launch { rank: 5, size: 6, launcher: "openmpi" })
         );
         assert_eq!(from_vars(env(&[])), None);
     }
@@ -105,12 +81,7 @@ mod tests {
     #[test]
     fn junk_is_ignored() {
         assert_eq!(
-            from_vars(env(&[
-                ("SLURM_PROCID", "x"),
-                ("PMI_RANK", "2"),
-                ("PMI_SIZE", "1")
-            ]))
-            .map(|l| l.size),
+            from_vars(env(&[("SLURM_PROCID", "x"), ("PMI_RANK", "2"), ("PMI_SIZE", "1")])).map(|l| l.size),
             Some(3)
         );
     }

@@ -48,13 +48,7 @@ pub(crate) struct LinkHandler {
 
 impl LinkHandler {
     pub fn new(shared: Arc<LinkShared>, mac: MacAddr, max_frame: usize) -> Self {
-        Self {
-            shared,
-            mac,
-            max_frame,
-            timer_armed: None,
-            scratch: Vec::new(),
-        }
+        Self { shared, mac, max_frame, timer_armed: None, scratch: Vec::new() }
     }
 }
 
@@ -64,15 +58,9 @@ fn transmit(ep: &mut Endpoint, cx: &mut Context<'_>, mac: MacAddr, max_frame: us
     let now = cx.now();
     let mut sent = 0;
     while sent < TX_BATCH && ep.wants_transmit(now) {
-        let r = cx.transmit_with(max_frame, &mut |buf| match ep
-            .poll_transmit(now, &mut buf[ETH_HEADER_LEN..])
-        {
+        let r = cx.transmit_with(max_frame, &mut |buf| match ep.poll_transmit(now, &mut buf[ETH_HEADER_LEN..]) {
             Some(t) => {
-                EthernetFrame::new_unchecked(&mut *buf).emit_header(
-                    MacAddr(t.dst_mac),
-                    mac,
-                    ETHERTYPE,
-                );
+                EthernetFrame::new_unchecked(&mut *buf).emit_header(MacAddr(t.dst_mac), mac, ETHERTYPE);
                 ETH_HEADER_LEN + t.len
             }
             None => 0,
@@ -97,10 +85,7 @@ fn take_events(ep: &mut Endpoint) -> bool {
     let mut any = false;
     while let Some(e) = ep.poll_event() {
         any = true;
-        if let EndpointEvent::Connection {
-            cid,
-            event: Event::Closed(xsock_reliable_link::CloseReason::TimedOut),
-        } = e
+        if let EndpointEvent::Connection { cid, event: Event::Closed(xsock_reliable_link::CloseReason::TimedOut) } = e
             && let Some(ip) = ep.connection(cid).map(|c| c.addressing().remote_ip)
         {
             ep.forget_peer(ip);

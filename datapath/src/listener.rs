@@ -62,30 +62,18 @@ impl Listener {
     }
 
     /// Listens on `addr` as `opts` say.
-    pub fn bind_with(
-        rt: &Runtime,
-        addr: SocketAddrV4,
-        opts: ListenOptions,
-    ) -> Result<Listener, Error> {
+    pub fn bind_with(rt: &Runtime, addr: SocketAddrV4, opts: ListenOptions) -> Result<Listener, Error> {
         let ip = (!addr.ip().is_unspecified()).then_some(*addr.ip());
         let mut link_port = None;
         if opts.transport != Transport::Kernel {
             match rt.link() {
                 Some(link) => {
-                    if ip.is_some_and(|ip| !link.addrs.iter().any(|a| a.ip == ip))
-                        && opts.transport == Transport::Link
+                    if ip.is_some_and(|ip| !link.addrs.iter().any(|a| a.ip == ip)) && opts.transport == Transport::Link
                     {
-                        return Err(Error::Config(format!(
-                            "{} is not an address of {}",
-                            addr.ip(),
-                            link.iface
-                        )));
+                        return Err(Error::Config(format!("{} is not an address of {}", addr.ip(), link.iface)));
                     }
                     if ip.is_none_or(|ip| link.addrs.iter().any(|a| a.ip == ip)) {
-                        link.shared
-                            .lock()
-                            .listen(ip, addr.port())
-                            .map_err(|_| Error::AddrInUse(addr))?;
+                        link.shared.lock().listen(ip, addr.port()).map_err(|_| Error::AddrInUse(addr))?;
                         link_port = Some(addr.port());
                     }
                 }
@@ -106,13 +94,7 @@ impl Listener {
                 }
             }
         };
-        Ok(Listener {
-            rt: rt.clone(),
-            addr,
-            mode: opts.mode,
-            link_port,
-            kernel,
-        })
+        Ok(Listener { rt: rt.clone(), addr, mode: opts.mode, link_port, kernel })
     }
 
     /// The address listened on.
@@ -131,9 +113,7 @@ impl Listener {
         let found = self.rt.wait_until(deadline, || Ok(self.take_one()))?;
         match found {
             Some(Accepted::Link(cid)) => Ok(Some(Stream::from_link(&self.rt, cid, self.mode))),
-            Some(Accepted::Kernel(sock)) => {
-                Ok(Some(Stream::from_kernel(&self.rt, sock, self.mode)?))
-            }
+            Some(Accepted::Kernel(sock)) => Ok(Some(Stream::from_kernel(&self.rt, sock, self.mode)?)),
             None => Ok(None),
         }
     }
@@ -154,11 +134,7 @@ impl Listener {
             return Some(Accepted::Link(cid));
         }
         let k = self.kernel.as_ref()?;
-        k.queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop_front()
-            .map(Accepted::Kernel)
+        k.queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front().map(Accepted::Kernel)
     }
 }
 
@@ -170,10 +146,9 @@ enum Accepted {
 fn start_kernel_side(rt: &Runtime, addr: SocketAddrV4) -> Result<KernelSide, Error> {
     let listener = TcpListener::bind(addr).map_err(|e| match e.kind() {
         io::ErrorKind::AddrInUse => Error::AddrInUse(addr),
-        io::ErrorKind::AddrNotAvailable => Error::Config(format!(
-            "{} is not an address of this host (check `ip addr`)",
-            addr.ip()
-        )),
+        io::ErrorKind::AddrNotAvailable => {
+            Error::Config(format!("{} is not an address of this host (check `ip addr`)", addr.ip()))
+        }
         _ => Error::Io(e),
     })?;
     listener.set_nonblocking(true).map_err(Error::Io)?;
@@ -184,31 +159,14 @@ fn start_kernel_side(rt: &Runtime, addr: SocketAddrV4) -> Result<KernelSide, Err
         .name(format!("xsock-accept-{}", addr.port()))
         .spawn(move || accept_loop(listener, q, s, rt2))
         .map_err(Error::Io)?;
-    Ok(KernelSide {
-        queue,
-        stop,
-        thread: Some(thread),
-    })
+    Ok(KernelSide { queue, stop, thread: Some(thread) })
 }
 
-fn accept_loop(
-    listener: TcpListener,
-    queue: Arc<Mutex<VecDeque<TcpStream>>>,
-    stop: Arc<EventFd>,
-    rt: Runtime,
-) {
+fn accept_loop(listener: TcpListener, queue: Arc<Mutex<VecDeque<TcpStream>>>, stop: Arc<EventFd>, rt: Runtime) {
     loop {
         let interest = [
-            Interest {
-                fd: listener.as_fd(),
-                read: true,
-                write: false,
-            },
-            Interest {
-                fd: stop.fd(),
-                read: true,
-                write: false,
-            },
+            Interest { fd: listener.as_fd(), read: true, write: false },
+            Interest { fd: stop.fd(), read: true, write: false },
         ];
         match poll_fds(&interest, None) {
             Ok(ready) if ready[1].readable => return,
@@ -221,10 +179,7 @@ fn accept_loop(
         loop {
             match listener.accept() {
                 Ok((sock, _)) => {
-                    queue
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push_back(sock);
+                    queue.lock().unwrap_or_else(|p| p.into_inner()).push_back(sock);
                     rt.notify();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

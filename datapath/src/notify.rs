@@ -61,9 +61,7 @@ impl Notifier {
         self.sleepers.fetch_add(1, Ordering::SeqCst);
         let g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         if self.generation() == seen {
-            let _ = self
-                .cond
-                .wait_timeout_while(g, max, |_| self.generation() == seen);
+            let _ = self.cond.wait_timeout_while(g, max, |_| self.generation() == seen);
         }
         self.sleepers.fetch_sub(1, Ordering::SeqCst);
     }

@@ -216,21 +216,11 @@ impl RuntimeBuilder {
             }
             Err(e) => return Err(e),
         };
-        Ok(Runtime {
-            inner: Arc::new(Inner {
-                link,
-                notifier,
-                poll: self.poll,
-                launch: crate::launch::from_env(),
-            }),
-        })
+        Ok(Runtime { inner: Arc::new(Inner { link, notifier, poll: self.poll, launch: crate::launch::from_env() }) })
     }
 
     /// The datapath over the interface, or over the given test devices.
-    fn open_datapath(
-        &self,
-        devices: Option<TestDevices>,
-    ) -> Result<Option<(Datapath, Vec<LocalAddr>)>, Error> {
+    fn open_datapath(&self, devices: Option<TestDevices>) -> Result<Option<(Datapath, Vec<LocalAddr>)>, Error> {
         if let Some((devices, addrs)) = devices {
             return Ok(Some((Datapath::from_devices(devices, self.poll)?, addrs)));
         }
@@ -264,45 +254,27 @@ impl RuntimeBuilder {
         Ok(Some((dp, addrs)))
     }
 
-    fn open_link(
-        &self,
-        notifier: &Arc<Notifier>,
-        devices: Option<TestDevices>,
-    ) -> Result<Option<LinkCore>, Error> {
+    fn open_link(&self, notifier: &Arc<Notifier>, devices: Option<TestDevices>) -> Result<Option<LinkCore>, Error> {
         let Some((mut dp, addrs)) = self.open_datapath(devices)? else {
             return Ok(None);
         };
         let info = dp.device_info(0).clone();
-        let mut cfg = self
-            .endpoint
-            .clone()
-            .unwrap_or_else(|| EndpointConfig::new(info.mac.0, addrs.clone(), info.max_frame));
+        let mut cfg =
+            self.endpoint.clone().unwrap_or_else(|| EndpointConfig::new(info.mac.0, addrs.clone(), info.max_frame));
         cfg.addrs = addrs.clone();
         cfg.connection.send_buffer = self.send_buffer;
         cfg.connection.recv_buffer = self.recv_buffer;
         cfg.connection.dead_after = self.dead_after;
         let seed = sys::random_u64().map_err(Error::Io)?;
-        let shared = Arc::new(LinkShared {
-            endpoint: Mutex::new(Endpoint::new(cfg, seed)),
-            notifier: notifier.clone(),
-        });
-        dp.register(
-            ETHERTYPE,
-            Box::new(LinkHandler::new(shared.clone(), info.mac, info.max_frame)),
-        )?;
+        let shared =
+            Arc::new(LinkShared { endpoint: Mutex::new(Endpoint::new(cfg, seed)), notifier: notifier.clone() });
+        let handler = dp.register(ETHERTYPE, Box::new(LinkHandler::new(shared.clone(), info.mac, info.max_frame)))?;
         let waker = dp.waker();
         let engine = match self.driving {
             Driving::Thread => Engine::Thread(dp.spawn("xsock-datapath")?),
             Driving::Inline => Engine::Inline(Mutex::new(dp)),
         };
-        Ok(Some(LinkCore {
-            shared,
-            engine,
-            waker,
-            addrs,
-            mac: info.mac,
-            iface: info.name,
-        }))
+        Ok(Some(LinkCore { shared, engine, handler, waker, addrs, mac: info.mac, iface: info.name }))
     }
 }
 
@@ -314,6 +286,8 @@ pub(crate) enum Engine {
 pub(crate) struct LinkCore {
     pub shared: Arc<LinkShared>,
     pub engine: Engine,
+    /// The link handler's id in the datapath.
+    pub handler: crate::HandlerId,
     pub waker: Waker,
     pub addrs: Vec<LocalAddr>,
     pub mac: MacAddr,
@@ -336,9 +310,7 @@ impl Drop for Inner {
     fn drop(&mut self) {
         let Some(link) = &self.link else { return };
         let open = |ep: &Endpoint| {
-            ep.connection_ids()
-                .filter(|&c| ep.connection(c).is_some_and(|c| c.close_reason().is_none()))
-                .count()
+            ep.connection_ids().filter(|&c| ep.connection(c).is_some_and(|c| c.close_reason().is_none())).count()
         };
         let drive = || match &link.engine {
             Engine::Inline(dp) => {
@@ -394,11 +366,7 @@ impl Runtime {
 
     /// Our IPv4 addresses on the driven interface.
     pub fn local_addrs(&self) -> Vec<Ipv4Addr> {
-        self.inner
-            .link
-            .as_ref()
-            .map(|l| l.addrs.iter().map(|a| a.ip).collect())
-            .unwrap_or_default()
+        self.inner.link.as_ref().map(|l| l.addrs.iter().map(|a| a.ip).collect()).unwrap_or_default()
     }
 
     /// Our MAC on the driven interface.
@@ -420,11 +388,7 @@ impl Runtime {
     /// returns how much work it did. With a datapath thread: returns 0.
     pub fn poll(&self) -> Result<usize, Error> {
         match self.inner.link.as_ref().map(|l| &l.engine) {
-            Some(Engine::Inline(dp)) => dp
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .poll()
-                .map_err(Error::Io),
+            Some(Engine::Inline(dp)) => dp.lock().unwrap_or_else(|p| p.into_inner()).poll().map_err(Error::Io),
             _ => Ok(0),
         }
     }
@@ -457,8 +421,10 @@ impl Runtime {
         let Some(l) = &self.inner.link else { return };
         match &l.engine {
             Engine::Inline(dp) => {
+                // Only the link's transmissions: a whole pass would also
+                // receive, run timers and publish counters.
                 if let Ok(mut dp) = dp.try_lock() {
-                    let _ = dp.poll();
+                    let _ = dp.poll_handler(l.handler);
                 }
             }
             Engine::Thread(_) => {
@@ -482,13 +448,17 @@ impl Runtime {
             if let Some(r) = check()? {
                 return Ok(Some(r));
             }
-            let now = Instant::now();
-            if deadline.is_some_and(|d| now >= d) {
-                return Ok(None);
-            }
-            let cap = deadline.map_or(Duration::from_millis(100), |d| {
-                (d - now).min(Duration::from_millis(100))
-            });
+            // The clock only when there is a deadline: this loop spins.
+            let cap = match deadline {
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Ok(None);
+                    }
+                    (d - now).min(Duration::from_millis(100))
+                }
+                None => Duration::from_millis(100),
+            };
             match self.inner.link.as_ref().map(|l| &l.engine) {
                 Some(Engine::Inline(dp)) => {
                     let mut dp = dp.lock().unwrap_or_else(|p| p.into_inner());
@@ -497,7 +467,7 @@ impl Runtime {
                         dp.idle(Some(cap)).map_err(Error::Io)?;
                     }
                 }
-                _ if self.inner.poll == PollMode::Busy => notifier.spin_past(seen, Some(now + cap)),
+                _ if self.inner.poll == PollMode::Busy => notifier.spin_past(seen, deadline),
                 _ => notifier.wait_past(seen, cap),
             }
         }

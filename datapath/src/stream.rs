@@ -59,11 +59,7 @@ pub struct ConnectOptions {
 
 impl Default for ConnectOptions {
     fn default() -> Self {
-        Self {
-            transport: Transport::Auto,
-            mode: Mode::Stream,
-            timeout: Duration::from_secs(10),
-        }
+        Self { transport: Transport::Auto, mode: Mode::Stream, timeout: Duration::from_secs(10) }
     }
 }
 
@@ -113,19 +109,13 @@ fn close_error(reason: CloseReason, peer: SocketAddrV4) -> Error {
     match reason {
         CloseReason::Refused => Error::ConnectionRefused(peer),
         CloseReason::TimedOut => Error::TimedOut(format!("{peer} stopped answering")),
-        CloseReason::Reset(RstReason::Aborted) => {
-            Error::ConnectionReset(format!("{peer} aborted the connection"))
+        CloseReason::Reset(RstReason::Aborted) => Error::ConnectionReset(format!("{peer} aborted the connection")),
+        CloseReason::Reset(RstReason::Unknown) => {
+            Error::ConnectionReset(format!("{peer} no longer knows the connection (it restarted?)"))
         }
-        CloseReason::Reset(RstReason::Unknown) => Error::ConnectionReset(format!(
-            "{peer} no longer knows the connection (it restarted?)"
-        )),
-        CloseReason::Reset(r) => {
-            Error::ConnectionReset(format!("{peer} reset the connection ({r:?})"))
-        }
+        CloseReason::Reset(r) => Error::ConnectionReset(format!("{peer} reset the connection ({r:?})")),
         CloseReason::Aborted => Error::Closed,
-        CloseReason::Protocol => {
-            Error::Protocol(format!("{peer} broke the reliable-link protocol"))
-        }
+        CloseReason::Protocol => Error::Protocol(format!("{peer} broke the reliable-link protocol")),
         CloseReason::Graceful => Error::Closed,
     }
 }
@@ -137,11 +127,7 @@ impl Stream {
     }
 
     /// Connects to `addr` as `opts` say.
-    pub fn connect_with(
-        rt: &Runtime,
-        addr: SocketAddrV4,
-        opts: ConnectOptions,
-    ) -> Result<Stream, Error> {
+    pub fn connect_with(rt: &Runtime, addr: SocketAddrV4, opts: ConnectOptions) -> Result<Stream, Error> {
         let deadline = Instant::now() + opts.timeout;
         let ip = *addr.ip();
         if opts.transport != Transport::Kernel {
@@ -152,12 +138,8 @@ impl Stream {
                         match discover(rt, ip, deadline)? {
                             Some(peer) => match link_connect(rt, addr, peer, opts.mode, deadline) {
                                 Ok(s) => return Ok(s),
-                                Err(Error::ConnectionRefused(_))
-                                    if opts.transport == Transport::Auto =>
-                                {
-                                    log::debug!(
-                                        "{addr} refused on reliable-link; trying kernel TCP"
-                                    );
+                                Err(Error::ConnectionRefused(_)) if opts.transport == Transport::Auto => {
+                                    log::debug!("{addr} refused on reliable-link; trying kernel TCP");
                                 }
                                 Err(e) => return Err(e),
                             },
@@ -181,26 +163,14 @@ impl Stream {
             let ep = link.shared.lock();
             let a = ep.connection(cid).map(|c| *c.addressing());
             match a {
-                Some(a) => (
-                    SocketAddrV4::new(a.local_ip, a.local_port),
-                    SocketAddrV4::new(a.remote_ip, a.remote_port),
-                ),
-                None => (
-                    SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
-                    SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
-                ),
+                Some(a) => (SocketAddrV4::new(a.local_ip, a.local_port), SocketAddrV4::new(a.remote_ip, a.remote_port)),
+                None => (SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
             }
         };
-        let handle = Arc::new(LinkHandle {
-            rt: rt.clone(),
-            cid,
-        });
+        let handle = Arc::new(LinkHandle { rt: rt.clone(), cid });
         Stream {
             rt: rt.clone(),
-            conn: Conn::Link {
-                cid,
-                _handle: handle,
-            },
+            conn: Conn::Link { cid, _handle: handle },
             local,
             peer,
             mode,
@@ -218,14 +188,7 @@ impl Stream {
         };
         let local = v4(sock.local_addr().map_err(Error::Io)?);
         let peer = v4(sock.peer_addr().map_err(Error::Io)?);
-        Ok(Stream {
-            rt: rt.clone(),
-            conn: Conn::Kernel(sock),
-            local,
-            peer,
-            mode,
-            spin,
-        })
+        Ok(Stream { rt: rt.clone(), conn: Conn::Kernel(sock), local, peer, mode, spin })
     }
 
     /// Another handle on the same connection (to read on one thread and
@@ -233,20 +196,10 @@ impl Stream {
     /// drops.
     pub fn try_clone(&self) -> Result<Stream, Error> {
         let conn = match &self.conn {
-            Conn::Link { cid, _handle } => Conn::Link {
-                cid: *cid,
-                _handle: _handle.clone(),
-            },
+            Conn::Link { cid, _handle } => Conn::Link { cid: *cid, _handle: _handle.clone() },
             Conn::Kernel(s) => Conn::Kernel(s.try_clone().map_err(Error::Io)?),
         };
-        Ok(Stream {
-            rt: self.rt.clone(),
-            conn,
-            local: self.local,
-            peer: self.peer,
-            mode: self.mode,
-            spin: self.spin,
-        })
+        Ok(Stream { rt: self.rt.clone(), conn, local: self.local, peer: self.peer, mode: self.mode, spin: self.spin })
     }
 
     /// The path this connection takes.
@@ -283,9 +236,7 @@ impl Stream {
     /// [`Stream::recv_message`]).
     pub fn send_message(&mut self, msg: &[u8]) -> Result<(), Error> {
         if msg.is_empty() {
-            return Err(Error::Config(
-                "a message must hold at least one byte".into(),
-            ));
+            return Err(Error::Config("a message must hold at least one byte".into()));
         }
         match &mut self.conn {
             Conn::Link { .. } => self.send_all(msg, true),
@@ -311,9 +262,7 @@ impl Stream {
 
     fn send_all(&mut self, data: &[u8], end_of_message: bool) -> Result<(), Error> {
         let Conn::Link { cid, .. } = self.conn else {
-            let Conn::Kernel(s) = &mut self.conn else {
-                unreachable!()
-            };
+            let Conn::Kernel(s) = &mut self.conn else { unreachable!() };
             return kernel_write_all(s, &[IoSlice::new(data)], self.spin);
         };
         let mut off = 0;
@@ -341,9 +290,7 @@ impl Stream {
         let r = link.shared.lock().write(cid, data, end_of_message);
         let n = match r {
             Ok(n) => n,
-            Err(xsock_reliable_link::EndpointError::Stream(
-                xsock_reliable_link::StreamError::Closed(r),
-            )) => {
+            Err(xsock_reliable_link::EndpointError::Stream(xsock_reliable_link::StreamError::Closed(r))) => {
                 return Err(close_error(r, self.peer));
             }
             Err(e) => return Err(Error::Protocol(e.to_string())),
@@ -375,9 +322,7 @@ impl Stream {
             Conn::Kernel(s) => loop {
                 match s.read_vectored(bufs) {
                     Ok(n) => return Ok(n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.spin => {
-                        std::hint::spin_loop()
-                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.spin => std::hint::spin_loop(),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(Error::Io(e)),
                 }
@@ -388,11 +333,7 @@ impl Stream {
                     if b.is_empty() {
                         continue;
                     }
-                    let n = if i == 0 || total == 0 {
-                        self.recv(b)?
-                    } else {
-                        self.try_recv(b).unwrap_or(0)
-                    };
+                    let n = if i == 0 || total == 0 { self.recv(b)? } else { self.try_recv(b).unwrap_or(0) };
                     total += n;
                     if n < b.len() {
                         break;
@@ -417,9 +358,7 @@ impl Stream {
                 let len = u64::from_le_bytes(len) as usize;
                 out.resize(len, 0);
                 if !kernel_read_exact(s, out, self.spin)? {
-                    return Err(Error::Protocol(
-                        "the peer closed in the middle of a message".into(),
-                    ));
+                    return Err(Error::Protocol("the peer closed in the middle of a message".into()));
                 }
                 Ok(true)
             }
@@ -438,9 +377,7 @@ impl Stream {
                         if out.is_empty() {
                             return Ok(false);
                         }
-                        return Err(Error::Protocol(
-                            "the peer finished in the middle of a message".into(),
-                        ));
+                        return Err(Error::Protocol("the peer finished in the middle of a message".into()));
                     }
                 }
             }
@@ -449,12 +386,7 @@ impl Stream {
 
     /// Blocks until bytes (or the end) arrive, then reads. Returns the bytes
     /// read and whether they end a message.
-    fn link_read_blocking(
-        &mut self,
-        cid: u64,
-        buf: &mut [u8],
-        stop_at_end: bool,
-    ) -> Result<(usize, bool), Error> {
+    fn link_read_blocking(&mut self, cid: u64, buf: &mut [u8], stop_at_end: bool) -> Result<(usize, bool), Error> {
         let rt = self.rt.clone();
         let peer = self.peer;
         let mut wants_transmit = false;
@@ -551,13 +483,7 @@ impl Stream {
             Conn::Kernel(s) => s.shutdown(Shutdown::Write).map_err(Error::Io),
             Conn::Link { cid, .. } => {
                 let cid = *cid;
-                self.rt
-                    .link()
-                    .expect("link")
-                    .shared
-                    .lock()
-                    .close(cid)
-                    .map_err(|_| Error::Closed)?;
+                self.rt.link().expect("link").shared.lock().close(cid).map_err(|_| Error::Closed)?;
                 self.rt.kick();
                 Ok(())
             }
@@ -588,9 +514,7 @@ impl Stream {
                 Some(r) => Err(close_error(r, peer)),
             }
         })?;
-        done.ok_or_else(|| {
-            Error::TimedOut(format!("{peer} did not acknowledge the end of the stream"))
-        })
+        done.ok_or_else(|| Error::TimedOut(format!("{peer} did not acknowledge the end of the stream")))
     }
 
     /// Aborts the connection: the peer sees a reset; unsent data is lost.
@@ -634,20 +558,10 @@ fn discover(rt: &Runtime, ip: Ipv4Addr, deadline: Instant) -> Result<Option<Peer
             Lookup::Pending => None,
         })
     })?;
-    r.ok_or_else(|| {
-        Error::TimedOut(format!(
-            "no answer to discovery of {ip} before the connect timeout"
-        ))
-    })
+    r.ok_or_else(|| Error::TimedOut(format!("no answer to discovery of {ip} before the connect timeout")))
 }
 
-fn link_connect(
-    rt: &Runtime,
-    addr: SocketAddrV4,
-    peer: Peer,
-    mode: Mode,
-    deadline: Instant,
-) -> Result<Stream, Error> {
+fn link_connect(rt: &Runtime, addr: SocketAddrV4, peer: Peer, mode: Mode, deadline: Instant) -> Result<Stream, Error> {
     let link = rt.link().expect("caller checked");
     let cid = link
         .shared
@@ -675,27 +589,18 @@ fn link_connect(
             let mut ep = link.shared.lock();
             ep.abort(cid);
             ep.release(cid);
-            Err(Error::TimedOut(format!(
-                "no handshake with {addr} before the connect timeout"
-            )))
+            Err(Error::TimedOut(format!("no handshake with {addr} before the connect timeout")))
         }
     }
 }
 
-fn kernel_connect(
-    rt: &Runtime,
-    addr: SocketAddrV4,
-    mode: Mode,
-    deadline: Instant,
-) -> Result<Stream, Error> {
-    let timeout = deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(1));
+fn kernel_connect(rt: &Runtime, addr: SocketAddrV4, mode: Mode, deadline: Instant) -> Result<Stream, Error> {
+    let timeout = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
     let sock = TcpStream::connect_timeout(&addr.into(), timeout).map_err(|e| match e.kind() {
         io::ErrorKind::ConnectionRefused => Error::ConnectionRefused(addr),
-        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Error::TimedOut(format!(
-            "kernel TCP connect to {addr} took longer than {timeout:?}"
-        )),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
+            Error::TimedOut(format!("kernel TCP connect to {addr} took longer than {timeout:?}"))
+        }
         _ => Error::Io(e),
     })?;
     Stream::from_kernel(rt, sock, mode)
@@ -736,9 +641,7 @@ fn kernel_read_exact(s: &mut TcpStream, buf: &mut [u8], spin: bool) -> Result<bo
         match kernel_read(s, &mut buf[got..], spin)? {
             0 if got == 0 => return Ok(false),
             0 => {
-                return Err(Error::Protocol(
-                    "the peer closed in the middle of a message".into(),
-                ));
+                return Err(Error::Protocol("the peer closed in the middle of a message".into()));
             }
             n => got += n,
         }

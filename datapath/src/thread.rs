@@ -45,16 +45,8 @@ impl Datapath {
         let (tx, rx) = unbounded::<Message>();
         let waker = self.waker();
         let counters = self.counters();
-        let join = std::thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(move || run(self, rx))
-            .map_err(Error::Io)?;
-        Ok(DatapathThread {
-            commands: tx,
-            waker,
-            counters,
-            join: Some(join),
-        })
+        let join = std::thread::Builder::new().name(name.to_owned()).spawn(move || run(self, rx)).map_err(Error::Io)?;
+        Ok(DatapathThread { commands: tx, waker, counters, join: Some(join) })
     }
 }
 
@@ -83,10 +75,7 @@ fn run(mut dp: Datapath, commands: Receiver<Message>) -> Result<Datapath, Error>
 
 impl DatapathThread {
     /// Runs `f` on the datapath thread and returns its result.
-    pub fn call<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Datapath) -> R + Send + 'static,
-    ) -> Result<R, Error> {
+    pub fn call<R: Send + 'static>(&self, f: impl FnOnce(&mut Datapath) -> R + Send + 'static) -> Result<R, Error> {
         self.call_within(None, f)
     }
 

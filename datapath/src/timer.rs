@@ -40,13 +40,7 @@ impl TimerQueue {
     /// Arms a timer for `handler` at `at`.
     pub fn set(&mut self, at: Instant, handler: HandlerId, queue: usize, token: u64) {
         self.seq += 1;
-        self.heap.push(Reverse(Entry {
-            at,
-            seq: self.seq,
-            handler,
-            queue,
-            token,
-        }));
+        self.heap.push(Reverse(Entry { at, seq: self.seq, handler, queue, token }));
     }
 
     /// The earliest deadline, if any.
@@ -61,11 +55,7 @@ impl TimerQueue {
             return None;
         }
         let Reverse(e) = self.heap.pop()?;
-        Some(Due {
-            handler: e.handler,
-            queue: e.queue,
-            token: e.token,
-        })
+        Some(Due { handler: e.handler, queue: e.queue, token: e.token })
     }
 
     /// Number of pending timers.

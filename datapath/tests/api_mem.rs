@@ -9,8 +9,7 @@ use std::{
 };
 
 use xsock::{
-    ConnectOptions, Driving, Error, ListenOptions, Listener, Mode, Path, PollMode, Runtime, Stream,
-    Transport,
+    ConnectOptions, Driving, Error, ListenOptions, Listener, Mode, Path, PollMode, Runtime, Stream, Transport,
 };
 use xsock_nic::mem::{MemConfig, MemDevice};
 use xsock_reliable_link::LocalAddr;
@@ -19,11 +18,7 @@ const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 
 fn pair(driving: Driving, poll: PollMode) -> (Runtime, Runtime) {
-    let (a, b) = MemDevice::pair(&MemConfig {
-        inbox_frames: 1 << 16,
-        ..Default::default()
-    })
-    .unwrap();
+    let (a, b) = MemDevice::pair(&MemConfig { inbox_frames: 1 << 16, ..Default::default() }).unwrap();
     let rt = |dev: MemDevice, ip| {
         Runtime::builder()
             .devices(vec![Box::new(dev)], vec![LocalAddr { ip, prefix: 24 }])
@@ -38,21 +33,12 @@ fn pair(driving: Driving, poll: PollMode) -> (Runtime, Runtime) {
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
 }
 
 fn echo_server(rt: Runtime, port: u16, mode: Mode) -> thread::JoinHandle<Result<u64, Error>> {
-    let l = Listener::bind_with(
-        &rt,
-        SocketAddrV4::new(B, port),
-        ListenOptions {
-            transport: Transport::Link,
-            mode,
-        },
-    )
-    .unwrap();
+    let l = Listener::bind_with(&rt, SocketAddrV4::new(B, port), ListenOptions { transport: Transport::Link, mode })
+        .unwrap();
     thread::spawn(move || {
         let mut s = l.accept()?;
         assert_eq!(s.path(), Path::Link);
@@ -85,21 +71,14 @@ fn echo_server(rt: Runtime, port: u16, mode: Mode) -> thread::JoinHandle<Result<
 fn round_trips(driving: Driving, poll: PollMode) {
     let (a, b) = pair(driving, poll);
     let server = echo_server(b, 7000, Mode::Message);
-    let opts = ConnectOptions {
-        transport: Transport::Link,
-        mode: Mode::Message,
-        ..Default::default()
-    };
+    let opts = ConnectOptions { transport: Transport::Link, mode: Mode::Message, ..Default::default() };
     let mut s = Stream::connect_with(&a, SocketAddrV4::new(B, 7000), opts).unwrap();
     assert_eq!(s.path(), Path::Link);
     assert_eq!(s.peer_addr(), SocketAddrV4::new(B, 7000));
     assert_eq!(s.local_addr().ip(), &A);
     let mut back = Vec::new();
     let mut sent = 0;
-    for (i, len) in [1usize, 64, 1460, 1461, 65_536, 1 << 20, 3, (1 << 20) + 17]
-        .into_iter()
-        .enumerate()
-    {
+    for (i, len) in [1usize, 64, 1460, 1461, 65_536, 1 << 20, 3, (1 << 20) + 17].into_iter().enumerate() {
         let m = pattern(len, i as u8);
         s.send_message(&m).unwrap();
         assert!(s.recv_message(&mut back).unwrap());
@@ -107,10 +86,7 @@ fn round_trips(driving: Driving, poll: PollMode) {
         sent += len as u64;
     }
     s.shutdown_write().unwrap();
-    assert!(
-        !s.recv_message(&mut back).unwrap(),
-        "the server's end of stream"
-    );
+    assert!(!s.recv_message(&mut back).unwrap(), "the server's end of stream");
     assert_eq!(server.join().unwrap().unwrap(), sent);
 }
 
@@ -134,11 +110,7 @@ fn a_byte_stream_through_read_and_write() {
     let (a, b) = pair(Driving::Thread, PollMode::default());
     let server = echo_server(b, 7001, Mode::Stream);
     let mut s = Stream::connect(&a, SocketAddrV4::new(B, 7001)).unwrap();
-    assert_eq!(
-        s.path(),
-        Path::Link,
-        "an xsock peer on the segment is reached over reliable-link"
-    );
+    assert_eq!(s.path(), Path::Link, "an xsock peer on the segment is reached over reliable-link");
     let data = pattern(3 << 20, 9);
     let mut got = Vec::new();
     thread::scope(|scope| {
@@ -171,10 +143,7 @@ fn non_blocking_calls_say_would_block() {
     let l = Listener::bind_with(
         &b,
         SocketAddrV4::new(B, 7002),
-        ListenOptions {
-            transport: Transport::Link,
-            ..Default::default()
-        },
+        ListenOptions { transport: Transport::Link, ..Default::default() },
     )
     .unwrap();
     assert!(matches!(l.try_accept(), Err(Error::WouldBlock)));
@@ -207,10 +176,7 @@ fn non_blocking_calls_say_would_block() {
 #[test]
 fn a_port_nobody_listens_on_is_refused_clearly() {
     let (a, _b) = pair(Driving::Thread, PollMode::default());
-    let opts = ConnectOptions {
-        transport: Transport::Link,
-        ..Default::default()
-    };
+    let opts = ConnectOptions { transport: Transport::Link, ..Default::default() };
     let e = Stream::connect_with(&a, SocketAddrV4::new(B, 7999), opts).unwrap_err();
     assert!(matches!(e, Error::ConnectionRefused(_)), "{e:?}");
     assert!(e.to_string().contains("nothing listens there"), "{e}");
@@ -219,21 +185,9 @@ fn a_port_nobody_listens_on_is_refused_clearly() {
 #[test]
 fn an_address_without_an_xsock_peer_is_named_when_link_is_forced() {
     let (a, _b) = pair(Driving::Thread, PollMode::default());
-    let opts = ConnectOptions {
-        transport: Transport::Link,
-        timeout: Duration::from_secs(2),
-        ..Default::default()
-    };
-    let e = Stream::connect_with(
-        &a,
-        SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 77), 7000),
-        opts,
-    )
-    .unwrap_err();
-    assert!(
-        matches!(e, Error::NotXsockPeer(ip) if ip == Ipv4Addr::new(10, 0, 0, 77)),
-        "{e:?}"
-    );
+    let opts = ConnectOptions { transport: Transport::Link, timeout: Duration::from_secs(2), ..Default::default() };
+    let e = Stream::connect_with(&a, SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 77), 7000), opts).unwrap_err();
+    assert!(matches!(e, Error::NotXsockPeer(ip) if ip == Ipv4Addr::new(10, 0, 0, 77)), "{e:?}");
 }
 
 #[test]
@@ -266,21 +220,13 @@ fn messages_over_kernel_tcp_keep_their_boundaries() {
     let l = Listener::bind_with(
         &a,
         SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7010),
-        ListenOptions {
-            transport: Transport::Kernel,
-            mode: Mode::Message,
-        },
+        ListenOptions { transport: Transport::Kernel, mode: Mode::Message },
     )
     .unwrap();
     let a2 = a.clone();
     let t = thread::spawn(move || {
-        let opts = ConnectOptions {
-            transport: Transport::Kernel,
-            mode: Mode::Message,
-            ..Default::default()
-        };
-        let mut s =
-            Stream::connect_with(&a2, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7010), opts).unwrap();
+        let opts = ConnectOptions { transport: Transport::Kernel, mode: Mode::Message, ..Default::default() };
+        let mut s = Stream::connect_with(&a2, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7010), opts).unwrap();
         for len in [1usize, 100, 70_000] {
             s.send_message(&pattern(len, 1)).unwrap();
         }
@@ -304,14 +250,8 @@ fn the_peer_vanishing_is_an_error_not_a_hang() {
         .dead_after(Duration::from_millis(500))
         .build()
         .unwrap();
-    let b_rt = Runtime::builder()
-        .devices(vec![Box::new(b)], vec![LocalAddr { ip: B, prefix: 24 }])
-        .build()
-        .unwrap();
-    let link_only = ListenOptions {
-        transport: Transport::Link,
-        ..Default::default()
-    };
+    let b_rt = Runtime::builder().devices(vec![Box::new(b)], vec![LocalAddr { ip: B, prefix: 24 }]).build().unwrap();
+    let link_only = ListenOptions { transport: Transport::Link, ..Default::default() };
     let l = Listener::bind_with(&b_rt, SocketAddrV4::new(B, 7020), link_only).unwrap();
     let mut s = Stream::connect(&a, SocketAddrV4::new(B, 7020)).unwrap();
     let _server_side = l.accept().unwrap();
@@ -330,13 +270,7 @@ fn the_peer_vanishing_is_an_error_not_a_hang() {
         {
             break e;
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "no error after 10 s"
-        );
+        assert!(t0.elapsed() < Duration::from_secs(10), "no error after 10 s");
     };
-    assert!(
-        matches!(err, Error::TimedOut(_) | Error::ConnectionReset(_)),
-        "{err:?}"
-    );
+    assert!(matches!(err, Error::TimedOut(_) | Error::ConnectionReset(_)), "{err:?}");
 }

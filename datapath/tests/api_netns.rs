@@ -37,10 +37,7 @@ fn runtime(driving: Driving) -> Runtime {
 
 /// Runs `f` on a thread inside `host` (sockets and runtimes it makes live
 /// in the host's namespace); returns a handle to its result.
-fn in_host<R: Send + 'static>(
-    host: &Host,
-    f: impl FnOnce() -> R + Send + 'static,
-) -> std::thread::JoinHandle<R> {
+fn in_host<R: Send + 'static>(host: &Host, f: impl FnOnce() -> R + Send + 'static) -> std::thread::JoinHandle<R> {
     let host = host.clone();
     std::thread::spawn(move || {
         host.enter_this_thread().unwrap();
@@ -71,10 +68,7 @@ fn xsock_peers_talk_over_reliable_link_on_af_xdp() {
     ready_rx.recv().unwrap();
     let client = in_host(&a, move || {
         let rt = runtime(Driving::Inline);
-        let opts = ConnectOptions {
-            mode: Mode::Message,
-            ..Default::default()
-        };
+        let opts = ConnectOptions { mode: Mode::Message, ..Default::default() };
         let mut s = Stream::connect_with(&rt, addr(2, 7100), opts).unwrap();
         let mut back = Vec::new();
         for len in [1usize, 1460, 100_000, 4 << 20] {
@@ -120,10 +114,7 @@ fn a_peer_without_xsock_is_reached_over_kernel_tcp() {
         took
     });
     let took = client.join().unwrap();
-    assert!(
-        took < Duration::from_millis(200),
-        "discovery gave up quickly: {took:?}"
-    );
+    assert!(took < Duration::from_millis(200), "discovery gave up quickly: {took:?}");
     server.join().unwrap();
 }
 
@@ -182,10 +173,7 @@ fn a_listener_serves_xsock_and_plain_tcp_clients_alike() {
         k.read_exact(&mut buf).unwrap();
         assert_eq!(&buf, b"tcp!");
         let rt = runtime(Driving::Thread);
-        let opts = ConnectOptions {
-            transport: Transport::Link,
-            ..Default::default()
-        };
+        let opts = ConnectOptions { transport: Transport::Link, ..Default::default() };
         let mut x = Stream::connect_with(&rt, addr(2, 7400), opts).unwrap();
         x.write_all(b"xsk!").unwrap();
         x.read_exact(&mut buf).unwrap();
@@ -209,13 +197,8 @@ fn forcing_kernel_transport_uses_the_kernel_even_between_xsock_peers() {
     ready_rx.recv().unwrap();
     let client = in_host(&a, move || {
         let rt = runtime(Driving::Thread);
-        let opts = ConnectOptions {
-            transport: Transport::Kernel,
-            ..Default::default()
-        };
-        Stream::connect_with(&rt, addr(2, 7500), opts)
-            .unwrap()
-            .path()
+        let opts = ConnectOptions { transport: Transport::Kernel, ..Default::default() };
+        Stream::connect_with(&rt, addr(2, 7500), opts).unwrap().path()
     });
     assert_eq!(client.join().unwrap(), Path::Kernel);
     assert_eq!(server.join().unwrap(), Path::Kernel);

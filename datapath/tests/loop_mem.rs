@@ -19,10 +19,7 @@ use xsock_nic::{
 
 fn mem_pair(mode: PollMode) -> (Datapath, Datapath) {
     let (a, b) = MemDevice::pair(&MemConfig::default()).unwrap();
-    (
-        Datapath::from_devices(vec![Box::new(a)], mode).unwrap(),
-        Datapath::from_devices(vec![Box::new(b)], mode).unwrap(),
-    )
+    (Datapath::from_devices(vec![Box::new(a)], mode).unwrap(), Datapath::from_devices(vec![Box::new(b)], mode).unwrap())
 }
 
 #[test]
@@ -30,15 +27,9 @@ fn inline_ping_pong_through_two_loops() {
     let (mut a, b) = mem_pair(PollMode::Busy);
     let peer = b.device_info(0).mac;
     let mut b = b;
-    b.register(diag::ETHERTYPE, Box::new(EchoHandler::default()))
-        .unwrap();
+    b.register(diag::ETHERTYPE, Box::new(EchoHandler::default())).unwrap();
     let echo = b.spawn("echo").unwrap();
-    let id = a
-        .register(
-            diag::ETHERTYPE,
-            Box::new(PingClient::new(peer, 64).unwrap()),
-        )
-        .unwrap();
+    let id = a.register(diag::ETHERTYPE, Box::new(PingClient::new(peer, 64).unwrap())).unwrap();
     for seq in 0..500 {
         let rtt = round_trip(&mut a, id, seq, Duration::from_secs(2)).unwrap();
         assert!(rtt.is_some(), "pong {seq} lost on a perfect wire");
@@ -54,61 +45,28 @@ fn inline_ping_pong_through_two_loops() {
 fn ping_reports_loss_instead_of_hanging() {
     let (a, b) = MemDevice::pair(&MemConfig::default()).unwrap();
     let peer = b.info().mac;
-    let lossy = FaultInjector::new(
-        a,
-        FaultConfig {
-            seed: 5,
-            loss: 0.3,
-            ..Default::default()
-        },
-    );
+    let lossy = FaultInjector::new(a, FaultConfig { seed: 5, loss: 0.3, ..Default::default() });
     let mut a = Datapath::from_devices(vec![Box::new(lossy)], PollMode::Busy).unwrap();
     let mut b = Datapath::from_devices(vec![Box::new(b)], PollMode::Sleep).unwrap();
-    b.register(diag::ETHERTYPE, Box::new(EchoHandler::default()))
-        .unwrap();
+    b.register(diag::ETHERTYPE, Box::new(EchoHandler::default())).unwrap();
     let echo = b.spawn("echo").unwrap();
-    let id = a
-        .register(
-            diag::ETHERTYPE,
-            Box::new(PingClient::new(peer, 64).unwrap()),
-        )
-        .unwrap();
-    let lost = (0..100)
-        .filter(|&seq| {
-            round_trip(&mut a, id, seq, Duration::from_millis(20))
-                .unwrap()
-                .is_none()
-        })
-        .count();
+    let id = a.register(diag::ETHERTYPE, Box::new(PingClient::new(peer, 64).unwrap())).unwrap();
+    let lost =
+        (0..100).filter(|&seq| round_trip(&mut a, id, seq, Duration::from_millis(20)).unwrap().is_none()).count();
     assert!((15..45).contains(&lost), "lost {lost} of 100 at 30% loss");
     drop(echo);
 }
 
 #[test]
 fn blast_counts_every_frame_on_a_perfect_wire() {
-    let (a, b) = MemDevice::pair(&MemConfig {
-        inbox_frames: 1 << 20,
-        ..Default::default()
-    })
-    .unwrap();
+    let (a, b) = MemDevice::pair(&MemConfig { inbox_frames: 1 << 20, ..Default::default() }).unwrap();
     let peer = b.info().mac;
     let mut a = Datapath::from_devices(vec![Box::new(a)], PollMode::Busy).unwrap();
     let mut b = Datapath::from_devices(vec![Box::new(b)], PollMode::Busy).unwrap();
-    b.register(diag::ETHERTYPE, Box::new(BlastHandler::default()))
-        .unwrap();
+    b.register(diag::ETHERTYPE, Box::new(BlastHandler::default())).unwrap();
     let rx = b.spawn("rx").unwrap();
-    let id = a
-        .register(diag::ETHERTYPE, Box::new(BlastHandler::default()))
-        .unwrap();
-    let out = blast(
-        &mut a,
-        id,
-        peer,
-        256,
-        Duration::from_millis(100),
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let id = a.register(diag::ETHERTYPE, Box::new(BlastHandler::default())).unwrap();
+    let out = blast(&mut a, id, peer, 256, Duration::from_millis(100), Duration::from_secs(5)).unwrap();
     assert!(out.sent_frames > 100);
     assert_eq!(out.received.frames, out.sent_frames);
     assert_eq!(out.received.bytes, out.sent_bytes);
@@ -157,27 +115,14 @@ fn timers_fire_when_due_and_the_loop_sleeps_until_then() {
     ep.send(raw_frame(b_mac, 0x88b5, 7)).unwrap();
     let start = Instant::now();
     // b receives, and 20 ms later its timer sends the frame back to a.
-    b.run_until(Duration::from_secs(2), |dp| {
-        dp.handler_mut::<Delayed>(id).unwrap().fired == 1
-    })
-    .unwrap();
-    let back = ep
-        .rx
-        .recv_timeout(Duration::from_secs(2))
-        .expect("delayed echo");
+    b.run_until(Duration::from_secs(2), |dp| dp.handler_mut::<Delayed>(id).unwrap().fired == 1).unwrap();
+    let back = ep.rx.recv_timeout(Duration::from_secs(2)).expect("delayed echo");
     let waited = start.elapsed();
     assert_eq!(back[14], 7);
-    assert!(
-        waited >= Duration::from_millis(20),
-        "timer fired early: {waited:?}"
-    );
+    assert!(waited >= Duration::from_millis(20), "timer fired early: {waited:?}");
     // b slept in poll(2) rather than spinning for those 20 ms.
     let stats = b.stats();
-    assert!(
-        stats[0].sleeps >= 1 && stats[0].polls < 1000,
-        "{:?}",
-        stats[0]
-    );
+    assert!(stats[0].sleeps >= 1 && stats[0].polls < 1000, "{:?}", stats[0]);
     drop(a);
 }
 
@@ -186,8 +131,7 @@ fn unclaimed_ethertypes_are_counted_and_dropped() {
     let (mut a, mut b) = mem_pair(PollMode::Busy);
     let dst = b.device_info(0).mac;
     for t in 0..3 {
-        a.transmit(0, 60, |f| f.copy_from_slice(&raw_frame(dst, 0x1234, t)))
-            .unwrap();
+        a.transmit(0, 60, |f| f.copy_from_slice(&raw_frame(dst, 0x1234, t))).unwrap();
     }
     a.flush().unwrap();
     b.poll().unwrap();
@@ -198,11 +142,8 @@ fn unclaimed_ethertypes_are_counted_and_dropped() {
 #[test]
 fn duplicate_registration_is_refused() {
     let (mut a, _) = mem_pair(PollMode::Busy);
-    a.register(0x88b5, Box::new(EchoHandler::default()))
-        .unwrap();
-    let e = a
-        .register(0x88b5, Box::new(EchoHandler::default()))
-        .unwrap_err();
+    a.register(0x88b5, Box::new(EchoHandler::default())).unwrap();
+    let e = a.register(0x88b5, Box::new(EchoHandler::default())).unwrap_err();
     assert!(e.to_string().contains("0x88b5"), "{e}");
 }
 
@@ -222,18 +163,13 @@ fn threaded_datapath_wakes_for_channel_frames_and_calls() {
     for tag in 0..10 {
         ea.send(raw_frame(b_mac, 0x88b5, tag)).unwrap();
     }
-    let tags: Vec<u8> = (0..10)
-        .map(|_| eb.rx.recv_timeout(Duration::from_secs(2)).unwrap()[14])
-        .collect();
+    let tags: Vec<u8> = (0..10).map(|_| eb.rx.recv_timeout(Duration::from_secs(2)).unwrap()[14]).collect();
     assert_eq!(tags, (0..10).collect::<Vec<_>>());
     // A call runs on the loop's thread and returns its result.
     let queues = tb.call(|dp| dp.queues()).unwrap();
     assert_eq!(queues, 1);
     assert_eq!(tb.counters().get(0).rx_frames, 10);
-    assert!(
-        ta.counters().get(0).sleeps > 0,
-        "an idle sleeping loop counts its sleeps"
-    );
+    assert!(ta.counters().get(0).sleeps > 0, "an idle sleeping loop counts its sleeps");
     let a = ta.stop().unwrap();
     assert_eq!(a.counters().get(0).tx_frames, 10);
     drop(tb);
@@ -248,11 +184,9 @@ fn several_queues_are_polled_and_counted_apart() {
     let mut b = Datapath::from_devices(vec![Box::new(b0), Box::new(b1)], PollMode::Busy).unwrap();
     let (hb, eb) = ChannelHandler::new(64, b.waker());
     b.register(0x88b5, Box::new(hb)).unwrap();
-    a.transmit(0, 60, |f| f.copy_from_slice(&raw_frame(m0, 0x88b5, 1)))
-        .unwrap();
+    a.transmit(0, 60, |f| f.copy_from_slice(&raw_frame(m0, 0x88b5, 1))).unwrap();
     for _ in 0..3 {
-        a.transmit(1, 60, |f| f.copy_from_slice(&raw_frame(m1, 0x88b5, 2)))
-            .unwrap();
+        a.transmit(1, 60, |f| f.copy_from_slice(&raw_frame(m1, 0x88b5, 2))).unwrap();
     }
     a.flush().unwrap();
     b.poll().unwrap();

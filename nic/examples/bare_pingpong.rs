@@ -13,10 +13,7 @@ use xsock_nic::{
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let frames: u32 = std::env::var("FRAMES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4096);
+    let frames: u32 = std::env::var("FRAMES").ok().and_then(|v| v.parse().ok()).unwrap_or(4096);
     let cfg = AfXdpConfig {
         ethertypes: vec![xsock_nic::ETHERTYPE_LOCAL_EXP2],
         frame_count: frames,

@@ -42,16 +42,12 @@ impl Default for ManualClock {
 impl ManualClock {
     /// A clock starting at an arbitrary instant.
     pub fn new() -> Self {
-        Self {
-            base: Instant::now(),
-            offset_ns: Arc::new(AtomicU64::new(0)),
-        }
+        Self { base: Instant::now(), offset_ns: Arc::new(AtomicU64::new(0)) }
     }
 
     /// Moves time forward by `d`.
     pub fn advance(&self, d: Duration) {
-        self.offset_ns
-            .fetch_add(d.as_nanos() as u64, Ordering::SeqCst);
+        self.offset_ns.fetch_add(d.as_nanos() as u64, Ordering::SeqCst);
     }
 
     /// Moves time forward to `t` (no-op if `t` is in the past).
@@ -86,9 +82,7 @@ impl SeededRng {
             z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
             z ^ (z >> 31)
         };
-        Self {
-            s: [next(), next(), next(), next()],
-        }
+        Self { s: [next(), next(), next(), next()] }
     }
 
     /// The next 64 random bits.

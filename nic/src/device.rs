@@ -19,11 +19,7 @@ impl MacAddr {
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
     }
 }
 
@@ -77,11 +73,7 @@ pub struct RxFrame<'a> {
 impl<'a> RxFrame<'a> {
     /// A frame in one buffer.
     pub fn contiguous(data: &'a [u8]) -> Self {
-        Self {
-            head: data,
-            rest: &[],
-            len: data.len(),
-        }
+        Self { head: data, rest: &[], len: data.len() }
     }
 
     /// A frame in several buffers, `head` first.
@@ -117,18 +109,13 @@ impl<'a> RxFrame<'a> {
 
     /// The EtherType, if the frame holds a whole Ethernet header.
     pub fn ethertype(&self) -> Option<u16> {
-        self.head
-            .get(12..14)
-            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+        self.head.get(12..14).map(|b| u16::from_be_bytes([b[0], b[1]]))
     }
 
     /// Copies `dst.len()` bytes starting at `offset` into `dst`. Returns
     /// false (and copies nothing) if the frame is too short.
     pub fn copy_out(&self, offset: usize, dst: &mut [u8]) -> bool {
-        if offset
-            .checked_add(dst.len())
-            .is_none_or(|end| end > self.len)
-        {
+        if offset.checked_add(dst.len()).is_none_or(|end| end > self.len) {
             return false;
         }
         let mut skip = offset;
@@ -159,10 +146,7 @@ impl<'a> RxFrame<'a> {
 
 impl fmt::Debug for RxFrame<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RxFrame")
-            .field("len", &self.len)
-            .field("segments", &(1 + self.rest.len()))
-            .finish()
+        f.debug_struct("RxFrame").field("len", &self.len).field("segments", &(1 + self.rest.len())).finish()
     }
 }
 
@@ -193,11 +177,7 @@ pub trait FrameSink {
     /// buffer goes back). Returns that length. `fill` is not called when
     /// there is no buffer ([`TxError::RingFull`]). Queued frames leave at the
     /// next [`FrameSink::flush`] at the latest.
-    fn transmit_with(
-        &mut self,
-        max_len: usize,
-        fill: &mut dyn FnMut(&mut [u8]) -> usize,
-    ) -> Result<usize, TxError>;
+    fn transmit_with(&mut self, max_len: usize, fill: &mut dyn FnMut(&mut [u8]) -> usize) -> Result<usize, TxError>;
 
     /// Queues one frame of exactly `len` bytes, written by `fill`.
     fn transmit(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<(), TxError> {
@@ -256,11 +236,7 @@ pub enum Backend {
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Backend::AfXdp {
-                zero_copy,
-                native,
-                multi_buffer,
-            } => write!(
+            Backend::AfXdp { zero_copy, native, multi_buffer } => write!(
                 f,
                 "af_xdp ({}, {} XDP{})",
                 if *zero_copy { "zero-copy" } else { "copy mode" },
@@ -322,11 +298,7 @@ pub trait FrameDevice: Send {
 
     /// Sleeps until a frame may be waiting or `timeout` passes.
     fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        let interest = [crate::sys::Interest {
-            fd: self.readiness_fd(),
-            read: true,
-            write: false,
-        }];
+        let interest = [crate::sys::Interest { fd: self.readiness_fd(), read: true, write: false }];
         crate::sys::poll_fds(&interest, timeout).map(|_| ())
     }
 
@@ -371,13 +343,7 @@ mod tests {
         let m: MacAddr = "02:00:0a:ff:00:01".parse().unwrap();
         assert_eq!(m.to_string(), "02:00:0a:ff:00:01");
         assert_eq!("02-00-0a-ff-00-01".parse::<MacAddr>().unwrap(), m);
-        for bad in [
-            "",
-            "02:00",
-            "02:00:0a:ff:00:01:02",
-            "zz:00:00:00:00:00",
-            "020:0:0:0:0:0",
-        ] {
+        for bad in ["", "02:00", "02:00:0a:ff:00:01:02", "zz:00:00:00:00:00", "020:0:0:0:0:0"] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
         }
     }
@@ -395,10 +361,7 @@ mod tests {
         assert!(f.copy_out(2, &mut d));
         assert_eq!(d, [2, 3, 4, 5]);
         assert!(!f.copy_out(6, &mut d), "reads past the end are refused");
-        assert!(
-            !f.copy_out(usize::MAX, &mut d),
-            "offset overflow is refused"
-        );
+        assert!(!f.copy_out(usize::MAX, &mut d), "offset overflow is refused");
         assert!(f.as_contiguous().is_none());
     }
 }

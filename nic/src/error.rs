@@ -120,10 +120,7 @@ pub enum NicError {
 impl NicError {
     /// Wraps an `io::Error` with what was being done.
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
-        NicError::Io {
-            context: context.into(),
-            source,
-        }
+        NicError::Io { context: context.into(), source }
     }
 }
 
@@ -135,11 +132,7 @@ fn setcap(caps: &[Capability]) -> impl fmt::Display + '_ {
     struct S<'a>(&'a [Capability]);
     impl fmt::Display for S<'_> {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            let list: Vec<String> = self
-                .0
-                .iter()
-                .map(|c| c.name().trim_start_matches("CAP_").to_lowercase())
-                .collect();
+            let list: Vec<String> = self.0.iter().map(|c| c.name().trim_start_matches("CAP_").to_lowercase()).collect();
             write!(f, "cap_{}+ep", list.join(",cap_"))
         }
     }
@@ -152,10 +145,7 @@ mod tests {
 
     #[test]
     fn permission_message_names_the_fix() {
-        let e = NicError::PermissionDenied {
-            what: "AF_XDP",
-            missing: vec![Capability::NetRaw, Capability::Bpf],
-        };
+        let e = NicError::PermissionDenied { what: "AF_XDP", missing: vec![Capability::NetRaw, Capability::Bpf] };
         let s = e.to_string();
         assert!(s.contains("CAP_NET_RAW, CAP_BPF"), "{s}");
         assert!(s.contains("setcap cap_net_raw,cap_bpf+ep"), "{s}");
@@ -164,11 +154,7 @@ mod tests {
 
     #[test]
     fn queue_message_names_the_range() {
-        let e = NicError::QueueOutOfRange {
-            iface: "eth0".into(),
-            queue: 4,
-            queues: 2,
-        };
+        let e = NicError::QueueOutOfRange { iface: "eth0".into(), queue: 4, queues: 2 };
         let s = e.to_string();
         assert!(s.contains("ids 0..=1") && s.contains("queue 4"), "{s}");
     }

@@ -135,28 +135,15 @@ impl FaultState {
         for i in 0..copies {
             let mut due = now + self.config.delay;
             if !self.config.jitter.is_zero() {
-                due +=
-                    Duration::from_nanos(self.rng.below(self.config.jitter.as_nanos() as u64 + 1));
+                due += Duration::from_nanos(self.rng.below(self.config.jitter.as_nanos() as u64 + 1));
             }
             if self.rng.chance(self.config.reorder) {
                 self.stats.reordered += 1;
-                due += Duration::from_nanos(
-                    1 + self
-                        .rng
-                        .below(self.config.reorder_window.as_nanos().max(1) as u64),
-                );
+                due += Duration::from_nanos(1 + self.rng.below(self.config.reorder_window.as_nanos().max(1) as u64));
             }
             self.seq += 1;
-            let f = if i + 1 == copies {
-                std::mem::take(&mut frame)
-            } else {
-                frame.clone()
-            };
-            self.held.push(Reverse(Held {
-                due,
-                seq: self.seq,
-                frame: f,
-            }));
+            let f = if i + 1 == copies { std::mem::take(&mut frame) } else { frame.clone() };
+            self.held.push(Reverse(Held { due, seq: self.seq, frame: f }));
         }
     }
 
@@ -165,10 +152,7 @@ impl FaultState {
         let now = self.clock.now();
         while self.held.peek().is_some_and(|Reverse(h)| h.due <= now) {
             let Reverse(h) = self.held.pop().expect("peeked");
-            if inner
-                .transmit(h.frame.len(), &mut |b| b.copy_from_slice(&h.frame))
-                .is_err()
-            {
+            if inner.transmit(h.frame.len(), &mut |b| b.copy_from_slice(&h.frame)).is_err() {
                 self.stats.inner_full += 1;
             }
         }
@@ -241,10 +225,7 @@ fn transmit_through(
     fill: &mut dyn FnMut(&mut [u8]) -> usize,
 ) -> Result<usize, TxError> {
     if max_len > max_frame {
-        return Err(TxError::TooLong {
-            len: max_len,
-            max: max_frame,
-        });
+        return Err(TxError::TooLong { len: max_len, max: max_frame });
     }
     let mut buf = vec![0u8; max_len];
     let len = fill(&mut buf).min(max_len);
@@ -257,11 +238,7 @@ fn transmit_through(
 }
 
 impl FrameSink for Adapter<'_> {
-    fn transmit_with(
-        &mut self,
-        max_len: usize,
-        fill: &mut dyn FnMut(&mut [u8]) -> usize,
-    ) -> Result<usize, TxError> {
+    fn transmit_with(&mut self, max_len: usize, fill: &mut dyn FnMut(&mut [u8]) -> usize) -> Result<usize, TxError> {
         transmit_through(self.state, self.inner, self.max_frame, max_len, fill)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -274,18 +251,8 @@ impl FrameSink for Adapter<'_> {
 }
 
 impl<D: FrameDevice> FrameSink for FaultInjector<D> {
-    fn transmit_with(
-        &mut self,
-        max_len: usize,
-        fill: &mut dyn FnMut(&mut [u8]) -> usize,
-    ) -> Result<usize, TxError> {
-        transmit_through(
-            &mut self.state,
-            self.inner.sink(),
-            self.max_frame,
-            max_len,
-            fill,
-        )
+    fn transmit_with(&mut self, max_len: usize, fill: &mut dyn FnMut(&mut [u8]) -> usize) -> Result<usize, TxError> {
+        transmit_through(&mut self.state, self.inner.sink(), self.max_frame, max_len, fill)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.state.release(self.inner.sink());
@@ -305,11 +272,7 @@ impl<D: FrameDevice> FrameDevice for FaultInjector<D> {
         self.state.release(self.inner.sink());
         let (state, max_frame) = (&mut self.state, self.max_frame);
         self.inner.receive(budget, &mut |frame, inner_sink| {
-            let mut adapter = Adapter {
-                state: &mut *state,
-                inner: inner_sink,
-                max_frame,
-            };
+            let mut adapter = Adapter { state: &mut *state, inner: inner_sink, max_frame };
             on_frame(frame, &mut adapter);
         })
     }
@@ -361,20 +324,14 @@ mod tests {
 
     fn received(dev: &mut MemDevice) -> Vec<u32> {
         let mut out = Vec::new();
-        dev.receive(usize::MAX, &mut |f, _| {
-            out.push(u32::from_be_bytes(f.head()[14..18].try_into().unwrap()))
-        })
-        .unwrap();
+        dev.receive(usize::MAX, &mut |f, _| out.push(u32::from_be_bytes(f.head()[14..18].try_into().unwrap())))
+            .unwrap();
         out
     }
 
     fn run(config: FaultConfig, n: u32) -> (Vec<u32>, FaultStats) {
         let clock = ManualClock::new();
-        let (a, mut b) = MemDevice::pair(&MemConfig {
-            inbox_frames: 1 << 20,
-            ..Default::default()
-        })
-        .unwrap();
+        let (a, mut b) = MemDevice::pair(&MemConfig { inbox_frames: 1 << 20, ..Default::default() }).unwrap();
         let dst = b.info().mac.0;
         let mut a = FaultInjector::with_clock(a, config, Arc::new(clock.clone()));
         for seq in 0..n {
@@ -395,44 +352,25 @@ mod tests {
 
     #[test]
     fn loss_rate_is_close_to_configured_and_reproducible() {
-        let cfg = FaultConfig {
-            seed: 42,
-            loss: 0.05,
-            ..Default::default()
-        };
+        let cfg = FaultConfig { seed: 42, loss: 0.05, ..Default::default() };
         let (got, stats) = run(cfg.clone(), 20_000);
         assert_eq!(got.len() as u64, 20_000 - stats.lost);
         assert!((800..1200).contains(&stats.lost), "lost {}", stats.lost);
-        assert!(
-            got.windows(2).all(|w| w[0] < w[1]),
-            "loss alone never reorders"
-        );
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "loss alone never reorders");
         assert_eq!(run(cfg, 20_000).0, got, "same seed, same pattern");
     }
 
     #[test]
     fn reordering_and_duplication_happen_and_nothing_is_invented() {
-        let cfg = FaultConfig {
-            seed: 3,
-            reorder: 0.1,
-            duplicate: 0.05,
-            ..Default::default()
-        };
+        let cfg = FaultConfig { seed: 3, reorder: 0.1, duplicate: 0.05, ..Default::default() };
         let (got, stats) = run(cfg, 5000);
         assert!(stats.reordered > 0 && stats.duplicated > 0);
-        assert!(
-            got.windows(2).any(|w| w[0] > w[1]),
-            "some frame was overtaken"
-        );
+        assert!(got.windows(2).any(|w| w[0] > w[1]), "some frame was overtaken");
         assert_eq!(got.len() as u64, 5000 + stats.duplicated);
         let mut sorted = got.clone();
         sorted.sort();
         sorted.dedup();
-        assert_eq!(
-            sorted,
-            (0..5000).collect::<Vec<_>>(),
-            "every frame arrives, none invented"
-        );
+        assert_eq!(sorted, (0..5000).collect::<Vec<_>>(), "every frame arrives, none invented");
     }
 
     #[test]
@@ -440,10 +378,7 @@ mod tests {
         let clock = ManualClock::new();
         let (a, mut b) = MemDevice::pair(&MemConfig::default()).unwrap();
         let dst = b.info().mac.0;
-        let cfg = FaultConfig {
-            delay: Duration::from_millis(5),
-            ..Default::default()
-        };
+        let cfg = FaultConfig { delay: Duration::from_millis(5), ..Default::default() };
         let mut a = FaultInjector::with_clock(a, cfg, Arc::new(clock.clone()));
         a.transmit(64, &mut frame(dst, 1)).unwrap();
         a.flush().unwrap();
@@ -458,19 +393,10 @@ mod tests {
 
     #[test]
     fn corruption_is_dropped_by_fcs_or_delivered_flipped() {
-        let cfg = FaultConfig {
-            seed: 9,
-            corrupt: 0.2,
-            ..Default::default()
-        };
+        let cfg = FaultConfig { seed: 9, corrupt: 0.2, ..Default::default() };
         let (got, stats) = run(cfg, 2000);
         assert_eq!(got.len() as u64, 2000 - stats.fcs_drops);
-        let cfg = FaultConfig {
-            seed: 9,
-            corrupt: 0.2,
-            corruption: Corruption::Delivered,
-            ..Default::default()
-        };
+        let cfg = FaultConfig { seed: 9, corrupt: 0.2, corruption: Corruption::Delivered, ..Default::default() };
         let (got, stats) = run(cfg, 2000);
         assert_eq!(got.len(), 2000);
         assert!(stats.corrupted > 300);

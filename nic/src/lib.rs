@@ -39,8 +39,7 @@ pub mod wire;
 pub mod xdp;
 
 pub use device::{
-    Backend, DeviceInfo, DeviceStats, ETH_HEADER_LEN, FrameDevice, FrameSink, MacAddr,
-    MacParseError, RxFrame, TxError,
+    Backend, DeviceInfo, DeviceStats, ETH_HEADER_LEN, FrameDevice, FrameSink, MacAddr, MacParseError, RxFrame, TxError,
 };
 pub use error::NicError;
 
@@ -71,19 +70,14 @@ impl std::str::FromStr for BackendChoice {
             "auto" => Ok(Self::Auto),
             "xdp" | "af_xdp" => Ok(Self::AfXdp),
             "packet" | "af_packet" => Ok(Self::AfPacket),
-            other => Err(format!(
-                "unknown backend {other:?}; use auto, xdp or packet"
-            )),
+            other => Err(format!("unknown backend {other:?}; use auto, xdp or packet")),
         }
     }
 }
 
 /// Opens a frame device on `config.iface` / `config.queue` with the chosen
 /// backend.
-pub fn open(
-    config: &xdp::AfXdpConfig,
-    choice: BackendChoice,
-) -> Result<Box<dyn FrameDevice>, NicError> {
+pub fn open(config: &xdp::AfXdpConfig, choice: BackendChoice) -> Result<Box<dyn FrameDevice>, NicError> {
     let packet = || -> Result<Box<dyn FrameDevice>, NicError> {
         if config.queue != 0 {
             return Err(NicError::Config(format!(
@@ -100,9 +94,7 @@ pub fn open(
         BackendChoice::Auto => match xdp::AfXdpDevice::open(config) {
             Ok(dev) => Ok(Box::new(dev)),
             Err(e) if falls_back(&e) => {
-                log::warn!(
-                    "AF_XDP unavailable ({e}); falling back to AF_PACKET, which is much slower"
-                );
+                log::warn!("AF_XDP unavailable ({e}); falling back to AF_PACKET, which is much slower");
                 packet()
             }
             Err(e) => Err(e),

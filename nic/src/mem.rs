@@ -17,10 +17,7 @@ use std::{
 };
 
 use crate::{
-    device::{
-        Backend, DeviceInfo, DeviceStats, ETH_HEADER_LEN, FrameDevice, FrameSink, MacAddr, RxFrame,
-        TxError,
-    },
+    device::{Backend, DeviceInfo, DeviceStats, ETH_HEADER_LEN, FrameDevice, FrameSink, MacAddr, RxFrame, TxError},
     sys::EventFd,
 };
 
@@ -35,10 +32,7 @@ pub struct MemConfig {
 
 impl Default for MemConfig {
     fn default() -> Self {
-        Self {
-            mtu: 1500,
-            inbox_frames: 4096,
-        }
+        Self { mtu: 1500, inbox_frames: 4096 }
     }
 }
 
@@ -90,10 +84,7 @@ struct SwitchState {
 
 enum Outlet {
     Peer(Arc<Inbox>),
-    Switch {
-        state: Arc<Mutex<SwitchState>>,
-        port: usize,
-    },
+    Switch { state: Arc<Mutex<SwitchState>>, port: usize },
 }
 
 impl Outlet {
@@ -114,13 +105,8 @@ impl Outlet {
                         }
                     }
                     _ => {
-                        let targets: Vec<Arc<Inbox>> = s
-                            .ports
-                            .iter()
-                            .enumerate()
-                            .filter(|(i, _)| i != port)
-                            .map(|(_, p)| p.clone())
-                            .collect();
+                        let targets: Vec<Arc<Inbox>> =
+                            s.ports.iter().enumerate().filter(|(i, _)| i != port).map(|(_, p)| p.clone()).collect();
                         drop(s);
                         if let Some((last, rest)) = targets.split_last() {
                             for t in rest {
@@ -152,16 +138,9 @@ struct MemSink {
 }
 
 impl FrameSink for MemSink {
-    fn transmit_with(
-        &mut self,
-        max_len: usize,
-        fill: &mut dyn FnMut(&mut [u8]) -> usize,
-    ) -> Result<usize, TxError> {
+    fn transmit_with(&mut self, max_len: usize, fill: &mut dyn FnMut(&mut [u8]) -> usize) -> Result<usize, TxError> {
         if max_len > self.max_frame {
-            return Err(TxError::TooLong {
-                len: max_len,
-                max: self.max_frame,
-            });
+            return Err(TxError::TooLong { len: max_len, max: self.max_frame });
         }
         let mut buf = vec![0u8; max_len];
         let len = fill(&mut buf).min(max_len);
@@ -170,10 +149,7 @@ impl FrameSink for MemSink {
         }
         if len < ETH_HEADER_LEN {
             // Not a frame: a real NIC would not send it either.
-            return Err(TxError::TooLong {
-                len,
-                max: self.max_frame,
-            });
+            return Err(TxError::TooLong { len, max: self.max_frame });
         }
         buf.truncate(len);
         self.frames += 1;
@@ -213,12 +189,7 @@ impl MemDevice {
                 backend: Backend::Memory,
             },
             inbox,
-            sink: MemSink {
-                outlet,
-                max_frame,
-                frames: 0,
-                bytes: 0,
-            },
+            sink: MemSink { outlet, max_frame, frames: 0, bytes: 0 },
             rx_frames: 0,
             rx_bytes: 0,
         }
@@ -260,16 +231,8 @@ impl MemSwitch {
         let port = s.ports.len();
         s.ports.push(inbox.clone());
         drop(s);
-        let outlet = Outlet::Switch {
-            state: self.state.clone(),
-            port,
-        };
-        Ok(MemDevice::new(
-            format!("mem-sw{port}"),
-            inbox,
-            outlet,
-            config,
-        ))
+        let outlet = Outlet::Switch { state: self.state.clone(), port };
+        Ok(MemDevice::new(format!("mem-sw{port}"), inbox, outlet, config))
     }
 }
 
@@ -341,8 +304,7 @@ mod tests {
 
     fn drain(dev: &mut MemDevice) -> Vec<u8> {
         let mut tags = Vec::new();
-        dev.receive(64, &mut |f, _| tags.push(f.head()[14]))
-            .unwrap();
+        dev.receive(64, &mut |f, _| tags.push(f.head()[14])).unwrap();
         tags
     }
 
@@ -353,18 +315,10 @@ mod tests {
         for t in 0..5 {
             send(&mut a, b.info().mac, t);
         }
-        let i = [crate::sys::Interest {
-            fd: b.readiness_fd(),
-            read: true,
-            write: false,
-        }];
+        let i = [crate::sys::Interest { fd: b.readiness_fd(), read: true, write: false }];
         assert!(crate::sys::poll_fds(&i, Some(std::time::Duration::ZERO)).unwrap()[0].readable);
         assert_eq!(drain(&mut b), vec![0, 1, 2, 3, 4]);
-        let i = [crate::sys::Interest {
-            fd: b.readiness_fd(),
-            read: true,
-            write: false,
-        }];
+        let i = [crate::sys::Interest { fd: b.readiness_fd(), read: true, write: false }];
         assert!(!crate::sys::poll_fds(&i, Some(std::time::Duration::ZERO)).unwrap()[0].readable);
         assert_eq!(a.stats().tx_frames, 5);
         assert_eq!(b.stats().rx_frames, 5);
@@ -372,10 +326,7 @@ mod tests {
 
     #[test]
     fn full_inbox_drops_and_counts() {
-        let cfg = MemConfig {
-            inbox_frames: 2,
-            ..Default::default()
-        };
+        let cfg = MemConfig { inbox_frames: 2, ..Default::default() };
         let (mut a, mut b) = MemDevice::pair(&cfg).unwrap();
         for t in 0..5 {
             send(&mut a, b.info().mac, t);
@@ -387,11 +338,7 @@ mod tests {
     #[test]
     fn variable_length_transmit_sends_what_was_built() {
         let (mut a, mut b) = MemDevice::pair(&MemConfig::default()).unwrap();
-        assert_eq!(
-            a.sink().transmit_with(1514, &mut |_| 0),
-            Ok(0),
-            "0 = nothing sent"
-        );
+        assert_eq!(a.sink().transmit_with(1514, &mut |_| 0), Ok(0), "0 = nothing sent");
         assert_eq!(
             a.sink().transmit_with(1514, &mut |buf| {
                 buf[14] = 9;
@@ -400,33 +347,21 @@ mod tests {
             Ok(60)
         );
         let mut lens = Vec::new();
-        b.receive(8, &mut |f, _| lens.push((f.len(), f.head()[14])))
-            .unwrap();
+        b.receive(8, &mut |f, _| lens.push((f.len(), f.head()[14]))).unwrap();
         assert_eq!(lens, vec![(60, 9)]);
     }
 
     #[test]
     fn oversize_frames_are_refused() {
-        let (mut a, _b) = MemDevice::pair(&MemConfig {
-            mtu: 100,
-            ..Default::default()
-        })
-        .unwrap();
-        assert_eq!(
-            a.sink().transmit(115, &mut |_| {}),
-            Err(TxError::TooLong { len: 115, max: 114 })
-        );
+        let (mut a, _b) = MemDevice::pair(&MemConfig { mtu: 100, ..Default::default() }).unwrap();
+        assert_eq!(a.sink().transmit(115, &mut |_| {}), Err(TxError::TooLong { len: 115, max: 114 }));
     }
 
     #[test]
     fn switch_floods_unknown_then_forwards_learned() {
         let sw = MemSwitch::new();
         let cfg = MemConfig::default();
-        let (mut p0, mut p1, mut p2) = (
-            sw.port(&cfg).unwrap(),
-            sw.port(&cfg).unwrap(),
-            sw.port(&cfg).unwrap(),
-        );
+        let (mut p0, mut p1, mut p2) = (sw.port(&cfg).unwrap(), sw.port(&cfg).unwrap(), sw.port(&cfg).unwrap());
         // p0 → p1 before anyone is learned: flooded to p1 and p2.
         send(&mut p0, p1.info().mac, 1);
         assert_eq!(drain(&mut p1), vec![1]);

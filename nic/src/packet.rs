@@ -14,15 +14,10 @@ use std::{
     time::Duration,
 };
 
-use pnet_datalink::{
-    self as datalink, Channel, DataLinkReceiver, DataLinkSender, NetworkInterface,
-};
+use pnet_datalink::{self as datalink, Channel, DataLinkReceiver, DataLinkSender, NetworkInterface};
 
 use crate::{
-    device::{
-        Backend, DeviceInfo, DeviceStats, ETH_HEADER_LEN, FrameDevice, FrameSink, MacAddr, RxFrame,
-        TxError,
-    },
+    device::{Backend, DeviceInfo, DeviceStats, ETH_HEADER_LEN, FrameDevice, FrameSink, MacAddr, RxFrame, TxError},
     error::NicError,
     sys::{self, Capability, syscall},
     xdp::lookup_iface,
@@ -44,10 +39,7 @@ pub struct PacketConfig {
 
 impl From<&crate::xdp::AfXdpConfig> for PacketConfig {
     fn from(c: &crate::xdp::AfXdpConfig) -> Self {
-        Self {
-            iface: c.iface.clone(),
-            ethertypes: c.ethertypes.clone(),
-        }
+        Self { iface: c.iface.clone(), ethertypes: c.ethertypes.clone() }
     }
 }
 
@@ -74,9 +66,7 @@ struct PacketSink {
 
 impl std::fmt::Debug for AfPacketDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AfPacketDevice")
-            .field("info", &self.info)
-            .finish_non_exhaustive()
+        f.debug_struct("AfPacketDevice").field("info", &self.info).finish_non_exhaustive()
     }
 }
 
@@ -86,32 +76,12 @@ fn ethertype_filter(types: &[u16]) -> Vec<libc::sock_filter> {
     const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
     const RET_K: u16 = 0x06; // BPF_RET | BPF_K
     let n = types.len();
-    let mut prog = vec![libc::sock_filter {
-        code: LDH_ABS,
-        jt: 0,
-        jf: 0,
-        k: 12,
-    }];
+    let mut prog = vec![libc::sock_filter { code: LDH_ABS, jt: 0, jf: 0, k: 12 }];
     for (i, &t) in types.iter().enumerate() {
-        prog.push(libc::sock_filter {
-            code: JEQ_K,
-            jt: (n - i) as u8,
-            jf: 0,
-            k: u32::from(t),
-        });
+        prog.push(libc::sock_filter { code: JEQ_K, jt: (n - i) as u8, jf: 0, k: u32::from(t) });
     }
-    prog.push(libc::sock_filter {
-        code: RET_K,
-        jt: 0,
-        jf: 0,
-        k: 0,
-    });
-    prog.push(libc::sock_filter {
-        code: RET_K,
-        jt: 0,
-        jf: 0,
-        k: 0x0004_0000,
-    });
+    prog.push(libc::sock_filter { code: RET_K, jt: 0, jf: 0, k: 0 });
+    prog.push(libc::sock_filter { code: RET_K, jt: 0, jf: 0, k: 0x0004_0000 });
     prog
 }
 
@@ -120,47 +90,31 @@ impl AfPacketDevice {
     pub fn open(config: &PacketConfig) -> Result<Self, NicError> {
         let missing = sys::missing_capabilities(&[Capability::NetRaw]);
         if !missing.is_empty() {
-            return Err(NicError::PermissionDenied {
-                what: "AF_PACKET",
-                missing,
-            });
+            return Err(NicError::PermissionDenied { what: "AF_PACKET", missing });
         }
         if config.ethertypes.is_empty() || config.ethertypes.len() > 32 {
-            return Err(NicError::Config(
-                "AF_PACKET needs 1 to 32 EtherTypes to receive".into(),
-            ));
+            return Err(NicError::Config("AF_PACKET needs 1 to 32 EtherTypes to receive".into()));
         }
         let iface = config.iface.as_str();
         let ifindex = lookup_iface(iface)?;
-        let mtu = sys::if_mtu(iface)
-            .map_err(|e| NicError::io(format!("reading the MTU of {iface}"), e))?;
-        let mac = MacAddr(
-            sys::if_mac(iface)
-                .map_err(|e| NicError::io(format!("reading the MAC of {iface}"), e))?,
-        );
+        let mtu = sys::if_mtu(iface).map_err(|e| NicError::io(format!("reading the MTU of {iface}"), e))?;
+        let mac = MacAddr(sys::if_mac(iface).map_err(|e| NicError::io(format!("reading the MAC of {iface}"), e))?);
         let max_frame = mtu as usize + ETH_HEADER_LEN;
 
         // Protocol 0: the socket receives nothing until pnet binds it, by
         // which time the filter is in place.
         // SAFETY: socket takes no pointers.
-        let fd = syscall!(socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            0
-        ))
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::EPERM | libc::EACCES) => NicError::PermissionDenied {
-                what: "AF_PACKET",
-                missing: vec![Capability::NetRaw],
-            },
-            _ => NicError::io("creating an AF_PACKET socket", e),
+        let fd = syscall!(socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0)).map_err(|e| {
+            match e.raw_os_error() {
+                Some(libc::EPERM | libc::EACCES) => {
+                    NicError::PermissionDenied { what: "AF_PACKET", missing: vec![Capability::NetRaw] }
+                }
+                _ => NicError::io("creating an AF_PACKET socket", e),
+            }
         })?;
         let setup = || -> io::Result<()> {
             let prog = ethertype_filter(&config.ethertypes);
-            let fprog = libc::sock_fprog {
-                len: prog.len() as u16,
-                filter: prog.as_ptr().cast_mut(),
-            };
+            let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_ptr().cast_mut() };
             // SAFETY: fprog points at `prog`, alive for the call; the kernel copies it.
             syscall!(setsockopt(
                 fd,
@@ -174,10 +128,7 @@ impl AfPacketDevice {
         if let Err(e) = setup() {
             // SAFETY: fd is ours and not yet handed to pnet.
             unsafe { libc::close(fd) };
-            return Err(NicError::io(
-                format!("configuring the AF_PACKET socket on {iface}"),
-                e,
-            ));
+            return Err(NicError::io(format!("configuring the AF_PACKET socket on {iface}"), e));
         }
 
         let ni = NetworkInterface {
@@ -201,40 +152,19 @@ impl AfPacketDevice {
         let (tx, rx) = match datalink::channel(&ni, cfg) {
             Ok(Channel::Ethernet(tx, rx)) => (tx, rx),
             Ok(_) => {
-                return Err(NicError::io(
-                    "opening the AF_PACKET channel",
-                    io::Error::other("not an Ethernet channel"),
-                ));
+                return Err(NicError::io("opening the AF_PACKET channel", io::Error::other("not an Ethernet channel")));
             }
             Err(e) => {
-                return Err(NicError::io(
-                    format!("binding the AF_PACKET socket to {iface}"),
-                    e,
-                ));
+                return Err(NicError::io(format!("binding the AF_PACKET socket to {iface}"), e));
             }
         };
-        log::info!(
-            "AF_PACKET socket on {iface}: frames up to {max_frame} B (the slow fallback path)"
-        );
-        let info = DeviceInfo {
-            name: iface.to_owned(),
-            ifindex,
-            queue: 0,
-            mac,
-            mtu,
-            max_frame,
-            backend: Backend::AfPacket,
-        };
+        log::info!("AF_PACKET socket on {iface}: frames up to {max_frame} B (the slow fallback path)");
+        let info =
+            DeviceInfo { name: iface.to_owned(), ifindex, queue: 0, mac, mtu, max_frame, backend: Backend::AfPacket };
         Ok(Self {
             info,
             rx,
-            tx: PacketSink {
-                tx,
-                staging: Vec::new(),
-                max_frame,
-                frames: 0,
-                bytes: 0,
-            },
+            tx: PacketSink { tx, staging: Vec::new(), max_frame, frames: 0, bytes: 0 },
             fd,
             rx_frames: 0,
             rx_bytes: 0,
@@ -244,16 +174,9 @@ impl AfPacketDevice {
 }
 
 impl FrameSink for PacketSink {
-    fn transmit_with(
-        &mut self,
-        max_len: usize,
-        fill: &mut dyn FnMut(&mut [u8]) -> usize,
-    ) -> Result<usize, TxError> {
+    fn transmit_with(&mut self, max_len: usize, fill: &mut dyn FnMut(&mut [u8]) -> usize) -> Result<usize, TxError> {
         if max_len > self.max_frame {
-            return Err(TxError::TooLong {
-                len: max_len,
-                max: self.max_frame,
-            });
+            return Err(TxError::TooLong { len: max_len, max: self.max_frame });
         }
         self.staging.resize(max_len, 0);
         let len = fill(&mut self.staging[..max_len]).min(max_len);
@@ -271,10 +194,7 @@ impl FrameSink for PacketSink {
                 log::warn!("AF_PACKET send failed: {e}");
                 Err(TxError::RingFull)
             }
-            None => Err(TxError::TooLong {
-                len,
-                max: self.max_frame,
-            }),
+            None => Err(TxError::TooLong { len, max: self.max_frame }),
         }
     }
 
@@ -302,10 +222,7 @@ impl FrameDevice for AfPacketDevice {
                     on_frame(RxFrame::contiguous(frame), &mut self.tx);
                     n += 1;
                 }
-                Err(e)
-                    if e.kind() == io::ErrorKind::TimedOut
-                        || e.kind() == io::ErrorKind::WouldBlock =>
-                {
+                Err(e) if e.kind() == io::ErrorKind::TimedOut || e.kind() == io::ErrorKind::WouldBlock => {
                     break;
                 }
                 Err(e) => return Err(e),
@@ -340,14 +257,7 @@ impl FrameDevice for AfPacketDevice {
         let mut st = [0u32; 2];
         let mut len = std::mem::size_of_val(&st) as libc::socklen_t;
         // SAFETY: st is a live buffer of `len` bytes.
-        if syscall!(getsockopt(
-            self.fd,
-            libc::SOL_PACKET,
-            PACKET_STATISTICS,
-            st.as_mut_ptr().cast(),
-            &mut len
-        ))
-        .is_ok()
+        if syscall!(getsockopt(self.fd, libc::SOL_PACKET, PACKET_STATISTICS, st.as_mut_ptr().cast(), &mut len)).is_ok()
         {
             self.drops.set(self.drops.get() + u64::from(st[1]));
         }
@@ -366,11 +276,7 @@ mod tests {
         assert_eq!(p.len(), 6);
         let accept = p.len() - 1;
         for (i, ins) in p.iter().enumerate().skip(1).take(3) {
-            assert_eq!(
-                i + 1 + ins.jt as usize,
-                accept,
-                "jeq at {i} must jump to accept"
-            );
+            assert_eq!(i + 1 + ins.jt as usize, accept, "jeq at {i} must jump to accept");
             assert_eq!(ins.jf, 0);
         }
         assert_eq!(p[accept - 1].k, 0, "fall-through rejects");

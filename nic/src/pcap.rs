@@ -30,9 +30,7 @@ impl PcapFile {
     }
 
     fn record<'a>(&mut self, len: usize, parts: impl Iterator<Item = &'a [u8]>) {
-        let ts = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO);
+        let ts = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
         let write = || -> io::Result<()> {
             self.out.write_all(&(ts.as_secs() as u32).to_le_bytes())?;
             self.out.write_all(&ts.subsec_micros().to_le_bytes())?;
@@ -59,10 +57,7 @@ impl<D: FrameDevice> PcapWriter<D> {
     /// Wraps `inner`, writing to a new file at `path`.
     pub fn new(inner: D, path: &Path) -> io::Result<Self> {
         let snaplen = inner.info().max_frame as u32;
-        Ok(Self {
-            inner,
-            file: PcapFile::create(path, snaplen)?,
-        })
+        Ok(Self { inner, file: PcapFile::create(path, snaplen)? })
     }
 
     /// Flushes buffered records to the file.
@@ -92,11 +87,7 @@ fn tap_transmit(
 }
 
 impl FrameSink for Tap<'_> {
-    fn transmit_with(
-        &mut self,
-        max_len: usize,
-        fill: &mut dyn FnMut(&mut [u8]) -> usize,
-    ) -> Result<usize, TxError> {
+    fn transmit_with(&mut self, max_len: usize, fill: &mut dyn FnMut(&mut [u8]) -> usize) -> Result<usize, TxError> {
         tap_transmit(self.file, self.inner, max_len, fill)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -108,11 +99,7 @@ impl FrameSink for Tap<'_> {
 }
 
 impl<D: FrameDevice> FrameSink for PcapWriter<D> {
-    fn transmit_with(
-        &mut self,
-        max_len: usize,
-        fill: &mut dyn FnMut(&mut [u8]) -> usize,
-    ) -> Result<usize, TxError> {
+    fn transmit_with(&mut self, max_len: usize, fill: &mut dyn FnMut(&mut [u8]) -> usize) -> Result<usize, TxError> {
         tap_transmit(&mut self.file, self.inner.sink(), max_len, fill)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -133,13 +120,7 @@ impl<D: FrameDevice> FrameDevice for PcapWriter<D> {
         let file = &mut self.file;
         self.inner.receive(budget, &mut |frame, sink| {
             file.record(frame.len(), frame.segments());
-            on_frame(
-                frame,
-                &mut Tap {
-                    file: &mut *file,
-                    inner: sink,
-                },
-            );
+            on_frame(frame, &mut Tap { file: &mut *file, inner: sink });
         })
     }
     fn sink(&mut self) -> &mut dyn FrameSink {

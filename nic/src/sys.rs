@@ -78,19 +78,12 @@ pub fn has_capability(cap: Capability) -> bool {
 pub fn missing_capabilities(needed: &[Capability]) -> Vec<Capability> {
     let set = effective_capabilities().unwrap_or(0);
     let held = |c: Capability| set & (1u64 << c as u32) != 0;
-    needed
-        .iter()
-        .copied()
-        .filter(|&c| !(held(c) || (c == Capability::Bpf && held(Capability::SysAdmin))))
-        .collect()
+    needed.iter().copied().filter(|&c| !(held(c) || (c == Capability::Bpf && held(Capability::SysAdmin)))).collect()
 }
 
 /// The current RLIMIT_MEMLOCK soft limit in bytes (`None` = unlimited).
 pub fn memlock_limit() -> io::Result<Option<u64>> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: `lim` is a valid, writable rlimit.
     syscall!(getrlimit(libc::RLIMIT_MEMLOCK, &mut lim))?;
     Ok((lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur))
@@ -99,26 +92,17 @@ pub fn memlock_limit() -> io::Result<Option<u64>> {
 /// Raises RLIMIT_MEMLOCK to at least `bytes` if the hard limit (or
 /// CAP_SYS_RESOURCE) allows. Returns the limit now in force.
 pub fn raise_memlock(bytes: u64) -> io::Result<Option<u64>> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: `lim` is a valid, writable rlimit.
     syscall!(getrlimit(libc::RLIMIT_MEMLOCK, &mut lim))?;
     if lim.rlim_cur == libc::RLIM_INFINITY || lim.rlim_cur >= bytes {
         return memlock_limit();
     }
-    let want = libc::rlimit {
-        rlim_cur: bytes.max(lim.rlim_cur),
-        rlim_max: lim.rlim_max.max(bytes),
-    };
+    let want = libc::rlimit { rlim_cur: bytes.max(lim.rlim_cur), rlim_max: lim.rlim_max.max(bytes) };
     // SAFETY: `want` is a valid rlimit; failure leaves the limit unchanged.
     let raised = syscall!(setrlimit(libc::RLIMIT_MEMLOCK, &want));
     if raised.is_err() && lim.rlim_max > lim.rlim_cur {
-        let soft = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
-        };
+        let soft = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
         // SAFETY: as above; raising the soft limit to the hard limit needs no privilege.
         let _ = syscall!(setrlimit(libc::RLIMIT_MEMLOCK, &soft));
     }
@@ -154,8 +138,7 @@ pub fn poll_fds(fds: &[Interest<'_>], timeout: Option<Duration>) -> io::Result<V
         .iter()
         .map(|i| libc::pollfd {
             fd: i.fd.as_raw_fd(),
-            events: (if i.read { libc::POLLIN } else { 0 })
-                | (if i.write { libc::POLLOUT } else { 0 }),
+            events: (if i.read { libc::POLLIN } else { 0 }) | (if i.write { libc::POLLOUT } else { 0 }),
             revents: 0,
         })
         .collect();
@@ -221,11 +204,7 @@ impl EventFd {
 /// network namespace.
 fn ioctl_socket() -> io::Result<OwnedFd> {
     // SAFETY: socket takes no pointers.
-    let fd = syscall!(socket(
-        libc::AF_INET,
-        libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-        0
-    ))?;
+    let fd = syscall!(socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0))?;
     // SAFETY: `fd` was just returned by socket and is owned by no one else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -250,11 +229,7 @@ pub fn if_index(name: &str) -> io::Result<u32> {
     let c = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: `c` is a valid NUL-terminated string.
     let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if idx == 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(idx)
-    }
+    if idx == 0 { Err(io::Error::last_os_error()) } else { Ok(idx) }
 }
 
 /// The names of all interfaces in this thread's network namespace.
@@ -330,10 +305,7 @@ const SIOCETHTOOL: libc::c_ulong = 0x8946;
 pub fn if_rx_queues(name: &str) -> io::Result<Option<u32>> {
     let sock = ioctl_socket()?;
     let mut req = ifreq_for(name)?;
-    let mut ch = EthtoolChannels {
-        cmd: ETHTOOL_GCHANNELS,
-        ..Default::default()
-    };
+    let mut ch = EthtoolChannels { cmd: ETHTOOL_GCHANNELS, ..Default::default() };
     req.ifr_ifru.ifru_data = (&mut ch as *mut EthtoolChannels).cast();
     // SAFETY: SIOCETHTOOL with ETHTOOL_GCHANNELS writes a struct
     // ethtool_channels through ifru_data, which points at `ch`, alive for the call.
@@ -374,15 +346,8 @@ pub fn if_driver(name: &str) -> io::Result<Option<String>> {
     // ethtool_drvinfo through ifru_data, which points at `info`, alive for the call.
     match syscall!(ioctl(sock.as_raw_fd(), SIOCETHTOOL, &mut req)) {
         Ok(_) => {
-            let end = info
-                .driver
-                .iter()
-                .position(|&b| b == 0)
-                .unwrap_or(info.driver.len());
-            Ok(
-                Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
-                    .filter(|d| !d.is_empty()),
-            )
+            let end = info.driver.iter().position(|&b| b == 0).unwrap_or(info.driver.len());
+            Ok(Some(String::from_utf8_lossy(&info.driver[..end]).into_owned()).filter(|d| !d.is_empty()))
         }
         Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(None),
         Err(e) => Err(e),
@@ -465,13 +430,7 @@ pub fn get_sockopt_u32(fd: RawFd, level: i32, name: i32) -> io::Result<u32> {
     let mut v: u32 = 0;
     let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
     // SAFETY: passes a pointer to a live u32 and its exact size.
-    syscall!(getsockopt(
-        fd,
-        level,
-        name,
-        (&mut v as *mut u32).cast(),
-        &mut len
-    ))?;
+    syscall!(getsockopt(fd, level, name, (&mut v as *mut u32).cast(), &mut len))?;
     Ok(v)
 }
 
@@ -481,21 +440,9 @@ pub fn get_sockopt_u32(fd: RawFd, level: i32, name: i32) -> io::Result<u32> {
 pub fn xsk_kick_tx(fd: RawFd) -> io::Result<()> {
     // SAFETY: a zero-length send with null buffer and address is the
     // documented AF_XDP wake-up call.
-    match syscall!(sendto(
-        fd,
-        std::ptr::null(),
-        0,
-        libc::MSG_DONTWAIT,
-        std::ptr::null(),
-        0
-    )) {
+    match syscall!(sendto(fd, std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0)) {
         Ok(_) => Ok(()),
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::ENOBUFS | libc::EAGAIN | libc::EBUSY | libc::ENETDOWN)
-            ) =>
-        {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOBUFS | libc::EAGAIN | libc::EBUSY | libc::ENETDOWN)) => {
             Ok(())
         }
         Err(e) => Err(e),
@@ -516,14 +463,7 @@ pub fn xsk_kick_rx(fd: RawFd) -> io::Result<()> {
         std::ptr::null_mut()
     )) {
         Ok(_) => Ok(()),
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EAGAIN | libc::EBUSY | libc::ENETDOWN)
-            ) =>
-        {
-            Ok(())
-        }
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EBUSY | libc::ENETDOWN)) => Ok(()),
         Err(e) => Err(e),
     }
 }
@@ -570,10 +510,7 @@ mod tests {
     #[test]
     fn loopback_has_its_address_and_entropy_differs() {
         let addrs = if_ipv4_addrs("lo").unwrap();
-        assert!(
-            addrs.contains(&(std::net::Ipv4Addr::LOCALHOST, 8)),
-            "{addrs:?}"
-        );
+        assert!(addrs.contains(&(std::net::Ipv4Addr::LOCALHOST, 8)), "{addrs:?}");
         assert!(if_ipv4_addrs("xsock-nope0").unwrap().is_empty());
         assert_ne!(random_u64().unwrap(), random_u64().unwrap());
     }
@@ -595,11 +532,7 @@ mod tests {
     #[test]
     fn eventfd_signals_and_clears() {
         let ev = EventFd::new().unwrap();
-        let i = [Interest {
-            fd: ev.fd(),
-            read: true,
-            write: false,
-        }];
+        let i = [Interest { fd: ev.fd(), read: true, write: false }];
         assert!(!poll_fds(&i, Some(Duration::ZERO)).unwrap()[0].readable);
         ev.signal();
         ev.signal();

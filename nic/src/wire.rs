@@ -41,29 +41,17 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
     /// Checks the buffer holds a whole header.
     pub fn check_len(&self) -> Result<(), Truncated> {
         let len = self.buffer.as_ref().len();
-        if len < ETH_HEADER_LEN {
-            Err(Truncated(len))
-        } else {
-            Ok(())
-        }
+        if len < ETH_HEADER_LEN { Err(Truncated(len)) } else { Ok(()) }
     }
 
     /// Destination address.
     pub fn dst(&self) -> MacAddr {
-        MacAddr(
-            self.buffer.as_ref()[field::DST]
-                .try_into()
-                .expect("six bytes"),
-        )
+        MacAddr(self.buffer.as_ref()[field::DST].try_into().expect("six bytes"))
     }
 
     /// Source address.
     pub fn src(&self) -> MacAddr {
-        MacAddr(
-            self.buffer.as_ref()[field::SRC]
-                .try_into()
-                .expect("six bytes"),
-        )
+        MacAddr(self.buffer.as_ref()[field::SRC].try_into().expect("six bytes"))
     }
 
     /// EtherType.
@@ -115,11 +103,7 @@ mod tests {
     fn header_round_trips() {
         let mut buf = [0u8; 20];
         let mut f = EthernetFrame::new_checked(&mut buf[..]).unwrap();
-        f.emit_header(
-            MacAddr([1, 2, 3, 4, 5, 6]),
-            MacAddr([7, 8, 9, 10, 11, 12]),
-            0x88b6,
-        );
+        f.emit_header(MacAddr([1, 2, 3, 4, 5, 6]), MacAddr([7, 8, 9, 10, 11, 12]), 0x88b6);
         f.payload_mut()[0] = 0xee;
         let f = EthernetFrame::new_checked(&buf[..]).unwrap();
         assert_eq!(f.dst(), MacAddr([1, 2, 3, 4, 5, 6]));
@@ -130,10 +114,7 @@ mod tests {
 
     #[test]
     fn short_buffers_are_refused() {
-        assert_eq!(
-            EthernetFrame::new_checked(&[0u8; 13][..]).unwrap_err(),
-            Truncated(13)
-        );
+        assert_eq!(EthernetFrame::new_checked(&[0u8; 13][..]).unwrap_err(), Truncated(13));
         assert!(EthernetFrame::new_checked(&[0u8; 14][..]).is_ok());
     }
 }

@@ -3,8 +3,7 @@
 use std::time::{Duration, Instant};
 
 use xsock_nic::{
-    Backend, BackendChoice, ETHERTYPE_LOCAL_EXP1, ETHERTYPE_LOCAL_EXP2, FrameDevice, MacAddr,
-    NicError,
+    Backend, BackendChoice, ETHERTYPE_LOCAL_EXP1, ETHERTYPE_LOCAL_EXP2, FrameDevice, MacAddr, NicError,
     xdp::{AfXdpConfig, AfXdpDevice},
 };
 use xsock_testbed::{Host, LinkOpts, Testbed, require_root};
@@ -62,11 +61,7 @@ fn recv(dev: &mut dyn FrameDevice, n: usize, len: usize) -> Vec<u32> {
             assert_eq!(bytes.len(), len, "frame length");
             let seq = u32::from_be_bytes(bytes[14..18].try_into().unwrap());
             for (i, x) in bytes[18..].iter().enumerate() {
-                assert_eq!(
-                    *x,
-                    (i as u32).wrapping_add(seq) as u8,
-                    "payload byte {i} of frame {seq}"
-                );
+                assert_eq!(*x, (i as u32).wrapping_add(seq) as u8, "payload byte {i} of frame {seq}");
             }
             seqs.push(seq);
         })
@@ -86,14 +81,7 @@ fn frames_cross_and_kernel_traffic_still_flows() {
     let mut db = open_in(&b, config(0)).unwrap();
     // A single-queue veth: copy mode, generic XDP (faster there than veth's native mode).
     assert!(
-        matches!(
-            da.info().backend,
-            Backend::AfXdp {
-                zero_copy: false,
-                native: false,
-                ..
-            }
-        ),
+        matches!(da.info().backend, Backend::AfXdp { zero_copy: false, native: false, .. }),
         "{:?}",
         da.info().backend
     );
@@ -106,20 +94,13 @@ fn frames_cross_and_kernel_traffic_still_flows() {
     let deadline = Instant::now() + Duration::from_secs(3);
     while got.len() < 200 && Instant::now() < deadline {
         da.sink().flush().unwrap();
-        db.receive(64, &mut |f, _| {
-            got.push(u32::from_be_bytes(f.head()[14..18].try_into().unwrap()))
-        })
-        .unwrap();
+        db.receive(64, &mut |f, _| got.push(u32::from_be_bytes(f.head()[14..18].try_into().unwrap()))).unwrap();
     }
     assert_eq!(got, (0..200).collect::<Vec<_>>());
     // ARP and ICMP are not ours: the filter passes them to the kernel.
-    a.exec("ping", &["-c2", "-i0.2", "-W2", "10.77.0.2"])
-        .unwrap();
+    a.exec("ping", &["-c2", "-i0.2", "-W2", "10.77.0.2"]).unwrap();
     let counters = db.filter().counters();
-    assert!(
-        counters.matched >= 200 && counters.passed >= 2,
-        "{counters:?}"
-    );
+    assert!(counters.matched >= 200 && counters.passed >= 2, "{counters:?}");
     assert_eq!(db.stats().rx_frames, 200);
 }
 
@@ -128,15 +109,7 @@ fn fill_ring_deepens_after_bursts_overflow_it() {
     require_root!();
     let (_bed, a, b) = pair(LinkOpts::default());
     let mut da = open_in(&a, config(0)).unwrap();
-    let mut db = open_in(
-        &b,
-        AfXdpConfig {
-            frame_count: 4096,
-            ring_size: 2048,
-            ..config(0)
-        },
-    )
-    .unwrap();
+    let mut db = open_in(&b, AfXdpConfig { frame_count: 4096, ring_size: 2048, ..config(0) }).unwrap();
     let dst = db.info().mac;
     // Bursts of 1500 frames while the receiver does not poll: the first
     // overflows the shallow fill ring; the ring deepens; a later burst fits.
@@ -151,15 +124,8 @@ fn fill_ring_deepens_after_bursts_overflow_it() {
         while db.receive(64, &mut |_, _| n += 1).unwrap() > 0 {}
         counts.push(n);
     }
-    assert!(
-        counts[0] < 1500,
-        "the first burst overflows a fresh fill ring: {counts:?}"
-    );
-    assert_eq!(
-        *counts.last().unwrap(),
-        1500,
-        "a later burst arrives whole: {counts:?}"
-    );
+    assert!(counts[0] < 1500, "the first burst overflows a fresh fill ring: {counts:?}");
+    assert_eq!(*counts.last().unwrap(), 1500, "a later burst arrives whole: {counts:?}");
     assert!(db.stats().fill_ring_empty > 0);
 }
 
@@ -202,18 +168,12 @@ fn echo_answers_inside_the_receive_callback() {
 #[test]
 fn two_queues_in_one_process_share_the_filter() {
     require_root!();
-    let (_bed, a, b) = pair(LinkOpts {
-        mtu: 1500,
-        queues: 2,
-    });
+    let (_bed, a, b) = pair(LinkOpts { mtu: 1500, queues: 2 });
     let mut a0 = open_in(&a, config(0)).unwrap();
     let mut a1 = open_in(&a, config(1)).unwrap();
     let mut b0 = open_in(&b, config(0)).unwrap();
     let mut b1 = open_in(&b, config(1)).unwrap();
-    assert!(
-        std::sync::Arc::ptr_eq(b0.filter(), b1.filter()),
-        "one program per interface"
-    );
+    assert!(std::sync::Arc::ptr_eq(b0.filter(), b1.filter()), "one program per interface");
     // A frame sent on queue q arrives on the peer's queue q (veth keeps the
     // queue mapping).
     let dst = b0.info().mac;
@@ -232,14 +192,8 @@ fn two_queues_in_one_process_share_the_filter() {
 #[test]
 fn jumbo_frames_cross_as_multi_buffer() {
     require_root!();
-    let (_bed, a, b) = pair(LinkOpts {
-        mtu: 9000,
-        queues: 1,
-    });
-    let cfg = AfXdpConfig {
-        multi_buffer: true,
-        ..config(0)
-    };
+    let (_bed, a, b) = pair(LinkOpts { mtu: 9000, queues: 1 });
+    let cfg = AfXdpConfig { multi_buffer: true, ..config(0) };
     let mut da = open_in(&a, cfg.clone()).unwrap();
     let mut db = open_in(&b, cfg).unwrap();
     assert_eq!(da.info().max_frame, 9014);
@@ -255,10 +209,7 @@ fn jumbo_frames_cross_as_multi_buffer() {
 fn native_mode_can_be_forced_and_carries_frames() {
     require_root!();
     let (_bed, a, b) = pair(LinkOpts::default());
-    let cfg = AfXdpConfig {
-        xdp_mode: xsock_nic::xdp::XdpMode::Native,
-        ..config(0)
-    };
+    let cfg = AfXdpConfig { xdp_mode: xsock_nic::xdp::XdpMode::Native, ..config(0) };
     let mut da = open_in(&a, cfg.clone()).unwrap();
     let mut db = open_in(&b, cfg).unwrap();
     assert!(db.filter().is_native());
@@ -274,10 +225,7 @@ fn native_mode_can_be_forced_and_carries_frames() {
 fn auto_backend_picks_af_xdp_here() {
     require_root!();
     let (_bed, a, _b) = pair(LinkOpts::default());
-    let dev = a
-        .run(|| xsock_nic::open(&config(0), BackendChoice::Auto))
-        .unwrap()
-        .unwrap();
+    let dev = a.run(|| xsock_nic::open(&config(0), BackendChoice::Auto)).unwrap().unwrap();
     assert!(matches!(dev.info().backend, Backend::AfXdp { .. }));
 }
 
@@ -285,18 +233,11 @@ fn auto_backend_picks_af_xdp_here() {
 fn af_packet_backend_carries_our_frames_only() {
     require_root!();
     let (_bed, a, b) = pair(LinkOpts::default());
-    let mut da = a
-        .run(|| xsock_nic::open(&config(0), BackendChoice::AfPacket))
-        .unwrap()
-        .unwrap();
-    let mut db = b
-        .run(|| xsock_nic::open(&config(0), BackendChoice::AfPacket))
-        .unwrap()
-        .unwrap();
+    let mut da = a.run(|| xsock_nic::open(&config(0), BackendChoice::AfPacket)).unwrap().unwrap();
+    let mut db = b.run(|| xsock_nic::open(&config(0), BackendChoice::AfPacket)).unwrap().unwrap();
     assert_eq!(db.info().backend, Backend::AfPacket);
     // Kernel chatter (ICMP, ARP) must not reach us through the socket filter.
-    a.exec("ping", &["-c2", "-i0.2", "-W2", "10.77.0.2"])
-        .unwrap();
+    a.exec("ping", &["-c2", "-i0.2", "-W2", "10.77.0.2"]).unwrap();
     let dst = db.info().mac;
     for seq in 0..50 {
         send(&mut *da, dst, 200, seq);
@@ -314,26 +255,13 @@ fn ipv4_rules_steer_chosen_ports_at_run_time() {
     let (_bed, a, b) = pair(LinkOpts::default());
     let mut db = open_in(&b, config(0)).unwrap();
     // The kernel's own socket on port 5001 in b must keep working.
-    let kernel_sock = b
-        .run(|| UdpSocket::bind("10.77.0.2:5001").unwrap())
-        .unwrap();
-    kernel_sock
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .unwrap();
+    let kernel_sock = b.run(|| UdpSocket::bind("10.77.0.2:5001").unwrap()).unwrap();
+    kernel_sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let send_udp = |port: u16, tag: u8| {
-        a.run(move || {
-            UdpSocket::bind("10.77.0.1:0")
-                .unwrap()
-                .send_to(&[tag; 32], ("10.77.0.2", port))
-                .unwrap()
-        })
-        .unwrap();
+        a.run(move || UdpSocket::bind("10.77.0.1:0").unwrap().send_to(&[tag; 32], ("10.77.0.2", port)).unwrap())
+            .unwrap();
     };
-    let rule = Ipv4Rule {
-        addr: Ipv4Addr::new(10, 77, 0, 2),
-        proto: 17,
-        port: 5000,
-    };
+    let rule = Ipv4Rule { addr: Ipv4Addr::new(10, 77, 0, 2), proto: 17, port: 5000 };
     db.filter().add_ipv4_rule(rule).unwrap();
     send_udp(5000, 1);
     send_udp(5001, 2);
@@ -346,11 +274,7 @@ fn ipv4_rules_steer_chosen_ports_at_run_time() {
     assert_eq!(ours.len(), 1, "the steered datagram");
     let f = &ours[0];
     assert_eq!(u16::from_be_bytes([f[12], f[13]]), 0x0800);
-    assert_eq!(
-        u16::from_be_bytes([f[36], f[37]]),
-        5000,
-        "UDP destination port"
-    );
+    assert_eq!(u16::from_be_bytes([f[36], f[37]]), 5000, "UDP destination port");
     assert_eq!(f[f.len() - 1], 1);
     // ...port 5001 still reaches the kernel's socket.
     let mut buf = [0u8; 64];
@@ -358,12 +282,8 @@ fn ipv4_rules_steer_chosen_ports_at_run_time() {
     assert_eq!((n, buf[0]), (32, 2));
     // Removing the rule hands port 5000 back to the kernel.
     db.filter().remove_ipv4_rule(rule);
-    let k5000 = b
-        .run(|| UdpSocket::bind("10.77.0.2:5000").unwrap())
-        .unwrap();
-    k5000
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .unwrap();
+    let k5000 = b.run(|| UdpSocket::bind("10.77.0.2:5000").unwrap()).unwrap();
+    k5000.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     send_udp(5000, 3);
     let (n, _) = k5000.recv_from(&mut buf).unwrap();
     assert_eq!((n, buf[0]), (32, 3));
@@ -375,14 +295,8 @@ fn ipv4_rules_steer_chosen_ports_at_run_time() {
 #[test]
 fn variable_length_frames_are_built_in_place() {
     require_root!();
-    let (_bed, a, b) = pair(LinkOpts {
-        mtu: 9000,
-        queues: 1,
-    });
-    let cfg = AfXdpConfig {
-        multi_buffer: true,
-        ..config(0)
-    };
+    let (_bed, a, b) = pair(LinkOpts { mtu: 9000, queues: 1 });
+    let cfg = AfXdpConfig { multi_buffer: true, ..config(0) };
     let mut da = open_in(&a, cfg.clone()).unwrap();
     let mut db = open_in(&b, cfg).unwrap();
     let (src, dst) = (da.info().mac, db.info().mac);

@@ -34,9 +34,7 @@ fn small(iface: &str) -> AfXdpConfig {
 }
 
 fn open_err(host: &Host, cfg: AfXdpConfig) -> NicError {
-    host.run(move || AfXdpDevice::open(&cfg))
-        .unwrap()
-        .expect_err("open must fail")
+    host.run(move || AfXdpDevice::open(&cfg)).unwrap().expect_err("open must fail")
 }
 
 #[test]
@@ -64,19 +62,10 @@ fn spawn_child(bed: &Testbed, host: &Host, wrapper: &[&str], backend: &str) -> (
     let exe = std::env::current_exe().unwrap();
     let exe = exe.to_str().unwrap();
     let mut args: Vec<&str> = wrapper.to_vec();
-    args.extend_from_slice(&[
-        exe,
-        "--exact",
-        "child_holder",
-        "--nocapture",
-        "--test-threads=1",
-    ]);
+    args.extend_from_slice(&[exe, "--exact", "child_holder", "--nocapture", "--test-threads=1"]);
     let (prog, rest) = args.split_first().unwrap();
     let mut cmd = host.command(prog, rest);
-    cmd.env("XSOCK_NIC_CHILD", backend)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .stdin(Stdio::null());
+    cmd.env("XSOCK_NIC_CHILD", backend).stdout(Stdio::piped()).stderr(Stdio::null()).stdin(Stdio::null());
     let mut child = cmd.spawn().unwrap();
     let out = child.stdout.take().unwrap();
     let pid = bed.adopt(child);
@@ -94,9 +83,7 @@ fn spawn_child(bed: &Testbed, host: &Host, wrapper: &[&str], backend: &str) -> (
         }
         let _ = tx.send(String::new());
     });
-    let line = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("child printed neither READY nor ERR in 30 s");
+    let line = rx.recv_timeout(Duration::from_secs(30)).expect("child printed neither READY nor ERR in 30 s");
     (pid, line)
 }
 
@@ -107,37 +94,15 @@ fn missing_interface_names_the_ones_that_exist() {
     let e = open_err(&a, small("eht0"));
     assert!(matches!(e, NicError::InterfaceNotFound { .. }), "{e:?}");
     let s = e.to_string();
-    assert!(
-        s.contains("\"eht0\" not found") && s.contains("eth0") && s.contains("ip netns exec"),
-        "{s}"
-    );
+    assert!(s.contains("\"eht0\" not found") && s.contains("eth0") && s.contains("ip netns exec"), "{s}");
 }
 
 #[test]
 fn queue_beyond_the_interface_is_refused_before_anything_attaches() {
     require_root!();
-    let (_bed, a, _b) = pair(LinkOpts {
-        mtu: 1500,
-        queues: 2,
-    });
-    let e = open_err(
-        &a,
-        AfXdpConfig {
-            queue: 2,
-            ..small("eth0")
-        },
-    );
-    assert!(
-        matches!(
-            e,
-            NicError::QueueOutOfRange {
-                queue: 2,
-                queues: 2,
-                ..
-            }
-        ),
-        "{e:?}"
-    );
+    let (_bed, a, _b) = pair(LinkOpts { mtu: 1500, queues: 2 });
+    let e = open_err(&a, AfXdpConfig { queue: 2, ..small("eth0") });
+    assert!(matches!(e, NicError::QueueOutOfRange { queue: 2, queues: 2, .. }), "{e:?}");
     assert!(e.to_string().contains("ids 0..=1"), "{e}");
     assert!(!a.has_xdp("eth0").unwrap());
 }
@@ -145,28 +110,9 @@ fn queue_beyond_the_interface_is_refused_before_anything_attaches() {
 #[test]
 fn mtu_beyond_one_frame_names_the_fix() {
     require_root!();
-    let (_bed, a, _b) = pair(LinkOpts {
-        mtu: 3000,
-        queues: 1,
-    });
-    let e = open_err(
-        &a,
-        AfXdpConfig {
-            frame_size: 2048,
-            ..small("eth0")
-        },
-    );
-    assert!(
-        matches!(
-            e,
-            NicError::MtuTooLarge {
-                mtu: 3000,
-                capacity: 1792,
-                ..
-            }
-        ),
-        "{e:?}"
-    );
+    let (_bed, a, _b) = pair(LinkOpts { mtu: 3000, queues: 1 });
+    let e = open_err(&a, AfXdpConfig { frame_size: 2048, ..small("eth0") });
+    assert!(matches!(e, NicError::MtuTooLarge { mtu: 3000, capacity: 1792, .. }), "{e:?}");
     assert!(e.to_string().contains("--frame-size 4096"), "{e}");
     a.ip(&["link", "set", "eth0", "mtu", "9000"]).unwrap();
     let e = open_err(&a, small("eth0"));
@@ -176,20 +122,9 @@ fn mtu_beyond_one_frame_names_the_fix() {
 
 #[test]
 fn bad_frame_size_is_a_config_error() {
-    let e = AfXdpDevice::open(&AfXdpConfig {
-        frame_size: 3000,
-        ..small("lo")
-    })
-    .unwrap_err();
-    assert!(
-        matches!(e, NicError::Config(_)) && e.to_string().contains("2048 or 4096"),
-        "{e}"
-    );
-    let e = AfXdpDevice::open(&AfXdpConfig {
-        ring_size: 100,
-        ..small("lo")
-    })
-    .unwrap_err();
+    let e = AfXdpDevice::open(&AfXdpConfig { frame_size: 3000, ..small("lo") }).unwrap_err();
+    assert!(matches!(e, NicError::Config(_)) && e.to_string().contains("2048 or 4096"), "{e}");
+    let e = AfXdpDevice::open(&AfXdpConfig { ring_size: 100, ..small("lo") }).unwrap_err();
     assert!(e.to_string().contains("power of two"), "{e}");
 }
 
@@ -198,32 +133,12 @@ fn a_foreign_xdp_program_is_named_and_left_alone() {
     require_root!();
     let (_bed, a, _b) = pair(LinkOpts::default());
     let obj = concat!(env!("OUT_DIR"), "/xsock_filter.bpf.o");
-    a.exec(
-        "ip",
-        &[
-            "link",
-            "set",
-            "dev",
-            "eth0",
-            "xdpgeneric",
-            "obj",
-            obj,
-            "sec",
-            "xdp",
-        ],
-    )
-    .unwrap();
+    a.exec("ip", &["link", "set", "dev", "eth0", "xdpgeneric", "obj", obj, "sec", "xdp"]).unwrap();
     let e = open_err(&a, small("eth0"));
     assert!(matches!(e, NicError::XdpProgramPresent { .. }), "{e:?}");
     let s = e.to_string();
-    assert!(
-        s.contains("ip link set dev eth0 xdp off") && s.contains("name \"xsock_filter\""),
-        "{s}"
-    );
-    assert!(
-        a.has_xdp("eth0").unwrap(),
-        "the other program must stay attached"
-    );
+    assert!(s.contains("ip link set dev eth0 xdp off") && s.contains("name \"xsock_filter\""), "{s}");
+    assert!(a.has_xdp("eth0").unwrap(), "the other program must stay attached");
 }
 
 #[test]
@@ -232,48 +147,31 @@ fn kill_9_leaves_no_program_behind() {
     let (bed, a, _b) = pair(LinkOpts::default());
     let (pid, line) = spawn_child(&bed, &a, &[], "xdp");
     assert!(line.starts_with("READY af_xdp"), "{line}");
-    assert!(
-        a.has_xdp("eth0").unwrap(),
-        "attached while the process lives"
-    );
+    assert!(a.has_xdp("eth0").unwrap(), "attached while the process lives");
 
     // A second runtime on the same interface is refused with a clear error.
     let e = open_err(&a, small("eth0"));
-    assert!(
-        matches!(e, NicError::XdpProgramPresent { .. }) && e.to_string().contains("xsock"),
-        "{e}"
-    );
+    assert!(matches!(e, NicError::XdpProgramPresent { .. }) && e.to_string().contains("xsock"), "{e}");
 
     bed.kill9(pid).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while a.has_xdp("eth0").unwrap() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(
-        !a.has_xdp("eth0").unwrap(),
-        "bpf_link must detach when the process dies"
-    );
+    assert!(!a.has_xdp("eth0").unwrap(), "bpf_link must detach when the process dies");
     // And the interface is usable again by a new runtime.
-    a.run(|| AfXdpDevice::open(&small("eth0")))
-        .unwrap()
-        .unwrap();
+    a.run(|| AfXdpDevice::open(&small("eth0"))).unwrap().unwrap();
 }
 
 #[test]
 fn missing_capabilities_are_named_with_the_setcap_line() {
     require_root!();
     let (bed, a, _b) = pair(LinkOpts::default());
-    let no_bpf = [
-        "setpriv",
-        "--bounding-set=-bpf,-sys_admin,-net_admin",
-        "--inh-caps=-all",
-    ];
+    let no_bpf = ["setpriv", "--bounding-set=-bpf,-sys_admin,-net_admin", "--inh-caps=-all"];
     let (_, line) = spawn_child(&bed, &a, &no_bpf, "xdp");
     assert!(line.starts_with("ERR"), "{line}");
     assert!(
-        line.contains("CAP_NET_ADMIN, CAP_BPF")
-            && line.contains("setcap")
-            && line.contains("run as root"),
+        line.contains("CAP_NET_ADMIN, CAP_BPF") && line.contains("setcap") && line.contains("run as root"),
         "{line}"
     );
     assert!(!a.has_xdp("eth0").unwrap());
@@ -283,36 +181,19 @@ fn missing_capabilities_are_named_with_the_setcap_line() {
     assert!(line.starts_with("READY af_packet"), "{line}");
 
     // An unprivileged user gets the same clear refusal, for either backend.
-    let nobody = [
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "--inh-caps=-all",
-    ];
+    let nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"];
     let (_, line) = spawn_child(&bed, &a, &nobody, "auto");
-    assert!(
-        line.starts_with("ERR") && line.contains("CAP_NET_RAW"),
-        "{line}"
-    );
+    assert!(line.starts_with("ERR") && line.contains("CAP_NET_RAW"), "{line}");
 }
 
 #[test]
 fn memlock_refusal_says_how_to_raise_it() {
     require_root!();
     let (bed, a, _b) = pair(LinkOpts::default());
-    let limited = [
-        "prlimit",
-        "--memlock=65536:65536",
-        "setpriv",
-        "--bounding-set=-ipc_lock,-sys_resource",
-        "--inh-caps=-all",
-    ];
+    let limited =
+        ["prlimit", "--memlock=65536:65536", "setpriv", "--bounding-set=-ipc_lock,-sys_resource", "--inh-caps=-all"];
     let (_, line) = spawn_child(&bed, &a, &limited, "xdp");
     assert!(line.starts_with("ERR"), "{line}");
-    assert!(
-        line.contains("RLIMIT_MEMLOCK is 64 KiB") && line.contains("ulimit -l"),
-        "{line}"
-    );
+    assert!(line.contains("RLIMIT_MEMLOCK is 64 KiB") && line.contains("ulimit -l"), "{line}");
     assert!(!a.has_xdp("eth0").unwrap());
 }

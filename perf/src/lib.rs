@@ -78,11 +78,7 @@ fn io_err(msg: impl Into<String>) -> io::Error {
 
 fn stdout_json<T: for<'de> Deserialize<'de>>(what: &str, out: &Output) -> io::Result<T> {
     if !out.status.success() {
-        return Err(io_err(format!(
-            "{what} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(io_err(format!("{what} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim())));
     }
     let text = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(text.trim()).map_err(|e| io_err(format!("{what}: bad JSON ({e}): {text}")))
@@ -95,13 +91,7 @@ impl Bench {
         let (a, b) = bed.pair(LinkOpts { mtu, queues: 1 }, NET)?;
         // Resolve ARP once so the first kernel measurement does not include it.
         a.exec("ping", &["-c1", "-W2", B_IP])?;
-        Ok(Bench {
-            bed,
-            a,
-            b,
-            xsock: xsock.to_owned(),
-            mtu,
-        })
+        Ok(Bench { bed, a, b, xsock: xsock.to_owned(), mtu })
     }
 
     fn xsock(&self) -> &str {
@@ -110,14 +100,12 @@ impl Bench {
 
     /// Starts an xsock server in `b` and waits until its XDP filter is attached.
     fn start_xsock_server(&self, args: &[&str]) -> io::Result<u32> {
-        self.bed
-            .spawn_ready(&self.b, self.xsock(), args, || self.b.has_xdp("eth0"))
+        self.bed.spawn_ready(&self.b, self.xsock(), args, || self.b.has_xdp("eth0"))
     }
 
     /// Starts a TCP server in `b` and waits until `port` is listening.
     fn start_tcp_server(&self, program: &str, args: &[&str], port: u16) -> io::Result<u32> {
-        self.bed
-            .spawn_ready(&self.b, program, args, || self.b.listening(port))
+        self.bed.spawn_ready(&self.b, program, args, || self.b.listening(port))
     }
 
     fn stop(&self, pid: u32) {
@@ -137,18 +125,8 @@ impl Bench {
         let pid = self.start_xsock_server(&server)?;
         let peer = self.b.mac("eth0")?;
         let (size, count) = (size.to_string(), count.to_string());
-        let mut client = vec![
-            "rawping",
-            "--iface",
-            "eth0",
-            "--peer-mac",
-            &peer,
-            "--size",
-            &size,
-            "--count",
-            &count,
-            "--json",
-        ];
+        let mut client =
+            vec!["rawping", "--iface", "eth0", "--peer-mac", &peer, "--size", &size, "--count", &count, "--json"];
         client.extend_from_slice(extra);
         let out = self.a.command(self.xsock(), &client).output();
         self.stop(pid);
@@ -161,15 +139,7 @@ impl Bench {
         let listen = format!("{B_IP}:7001");
         let pid = self.start_tcp_server(
             self.xsock(),
-            &[
-                "ping",
-                "--listen",
-                &listen,
-                "--transport",
-                "kernel",
-                "--poll",
-                "busy",
-            ],
+            &["ping", "--listen", &listen, "--transport", "kernel", "--poll", "busy"],
             7001,
         )?;
         let (size, count) = (size.to_string(), count.to_string());
@@ -202,17 +172,7 @@ impl Bench {
     pub fn sockperf_ping(&self, size: usize, seconds: u32) -> io::Result<Rtt> {
         let pid = self.start_tcp_server(
             "sockperf",
-            &[
-                "server",
-                "--tcp",
-                "-i",
-                B_IP,
-                "-p",
-                "7002",
-                "--nonblocked",
-                "--timeout",
-                "0",
-            ],
+            &["server", "--tcp", "-i", B_IP, "-p", "7002", "--nonblocked", "--timeout", "0"],
             7002,
         )?;
         let (size, secs) = (size.to_string(), seconds.to_string());
@@ -238,13 +198,8 @@ impl Bench {
             .output();
         self.stop(pid);
         let out = out?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        parse_sockperf(&text).ok_or_else(|| {
-            io_err(format!(
-                "could not read sockperf's percentiles from:\n{text}"
-            ))
-        })
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        parse_sockperf(&text).ok_or_else(|| io_err(format!("could not read sockperf's percentiles from:\n{text}")))
     }
 
     /// `xsock rawbw`: raw frames of `size` bytes for `seconds`; Gbit/s of
@@ -255,18 +210,8 @@ impl Bench {
         let pid = self.start_xsock_server(&server)?;
         let peer = self.b.mac("eth0")?;
         let (size, secs) = (size.to_string(), format!("{seconds}s"));
-        let mut client = vec![
-            "rawbw",
-            "--iface",
-            "eth0",
-            "--peer-mac",
-            &peer,
-            "--size",
-            &size,
-            "--seconds",
-            &secs,
-            "--json",
-        ];
+        let mut client =
+            vec!["rawbw", "--iface", "eth0", "--peer-mac", &peer, "--size", &size, "--seconds", &secs, "--json"];
         client.extend_from_slice(extra);
         let out = self.a.command(self.xsock(), &client).output();
         self.stop(pid);
@@ -277,11 +222,7 @@ impl Bench {
             loss: f64,
         }
         let r: R = stdout_json("xsock rawbw", &out?)?;
-        Ok(Rate {
-            gbit_per_s: r.gbit_per_s,
-            pps: Some(r.msgs_per_s),
-            loss: Some(r.loss),
-        })
+        Ok(Rate { gbit_per_s: r.gbit_per_s, pps: Some(r.msgs_per_s), loss: Some(r.loss) })
     }
 
     /// `xsock ping` over `transport` ("link" or "kernel"): `size`-byte
@@ -320,18 +261,9 @@ impl Bench {
     }
 
     /// `xsock ping --sweep` over `transport`, powers of two up to `max`.
-    pub fn ping_sweep(
-        &self,
-        transport: &str,
-        max: usize,
-        count: u64,
-    ) -> io::Result<Vec<(usize, Rtt)>> {
+    pub fn ping_sweep(&self, transport: &str, max: usize, count: u64) -> io::Result<Vec<(usize, Rtt)>> {
         let listen = format!("{B_IP}:7006");
-        let pid = self.start_tcp_server(
-            self.xsock(),
-            &["ping", "--iface", "eth0", "--listen", &listen],
-            7006,
-        )?;
+        let pid = self.start_tcp_server(self.xsock(), &["ping", "--iface", "eth0", "--listen", &listen], 7006)?;
         let (max, count) = (max.to_string(), count.to_string());
         let out = self
             .a
@@ -408,36 +340,22 @@ impl Bench {
         }
         let r: R = stdout_json("xsock bw", &out?)?;
         if r.corrupt_bytes > 0 {
-            return Err(io_err(format!(
-                "xsock bw: {} corrupt bytes",
-                r.corrupt_bytes
-            )));
+            return Err(io_err(format!("xsock bw: {} corrupt bytes", r.corrupt_bytes)));
         }
-        Ok(Rate {
-            gbit_per_s: r.gbit_per_s,
-            pps: None,
-            loss: None,
-        })
+        Ok(Rate { gbit_per_s: r.gbit_per_s, pps: None, loss: None })
     }
 
     /// iperf3 TCP for `seconds`: receiver goodput (TCP payload bytes).
     pub fn iperf3_tcp(&self, seconds: u32) -> io::Result<Rate> {
         let pid = self.start_tcp_server("iperf3", &["-s", "-B", B_IP, "-p", "7003"], 7003)?;
         let secs = seconds.to_string();
-        let out = self
-            .a
-            .command("iperf3", &["-c", B_IP, "-p", "7003", "-t", &secs, "-J"])
-            .output();
+        let out = self.a.command("iperf3", &["-c", B_IP, "-p", "7003", "-t", &secs, "-J"]).output();
         self.stop(pid);
         let v: serde_json::Value = stdout_json("iperf3 TCP", &out?)?;
         let bps = v["end"]["sum_received"]["bits_per_second"]
             .as_f64()
             .ok_or_else(|| io_err("iperf3 JSON has no end.sum_received.bits_per_second"))?;
-        Ok(Rate {
-            gbit_per_s: bps / 1e9,
-            pps: None,
-            loss: None,
-        })
+        Ok(Rate { gbit_per_s: bps / 1e9, pps: None, loss: None })
     }
 
     /// iperf3 UDP with `payload`-byte datagrams, unlimited rate, for
@@ -449,24 +367,14 @@ impl Bench {
         let (len, secs) = (payload.to_string(), seconds.to_string());
         let out = self
             .a
-            .command(
-                "iperf3",
-                &[
-                    "-c", B_IP, "-p", "7004", "-u", "-b", "0", "-l", &len, "-t", &secs, "-J",
-                ],
-            )
+            .command("iperf3", &["-c", B_IP, "-p", "7004", "-u", "-b", "0", "-l", &len, "-t", &secs, "-J"])
             .output();
         self.stop(pid);
         let v: serde_json::Value = stdout_json("iperf3 UDP", &out?)?;
         let sum = &v["end"]["sum"];
-        let packets = sum["packets"]
-            .as_f64()
-            .ok_or_else(|| io_err("iperf3 JSON has no end.sum.packets"))?;
+        let packets = sum["packets"].as_f64().ok_or_else(|| io_err("iperf3 JSON has no end.sum.packets"))?;
         let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
-        let secs = sum["seconds"]
-            .as_f64()
-            .unwrap_or(f64::from(seconds))
-            .max(1e-9);
+        let secs = sum["seconds"].as_f64().unwrap_or(f64::from(seconds)).max(1e-9);
         let received = packets - lost;
         Ok(Rate {
             gbit_per_s: received * (payload as f64 + 42.0) * 8.0 / secs / 1e9,
@@ -480,27 +388,14 @@ impl Bench {
 pub fn parse_sockperf(text: &str) -> Option<Rtt> {
     let pct = |label: &str| -> Option<u64> {
         text.lines().find(|l| l.contains(label)).and_then(|l| {
-            let v: f64 = l
-                .rsplit('=')
-                .next()?
-                .trim()
-                .trim_end_matches(|c: char| !c.is_ascii_digit())
-                .parse()
-                .ok()?;
+            let v: f64 = l.rsplit('=').next()?.trim().trim_end_matches(|c: char| !c.is_ascii_digit()).parse().ok()?;
             Some((v * 1000.0).round() as u64)
         })
     };
     let count = text
         .lines()
         .find(|l| l.contains("Total") && l.contains("observations"))
-        .and_then(|l| {
-            l.split("Total ")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
+        .and_then(|l| l.split("Total ").nth(1)?.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
     Some(Rtt {
         rtt_p50_ns: pct("percentile 50.000")?,

@@ -10,10 +10,7 @@ pub struct Table {
 impl Table {
     /// A table with these column headers.
     pub fn new<S: Into<String>>(headers: impl IntoIterator<Item = S>) -> Self {
-        Self {
-            headers: headers.into_iter().map(Into::into).collect(),
-            rows: Vec::new(),
-        }
+        Self { headers: headers.into_iter().map(Into::into).collect(), rows: Vec::new() }
     }
 
     /// Appends a row.
@@ -39,11 +36,7 @@ impl Table {
         let mut s = format!("| {} |\n", self.headers.join(" | "));
         s += &format!(
             "|{}\n",
-            self.headers
-                .iter()
-                .enumerate()
-                .map(|(i, _)| if i == 0 { "---|" } else { "---:|" })
-                .collect::<String>()
+            self.headers.iter().enumerate().map(|(i, _)| if i == 0 { "---|" } else { "---:|" }).collect::<String>()
         );
         for r in &self.rows {
             s += &format!("| {} |\n", r.join(" | "));
@@ -54,20 +47,17 @@ impl Table {
     /// Aligned plain text.
     pub fn text(&self) -> String {
         let w = self.widths();
-        let line = |cells: &[String]| -> String {
-            cells
-                .iter()
-                .enumerate()
-                .map(|(i, c)| {
-                    if i == 0 {
-                        format!("{c:<width$}", width = w[i])
-                    } else {
-                        format!("{c:>width$}", width = w[i])
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join("  ")
-        };
+        let line =
+            |cells: &[String]| -> String {
+                cells
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        if i == 0 { format!("{c:<width$}", width = w[i]) } else { format!("{c:>width$}", width = w[i]) }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("  ")
+            };
         let mut s = line(&self.headers) + "\n";
         for r in &self.rows {
             s += &(line(r) + "\n");
@@ -83,11 +73,7 @@ pub fn us(ns: u64) -> String {
 
 /// `a / b` with two decimals.
 pub fn ratio(a: f64, b: f64) -> String {
-    if b == 0.0 {
-        "n/a".into()
-    } else {
-        format!("{:.2}", a / b)
-    }
+    if b == 0.0 { "n/a".into() } else { format!("{:.2}", a / b) }
 }
 
 /// The median of some values (the mean of the middle two for an even count).
@@ -97,11 +83,7 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
 #[cfg(test)]
@@ -112,10 +94,7 @@ mod tests {
     fn tables_render() {
         let mut t = Table::new(["what", "p50"]);
         t.row(["raw", "2.50 µs"]).row(["kernel TCP", "10.00 µs"]);
-        assert!(
-            t.markdown()
-                .starts_with("| what | p50 |\n|---|---:|\n| raw | 2.50 µs |")
-        );
+        assert!(t.markdown().starts_with("| what | p50 |\n|---|---:|\n| raw | 2.50 µs |"));
         assert!(t.text().lines().nth(2).unwrap().starts_with("kernel TCP"));
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);

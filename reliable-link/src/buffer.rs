@@ -32,12 +32,7 @@ impl ByteRing {
             // is not optimised away.
             page[0] = std::hint::black_box(0);
         }
-        Self {
-            buf,
-            start: 0,
-            end: 0,
-            ends: VecDeque::new(),
-        }
+        Self { buf, start: 0, end: 0, ends: VecDeque::new() }
     }
 
     /// Capacity in bytes.
@@ -154,11 +149,7 @@ mod tests {
         assert_eq!(r.next_end_after(4), Some(6));
         assert!(r.is_end(6));
         r.release_to(6);
-        assert_eq!(
-            r.next_end_after(6),
-            None,
-            "boundaries at or below the start are dropped"
-        );
+        assert_eq!(r.next_end_after(6), None, "boundaries at or below the start are dropped");
     }
 
     proptest! {

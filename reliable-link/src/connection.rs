@@ -29,10 +29,7 @@ use std::{
 
 use crate::{
     buffer::ByteRing,
-    wire::{
-        Body, FLAG_END, FLAG_FIN_SEEN, HEADER_LEN, Packet, Repr, RstBody, RstReason, SynAckBody,
-        SynBody,
-    },
+    wire::{Body, FLAG_END, FLAG_FIN_SEEN, HEADER_LEN, Packet, Repr, RstBody, RstReason, SynAckBody, SynBody},
 };
 
 /// Flag of a CREDIT frame: it answers a PROBE (so everything the prober
@@ -245,14 +242,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn new(
-        now: Instant,
-        local_cid: u64,
-        addr: Addressing,
-        mode: Mode,
-        max_payload: u16,
-        config: Config,
-    ) -> Self {
+    fn new(now: Instant, local_cid: u64, addr: Addressing, mode: Mode, max_payload: u16, config: Config) -> Self {
         let recv = ByteRing::new(config.recv_buffer);
         let limit = recv.capacity() as u64;
         Self {
@@ -315,14 +305,7 @@ impl Connection {
         max_payload: u16,
         config: Config,
     ) -> Self {
-        let mut c = Self::new(
-            now,
-            local_cid,
-            addr,
-            Mode::from_u8(syn.mode),
-            max_payload,
-            config,
-        );
+        let mut c = Self::new(now, local_cid, addr, Mode::from_u8(syn.mode), max_payload, config);
         c.state = State::SynReceived;
         c.remote_cid = syn.src_cid;
         c.max_payload = max_payload.min(syn.max_payload).max(1) as usize;
@@ -375,9 +358,7 @@ impl Connection {
     /// last acknowledgement was lost.
     pub fn is_finished(&self, now: Instant) -> bool {
         match (self.state, self.closed_at) {
-            (State::Closed(CloseReason::Graceful), Some(at)) => {
-                now.duration_since(at) >= self.linger()
-            }
+            (State::Closed(CloseReason::Graceful), Some(at)) => now.duration_since(at) >= self.linger(),
             (State::Closed(_), _) => self.pending.rst.is_none(),
             _ => false,
         }
@@ -416,11 +397,7 @@ impl Connection {
 
     /// Bytes [`Connection::write`] would accept now.
     pub fn send_space(&self) -> usize {
-        if self.write_closed || matches!(self.state, State::Closed(_)) {
-            0
-        } else {
-            self.send.free()
-        }
+        if self.write_closed || matches!(self.state, State::Closed(_)) { 0 } else { self.send.free() }
     }
 
     /// Queues bytes for sending. With `end_of_message`, the last of them end
@@ -479,10 +456,7 @@ impl Connection {
         if n > 0 {
             self.after_read();
         }
-        ReadOutcome {
-            len: n,
-            end_of_message,
-        }
+        ReadOutcome { len: n, end_of_message }
     }
 
     /// The receive buffer freed space: grant credit when it is worth a frame
@@ -490,8 +464,7 @@ impl Connection {
     fn after_read(&mut self) {
         let limit = self.current_limit();
         let grown = limit - self.limit_sent;
-        let peer_may_block =
-            self.limit_sent.saturating_sub(self.recv.end()) < (self.max_payload as u64) * 2;
+        let peer_may_block = self.limit_sent.saturating_sub(self.recv.end()) < (self.max_payload as u64) * 2;
         if grown > 0 && (grown >= self.recv.capacity() as u64 / 4 || peer_may_block) {
             self.pending.credit = true;
         }
@@ -543,8 +516,7 @@ impl Connection {
             Some(s) => (s * 7 + sample) / 8,
         };
         self.srtt = Some(srtt);
-        self.rto =
-            (srtt * 4 + Duration::from_micros(50)).clamp(self.config.min_rto, self.config.max_rto);
+        self.rto = (srtt * 4 + Duration::from_micros(50)).clamp(self.config.min_rto, self.config.max_rto);
     }
 
     /// A frame for this connection arrived (`repr.dst_cid` is ours).
@@ -592,11 +564,7 @@ impl Connection {
             // Before the SYN-ACK we cannot address the peer: only a refusal
             // (an RST naming our id) means anything.
             if let Body::Rst(RstBody { reason }) = repr.body {
-                let r = if reason == RstReason::Refused {
-                    CloseReason::Refused
-                } else {
-                    CloseReason::Reset(reason)
-                };
+                let r = if reason == RstReason::Refused { CloseReason::Refused } else { CloseReason::Reset(reason) };
                 self.end_at(now, r);
             }
             return;
@@ -630,11 +598,7 @@ impl Connection {
                         self.rewind(now, repr.ack);
                     }
                 }
-                if repr.flags & FLAG_FIN_SEEN != 0
-                    && self.fin_sent
-                    && repr.ack >= self.send.end()
-                    && !self.fin_acked
-                {
+                if repr.flags & FLAG_FIN_SEEN != 0 && self.fin_sent && repr.ack >= self.send.end() && !self.fin_acked {
                     self.fin_acked = true;
                     self.progress(now);
                     self.maybe_finish(now);
@@ -642,11 +606,7 @@ impl Connection {
             }
             Body::Fin => self.on_fin(now, repr.seq),
             Body::Rst(RstBody { reason }) => {
-                let r = if reason == RstReason::Refused {
-                    CloseReason::Refused
-                } else {
-                    CloseReason::Reset(reason)
-                };
+                let r = if reason == RstReason::Refused { CloseReason::Refused } else { CloseReason::Reset(reason) };
                 self.end(r);
             }
             Body::Syn(_) | Body::SynAck(_) | Body::Discover(_) | Body::DiscoverReply(_) => {}
@@ -767,10 +727,7 @@ impl Connection {
         if !self.waiting_for_peer() {
             return None;
         }
-        let wait = self
-            .rto
-            .saturating_mul(1 << self.backoff.min(16))
-            .min(self.config.max_rto);
+        let wait = self.rto.saturating_mul(1 << self.backoff.min(16)).min(self.config.max_rto);
         Some((self.retry_base + wait).min(self.last_heard + self.config.dead_after))
     }
 
@@ -809,9 +766,7 @@ impl Connection {
     }
 
     fn maybe_finish(&mut self, now: Instant) {
-        let both_done = self.write_closed
-            && self.fin_acked
-            && self.peer_fin.is_some_and(|f| self.recv.end() >= f);
+        let both_done = self.write_closed && self.fin_acked && self.peer_fin.is_some_and(|f| self.recv.end() >= f);
         if both_done {
             self.end_at(now, CloseReason::Graceful);
         }
@@ -822,14 +777,7 @@ impl Connection {
     fn header(&mut self, flags: u8, seq: u64, body: Body) -> Repr {
         let limit = self.current_limit();
         self.limit_sent = limit;
-        Repr {
-            flags,
-            dst_cid: self.remote_cid,
-            seq,
-            ack: self.recv.end(),
-            limit,
-            body,
-        }
+        Repr { flags, dst_cid: self.remote_cid, seq, ack: self.recv.end(), limit, body }
     }
 
     fn emit(repr: &Repr, buf: &mut [u8]) -> usize {
@@ -881,11 +829,8 @@ impl Connection {
         }
         if std::mem::take(&mut self.pending.syn_ack) {
             self.handshake_sent_at = if self.backoff == 0 { Some(now) } else { None };
-            let body = SynAckBody {
-                src_cid: self.local_cid,
-                max_payload: self.local_max_payload,
-                mode: self.mode as u8,
-            };
+            let body =
+                SynAckBody { src_cid: self.local_cid, max_payload: self.local_max_payload, mode: self.mode as u8 };
             let r = self.header(0, 0, Body::SynAck(body));
             return Some(Self::emit(&r, buf));
         }
@@ -930,9 +875,7 @@ impl Connection {
         if self.next >= end {
             return None;
         }
-        let mut len = ((end - self.next) as usize)
-            .min(self.max_payload)
-            .min(buf.len() - HEADER_LEN);
+        let mut len = ((end - self.next) as usize).min(self.max_payload).min(buf.len() - HEADER_LEN);
         if let Some(message_end) = self.send.next_end_after(self.next) {
             len = len.min((message_end - self.next) as usize);
         }
@@ -940,15 +883,10 @@ impl Connection {
             return None;
         }
         let offset = self.next;
-        let flags = if self.send.is_end(offset + len as u64) {
-            FLAG_END
-        } else {
-            0
-        };
+        let flags = if self.send.is_end(offset + len as u64) { FLAG_END } else { 0 };
         let r = self.header(flags, offset, Body::Data { len: len as u16 });
         let n = Self::emit(&r, buf);
-        self.send
-            .copy_out(offset, &mut buf[HEADER_LEN..HEADER_LEN + len]);
+        self.send.copy_out(offset, &mut buf[HEADER_LEN..HEADER_LEN + len]);
         if offset < self.sent_hi {
             self.stats.resent_bytes += self.sent_hi.min(offset + len as u64) - offset;
         }

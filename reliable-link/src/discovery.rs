@@ -81,10 +81,7 @@ pub struct Discovery {
 impl Discovery {
     /// Discovery with `config`.
     pub fn new(config: DiscoveryConfig) -> Self {
-        Self {
-            config,
-            ..Default::default()
-        }
+        Self { config, ..Default::default() }
     }
 
     /// What is known about `ip`, starting to ask if nothing (fresh) is.
@@ -94,8 +91,7 @@ impl Discovery {
             Some(Entry::Absent { expires }) if *expires > now => Lookup::Absent,
             Some(Entry::Asking { .. }) => Lookup::Pending,
             _ => {
-                self.entries
-                    .insert(ip, Entry::Asking { sent: 0, next: now });
+                self.entries.insert(ip, Entry::Asking { sent: 0, next: now });
                 Lookup::Pending
             }
         }
@@ -114,13 +110,7 @@ impl Discovery {
     /// `ip` is known to run xsock at `peer` (it answered, or it asked).
     pub fn learn(&mut self, now: Instant, ip: Ipv4Addr, peer: Peer) {
         let was_asking = matches!(self.entries.get(&ip), Some(Entry::Asking { .. }));
-        self.entries.insert(
-            ip,
-            Entry::Present {
-                peer,
-                expires: now + self.config.present_ttl,
-            },
-        );
+        self.entries.insert(ip, Entry::Present { peer, expires: now + self.config.present_ttl });
         if was_asking {
             self.finished.push((ip, Lookup::Present(peer)));
         }
@@ -201,31 +191,20 @@ mod tests {
         assert_eq!(ms, vec![0, 1, 3, 7], "retries at 1, 2, 4 ms intervals");
         assert_eq!(d.poll_finished(), Some((ip, Lookup::Absent)));
         assert_eq!(d.lookup(now, ip), Lookup::Absent, "cached negatively");
-        assert_eq!(
-            d.lookup(now + Duration::from_secs(11), ip),
-            Lookup::Pending,
-            "until the TTL expires"
-        );
+        assert_eq!(d.lookup(now + Duration::from_secs(11), ip), Lookup::Pending, "until the TTL expires");
     }
 
     #[test]
     fn an_answer_is_cached() {
         let t0 = Instant::now();
         let ip = Ipv4Addr::new(10, 0, 0, 9);
-        let peer = Peer {
-            mac: [2, 0, 0, 0, 0, 9],
-            max_payload: 1460,
-        };
+        let peer = Peer { mac: [2, 0, 0, 0, 0, 9], max_payload: 1460 };
         let mut d = Discovery::new(DiscoveryConfig::default());
         d.lookup(t0, ip);
         d.poll_transmit(t0);
         d.on_reply(t0, ip, peer);
         assert_eq!(d.poll_finished(), Some((ip, Lookup::Present(peer))));
         assert_eq!(d.lookup(t0, ip), Lookup::Present(peer));
-        assert_eq!(
-            d.poll_transmit(t0 + Duration::from_secs(1)),
-            None,
-            "nothing more to ask"
-        );
+        assert_eq!(d.poll_transmit(t0 + Duration::from_secs(1)), None, "nothing more to ask");
     }
 }

@@ -14,15 +14,10 @@ use std::{
 };
 
 use crate::{
-    connection::{
-        Addressing, CloseReason, Config, Connection, Event, Mode, ReadOutcome, StreamError,
-    },
+    connection::{Addressing, CloseReason, Config, Connection, Event, Mode, ReadOutcome, StreamError},
     discovery::{Discovery, DiscoveryConfig, Lookup, Peer},
     fasthash::FastMap,
-    wire::{
-        self, Body, DiscoverBody, DiscoverReplyBody, HEADER_LEN, Packet, Repr, RstBody, RstReason,
-        SynBody,
-    },
+    wire::{self, Body, DiscoverBody, DiscoverReplyBody, HEADER_LEN, Packet, Repr, RstBody, RstReason, SynBody},
 };
 
 /// The broadcast MAC.
@@ -43,11 +38,7 @@ pub struct LocalAddr {
 impl LocalAddr {
     /// Whether `ip` is in this address's subnet.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = if self.prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - self.prefix.min(32))
-        };
+        let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix.min(32)) };
         u32::from(self.ip) & mask == u32::from(ip) & mask
     }
 }
@@ -73,9 +64,7 @@ impl EndpointConfig {
     /// Defaults for a node at `mac` with `addrs` and frames up to `max_frame`
     /// bytes (Ethernet header included).
     pub fn new(mac: [u8; 6], addrs: Vec<LocalAddr>, max_frame: usize) -> Self {
-        let max_payload = max_frame
-            .saturating_sub(14 + HEADER_LEN)
-            .min(u16::MAX as usize) as u16;
+        let max_payload = max_frame.saturating_sub(14 + HEADER_LEN).min(u16::MAX as usize) as u16;
         Self {
             mac,
             addrs,
@@ -199,9 +188,7 @@ pub struct Endpoint {
 
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Endpoint")
-            .field("connections", &self.slots.len())
-            .finish_non_exhaustive()
+        f.debug_struct("Endpoint").field("connections", &self.slots.len()).finish_non_exhaustive()
     }
 }
 
@@ -273,20 +260,14 @@ impl Endpoint {
         if let Some(s) = self.slots.get_mut(&cid) {
             while let Some(event) = s.conn.poll_event() {
                 if s.held || !matches!(event, Event::Readable | Event::Writable) {
-                    self.events
-                        .push_back(EndpointEvent::Connection { cid, event });
+                    self.events.push_back(EndpointEvent::Connection { cid, event });
                 }
             }
         }
     }
 
     fn local_addr_for(&self, dst: Ipv4Addr) -> Option<LocalAddr> {
-        self.config
-            .addrs
-            .iter()
-            .copied()
-            .find(|a| a.contains(dst))
-            .or_else(|| self.config.addrs.first().copied())
+        self.config.addrs.iter().copied().find(|a| a.contains(dst)).or_else(|| self.config.addrs.first().copied())
     }
 
     // ---- application calls -------------------------------------------------
@@ -312,16 +293,10 @@ impl Endpoint {
         peer: Peer,
         mode: Mode,
     ) -> Result<u64, EndpointError> {
-        let local = self
-            .local_addr_for(dst_ip)
-            .ok_or(EndpointError::NoAddress)?;
+        let local = self.local_addr_for(dst_ip).ok_or(EndpointError::NoAddress)?;
         let cid = self.new_cid();
         let port = self.next_port;
-        self.next_port = if self.next_port == u16::MAX {
-            49152
-        } else {
-            self.next_port + 1
-        };
+        self.next_port = if self.next_port == u16::MAX { 49152 } else { self.next_port + 1 };
         let addr = Addressing {
             local_ip: local.ip,
             local_port: port,
@@ -330,23 +305,8 @@ impl Endpoint {
             remote_mac: peer.mac,
         };
         let max_payload = self.config.max_payload.min(peer.max_payload);
-        let conn = Connection::connect(
-            now,
-            cid,
-            addr,
-            mode,
-            max_payload,
-            self.config.connection.clone(),
-        );
-        self.slots.insert(
-            cid,
-            Slot {
-                conn,
-                held: true,
-                ready: false,
-                port: None,
-            },
-        );
+        let conn = Connection::connect(now, cid, addr, mode, max_payload, self.config.connection.clone());
+        self.slots.insert(cid, Slot { conn, held: true, ready: false, port: None });
         self.mark_ready(cid);
         Ok(cid)
     }
@@ -356,13 +316,7 @@ impl Endpoint {
         if self.listeners.contains_key(&port) {
             return Err(EndpointError::PortInUse(port));
         }
-        self.listeners.insert(
-            port,
-            Listener {
-                ip,
-                backlog: VecDeque::new(),
-            },
-        );
+        self.listeners.insert(port, Listener { ip, backlog: VecDeque::new() });
         Ok(())
     }
 
@@ -392,35 +346,20 @@ impl Endpoint {
     }
 
     fn slot(&mut self, cid: u64) -> Result<&mut Slot, EndpointError> {
-        self.slots
-            .get_mut(&cid)
-            .ok_or(EndpointError::NoConnection(cid))
+        self.slots.get_mut(&cid).ok_or(EndpointError::NoConnection(cid))
     }
 
     /// Queues bytes on `cid` (see [`Connection::write`]).
-    pub fn write(
-        &mut self,
-        cid: u64,
-        data: &[u8],
-        end_of_message: bool,
-    ) -> Result<usize, EndpointError> {
+    pub fn write(&mut self, cid: u64, data: &[u8], end_of_message: bool) -> Result<usize, EndpointError> {
         let n = self.slot(cid)?.conn.write(data, end_of_message)?;
         self.mark_ready(cid);
         Ok(n)
     }
 
     /// Reads from `cid` (see [`Connection::read`]).
-    pub fn read(
-        &mut self,
-        cid: u64,
-        out: &mut [u8],
-        stop_at_message_end: bool,
-    ) -> Result<ReadOutcome, EndpointError> {
+    pub fn read(&mut self, cid: u64, out: &mut [u8], stop_at_message_end: bool) -> Result<ReadOutcome, EndpointError> {
         self.read_status(cid, out, stop_at_message_end)
-            .map(|s| ReadOutcome {
-                len: s.len,
-                end_of_message: s.end_of_message,
-            })
+            .map(|s| ReadOutcome { len: s.len, end_of_message: s.end_of_message })
     }
 
     /// Reads from `cid` and says what else the application needs to know,
@@ -490,14 +429,7 @@ impl Endpoint {
         match repr.body {
             Body::Discover(d) => self.on_discover(now, src_mac, d),
             Body::DiscoverReply(r) => {
-                self.discovery.on_reply(
-                    now,
-                    r.ip,
-                    Peer {
-                        mac: src_mac,
-                        max_payload: r.max_payload,
-                    },
-                );
+                self.discovery.on_reply(now, r.ip, Peer { mac: src_mac, max_payload: r.max_payload });
                 self.drain_discovery();
             }
             Body::Syn(s) => self.on_syn(now, src_mac, &repr, &s),
@@ -506,26 +438,17 @@ impl Endpoint {
                 let ours = self
                     .slots
                     .iter()
-                    .find(|(_, s)| {
-                        s.conn.remote_cid() == repr.dst_cid
-                            && s.conn.addressing().remote_mac == src_mac
-                    })
+                    .find(|(_, s)| s.conn.remote_cid() == repr.dst_cid && s.conn.addressing().remote_mac == src_mac)
                     .map(|(c, _)| *c);
                 if let Some(cid) = ours {
-                    let rst = Repr {
-                        dst_cid: cid,
-                        flags: 0,
-                        ..repr
-                    };
+                    let rst = Repr { dst_cid: cid, flags: 0, ..repr };
                     self.deliver(now, cid, &rst, payload);
                 }
             }
             _ => {
                 let cid = repr.dst_cid;
                 match self.slots.get(&cid) {
-                    Some(s) if s.conn.addressing().remote_mac == src_mac => {
-                        self.deliver(now, cid, &repr, payload)
-                    }
+                    Some(s) if s.conn.addressing().remote_mac == src_mac => self.deliver(now, cid, &repr, payload),
                     Some(_) => self.stats.wrong_source += 1,
                     None => self.on_unknown(now, src_mac, &repr),
                 }
@@ -544,22 +467,11 @@ impl Endpoint {
     fn on_discover(&mut self, now: Instant, src_mac: [u8; 6], d: DiscoverBody) {
         // The asker runs xsock too.
         if !d.sender_ip.is_unspecified() {
-            self.discovery.learn(
-                now,
-                d.sender_ip,
-                Peer {
-                    mac: src_mac,
-                    max_payload: self.config.max_payload,
-                },
-            );
+            self.discovery.learn(now, d.sender_ip, Peer { mac: src_mac, max_payload: self.config.max_payload });
         }
         if self.config.addrs.iter().any(|a| a.ip == d.target_ip) {
-            let body = DiscoverReplyBody {
-                ip: d.target_ip,
-                max_payload: self.config.max_payload,
-            };
-            self.control
-                .push_back((src_mac, control_repr(0, Body::DiscoverReply(body))));
+            let body = DiscoverReplyBody { ip: d.target_ip, max_payload: self.config.max_payload };
+            self.control.push_back((src_mac, control_repr(0, Body::DiscoverReply(body))));
         }
     }
 
@@ -569,10 +481,7 @@ impl Endpoint {
             return;
         }
         let ours = self.config.addrs.iter().any(|a| a.ip == syn.dst_ip);
-        let listener = self
-            .listeners
-            .get(&syn.dst_port)
-            .filter(|l| ours && l.ip.is_none_or(|ip| ip == syn.dst_ip));
+        let listener = self.listeners.get(&syn.dst_port).filter(|l| ours && l.ip.is_none_or(|ip| ip == syn.dst_ip));
         let Some(listener) = listener else {
             self.stats.refused += 1;
             self.refuse(src_mac, syn.src_cid);
@@ -591,50 +500,20 @@ impl Endpoint {
             remote_port: syn.src_port,
             remote_mac: src_mac,
         };
-        let conn = Connection::accept(
-            now,
-            cid,
-            addr,
-            syn,
-            repr,
-            self.config.max_payload,
-            self.config.connection.clone(),
-        );
-        self.slots.insert(
-            cid,
-            Slot {
-                conn,
-                held: false,
-                ready: false,
-                port: Some(syn.dst_port),
-            },
-        );
+        let conn =
+            Connection::accept(now, cid, addr, syn, repr, self.config.max_payload, self.config.connection.clone());
+        self.slots.insert(cid, Slot { conn, held: false, ready: false, port: Some(syn.dst_port) });
         self.syns.insert((src_mac, syn.src_cid), cid);
         if let Some(l) = self.listeners.get_mut(&syn.dst_port) {
             l.backlog.push_back(cid);
         }
-        self.discovery.learn(
-            now,
-            syn.src_ip,
-            Peer {
-                mac: src_mac,
-                max_payload: syn.max_payload,
-            },
-        );
-        self.events.push_back(EndpointEvent::Incoming {
-            port: syn.dst_port,
-            cid,
-        });
+        self.discovery.learn(now, syn.src_ip, Peer { mac: src_mac, max_payload: syn.max_payload });
+        self.events.push_back(EndpointEvent::Incoming { port: syn.dst_port, cid });
         self.mark_ready(cid);
     }
 
     fn refuse(&mut self, dst_mac: [u8; 6], their_cid: u64) {
-        let r = control_repr(
-            their_cid,
-            Body::Rst(RstBody {
-                reason: RstReason::Refused,
-            }),
-        );
+        let r = control_repr(their_cid, Body::Rst(RstBody { reason: RstReason::Refused }));
         self.control.push_back((dst_mac, r));
     }
 
@@ -652,12 +531,7 @@ impl Endpoint {
             return;
         }
         self.last_unknown_rst = Some((repr.dst_cid, now));
-        let mut r = control_repr(
-            repr.dst_cid,
-            Body::Rst(RstBody {
-                reason: RstReason::Unknown,
-            }),
-        );
+        let mut r = control_repr(repr.dst_cid, Body::Rst(RstBody { reason: RstReason::Unknown }));
         r.flags = FLAG_RST_UNKNOWN_TARGET;
         self.control.push_back((src_mac, r));
     }
@@ -668,8 +542,7 @@ impl Endpoint {
                 Lookup::Present(p) => Some(p),
                 _ => None,
             };
-            self.events
-                .push_back(EndpointEvent::Discovered { ip, peer });
+            self.events.push_back(EndpointEvent::Discovered { ip, peer });
         }
     }
 
@@ -724,8 +597,7 @@ impl Endpoint {
             .collect();
         for cid in gone {
             if let Some(s) = self.slots.remove(&cid) {
-                self.syns
-                    .remove(&(s.conn.addressing().remote_mac, s.conn.remote_cid()));
+                self.syns.remove(&(s.conn.addressing().remote_mac, s.conn.remote_cid()));
             }
         }
     }
@@ -737,27 +609,13 @@ impl Endpoint {
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         if let Some((dst_mac, repr)) = self.control.pop_front() {
             repr.emit(&mut Packet::new_unchecked(&mut *buf));
-            return Some(Transmit {
-                dst_mac,
-                len: repr.buffer_len(),
-            });
+            return Some(Transmit { dst_mac, len: repr.buffer_len() });
         }
         if let Some(ip) = self.discovery.poll_transmit(now) {
-            let sender_ip = self
-                .local_addr_for(ip)
-                .map_or(Ipv4Addr::UNSPECIFIED, |a| a.ip);
-            let repr = control_repr(
-                0,
-                Body::Discover(DiscoverBody {
-                    target_ip: ip,
-                    sender_ip,
-                }),
-            );
+            let sender_ip = self.local_addr_for(ip).map_or(Ipv4Addr::UNSPECIFIED, |a| a.ip);
+            let repr = control_repr(0, Body::Discover(DiscoverBody { target_ip: ip, sender_ip }));
             repr.emit(&mut Packet::new_unchecked(&mut *buf));
-            return Some(Transmit {
-                dst_mac: BROADCAST,
-                len: repr.buffer_len(),
-            });
+            return Some(Transmit { dst_mac: BROADCAST, len: repr.buffer_len() });
         }
         while let Some(cid) = self.ready.pop_front() {
             let Some(s) = self.slots.get_mut(&cid) else {
@@ -793,9 +651,7 @@ impl Endpoint {
     /// Whether a frame may be waiting to be sent at `now` (a control frame,
     /// a due discovery, or a connection with something to say).
     pub fn wants_transmit(&self, now: Instant) -> bool {
-        !self.control.is_empty()
-            || !self.ready.is_empty()
-            || self.discovery.poll_timeout().is_some_and(|t| t <= now)
+        !self.control.is_empty() || !self.ready.is_empty() || self.discovery.poll_timeout().is_some_and(|t| t <= now)
     }
 
     /// Tracks connection `cid` as wanting a transmit check (after a change
@@ -814,14 +670,7 @@ impl Endpoint {
 }
 
 fn control_repr(dst_cid: u64, body: Body) -> Repr {
-    Repr {
-        flags: 0,
-        dst_cid,
-        seq: 0,
-        ack: 0,
-        limit: 0,
-        body,
-    }
+    Repr { flags: 0, dst_cid, seq: 0, ack: 0, limit: 0, body }
 }
 
 #[cfg(test)]
@@ -830,25 +679,10 @@ mod tests {
 
     #[test]
     fn subnets_contain_their_addresses() {
-        let a = LocalAddr {
-            ip: Ipv4Addr::new(10, 1, 2, 3),
-            prefix: 24,
-        };
+        let a = LocalAddr { ip: Ipv4Addr::new(10, 1, 2, 3), prefix: 24 };
         assert!(a.contains(Ipv4Addr::new(10, 1, 2, 200)));
         assert!(!a.contains(Ipv4Addr::new(10, 1, 3, 1)));
-        assert!(
-            LocalAddr {
-                ip: Ipv4Addr::new(1, 2, 3, 4),
-                prefix: 0
-            }
-            .contains(Ipv4Addr::new(9, 9, 9, 9))
-        );
-        assert!(
-            LocalAddr {
-                ip: Ipv4Addr::new(1, 2, 3, 4),
-                prefix: 32
-            }
-            .contains(Ipv4Addr::new(1, 2, 3, 4))
-        );
+        assert!(LocalAddr { ip: Ipv4Addr::new(1, 2, 3, 4), prefix: 0 }.contains(Ipv4Addr::new(9, 9, 9, 9)));
+        assert!(LocalAddr { ip: Ipv4Addr::new(1, 2, 3, 4), prefix: 32 }.contains(Ipv4Addr::new(1, 2, 3, 4)));
     }
 }

@@ -56,11 +56,8 @@ pub mod endpoint;
 pub mod fasthash;
 pub mod wire;
 
-pub use connection::{
-    CloseReason, Config, ConnStats, Connection, Event, Mode, ReadOutcome, StreamError,
-};
+pub use connection::{CloseReason, Config, ConnStats, Connection, Event, Mode, ReadOutcome, StreamError};
 pub use discovery::{DiscoveryConfig, Lookup, Peer};
 pub use endpoint::{
-    Endpoint, EndpointConfig, EndpointError, EndpointEvent, EndpointStats, LocalAddr, ReadStatus,
-    Transmit,
+    Endpoint, EndpointConfig, EndpointError, EndpointEvent, EndpointStats, LocalAddr, ReadStatus, Transmit,
 };

@@ -173,10 +173,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     pub fn check_len(&self) -> Result<(), ParseError> {
         let have = self.buffer.as_ref().len();
         if have < HEADER_LEN {
-            return Err(ParseError::Truncated {
-                have,
-                need: HEADER_LEN,
-            });
+            return Err(ParseError::Truncated { have, need: HEADER_LEN });
         }
         let need = HEADER_LEN + self.len() as usize;
         if have < need {
@@ -481,11 +478,7 @@ impl Repr {
         let kind = Kind::from_u8(p.kind_raw()).ok_or(ParseError::UnknownKind(p.kind_raw()))?;
         let len = p.len() as usize;
         if kind != Kind::Data && len != kind.body_len() {
-            return Err(ParseError::BodyLength {
-                kind,
-                len,
-                expected: kind.body_len(),
-            });
+            return Err(ParseError::BodyLength { kind, len, expected: kind.body_len() });
         }
         let b = p.payload();
         let body = match kind {
@@ -520,8 +513,7 @@ impl Repr {
             Kind::Probe => Body::Probe,
             Kind::Fin => Body::Fin,
             Kind::Rst => Body::Rst(RstBody {
-                reason: RstReason::from_u8(b[0])
-                    .ok_or(ParseError::Invalid("RST with unknown reason"))?,
+                reason: RstReason::from_u8(b[0]).ok_or(ParseError::Invalid("RST with unknown reason"))?,
             }),
             Kind::Discover => Body::Discover(DiscoverBody {
                 target_ip: Ipv4Addr::new(b[0], b[1], b[2], b[3]),
@@ -532,21 +524,10 @@ impl Repr {
                 max_payload: u16::from_be_bytes([b[4], b[5]]),
             }),
         };
-        if kind != Kind::Syn
-            && kind != Kind::Discover
-            && kind != Kind::DiscoverReply
-            && p.dst_cid() == 0
-        {
+        if kind != Kind::Syn && kind != Kind::Discover && kind != Kind::DiscoverReply && p.dst_cid() == 0 {
             return Err(ParseError::Invalid("connection frame with connection id 0"));
         }
-        Ok(Repr {
-            flags: p.flags(),
-            dst_cid: p.dst_cid(),
-            seq: p.seq(),
-            ack: p.ack(),
-            limit: p.limit(),
-            body,
-        })
+        Ok(Repr { flags: p.flags(), dst_cid: p.dst_cid(), seq: p.seq(), ack: p.ack(), limit: p.limit(), body })
     }
 
     /// Bytes [`Repr::emit`] writes (header and body; a DATA payload is
@@ -632,14 +613,7 @@ mod tests {
     #[test]
     fn every_kind_round_trips() {
         let ip = Ipv4Addr::new(10, 0, 0, 7);
-        let base = Repr {
-            flags: 0,
-            dst_cid: 42,
-            seq: 1 << 40,
-            ack: 7,
-            limit: u64::MAX - 1,
-            body: Body::Credit,
-        };
+        let base = Repr { flags: 0, dst_cid: 42, seq: 1 << 40, ack: 7, limit: u64::MAX - 1, body: Body::Credit };
         for body in [
             Body::Syn(SynBody {
                 src_cid: 9,
@@ -650,57 +624,27 @@ mod tests {
                 mode: 1,
                 max_payload: 1460,
             }),
-            Body::SynAck(SynAckBody {
-                src_cid: 11,
-                max_payload: 8960,
-                mode: 0,
-            }),
+            Body::SynAck(SynAckBody { src_cid: 11, max_payload: 8960, mode: 0 }),
             Body::Data { len: 1460 },
             Body::Credit,
             Body::Nak,
             Body::Probe,
             Body::Fin,
-            Body::Rst(RstBody {
-                reason: RstReason::Refused,
-            }),
-            Body::Discover(DiscoverBody {
-                target_ip: ip,
-                sender_ip: Ipv4Addr::new(10, 0, 0, 1),
-            }),
-            Body::DiscoverReply(DiscoverReplyBody {
-                ip,
-                max_payload: 1460,
-            }),
+            Body::Rst(RstBody { reason: RstReason::Refused }),
+            Body::Discover(DiscoverBody { target_ip: ip, sender_ip: Ipv4Addr::new(10, 0, 0, 1) }),
+            Body::DiscoverReply(DiscoverReplyBody { ip, max_payload: 1460 }),
         ] {
-            round_trip(Repr {
-                body,
-                flags: if matches!(body, Body::Data { .. }) {
-                    FLAG_END
-                } else {
-                    0
-                },
-                ..base
-            });
+            round_trip(Repr { body, flags: if matches!(body, Body::Data { .. }) { FLAG_END } else { 0 }, ..base });
         }
     }
 
     #[test]
     fn malformed_frames_are_errors() {
         let mut buf = [0u8; 64];
-        let r = Repr {
-            flags: 0,
-            dst_cid: 1,
-            seq: 0,
-            ack: 0,
-            limit: 0,
-            body: Body::Credit,
-        };
+        let r = Repr { flags: 0, dst_cid: 1, seq: 0, ack: 0, limit: 0, body: Body::Credit };
         r.emit(&mut Packet::new_unchecked(&mut buf[..]));
         assert!(parse(&buf).is_ok());
-        assert_eq!(
-            parse(&buf[..39]).unwrap_err(),
-            ParseError::Truncated { have: 39, need: 40 }
-        );
+        assert_eq!(parse(&buf[..39]).unwrap_err(), ParseError::Truncated { have: 39, need: 40 });
         let mut v = buf;
         v[0] = 2;
         assert_eq!(parse(&v).unwrap_err(), ParseError::Version(2));
@@ -709,13 +653,7 @@ mod tests {
         assert_eq!(parse(&v).unwrap_err(), ParseError::UnknownKind(99));
         let mut v = buf;
         v[37] = 4; // a CREDIT with a body
-        assert!(matches!(
-            parse(&v).unwrap_err(),
-            ParseError::BodyLength {
-                kind: Kind::Credit,
-                ..
-            }
-        ));
+        assert!(matches!(parse(&v).unwrap_err(), ParseError::BodyLength { kind: Kind::Credit, .. }));
         let mut v = buf;
         v[4..12].fill(0); // cid 0 on a connection frame
         assert!(matches!(parse(&v).unwrap_err(), ParseError::Invalid(_)));
@@ -725,25 +663,12 @@ mod tests {
         let mut v = buf;
         v[1] = Kind::Data as u8;
         v[36..38].copy_from_slice(&100u16.to_be_bytes()); // longer than the buffer
-        assert_eq!(
-            parse(&v).unwrap_err(),
-            ParseError::Truncated {
-                have: 64,
-                need: 140
-            }
-        );
+        assert_eq!(parse(&v).unwrap_err(), ParseError::Truncated { have: 64, need: 140 });
     }
 
     #[test]
     fn nic_padding_is_not_payload() {
-        let r = Repr {
-            flags: FLAG_END,
-            dst_cid: 3,
-            seq: 0,
-            ack: 0,
-            limit: 0,
-            body: Body::Data { len: 2 },
-        };
+        let r = Repr { flags: FLAG_END, dst_cid: 3, seq: 0, ack: 0, limit: 0, body: Body::Data { len: 2 } };
         let mut buf = [0u8; 46]; // the Ethernet minimum leaves padding after 42 bytes
         r.emit(&mut Packet::new_unchecked(&mut buf[..]));
         buf[40] = 1;

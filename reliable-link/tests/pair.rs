@@ -19,11 +19,7 @@ fn connect(sim: &mut Sim, mode: Mode) -> (u64, u64) {
     sim.b.listen(None, PORT).unwrap();
     let now = sim.now;
     assert_eq!(sim.a.discover(now, B_IP), Lookup::Pending);
-    assert!(sim.run_until(10_000, |s| {
-        s.a_events
-            .iter()
-            .any(|e| matches!(e, EndpointEvent::Discovered { .. }))
-    }));
+    assert!(sim.run_until(10_000, |s| { s.a_events.iter().any(|e| matches!(e, EndpointEvent::Discovered { .. })) }));
     let peer = match sim.a_events.iter().find_map(|e| match e {
         EndpointEvent::Discovered { ip, peer } if *ip == B_IP => Some(*peer),
         _ => None,
@@ -34,27 +30,12 @@ fn connect(sim: &mut Sim, mode: Mode) -> (u64, u64) {
     assert_eq!(peer.mac, B_MAC);
     let a = sim.a.connect(sim.now, B_IP, PORT, peer, mode).unwrap();
     let ok = sim.run_until(100_000, |s| {
-        s.a_events.iter().any(|e| {
-            *e == EndpointEvent::Connection {
-                cid: a,
-                event: Event::Connected,
-            }
-        }) || s.a_events.iter().any(|e| {
-            matches!(
-                e,
-                EndpointEvent::Connection {
-                    event: Event::Closed(_),
-                    ..
-                }
-            )
-        })
+        s.a_events.iter().any(|e| *e == EndpointEvent::Connection { cid: a, event: Event::Connected })
+            || s.a_events.iter().any(|e| matches!(e, EndpointEvent::Connection { event: Event::Closed(_), .. }))
     });
     assert!(ok, "no handshake outcome");
     assert!(
-        sim.a_events.contains(&EndpointEvent::Connection {
-            cid: a,
-            event: Event::Connected
-        }),
+        sim.a_events.contains(&EndpointEvent::Connection { cid: a, event: Event::Connected }),
         "handshake failed: {:?}",
         sim.a_events
     );
@@ -80,11 +61,7 @@ fn transfer(
     let mut buf = vec![0u8; 100_000];
     let mut failure = None;
     sim.run_until(max_steps, |s| {
-        let (tx, rx) = if from_a {
-            (&mut s.a, &mut s.b)
-        } else {
-            (&mut s.b, &mut s.a)
-        };
+        let (tx, rx) = if from_a { (&mut s.a, &mut s.b) } else { (&mut s.b, &mut s.a) };
         // Writer: as much as the send buffer takes.
         while next_msg < messages.len() {
             let m = &messages[next_msg];
@@ -113,15 +90,11 @@ fn transfer(
                 _ => break,
             }
         }
-        for (events, cid) in [
-            (&s.a_events, if from_a { src } else { dst }),
-            (&s.b_events, if from_a { dst } else { src }),
-        ] {
+        for (events, cid) in
+            [(&s.a_events, if from_a { src } else { dst }), (&s.b_events, if from_a { dst } else { src })]
+        {
             for e in events {
-                if let EndpointEvent::Connection {
-                    cid: c,
-                    event: Event::Closed(r),
-                } = e
+                if let EndpointEvent::Connection { cid: c, event: Event::Closed(r) } = e
                     && *c == cid
                     && *r != CloseReason::Graceful
                 {
@@ -138,9 +111,7 @@ fn transfer(
 fn handshake_then_messages_both_ways() {
     let mut sim = Sim::pair(1, Faults::default());
     let (a, b) = connect(&mut sim, Mode::Message);
-    let msgs: Vec<Vec<u8>> = (0..50)
-        .map(|i| message(i, 1 + (i as usize * 977) % 5000))
-        .collect();
+    let msgs: Vec<Vec<u8>> = (0..50).map(|i| message(i, 1 + (i as usize * 977) % 5000)).collect();
     let (got, fail) = transfer(&mut sim, true, a, b, &msgs, 200_000);
     assert_eq!(fail, None);
     assert_eq!(got, msgs);
@@ -155,12 +126,7 @@ fn discovery_of_an_address_nobody_runs_xsock_at_concludes_absent() {
     let ghost = std::net::Ipv4Addr::new(10, 0, 0, 99);
     let t0 = sim.now;
     assert_eq!(sim.a.discover(t0, ghost), Lookup::Pending);
-    assert!(sim.run_until(10_000, |s| s.a_events.contains(
-        &EndpointEvent::Discovered {
-            ip: ghost,
-            peer: None
-        }
-    )));
+    assert!(sim.run_until(10_000, |s| s.a_events.contains(&EndpointEvent::Discovered { ip: ghost, peer: None })));
     let took = sim.now - t0;
     assert!(took < Duration::from_millis(20), "gave up after {took:?}");
     assert_eq!(sim.a.discover(sim.now, ghost), Lookup::Absent);
@@ -169,43 +135,25 @@ fn discovery_of_an_address_nobody_runs_xsock_at_concludes_absent() {
 #[test]
 fn a_port_without_listener_is_refused() {
     let mut sim = Sim::pair(3, Faults::default());
-    let peer = Peer {
-        mac: B_MAC,
-        max_payload: 1460,
-    };
-    let a = sim
-        .a
-        .connect(sim.now, B_IP, 9999, peer, Mode::Stream)
-        .unwrap();
-    assert!(
-        sim.run_until(1000, |s| s.a_events.contains(&EndpointEvent::Connection {
-            cid: a,
-            event: Event::Closed(CloseReason::Refused)
-        }))
-    );
+    let peer = Peer { mac: B_MAC, max_payload: 1460 };
+    let a = sim.a.connect(sim.now, B_IP, 9999, peer, Mode::Stream).unwrap();
+    assert!(sim.run_until(1000, |s| {
+        s.a_events.contains(&EndpointEvent::Connection { cid: a, event: Event::Closed(CloseReason::Refused) })
+    }));
     assert_eq!(sim.b.stats().refused, 1);
 }
 
 #[test]
 fn a_vanished_peer_is_an_error_not_a_hang() {
     let mut sim = Sim::pair(4, Faults::default());
-    let peer = Peer {
-        mac: [2, 0, 0, 0, 0, 0xcc],
-        max_payload: 1460,
-    };
+    let peer = Peer { mac: [2, 0, 0, 0, 0, 0xcc], max_payload: 1460 };
     let t0 = sim.now;
     let a = sim.a.connect(t0, B_IP, PORT, peer, Mode::Stream).unwrap();
-    assert!(sim.run_until(100_000, |s| s.a_events.contains(
-        &EndpointEvent::Connection {
-            cid: a,
-            event: Event::Closed(CloseReason::TimedOut)
-        }
-    )));
+    assert!(sim.run_until(100_000, |s| {
+        s.a_events.contains(&EndpointEvent::Connection { cid: a, event: Event::Closed(CloseReason::TimedOut) })
+    }));
     let took = sim.now - t0;
-    assert!(
-        took >= Duration::from_secs(3) && took < Duration::from_secs(4),
-        "{took:?}"
-    );
+    assert!(took >= Duration::from_secs(3) && took < Duration::from_secs(4), "{took:?}");
 
     // Mid-transfer: B disappears (every frame to it is lost).
     let mut sim = Sim::pair(5, Faults::default());
@@ -215,12 +163,9 @@ fn a_vanished_peer_is_an_error_not_a_hang() {
     sim.faults.loss = 1.0;
     sim.a.write(a, &message(2, 5000), true).unwrap();
     let t0 = sim.now;
-    assert!(sim.run_until(1_000_000, |s| s.a_events.contains(
-        &EndpointEvent::Connection {
-            cid: a,
-            event: Event::Closed(CloseReason::TimedOut)
-        }
-    )));
+    assert!(sim.run_until(1_000_000, |s| {
+        s.a_events.contains(&EndpointEvent::Connection { cid: a, event: Event::Closed(CloseReason::TimedOut) })
+    }));
     assert!(sim.now - t0 <= Duration::from_secs(4));
 }
 
@@ -241,34 +186,21 @@ fn graceful_close_both_ways_then_forgotten() {
     sim.b.close(b).unwrap();
     let graceful = |s: &Sim, side_a: bool, cid| {
         let events = if side_a { &s.a_events } else { &s.b_events };
-        events.contains(&EndpointEvent::Connection {
-            cid,
-            event: Event::Closed(CloseReason::Graceful),
-        })
+        events.contains(&EndpointEvent::Connection { cid, event: Event::Closed(CloseReason::Graceful) })
     };
     assert!(sim.run_until(10_000, |s| graceful(s, true, a) && graceful(s, false, b)));
     sim.a.release(a);
     sim.b.release(b);
-    sim.run_until(100_000, |s| {
-        s.a.connection(a).is_none() && s.b.connection(b).is_none()
-    });
-    assert!(
-        sim.a.connection(a).is_none() && sim.b.connection(b).is_none(),
-        "forgotten after lingering"
-    );
+    sim.run_until(100_000, |s| s.a.connection(a).is_none() && s.b.connection(b).is_none());
+    assert!(sim.a.connection(a).is_none() && sim.b.connection(b).is_none(), "forgotten after lingering");
 }
 
 /// Connects A to B at a known MAC (no discovery), whatever the faults.
 fn connect_known(sim: &mut Sim, mode: Mode) -> (u64, u64) {
     sim.b.listen(None, PORT).unwrap();
-    let peer = Peer {
-        mac: B_MAC,
-        max_payload: 1460,
-    };
+    let peer = Peer { mac: B_MAC, max_payload: 1460 };
     let a = sim.a.connect(sim.now, B_IP, PORT, peer, mode).unwrap();
-    assert!(sim.run_until(1_000_000, |s| {
-        s.a.connection(a).is_some_and(|c| c.is_established())
-    }));
+    assert!(sim.run_until(1_000_000, |s| { s.a.connection(a).is_some_and(|c| c.is_established()) }));
     let b = sim.b.accept(PORT).expect("an incoming connection");
     (a, b)
 }
@@ -276,32 +208,17 @@ fn connect_known(sim: &mut Sim, mode: Mode) -> (u64, u64) {
 #[test]
 fn close_survives_lost_final_frames() {
     for seed in 0..20 {
-        let mut sim = Sim::pair(
-            100 + seed,
-            Faults {
-                loss: 0.3,
-                ..Default::default()
-            },
-        );
+        let mut sim = Sim::pair(100 + seed, Faults { loss: 0.3, ..Default::default() });
         let (a, b) = connect_known(&mut sim, Mode::Stream);
         sim.a.close(a).unwrap();
         sim.b.close(b).unwrap();
         let done = sim.run_until(1_000_000, |s| {
-            let end =
-                |c: Option<&xsock_reliable_link::Connection>| c.and_then(|c| c.close_reason());
+            let end = |c: Option<&xsock_reliable_link::Connection>| c.and_then(|c| c.close_reason());
             end(s.a.connection(a)).is_some() && end(s.b.connection(b)).is_some()
         });
         assert!(done);
-        assert_eq!(
-            sim.a.connection(a).unwrap().close_reason(),
-            Some(CloseReason::Graceful),
-            "seed {seed}"
-        );
-        assert_eq!(
-            sim.b.connection(b).unwrap().close_reason(),
-            Some(CloseReason::Graceful),
-            "seed {seed}"
-        );
+        assert_eq!(sim.a.connection(a).unwrap().close_reason(), Some(CloseReason::Graceful), "seed {seed}");
+        assert_eq!(sim.b.connection(b).unwrap().close_reason(), Some(CloseReason::Graceful), "seed {seed}");
     }
 }
 
@@ -310,12 +227,10 @@ fn abort_resets_the_peer() {
     let mut sim = Sim::pair(7, Faults::default());
     let (a, b) = connect(&mut sim, Mode::Stream);
     sim.a.abort(a);
-    assert!(
-        sim.run_until(1000, |s| s.b_events.contains(&EndpointEvent::Connection {
-            cid: b,
-            event: Event::Closed(CloseReason::Reset(RstReason::Aborted))
-        }))
-    );
+    assert!(sim.run_until(1000, |s| s.b_events.contains(&EndpointEvent::Connection {
+        cid: b,
+        event: Event::Closed(CloseReason::Reset(RstReason::Aborted))
+    })));
     assert!(sim.b.write(b, b"x", false).is_err());
 }
 
@@ -333,11 +248,7 @@ fn a_message_larger_than_both_buffers_streams_through_the_credit_window() {
     assert_eq!(fail, None);
     assert!(got == msgs, "8 MiB message reassembled intact");
     let stats = sim.b.connection(b).unwrap().stats();
-    assert_eq!(
-        stats.dropped_frames + stats.overrun_frames,
-        0,
-        "credit kept the sender within the receive buffer"
-    );
+    assert_eq!(stats.dropped_frames + stats.overrun_frames, 0, "credit kept the sender within the receive buffer");
 }
 
 #[test]
@@ -364,13 +275,7 @@ fn the_fast_path_has_no_per_frame_acknowledgements() {
 
 #[test]
 fn a_lost_frame_is_repaired_by_nak_and_go_back_n() {
-    let mut sim = Sim::pair(
-        12,
-        Faults {
-            loss: 0.02,
-            ..Default::default()
-        },
-    );
+    let mut sim = Sim::pair(12, Faults { loss: 0.02, ..Default::default() });
     let (a, b) = connect(&mut sim, Mode::Message);
     let msgs: Vec<Vec<u8>> = (0..100).map(|i| message(i, 20_000)).collect();
     let (got, fail) = transfer(&mut sim, true, a, b, &msgs, 10_000_000);
@@ -378,10 +283,7 @@ fn a_lost_frame_is_repaired_by_nak_and_go_back_n() {
     assert!(got == msgs);
     let a_stats = sim.a.connection(a).unwrap().stats();
     let b_stats = sim.b.connection(b).unwrap().stats();
-    assert!(
-        b_stats.naks_sent > 0 && a_stats.naks_received > 0 && a_stats.resent_bytes > 0,
-        "{a_stats:?} {b_stats:?}"
-    );
+    assert!(b_stats.naks_sent > 0 && a_stats.naks_received > 0 && a_stats.resent_bytes > 0, "{a_stats:?} {b_stats:?}");
 }
 
 #[test]
@@ -395,24 +297,14 @@ fn a_frame_of_an_old_connection_is_dropped_not_delivered() {
     let old_frame = buf[..t.len].to_vec();
     sim.b.handle_input(sim.now, A_MAC, &old_frame);
     sim.a.abort(a1);
-    sim.run_until(1000, |s| {
-        s.b.connection(b1).and_then(|c| c.close_reason()).is_some()
-    });
+    sim.run_until(1000, |s| s.b.connection(b1).and_then(|c| c.close_reason()).is_some());
     sim.b.release(b1);
     sim.a.release(a1);
     sim.run_until(100_000, |s| s.b.connection(b1).is_none());
     // A new connection between the same hosts and ports.
-    let peer = Peer {
-        mac: B_MAC,
-        max_payload: 1460,
-    };
-    let a2 = sim
-        .a
-        .connect(sim.now, B_IP, PORT, peer, Mode::Stream)
-        .unwrap();
-    sim.run_until(1000, |s| {
-        s.a.connection(a2).is_some_and(|c| c.is_established())
-    });
+    let peer = Peer { mac: B_MAC, max_payload: 1460 };
+    let a2 = sim.a.connect(sim.now, B_IP, PORT, peer, Mode::Stream).unwrap();
+    sim.run_until(1000, |s| s.a.connection(a2).is_some_and(|c| c.is_established()));
     let b2 = sim.b.accept(PORT).unwrap();
     let unknown_before = sim.b.stats().unknown_cid;
     sim.b.handle_input(sim.now, A_MAC, &old_frame);
@@ -441,34 +333,21 @@ fn repeated_syns_find_the_same_connection() {
     // responder must answer again, not open a second connection.
     let mut sim = Sim::pair(15, Faults::default());
     sim.b.listen(None, PORT).unwrap();
-    let peer = Peer {
-        mac: B_MAC,
-        max_payload: 1460,
-    };
-    let a = sim
-        .a
-        .connect(sim.now, B_IP, PORT, peer, Mode::Stream)
-        .unwrap();
+    let peer = Peer { mac: B_MAC, max_payload: 1460 };
+    let a = sim.a.connect(sim.now, B_IP, PORT, peer, Mode::Stream).unwrap();
     sim.flush();
     sim.faults.loss = 1.0;
     for _ in 0..20 {
         sim.step();
     }
     sim.faults.loss = 0.0;
-    assert!(sim.run_until(100_000, |s| {
-        s.a.connection(a).is_some_and(|c| c.is_established())
-    }));
+    assert!(sim.run_until(100_000, |s| { s.a.connection(a).is_some_and(|c| c.is_established()) }));
     assert!(sim.b.accept(PORT).is_some());
     assert!(sim.b.accept(PORT).is_none(), "exactly one connection");
 }
 
 /// What happened to one faulty run.
-fn faulty_run(
-    seed: u64,
-    faults: Faults,
-    sizes: &[usize],
-    small_buffers: bool,
-) -> Result<(), String> {
+fn faulty_run(seed: u64, faults: Faults, sizes: &[usize], small_buffers: bool) -> Result<(), String> {
     let mut a_cfg = endpoint_config(A_MAC, A_IP, 1514);
     let mut b_cfg = endpoint_config(B_MAC, B_IP, 1514);
     if small_buffers {
@@ -477,38 +356,22 @@ fn faulty_run(
     }
     let mut sim = Sim::new(seed, faults, a_cfg, b_cfg);
     sim.b.listen(None, PORT).unwrap();
-    let peer = Peer {
-        mac: B_MAC,
-        max_payload: 1460,
-    };
-    let a = sim
-        .a
-        .connect(sim.now, B_IP, PORT, peer, Mode::Message)
-        .unwrap();
-    let est = sim.run_until(2_000_000, |s| {
-        s.a.connection(a)
-            .is_some_and(|c| c.is_established() || c.close_reason().is_some())
-    });
+    let peer = Peer { mac: B_MAC, max_payload: 1460 };
+    let a = sim.a.connect(sim.now, B_IP, PORT, peer, Mode::Message).unwrap();
+    let est = sim
+        .run_until(2_000_000, |s| s.a.connection(a).is_some_and(|c| c.is_established() || c.close_reason().is_some()));
     if !est || sim.a.connection(a).unwrap().close_reason().is_some() {
         return Ok(()); // the connection failed with an error: allowed
     }
     let Some(b) = sim.b.accept(PORT) else {
         return Ok(());
     };
-    let msgs: Vec<Vec<u8>> = sizes
-        .iter()
-        .enumerate()
-        .map(|(i, &n)| message(seed ^ i as u64, n))
-        .collect();
+    let msgs: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, &n)| message(seed ^ i as u64, n)).collect();
     let (got, fail) = transfer(&mut sim, true, a, b, &msgs, 5_000_000);
     // Whatever arrived must be a prefix of what was sent, byte for byte.
     for (i, m) in got.iter().enumerate() {
         if *m != msgs[i] {
-            return Err(format!(
-                "message {i} arrived wrong ({} bytes vs {})",
-                m.len(),
-                msgs[i].len()
-            ));
+            return Err(format!("message {i} arrived wrong ({} bytes vs {})", m.len(), msgs[i].len()));
         }
     }
     match fail {
@@ -520,11 +383,7 @@ fn faulty_run(
             }
             Ok(())
         }
-        None => Err(format!(
-            "stalled: {} of {} messages, no error",
-            got.len(),
-            msgs.len()
-        )),
+        None => Err(format!("stalled: {} of {} messages, no error", got.len(), msgs.len())),
     }
 }
 

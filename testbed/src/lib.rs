@@ -48,9 +48,7 @@ pub fn root_or_skip(test: &str) -> bool {
     if std::env::var("XSOCK_REQUIRE_ROOT").as_deref() == Ok("1") {
         panic!("{test} needs root and XSOCK_REQUIRE_ROOT=1 forbids skipping it");
     }
-    eprintln!(
-        "\n*** SKIPPED {test}: needs root (network namespaces, AF_XDP). Run the tests as root. ***\n"
-    );
+    eprintln!("\n*** SKIPPED {test}: needs root (network namespaces, AF_XDP). Run the tests as root. ***\n");
     false
 }
 
@@ -81,10 +79,7 @@ pub struct LinkOpts {
 
 impl Default for LinkOpts {
     fn default() -> Self {
-        Self {
-            mtu: 1500,
-            queues: 1,
-        }
+        Self { mtu: 1500, queues: 1 }
     }
 }
 
@@ -156,29 +151,17 @@ impl Testbed {
     /// An empty test bed. Needs root (check with [`require_root!`] first).
     pub fn new() -> io::Result<Self> {
         sweep_stale();
-        let tag = format!(
-            "{PREFIX}{}n{}",
-            std::process::id(),
-            NEXT_BED.fetch_add(1, Ordering::Relaxed)
-        );
+        let tag = format!("{PREFIX}{}n{}", std::process::id(), NEXT_BED.fetch_add(1, Ordering::Relaxed));
         let logs = std::env::temp_dir().join(format!("xsock-testbed-{tag}"));
         std::fs::create_dir_all(&logs)?;
-        Ok(Self {
-            tag,
-            namespaces: Mutex::new(Vec::new()),
-            children: Mutex::new(Vec::new()),
-            logs,
-        })
+        Ok(Self { tag, namespaces: Mutex::new(Vec::new()), children: Mutex::new(Vec::new()), logs })
     }
 
     /// A new host named `role` (a namespace with loopback up).
     pub fn host(&self, role: &str) -> io::Result<Host> {
         let ns = format!("{}{}", self.tag, role);
         ip(&["netns", "add", &ns])?;
-        self.namespaces
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(ns.clone());
+        self.namespaces.lock().unwrap_or_else(|p| p.into_inner()).push(ns.clone());
         let host = Host { ns };
         host.ip(&["link", "set", "lo", "up"])?;
         Ok(host)
@@ -192,14 +175,7 @@ impl Testbed {
     }
 
     /// A veth pair from `a`'s `a_if` to `b`'s `b_if`, both up.
-    pub fn link(
-        &self,
-        a: &Host,
-        a_if: &str,
-        b: &Host,
-        b_if: &str,
-        opts: LinkOpts,
-    ) -> io::Result<()> {
+    pub fn link(&self, a: &Host, a_if: &str, b: &Host, b_if: &str, opts: LinkOpts) -> io::Result<()> {
         let (mtu, q) = (opts.mtu.to_string(), opts.queues.to_string());
         ip(&[
             "-n",
@@ -238,41 +214,18 @@ impl Testbed {
         let switch = self.host(role)?;
         switch.ip(&["link", "add", "name", "br0", "type", "bridge"])?;
         // Forward immediately (no STP listening delay).
-        switch.ip(&[
-            "link",
-            "set",
-            "br0",
-            "type",
-            "bridge",
-            "forward_delay",
-            "0",
-            "stp_state",
-            "0",
-        ])?;
+        switch.ip(&["link", "set", "br0", "type", "bridge", "forward_delay", "0", "stp_state", "0"])?;
         switch.ip(&["link", "set", "br0", "up"])?;
-        Ok(Segment {
-            switch,
-            ports: Default::default(),
-        })
+        Ok(Segment { switch, ports: Default::default() })
     }
 
     /// Plugs `host` into `segment` through a veth named `ifname` on the host side.
-    pub fn attach(
-        &self,
-        host: &Host,
-        ifname: &str,
-        segment: &Segment,
-        opts: LinkOpts,
-    ) -> io::Result<()> {
+    pub fn attach(&self, host: &Host, ifname: &str, segment: &Segment, opts: LinkOpts) -> io::Result<()> {
         let port = format!("p{}", segment.ports.fetch_add(1, Ordering::Relaxed));
         self.link(host, ifname, &segment.switch, &port, opts)?;
-        segment
-            .switch
-            .ip(&["link", "set", &port, "master", "br0"])?;
+        segment.switch.ip(&["link", "set", &port, "master", "br0"])?;
         if opts.mtu > 1500 {
-            segment
-                .switch
-                .ip(&["link", "set", "br0", "mtu", &opts.mtu.to_string()])?;
+            segment.switch.ip(&["link", "set", "br0", "mtu", &opts.mtu.to_string()])?;
         }
         Ok(())
     }
@@ -284,18 +237,10 @@ impl Testbed {
         let n = NEXT_LOG.fetch_add(1, Ordering::Relaxed);
         let path = self.logs.join(format!("{n}.log"));
         let out = File::create(&path)?;
-        let child = host
-            .command(program, args)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()?;
+        let child = host.command(program, args).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out).spawn()?;
         let pid = child.id();
         std::fs::rename(&path, self.logs.join(format!("{pid}.log")))?;
-        self.children
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(child);
+        self.children.lock().unwrap_or_else(|p| p.into_inner()).push(child);
         Ok(pid)
     }
 
@@ -319,9 +264,7 @@ impl Testbed {
                 )));
             }
             if Instant::now() > deadline {
-                return Err(io::Error::other(format!(
-                    "{program} {args:?} was not ready within 10 s"
-                )));
+                return Err(io::Error::other(format!("{program} {args:?} was not ready within 10 s")));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -341,8 +284,7 @@ impl Testbed {
 
     /// The last `lines` lines a child started by [`Testbed::spawn`] printed.
     pub fn log_tail(&self, pid: u32, lines: usize) -> String {
-        let text =
-            std::fs::read_to_string(self.logs.join(format!("{pid}.log"))).unwrap_or_default();
+        let text = std::fs::read_to_string(self.logs.join(format!("{pid}.log"))).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
@@ -351,10 +293,7 @@ impl Testbed {
     /// [`Host::command`] with extra environment); returns its pid.
     pub fn adopt(&self, child: Child) -> u32 {
         let pid = child.id();
-        self.children
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(child);
+        self.children.lock().unwrap_or_else(|p| p.into_inner()).push(child);
         pid
     }
 
@@ -363,10 +302,8 @@ impl Testbed {
     pub fn finish(&self, pid: u32) -> io::Result<Output> {
         let child = {
             let mut kids = self.children.lock().unwrap_or_else(|p| p.into_inner());
-            let i = kids
-                .iter()
-                .position(|c| c.id() == pid)
-                .ok_or_else(|| io::Error::other(format!("no child {pid}")))?;
+            let i =
+                kids.iter().position(|c| c.id() == pid).ok_or_else(|| io::Error::other(format!("no child {pid}")))?;
             kids.swap_remove(i)
         };
         terminate(child)
@@ -375,10 +312,7 @@ impl Testbed {
     /// Sends SIGKILL to child `pid` and reaps it (no clean-up runs in it).
     pub fn kill9(&self, pid: u32) -> io::Result<()> {
         let mut kids = self.children.lock().unwrap_or_else(|p| p.into_inner());
-        let i = kids
-            .iter()
-            .position(|c| c.id() == pid)
-            .ok_or_else(|| io::Error::other(format!("no child {pid}")))?;
+        let i = kids.iter().position(|c| c.id() == pid).ok_or_else(|| io::Error::other(format!("no child {pid}")))?;
         let mut child = kids.swap_remove(i);
         let killed = child.kill();
         child.wait()?;
@@ -388,19 +322,13 @@ impl Testbed {
     /// Whether child `pid` has exited (reaping it if so), with its status.
     pub fn try_wait(&self, pid: u32) -> io::Result<Option<std::process::ExitStatus>> {
         let mut kids = self.children.lock().unwrap_or_else(|p| p.into_inner());
-        let c = kids
-            .iter_mut()
-            .find(|c| c.id() == pid)
-            .ok_or_else(|| io::Error::other(format!("no child {pid}")))?;
+        let c = kids.iter_mut().find(|c| c.id() == pid).ok_or_else(|| io::Error::other(format!("no child {pid}")))?;
         c.try_wait()
     }
 
     /// Names of the namespaces this test bed made.
     pub fn namespaces(&self) -> Vec<String> {
-        self.namespaces
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.namespaces.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -427,8 +355,7 @@ impl Drop for Testbed {
             let _ = terminate(child);
         }
         let _ = std::fs::remove_dir_all(&self.logs);
-        let namespaces =
-            std::mem::take(&mut *self.namespaces.lock().unwrap_or_else(|p| p.into_inner()));
+        let namespaces = std::mem::take(&mut *self.namespaces.lock().unwrap_or_else(|p| p.into_inner()));
         for ns in namespaces.iter().rev() {
             if let Err(e) = ip(&["netns", "del", ns]) {
                 eprintln!("testbed: could not remove namespace {ns}: {e}");
@@ -468,18 +395,13 @@ impl Host {
 
     /// Whether an XDP program is attached to `ifname` (any mode).
     pub fn has_xdp(&self, ifname: &str) -> io::Result<bool> {
-        Ok(self
-            .ip(&["-d", "link", "show", "dev", ifname])?
-            .contains("prog/xdp"))
+        Ok(self.ip(&["-d", "link", "show", "dev", ifname])?.contains("prog/xdp"))
     }
 
     /// The MAC address of `ifname`.
     pub fn mac(&self, ifname: &str) -> io::Result<String> {
         let out = self.ip(&["-br", "link", "show", "dev", ifname])?;
-        out.split_whitespace()
-            .nth(2)
-            .map(str::to_owned)
-            .ok_or_else(|| io::Error::other(format!("no MAC in {out:?}")))
+        out.split_whitespace().nth(2).map(str::to_owned).ok_or_else(|| io::Error::other(format!("no MAC in {out:?}")))
     }
 
     /// A command that runs inside this namespace (`ip netns exec`).
@@ -498,24 +420,13 @@ impl Host {
     /// Loads an nftables ruleset (`nft -f -`) inside the namespace.
     pub fn nft(&self, ruleset: &str) -> io::Result<()> {
         use std::io::Write;
-        let mut child = self
-            .command("nft", &["-f", "-"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(ruleset.as_bytes())?;
+        let mut child = self.command("nft", &["-f", "-"]).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        child.stdin.take().expect("piped").write_all(ruleset.as_bytes())?;
         let out = child.wait_with_output()?;
         if out.status.success() {
             Ok(())
         } else {
-            Err(io::Error::other(format!(
-                "nft failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )))
+            Err(io::Error::other(format!("nft failed: {}", String::from_utf8_lossy(&out.stderr).trim())))
         }
     }
 
@@ -561,37 +472,15 @@ mod tests {
             let bed = Testbed::new().unwrap();
             let a = bed.host("a").unwrap();
             let b = bed.host("b").unwrap();
-            bed.link(
-                &a,
-                "eth0",
-                &b,
-                "eth0",
-                LinkOpts {
-                    mtu: 9000,
-                    queues: 2,
-                },
-            )
-            .unwrap();
+            bed.link(&a, "eth0", &b, "eth0", LinkOpts { mtu: 9000, queues: 2 }).unwrap();
             a.addr("eth0", "10.9.0.1/24").unwrap();
             b.addr("eth0", "10.9.0.2/24").unwrap();
             a.exec("ping", &["-c1", "-W2", "10.9.0.2"]).unwrap();
-            assert!(
-                a.ip(&["link", "show", "eth0"])
-                    .unwrap()
-                    .contains("mtu 9000")
-            );
+            assert!(a.ip(&["link", "show", "eth0"]).unwrap().contains("mtu 9000"));
             names = bed.namespaces();
-            assert!(
-                names
-                    .iter()
-                    .all(|n| std::path::Path::new(&format!("/run/netns/{n}")).exists())
-            );
+            assert!(names.iter().all(|n| std::path::Path::new(&format!("/run/netns/{n}")).exists()));
         }
-        assert!(
-            names
-                .iter()
-                .all(|n| !std::path::Path::new(&format!("/run/netns/{n}")).exists())
-        );
+        assert!(names.iter().all(|n| !std::path::Path::new(&format!("/run/netns/{n}")).exists()));
     }
 
     #[test]
@@ -616,18 +505,14 @@ mod tests {
         require_root!();
         let bed = Testbed::new().unwrap();
         let seg = bed.segment("sw").unwrap();
-        let hosts: Vec<Host> = (0..3)
-            .map(|i| bed.host(&format!("h{i}")).unwrap())
-            .collect();
+        let hosts: Vec<Host> = (0..3).map(|i| bed.host(&format!("h{i}")).unwrap()).collect();
         for (i, h) in hosts.iter().enumerate() {
             bed.attach(h, "eth0", &seg, LinkOpts::default()).unwrap();
             h.addr("eth0", &format!("10.9.1.{}/24", i + 1)).unwrap();
         }
         hosts[0].exec("ping", &["-c1", "-W2", "10.9.1.3"]).unwrap();
         // A thread inside host 1 sees its eth0, not the root namespace's.
-        let names = hosts[1]
-            .run(|| std::fs::read_to_string("/proc/thread-self/net/dev").unwrap())
-            .unwrap();
+        let names = hosts[1].run(|| std::fs::read_to_string("/proc/thread-self/net/dev").unwrap()).unwrap();
         assert!(names.contains("eth0"));
     }
 
@@ -635,15 +520,9 @@ mod tests {
     fn router_forwards_filters_and_masquerades() {
         require_root!();
         let bed = Testbed::new().unwrap();
-        let (left, right, r) = (
-            bed.host("l").unwrap(),
-            bed.host("r").unwrap(),
-            bed.router("gw").unwrap(),
-        );
-        bed.link(&left, "eth0", &r, "l0", LinkOpts::default())
-            .unwrap();
-        bed.link(&right, "eth0", &r, "r0", LinkOpts::default())
-            .unwrap();
+        let (left, right, r) = (bed.host("l").unwrap(), bed.host("r").unwrap(), bed.router("gw").unwrap());
+        bed.link(&left, "eth0", &r, "l0", LinkOpts::default()).unwrap();
+        bed.link(&right, "eth0", &r, "r0", LinkOpts::default()).unwrap();
         left.addr("eth0", "10.9.2.2/24").unwrap();
         r.addr("l0", "10.9.2.1/24").unwrap();
         right.addr("eth0", "10.9.3.2/24").unwrap();

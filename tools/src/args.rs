@@ -184,11 +184,7 @@ impl RuntimeArgs {
 
     /// Builds the runtime: no interface for the kernel transport; the
     /// interface (required) for reliable-link.
-    pub fn build(
-        &self,
-        driving: xsock::Driving,
-        poll: PollMode,
-    ) -> Result<xsock::Runtime, crate::fail::Fail> {
+    pub fn build(&self, driving: xsock::Driving, poll: PollMode) -> Result<xsock::Runtime, crate::fail::Fail> {
         use crate::fail::Fail;
         let mut b = xsock::Runtime::builder()
             .driving(driving)
@@ -210,9 +206,7 @@ impl RuntimeArgs {
         match (self.transport, &self.iface) {
             (Some(TransportArg::Kernel), _) => {}
             (Some(TransportArg::Link), None) => {
-                return Err(Fail::msg(
-                    "--transport link needs --iface: the interface xsock drives",
-                ));
+                return Err(Fail::msg("--transport link needs --iface: the interface xsock drives"));
             }
             (Some(TransportArg::Link), Some(i)) => b = b.interface(i).require_link(true),
             (None, Some(i)) => b = b.interface(i),
@@ -226,12 +220,7 @@ impl RuntimeArgs {
 /// of a tool), after saying what serves where.
 pub fn serve_forever(dp: &mut Datapath, what: &str) -> Result<(), xsock::Error> {
     let info = dp.device_info(0);
-    log::info!(
-        "{what} on {} ({}), MAC {}",
-        info.name,
-        info.backend,
-        info.mac
-    );
+    log::info!("{what} on {} ({}), MAC {}", info.name, info.backend, info.mac);
     loop {
         if dp.poll().map_err(xsock::Error::Io)? == 0 {
             dp.idle(None).map_err(xsock::Error::Io)?;
@@ -254,13 +243,9 @@ pub fn check_frame_size(size: usize, info: &xsock_nic::DeviceInfo) -> Result<(),
 /// Parses durations like `50ms`, `2s`, `1.5s`, `100us`, `3m`; a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration; write e.g. 50ms, 2s, 100us"))?;
+    let v: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration; write e.g. 50ms, 2s, 100us"))?;
     let scale = match unit.trim() {
         "" | "s" => 1.0,
         "ms" => 1e-3,
@@ -268,9 +253,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ns" => 1e-9,
         "m" | "min" => 60.0,
         other => {
-            return Err(format!(
-                "unknown duration unit {other:?} in {s:?}; use ns, us, ms, s or m"
-            ));
+            return Err(format!("unknown duration unit {other:?} in {s:?}; use ns, us, ms, s or m"));
         }
     };
     if !(v * scale).is_finite() || v < 0.0 {

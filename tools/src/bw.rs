@@ -99,14 +99,7 @@ struct Incoming {
 }
 
 fn serve(rt: &Runtime, addr: SocketAddrV4, transport: xsock::Transport) -> Result<(), Fail> {
-    let l = Listener::bind_with(
-        rt,
-        addr,
-        ListenOptions {
-            transport,
-            mode: Mode::Stream,
-        },
-    )?;
+    let l = Listener::bind_with(rt, addr, ListenOptions { transport, mode: Mode::Stream })?;
     log::info!("bw receiver on {addr}");
     let mut buf = vec![0u8; 1 << 20];
     let expect = pattern(buf.len());
@@ -116,12 +109,7 @@ fn serve(rt: &Runtime, addr: SocketAddrV4, transport: xsock::Transport) -> Resul
         match l.try_accept() {
             Ok(s) => {
                 log::info!("receiving from {} over {:?}", s.peer_addr(), s.path());
-                conns.push(Incoming {
-                    s,
-                    bytes: 0,
-                    corrupt: 0,
-                    first: None,
-                });
+                conns.push(Incoming { s, bytes: 0, corrupt: 0, first: None });
             }
             Err(Error::WouldBlock) => {}
             Err(e) => log::warn!("accept: {e}"),
@@ -166,17 +154,12 @@ impl Bw {
         if let Some(addr) = self.listen {
             return serve(&rt, addr, self.rt.transport());
         }
-        let addr = self
-            .connect
-            .expect("clap requires --connect without --listen");
+        let addr = self.connect.expect("clap requires --connect without --listen");
         if self.size == 0 || self.streams == 0 {
             return Err(Fail::msg("--size and --streams must be at least 1"));
         }
-        let opts = ConnectOptions {
-            transport: self.rt.transport(),
-            mode: Mode::Stream,
-            timeout: Duration::from_secs(10),
-        };
+        let opts =
+            ConnectOptions { transport: self.rt.transport(), mode: Mode::Stream, timeout: Duration::from_secs(10) };
         let mut streams = Vec::with_capacity(self.streams);
         for _ in 0..self.streams {
             streams.push(Stream::connect_with(&rt, addr, opts).map_err(|e| match e {
@@ -198,11 +181,7 @@ impl Bw {
         let end = Instant::now() + self.seconds;
         while Instant::now() < end {
             rt.poll()?;
-            for ((s, pos), from) in streams
-                .iter_mut()
-                .zip(sent.iter_mut())
-                .zip(in_call.iter_mut())
-            {
+            for ((s, pos), from) in streams.iter_mut().zip(sent.iter_mut()).zip(in_call.iter_mut()) {
                 loop {
                     match s.try_send(window(*pos, *from)) {
                         Ok(n) => {
@@ -248,9 +227,7 @@ impl Bw {
             corrupt_bytes: corrupt,
         };
         if corrupt > 0 {
-            return Err(Fail::msg(format!(
-                "{corrupt} of {bytes} bytes arrived corrupted"
-            )));
+            return Err(Fail::msg(format!("{corrupt} of {bytes} bytes arrived corrupted")));
         }
         if self.json {
             println!("{}", serde_json::to_string(&r).expect("serialisable"));

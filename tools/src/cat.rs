@@ -34,20 +34,14 @@ impl Cat {
     /// Runs the subcommand.
     pub fn run(self) -> Result<(), Fail> {
         let rt = self.rt.build(Driving::Thread, Poll::Adaptive.into())?;
-        let opts = ConnectOptions {
-            transport: self.rt.transport(),
-            mode: Mode::Stream,
-            timeout: Duration::from_secs(10),
-        };
+        let opts =
+            ConnectOptions { transport: self.rt.transport(), mode: Mode::Stream, timeout: Duration::from_secs(10) };
         let stream = match (self.listen, self.connect) {
             (Some(addr), _) => {
                 let l = Listener::bind_with(
                     &rt,
                     addr,
-                    ListenOptions {
-                        transport: self.rt.transport(),
-                        mode: Mode::Stream,
-                    },
+                    ListenOptions { transport: self.rt.transport(), mode: Mode::Stream },
                 )?;
                 l.accept()?
             }
@@ -57,11 +51,7 @@ impl Cat {
             })?,
             (None, None) => unreachable!("clap requires one"),
         };
-        log::info!(
-            "connected to {} over {:?}",
-            stream.peer_addr(),
-            stream.path()
-        );
+        log::info!("connected to {} over {:?}", stream.peer_addr(), stream.path());
         let mut sender = stream.try_clone()?;
         let upload = std::thread::spawn(move || -> Result<(), Error> {
             let mut stdin = std::io::stdin().lock();
@@ -87,9 +77,7 @@ impl Cat {
             stdout.write_all(&buf[..n])?;
             stdout.flush()?;
         }
-        upload
-            .join()
-            .map_err(|_| Fail::msg("the stdin thread panicked"))??;
+        upload.join().map_err(|_| Fail::msg("the stdin thread panicked"))??;
         // Everything sent must be acknowledged before the process (and its
         // userspace stack) goes away.
         receiver.close(Duration::from_secs(10))?;

@@ -26,30 +26,19 @@ impl Demo {
     /// Runs the demo.
     pub fn run(self) -> Result<(), Fail> {
         if !xsock_testbed::is_root() {
-            return Err(Fail::msg(
-                "the demo builds network namespaces and attaches XDP programs: run it as root",
-            ));
+            return Err(Fail::msg("the demo builds network namespaces and attaches XDP programs: run it as root"));
         }
         xsock_nic::sys::catch_interrupts()?;
         let exe = std::env::current_exe()?;
         println!("xsock demo: two hosts (network namespaces) joined by a veth pair, MTU 1500.");
-        println!(
-            "Both ends busy-poll; each measurement runs alone on this {}-core machine.\n",
-            cores()
-        );
+        println!("Both ends busy-poll; each measurement runs alone on this {}-core machine.\n", cores());
         let bench = Bench::two_hosts(&exe, 1500)?;
 
-        println!(
-            "ping-pong, 64-byte messages, {} round trips each ...",
-            self.count
-        );
+        println!("ping-pong, 64-byte messages, {} round trips each ...", self.count);
         let link = bench.ping("link", 64, self.count, &[], &[])?;
         let kernel = bench.ping("kernel", 64, self.count, &[], &[])?;
         let raw = bench.rawping(64, self.count, &[])?;
-        let sockperf = bench
-            .sockperf_ping(64, 2)
-            .map_err(|e| log::warn!("sockperf skipped: {e}"))
-            .ok();
+        let sockperf = bench.sockperf_ping(64, 2).map_err(|e| log::warn!("sockperf skipped: {e}")).ok();
         let k50 = kernel.rtt_p50_ns as f64;
         let mut t = Table::new(["round trip", "p50", "p99", "p99.9", "p50 vs kernel TCP"]);
         let mut row = |name: &str, r: &xsock_perf::Rtt| {
@@ -69,10 +58,7 @@ impl Demo {
         row("xsock rawping (bare AF_XDP frames, the floor)", &raw);
         println!("\n{}", t.text());
 
-        println!(
-            "one-way bulk transfer, 1 MiB sends, {} s each ...",
-            self.seconds
-        );
+        println!("one-way bulk transfer, 1 MiB sends, {} s each ...", self.seconds);
         let link_bw = bench.bw("link", 1 << 20, self.seconds, &[], &[])?;
         let kernel_bw = bench.bw("kernel", 1 << 20, self.seconds, &[], &[])?;
         let iperf = bench.iperf3_tcp(self.seconds)?;
@@ -80,25 +66,12 @@ impl Demo {
         let k = kernel_bw.gbit_per_s;
         let mut t = Table::new(["one-way", "Gbit/s", "vs kernel TCP"]);
         let mut row = |name: &str, r: &Rate| {
-            t.row([
-                name.to_owned(),
-                format!("{:.2}", r.gbit_per_s),
-                ratio(r.gbit_per_s, k),
-            ]);
+            t.row([name.to_owned(), format!("{:.2}", r.gbit_per_s), ratio(r.gbit_per_s, k)]);
         };
-        row(
-            "xsock bw --transport link (reliable-link, bytes checked)",
-            &link_bw,
-        );
-        row(
-            "xsock bw --transport kernel (kernel TCP, bytes checked)",
-            &kernel_bw,
-        );
+        row("xsock bw --transport link (reliable-link, bytes checked)", &link_bw);
+        row("xsock bw --transport kernel (kernel TCP, bytes checked)", &kernel_bw);
         row("iperf3 (kernel TCP)", &iperf);
-        row(
-            "xsock rawbw 1514-byte frames (bare AF_XDP, the ceiling)",
-            &raw_bw,
-        );
+        row("xsock rawbw 1514-byte frames (bare AF_XDP, the ceiling)", &raw_bw);
         println!("\n{}", t.text());
         println!(
             "AF_XDP on veth runs in copy mode (veth has no zero-copy): every frame costs the kernel an\n\

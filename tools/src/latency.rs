@@ -22,10 +22,7 @@ impl Default for Latencies {
 impl Latencies {
     /// An empty record (1 ns to 100 s, 3 significant digits).
     pub fn new() -> Self {
-        Self {
-            hist: Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid bounds"),
-            lost: 0,
-        }
+        Self { hist: Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid bounds"), lost: 0 }
     }
 
     /// Adds one round trip.
@@ -128,27 +125,11 @@ mod tests {
         }
         let s = l.summary("raw", 64);
         assert_eq!(s.count, 1000);
-        assert!(
-            (499_000..=501_000).contains(&s.rtt_p50_ns),
-            "{}",
-            s.rtt_p50_ns
-        );
-        assert!(
-            (989_000..=991_000).contains(&s.rtt_p99_ns),
-            "{}",
-            s.rtt_p99_ns
-        );
+        assert!((499_000..=501_000).contains(&s.rtt_p50_ns), "{}", s.rtt_p50_ns);
+        assert!((989_000..=991_000).contains(&s.rtt_p99_ns), "{}", s.rtt_p99_ns);
         assert!((999_000..=1_001_000).contains(&s.rtt_max_ns));
         let j = serde_json::to_value(&s).unwrap();
-        for k in [
-            "transport",
-            "size",
-            "count",
-            "rtt_p50_ns",
-            "rtt_p99_ns",
-            "rtt_p999_ns",
-            "rtt_max_ns",
-        ] {
+        for k in ["transport", "size", "count", "rtt_p50_ns", "rtt_p99_ns", "rtt_p999_ns", "rtt_max_ns"] {
             assert!(j.get(k).is_some(), "JSON field {k} (CLI.md)");
         }
     }

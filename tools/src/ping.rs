@@ -63,19 +63,8 @@ struct Sweep {
 }
 
 fn serve(rt: &Runtime, addr: SocketAddrV4, transport: xsock::Transport) -> Result<(), Fail> {
-    let l = Listener::bind_with(
-        rt,
-        addr,
-        ListenOptions {
-            transport,
-            mode: Mode::Stream,
-        },
-    )?;
-    log::info!(
-        "ping echo on {addr} (link: {}, kernel: {})",
-        rt.has_link(),
-        transport != xsock::Transport::Link
-    );
+    let l = Listener::bind_with(rt, addr, ListenOptions { transport, mode: Mode::Stream })?;
+    log::info!("ping echo on {addr} (link: {}, kernel: {})", rt.has_link(), transport != xsock::Transport::Link);
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let mut s = l.accept()?;
@@ -116,9 +105,7 @@ fn measure(s: &mut Stream, size: usize, warmup: u64, count: u64) -> Result<Laten
         }
         let rtt = t.elapsed();
         if back != msg {
-            return Err(Error::Protocol(format!(
-                "the echo of a {size}-byte message came back different"
-            )));
+            return Err(Error::Protocol(format!("the echo of a {size}-byte message came back different")));
         }
         if i >= warmup {
             lat.record(rtt);
@@ -140,17 +127,12 @@ impl Ping {
         if let Some(addr) = self.listen {
             return serve(&rt, addr, self.rt.transport());
         }
-        let addr = self
-            .connect
-            .expect("clap requires --connect without --listen");
+        let addr = self.connect.expect("clap requires --connect without --listen");
         if self.size == 0 || (self.sweep && self.max_size == 0) {
             return Err(Fail::msg("--size and --max-size must be at least 1 byte"));
         }
-        let opts = ConnectOptions {
-            transport: self.rt.transport(),
-            mode: Mode::Stream,
-            timeout: Duration::from_secs(10),
-        };
+        let opts =
+            ConnectOptions { transport: self.rt.transport(), mode: Mode::Stream, timeout: Duration::from_secs(10) };
         let mut s = Stream::connect_with(&rt, addr, opts).map_err(|e| match e {
             Error::ConnectionRefused(_) => {
                 Fail::msg(format!("connection refused by {addr}: nothing listens there; start `xsock ping --listen {addr}` on the peer first"))
@@ -162,20 +144,15 @@ impl Ping {
             log::info!("{addr} is not an xsock peer on this segment: measuring kernel TCP");
         }
         let sizes: Vec<usize> = if self.sweep {
-            std::iter::successors(Some(1usize), |&s| {
-                (s < self.max_size).then_some((s * 2).min(self.max_size))
-            })
-            .collect()
+            std::iter::successors(Some(1usize), |&s| (s < self.max_size).then_some((s * 2).min(self.max_size)))
+                .collect()
         } else {
             vec![self.size]
         };
         let mut results = Vec::new();
         for &size in &sizes {
             let (count, warmup) = if self.sweep {
-                (
-                    sweep_count(self.count, size),
-                    sweep_count(self.warmup, size),
-                )
+                (sweep_count(self.count, size), sweep_count(self.warmup, size))
             } else {
                 (self.count, self.warmup)
             };
@@ -185,19 +162,9 @@ impl Ping {
         s.shutdown_write()?;
         if self.json {
             if self.sweep {
-                println!(
-                    "{}",
-                    serde_json::to_string(&Sweep {
-                        transport,
-                        sweep: results
-                    })
-                    .expect("serialisable")
-                );
+                println!("{}", serde_json::to_string(&Sweep { transport, sweep: results }).expect("serialisable"));
             } else {
-                println!(
-                    "{}",
-                    serde_json::to_string(&results[0]).expect("serialisable")
-                );
+                println!("{}", serde_json::to_string(&results[0]).expect("serialisable"));
             }
         } else {
             println!("ping over {transport} to {addr}:");

@@ -69,18 +69,9 @@ impl RawBw {
         if self.listen {
             return Ok(serve_forever(&mut dp, "rawbw receiver")?);
         }
-        let peer = self
-            .peer_mac
-            .expect("clap requires --peer-mac without --listen");
+        let peer = self.peer_mac.expect("clap requires --peer-mac without --listen");
         check_frame_size(self.size, &info).map_err(Fail::msg)?;
-        let out = blast(
-            &mut dp,
-            id,
-            peer,
-            self.size,
-            self.seconds,
-            Duration::from_secs(3),
-        )?;
+        let out = blast(&mut dp, id, peer, self.size, self.seconds, Duration::from_secs(3))?;
         let rx = out.received;
         let span = rx.span.as_secs_f64().max(1e-9);
         let r = RawBwResult {

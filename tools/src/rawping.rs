@@ -52,9 +52,7 @@ impl RawPing {
             dp.register(diag::ETHERTYPE, Box::new(EchoHandler::default()))?;
             return Ok(serve_forever(&mut dp, "rawping echo")?);
         }
-        let peer = self
-            .peer_mac
-            .expect("clap requires --peer-mac without --echo");
+        let peer = self.peer_mac.expect("clap requires --peer-mac without --echo");
         check_frame_size(self.size, &info).map_err(Fail::msg)?;
         let id = dp.register(diag::ETHERTYPE, Box::new(PingClient::new(peer, self.size)?))?;
         let mut lat = Latencies::new();
@@ -78,10 +76,7 @@ impl RawPing {
             }
         }
         if lat.is_empty() {
-            return Err(Fail::msg(format!(
-                "all {} pings to {peer} were lost",
-                self.count
-            )));
+            return Err(Fail::msg(format!("all {} pings to {peer} were lost", self.count)));
         }
         let summary = lat.summary("raw", self.size);
         if self.json {

@@ -15,17 +15,9 @@ fn pair() -> (Testbed, Host, Host) {
 }
 
 fn json(out: &std::process::Output) -> Value {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8(out.stdout.clone()).unwrap();
-    assert_eq!(
-        stdout.trim().lines().count(),
-        1,
-        "--json prints one object and nothing else: {stdout}"
-    );
+    assert_eq!(stdout.trim().lines().count(), 1, "--json prints one object and nothing else: {stdout}");
     serde_json::from_str(stdout.trim()).unwrap()
 }
 
@@ -34,8 +26,7 @@ fn rawping_prints_the_cli_md_fields() {
     require_root!();
     let (bed, a, b) = pair();
     let server = ["rawping", "--iface", "eth0", "--echo", "--poll", "adaptive"];
-    bed.spawn_ready(&b, XSOCK, &server, || b.has_xdp("eth0"))
-        .unwrap();
+    bed.spawn_ready(&b, XSOCK, &server, || b.has_xdp("eth0")).unwrap();
     let mac = b.mac("eth0").unwrap();
     let out = a
         .command(
@@ -58,15 +49,7 @@ fn rawping_prints_the_cli_md_fields() {
         .output()
         .unwrap();
     let v = json(&out);
-    for k in [
-        "transport",
-        "size",
-        "count",
-        "rtt_p50_ns",
-        "rtt_p99_ns",
-        "rtt_p999_ns",
-        "rtt_max_ns",
-    ] {
+    for k in ["transport", "size", "count", "rtt_p50_ns", "rtt_p99_ns", "rtt_p999_ns", "rtt_max_ns"] {
         assert!(v.get(k).is_some(), "missing {k}: {v}");
     }
     assert_eq!(v["size"], 128);
@@ -81,37 +64,17 @@ fn rawbw_reports_what_the_receiver_counted() {
     require_root!();
     let (bed, a, b) = pair();
     let server = ["rawbw", "--iface", "eth0", "--listen"];
-    bed.spawn_ready(&b, XSOCK, &server, || b.has_xdp("eth0"))
-        .unwrap();
+    bed.spawn_ready(&b, XSOCK, &server, || b.has_xdp("eth0")).unwrap();
     let mac = b.mac("eth0").unwrap();
     let out = a
         .command(
             XSOCK,
-            &[
-                "rawbw",
-                "--iface",
-                "eth0",
-                "--peer-mac",
-                &mac,
-                "--size",
-                "1000",
-                "--seconds",
-                "500ms",
-                "--json",
-            ],
+            &["rawbw", "--iface", "eth0", "--peer-mac", &mac, "--size", "1000", "--seconds", "500ms", "--json"],
         )
         .output()
         .unwrap();
     let v = json(&out);
-    for k in [
-        "transport",
-        "size",
-        "seconds",
-        "streams",
-        "bytes",
-        "gbit_per_s",
-        "msgs_per_s",
-    ] {
+    for k in ["transport", "size", "seconds", "streams", "bytes", "gbit_per_s", "msgs_per_s"] {
         assert!(v.get(k).is_some(), "missing {k}: {v}");
     }
     let received = v["frames_received"].as_u64().unwrap();
@@ -124,29 +87,10 @@ fn rawbw_reports_what_the_receiver_counted() {
 fn kernel_ping_round_trips_over_tcp() {
     require_root!();
     let (bed, a, b) = pair();
-    let server = [
-        "ping",
-        "--listen",
-        "10.66.0.2:7100",
-        "--transport",
-        "kernel",
-        "--poll",
-        "sleep",
-    ];
-    bed.spawn_ready(&b, XSOCK, &server, || b.listening(7100))
-        .unwrap();
-    let client = [
-        "ping",
-        "--connect",
-        "10.66.0.2:7100",
-        "--transport",
-        "kernel",
-        "--count",
-        "300",
-        "--size",
-        "1000",
-        "--json",
-    ];
+    let server = ["ping", "--listen", "10.66.0.2:7100", "--transport", "kernel", "--poll", "sleep"];
+    bed.spawn_ready(&b, XSOCK, &server, || b.listening(7100)).unwrap();
+    let client =
+        ["ping", "--connect", "10.66.0.2:7100", "--transport", "kernel", "--count", "300", "--size", "1000", "--json"];
     let out = a.command(XSOCK, &client).output().unwrap();
     let v = json(&out);
     assert_eq!(v["transport"], "kernel");
@@ -164,88 +108,29 @@ fn fails(host: &Host, args: &[&str]) -> (i32, String) {
 fn bad_input_is_one_clear_line_and_a_nonzero_exit() {
     require_root!();
     let (_bed, a, _b) = pair();
-    let (code, err) = fails(
-        &a,
-        &[
-            "rawping",
-            "--iface",
-            "eht0",
-            "--peer-mac",
-            "02:00:00:00:00:01",
-        ],
-    );
+    let (code, err) = fails(&a, &["rawping", "--iface", "eht0", "--peer-mac", "02:00:00:00:00:01"]);
     assert_eq!(code, 1);
     let last = err.lines().last().unwrap();
-    assert!(
-        last.starts_with("xsock: interface \"eht0\" not found") && last.contains("eth0"),
-        "{err}"
-    );
-    let (code, err) = fails(
-        &a,
-        &["rawping", "--iface", "eth0", "--peer-mac", "not-a-mac"],
-    );
+    assert!(last.starts_with("xsock: interface \"eht0\" not found") && last.contains("eth0"), "{err}");
+    let (code, err) = fails(&a, &["rawping", "--iface", "eth0", "--peer-mac", "not-a-mac"]);
     assert_eq!(code, 2, "clap refuses bad values");
     assert!(err.contains("six hex bytes"), "{err}");
-    let (code, err) = fails(
-        &a,
-        &[
-            "rawping",
-            "--iface",
-            "eth0",
-            "--queue",
-            "5",
-            "--peer-mac",
-            "02:00:00:00:00:01",
-        ],
-    );
+    let (code, err) = fails(&a, &["rawping", "--iface", "eth0", "--queue", "5", "--peer-mac", "02:00:00:00:00:01"]);
     assert_eq!(code, 1);
     assert!(err.contains("queue 5 does not exist"), "{err}");
-    let (code, err) = fails(
-        &a,
-        &[
-            "rawping",
-            "--iface",
-            "eth0",
-            "--peer-mac",
-            "02:00:00:00:00:01",
-            "--size",
-            "20",
-        ],
-    );
+    let (code, err) = fails(&a, &["rawping", "--iface", "eth0", "--peer-mac", "02:00:00:00:00:01", "--size", "20"]);
     assert_eq!(code, 1);
     assert!(err.contains("--size 20 is outside"), "{err}");
     // Nobody answers: a clear reason, not a hang.
     let (code, err) = fails(
         &a,
-        &[
-            "rawping",
-            "--iface",
-            "eth0",
-            "--peer-mac",
-            "02:00:00:00:00:01",
-            "--warmup",
-            "3",
-            "--timeout",
-            "50ms",
-        ],
+        &["rawping", "--iface", "eth0", "--peer-mac", "02:00:00:00:00:01", "--warmup", "3", "--timeout", "50ms"],
     );
     assert_eq!(code, 1);
     assert!(err.contains("no answer") && err.contains("--echo"), "{err}");
-    let (code, err) = fails(
-        &a,
-        &[
-            "ping",
-            "--connect",
-            "10.66.0.2:7999",
-            "--transport",
-            "kernel",
-        ],
-    );
+    let (code, err) = fails(&a, &["ping", "--connect", "10.66.0.2:7999", "--transport", "kernel"]);
     assert_eq!(code, 1);
-    assert!(
-        err.contains("connection refused by 10.66.0.2:7999") && err.contains("--listen"),
-        "{err}"
-    );
+    assert!(err.contains("connection refused by 10.66.0.2:7999") && err.contains("--listen"), "{err}");
     // None of the failures left a program on the interface.
     assert!(!a.has_xdp("eth0").unwrap());
 }
@@ -253,35 +138,15 @@ fn bad_input_is_one_clear_line_and_a_nonzero_exit() {
 #[test]
 fn demo_runs_end_to_end_and_cleans_up() {
     require_root!();
-    let out = Command::new(XSOCK)
-        .args(["demo", "--count", "2000", "--seconds", "1"])
-        .output()
-        .unwrap();
+    let out = Command::new(XSOCK).args(["demo", "--count", "2000", "--seconds", "1"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for row in [
-        "xsock rawping",
-        "kernel TCP (xsock ping",
-        "xsock rawbw",
-        "kernel UDP (iperf3)",
-        "kernel TCP (iperf3",
-    ] {
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for row in ["xsock rawping", "kernel TCP (xsock ping", "xsock rawbw", "kernel UDP (iperf3)", "kernel TCP (iperf3"] {
         assert!(stdout.contains(row), "missing {row}:\n{stdout}");
     }
     // The demo has exited: any test namespace named for a dead process
     // would be its leftover.
-    let ns = String::from_utf8(
-        Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let ns = String::from_utf8(Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).unwrap();
     let orphans: Vec<&str> = ns
         .lines()
         .filter_map(|l| l.split_whitespace().next())
@@ -292,28 +157,19 @@ fn demo_runs_end_to_end_and_cleans_up() {
                 .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
         })
         .collect();
-    assert!(
-        orphans.is_empty(),
-        "the demo left namespaces behind: {orphans:?}"
-    );
+    assert!(orphans.is_empty(), "the demo left namespaces behind: {orphans:?}");
 }
 
 /// Starts an xsock server in `b` and waits until it listens on `port`.
 fn server(bed: &Testbed, b: &Host, args: &[&str], port: u16) {
-    bed.spawn_ready(b, XSOCK, args, || b.listening(port))
-        .unwrap();
+    bed.spawn_ready(b, XSOCK, args, || b.listening(port)).unwrap();
 }
 
 #[test]
 fn ping_over_link_and_kernel_and_a_sweep() {
     require_root!();
     let (bed, a, b) = pair();
-    server(
-        &bed,
-        &b,
-        &["ping", "--iface", "eth0", "--listen", "10.66.0.2:7200"],
-        7200,
-    );
+    server(&bed, &b, &["ping", "--iface", "eth0", "--listen", "10.66.0.2:7200"], 7200);
     for transport in ["link", "kernel"] {
         let out = a
             .command(
@@ -342,19 +198,7 @@ fn ping_over_link_and_kernel_and_a_sweep() {
     }
     // Automatic: an xsock peer on the segment is reached over reliable-link.
     let out = a
-        .command(
-            XSOCK,
-            &[
-                "ping",
-                "--iface",
-                "eth0",
-                "--connect",
-                "10.66.0.2:7200",
-                "--count",
-                "50",
-                "--json",
-            ],
-        )
+        .command(XSOCK, &["ping", "--iface", "eth0", "--connect", "10.66.0.2:7200", "--count", "50", "--json"])
         .output()
         .unwrap();
     assert_eq!(json(&out)["transport"], "link");
@@ -380,12 +224,7 @@ fn ping_over_link_and_kernel_and_a_sweep() {
         .output()
         .unwrap();
     let v = json(&out);
-    let sizes: Vec<u64> = v["sweep"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["size"].as_u64().unwrap())
-        .collect();
+    let sizes: Vec<u64> = v["sweep"].as_array().unwrap().iter().map(|r| r["size"].as_u64().unwrap()).collect();
     assert_eq!(sizes, (0..=16).map(|k| 1u64 << k).collect::<Vec<_>>());
 }
 
@@ -393,12 +232,7 @@ fn ping_over_link_and_kernel_and_a_sweep() {
 fn bw_reports_the_cli_md_fields_on_both_transports() {
     require_root!();
     let (bed, a, b) = pair();
-    server(
-        &bed,
-        &b,
-        &["bw", "--iface", "eth0", "--listen", "10.66.0.2:7300"],
-        7300,
-    );
+    server(&bed, &b, &["bw", "--iface", "eth0", "--listen", "10.66.0.2:7300"], 7300);
     for (transport, streams) in [("link", "1"), ("kernel", "1"), ("link", "3")] {
         let out = a
             .command(
@@ -423,15 +257,7 @@ fn bw_reports_the_cli_md_fields_on_both_transports() {
             .output()
             .unwrap();
         let v = json(&out);
-        for k in [
-            "transport",
-            "size",
-            "seconds",
-            "streams",
-            "bytes",
-            "gbit_per_s",
-            "msgs_per_s",
-        ] {
+        for k in ["transport", "size", "seconds", "streams", "bytes", "gbit_per_s", "msgs_per_s"] {
             assert!(v.get(k).is_some(), "missing {k}: {v}");
         }
         assert_eq!(v["transport"], transport);
@@ -452,31 +278,16 @@ fn cat_interoperates_with_nc_python_and_itself() {
     let dir = std::env::temp_dir().join(format!("xsock-cat-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let input = dir.join("in.bin");
-    let data: Vec<u8> = (0..2_000_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let data: Vec<u8> = (0..2_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     std::fs::write(&input, &data).unwrap();
     let sh = |host: &Host, cmd: String| host.command("sh", &["-c", &cmd]).output().unwrap();
 
     // xsock client (kernel transport) → nc server.
     let out1 = dir.join("out1.bin");
-    bed.spawn_ready(
-        &b,
-        "sh",
-        &[
-            "-c",
-            &format!("nc -l -N 10.66.0.2 7401 > {}", out1.display()),
-        ],
-        || b.listening(7401),
-    )
-    .unwrap();
-    let r = sh(
-        &a,
-        format!(
-            "{XSOCK} cat --transport kernel --connect 10.66.0.2:7401 < {} > /dev/null",
-            input.display()
-        ),
-    );
+    bed.spawn_ready(&b, "sh", &["-c", &format!("nc -l -N 10.66.0.2 7401 > {}", out1.display())], || b.listening(7401))
+        .unwrap();
+    let r =
+        sh(&a, format!("{XSOCK} cat --transport kernel --connect 10.66.0.2:7401 < {} > /dev/null", input.display()));
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     // A Python client → xsock server (automatic: the kernel side takes it), both directions.
     let out2 = dir.join("out2.bin");
@@ -484,13 +295,7 @@ fn cat_interoperates_with_nc_python_and_itself() {
         .spawn_ready(
             &b,
             "sh",
-            &[
-                "-c",
-                &format!(
-                    "echo -n pong | {XSOCK} cat --iface eth0 --listen 10.66.0.2:7402 > {}",
-                    out2.display()
-                ),
-            ],
+            &["-c", &format!("echo -n pong | {XSOCK} cat --iface eth0 --listen 10.66.0.2:7402 > {}", out2.display())],
             || b.listening(7402),
         )
         .unwrap();
@@ -507,23 +312,11 @@ fn cat_interoperates_with_nc_python_and_itself() {
     bed.spawn_ready(
         &b,
         "sh",
-        &[
-            "-c",
-            &format!(
-                "{XSOCK} cat --iface eth0 --listen 10.66.0.2:7403 > {}",
-                out3.display()
-            ),
-        ],
+        &["-c", &format!("{XSOCK} cat --iface eth0 --listen 10.66.0.2:7403 > {}", out3.display())],
         || b.listening(7403),
     )
     .unwrap();
-    let r = sh(
-        &a,
-        format!(
-            "{XSOCK} cat --iface eth0 --transport link --connect 10.66.0.2:7403 < {}",
-            input.display()
-        ),
-    );
+    let r = sh(&a, format!("{XSOCK} cat --iface eth0 --transport link --connect 10.66.0.2:7403 < {}", input.display()));
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     std::thread::sleep(std::time::Duration::from_millis(300));
     let want = sha(&input);
@@ -537,30 +330,10 @@ fn cat_interoperates_with_nc_python_and_itself() {
 fn ping_to_nobody_is_one_clear_line() {
     require_root!();
     let (_bed, a, _b) = pair();
-    let (code, err) = fails(
-        &a,
-        &[
-            "ping",
-            "--iface",
-            "eth0",
-            "--connect",
-            "10.66.0.2:7999",
-            "--transport",
-            "link",
-        ],
-    );
+    let (code, err) = fails(&a, &["ping", "--iface", "eth0", "--connect", "10.66.0.2:7999", "--transport", "link"]);
     assert_eq!(code, 1);
-    assert!(
-        err.lines()
-            .last()
-            .unwrap()
-            .contains("does not answer reliable-link discovery"),
-        "{err}"
-    );
-    let (code, err) = fails(
-        &a,
-        &["ping", "--connect", "10.66.0.2:7999", "--transport", "link"],
-    );
+    assert!(err.lines().last().unwrap().contains("does not answer reliable-link discovery"), "{err}");
+    let (code, err) = fails(&a, &["ping", "--connect", "10.66.0.2:7999", "--transport", "link"]);
     assert_eq!(code, 1);
     assert!(err.contains("--transport link needs --iface"), "{err}");
 }

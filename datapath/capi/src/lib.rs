@@ -21,8 +21,7 @@ use std::{
 };
 
 use xsock::{
-    ConnectOptions, Driving, Error, ListenOptions, Listener, Mode, Path, PollMode, Runtime, Stream,
-    Transport,
+    ConnectOptions, Driving, Error, ListenOptions, Listener, Mode, Path, PollMode, Runtime, Stream, Transport,
 };
 
 /// Error codes; keep in step with xsock.h.
@@ -121,14 +120,8 @@ fn guard<T: From<i32>>(f: impl FnOnce() -> T) -> T {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(v) => v,
         Err(p) => {
-            let what = p
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| p.downcast_ref::<String>().map(|s| s.as_str()));
-            set_error(&format!(
-                "internal error (a bug in xsock; please report it): {}",
-                what.unwrap_or("panic")
-            ));
+            let what = p.downcast_ref::<&str>().copied().or_else(|| p.downcast_ref::<String>().map(|s| s.as_str()));
+            set_error(&format!("internal error (a bug in xsock; please report it): {}", what.unwrap_or("panic")));
             T::from(code::EIO)
         }
     }
@@ -149,11 +142,7 @@ unsafe fn str_arg<'a>(p: *const c_char) -> Option<&'a str> {
 unsafe fn addr_arg(p: *const c_char) -> Result<SocketAddrV4, i32> {
     // SAFETY: forwarded contract.
     let s = unsafe { str_arg(p) }.ok_or_else(|| invalid("the address is null or not UTF-8"))?;
-    s.parse().map_err(|_| {
-        invalid(&format!(
-            "{s:?} is not an IPv4 address and port like 10.0.0.2:7000"
-        ))
-    })
+    s.parse().map_err(|_| invalid(&format!("{s:?} is not an IPv4 address and port like 10.0.0.2:7000")))
 }
 
 fn timeout(ms: c_int) -> Option<Duration> {
@@ -161,11 +150,7 @@ fn timeout(ms: c_int) -> Option<Duration> {
 }
 
 fn mode(message_mode: c_int) -> Mode {
-    if message_mode != 0 {
-        Mode::Message
-    } else {
-        Mode::Stream
-    }
+    if message_mode != 0 { Mode::Message } else { Mode::Stream }
 }
 
 /// Creates a runtime.
@@ -174,17 +159,12 @@ fn mode(message_mode: c_int) -> Mode {
 /// `cfg` must point at a valid `xsock_config` (its `iface` null or a valid
 /// string); `out` must be valid for writing a pointer.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn xsock_runtime_new(
-    cfg: *const xsock_config,
-    out: *mut *mut xsock_runtime,
-) -> c_int {
+pub unsafe extern "C" fn xsock_runtime_new(cfg: *const xsock_config, out: *mut *mut xsock_runtime) -> c_int {
     guard(|| {
         if cfg.is_null() || out.is_null() {
             return invalid("xsock_runtime_new needs a config and an out pointer");
         }
-        let _ =
-            env_logger::Builder::from_env(env_logger::Env::new().filter_or("XSOCK_LOG", "warn"))
-                .try_init();
+        let _ = env_logger::Builder::from_env(env_logger::Env::new().filter_or("XSOCK_LOG", "warn")).try_init();
         // SAFETY: checked non-null; the caller promises a valid config.
         let cfg = unsafe { &*cfg };
         let transport = match cfg.transport {
@@ -194,26 +174,14 @@ pub unsafe extern "C" fn xsock_runtime_new(
             t => return invalid(&format!("transport {t} is not one of XSOCK_TRANSPORT_*")),
         };
         let mut b = Runtime::builder()
-            .driving(if cfg.inline_poll != 0 {
-                Driving::Inline
-            } else {
-                Driving::Thread
-            })
-            .poll_mode(if cfg.busy_poll != 0 {
-                PollMode::Busy
-            } else {
-                PollMode::default()
-            });
+            .driving(if cfg.inline_poll != 0 { Driving::Inline } else { Driving::Thread })
+            .poll_mode(if cfg.busy_poll != 0 { PollMode::Busy } else { PollMode::default() });
         if cfg.buffer_bytes > 0 {
-            b = b
-                .send_buffer(cfg.buffer_bytes)
-                .recv_buffer(cfg.buffer_bytes);
+            b = b.send_buffer(cfg.buffer_bytes).recv_buffer(cfg.buffer_bytes);
         }
         // SAFETY: the caller promises `iface` is null or a valid string.
         match unsafe { str_arg(cfg.iface) } {
-            Some(i) if transport != Transport::Kernel => {
-                b = b.interface(i).require_link(transport == Transport::Link)
-            }
+            Some(i) if transport != Transport::Kernel => b = b.interface(i).require_link(transport == Transport::Link),
             _ => {}
         }
         match b.build() {
@@ -265,11 +233,7 @@ pub unsafe extern "C" fn xsock_poll(rt: *mut xsock_runtime) -> c_int {
 /// # Safety
 /// `rt` must be a live runtime; `rank` and `size` valid for writing.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn xsock_rank(
-    rt: *const xsock_runtime,
-    rank: *mut u32,
-    size: *mut u32,
-) -> c_int {
+pub unsafe extern "C" fn xsock_rank(rt: *const xsock_runtime, rank: *mut u32, size: *mut u32) -> c_int {
     guard(|| {
         // SAFETY: the caller promises a live runtime.
         let Some(rt) = (unsafe { rt.as_ref() }) else {
@@ -320,14 +284,7 @@ pub unsafe extern "C" fn xsock_listen(
             Ok(a) => a,
             Err(c) => return c,
         };
-        match Listener::bind_with(
-            &rt.rt,
-            addr,
-            ListenOptions {
-                transport: rt.transport,
-                mode: mode(message_mode),
-            },
-        ) {
+        match Listener::bind_with(&rt.rt, addr, ListenOptions { transport: rt.transport, mode: mode(message_mode) }) {
             Ok(l) => {
                 // SAFETY: checked non-null; the caller promises writable.
                 unsafe { *out = Box::into_raw(Box::new(xsock_listener { l })) };
@@ -343,11 +300,7 @@ pub unsafe extern "C" fn xsock_listen(
 /// # Safety
 /// `l` must be a live listener; `out` writable.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn xsock_accept(
-    l: *mut xsock_listener,
-    timeout_ms: c_int,
-    out: *mut *mut xsock_stream,
-) -> c_int {
+pub unsafe extern "C" fn xsock_accept(l: *mut xsock_listener, timeout_ms: c_int, out: *mut *mut xsock_stream) -> c_int {
     guard(|| {
         // SAFETY: the caller promises a live listener.
         let Some(l) = (unsafe { l.as_ref() }) else {
@@ -531,11 +484,7 @@ pub unsafe extern "C" fn xsock_recv(s: *mut xsock_stream, buf: *mut c_void, len:
 /// # Safety
 /// `s` must be a live stream; `buf` readable for `len` bytes.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn xsock_send_msg(
-    s: *mut xsock_stream,
-    buf: *const c_void,
-    len: usize,
-) -> i64 {
+pub unsafe extern "C" fn xsock_send_msg(s: *mut xsock_stream, buf: *const c_void, len: usize) -> i64 {
     guard(|| {
         // SAFETY: forwarded contract.
         match unsafe { with_stream(s, buf, len) } {
@@ -584,11 +533,7 @@ pub unsafe extern "C" fn xsock_recv_msg(s: *mut xsock_stream, buf: *mut c_void, 
 /// # Safety
 /// `s` must be a live stream; `buf` readable for `len` bytes.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn xsock_try_send(
-    s: *mut xsock_stream,
-    buf: *const c_void,
-    len: usize,
-) -> i64 {
+pub unsafe extern "C" fn xsock_try_send(s: *mut xsock_stream, buf: *const c_void, len: usize) -> i64 {
     guard(|| {
         // SAFETY: forwarded contract.
         match unsafe { with_stream(s, buf, len) } {
@@ -643,10 +588,7 @@ pub unsafe extern "C" fn xsock_close(s: *mut xsock_stream, timeout_ms: c_int) ->
     guard(|| {
         // SAFETY: the caller passes ownership of a pointer from Box::into_raw.
         let s = unsafe { Box::from_raw(s) };
-        match s
-            .s
-            .close(timeout(timeout_ms).unwrap_or(Duration::from_secs(3600)))
-        {
+        match s.s.close(timeout(timeout_ms).unwrap_or(Duration::from_secs(3600))) {
             Ok(()) => code::OK,
             Err(e) => fail(e),
         }
@@ -684,9 +626,7 @@ pub extern "C" fn xsock_strerror(code: c_int) -> *const c_char {
         code::EADDRINUSE => c"the address is already in use",
         code::EMSGSIZE => c"the message does not fit the buffer",
         code::EIO => c"system or device error",
-        code::EPERM => {
-            c"missing privileges: run as root or grant CAP_NET_RAW, CAP_NET_ADMIN and CAP_BPF"
-        }
+        code::EPERM => c"missing privileges: run as root or grant CAP_NET_RAW, CAP_NET_ADMIN and CAP_BPF",
         code::ENOTLAUNCHED => c"not started by Slurm or an MPI launcher",
         code::EPROTO => c"the peer broke the protocol",
         _ => c"unknown error code",

@@ -26,11 +26,7 @@ fn lib_dir() -> PathBuf {
                 .current_dir(&workspace)
                 .output()
                 .expect("cargo");
-            assert!(
-                out.status.success(),
-                "building libxsock: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert!(out.status.success(), "building libxsock: {}", String::from_utf8_lossy(&out.stderr));
             target.join("debug")
         })
         .clone()
@@ -48,15 +44,8 @@ fn compile(out: &Path, link: &[&str]) {
         out.display().to_string(),
     ];
     args.extend(link.iter().map(|s| s.to_string()));
-    let r = Command::new("cc")
-        .args(&args)
-        .output()
-        .expect("a C compiler (cc)");
-    assert!(
-        r.status.success(),
-        "cc {args:?}:\n{}",
-        String::from_utf8_lossy(&r.stderr)
-    );
+    let r = Command::new("cc").args(&args).output().expect("a C compiler (cc)");
+    assert!(r.status.success(), "cc {args:?}:\n{}", String::from_utf8_lossy(&r.stderr));
 }
 
 #[test]
@@ -66,56 +55,26 @@ fn the_c_ping_pong_runs_over_link_and_kernel_with_both_libraries() {
     std::fs::create_dir_all(&dir).unwrap();
     let lib = lib_dir();
     let dynamic = dir.join("pingpong_dynamic");
-    compile(
-        &dynamic,
-        &[
-            &format!("-L{}", lib.display()),
-            "-lxsock",
-            &format!("-Wl,-rpath,{}", lib.display()),
-        ],
-    );
+    compile(&dynamic, &[&format!("-L{}", lib.display()), "-lxsock", &format!("-Wl,-rpath,{}", lib.display())]);
     let stat = dir.join("pingpong_static");
     let archive = lib.join("libxsock.a");
     compile(
         &stat,
-        &[
-            &archive.display().to_string(),
-            "-lelf",
-            "-lz",
-            "-lgcc_s",
-            "-lutil",
-            "-lrt",
-            "-lpthread",
-            "-lm",
-            "-ldl",
-        ],
+        &[&archive.display().to_string(), "-lelf", "-lz", "-lgcc_s", "-lutil", "-lrt", "-lpthread", "-lm", "-ldl"],
     );
 
     let bed = Testbed::new().unwrap();
     let (a, b) = bed.pair(LinkOpts::default(), "10.82.0").unwrap();
-    for (bin, port, iface, want) in [
-        (&dynamic, 7600, "eth0", "link"),
-        (&stat, 7601, "eth0", "link"),
-        (&dynamic, 7602, "-", "kernel"),
-    ] {
+    for (bin, port, iface, want) in
+        [(&dynamic, 7600, "eth0", "link"), (&stat, 7601, "eth0", "link"), (&dynamic, 7602, "-", "kernel")]
+    {
         let addr = format!("10.82.0.2:{port}");
         let bin = bin.display().to_string();
-        bed.spawn_ready(&b, &bin, &["server", "eth0", &addr], || b.listening(port))
-            .unwrap();
-        let out = a
-            .command(&bin, &["client", iface, &addr, "2000", "200"])
-            .output()
-            .unwrap();
+        bed.spawn_ready(&b, &bin, &["server", "eth0", &addr], || b.listening(port)).unwrap();
+        let out = a.command(&bin, &["client", iface, &addr, "2000", "200"]).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{bin}: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            stdout.starts_with(&format!("path={want} count=2000 size=200 rtt_p50_ns=")),
-            "{stdout}"
-        );
+        assert!(out.status.success(), "{bin}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.starts_with(&format!("path={want} count=2000 size=200 rtt_p50_ns=")), "{stdout}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -127,35 +86,16 @@ fn errors_come_back_as_codes_with_a_description() {
     std::fs::create_dir_all(&dir).unwrap();
     let lib = lib_dir();
     let bin = dir.join("pingpong");
-    compile(
-        &bin,
-        &[
-            &format!("-L{}", lib.display()),
-            "-lxsock",
-            &format!("-Wl,-rpath,{}", lib.display()),
-        ],
-    );
+    compile(&bin, &[&format!("-L{}", lib.display()), "-lxsock", &format!("-Wl,-rpath,{}", lib.display())]);
     let bed = Testbed::new().unwrap();
     let (a, _b) = bed.pair(LinkOpts::default(), "10.82.1").unwrap();
     let bin = bin.display().to_string();
-    let out = a
-        .command(&bin, &["client", "eth0", "10.82.1.2:7999", "1", "8"])
-        .output()
-        .unwrap();
+    let out = a.command(&bin, &["client", "eth0", "10.82.1.2:7999", "1", "8"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        err.contains("pingpong: connect: connection refused") && err.contains("10.82.1.2:7999"),
-        "{err}"
-    );
-    let out = a
-        .command(&bin, &["client", "eth0", "not-an-address", "1", "8"])
-        .output()
-        .unwrap();
+    assert!(err.contains("pingpong: connect: connection refused") && err.contains("10.82.1.2:7999"), "{err}");
+    let out = a.command(&bin, &["client", "eth0", "not-an-address", "1", "8"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("invalid argument") && err.contains("is not an IPv4 address and port"),
-        "{err}"
-    );
+    assert!(err.contains("invalid argument") && err.contains("is not an IPv4 address and port"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

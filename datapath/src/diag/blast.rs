@@ -56,10 +56,7 @@ impl FrameHandler for BlastHandler {
             Kind::Blast => {
                 let now = Instant::now();
                 if repr.extra != self.counting.run || self.first.is_none() {
-                    self.counting = BlastTally {
-                        run: repr.extra,
-                        ..Default::default()
-                    };
+                    self.counting = BlastTally { run: repr.extra, ..Default::default() };
                     self.first = Some(now);
                 }
                 self.counting.frames += 1;
@@ -76,19 +73,12 @@ impl FrameHandler for BlastHandler {
                         ..self.counting
                     }
                 } else {
-                    BlastTally {
-                        run: repr.extra,
-                        ..Default::default()
-                    }
+                    BlastTally { run: repr.extra, ..Default::default() }
                 };
                 let me = cx.local_mac();
                 let _ = cx.transmit(MIN_FRAME + 8, |out| {
-                    let r = DiagRepr {
-                        kind: Kind::BlastReport,
-                        seq: tally.frames,
-                        value: tally.bytes,
-                        extra: tally.run,
-                    };
+                    let r =
+                        DiagRepr { kind: Kind::BlastReport, seq: tally.frames, value: tally.bytes, extra: tally.run };
                     emit_frame(out, src, me, &r);
                     out[MIN_FRAME..].copy_from_slice(&(tally.span.as_nanos() as u64).to_be_bytes());
                 });
@@ -97,11 +87,7 @@ impl FrameHandler for BlastHandler {
                 let body = &frame.head()[xsock_nic::ETH_HEADER_LEN..];
                 let span = DiagPacket::new_checked(body)
                     .ok()
-                    .and_then(|p| {
-                        p.body()
-                            .get(..8)
-                            .map(|b| u64::from_be_bytes(b.try_into().expect("eight")))
-                    })
+                    .and_then(|p| p.body().get(..8).map(|b| u64::from_be_bytes(b.try_into().expect("eight"))))
                     .unwrap_or(0);
                 self.report = Some(BlastTally {
                     run: repr.extra,
@@ -140,14 +126,9 @@ pub fn blast(
     report_timeout: Duration,
 ) -> Result<BlastOutcome, Error> {
     if size < MIN_FRAME {
-        return Err(Error::Config(format!(
-            "blast frames need at least {MIN_FRAME} bytes, not {size}"
-        )));
+        return Err(Error::Config(format!("blast frames need at least {MIN_FRAME} bytes, not {size}")));
     }
-    let run = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
-        | 1;
+    let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1;
     let me = dp.device_info(0).mac;
     let start = Instant::now();
     let end = start + duration;
@@ -156,17 +137,7 @@ pub fn blast(
         for _ in 0..256 {
             let seq = frames;
             let r = dp.transmit(0, size, |out| {
-                emit_frame(
-                    out,
-                    peer,
-                    me,
-                    &DiagRepr {
-                        kind: Kind::Blast,
-                        seq,
-                        value: 0,
-                        extra: run,
-                    },
-                );
+                emit_frame(out, peer, me, &DiagRepr { kind: Kind::Blast, seq, value: 0, extra: run });
             });
             match r {
                 Ok(()) => {
@@ -188,12 +159,7 @@ pub fn blast(
         if let Some(rep) = dp.handler_mut::<BlastHandler>(id).and_then(|h| h.report())
             && rep.run == run
         {
-            return Ok(BlastOutcome {
-                sent_frames: frames,
-                sent_bytes: bytes,
-                sent_for,
-                received: rep,
-            });
+            return Ok(BlastOutcome { sent_frames: frames, sent_bytes: bytes, sent_for, received: rep });
         }
         let now = Instant::now();
         if now >= deadline {
@@ -203,25 +169,9 @@ pub fn blast(
         }
         if now >= next_end {
             dp.transmit(0, MIN_FRAME, |out| {
-                emit_frame(
-                    out,
-                    peer,
-                    me,
-                    &DiagRepr {
-                        kind: Kind::BlastEnd,
-                        seq: frames,
-                        value: bytes,
-                        extra: run,
-                    },
-                );
+                emit_frame(out, peer, me, &DiagRepr { kind: Kind::BlastEnd, seq: frames, value: bytes, extra: run });
             })
-            .or_else(|e| {
-                if matches!(e, Error::Tx(TxError::RingFull)) {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })?;
+            .or_else(|e| if matches!(e, Error::Tx(TxError::RingFull)) { Ok(()) } else { Err(e) })?;
             next_end = now + Duration::from_millis(20);
         }
     }

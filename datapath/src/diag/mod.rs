@@ -98,11 +98,7 @@ impl<T: AsRef<[u8]>> DiagPacket<T> {
     /// Checks the buffer holds a whole header.
     pub fn check_len(&self) -> Result<(), ParseError> {
         let len = self.buffer.as_ref().len();
-        if len < HEADER_LEN {
-            Err(ParseError::Truncated(len))
-        } else {
-            Ok(())
-        }
+        if len < HEADER_LEN { Err(ParseError::Truncated(len)) } else { Ok(()) }
     }
 
     fn u64_at(&self, r: std::ops::Range<usize>) -> u64 {
@@ -173,12 +169,7 @@ pub struct DiagRepr {
 impl DiagRepr {
     /// Parses a checked packet.
     pub fn parse<T: AsRef<[u8]>>(p: &DiagPacket<T>) -> Result<Self, ParseError> {
-        Ok(Self {
-            kind: p.kind()?,
-            seq: p.seq(),
-            value: p.value(),
-            extra: p.extra(),
-        })
+        Ok(Self { kind: p.kind()?, seq: p.seq(), value: p.value(), extra: p.extra() })
     }
 
     /// Header bytes [`DiagRepr::emit`] writes.
@@ -199,12 +190,7 @@ impl DiagRepr {
 }
 
 /// Writes a whole diagnostic frame header (Ethernet + diagnostic) into `buf`.
-pub(crate) fn emit_frame(
-    buf: &mut [u8],
-    dst: xsock_nic::MacAddr,
-    src: xsock_nic::MacAddr,
-    repr: &DiagRepr,
-) {
+pub(crate) fn emit_frame(buf: &mut [u8], dst: xsock_nic::MacAddr, src: xsock_nic::MacAddr, repr: &DiagRepr) {
     let mut eth = xsock_nic::wire::EthernetFrame::new_unchecked(&mut *buf);
     eth.emit_header(dst, src, ETHERTYPE);
     repr.emit(&mut DiagPacket::new_unchecked(eth.payload_mut()));
@@ -224,12 +210,7 @@ mod tests {
 
     #[test]
     fn repr_round_trips() {
-        let r = DiagRepr {
-            kind: Kind::BlastEnd,
-            seq: 1 << 40,
-            value: 7,
-            extra: u64::MAX,
-        };
+        let r = DiagRepr { kind: Kind::BlastEnd, seq: 1 << 40, value: 7, extra: u64::MAX };
         let mut buf = [0xffu8; 40];
         let mut p = DiagPacket::new_checked(&mut buf[..]).unwrap();
         r.emit(&mut p);
@@ -241,10 +222,7 @@ mod tests {
 
     #[test]
     fn junk_is_an_error() {
-        assert_eq!(
-            DiagPacket::new_checked(&[0u8; 27][..]).unwrap_err(),
-            ParseError::Truncated(27)
-        );
+        assert_eq!(DiagPacket::new_checked(&[0u8; 27][..]).unwrap_err(), ParseError::Truncated(27));
         let p = DiagPacket::new_checked([9u8; 28]).unwrap();
         assert_eq!(DiagRepr::parse(&p).unwrap_err(), ParseError::UnknownKind(9));
     }

@@ -29,10 +29,7 @@ impl FrameHandler for EchoHandler {
             return;
         }
         let me = cx.local_mac();
-        let reply = DiagRepr {
-            kind: Kind::Pong,
-            ..repr
-        };
+        let reply = DiagRepr { kind: Kind::Pong, ..repr };
         let r = cx.transmit(frame.len(), |out| {
             frame.copy_out(0, out);
             emit_frame(out, src, me, &reply);
@@ -60,16 +57,9 @@ impl PingClient {
     /// included; at least [`MIN_FRAME`]).
     pub fn new(peer: MacAddr, size: usize) -> Result<Self, Error> {
         if size < MIN_FRAME {
-            return Err(Error::Config(format!(
-                "ping frames need at least {MIN_FRAME} bytes, not {size}"
-            )));
+            return Err(Error::Config(format!("ping frames need at least {MIN_FRAME} bytes, not {size}")));
         }
-        Ok(Self {
-            peer,
-            size,
-            reply: None,
-            stale: 0,
-        })
+        Ok(Self { peer, size, reply: None, stale: 0 })
     }
 
     /// Queues ping `seq`.
@@ -77,17 +67,7 @@ impl PingClient {
         self.reply = None;
         let (peer, me) = (self.peer, cx.local_mac());
         cx.transmit(self.size, |out| {
-            emit_frame(
-                out,
-                peer,
-                me,
-                &DiagRepr {
-                    kind: Kind::Ping,
-                    seq,
-                    value: 0,
-                    extra: 0,
-                },
-            );
+            emit_frame(out, peer, me, &DiagRepr { kind: Kind::Ping, seq, value: 0, extra: 0 });
         })
     }
 
@@ -116,12 +96,7 @@ impl FrameHandler for PingClient {
 /// One round trip: sends ping `seq` through handler `id` on queue 0 and
 /// polls until its pong arrives. Returns the round-trip time, or `None` if
 /// no pong came within `timeout` (a lost frame).
-pub fn round_trip(
-    dp: &mut Datapath,
-    id: HandlerId,
-    seq: u64,
-    timeout: Duration,
-) -> Result<Option<Duration>, Error> {
+pub fn round_trip(dp: &mut Datapath, id: HandlerId, seq: u64, timeout: Duration) -> Result<Option<Duration>, Error> {
     let sent = Instant::now();
     loop {
         match dp.with_handler(id, 0, |c: &mut PingClient, cx| c.send(cx, seq)) {

@@ -130,22 +130,12 @@ impl XdpFilter {
     /// The filter on `iface`, attaching it if this process has not yet.
     /// `frags` asks for the multi-buffer variant (upgrading an attached
     /// single-buffer filter in place through the link).
-    pub fn acquire(
-        iface: &str,
-        ifindex: u32,
-        frags: bool,
-        mode: XdpMode,
-    ) -> Result<Arc<XdpFilter>, NicError> {
-        let (dev, ino) =
-            sys::netns_id().map_err(|e| NicError::io("reading /proc/thread-self/ns/net", e))?;
+    pub fn acquire(iface: &str, ifindex: u32, frags: bool, mode: XdpMode) -> Result<Arc<XdpFilter>, NicError> {
+        let (dev, ino) = sys::netns_id().map_err(|e| NicError::io("reading /proc/thread-self/ns/net", e))?;
         let key = (dev, ino, ifindex);
         let mut reg = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
         reg.retain(|(_, w)| w.strong_count() > 0);
-        if let Some(existing) = reg
-            .iter()
-            .find(|(k, _)| *k == key)
-            .and_then(|(_, w)| w.upgrade())
-        {
+        if let Some(existing) = reg.iter().find(|(k, _)| *k == key).and_then(|(_, w)| w.upgrade()) {
             if frags {
                 existing.upgrade_to_frags()?;
             }
@@ -156,32 +146,16 @@ impl XdpFilter {
         Ok(filter)
     }
 
-    fn attach(
-        iface: &str,
-        ifindex: u32,
-        frags: bool,
-        mode: XdpMode,
-    ) -> Result<XdpFilter, NicError> {
+    fn attach(iface: &str, ifindex: u32, frags: bool, mode: XdpMode) -> Result<XdpFilter, NicError> {
         let object = load_object()?;
-        let prog = if frags {
-            object.prog_frags
-        } else {
-            object.prog_single
-        };
+        let prog = if frags { object.prog_frags } else { object.prog_single };
         let (link, native) = attach_link(iface, ifindex, prog, mode)?;
         log::info!(
             "xsock XDP filter attached to {iface} ({} mode{}, bpf_link: detached when this process exits)",
             if native { "native" } else { "generic/skb" },
             if frags { ", multi-buffer" } else { "" }
         );
-        Ok(XdpFilter {
-            iface: iface.to_owned(),
-            ifindex,
-            native,
-            frags: Mutex::new(frags),
-            link,
-            object,
-        })
+        Ok(XdpFilter { iface: iface.to_owned(), ifindex, native, frags: Mutex::new(frags), link, object })
     }
 
     fn upgrade_to_frags(&self) -> Result<(), NicError> {
@@ -195,14 +169,10 @@ impl XdpFilter {
         };
         // SAFETY: both fds are live (owned by self); opts is a valid,
         // correctly sized struct.
-        let rc =
-            unsafe { bpf::bpf_link_update(self.link.as_raw_fd(), self.object.prog_frags, &opts) };
+        let rc = unsafe { bpf::bpf_link_update(self.link.as_raw_fd(), self.object.prog_frags, &opts) };
         if rc < 0 {
             return Err(NicError::io(
-                format!(
-                    "switching the XDP filter on {} to its multi-buffer variant",
-                    self.iface
-                ),
+                format!("switching the XDP filter on {} to its multi-buffer variant", self.iface),
                 io::Error::from_raw_os_error(-rc),
             ));
         }
@@ -223,12 +193,8 @@ impl XdpFilter {
     /// Directs frames arriving on `queue` to the AF_XDP socket `xsk_fd`.
     pub fn bind_queue(&self, queue: u32, xsk_fd: RawFd) -> Result<(), NicError> {
         let fd = xsk_fd as u32;
-        map_update(self.object.xsks, &queue, &fd).map_err(|e| {
-            NicError::io(
-                format!("registering queue {queue} of {} in the XSK map", self.iface),
-                e,
-            )
-        })
+        map_update(self.object.xsks, &queue, &fd)
+            .map_err(|e| NicError::io(format!("registering queue {queue} of {} in the XSK map", self.iface), e))
     }
 
     /// Stops directing frames of `queue` to a socket.
@@ -239,12 +205,8 @@ impl XdpFilter {
     /// Steers frames of `ethertype` to xsock.
     pub fn add_ethertype(&self, ethertype: u16) -> Result<(), NicError> {
         let key = ethertype.to_be();
-        map_update(self.object.ethertypes, &key, &1u8).map_err(|e| {
-            NicError::io(
-                format!("adding EtherType {ethertype:#06x} to the filter"),
-                e,
-            )
-        })
+        map_update(self.object.ethertypes, &key, &1u8)
+            .map_err(|e| NicError::io(format!("adding EtherType {ethertype:#06x} to the filter"), e))
     }
 
     /// Returns frames of `ethertype` to the kernel.
@@ -272,18 +234,11 @@ impl XdpFilter {
             // SAFETY: a per-CPU array lookup writes one u64 per possible CPU
             // into `vals`, which has exactly that many.
             let rc = unsafe {
-                bpf::bpf_map_lookup_elem(
-                    self.object.counters,
-                    (&slot as *const u32).cast(),
-                    vals.as_mut_ptr().cast(),
-                )
+                bpf::bpf_map_lookup_elem(self.object.counters, (&slot as *const u32).cast(), vals.as_mut_ptr().cast())
             };
             if rc < 0 { 0 } else { vals.iter().sum() }
         };
-        FilterCounters {
-            matched: read(0),
-            passed: read(1),
-        }
+        FilterCounters { matched: read(0), passed: read(1) }
     }
 }
 
@@ -291,28 +246,15 @@ fn map_update<K, V>(fd: RawFd, key: &K, value: &V) -> io::Result<()> {
     // SAFETY: key and value point at live values of the map's key and value
     // types (the callers pass the types declared in the C source).
     let rc = unsafe {
-        bpf::bpf_map_update_elem(
-            fd,
-            (key as *const K).cast(),
-            (value as *const V).cast(),
-            bpf::BPF_ANY as u64,
-        )
+        bpf::bpf_map_update_elem(fd, (key as *const K).cast(), (value as *const V).cast(), bpf::BPF_ANY as u64)
     };
-    if rc < 0 {
-        Err(io::Error::from_raw_os_error(-rc))
-    } else {
-        Ok(())
-    }
+    if rc < 0 { Err(io::Error::from_raw_os_error(-rc)) } else { Ok(()) }
 }
 
 fn map_delete<K>(fd: RawFd, key: &K) -> io::Result<()> {
     // SAFETY: key points at a live value of the map's key type.
     let rc = unsafe { bpf::bpf_map_delete_elem(fd, (key as *const K).cast()) };
-    if rc < 0 {
-        Err(io::Error::from_raw_os_error(-rc))
-    } else {
-        Ok(())
-    }
+    if rc < 0 { Err(io::Error::from_raw_os_error(-rc)) } else { Ok(()) }
 }
 
 /// libbpf prints to stderr by default; xsock reports failures itself (with
@@ -341,24 +283,13 @@ fn load_object() -> Result<LoadedObject, NicError> {
 
     // SAFETY: OBJECT is a static ELF image; opts is valid and correctly
     // sized; libbpf copies the image.
-    let ptr =
-        unsafe { bpf::bpf_object__open_mem(OBJECT.as_ptr().cast(), OBJECT.len() as _, &opts) };
+    let ptr = unsafe { bpf::bpf_object__open_mem(OBJECT.as_ptr().cast(), OBJECT.len() as _, &opts) };
     if ptr.is_null() {
-        return Err(NicError::io(
-            "parsing the embedded XDP filter object",
-            io::Error::last_os_error(),
-        ));
+        return Err(NicError::io("parsing the embedded XDP filter object", io::Error::last_os_error()));
     }
     // From here `object` owns ptr and closes it on any early return.
-    let mut object = LoadedObject {
-        ptr,
-        prog_single: -1,
-        prog_frags: -1,
-        xsks: -1,
-        ethertypes: -1,
-        rules: -1,
-        counters: -1,
-    };
+    let mut object =
+        LoadedObject { ptr, prog_single: -1, prog_frags: -1, xsks: -1, ethertypes: -1, rules: -1, counters: -1 };
     // SAFETY: ptr is a valid opened object; `log` outlives the call.
     let rc = unsafe { bpf::bpf_object__load(ptr) };
     if rc < 0 {
@@ -369,17 +300,9 @@ fn load_object() -> Result<LoadedObject, NicError> {
                 missing: vec![sys::Capability::Bpf, sys::Capability::NetAdmin],
             });
         }
-        let text = String::from_utf8_lossy(&log[..log.iter().position(|&b| b == 0).unwrap_or(0)])
-            .into_owned();
-        let tail: String = text
-            .lines()
-            .rev()
-            .take(20)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n");
+        let text = String::from_utf8_lossy(&log[..log.iter().position(|&b| b == 0).unwrap_or(0)]).into_owned();
+        let tail: String =
+            text.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
         return Err(NicError::io(
             format!("the kernel refused xsock's XDP filter program (verifier log tail:\n{tail}\n)"),
             err,
@@ -395,10 +318,7 @@ fn load_object() -> Result<LoadedObject, NicError> {
             unsafe { bpf::bpf_program__fd(prog) }
         };
         if fd < 0 {
-            Err(NicError::io(
-                format!("finding program {name:?} in the filter object"),
-                io::Error::other("missing"),
-            ))
+            Err(NicError::io(format!("finding program {name:?} in the filter object"), io::Error::other("missing")))
         } else {
             Ok(fd)
         }
@@ -407,10 +327,7 @@ fn load_object() -> Result<LoadedObject, NicError> {
         // SAFETY: ptr is a loaded object; name is NUL-terminated.
         let fd = unsafe { bpf::bpf_object__find_map_fd_by_name(ptr, name.as_ptr()) };
         if fd < 0 {
-            Err(NicError::io(
-                format!("finding map {name:?} in the filter object"),
-                io::Error::other("missing"),
-            ))
+            Err(NicError::io(format!("finding map {name:?} in the filter object"), io::Error::other("missing")))
         } else {
             Ok(fd)
         }
@@ -426,12 +343,7 @@ fn load_object() -> Result<LoadedObject, NicError> {
 
 /// Attaches `prog` to `ifindex` through a bpf_link, native mode first, then
 /// generic. Returns the link fd and whether the attachment is native.
-fn attach_link(
-    iface: &str,
-    ifindex: u32,
-    prog: RawFd,
-    mode: XdpMode,
-) -> Result<(OwnedFd, bool), NicError> {
+fn attach_link(iface: &str, ifindex: u32, prog: RawFd, mode: XdpMode) -> Result<(OwnedFd, bool), NicError> {
     let try_mode = |flags: u32| -> Result<OwnedFd, i32> {
         let opts = bpf::bpf_link_create_opts {
             sz: std::mem::size_of::<bpf::bpf_link_create_opts>() as _,
@@ -449,29 +361,20 @@ fn attach_link(
     };
     match mode {
         XdpMode::Generic => {
-            return try_mode(bpf::XDP_FLAGS_SKB_MODE)
-                .map(|l| (l, false))
-                .map_err(|e| attach_error(iface, ifindex, e));
+            return try_mode(bpf::XDP_FLAGS_SKB_MODE).map(|l| (l, false)).map_err(|e| attach_error(iface, ifindex, e));
         }
         XdpMode::Native => {
-            return try_mode(bpf::XDP_FLAGS_DRV_MODE)
-                .map(|l| (l, true))
-                .map_err(|e| attach_error(iface, ifindex, e));
+            return try_mode(bpf::XDP_FLAGS_DRV_MODE).map(|l| (l, true)).map_err(|e| attach_error(iface, ifindex, e));
         }
         XdpMode::Auto => {}
     }
-    let single_queue = sys::if_rx_queues(iface)
-        .ok()
-        .flatten()
-        .is_none_or(|q| q == 1);
+    let single_queue = sys::if_rx_queues(iface).ok().flatten().is_none_or(|q| q == 1);
     if single_queue && sys::if_driver(iface).ok().flatten().as_deref() == Some("veth") {
         // Measured here (perf/RESULTS.md): veth's native mode copies every
         // skb-borne frame into a fresh page to make XDP headroom, and is
         // slower than generic mode for both latency and rate. Generic mode
         // sees every frame on rx queue 0, so only single-queue veths use it.
-        log::info!(
-            "{iface} is a single-queue veth: using generic XDP, faster there than veth's native mode"
-        );
+        log::info!("{iface} is a single-queue veth: using generic XDP, faster there than veth's native mode");
         if let Ok(link) = try_mode(bpf::XDP_FLAGS_SKB_MODE) {
             return Ok((link, false));
         }
@@ -482,9 +385,7 @@ fn attach_link(
     };
     match err {
         libc::EOPNOTSUPP | libc::EINVAL if !occupied(ifindex) => {
-            log::warn!(
-                "{iface}: the driver has no native XDP; falling back to generic (skb) mode, which is slower"
-            );
+            log::warn!("{iface}: the driver has no native XDP; falling back to generic (skb) mode, which is slower");
             match try_mode(bpf::XDP_FLAGS_SKB_MODE) {
                 Ok(link) => Ok((link, false)),
                 Err(e) => Err(attach_error(iface, ifindex, e)),
@@ -500,10 +401,7 @@ fn occupied(ifindex: u32) -> bool {
 
 fn attach_error(iface: &str, ifindex: u32, errno: i32) -> NicError {
     if let Some(existing) = existing_program(ifindex) {
-        return NicError::XdpProgramPresent {
-            iface: iface.to_owned(),
-            existing,
-        };
+        return NicError::XdpProgramPresent { iface: iface.to_owned(), existing };
     }
     match errno {
         libc::EPERM | libc::EACCES => NicError::PermissionDenied {
@@ -523,10 +421,7 @@ fn attach_error(iface: &str, ifindex: u32, errno: i32) -> NicError {
             iface: iface.to_owned(),
             existing: "a program or link the kernel did not name".to_owned(),
         },
-        e => NicError::io(
-            format!("attaching the XDP filter to {iface}"),
-            io::Error::from_raw_os_error(e),
-        ),
+        e => NicError::io(format!("attaching the XDP filter to {iface}"), io::Error::from_raw_os_error(e)),
     }
 }
 
@@ -565,8 +460,6 @@ fn existing_program(ifindex: u32) -> Option<String> {
         return Some(format!("id {id}"));
     }
     // SAFETY: the kernel NUL-terminates the 16-byte name.
-    let name = unsafe { CStr::from_ptr(info.name.as_ptr()) }
-        .to_string_lossy()
-        .into_owned();
+    let name = unsafe { CStr::from_ptr(info.name.as_ptr()) }.to_string_lossy().into_owned();
     Some(format!("id {id}, name {name:?}"))
 }

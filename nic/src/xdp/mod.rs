@@ -26,9 +26,7 @@ pub use filter::{FilterCounters, Ipv4Rule, XdpFilter, XdpMode};
 use rings::{RxSide, TxSide};
 
 use crate::{
-    device::{
-        Backend, DeviceInfo, DeviceStats, ETH_HEADER_LEN, FrameDevice, FrameSink, MacAddr, RxFrame,
-    },
+    device::{Backend, DeviceInfo, DeviceStats, ETH_HEADER_LEN, FrameDevice, FrameSink, MacAddr, RxFrame},
     error::NicError,
     sys::{self, Capability},
 };
@@ -117,14 +115,9 @@ impl AfXdpConfig {
                 self.frame_size
             )));
         }
-        for (what, v) in [
-            ("frame count", self.frame_count),
-            ("ring size", self.ring_size),
-        ] {
+        for (what, v) in [("frame count", self.frame_count), ("ring size", self.ring_size)] {
             if !v.is_power_of_two() || v < 64 {
-                return Err(NicError::Config(format!(
-                    "{what} {v} must be a power of two, at least 64"
-                )));
+                return Err(NicError::Config(format!("{what} {v} must be a power of two, at least 64")));
             }
         }
         if self.queue >= filter::MAX_QUEUES {
@@ -152,32 +145,24 @@ pub struct AfXdpDevice {
 
 impl std::fmt::Debug for AfXdpDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AfXdpDevice")
-            .field("info", &self.info)
-            .finish_non_exhaustive()
+        f.debug_struct("AfXdpDevice").field("info", &self.info).finish_non_exhaustive()
     }
 }
 
 /// Checks the privileges AF_XDP needs, naming what is missing.
 pub fn check_privileges() -> Result<(), NicError> {
-    let missing =
-        sys::missing_capabilities(&[Capability::NetRaw, Capability::NetAdmin, Capability::Bpf]);
+    let missing = sys::missing_capabilities(&[Capability::NetRaw, Capability::NetAdmin, Capability::Bpf]);
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(NicError::PermissionDenied {
-            what: "AF_XDP (socket, XDP program and maps)",
-            missing,
-        })
+        Err(NicError::PermissionDenied { what: "AF_XDP (socket, XDP program and maps)", missing })
     }
 }
 
 /// Looks up an interface, or says which ones exist.
 pub(crate) fn lookup_iface(iface: &str) -> Result<u32, NicError> {
-    sys::if_index(iface).map_err(|_| NicError::InterfaceNotFound {
-        iface: iface.to_owned(),
-        available: sys::if_names(),
-    })
+    sys::if_index(iface)
+        .map_err(|_| NicError::InterfaceNotFound { iface: iface.to_owned(), available: sys::if_names() })
 }
 
 impl AfXdpDevice {
@@ -188,46 +173,27 @@ impl AfXdpDevice {
         check_privileges()?;
         let iface = config.iface.as_str();
         let ifindex = lookup_iface(iface)?;
-        if let Some(queues) = sys::if_rx_queues(iface)
-            .map_err(|e| NicError::io(format!("querying queues of {iface}"), e))?
+        if let Some(queues) =
+            sys::if_rx_queues(iface).map_err(|e| NicError::io(format!("querying queues of {iface}"), e))?
             && config.queue >= queues
         {
-            return Err(NicError::QueueOutOfRange {
-                iface: iface.to_owned(),
-                queue: config.queue,
-                queues,
-            });
+            return Err(NicError::QueueOutOfRange { iface: iface.to_owned(), queue: config.queue, queues });
         }
-        let mtu = sys::if_mtu(iface)
-            .map_err(|e| NicError::io(format!("reading the MTU of {iface}"), e))?;
-        let mac = MacAddr(
-            sys::if_mac(iface)
-                .map_err(|e| NicError::io(format!("reading the MAC of {iface}"), e))?,
-        );
+        let mtu = sys::if_mtu(iface).map_err(|e| NicError::io(format!("reading the MTU of {iface}"), e))?;
+        let mac = MacAddr(sys::if_mac(iface).map_err(|e| NicError::io(format!("reading the MAC of {iface}"), e))?);
         let frame = mtu as usize + ETH_HEADER_LEN;
         let capacity = config.chunk_capacity();
-        let max_frame = if config.multi_buffer {
-            frame.min(capacity * MAX_SEGMENTS)
-        } else {
-            capacity.min(frame)
-        };
+        let max_frame = if config.multi_buffer { frame.min(capacity * MAX_SEGMENTS) } else { capacity.min(frame) };
         if frame > capacity && !config.multi_buffer {
             let hint = if config.frame_size < 4096 && frame <= 4096 - XDP_PACKET_HEADROOM {
-                "use 4096-byte frames (--frame-size 4096), or enable multi-buffer (--multi-buffer)"
-                    .to_owned()
+                "use 4096-byte frames (--frame-size 4096), or enable multi-buffer (--multi-buffer)".to_owned()
             } else {
                 format!(
                     "enable multi-buffer (--multi-buffer), or lower the MTU (`ip link set dev {iface} mtu {}`)",
                     capacity - ETH_HEADER_LEN
                 )
             };
-            return Err(NicError::MtuTooLarge {
-                iface: iface.to_owned(),
-                mtu,
-                frame,
-                capacity,
-                hint,
-            });
+            return Err(NicError::MtuTooLarge { iface: iface.to_owned(), mtu, frame, capacity, hint });
         }
 
         let umem_bytes = u64::from(config.frame_size) * u64::from(config.frame_count);
@@ -253,23 +219,15 @@ impl AfXdpDevice {
         let fd = rx_q.fd().as_raw_fd();
         if !zero_copy {
             // One kick sends the whole ring rather than 32 frames of it.
-            if let Err(e) = sys::set_sockopt_int(
-                fd,
-                libc::SOL_XDP,
-                XDP_MAX_TX_SKB_BUDGET,
-                config.ring_size as i32,
-            ) {
-                log::debug!(
-                    "{iface}: XDP_MAX_TX_SKB_BUDGET not available ({e}); each kick sends up to 32 frames"
-                );
+            if let Err(e) = sys::set_sockopt_int(fd, libc::SOL_XDP, XDP_MAX_TX_SKB_BUDGET, config.ring_size as i32) {
+                log::debug!("{iface}: XDP_MAX_TX_SKB_BUDGET not available ({e}); each kick sends up to 32 frames");
             }
         }
 
         let rx_count = config.frame_count as usize / 2;
         let (rx_descs, tx_descs) = descs.split_at(rx_count);
         let mut rx = RxSide::new(umem.clone(), rx_q, fill_q, config.ring_size as usize, fd);
-        rx.prime(rx_descs)
-            .map_err(|e| NicError::io("filling the fill ring", e))?;
+        rx.prime(rx_descs).map_err(|e| NicError::io("filling the fill ring", e))?;
         let tx = TxSide::new(
             umem.clone(),
             tx_q,
@@ -287,16 +245,8 @@ impl AfXdpDevice {
         log::info!(
             "AF_XDP socket on {iface} queue {}: {} ({} MTU {mtu}, frames up to {max_frame} B, UMEM {} x {} B)",
             config.queue,
-            if zero_copy {
-                "zero-copy"
-            } else {
-                "copy mode (the driver has no zero-copy support)"
-            },
-            if filter.is_native() {
-                "native XDP,"
-            } else {
-                "generic XDP,"
-            },
+            if zero_copy { "zero-copy" } else { "copy mode (the driver has no zero-copy support)" },
+            if filter.is_native() { "native XDP," } else { "generic XDP," },
             config.frame_count,
             config.frame_size,
         );
@@ -307,20 +257,9 @@ impl AfXdpDevice {
             mac,
             mtu,
             max_frame,
-            backend: Backend::AfXdp {
-                zero_copy,
-                native: filter.is_native(),
-                multi_buffer: config.multi_buffer,
-            },
+            backend: Backend::AfXdp { zero_copy, native: filter.is_native(), multi_buffer: config.multi_buffer },
         };
-        Ok(Self {
-            info,
-            rx,
-            tx,
-            fd,
-            filter,
-            _socket_umem: umem,
-        })
+        Ok(Self { info, rx, tx, fd, filter, _socket_umem: umem })
     }
 
     /// The XDP filter this socket is registered with (shared per interface).
@@ -334,10 +273,7 @@ type SocketParts = (TxQueue, RxQueue, Option<(FillQueue, CompQueue)>);
 /// Creates a UMEM and binds a socket to it, trying zero-copy first in Auto
 /// mode. A failed bind poisons libxdp's UMEM state, so each attempt gets a
 /// fresh UMEM.
-fn bind_socket(
-    config: &AfXdpConfig,
-    umem_bytes: u64,
-) -> Result<(Umem, Vec<FrameDesc>, SocketParts, bool), NicError> {
+fn bind_socket(config: &AfXdpConfig, umem_bytes: u64) -> Result<(Umem, Vec<FrameDesc>, SocketParts, bool), NicError> {
     let attempts: &[bool] = match config.bind {
         BindMode::Auto => &[true, false],
         BindMode::Copy => &[false],
@@ -346,12 +282,7 @@ fn bind_socket(
     let mut last_err = None;
     for &zc in attempts {
         let (umem, descs) = create_umem(config, umem_bytes)?;
-        let mut flags = BindFlags::XDP_USE_NEED_WAKEUP
-            | if zc {
-                BindFlags::XDP_ZEROCOPY
-            } else {
-                BindFlags::XDP_COPY
-            };
+        let mut flags = BindFlags::XDP_USE_NEED_WAKEUP | if zc { BindFlags::XDP_ZEROCOPY } else { BindFlags::XDP_COPY };
         if config.multi_buffer {
             flags |= BindFlags::XDP_USE_SG;
         }
@@ -362,10 +293,8 @@ fn bind_socket(
             .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
             .bind_flags(flags)
             .build();
-        let ifname: Interface = config
-            .iface
-            .parse()
-            .map_err(|_| NicError::Config("interface name contains NUL".into()))?;
+        let ifname: Interface =
+            config.iface.parse().map_err(|_| NicError::Config("interface name contains NUL".into()))?;
         // SAFETY: the UMEM was created just above and is used by this one
         // socket only, so no other socket shares its fill/completion rings
         // for this (interface, queue) — the contract xsk-rs asks for.
@@ -383,15 +312,9 @@ fn bind_socket(
                     .and_then(|io| io.raw_os_error());
                 if zc
                     && config.bind == BindMode::Auto
-                    && matches!(
-                        errno,
-                        Some(libc::EOPNOTSUPP | libc::EINVAL | libc::EPROTONOSUPPORT)
-                    )
+                    && matches!(errno, Some(libc::EOPNOTSUPP | libc::EINVAL | libc::EPROTONOSUPPORT))
                 {
-                    log::debug!(
-                        "{}: zero-copy bind refused ({e}); trying copy mode",
-                        config.iface
-                    );
+                    log::debug!("{}: zero-copy bind refused ({e}); trying copy mode", config.iface);
                     last_err = Some((e, errno));
                     continue;
                 }
@@ -411,24 +334,21 @@ fn create_umem(config: &AfXdpConfig, umem_bytes: u64) -> Result<(Umem, Vec<Frame
         .comp_queue_size(ring)
         .build()
         .map_err(|e| NicError::Config(e.to_string()))?;
-    let count = std::num::NonZeroU32::new(config.frame_count)
-        .ok_or_else(|| NicError::Config("frame count 0".into()))?;
+    let count =
+        std::num::NonZeroU32::new(config.frame_count).ok_or_else(|| NicError::Config("frame count 0".into()))?;
     Umem::new(uc, count, false).map_err(|e| {
-        let errno = std::error::Error::source(&e)
-            .and_then(|s| s.downcast_ref::<io::Error>())
-            .and_then(|io| io.raw_os_error());
+        let errno =
+            std::error::Error::source(&e).and_then(|s| s.downcast_ref::<io::Error>()).and_then(|io| io.raw_os_error());
         match errno {
-            Some(libc::ENOBUFS | libc::ENOMEM | libc::EPERM | libc::EAGAIN) => {
-                NicError::MemlockRefused {
-                    bytes: umem_bytes,
-                    limit: match sys::memlock_limit() {
-                        Ok(None) => "unlimited".to_owned(),
-                        Ok(Some(b)) => format!("{} KiB", b / 1024),
-                        Err(_) => "unknown".to_owned(),
-                    },
-                    source: io::Error::from_raw_os_error(errno.unwrap_or(libc::ENOBUFS)),
-                }
-            }
+            Some(libc::ENOBUFS | libc::ENOMEM | libc::EPERM | libc::EAGAIN) => NicError::MemlockRefused {
+                bytes: umem_bytes,
+                limit: match sys::memlock_limit() {
+                    Ok(None) => "unlimited".to_owned(),
+                    Ok(Some(b)) => format!("{} KiB", b / 1024),
+                    Err(_) => "unknown".to_owned(),
+                },
+                source: io::Error::from_raw_os_error(errno.unwrap_or(libc::ENOBUFS)),
+            },
             Some(libc::EAFNOSUPPORT) => NicError::Unsupported {
                 backend: "AF_XDP",
                 iface: config.iface.clone(),
@@ -440,11 +360,7 @@ fn create_umem(config: &AfXdpConfig, umem_bytes: u64) -> Result<(Umem, Vec<Frame
     })
 }
 
-fn bind_error(
-    config: &AfXdpConfig,
-    e: xsk_rs::socket::SocketCreateError,
-    errno: Option<i32>,
-) -> NicError {
+fn bind_error(config: &AfXdpConfig, e: xsk_rs::socket::SocketCreateError, errno: Option<i32>) -> NicError {
     let iface = &config.iface;
     match errno {
         Some(libc::EBUSY) => NicError::io(
@@ -472,10 +388,17 @@ fn bind_error(
         Some(libc::EOPNOTSUPP | libc::EINVAL) if config.multi_buffer => NicError::Unsupported {
             backend: "AF_XDP multi-buffer",
             iface: iface.clone(),
-            reason: "the kernel or driver refused XDP_USE_SG; drop --multi-buffer and keep the MTU within one frame".to_owned(),
+            reason: "the kernel or driver refused XDP_USE_SG; drop --multi-buffer and keep the MTU within one frame"
+                .to_owned(),
         },
-        Some(errno) => NicError::io(format!("binding an AF_XDP socket to {iface} queue {}", config.queue), io::Error::from_raw_os_error(errno)),
-        None => NicError::io(format!("binding an AF_XDP socket to {iface} queue {}", config.queue), io::Error::other(e.to_string())),
+        Some(errno) => NicError::io(
+            format!("binding an AF_XDP socket to {iface} queue {}", config.queue),
+            io::Error::from_raw_os_error(errno),
+        ),
+        None => NicError::io(
+            format!("binding an AF_XDP socket to {iface} queue {}", config.queue),
+            io::Error::other(e.to_string()),
+        ),
     }
 }
 
@@ -507,11 +430,7 @@ impl FrameDevice for AfXdpDevice {
 
     fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         self.tx.flush()?;
-        let interest = [sys::Interest {
-            fd: self.readiness_fd(),
-            read: true,
-            write: false,
-        }];
+        let interest = [sys::Interest { fd: self.readiness_fd(), read: true, write: false }];
         sys::poll_fds(&interest, timeout).map(|_| ())
     }
 

@@ -39,13 +39,7 @@ pub(super) struct RxSide {
 }
 
 impl RxSide {
-    pub(super) fn new(
-        umem: Umem,
-        rx_q: RxQueue,
-        fill_q: FillQueue,
-        ring: usize,
-        fd: RawFd,
-    ) -> Self {
+    pub(super) fn new(umem: Umem, rx_q: RxQueue, fill_q: FillQueue, ring: usize, fd: RawFd) -> Self {
         Self {
             umem,
             rx_q,
@@ -68,11 +62,7 @@ impl RxSide {
     }
 
     fn refill_ring(&mut self) -> io::Result<()> {
-        let want = self
-            .depth
-            .target
-            .saturating_sub(self.in_kernel)
-            .min(self.spare.len());
+        let want = self.depth.target.saturating_sub(self.in_kernel).min(self.spare.len());
         if want == 0 {
             return Ok(());
         }
@@ -209,14 +199,7 @@ impl FillDepth {
 
     fn new(max: usize) -> Self {
         let min = Self::MIN.min(max);
-        Self {
-            target: min,
-            min,
-            max,
-            calm: 0,
-            receives: 0,
-            fill_empty_seen: 0,
-        }
+        Self { target: min, min, max, calm: 0, receives: 0, fill_empty_seen: 0 }
     }
 
     fn grow(&mut self) {
@@ -367,12 +350,7 @@ impl TxSide {
 
     /// Fills one free chunk through `fill` (given `max_len` bytes, returning
     /// the length used) and queues it; a length of 0 returns the chunk.
-    fn write_one(
-        &mut self,
-        max_len: usize,
-        options: u32,
-        fill: impl FnOnce(&mut [u8]) -> usize,
-    ) -> usize {
+    fn write_one(&mut self, max_len: usize, options: u32, fill: impl FnOnce(&mut [u8]) -> usize) -> usize {
         let mut desc = self.free.pop().expect("caller checked the free list");
         let len = {
             // SAFETY: `desc` is of this UMEM and in no ring, so nothing else
@@ -394,16 +372,9 @@ impl TxSide {
 }
 
 impl FrameSink for TxSide {
-    fn transmit_with(
-        &mut self,
-        max_len: usize,
-        fill: &mut dyn FnMut(&mut [u8]) -> usize,
-    ) -> Result<usize, TxError> {
+    fn transmit_with(&mut self, max_len: usize, fill: &mut dyn FnMut(&mut [u8]) -> usize) -> Result<usize, TxError> {
         if max_len > self.limits.max_frame {
-            return Err(TxError::TooLong {
-                len: max_len,
-                max: self.limits.max_frame,
-            });
+            return Err(TxError::TooLong { len: max_len, max: self.limits.max_frame });
         }
         let chunk = self.limits.chunk_capacity;
         let segments = max_len.div_ceil(chunk).max(1);
@@ -455,12 +426,7 @@ impl FrameSink for TxSide {
     }
 
     fn tx_space(&self) -> usize {
-        self.free.len()
-            / self
-                .limits
-                .max_frame
-                .div_ceil(self.limits.chunk_capacity)
-                .max(1)
+        self.free.len() / self.limits.max_frame.div_ceil(self.limits.chunk_capacity).max(1)
     }
 }
 

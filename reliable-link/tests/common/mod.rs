@@ -76,11 +76,7 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
         }
     }
     !crc
@@ -143,12 +139,7 @@ impl Sim {
     }
 
     pub fn pair(seed: u64, faults: Faults) -> Self {
-        Self::new(
-            seed,
-            faults,
-            endpoint_config(A_MAC, A_IP, 1514),
-            endpoint_config(B_MAC, B_IP, 1514),
-        )
+        Self::new(seed, faults, endpoint_config(A_MAC, A_IP, 1514), endpoint_config(B_MAC, B_IP, 1514))
     }
 
     fn put_on_link(&mut self, to_b: bool, src: [u8; 6], frame: Vec<u8>) {
@@ -179,19 +170,10 @@ impl Sim {
             }
             let mut at = self.now + f.latency;
             if self.rng.chance(f.reorder) {
-                at += Duration::from_nanos(
-                    1 + self.rng.below(f.latency.as_nanos() as u64 * 4 + 1000),
-                );
+                at += Duration::from_nanos(1 + self.rng.below(f.latency.as_nanos() as u64 * 4 + 1000));
             }
             self.seq += 1;
-            self.link.push(Reverse(InFlight {
-                at,
-                seq: self.seq,
-                to_b,
-                src,
-                frame,
-                fcs,
-            }));
+            self.link.push(Reverse(InFlight { at, seq: self.seq, to_b, src, frame, fcs }));
         }
     }
 
@@ -227,10 +209,7 @@ impl Sim {
     pub fn step(&mut self) -> bool {
         self.flush();
         let next_frame = self.link.peek().map(|Reverse(f)| f.at);
-        let next_timer = [self.a.poll_timeout(), self.b.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min();
+        let next_timer = [self.a.poll_timeout(), self.b.poll_timeout()].into_iter().flatten().min();
         let Some(next) = [next_frame, next_timer].into_iter().flatten().min() else {
             return false;
         };
