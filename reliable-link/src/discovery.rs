@@ -74,6 +74,8 @@ enum Entry {
 #[derive(Debug, Default)]
 pub struct Discovery {
     config: DiscoveryConfig,
+    /// Entries still asking: with none, the polls return at once.
+    asking: usize,
     entries: crate::fasthash::FastMap<Ipv4Addr, Entry>,
     finished: Vec<(Ipv4Addr, Lookup)>,
 }
@@ -92,6 +94,7 @@ impl Discovery {
             Some(Entry::Asking { .. }) => Lookup::Pending,
             _ => {
                 self.entries.insert(ip, Entry::Asking { sent: 0, next: now });
+                self.asking += 1;
                 Lookup::Pending
             }
         }
@@ -99,7 +102,9 @@ impl Discovery {
 
     /// Forgets what is known about `ip` (after a connection to it failed).
     pub fn forget(&mut self, ip: Ipv4Addr) {
-        self.entries.remove(&ip);
+        if let Some(Entry::Asking { .. }) = self.entries.remove(&ip) {
+            self.asking -= 1;
+        }
     }
 
     /// An answer arrived.
@@ -112,12 +117,16 @@ impl Discovery {
         let was_asking = matches!(self.entries.get(&ip), Some(Entry::Asking { .. }));
         self.entries.insert(ip, Entry::Present { peer, expires: now + self.config.present_ttl });
         if was_asking {
+            self.asking -= 1;
             self.finished.push((ip, Lookup::Present(peer)));
         }
     }
 
     /// The next address to send a DISCOVER for now, if any.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Ipv4Addr> {
+        if self.asking == 0 {
+            return None;
+        }
         let first_retry = self.config.first_retry;
         let attempts = self.config.attempts;
         for (ip, e) in self.entries.iter_mut() {
@@ -136,12 +145,14 @@ impl Discovery {
     /// Concludes lookups whose attempts are used up.
     pub fn handle_timeout(&mut self, now: Instant) {
         let (attempts, ttl) = (self.config.attempts, self.config.absent_ttl);
+        let asking = &mut self.asking;
         for (ip, e) in self.entries.iter_mut() {
             if let Entry::Asking { sent, next } = *e
                 && sent >= attempts
                 && next <= now
             {
                 *e = Entry::Absent { expires: now + ttl };
+                *asking -= 1;
                 self.finished.push((*ip, Lookup::Absent));
             }
         }
@@ -153,6 +164,9 @@ impl Discovery {
 
     /// When to call [`Discovery::poll_transmit`] / [`Discovery::handle_timeout`] next.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.asking == 0 {
+            return None;
+        }
         self.entries
             .values()
             .filter_map(|e| match e {

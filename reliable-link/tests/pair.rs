@@ -30,7 +30,7 @@ fn connect(sim: &mut Sim, mode: Mode) -> (u64, u64) {
     assert_eq!(peer.mac, B_MAC);
     let a = sim.a.connect(sim.now, B_IP, PORT, peer, mode).unwrap();
     let ok = sim.run_until(100_000, |s| {
-        s.a_events.iter().any(|e| *e == EndpointEvent::Connection { cid: a, event: Event::Connected })
+        s.a_events.contains(&EndpointEvent::Connection { cid: a, event: Event::Connected })
             || s.a_events.iter().any(|e| matches!(e, EndpointEvent::Connection { event: Event::Closed(_), .. }))
     });
     assert!(ok, "no handshake outcome");
