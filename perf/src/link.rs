@@ -36,7 +36,8 @@ pub fn run(xsock: &Path, rounds: usize, out_dir: &Path) -> io::Result<()> {
         raw.push(bench.rawping(64, 20_000, &[])?);
     }
     let p50 = |v: &[Rtt]| v.iter().map(|r| r.rtt_p50_ns as f64).collect::<Vec<_>>();
-    let mut t = Table::new(["64 B ping-pong, both ends busy-poll", "p50", "p99", "p99.9", "p50 / kernel TCP p50", "rounds"]);
+    let mut t =
+        Table::new(["64 B ping-pong, both ends busy-poll", "p50", "p99", "p99.9", "p50 / kernel TCP p50", "rounds"]);
     rtt_row(&mut t, "xsock ping --transport link (reliable-link)", &link, Some(paired(&p50(&link), &p50(&kernel))));
     rtt_row(&mut t, "xsock ping --transport kernel (kernel TCP)", &kernel, None);
     rtt_row(&mut t, "sockperf ping-pong --tcp --full-rtt", &sp, Some(paired(&p50(&sp), &p50(&kernel))));
@@ -45,7 +46,11 @@ pub fn run(xsock: &Path, rounds: usize, out_dir: &Path) -> io::Result<()> {
     out += &t.markdown();
     out += &format!(
         "\nPer-round p50 ratios link / kernel TCP: {}\n\n",
-        link.iter().zip(&kernel).map(|(l, k)| format!("{:.2}", l.rtt_p50_ns as f64 / k.rtt_p50_ns as f64)).collect::<Vec<_>>().join(", ")
+        link.iter()
+            .zip(&kernel)
+            .map(|(l, k)| format!("{:.2}", l.rtt_p50_ns as f64 / k.rtt_p50_ns as f64))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 
     // 2. Latency sweep, 1 B … 1 MiB.
@@ -92,7 +97,14 @@ pub fn run(xsock: &Path, rounds: usize, out_dir: &Path) -> io::Result<()> {
     // 3. Bulk, 1 MiB sends, MTU 1500 then 9000.
     let secs = 3;
     out += "### Bulk throughput, 1 MiB sends, one stream (bytes checked at the receiver)\n\n";
-    let mut t = Table::new(["MTU", "link Gbit/s", "xsock bw kernel Gbit/s", "iperf3 Gbit/s", "link / kernel TCP", "raw frames Gbit/s"]);
+    let mut t = Table::new([
+        "MTU",
+        "link Gbit/s",
+        "xsock bw kernel Gbit/s",
+        "iperf3 Gbit/s",
+        "link / kernel TCP",
+        "raw frames Gbit/s",
+    ]);
     for (mtu, mb) in [(1500u32, false), (9000, true)] {
         let b = if mtu == 1500 { None } else { Some(Bench::two_hosts(xsock, mtu)?) };
         let bench = b.as_ref().unwrap_or(&bench);
@@ -105,7 +117,10 @@ pub fn run(xsock: &Path, rounds: usize, out_dir: &Path) -> io::Result<()> {
             i.push(bench.iperf3_tcp(secs)?);
             r.push(bench.rawbw(if mb { 9014 } else { 1514 }, secs, extra)?);
         }
-        let lk = paired(&l.iter().map(|x| x.gbit_per_s).collect::<Vec<_>>(), &k.iter().map(|x| x.gbit_per_s).collect::<Vec<_>>());
+        let lk = paired(
+            &l.iter().map(|x| x.gbit_per_s).collect::<Vec<_>>(),
+            &k.iter().map(|x| x.gbit_per_s).collect::<Vec<_>>(),
+        );
         t.row([
             mtu.to_string(),
             format!("{:.2}", gbit(&l)),

@@ -70,4 +70,3 @@ fn main() {
         std::process::exit(1);
     }
 }
-

@@ -34,4 +34,3 @@ pub fn rate_row(t: &mut Table, name: &str, frame: &str, runs: &[Rate], vs: Optio
         vs.map_or("1.00".into(), |v| format!("{v:.2}")),
     ]);
 }
-
