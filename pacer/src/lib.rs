@@ -1,12 +1,32 @@
 //! # xsock-pacer (sans-IO)
 //!
-//! Will own pacing for the TCP mode on long fat networks: departure times
-//! from a rate (an inter-packet gap instead of line-rate bursts), the rate
-//! set by configuration (a reserved bandwidth) or derived from congestion
-//! state (cwnd/RTT with a gain), aggregate shaping across the flows of one
-//! interface, and cooperative window caps across the parallel streams of one
-//! transfer (cap the fastest so the slow ones catch up), after the Data
-//! Reservoir results. A pure function of time: it answers "when may the next
-//! frame leave" and never sleeps.
+//! Pacing for the TCP mode on long fat networks, after the Data Reservoir
+//! results (parallel TCP over a 24,000 km, 350 ms path reached 85% of the
+//! bottleneck only once each stream left at its own rate instead of in
+//! line-rate bursts, and the fastest streams' windows were capped):
+//!
+//! - [`GapPacer`]: one flow's inter-packet gap. Departure times come from a
+//!   [`Rate`], set by configuration (a reserved bandwidth) or derived from
+//!   congestion state ([`Rate::from_window`]: gain × cwnd / RTT).
+//! - [`plan_wait`]: how a driver waits for a departure without burning a
+//!   core when gaps are long (sleep, then spin the last stretch).
+//! - [`Shaper`]: aggregate shaping over the flows of one interface, shared
+//!   fairly by bytes.
+//! - [`CapCoordinator`]: cooperative window caps across the parallel
+//!   streams of one transfer (cap the fast ones so the slow ones catch up).
+//!
+//! Everything here is a pure function of the `now` it is given: it answers
+//! "when may the next frame leave" and never sleeps or reads a clock, so it
+//! is tested on virtual time.
 
 #![forbid(unsafe_code)]
+
+mod caps;
+mod gap;
+mod rate;
+mod shaper;
+
+pub use caps::{CapConfig, CapCoordinator, StreamId, StreamSample};
+pub use gap::{GapPacer, MIN_BURST_BYTES, Wait, plan_wait};
+pub use rate::{ParseRateError, Rate};
+pub use shaper::{FlowId, Shaper};
