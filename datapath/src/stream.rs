@@ -366,7 +366,9 @@ impl Stream {
                 let cid = *cid;
                 loop {
                     let start = out.len();
-                    let chunk = (64 << 10).max(out.capacity() - start);
+                    // Grow by a bounded chunk: zero-filling all spare capacity
+                    // on every read made a large message quadratic.
+                    let chunk = (out.capacity() - start).clamp(64 << 10, 1 << 20);
                     out.resize(start + chunk, 0);
                     let (n, end) = self.link_read_blocking(cid, &mut out[start..], true)?;
                     out.truncate(start + n);

@@ -6,7 +6,9 @@
 //
 // "Ours" is decided at run time from two maps that userspace fills:
 //   - xsock_ethertypes: EtherTypes (network byte order) carried whole to
-//     xsock (our reliable-link and diagnostic protocols);
+//     xsock (our reliable-link and diagnostic protocols); the key 0, which
+//     no real EtherType uses, means "every frame" (the WAN emulator is an
+//     L2 bridge and takes everything);
 //   - xsock_ipv4_rules: IPv4 destination address + protocol + destination
 //     port (port 0 = any port) for the TCP mode, which shares the interface
 //     address family with the kernel.
@@ -158,6 +160,9 @@ static __always_inline int filter(struct xdp_md *ctx)
 	if (bpf_map_lookup_elem(&xsock_ethertypes, &ethertype))
 		return to_socket(ctx);
 	if (ethertype == ETH_P_IPV4_BE && ipv4_is_ours(ctx, data + ETH_HLEN, data_end))
+		return to_socket(ctx);
+	__u16 any = 0;
+	if (bpf_map_lookup_elem(&xsock_ethertypes, &any))
 		return to_socket(ctx);
 	return pass();
 }

@@ -49,6 +49,11 @@ pub const ETHERTYPE_LOCAL_EXP1: u16 = 0x88B5;
 /// (raw ping-pong and blast).
 pub const ETHERTYPE_LOCAL_EXP2: u16 = 0x88B6;
 
+/// In a device's EtherType list: every frame, whatever its EtherType (for an
+/// L2 bridge such as `xsock wanemu`; the kernel then sees nothing on that
+/// interface). No real EtherType is 0.
+pub const ETHERTYPE_ALL: u16 = 0;
+
 /// Which backend [`open`] uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackendChoice {

@@ -75,6 +75,9 @@ fn ethertype_filter(types: &[u16]) -> Vec<libc::sock_filter> {
     const LDH_ABS: u16 = 0x28; // BPF_LD | BPF_H | BPF_ABS
     const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
     const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    if types.contains(&crate::ETHERTYPE_ALL) {
+        return vec![libc::sock_filter { code: RET_K, jt: 0, jf: 0, k: 0x0004_0000 }];
+    }
     let n = types.len();
     let mut prog = vec![libc::sock_filter { code: LDH_ABS, jt: 0, jf: 0, k: 12 }];
     for (i, &t) in types.iter().enumerate() {
@@ -144,7 +147,8 @@ impl AfPacketDevice {
             write_buffer_size: max_frame,
             read_timeout: Some(Duration::ZERO),
             write_timeout: None,
-            promiscuous: false,
+            // A bridge takes frames addressed to other hosts too.
+            promiscuous: config.ethertypes.contains(&crate::ETHERTYPE_ALL),
             socket_fd: Some(fd),
             ..Default::default()
         };

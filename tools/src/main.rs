@@ -10,6 +10,7 @@ mod latency;
 mod ping;
 mod rawbw;
 mod rawping;
+mod wanemu;
 
 use clap::{Parser, Subcommand};
 
@@ -35,6 +36,8 @@ enum Cmd {
     Cat(cat::Cat),
     /// Build a two-host network in namespaces and compare xsock with kernel TCP.
     Demo(demo::Demo),
+    /// Long-fat-network emulator: an L2 bridge with delay, rate, buffer and loss per direction.
+    Wanemu(wanemu::WanEmu),
 }
 
 fn main() {
@@ -49,6 +52,7 @@ fn main() {
         Cmd::Ping(c) => c.run(),
         Cmd::Bw(c) => c.run(),
         Cmd::Cat(c) => c.run(),
+        Cmd::Wanemu(c) => c.run(),
         Cmd::Demo(c) => c.run(),
     };
     if let Err(e) = r {

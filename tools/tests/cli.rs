@@ -141,7 +141,16 @@ fn demo_runs_end_to_end_and_cleans_up() {
     let out = Command::new(XSOCK).args(["demo", "--count", "2000", "--seconds", "1"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    for row in ["xsock rawping", "kernel TCP (xsock ping", "xsock rawbw", "kernel UDP (iperf3)", "kernel TCP (iperf3"] {
+    for row in [
+        "xsock ping --transport link (reliable-link)",
+        "xsock ping --transport kernel (kernel TCP)",
+        "sockperf ping-pong",
+        "xsock rawping",
+        "xsock bw --transport link (reliable-link, bytes checked)",
+        "xsock bw --transport kernel (kernel TCP, bytes checked)",
+        "iperf3 (kernel TCP)",
+        "xsock rawbw",
+    ] {
         assert!(stdout.contains(row), "missing {row}:\n{stdout}");
     }
     // The demo has exited: any test namespace named for a dead process

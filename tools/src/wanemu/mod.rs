@@ -1,0 +1,252 @@
+//! `xsock wanemu`: a userspace long-fat-network emulator. It bridges two
+//! interfaces at L2 (every frame, whatever its EtherType: ARP, IPv4, xsock's
+//! own) and gives each direction a one-way delay, a bottleneck rate, a
+//! drop-tail buffer in bytes and random loss ([`hop`]). This kernel has no
+//! netem; run it in a namespace between two hosts.
+//!
+//! Hosts that reach the emulator over veth must turn transmit checksum
+//! offload off (`ethtool -K eth0 tx off`): a veth hands TCP and UDP frames
+//! over with the checksum left for the receiving stack to finish, and a
+//! bridge outside the kernel forwards them as they are, so the far host
+//! would drop them (ICMP, which is always summed in software, still works,
+//! which makes the symptom confusing). A physical NIC computes the checksum
+//! on the wire and needs nothing.
+//!
+//! One thread drives both interfaces. It polls while a frame is due within
+//! [`SPIN_BELOW`] and sleeps in poll(2) otherwise, so an idle emulator costs
+//! no CPU and a busy one owns a core.
+
+pub mod hop;
+
+use std::{
+    os::fd::BorrowedFd,
+    time::{Duration, Instant},
+};
+
+use clap::Args;
+use serde::Serialize;
+use xsock_nic::{
+    BackendChoice, ETHERTYPE_ALL, FrameDevice, TxError,
+    sys::{self, Interest},
+    xdp::AfXdpConfig,
+};
+use xsock_pacer::{Rate, Wait, plan_wait};
+
+use crate::{args::parse_duration, fail::Fail};
+use hop::{Hop, HopConfig, HopStats};
+
+/// Below this wait a sleep is not trusted to wake in time: spin instead.
+pub const SPIN_BELOW: Duration = Duration::from_micros(200);
+
+/// Flags of `xsock wanemu` (CLI.md).
+#[derive(Debug, Args)]
+pub struct WanEmu {
+    /// First interface of the bridge.
+    #[arg(long)]
+    a: String,
+    /// Second interface of the bridge.
+    #[arg(long)]
+    b: String,
+    /// One-way delay, each direction (e.g. 50ms; RTT is twice this).
+    #[arg(long, value_parser = parse_duration)]
+    delay: Duration,
+    /// Bottleneck rate, each direction (e.g. 1gbit, 500mbit).
+    #[arg(long)]
+    rate: Rate,
+    /// Drop-tail buffer in front of the bottleneck, bytes (e.g. 4375000, 4.4MB, 512KiB).
+    #[arg(long, value_parser = parse_bytes)]
+    buffer: u64,
+    /// Random frame loss, each direction (e.g. 0.001 or 0.1%).
+    #[arg(long, default_value = "0", value_parser = parse_probability)]
+    loss: f64,
+    /// Seed of the loss draws (direction b→a uses seed + 1).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the counters to stderr this often (and always on exit).
+    #[arg(long, value_parser = parse_duration)]
+    report: Option<Duration>,
+    /// Frame backend for both interfaces.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: crate::args::BackendArg,
+}
+
+/// Counters printed on exit (JSON on stdout) and with `--report`.
+#[derive(Debug, Serialize)]
+struct Report {
+    a_to_b: HopStats,
+    b_to_a: HopStats,
+    /// Frames the transmit side refused outright (too large for the far interface).
+    tx_errors: u64,
+}
+
+impl WanEmu {
+    /// Runs the emulator until SIGINT or SIGTERM.
+    pub fn run(self) -> Result<(), Fail> {
+        if self.a == self.b {
+            return Err(Fail::msg(format!("--a and --b are both {}; a bridge needs two interfaces", self.a)));
+        }
+        let backend = match self.backend {
+            crate::args::BackendArg::Auto => BackendChoice::Auto,
+            crate::args::BackendArg::Xdp => BackendChoice::AfXdp,
+            crate::args::BackendArg::Packet => BackendChoice::AfPacket,
+        };
+        let mut dev_a = open_bridge_port(&self.a, backend)?;
+        let mut dev_b = open_bridge_port(&self.b, backend)?;
+        let config =
+            |seed| HopConfig { delay: self.delay, rate: self.rate, buffer_bytes: self.buffer, loss: self.loss, seed };
+        let mut ab = Hop::new(config(self.seed));
+        let mut ba = Hop::new(config(self.seed.wrapping_add(1)));
+        sys::catch_interrupts()?;
+        log::info!(
+            "wanemu {} <-> {} ({}): delay {:?} each way, rate {}, buffer {} B, loss {}",
+            self.a,
+            self.b,
+            dev_a.info().backend,
+            self.delay,
+            self.rate,
+            self.buffer,
+            self.loss
+        );
+        let mut tx_errors = 0u64;
+        let mut next_report = self.report.map(|r| Instant::now() + r);
+        while !sys::interrupted() {
+            let now = Instant::now();
+            let mut work = dev_a.receive(256, &mut |f, _| {
+                ab.handle_frame(now, f.len(), |buf| {
+                    f.copy_out(0, buf);
+                });
+            })?;
+            work += dev_b.receive(256, &mut |f, _| {
+                ba.handle_frame(now, f.len(), |buf| {
+                    f.copy_out(0, buf);
+                });
+            })?;
+            let now = Instant::now();
+            work += ab.transmit_due(now, |frame| forward(&mut *dev_b, frame, &mut tx_errors));
+            work += ba.transmit_due(now, |frame| forward(&mut *dev_a, frame, &mut tx_errors));
+            dev_a.sink().flush()?;
+            dev_b.sink().flush()?;
+            if let Some(at) = next_report
+                && now >= at
+            {
+                eprintln!("{}", report_json(&mut ab, &mut ba, tx_errors, now));
+                next_report = self.report.map(|r| now + r);
+            }
+            if work > 0 {
+                continue;
+            }
+            let deadline = [ab.poll_timeout(), ba.poll_timeout()].into_iter().flatten().min();
+            let sleep = match deadline.map(|d| plan_wait(now, d, SPIN_BELOW)) {
+                Some(Wait::Ready | Wait::Spin) => continue,
+                Some(Wait::Sleep(d)) => d,
+                // Nothing on the wire: sleep until a frame arrives, waking
+                // now and then to notice a signal.
+                None => Duration::from_millis(100),
+            };
+            let sleep = next_report.map_or(sleep, |r| sleep.min(r.saturating_duration_since(now)));
+            wait_either(dev_a.readiness_fd(), dev_b.readiness_fd(), sleep)?;
+        }
+        println!("{}", report_json(&mut ab, &mut ba, tx_errors, Instant::now()));
+        Ok(())
+    }
+}
+
+fn report_json(ab: &mut Hop, ba: &mut Hop, tx_errors: u64, now: Instant) -> String {
+    let r = Report { a_to_b: ab.stats(now), b_to_a: ba.stats(now), tx_errors };
+    serde_json::to_string(&r).expect("serialisable")
+}
+
+/// Opens `iface` as a bridge port: every frame comes to us, none to the
+/// kernel; jumbo MTUs get multi-buffer frames.
+fn open_bridge_port(iface: &str, backend: BackendChoice) -> Result<Box<dyn FrameDevice>, Fail> {
+    let mut config = AfXdpConfig::new(iface);
+    config.ethertypes = vec![ETHERTYPE_ALL];
+    let mtu = sys::if_mtu(iface).map_err(|e| {
+        let known = sys::if_names().join(", ");
+        Fail::msg(format!("interface {iface}: {e}; interfaces here: {known}"))
+    })?;
+    config.multi_buffer = mtu as usize + xsock_nic::ETH_HEADER_LEN > config.chunk_capacity();
+    Ok(xsock_nic::open(&config, backend)?)
+}
+
+/// Sends one frame; false if the ring is full (try again later). A frame
+/// the device refuses for good is counted and dropped.
+fn forward(dev: &mut dyn FrameDevice, frame: &[u8], errors: &mut u64) -> bool {
+    match dev.sink().transmit(frame.len(), &mut |buf| buf.copy_from_slice(frame)) {
+        Ok(()) => true,
+        Err(TxError::RingFull) => false,
+        Err(e) => {
+            *errors += 1;
+            log::warn!("dropped a {} B frame the far interface refused: {e}", frame.len());
+            true
+        }
+    }
+}
+
+fn wait_either(a: BorrowedFd<'_>, b: BorrowedFd<'_>, timeout: Duration) -> Result<(), Fail> {
+    let interest = [Interest { fd: a, read: true, write: false }, Interest { fd: b, read: true, write: false }];
+    match sys::poll_fds(&interest, Some(timeout)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Parses a byte count: `4375000`, `64k`/`64KB` (10^3), `512KiB` (2^10),
+/// `4.4MB`, `1MiB`, `1GB`, `1GiB`.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num.parse().map_err(|_| format!("{s:?} is not a byte count; write e.g. 4375000, 512KiB, 4.4MB"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1048576.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1073741824.0,
+        other => return Err(format!("unknown unit {other:?} in {s:?}; use B, KB, KiB, MB, MiB, GB or GiB")),
+    };
+    let bytes = (v * mult).round();
+    if !(1.0..=1e15).contains(&bytes) {
+        return Err(format!("{s:?}: a buffer must be at least one byte"));
+    }
+    Ok(bytes as u64)
+}
+
+/// Parses a probability: `0.001` or `0.1%`.
+pub fn parse_probability(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let (num, scale) = match t.strip_suffix('%') {
+        Some(n) => (n, 0.01),
+        None => (t, 1.0),
+    };
+    let p =
+        num.trim().parse::<f64>().map_err(|_| format!("{s:?} is not a probability; write e.g. 0.001 or 0.1%"))? * scale;
+    if !(0.0..=1.0).contains(&p) {
+        return Err(format!("{s:?} is outside 0..1 (0%..100%)"));
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts_and_probabilities_parse_as_written() {
+        assert_eq!(parse_bytes("4375000").unwrap(), 4_375_000);
+        assert_eq!(parse_bytes("4.4MB").unwrap(), 4_400_000);
+        assert_eq!(parse_bytes("512KiB").unwrap(), 524_288);
+        assert_eq!(parse_bytes("1GiB").unwrap(), 1 << 30);
+        assert!(parse_bytes("lots").unwrap_err().contains("e.g."));
+        assert!(parse_bytes("3 furlongs").unwrap_err().contains("unknown unit"));
+        assert!(parse_bytes("0").is_err());
+        assert_eq!(parse_probability("0.001").unwrap(), 0.001);
+        assert!((parse_probability("0.1%").unwrap() - 0.001).abs() < 1e-12);
+        assert!(parse_probability("150%").is_err());
+        assert!(parse_probability("-0.1").is_err());
+    }
+}

@@ -1,0 +1,144 @@
+//! `xsock wanemu` in namespaces, checked against its own settings by tools
+//! that know nothing of it: ping(8) for the delay and loss, iperf3 for the
+//! rate, and the emulator's own counters for the queue.
+
+use serde_json::Value;
+use xsock_testbed::{Host, LinkOpts, Testbed, require_root};
+
+const XSOCK: &str = env!("CARGO_BIN_EXE_xsock");
+
+/// Host A — emulator W — host B, A and B on one subnet, W with no address.
+fn path(net: &str) -> (Testbed, Host, Host, Host) {
+    let bed = Testbed::new().unwrap();
+    let a = bed.host("a").unwrap();
+    let w = bed.router("w").unwrap();
+    let b = bed.host("b").unwrap();
+    bed.link(&a, "eth0", &w, "wa", LinkOpts::default()).unwrap();
+    bed.link(&w, "wb", &b, "eth0", LinkOpts::default()).unwrap();
+    a.addr("eth0", &format!("{net}.1/24")).unwrap();
+    b.addr("eth0", &format!("{net}.2/24")).unwrap();
+    // A veth hands TCP and UDP frames over with the checksum left for the
+    // receiving stack to finish; a bridge outside the kernel forwards them
+    // as they are, so the hosts must compute checksums themselves.
+    for h in [&a, &b] {
+        let out = h.exec("ethtool", &["-K", "eth0", "tx", "off"]).unwrap();
+        assert!(out.status.success(), "ethtool: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    (bed, a, w, b)
+}
+
+fn start(bed: &Testbed, w: &Host, extra: &[&str]) -> u32 {
+    let mut args = vec!["wanemu", "--a", "wa", "--b", "wb"];
+    args.extend_from_slice(extra);
+    bed.spawn_ready(w, XSOCK, &args, || Ok(w.has_xdp("wa")? && w.has_xdp("wb")?)).unwrap()
+}
+
+/// Stops the emulator and returns the counters it prints on exit.
+fn stop(bed: &Testbed, pid: u32) -> Value {
+    bed.finish(pid).unwrap();
+    let log = bed.log_tail(pid, 1);
+    serde_json::from_str(&log).unwrap_or_else(|e| panic!("last line is the JSON report ({e}): {log}"))
+}
+
+/// ping(8): (loss fraction, median RTT in ms of the replies).
+fn ping(a: &Host, to: &str, count: u32, interval: &str) -> (f64, f64) {
+    let out = a.exec("ping", &["-n", "-c", &count.to_string(), "-i", interval, "-W", "2", to]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let loss = text
+        .split(',')
+        .find(|p| p.contains("packet loss"))
+        .and_then(|p| p.trim().split('%').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no loss figure in: {text}"));
+    let mut rtts: Vec<f64> = text
+        .lines()
+        .filter_map(|l| l.split("time=").nth(1))
+        .filter_map(|t| t.split_whitespace().next()?.parse().ok())
+        .collect();
+    rtts.sort_by(f64::total_cmp);
+    (loss / 100.0, rtts.get(rtts.len() / 2).copied().unwrap_or(f64::NAN))
+}
+
+#[test]
+fn delay_rate_and_queue_match_the_settings() {
+    require_root!();
+    let (bed, a, w, b) = path("10.71.0");
+    // 20 ms each way, 200 Mbit/s, a 50 KB queue.
+    let pid = start(&bed, &w, &["--delay", "20ms", "--rate", "200mbit", "--buffer", "50000"]);
+
+    // RTT: 40 ms plus the serialization of two 98-byte frames (8 µs). The
+    // first ping also waits for ARP (another round trip): warm up first.
+    ping(&a, "10.71.0.2", 1, "0.2");
+    let (loss, median) = ping(&a, "10.71.0.2", 20, "0.05");
+    assert_eq!(loss, 0.0);
+    eprintln!("wanemu 20 ms each way: ping RTT median {median} ms");
+    assert!((40.0..41.2).contains(&median), "RTT median {median} ms, want 40.0 (+3%)");
+
+    // Rate: UDP offered at 400 Mbit/s; the receiver sees the bottleneck.
+    // wanemu counts whole frames (1514 B for 1472 B of UDP payload), so
+    // 200 Mbit/s of frames is 194.5 Mbit/s of payload.
+    bed.spawn_ready(&b, "iperf3", &["-s", "-1"], || b.listening(5201)).unwrap();
+    let out = a.exec("iperf3", &["-c", "10.71.0.2", "-u", "-b", "400M", "-l", "1472", "-t", "3", "-J"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let received = report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .or_else(|| report["end"]["sum"]["bits_per_second"].as_f64())
+        .unwrap();
+    let want = 200e6 * 1472.0 / 1514.0;
+    eprintln!(
+        "wanemu 200 Mbit/s: iperf3 UDP received {:.1} Mbit/s of payload (want {:.1})",
+        received / 1e6,
+        want / 1e6
+    );
+    assert!((received / want - 1.0).abs() < 0.03, "received {:.1} Mbit/s, want {:.1}", received / 1e6, want / 1e6);
+
+    let counters = stop(&bed, pid);
+    let ab = &counters["a_to_b"];
+    assert!(ab["dropped_queue"].as_u64().unwrap() > 1000, "the 2x overload overflowed the queue: {counters}");
+    let max_queue = ab["max_queue_bytes"].as_u64().unwrap();
+    assert!((48_000..=50_000).contains(&max_queue), "queue filled to its limit and no further: {counters}");
+    assert_eq!(ab["dropped_loss"].as_u64(), Some(0));
+    assert!(!w.has_xdp("wa").unwrap() && !w.has_xdp("wb").unwrap(), "no program left behind");
+}
+
+#[test]
+fn random_loss_matches_the_setting() {
+    require_root!();
+    let (bed, a, w, _b) = path("10.72.0");
+    let pid =
+        start(&bed, &w, &["--delay", "1ms", "--rate", "1gbit", "--buffer", "1MB", "--loss", "10%", "--seed", "9"]);
+    // Each echo crosses twice: 1 - 0.9^2 = 19% of pings fail.
+    let (loss, _) = ping(&a, "10.72.0.2", 400, "0.005");
+    eprintln!("wanemu 10% loss each way: ping lost {:.1}% (want 19%)", loss * 100.0);
+    assert!((0.13..0.25).contains(&loss), "ping loss {loss}, want 0.19");
+    let counters = stop(&bed, pid);
+    for dir in ["a_to_b", "b_to_a"] {
+        let d = &counters[dir];
+        let frac = d["dropped_loss"].as_f64().unwrap() / d["frames_in"].as_f64().unwrap();
+        assert!((0.06..0.14).contains(&frac), "{dir}: {frac} lost, want 0.10: {counters}");
+    }
+}
+
+#[test]
+fn bad_settings_are_one_clear_line() {
+    require_root!();
+    let (_bed, _a, w, _b) = path("10.73.0");
+    let run = |args: &[&str]| {
+        let out = w.command(XSOCK, args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let base = ["wanemu", "--a", "wa", "--b", "wb", "--delay", "10ms", "--buffer", "1MB"];
+    let (code, err) = run(&[&base[..], &["--rate", "1gbps"]].concat());
+    assert_eq!(code, Some(2));
+    assert!(err.contains("ambiguous") && err.contains("1gbit"), "{err}");
+    let (code, err) =
+        run(&["wanemu", "--a", "wa", "--b", "wx", "--delay", "10ms", "--rate", "1gbit", "--buffer", "1MB"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("wx") && err.contains("wb"), "names the interfaces that exist: {err}");
+    assert!(!w.has_xdp("wa").unwrap(), "the half-opened bridge left no program on wa");
+    let (code, err) =
+        run(&["wanemu", "--a", "wa", "--b", "wa", "--delay", "10ms", "--rate", "1gbit", "--buffer", "1MB"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("two interfaces"), "{err}");
+}
