@@ -99,6 +99,7 @@ fn delay_rate_and_queue_match_the_settings() {
     let max_queue = ab["max_queue_bytes"].as_u64().unwrap();
     assert!((48_000..=50_000).contains(&max_queue), "queue filled to its limit and no further: {counters}");
     assert_eq!(ab["dropped_loss"].as_u64(), Some(0));
+    assert_eq!(counters["kernel_dropped_a"].as_u64(), Some(0), "the emulator kept up: {counters}");
     assert!(!w.has_xdp("wa").unwrap() && !w.has_xdp("wb").unwrap(), "no program left behind");
 }
 
