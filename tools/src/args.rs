@@ -42,6 +42,16 @@ pub enum BackendArg {
 }
 
 /// AF_XDP bind mode.
+impl From<BackendArg> for BackendChoice {
+    fn from(b: BackendArg) -> Self {
+        match b {
+            BackendArg::Auto => BackendChoice::Auto,
+            BackendArg::Xdp => BackendChoice::AfXdp,
+            BackendArg::Packet => BackendChoice::AfPacket,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BindArg {
     /// Zero-copy where the driver supports it, else copy.
@@ -103,11 +113,7 @@ impl DatapathArgs {
     pub fn open(&self) -> Result<Datapath, xsock::Error> {
         Datapath::builder(&self.iface)
             .queues([self.queue])
-            .backend(match self.backend {
-                BackendArg::Auto => BackendChoice::Auto,
-                BackendArg::Xdp => BackendChoice::AfXdp,
-                BackendArg::Packet => BackendChoice::AfPacket,
-            })
+            .backend(self.backend.into())
             .bind(match self.bind {
                 BindArg::Auto => BindMode::Auto,
                 BindArg::Copy => BindMode::Copy,
@@ -191,11 +197,7 @@ impl RuntimeArgs {
             .poll_mode(poll)
             .send_buffer(self.buffer)
             .recv_buffer(self.buffer)
-            .backend(match self.backend {
-                BackendArg::Auto => BackendChoice::Auto,
-                BackendArg::Xdp => BackendChoice::AfXdp,
-                BackendArg::Packet => BackendChoice::AfPacket,
-            })
+            .backend(self.backend.into())
             .xdp_mode(match self.xdp_mode {
                 XdpModeArg::Auto => XdpMode::Auto,
                 XdpModeArg::Native => XdpMode::Native,

@@ -89,11 +89,7 @@ impl WanEmu {
         if self.a == self.b {
             return Err(Fail::msg(format!("--a and --b are both {}; a bridge needs two interfaces", self.a)));
         }
-        let backend = match self.backend {
-            crate::args::BackendArg::Auto => BackendChoice::Auto,
-            crate::args::BackendArg::Xdp => BackendChoice::AfXdp,
-            crate::args::BackendArg::Packet => BackendChoice::AfPacket,
-        };
+        let backend = self.backend.into();
         let mut dev_a = open_bridge_port(&self.a, backend)?;
         let mut dev_b = open_bridge_port(&self.b, backend)?;
         let config =
