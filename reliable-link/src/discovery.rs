@@ -35,8 +35,12 @@ pub struct DiscoveryConfig {
 impl Default for DiscoveryConfig {
     fn default() -> Self {
         Self {
+            // 1+2+4+8+16+32 ms: a non-xsock peer costs 63 ms once per
+            // `absent_ttl`. Four attempts (15 ms) were too few: on a loaded
+            // 2-core machine a sleeping peer runtime sometimes answered
+            // later, and the connection silently took kernel TCP.
             first_retry: Duration::from_millis(1),
-            attempts: 4,
+            attempts: 6,
             present_ttl: Duration::from_secs(60),
             absent_ttl: Duration::from_secs(10),
         }
@@ -194,7 +198,7 @@ mod tests {
         assert_eq!(d.lookup(t0, ip), Lookup::Pending);
         let mut sends = vec![];
         let mut now = t0;
-        while now < t0 + Duration::from_millis(40) {
+        while now < t0 + Duration::from_millis(100) {
             if d.poll_transmit(now).is_some() {
                 sends.push(now - t0);
             }
@@ -202,7 +206,7 @@ mod tests {
             now += Duration::from_micros(100);
         }
         let ms: Vec<u128> = sends.iter().map(|d| d.as_millis()).collect();
-        assert_eq!(ms, vec![0, 1, 3, 7], "retries at 1, 2, 4 ms intervals");
+        assert_eq!(ms, vec![0, 1, 3, 7, 15, 31], "retries at 1, 2, 4, 8, 16 ms intervals");
         assert_eq!(d.poll_finished(), Some((ip, Lookup::Absent)));
         assert_eq!(d.lookup(now, ip), Lookup::Absent, "cached negatively");
         assert_eq!(d.lookup(now + Duration::from_secs(11), ip), Lookup::Pending, "until the TTL expires");
