@@ -128,7 +128,7 @@ fn discovery_of_an_address_nobody_runs_xsock_at_concludes_absent() {
     assert_eq!(sim.a.discover(t0, ghost), Lookup::Pending);
     assert!(sim.run_until(10_000, |s| s.a_events.contains(&EndpointEvent::Discovered { ip: ghost, peer: None })));
     let took = sim.now - t0;
-    assert!(took < Duration::from_millis(20), "gave up after {took:?}");
+    assert!(took < Duration::from_millis(70), "gave up after {took:?} (the schedule ends at 63 ms)");
     assert_eq!(sim.a.discover(sim.now, ghost), Lookup::Absent);
 }
 
