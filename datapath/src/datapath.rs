@@ -272,6 +272,11 @@ impl Datapath {
         h.downcast_mut::<T>()
     }
 
+    /// The XDP filter of queue 0's interface (AF_XDP only).
+    pub fn ipv4_filter(&self) -> Option<std::sync::Arc<xsock_nic::xdp::XdpFilter>> {
+        self.ports.first().and_then(|p| p.device.ipv4_filter())
+    }
+
     /// Facts about queue `queue`'s device.
     pub fn device_info(&self, queue: usize) -> &DeviceInfo {
         &self.ports[queue].info

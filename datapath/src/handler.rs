@@ -71,6 +71,11 @@ impl Context<'_> {
         self.info
     }
 
+    /// Frames that can be queued for transmission now.
+    pub fn tx_space(&self) -> usize {
+        self.sink.tx_space()
+    }
+
     /// Queues a frame of `len` bytes, built in place by `fill`. It leaves at
     /// the end of this pass at the latest.
     pub fn transmit(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<(), TxError> {

@@ -19,7 +19,7 @@ use std::{
 use xsock_nic::sys::{EventFd, Interest, poll_fds};
 use xsock_reliable_link::Mode;
 
-use crate::{Error, Runtime, Stream, Transport};
+use crate::{Error, Runtime, Stream, Transport, tcp::conn::TcpConn};
 
 /// How to listen.
 #[derive(Debug, Clone, Copy, Default)]
@@ -43,6 +43,7 @@ pub struct Listener {
     mode: Mode,
     link_port: Option<u16>,
     kernel: Option<KernelSide>,
+    tcp_port: Option<u16>,
 }
 
 impl std::fmt::Debug for Listener {
@@ -64,6 +65,27 @@ impl Listener {
     /// Listens on `addr` as `opts` say.
     pub fn bind_with(rt: &Runtime, addr: SocketAddrV4, opts: ListenOptions) -> Result<Listener, Error> {
         let ip = (!addr.ip().is_unspecified()).then_some(*addr.ip());
+        if opts.transport == Transport::Tcp {
+            let tcp = rt.tcp().ok_or_else(|| {
+                Error::Config("the TCP mode is unavailable: it needs an interface driven with AF_XDP".into())
+            })?;
+            let mut core = tcp.lock();
+            if ip.is_some_and(|ip| ip != core.ip) {
+                return Err(Error::Config(format!("the TCP mode listens on {} only, not on {}", core.ip, addr.ip())));
+            }
+            core.listen(addr.port())?;
+            let addr = SocketAddrV4::new(core.ip, addr.port());
+            drop(core);
+            rt.kick_tcp();
+            return Ok(Listener {
+                rt: rt.clone(),
+                addr,
+                mode: opts.mode,
+                link_port: None,
+                kernel: None,
+                tcp_port: Some(addr.port()),
+            });
+        }
         let mut link_port = None;
         if opts.transport != Transport::Kernel {
             match rt.link() {
@@ -94,7 +116,7 @@ impl Listener {
                 }
             }
         };
-        Ok(Listener { rt: rt.clone(), addr, mode: opts.mode, link_port, kernel })
+        Ok(Listener { rt: rt.clone(), addr, mode: opts.mode, link_port, kernel, tcp_port: None })
     }
 
     /// The address listened on.
@@ -114,6 +136,7 @@ impl Listener {
         match found {
             Some(Accepted::Link(cid)) => Ok(Some(Stream::from_link(&self.rt, cid, self.mode))),
             Some(Accepted::Kernel(sock)) => Ok(Some(Stream::from_kernel(&self.rt, sock, self.mode)?)),
+            Some(Accepted::Tcp(h)) => Ok(Some(Stream::from_tcp(&self.rt, TcpConn::new(&self.rt, h), self.mode))),
             None => Ok(None),
         }
     }
@@ -123,11 +146,15 @@ impl Listener {
         match self.take_one() {
             Some(Accepted::Link(cid)) => Ok(Stream::from_link(&self.rt, cid, self.mode)),
             Some(Accepted::Kernel(sock)) => Stream::from_kernel(&self.rt, sock, self.mode),
+            Some(Accepted::Tcp(h)) => Ok(Stream::from_tcp(&self.rt, TcpConn::new(&self.rt, h), self.mode)),
             None => Err(Error::WouldBlock),
         }
     }
 
     fn take_one(&self) -> Option<Accepted> {
+        if let (Some(port), Some(tcp)) = (self.tcp_port, self.rt.tcp()) {
+            return tcp.lock().accept(port).map(Accepted::Tcp);
+        }
         if let (Some(port), Some(link)) = (self.link_port, self.rt.link())
             && let Some(cid) = link.shared.lock().accept(port)
         {
@@ -141,6 +168,7 @@ impl Listener {
 enum Accepted {
     Link(u64),
     Kernel(TcpStream),
+    Tcp(smoltcp::iface::SocketHandle),
 }
 
 fn start_kernel_side(rt: &Runtime, addr: SocketAddrV4) -> Result<KernelSide, Error> {
@@ -195,6 +223,10 @@ fn accept_loop(listener: TcpListener, queue: Arc<Mutex<VecDeque<TcpStream>>>, st
 
 impl Drop for Listener {
     fn drop(&mut self) {
+        if let (Some(port), Some(tcp)) = (self.tcp_port, self.rt.tcp()) {
+            tcp.lock().unlisten(port);
+            self.rt.kick_tcp();
+        }
         if let (Some(port), Some(link)) = (self.link_port, self.rt.link()) {
             link.shared.lock().unlisten(port);
             self.rt.kick();

@@ -15,6 +15,11 @@ use crate::{
     launch::Launch,
     link::{LinkHandler, LinkShared},
     notify::Notifier,
+    tcp::{
+        TcpConfig,
+        core::{TcpCore, TcpSetup, TcpShared},
+        handler::TcpHandler,
+    },
 };
 
 /// Devices opened elsewhere and the addresses to use on them.
@@ -52,6 +57,9 @@ pub struct RuntimeBuilder {
     dead_after: Duration,
     inject_loss: f64,
     devices: Option<TestDevices>,
+    tcp: TcpConfig,
+    tcp_fallback: bool,
+    tcp_neighbors: Option<std::collections::HashMap<Ipv4Addr, MacAddr>>,
 }
 
 impl std::fmt::Debug for RuntimeBuilder {
@@ -85,6 +93,9 @@ impl Default for RuntimeBuilder {
             dead_after: c.dead_after,
             inject_loss: 0.0,
             devices: None,
+            tcp: TcpConfig::default(),
+            tcp_fallback: false,
+            tcp_neighbors: None,
         }
     }
 }
@@ -197,6 +208,26 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Tuning of the TCP mode (smoltcp on the datapath).
+    pub fn tcp(mut self, c: TcpConfig) -> Self {
+        self.tcp = c;
+        self
+    }
+
+    /// With the automatic transport, reach peers that are off the segment or
+    /// do not run xsock over the TCP mode instead of the kernel's TCP socket.
+    pub fn prefer_tcp_mode(mut self, on: bool) -> Self {
+        self.tcp_fallback = on;
+        self
+    }
+
+    /// Next-hop MACs for the TCP mode on in-memory test devices (there is no
+    /// kernel neighbour table to ask).
+    pub fn tcp_neighbors(mut self, table: std::collections::HashMap<Ipv4Addr, MacAddr>) -> Self {
+        self.tcp_neighbors = Some(table);
+        self
+    }
+
     /// Overrides the whole reliable-link endpoint configuration.
     pub fn endpoint_config(mut self, c: EndpointConfig) -> Self {
         self.endpoint = Some(c);
@@ -269,12 +300,67 @@ impl RuntimeBuilder {
         let shared =
             Arc::new(LinkShared { endpoint: Mutex::new(Endpoint::new(cfg, seed)), notifier: notifier.clone() });
         let handler = dp.register(ETHERTYPE, Box::new(LinkHandler::new(shared.clone(), info.mac, info.max_frame)))?;
+        let tcp = self.open_tcp(&mut dp, &addrs, notifier)?;
         let waker = dp.waker();
         let engine = match self.driving {
             Driving::Thread => Engine::Thread(dp.spawn("xsock-datapath")?),
             Driving::Inline => Engine::Inline(Mutex::new(dp)),
         };
-        Ok(Some(LinkCore { shared, engine, handler, waker, addrs, mac: info.mac, iface: info.name }))
+        Ok(Some(LinkCore {
+            shared,
+            engine,
+            handler,
+            waker,
+            addrs,
+            mac: info.mac,
+            iface: info.name,
+            tcp,
+            tcp_fallback: self.tcp_fallback,
+        }))
+    }
+
+    /// The TCP mode on the datapath, where the backend lets us take IPv4
+    /// ports from the kernel (AF_XDP) or there is no kernel (memory).
+    fn open_tcp(
+        &self,
+        dp: &mut Datapath,
+        addrs: &[LocalAddr],
+        notifier: &Arc<Notifier>,
+    ) -> Result<Option<(Arc<TcpShared>, crate::HandlerId)>, Error> {
+        use xsock_nic::{Backend, neigh};
+        let info = dp.device_info(0).clone();
+        let Some(addr) = addrs.first() else { return Ok(None) };
+        let filter = dp.ipv4_filter();
+        let (neighbors, gateway, is_veth) = match info.backend {
+            Backend::AfXdp { .. } if filter.is_some() => (
+                crate::tcp::NeighborSource::Kernel { iface: info.name.clone(), ifindex: info.ifindex },
+                neigh::default_gateway(&info.name),
+                sys::if_driver(&info.name).ok().flatten().as_deref() == Some("veth"),
+            ),
+            Backend::Memory => {
+                (crate::tcp::NeighborSource::Static(self.tcp_neighbors.clone().unwrap_or_default()), None, false)
+            }
+            _ => {
+                log::info!("TCP mode unavailable on {}: needs AF_XDP to take ports from the kernel", info.backend);
+                return Ok(None);
+            }
+        };
+        let setup = TcpSetup {
+            mac: info.mac,
+            ip: addr.ip,
+            prefix: addr.prefix,
+            gateway,
+            neighbors,
+            filter,
+            is_veth,
+            mtu: (info.mtu as usize + xsock_nic::ETH_HEADER_LEN).min(info.max_frame),
+            seed: sys::random_u64().map_err(Error::Io)?,
+        };
+        let mut cfg = self.tcp.clone();
+        cfg.dead_after = self.dead_after;
+        let shared = Arc::new(TcpShared { core: Mutex::new(TcpCore::new(setup, cfg)?), notifier: notifier.clone() });
+        let id = dp.register(crate::tcp::ETHERTYPE_IPV4, Box::new(TcpHandler::new(shared.clone())))?;
+        Ok(Some((shared, id)))
     }
 }
 
@@ -292,6 +378,10 @@ pub(crate) struct LinkCore {
     pub addrs: Vec<LocalAddr>,
     pub mac: MacAddr,
     pub iface: String,
+    /// The TCP mode and its handler's id, where available.
+    pub tcp: Option<(Arc<TcpShared>, crate::HandlerId)>,
+    /// Auto transport falls back to the TCP mode instead of kernel TCP.
+    pub tcp_fallback: bool,
 }
 
 pub(crate) struct Inner {
@@ -413,6 +503,33 @@ impl Runtime {
         if let Some(l) = &self.inner.link {
             l.waker.wake();
         }
+    }
+
+    /// Gets the TCP mode's frames moving (as [`Runtime::kick`] for the link).
+    pub(crate) fn kick_tcp(&self) {
+        let Some(l) = &self.inner.link else { return };
+        let Some((_, id)) = &l.tcp else { return };
+        match &l.engine {
+            Engine::Inline(dp) => {
+                if let Ok(mut dp) = dp.try_lock() {
+                    let _ = dp.poll_handler(*id);
+                }
+            }
+            Engine::Thread(_) => {
+                if self.inner.poll != PollMode::Busy {
+                    l.waker.wake();
+                }
+            }
+        }
+    }
+
+    pub(crate) fn tcp(&self) -> Option<&Arc<TcpShared>> {
+        self.inner.link.as_ref()?.tcp.as_ref().map(|(s, _)| s)
+    }
+
+    /// Whether the TCP mode is up.
+    pub fn has_tcp_mode(&self) -> bool {
+        self.tcp().is_some()
     }
 
     /// Gets frames the application just queued moving: an inline datapath

@@ -23,7 +23,7 @@ use std::{
 
 use xsock_reliable_link::{CloseReason, Lookup, Mode, Peer, wire::RstReason};
 
-use crate::{Error, PollMode, Runtime};
+use crate::{Error, PollMode, Runtime, tcp::conn::TcpConn};
 
 /// Which path a connection may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -35,6 +35,9 @@ pub enum Transport {
     Link,
     /// The kernel's TCP only.
     Kernel,
+    /// The TCP mode (smoltcp on the datapath) only: plain TCP on the wire,
+    /// to any TCP peer, without the kernel's stack on our side.
+    Tcp,
 }
 
 /// The path a connection took.
@@ -44,6 +47,8 @@ pub enum Path {
     Link,
     /// The kernel's TCP socket.
     Kernel,
+    /// The TCP mode.
+    Tcp,
 }
 
 /// How to connect.
@@ -66,6 +71,7 @@ impl Default for ConnectOptions {
 pub(crate) enum Conn {
     Link { cid: u64, _handle: Arc<LinkHandle> },
     Kernel(TcpStream),
+    Tcp(TcpConn),
 }
 
 /// Lets go of a reliable-link connection when the last handle on it
@@ -130,6 +136,10 @@ impl Stream {
     pub fn connect_with(rt: &Runtime, addr: SocketAddrV4, opts: ConnectOptions) -> Result<Stream, Error> {
         let deadline = Instant::now() + opts.timeout;
         let ip = *addr.ip();
+        if opts.transport == Transport::Tcp {
+            let c = crate::tcp::conn::connect(rt, addr, deadline)?;
+            return Ok(Stream::from_tcp(rt, c, opts.mode));
+        }
         if opts.transport != Transport::Kernel {
             match rt.link() {
                 Some(link) => {
@@ -154,7 +164,16 @@ impl Stream {
                 None => {}
             }
         }
+        if opts.transport == Transport::Auto && rt.link().is_some_and(|l| l.tcp_fallback) && rt.has_tcp_mode() {
+            let c = crate::tcp::conn::connect(rt, addr, deadline)?;
+            return Ok(Stream::from_tcp(rt, c, opts.mode));
+        }
         kernel_connect(rt, addr, opts.mode, deadline)
+    }
+
+    pub(crate) fn from_tcp(rt: &Runtime, c: TcpConn, mode: Mode) -> Stream {
+        let (local, peer) = c.endpoints();
+        Stream { rt: rt.clone(), conn: Conn::Tcp(c), local, peer, mode, spin: rt.poll_mode() == PollMode::Busy }
     }
 
     pub(crate) fn from_link(rt: &Runtime, cid: u64, mode: Mode) -> Stream {
@@ -198,6 +217,7 @@ impl Stream {
         let conn = match &self.conn {
             Conn::Link { cid, _handle } => Conn::Link { cid: *cid, _handle: _handle.clone() },
             Conn::Kernel(s) => Conn::Kernel(s.try_clone().map_err(Error::Io)?),
+            Conn::Tcp(c) => Conn::Tcp(c.clone()),
         };
         Ok(Stream { rt: self.rt.clone(), conn, local: self.local, peer: self.peer, mode: self.mode, spin: self.spin })
     }
@@ -207,6 +227,15 @@ impl Stream {
         match self.conn {
             Conn::Link { .. } => Path::Link,
             Conn::Kernel(_) => Path::Kernel,
+            Conn::Tcp(_) => Path::Tcp,
+        }
+    }
+
+    /// What a TCP-mode connection has done so far (`None` on other paths).
+    pub fn tcp_stats(&self) -> Option<crate::TcpStats> {
+        match &self.conn {
+            Conn::Tcp(c) => Some(c.stats()),
+            _ => None,
         }
     }
 
@@ -244,6 +273,10 @@ impl Stream {
                 let len = (msg.len() as u64).to_le_bytes();
                 kernel_write_all(s, &[IoSlice::new(&len), IoSlice::new(msg)], self.spin)
             }
+            Conn::Tcp(c) => {
+                c.write_all(self.peer, &(msg.len() as u64).to_le_bytes())?;
+                c.write_all(self.peer, msg)
+            }
         }
     }
 
@@ -251,6 +284,7 @@ impl Stream {
     pub fn send_vectored(&mut self, bufs: &[IoSlice<'_>]) -> Result<(), Error> {
         match &mut self.conn {
             Conn::Kernel(s) => kernel_write_all(s, bufs, self.spin),
+            Conn::Tcp(c) => bufs.iter().try_for_each(|b| c.write_all(self.peer, b)),
             Conn::Link { .. } => {
                 for b in bufs {
                     self.send_all(b, false)?;
@@ -261,9 +295,10 @@ impl Stream {
     }
 
     fn send_all(&mut self, data: &[u8], end_of_message: bool) -> Result<(), Error> {
-        let Conn::Link { cid, .. } = self.conn else {
-            let Conn::Kernel(s) = &mut self.conn else { unreachable!() };
-            return kernel_write_all(s, &[IoSlice::new(data)], self.spin);
+        let cid = match &mut self.conn {
+            Conn::Link { cid, .. } => *cid,
+            Conn::Kernel(s) => return kernel_write_all(s, &[IoSlice::new(data)], self.spin),
+            Conn::Tcp(c) => return c.write_all(self.peer, data),
         };
         let mut off = 0;
         loop {
@@ -309,6 +344,7 @@ impl Stream {
         }
         match &mut self.conn {
             Conn::Kernel(s) => kernel_read(s, buf, self.spin),
+            Conn::Tcp(c) => c.read(self.peer, buf),
             Conn::Link { cid, .. } => {
                 let cid = *cid;
                 self.link_read_blocking(cid, buf, false).map(|(n, _)| n)
@@ -327,7 +363,7 @@ impl Stream {
                     Err(e) => return Err(Error::Io(e)),
                 }
             },
-            Conn::Link { .. } => {
+            Conn::Link { .. } | Conn::Tcp(_) => {
                 let mut total = 0;
                 for (i, b) in bufs.iter_mut().enumerate() {
                     if b.is_empty() {
@@ -362,6 +398,17 @@ impl Stream {
                 }
                 Ok(true)
             }
+            Conn::Tcp(_) => {
+                let mut len = [0u8; 8];
+                if !self.read_exact_or_end(&mut len)? {
+                    return Ok(false);
+                }
+                out.resize(u64::from_le_bytes(len) as usize, 0);
+                if !self.read_exact_or_end(out)? {
+                    return Err(Error::Protocol("the peer closed in the middle of a message".into()));
+                }
+                Ok(true)
+            }
             Conn::Link { cid, .. } => {
                 let cid = *cid;
                 loop {
@@ -384,6 +431,19 @@ impl Stream {
                 }
             }
         }
+    }
+
+    /// Reads exactly `buf.len()` bytes; false on a clean end before the first.
+    fn read_exact_or_end(&mut self, buf: &mut [u8]) -> Result<bool, Error> {
+        let mut got = 0;
+        while got < buf.len() {
+            match self.recv(&mut buf[got..])? {
+                0 if got == 0 => return Ok(false),
+                0 => return Err(Error::Protocol("the peer closed in the middle of a message".into())),
+                n => got += n,
+            }
+        }
+        Ok(true)
     }
 
     /// Blocks until bytes (or the end) arrive, then reads. Returns the bytes
@@ -432,6 +492,10 @@ impl Stream {
                 s.set_nonblocking(self.spin).map_err(Error::Io)?;
                 r.map_err(Error::from_io)
             }
+            Conn::Tcp(c) => match c.try_write(self.peer, data)? {
+                0 if !data.is_empty() => Err(Error::WouldBlock),
+                n => Ok(n),
+            },
             Conn::Link { cid, .. } => {
                 let cid = *cid;
                 match self.link_write(cid, data, false)? {
@@ -452,6 +516,7 @@ impl Stream {
                 s.set_nonblocking(self.spin).map_err(Error::Io)?;
                 r.map_err(Error::from_io)
             }
+            Conn::Tcp(c) => c.try_read(self.peer, buf)?.ok_or(Error::WouldBlock),
             Conn::Link { cid, .. } => {
                 let cid = *cid;
                 let link = self.rt.link().expect("link");
@@ -483,6 +548,10 @@ impl Stream {
     pub fn shutdown_write(&mut self) -> Result<(), Error> {
         match &mut self.conn {
             Conn::Kernel(s) => s.shutdown(Shutdown::Write).map_err(Error::Io),
+            Conn::Tcp(c) => {
+                c.shutdown();
+                Ok(())
+            }
             Conn::Link { cid, .. } => {
                 let cid = *cid;
                 self.rt.link().expect("link").shared.lock().close(cid).map_err(|_| Error::Closed)?;
@@ -498,8 +567,10 @@ impl Stream {
         // Already shut down (by a clone, say) or already ended: the state
         // below tells which.
         let _ = self.shutdown_write();
-        let Conn::Link { cid, .. } = self.conn else {
-            return Ok(());
+        let cid = match &self.conn {
+            Conn::Link { cid, .. } => *cid,
+            Conn::Tcp(c) => return c.wait_sent(self.peer, timeout),
+            Conn::Kernel(_) => return Ok(()),
         };
         let rt = self.rt.clone();
         let peer = self.peer;
@@ -521,6 +592,9 @@ impl Stream {
 
     /// Aborts the connection: the peer sees a reset; unsent data is lost.
     pub fn abort(self) {
+        if let Conn::Tcp(c) = &self.conn {
+            c.abort();
+        }
         if let Conn::Link { cid, .. } = self.conn {
             self.rt.link().expect("link").shared.lock().abort(cid);
             self.rt.kick();

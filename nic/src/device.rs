@@ -307,9 +307,21 @@ pub trait FrameDevice: Send {
 
     /// Counters so far.
     fn stats(&self) -> DeviceStats;
+
+    /// The XDP filter that decides which IPv4 traffic reaches this device
+    /// instead of the kernel (AF_XDP only). `None` where there is no kernel
+    /// to share the interface with (in-memory ports) or no way to take IPv4
+    /// away from it (AF_PACKET sees copies; the kernel answers too).
+    fn ipv4_filter(&self) -> Option<std::sync::Arc<crate::xdp::XdpFilter>> {
+        None
+    }
 }
 
 impl<D: FrameDevice + ?Sized> FrameDevice for Box<D> {
+    fn ipv4_filter(&self) -> Option<std::sync::Arc<crate::xdp::XdpFilter>> {
+        (**self).ipv4_filter()
+    }
+
     fn receive(
         &mut self,
         budget: usize,

@@ -264,6 +264,10 @@ impl<D: FrameDevice> FrameSink for FaultInjector<D> {
 }
 
 impl<D: FrameDevice> FrameDevice for FaultInjector<D> {
+    fn ipv4_filter(&self) -> Option<std::sync::Arc<crate::xdp::XdpFilter>> {
+        self.inner.ipv4_filter()
+    }
+
     fn receive(
         &mut self,
         budget: usize,

@@ -32,6 +32,7 @@ mod device;
 mod error;
 pub mod fault;
 pub mod mem;
+pub mod neigh;
 pub mod packet;
 pub mod pcap;
 pub mod sys;

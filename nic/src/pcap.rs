@@ -112,6 +112,10 @@ impl<D: FrameDevice> FrameSink for PcapWriter<D> {
 }
 
 impl<D: FrameDevice> FrameDevice for PcapWriter<D> {
+    fn ipv4_filter(&self) -> Option<std::sync::Arc<crate::xdp::XdpFilter>> {
+        self.inner.ipv4_filter()
+    }
+
     fn receive(
         &mut self,
         budget: usize,

@@ -140,6 +140,8 @@ pub enum TransportArg {
     Link,
     /// The kernel's TCP socket.
     Kernel,
+    /// The TCP mode: smoltcp on the datapath, plain TCP on the wire.
+    Tcp,
 }
 
 /// The runtime behind `ping`, `bw` and `cat`.
@@ -168,6 +170,43 @@ pub struct RuntimeArgs {
     /// for testing recovery); e.g. 0.01.
     #[arg(long, default_value_t = 0.0)]
     pub inject_loss: f64,
+    /// TCP mode: congestion control (cubic, reno or none).
+    #[arg(long, default_value = "cubic")]
+    pub cc: xsock::Congestion,
+    /// TCP mode: aggregate pacing rate (e.g. 950mbit), or off.
+    #[arg(long, default_value = "off")]
+    pub pace: PaceArg,
+    /// TCP mode: cap the windows of the fastest streams so parallel streams
+    /// share (cooperative window caps).
+    #[arg(long)]
+    pub window_caps: bool,
+    /// TCP mode: smoltcp's delayed ACK (e.g. 10ms); acknowledges at once
+    /// without it.
+    #[arg(long, value_parser = parse_duration)]
+    pub ack_delay: Option<Duration>,
+}
+
+/// `--pace RATE|off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaceArg {
+    /// Unpaced.
+    Off,
+    /// A fixed rate (a reserved bandwidth).
+    Rate(xsock_pacer::Rate),
+}
+
+impl std::str::FromStr for PaceArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" => Ok(PaceArg::Off),
+            "auto" => {
+                Err("--pace auto is not implemented for the TCP mode yet: give the path's rate (e.g. 950mbit) or off"
+                    .into())
+            }
+            r => r.parse().map(PaceArg::Rate).map_err(|e| format!("--pace {r}: {e}")),
+        }
+    }
 }
 
 impl RuntimeArgs {
@@ -177,6 +216,7 @@ impl RuntimeArgs {
             None => xsock::Transport::Auto,
             Some(TransportArg::Link) => xsock::Transport::Link,
             Some(TransportArg::Kernel) => xsock::Transport::Kernel,
+            Some(TransportArg::Tcp) => xsock::Transport::Tcp,
         }
     }
 
@@ -185,6 +225,7 @@ impl RuntimeArgs {
         match path {
             xsock::Path::Link => "link",
             xsock::Path::Kernel => "kernel",
+            xsock::Path::Tcp => "tcp",
         }
     }
 
@@ -204,13 +245,38 @@ impl RuntimeArgs {
                 XdpModeArg::Generic => XdpMode::Generic,
             })
             .multi_buffer(self.multi_buffer)
-            .inject_loss(self.inject_loss);
+            .inject_loss(self.inject_loss)
+            .tcp(xsock::TcpConfig {
+                send_buffer: self.buffer,
+                recv_buffer: self.buffer,
+                congestion: self.cc,
+                ack_delay: self.ack_delay,
+                pace: match self.pace {
+                    PaceArg::Off => None,
+                    PaceArg::Rate(r) => Some(r),
+                },
+                window_caps: self.window_caps,
+                ..Default::default()
+            });
         match (self.transport, &self.iface) {
             (Some(TransportArg::Kernel), _) => {}
             (Some(TransportArg::Link), None) => {
                 return Err(Fail::msg("--transport link needs --iface: the interface xsock drives"));
             }
             (Some(TransportArg::Link), Some(i)) => b = b.interface(i).require_link(true),
+            (Some(TransportArg::Tcp), None) => {
+                return Err(Fail::msg("--transport tcp needs --iface: the interface xsock drives"));
+            }
+            (Some(TransportArg::Tcp), Some(i)) => {
+                let rt = b.interface(i).require_link(true).build()?;
+                if !rt.has_tcp_mode() {
+                    return Err(Fail::msg(format!(
+                        "the TCP mode needs AF_XDP on {i} (it takes its ports from the kernel with the XDP filter); \
+                         AF_PACKET cannot: drop --backend packet, or grant CAP_BPF"
+                    )));
+                }
+                return Ok(rt);
+            }
             (None, Some(i)) => b = b.interface(i),
             (None, None) => {}
         }

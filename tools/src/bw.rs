@@ -50,6 +50,10 @@ pub struct Bw {
     /// Print one JSON object on stdout instead of a line of text.
     #[arg(long)]
     json: bool,
+    /// Write goodput over time to this CSV file: every 100 ms, per stream,
+    /// the bytes the peer has acknowledged (TCP mode) or the bytes sent.
+    #[arg(long)]
+    timeline: Option<std::path::PathBuf>,
 }
 
 /// The `bw` JSON fields of CLI.md.
@@ -65,6 +69,14 @@ struct BwResult {
     /// Bytes the receiver found different from what was sent (always 0
     /// unless something is broken; then the command fails).
     corrupt_bytes: u64,
+    /// TCP mode: data segments sent again, over all streams.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retransmits: Option<u64>,
+    /// TCP mode: data segments sent, over all streams.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    segments: Option<u64>,
+    /// Bytes each stream delivered (the receiver's count), to show the spread.
+    per_stream_bytes: Vec<u64>,
 }
 
 /// Period of the stream's byte pattern (a prime, so it never lines up with
@@ -178,9 +190,19 @@ impl Bw {
             let at = (pos % PERIOD as u64) as usize;
             &pat[at..at + self.size - from]
         };
-        let end = Instant::now() + self.seconds;
+        let start = Instant::now();
+        let end = start + self.seconds;
+        let mut timeline: Vec<(f64, usize, u64)> = Vec::new();
+        let mut next_sample = start;
         while Instant::now() < end {
             rt.poll()?;
+            if self.timeline.is_some() && Instant::now() >= next_sample {
+                let t = start.elapsed().as_secs_f64();
+                for (i, (s, pos)) in streams.iter().zip(&sent).enumerate() {
+                    timeline.push((t, i, s.tcp_stats().map_or(*pos, |st| st.acked_bytes)));
+                }
+                next_sample += Duration::from_millis(100);
+            }
             for ((s, pos), from) in streams.iter_mut().zip(sent.iter_mut()).zip(in_call.iter_mut()) {
                 loop {
                     match s.try_send(window(*pos, *from)) {
@@ -195,7 +217,9 @@ impl Bw {
             }
         }
         // Finish the send call in progress, end each stream, collect reports.
+        let tcp: Vec<xsock::TcpStats> = streams.iter().filter_map(|s| s.tcp_stats()).collect();
         let (mut bytes, mut nanos, mut corrupt) = (0u64, 0u64, 0u64);
+        let mut per_stream_bytes = Vec::new();
         for ((s, pos), from) in streams.iter_mut().zip(&sent).zip(&in_call) {
             if *from > 0 {
                 s.send(window(*pos, *from))?;
@@ -211,7 +235,9 @@ impl Bw {
                     n => got += n,
                 }
             }
-            bytes += u64::from_le_bytes(report[..8].try_into().expect("8"));
+            let b = u64::from_le_bytes(report[..8].try_into().expect("8"));
+            per_stream_bytes.push(b);
+            bytes += b;
             nanos = nanos.max(u64::from_le_bytes(report[8..16].try_into().expect("8")));
             corrupt += u64::from_le_bytes(report[16..].try_into().expect("8"));
         }
@@ -225,7 +251,17 @@ impl Bw {
             gbit_per_s: bytes as f64 * 8.0 / secs / 1e9,
             msgs_per_s: bytes as f64 / self.size as f64 / secs,
             corrupt_bytes: corrupt,
+            retransmits: (!tcp.is_empty()).then(|| tcp.iter().map(|t| t.retransmits).sum()),
+            segments: (!tcp.is_empty()).then(|| tcp.iter().map(|t| t.segments_sent).sum()),
+            per_stream_bytes,
         };
+        if let Some(path) = &self.timeline {
+            let mut csv = String::from("t_s,stream,bytes\n");
+            for (t, i, b) in &timeline {
+                csv.push_str(&format!("{t:.3},{i},{b}\n"));
+            }
+            std::fs::write(path, csv).map_err(|e| Fail::msg(format!("writing {}: {e}", path.display())))?;
+        }
         if corrupt > 0 {
             return Err(Fail::msg(format!("{corrupt} of {bytes} bytes arrived corrupted")));
         }

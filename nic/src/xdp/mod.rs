@@ -410,6 +410,10 @@ impl Drop for AfXdpDevice {
 }
 
 impl FrameDevice for AfXdpDevice {
+    fn ipv4_filter(&self) -> Option<Arc<XdpFilter>> {
+        Some(self.filter.clone())
+    }
+
     fn receive(
         &mut self,
         budget: usize,

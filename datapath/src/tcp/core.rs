@@ -1,0 +1,609 @@
+//! The TCP mode's state: smoltcp's interface and sockets, the ports we took
+//! from the kernel, and what the socket API asks of them.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use smoltcp::{
+    iface::{Config, Interface, SocketHandle, SocketSet},
+    socket::tcp::{self, CongestionControl, State},
+    wire::{EthernetAddress, HardwareAddress, IpCidr, IpEndpoint},
+};
+use xsock_nic::{MacAddr, xdp::Ipv4Rule, xdp::XdpFilter};
+use xsock_pacer::{CapConfig, CapCoordinator, GapPacer, StreamId, StreamSample};
+
+use super::{Congestion, TcpConfig, arp::ArpProxy, arp::NeighborSource};
+use crate::{Error, notify::Notifier};
+
+const IPPROTO_TCP: u8 = 6;
+
+/// The TCP mode and what waits on it.
+pub(crate) struct TcpShared {
+    pub core: Mutex<TcpCore>,
+    pub notifier: Arc<Notifier>,
+}
+
+impl TcpShared {
+    pub fn lock(&self) -> MutexGuard<'_, TcpCore> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Per connection, beside smoltcp's socket.
+struct ConnMeta {
+    /// A kernel socket bound to our port, so the kernel gives it to no one
+    /// else (connections we opened; accepted ones share the listener's).
+    port_guard: Option<Arc<TcpListener>>,
+    /// The filter rule steering our port to us (connections we opened).
+    rule: Option<Ipv4Rule>,
+    released: bool,
+    aborted: bool,
+    established: bool,
+    peer_finished: bool,
+    started: Instant,
+    rtt: Option<Duration>,
+    last_progress: Instant,
+    last_queues: (usize, usize),
+    written: u64,
+    cap: Option<StreamId>,
+}
+
+struct ListenMeta {
+    ready: Vec<SocketHandle>,
+    /// Got a SYN; accepted once the handshake completes.
+    pending: Vec<SocketHandle>,
+    accepted: VecDeque<SocketHandle>,
+    port_guard: Option<Arc<TcpListener>>,
+    rule: Option<Ipv4Rule>,
+}
+
+/// What a TCP-mode connection has done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpStats {
+    /// Bytes written and acknowledged by the peer.
+    pub acked_bytes: u64,
+    /// Data segments sent, retransmissions included.
+    pub segments_sent: u64,
+    /// Data segments sent again.
+    pub retransmits: u64,
+    /// The window cap in force, if window caps are on.
+    pub window_cap: Option<u64>,
+    /// Time from SYN to established (the first RTT sample).
+    pub handshake_rtt: Option<Duration>,
+}
+
+/// What a read found.
+pub(crate) enum ReadOutcome {
+    Data(usize),
+    End,
+    Empty,
+}
+
+pub(crate) struct TcpCore {
+    pub iface: Interface,
+    pub sockets: SocketSet<'static>,
+    conns: HashMap<SocketHandle, ConnMeta>,
+    listeners: HashMap<u16, ListenMeta>,
+    filter: Option<Arc<XdpFilter>>,
+    /// Users of each steered port (a listener and the connections it
+    /// accepted share one rule; it goes when the last of them does).
+    steered: HashMap<u16, usize>,
+    pub ip: Ipv4Addr,
+    prefix: u8,
+    gateway: Option<Ipv4Addr>,
+    pub arp: ArpProxy,
+    pub pacer: Option<GapPacer>,
+    caps: Option<CapCoordinator>,
+    pub config: TcpConfig,
+    pub epoch: Instant,
+    /// Frames to feed smoltcp on the next pass (synthesized ARP replies).
+    pub injected: VecDeque<Vec<u8>>,
+    pub verify_checksum: bool,
+    pub mtu: usize,
+    next_port: u16,
+    pub tracker: super::device::SentTracker,
+}
+
+/// Where the TCP mode runs.
+pub(crate) struct TcpSetup {
+    pub mac: MacAddr,
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub neighbors: NeighborSource,
+    pub filter: Option<Arc<XdpFilter>>,
+    pub is_veth: bool,
+    pub mtu: usize,
+    pub seed: u64,
+}
+
+impl TcpCore {
+    pub fn new(setup: TcpSetup, config: TcpConfig) -> Result<TcpCore, Error> {
+        let epoch = Instant::now();
+        let mut cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(setup.mac.0)));
+        cfg.random_seed = setup.seed;
+        let mut dev = NullDevice(setup.mtu);
+        let mut iface = Interface::new(cfg, &mut dev, smoltcp::time::Instant::from_micros(0));
+        iface.update_ip_addrs(|a| {
+            let _ = a.push(IpCidr::new(setup.ip.into(), setup.prefix));
+        });
+        if let Some(gw) = setup.gateway {
+            iface
+                .routes_mut()
+                .add_default_ipv4_route(gw)
+                .map_err(|_| Error::Config("the TCP mode's route table is full".into()))?;
+        }
+        let pacer = config.pace.map(|r| GapPacer::new(r, 0));
+        let caps =
+            config.window_caps.then(|| CapCoordinator::new(CapConfig { target: config.pace, ..Default::default() }));
+        Ok(TcpCore {
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            conns: HashMap::new(),
+            listeners: HashMap::new(),
+            filter: setup.filter,
+            steered: HashMap::new(),
+            ip: setup.ip,
+            prefix: setup.prefix,
+            gateway: setup.gateway,
+            arp: ArpProxy::new(setup.neighbors, setup.mac, setup.ip),
+            pacer,
+            caps,
+            verify_checksum: config.verify_checksum.unwrap_or(!setup.is_veth),
+            config,
+            epoch,
+            injected: VecDeque::new(),
+            mtu: setup.mtu,
+            next_port: 0,
+            tracker: Default::default(),
+        })
+    }
+
+    pub fn smol_now(&self, now: Instant) -> smoltcp::time::Instant {
+        smoltcp::time::Instant::from_micros(now.saturating_duration_since(self.epoch).as_micros() as i64)
+    }
+
+    pub fn std_time(&self, t: smoltcp::time::Instant) -> Instant {
+        self.epoch + Duration::from_micros(t.total_micros().max(0) as u64)
+    }
+
+    fn new_socket(&self) -> tcp::Socket<'static> {
+        let c = &self.config;
+        let mut s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0u8; c.recv_buffer]),
+            tcp::SocketBuffer::new(vec![0u8; c.send_buffer]),
+        );
+        s.set_congestion_control(match c.congestion {
+            Congestion::Cubic => CongestionControl::Cubic,
+            Congestion::Reno => CongestionControl::Reno,
+            Congestion::None => CongestionControl::None,
+        });
+        s.set_ack_delay(c.ack_delay.map(|d| smoltcp::time::Duration::from_micros(d.as_micros() as u64)));
+        s.set_nagle_enabled(false);
+        let dead = smoltcp::time::Duration::from_millis(c.dead_after.as_millis() as u64);
+        s.set_timeout(Some(dead));
+        s.set_keep_alive(Some(dead / 3));
+        s
+    }
+
+    fn steer(&mut self, port: u16) -> Result<Option<Ipv4Rule>, Error> {
+        let Some(f) = &self.filter else { return Ok(None) };
+        let rule = Ipv4Rule { addr: self.ip, proto: IPPROTO_TCP, port };
+        let users = self.steered.entry(port).or_insert(0);
+        if *users == 0 {
+            f.add_ipv4_rule(rule)?;
+        }
+        *users += 1;
+        Ok(Some(rule))
+    }
+
+    fn unsteer(&mut self, rule: Option<Ipv4Rule>) {
+        let (Some(f), Some(r)) = (&self.filter, rule) else { return };
+        let users = self.steered.entry(r.port).or_insert(1);
+        *users -= 1;
+        if *users == 0 {
+            self.steered.remove(&r.port);
+            f.remove_ipv4_rule(r);
+        }
+    }
+
+    /// Whether `ip` is reached directly (else through the default gateway).
+    pub fn next_hop(&self, ip: Ipv4Addr) -> Option<Ipv4Addr> {
+        let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix) };
+        if u32::from(ip) & mask == u32::from(self.ip) & mask {
+            return Some(ip);
+        }
+        self.gateway
+    }
+
+    /// Starts connecting to `remote` from a port the kernel hands us.
+    pub fn connect(&mut self, now: Instant, remote: SocketAddrV4) -> Result<SocketHandle, Error> {
+        let (guard, port) = if self.filter.is_some() {
+            // The kernel picks the port and keeps it from everyone else.
+            let g = TcpListener::bind(SocketAddrV4::new(self.ip, 0)).map_err(Error::Io)?;
+            let port = g.local_addr().map_err(Error::Io)?.port();
+            (Some(g), port)
+        } else {
+            (None, self.ephemeral_port())
+        };
+        let rule = self.steer(port)?;
+        let mut s = self.new_socket();
+        let remote_ep = IpEndpoint::new((*remote.ip()).into(), remote.port());
+        if let Err(e) = s.connect(self.iface.context(), remote_ep, port) {
+            self.unsteer(rule);
+            return Err(Error::Config(format!("TCP mode cannot connect to {remote}: {e}")));
+        }
+        let h = self.sockets.add(s);
+        self.conns.insert(h, self.meta(now, guard.map(Arc::new), rule));
+        if let Some(c) = &mut self.caps {
+            let id = c.add_stream();
+            self.conns.get_mut(&h).expect("just added").cap = Some(id);
+        }
+        Ok(h)
+    }
+
+    /// A free port of our own (no kernel to ask: in-memory devices).
+    fn ephemeral_port(&mut self) -> u16 {
+        loop {
+            self.next_port = if self.next_port < 49152 { 49152 } else { self.next_port.wrapping_add(1) };
+            let p = self.next_port;
+            let used = self.sockets.iter().any(|(_, s)| match s {
+                smoltcp::socket::Socket::Tcp(t) => t.local_endpoint().is_some_and(|e| e.port == p),
+                #[allow(unreachable_patterns)]
+                _ => false,
+            });
+            if !used && !self.listeners.contains_key(&p) {
+                return p;
+            }
+        }
+    }
+
+    fn meta(&self, now: Instant, guard: Option<Arc<TcpListener>>, rule: Option<Ipv4Rule>) -> ConnMeta {
+        ConnMeta {
+            port_guard: guard,
+            rule,
+            released: false,
+            aborted: false,
+            established: false,
+            peer_finished: false,
+            started: now,
+            rtt: None,
+            last_progress: now,
+            last_queues: (0, 0),
+            written: 0,
+            cap: None,
+        }
+    }
+
+    /// Listens on `port` (our address).
+    pub fn listen(&mut self, port: u16) -> Result<(), Error> {
+        let addr = SocketAddrV4::new(self.ip, port);
+        if self.listeners.contains_key(&port) {
+            return Err(Error::AddrInUse(addr));
+        }
+        let guard = if self.filter.is_some() {
+            Some(Arc::new(TcpListener::bind(addr).map_err(|e| match e.kind() {
+                std::io::ErrorKind::AddrInUse => Error::AddrInUse(addr),
+                _ => Error::Io(e),
+            })?))
+        } else {
+            None
+        };
+        let rule = self.steer(port)?;
+        let mut meta =
+            ListenMeta { ready: Vec::new(), pending: Vec::new(), accepted: VecDeque::new(), port_guard: guard, rule };
+        for _ in 0..self.config.backlog.max(1) {
+            let mut s = self.new_socket();
+            s.listen(port).map_err(|e| Error::Config(format!("TCP mode cannot listen on {port}: {e}")))?;
+            meta.ready.push(self.sockets.add(s));
+        }
+        self.listeners.insert(port, meta);
+        Ok(())
+    }
+
+    /// Stops listening; connections not yet accepted are reset.
+    pub fn unlisten(&mut self, port: u16) {
+        let Some(l) = self.listeners.remove(&port) else { return };
+        for h in l.ready.into_iter().chain(l.pending).chain(l.accepted) {
+            self.sockets.get_mut::<tcp::Socket<'_>>(h).abort();
+            if !self.conns.contains_key(&h) {
+                self.conns.insert(h, self.meta(Instant::now(), None, None));
+            }
+            let m = self.conns.get_mut(&h).expect("just added");
+            m.released = true;
+            m.aborted = true;
+        }
+        self.unsteer(l.rule);
+    }
+
+    /// A connection accepted on `port`, if one is ready.
+    pub fn accept(&mut self, port: u16) -> Option<SocketHandle> {
+        self.listeners.get_mut(&port)?.accepted.pop_front()
+    }
+
+    /// After a received frame: listening sockets that got a SYN become
+    /// connections; fresh ones replace them.
+    pub fn replenish(&mut self, now: Instant) {
+        let mut moved = Vec::new();
+        for (&port, l) in &mut self.listeners {
+            l.ready.retain(|&h| {
+                let s = self.sockets.get::<tcp::Socket<'_>>(h);
+                if s.state() == State::Listen {
+                    return true;
+                }
+                moved.push((port, h));
+                false
+            });
+        }
+        for (port, h) in moved {
+            // The connection keeps the listener's port steered and reserved
+            // for as long as it lives, even if the listener goes first.
+            let guard = self.listeners.get(&port).and_then(|l| l.port_guard.clone());
+            let rule = self.steer(port).ok().flatten();
+            self.conns.insert(h, self.meta(now, guard, rule));
+            let mut s = self.new_socket();
+            if s.listen(port).is_ok() {
+                let h2 = self.sockets.add(s);
+                self.listeners.get_mut(&port).expect("listed").ready.push(h2);
+            }
+            self.listeners.get_mut(&port).expect("listed").pending.push(h);
+        }
+    }
+
+    fn socket(&mut self, h: SocketHandle) -> &mut tcp::Socket<'static> {
+        self.sockets.get_mut::<tcp::Socket<'static>>(h)
+    }
+
+    /// Room for `send` now (bounded by the connection's window cap).
+    pub fn send_space(&mut self, h: SocketHandle) -> usize {
+        let cap = self.conns.get(&h).and_then(|m| m.cap).and_then(|id| self.caps.as_ref()?.cap(id));
+        let s = self.socket(h);
+        if !s.may_send() {
+            return 0;
+        }
+        let free = s.send_capacity() - s.send_queue();
+        match cap {
+            Some(c) => free.min((c as usize).saturating_sub(s.send_queue())),
+            None => free,
+        }
+    }
+
+    /// Queues what fits of `data`; an error once the connection has failed.
+    pub fn send(&mut self, h: SocketHandle, peer: SocketAddrV4, data: &[u8]) -> Result<usize, Error> {
+        if let Some(e) = self.failure(h, peer) {
+            return Err(e);
+        }
+        let room = self.send_space(h);
+        let s = self.socket(h);
+        if !s.may_send() {
+            return Err(Error::Closed);
+        }
+        let n = s.send_slice(&data[..data.len().min(room)]).map_err(|_| Error::Closed)?;
+        if let Some(m) = self.conns.get_mut(&h) {
+            m.written += n as u64;
+        }
+        Ok(n)
+    }
+
+    /// Reads what is there.
+    pub fn recv(&mut self, h: SocketHandle, peer: SocketAddrV4, buf: &mut [u8]) -> Result<ReadOutcome, Error> {
+        let s = self.socket(h);
+        match s.recv_slice(buf) {
+            Ok(0) if !buf.is_empty() => {}
+            Ok(n) => return Ok(ReadOutcome::Data(n)),
+            Err(tcp::RecvError::Finished) => {
+                if let Some(m) = self.conns.get_mut(&h) {
+                    m.peer_finished = true;
+                }
+                return Ok(ReadOutcome::End);
+            }
+            Err(tcp::RecvError::InvalidState) => {}
+        }
+        match self.failure(h, peer) {
+            Some(e) => Err(e),
+            None if !self.socket(h).is_active() => Ok(ReadOutcome::End),
+            None => Ok(ReadOutcome::Empty),
+        }
+    }
+
+    pub fn is_established(&mut self, h: SocketHandle) -> bool {
+        self.conns.get(&h).is_some_and(|m| m.established)
+    }
+
+    /// Why the connection failed, if it did (a graceful end is not a failure).
+    pub fn failure(&mut self, h: SocketHandle, peer: SocketAddrV4) -> Option<Error> {
+        let state = self.socket(h).state();
+        let m = self.conns.get(&h)?;
+        if state != State::Closed || m.aborted {
+            return (m.aborted && state == State::Closed).then_some(Error::Closed);
+        }
+        let silent = m.last_progress.elapsed() >= self.config.dead_after.mul_f32(0.9);
+        Some(if !m.established {
+            if silent {
+                Error::TimedOut(format!("no answer from {peer} to the TCP handshake"))
+            } else {
+                Error::ConnectionRefused(peer)
+            }
+        } else if m.peer_finished {
+            return None;
+        } else if silent {
+            Error::TimedOut(format!("{peer} stopped answering (no acknowledgement for {:?})", self.config.dead_after))
+        } else {
+            Error::ConnectionReset(format!("{peer} reset the TCP connection"))
+        })
+    }
+
+    /// Everything written has been acknowledged (and the FIN, once sent).
+    pub fn send_finished(&mut self, h: SocketHandle) -> bool {
+        let s = self.socket(h);
+        s.send_queue() == 0 && matches!(s.state(), State::FinWait2 | State::TimeWait | State::Closed)
+    }
+
+    pub fn shutdown(&mut self, h: SocketHandle) {
+        self.socket(h).close();
+    }
+
+    pub fn abort(&mut self, h: SocketHandle) {
+        self.socket(h).abort();
+        if let Some(m) = self.conns.get_mut(&h) {
+            m.aborted = true;
+        }
+    }
+
+    /// The application let go: close gracefully in the background.
+    pub fn release(&mut self, h: SocketHandle) {
+        if let Some(m) = self.conns.get_mut(&h) {
+            m.released = true;
+        }
+        self.socket(h).close();
+    }
+
+    pub fn endpoints(&mut self, h: SocketHandle) -> (SocketAddrV4, SocketAddrV4) {
+        let s = self.socket(h);
+        let v4 = |e: Option<IpEndpoint>| match e {
+            Some(IpEndpoint { addr: smoltcp::wire::IpAddress::Ipv4(a), port }) => SocketAddrV4::new(a, port),
+            _ => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+        };
+        (v4(s.local_endpoint()), v4(s.remote_endpoint()))
+    }
+
+    /// Once per pass: establishment, progress, window caps, and removal of
+    /// released connections that have ended. Returns whether anything
+    /// changed that a waiter could care about.
+    pub fn housekeeping(&mut self, now: Instant) -> bool {
+        let mut changed = false;
+        let mut gone = Vec::new();
+        for (&h, m) in &mut self.conns {
+            let s = self.sockets.get::<tcp::Socket<'_>>(h);
+            let state = s.state();
+            if !m.established && matches!(state, State::Established | State::CloseWait) {
+                m.established = true;
+                m.rtt = Some(now.duration_since(m.started));
+                changed = true;
+            }
+            if matches!(state, State::CloseWait | State::LastAck | State::Closing | State::TimeWait) {
+                m.peer_finished = true;
+            }
+            let q = (s.send_queue(), s.recv_queue());
+            if q != m.last_queues {
+                if q.0 < m.last_queues.0 || q.1 > m.last_queues.1 {
+                    m.last_progress = now;
+                }
+                m.last_queues = q;
+                changed = true;
+            }
+            if let (Some(c), Some(id)) = (&mut self.caps, m.cap) {
+                let acked = m.written - q.0 as u64;
+                c.observe(id, StreamSample { acked_bytes: acked, srtt: m.rtt.unwrap_or(Duration::from_millis(100)) });
+            }
+            if m.released && matches!(state, State::Closed | State::TimeWait) {
+                gone.push(h);
+            }
+        }
+        for l in self.listeners.values_mut() {
+            l.pending.retain(|&h| match self.conns.get_mut(&h) {
+                Some(m) if m.established => {
+                    l.accepted.push_back(h);
+                    changed = true;
+                    false
+                }
+                Some(m) if self.sockets.get::<tcp::Socket<'_>>(h).state() == State::Closed => {
+                    m.released = true;
+                    gone.push(h);
+                    false
+                }
+                Some(_) => true,
+                None => false,
+            });
+        }
+        if let Some(c) = &mut self.caps
+            && c.poll_timeout().is_some_and(|t| t <= now)
+        {
+            c.handle_timeout(now);
+        }
+        for h in gone {
+            let m = self.conns.remove(&h).expect("listed");
+            let s = self.sockets.remove(h);
+            if let smoltcp::socket::Socket::Tcp(t) = s
+                && let Some(e) = t.local_endpoint()
+                && m.port_guard.as_ref().is_some_and(|g| Arc::strong_count(g) == 1)
+            {
+                self.tracker.forget(e.port);
+            }
+            self.unsteer(m.rule);
+            if let (Some(c), Some(id)) = (&mut self.caps, m.cap) {
+                c.remove_stream(id);
+            }
+            drop(m.port_guard);
+        }
+        changed
+    }
+
+    /// When housekeeping wants to run next (window caps).
+    pub fn next_housekeeping(&self) -> Option<Instant> {
+        self.caps.as_ref().and_then(|c| c.poll_timeout())
+    }
+
+    /// What a connection has done so far.
+    pub fn stats(&mut self, h: SocketHandle) -> TcpStats {
+        let cap = self.conns.get(&h).and_then(|m| m.cap).and_then(|id| self.caps.as_ref()?.cap(id));
+        let (written, rtt) = self.conns.get(&h).map_or((0, None), |m| (m.written, m.rtt));
+        let s = self.socket(h);
+        let queued = s.send_queue() as u64;
+        let port = s.local_endpoint().map_or(0, |e| e.port);
+        let (segments, retransmits) = self.tracker.counts(port);
+        TcpStats {
+            acked_bytes: written.saturating_sub(queued),
+            segments_sent: segments,
+            retransmits,
+            window_cap: cap,
+            handshake_rtt: rtt,
+        }
+    }
+}
+
+impl Drop for TcpCore {
+    fn drop(&mut self) {
+        if let Some(f) = &self.filter {
+            for &port in self.steered.keys() {
+                f.remove_ipv4_rule(Ipv4Rule { addr: self.ip, proto: IPPROTO_TCP, port });
+            }
+        }
+    }
+}
+
+/// A device with no frames, for creating the interface.
+struct NullDevice(usize);
+
+impl smoltcp::phy::Device for NullDevice {
+    type RxToken<'a> = NullToken;
+    type TxToken<'a> = NullToken;
+    fn receive(&mut self, _: smoltcp::time::Instant) -> Option<(NullToken, NullToken)> {
+        None
+    }
+    fn transmit(&mut self, _: smoltcp::time::Instant) -> Option<NullToken> {
+        None
+    }
+    fn capabilities(&self) -> smoltcp::phy::DeviceCapabilities {
+        let mut c = smoltcp::phy::DeviceCapabilities::default();
+        c.medium = smoltcp::phy::Medium::Ethernet;
+        c.max_transmission_unit = self.0;
+        c
+    }
+}
+
+struct NullToken;
+impl smoltcp::phy::RxToken for NullToken {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&[])
+    }
+}
+impl smoltcp::phy::TxToken for NullToken {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        f(&mut vec![0; len])
+    }
+}

@@ -1,0 +1,203 @@
+//! smoltcp's view of the datapath: a [`Device`] whose receive side is the
+//! IPv4 frames the XDP filter steered to us, and whose transmit side builds
+//! each frame in place in the NIC's transmit buffer.
+//!
+//! Two things happen here that smoltcp does not know about:
+//! - **ARP belongs to the kernel.** The interface is shared with it, and the
+//!   XDP filter leaves ARP to it, so smoltcp's ARP requests never reach the
+//!   wire: they are taken out of the transmit path and answered from the
+//!   kernel's neighbour table ([`super::arp`]).
+//! - **Pacing.** While smoltcp emits queued data, an aggregate
+//!   [`GapPacer`] decides whether another frame may leave now; if not, the
+//!   device reports itself exhausted and smoltcp tries again on a later pass.
+//!   Responses produced while processing received frames are never held
+//!   (smoltcp drops a response the device refuses).
+
+use std::{collections::VecDeque, net::Ipv4Addr, time::Instant};
+
+use smoltcp::phy::{self, Checksum, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
+use xsock_nic::TxError;
+use xsock_pacer::GapPacer;
+
+use crate::handler::Context;
+
+/// EtherType of ARP.
+pub const ETHERTYPE_ARP: u16 = 0x0806;
+
+/// The frames between smoltcp and one pass of the poll loop.
+pub(crate) struct FrameIo<'a, 'c> {
+    pub rx: &'a mut VecDeque<Vec<u8>>,
+    pub cx: &'a mut Context<'c>,
+    /// Addresses smoltcp asked ARP for, to answer from the kernel's table.
+    pub arp_asks: &'a mut Vec<Ipv4Addr>,
+    /// The aggregate pacer, applied while `pacing` is on.
+    pub pacer: Option<&'a mut GapPacer>,
+    pub pacing: bool,
+    /// Set when the pacer held a frame: when the next may leave.
+    pub held_until: Option<Instant>,
+    /// Set when the transmit ring was full.
+    pub ring_full: bool,
+    pub mtu: usize,
+    pub verify_tcp_checksum: bool,
+    pub tracker: &'a mut SentTracker,
+}
+
+/// Counts segments sent again (retransmissions) per local port: a data
+/// segment whose end is not beyond the highest sequence number sent so far.
+#[derive(Debug, Default)]
+pub(crate) struct SentTracker {
+    ports: std::collections::HashMap<u16, (u32, u64, u64)>,
+}
+
+impl SentTracker {
+    /// Looks at an outgoing Ethernet frame.
+    pub fn on_frame(&mut self, f: &[u8]) {
+        if f.len() < 54 || f[12..14] != [0x08, 0x00] || f[23] != 6 {
+            return;
+        }
+        let ihl = usize::from(f[14] & 0x0f) * 4;
+        let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
+        let tcp = 14 + ihl;
+        if f.len() < tcp + 20 {
+            return;
+        }
+        let port = u16::from_be_bytes([f[tcp], f[tcp + 1]]);
+        let seq = u32::from_be_bytes([f[tcp + 4], f[tcp + 5], f[tcp + 6], f[tcp + 7]]);
+        let doff = usize::from(f[tcp + 12] >> 4) * 4;
+        let len = total.saturating_sub(ihl + doff) as u32;
+        if len == 0 {
+            return;
+        }
+        let end = seq.wrapping_add(len);
+        let e = self.ports.entry(port).or_insert((seq, 0, 0));
+        e.1 += 1;
+        if (end.wrapping_sub(e.0) as i32) > 0 {
+            e.0 = end;
+        } else if e.1 > 1 {
+            e.2 += 1;
+        }
+    }
+
+    /// (data segments sent, of which retransmissions) from local `port`.
+    pub fn counts(&self, port: u16) -> (u64, u64) {
+        self.ports.get(&port).map_or((0, 0), |e| (e.1, e.2))
+    }
+
+    pub fn forget(&mut self, port: u16) {
+        self.ports.remove(&port);
+    }
+}
+
+pub(crate) struct Rx {
+    frame: Vec<u8>,
+}
+
+pub(crate) struct Tx<'b, 'c> {
+    cx: &'b mut Context<'c>,
+    tracker: &'b mut SentTracker,
+    arp_asks: &'b mut Vec<Ipv4Addr>,
+    pacer: Option<&'b mut GapPacer>,
+    ring_full: &'b mut bool,
+}
+
+impl phy::RxToken for Rx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.frame)
+    }
+}
+
+impl phy::TxToken for Tx<'_, '_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut f = Some(f);
+        let mut out = None;
+        let r = self.cx.transmit_with(len, &mut |buf| {
+            let Some(f) = f.take() else { return 0 };
+            out = Some(f(&mut buf[..len]));
+            self.tracker.on_frame(&buf[..len]);
+            if u16::from_be_bytes([buf[12], buf[13]]) == ETHERTYPE_ARP {
+                // Target protocol address of an ARP request: bytes 38..42.
+                if len >= 42 && u16::from_be_bytes([buf[20], buf[21]]) == 1 {
+                    self.arp_asks.push(Ipv4Addr::new(buf[38], buf[39], buf[40], buf[41]));
+                }
+                return 0; // not sent: the kernel owns ARP on this interface
+            }
+            len
+        });
+        match r {
+            Ok(n) if n > 0 => {
+                if let Some(p) = self.pacer {
+                    p.on_sent(self.cx.now(), n as u64);
+                }
+            }
+            Ok(_) => {}
+            Err(TxError::RingFull) => *self.ring_full = true,
+            Err(e) => log::warn!("TCP-mode frame not sent: {e}"),
+        }
+        match out {
+            Some(o) => o,
+            // The sink refused before building (ring full): smoltcp still
+            // needs the closure run to keep its state consistent; build the
+            // frame into scratch and drop it, as a lost frame.
+            None => {
+                let mut scratch = vec![0u8; len];
+                f.take().expect("closure not run")(&mut scratch)
+            }
+        }
+    }
+}
+
+impl<'a, 'c> Device for FrameIo<'a, 'c> {
+    type RxToken<'t>
+        = Rx
+    where
+        Self: 't;
+    type TxToken<'t>
+        = Tx<'t, 'c>
+    where
+        Self: 't;
+
+    fn receive(&mut self, _ts: smoltcp::time::Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        let frame = self.rx.pop_front()?;
+        // Responses to received frames are never paced (smoltcp would drop them).
+        let tx = Tx {
+            cx: self.cx,
+            tracker: self.tracker,
+            arp_asks: self.arp_asks,
+            pacer: None,
+            ring_full: &mut self.ring_full,
+        };
+        Some((Rx { frame }, tx))
+    }
+
+    fn transmit(&mut self, _ts: smoltcp::time::Instant) -> Option<Self::TxToken<'_>> {
+        if self.ring_full || self.cx.tx_space() == 0 {
+            self.ring_full = true;
+            return None;
+        }
+        let now = self.cx.now();
+        let pacer = match (self.pacing, self.pacer.as_deref_mut()) {
+            (true, Some(p)) => {
+                if let Some(at) = p.poll_departure(now) {
+                    self.held_until = Some(at);
+                    return None;
+                }
+                Some(p)
+            }
+            _ => None,
+        };
+        Some(Tx { cx: self.cx, tracker: self.tracker, arp_asks: self.arp_asks, pacer, ring_full: &mut self.ring_full })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = self.mtu;
+        caps.max_burst_size = None;
+        let mut checksum = ChecksumCapabilities::default();
+        if !self.verify_tcp_checksum {
+            checksum.tcp = Checksum::Tx;
+        }
+        caps.checksum = checksum;
+        caps
+    }
+}

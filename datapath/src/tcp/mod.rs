@@ -1,0 +1,114 @@
+//! The TCP mode: smoltcp's TCP/IP running on the datapath, so an xsock
+//! process talks TCP to any peer (a kernel TCP program, a peer off the
+//! segment) without the kernel's stack on our side.
+//!
+//! - [`device`]: smoltcp's `Device` over the datapath's frames; ARP is
+//!   answered from the kernel's neighbour table ([`arp`]), because the
+//!   kernel keeps owning ARP on the shared interface.
+//! - [`core`]: the interface, the sockets and what the socket API asks of
+//!   them (connect, listen/accept, read, write, close), plus the XDP filter
+//!   rules that take our ports (and only those) away from the kernel, and
+//!   kernel sockets bound to the same ports so the kernel never hands them
+//!   to anyone else.
+//! - [`handler`]: the datapath handler that runs smoltcp on every pass.
+//!
+//! Pacing is aggregate: every frame smoltcp emits from its send queues
+//! leaves on one inter-packet-gap schedule ([`xsock_pacer::GapPacer`]) at
+//! the configured rate, so bursts never exceed a couple of frames however
+//! large the windows. Window caps ([`xsock_pacer::CapCoordinator`]) bound
+//! each sending connection's unacknowledged bytes so parallel streams share.
+
+mod arp;
+pub(crate) mod conn;
+pub(crate) mod core;
+mod device;
+pub(crate) mod handler;
+
+use std::time::Duration;
+
+pub(crate) use arp::NeighborSource;
+use xsock_pacer::Rate;
+
+/// EtherType of IPv4.
+pub const ETHERTYPE_IPV4: u16 = 0x0800;
+
+/// smoltcp's congestion controllers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Congestion {
+    /// CUBIC (RFC 8312).
+    #[default]
+    Cubic,
+    /// NewReno-style additive increase.
+    Reno,
+    /// None: the window is the peer's receive window only (for a reserved
+    /// path paced at its rate).
+    None,
+}
+
+impl std::str::FromStr for Congestion {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cubic" => Ok(Congestion::Cubic),
+            "reno" => Ok(Congestion::Reno),
+            "none" => Ok(Congestion::None),
+            _ => Err(format!("unknown congestion control {s:?}: use cubic, reno or none")),
+        }
+    }
+}
+
+/// Tuning of the TCP mode.
+#[derive(Debug, Clone)]
+pub struct TcpConfig {
+    /// Bytes a connection may have written and not yet acknowledged.
+    pub send_buffer: usize,
+    /// Bytes a connection buffers for reading; sets the advertised window
+    /// (window scaling follows from it).
+    pub recv_buffer: usize,
+    /// Congestion control.
+    pub congestion: Congestion,
+    /// smoltcp's delayed ACK (`None` = acknowledge at once). See
+    /// perf/RESULTS.md for what it costs.
+    pub ack_delay: Option<Duration>,
+    /// Aggregate pacing rate for everything the TCP mode sends (`None` =
+    /// unpaced: frames leave as fast as the windows allow).
+    pub pace: Option<Rate>,
+    /// Window caps across the sending connections (cooperative fairness).
+    pub window_caps: bool,
+    /// Give up on a peer after this long without an answer.
+    pub dead_after: Duration,
+    /// Listening sockets kept ready per port (SYNs beyond are refused).
+    pub backlog: usize,
+    /// Verify TCP checksums on receive. `None` = yes, except on veth, where
+    /// the sending kernel leaves the checksum to an offload that never runs
+    /// for frames taken by XDP.
+    pub verify_checksum: Option<bool>,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        Self {
+            send_buffer: 4 << 20,
+            recv_buffer: 4 << 20,
+            congestion: Congestion::Cubic,
+            ack_delay: None,
+            pace: None,
+            window_caps: false,
+            dead_after: Duration::from_secs(10),
+            backlog: 8,
+            verify_checksum: None,
+        }
+    }
+}
+
+impl TcpConfig {
+    /// Buffers sized for a path: `factor_percent`% of the bandwidth-delay
+    /// product `rate × rtt` (at least 256 KiB).
+    pub fn for_path(mut self, rate: Rate, rtt: Duration, factor_percent: u64) -> Self {
+        let bdp = rate.bytes_in(rtt);
+        let b = (bdp * factor_percent / 100).max(256 << 10) as usize;
+        self.send_buffer = b;
+        self.recv_buffer = b;
+        self
+    }
+}
