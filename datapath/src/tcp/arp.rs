@@ -122,7 +122,7 @@ impl ArpProxy {
 }
 
 /// An ARP reply from `peer` (at `peer_mac`) to us.
-fn arp_reply(peer: Ipv4Addr, peer_mac: MacAddr, ip: Ipv4Addr, mac: MacAddr) -> Vec<u8> {
+pub(crate) fn arp_reply(peer: Ipv4Addr, peer_mac: MacAddr, ip: Ipv4Addr, mac: MacAddr) -> Vec<u8> {
     let mut f = Vec::with_capacity(42);
     f.extend_from_slice(&mac.0);
     f.extend_from_slice(&peer_mac.0);

@@ -152,14 +152,7 @@ impl FrameHandler for TcpHandler {
 
 /// An ARP reply telling us the sender of IPv4 frame `f` is at its source MAC.
 fn arp_reply_from_frame(f: &[u8]) -> Vec<u8> {
-    let mut r = Vec::with_capacity(42);
-    r.extend_from_slice(&f[0..6]); // to us
-    r.extend_from_slice(&f[6..12]);
-    r.extend_from_slice(&0x0806u16.to_be_bytes());
-    r.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 2]);
-    r.extend_from_slice(&f[6..12]);
-    r.extend_from_slice(&f[26..30]); // sender IP
-    r.extend_from_slice(&f[0..6]);
-    r.extend_from_slice(&f[30..34]); // our IP
-    r
+    let octets = |r: std::ops::Range<usize>| -> [u8; 4] { f[r].try_into().expect("four bytes") };
+    let mac = |r: std::ops::Range<usize>| xsock_nic::MacAddr(f[r].try_into().expect("six bytes"));
+    super::arp::arp_reply(octets(26..30).into(), mac(6..12), octets(30..34).into(), mac(0..6))
 }
