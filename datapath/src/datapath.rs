@@ -498,6 +498,7 @@ impl Datapath {
             port.device.sink().flush()?;
             port.tally.sleeps += 1;
         }
+        use_fine_timer_slack();
         let mut interests: Vec<Interest<'_>> =
             self.ports.iter().map(|p| Interest { fd: p.device.readiness_fd(), read: true, write: false }).collect();
         interests.push(Interest { fd: self.waker.fd(), read: true, write: false });
@@ -524,4 +525,23 @@ impl Datapath {
             }
         }
     }
+}
+
+/// How late a sleep in [`Datapath::idle`] may end. The kernel's default is
+/// 50 µs, which is four frame gaps at 1 Gbit/s: a pacer that sleeps between
+/// bursts would lose its schedule.
+pub const TIMER_SLACK: Duration = Duration::from_micros(5);
+
+/// Sets [`TIMER_SLACK`] on this thread, once.
+fn use_fine_timer_slack() {
+    thread_local! {
+        static SET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    SET.with(|set| {
+        if !set.replace(true)
+            && let Err(e) = xsock_nic::sys::set_timer_slack(TIMER_SLACK)
+        {
+            log::debug!("timer slack stays at the kernel's default: {e}");
+        }
+    });
 }

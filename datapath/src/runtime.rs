@@ -483,6 +483,25 @@ impl Runtime {
         }
     }
 
+    /// Inline driving, after a [`Runtime::poll`] that found nothing to do:
+    /// waits as the poll mode says. Busy returns at once; adaptive spins a
+    /// while after the last work, then sleeps; sleep sleeps at once. A sleep
+    /// ends at the first frame, a wake-up from another thread, the next
+    /// timer (a pacing departure, a retransmission) or `max`. With a
+    /// datapath thread (or no interface) it sleeps for `max` at most, or
+    /// returns at once when busy-polling.
+    pub fn idle(&self, max: Option<Duration>) -> Result<(), Error> {
+        match self.inner.link.as_ref().map(|l| &l.engine) {
+            Some(Engine::Inline(dp)) => dp.lock().unwrap_or_else(|p| p.into_inner()).idle(max).map_err(Error::Io),
+            _ if self.inner.poll == PollMode::Busy => Ok(()),
+            _ => {
+                let seen = self.inner.notifier.generation();
+                self.inner.notifier.wait_past(seen, max.unwrap_or(Duration::from_millis(100)));
+                Ok(())
+            }
+        }
+    }
+
     /// Counters of the datapath's queues (empty without an interface).
     pub fn queue_stats(&self) -> Vec<crate::QueueStats> {
         match self.inner.link.as_ref().map(|l| &l.engine) {

@@ -131,7 +131,10 @@ pub struct Interest<'fd> {
     pub write: bool,
 }
 
-/// poll(2) over `fds`; `None` waits indefinitely. EINTR counts as a timeout.
+/// ppoll(2) over `fds`; `None` waits indefinitely. EINTR counts as a
+/// timeout. The timeout has nanosecond resolution (plain poll(2) rounds to
+/// milliseconds, far too coarse for pacing); how late the wake-up comes is
+/// the thread's timer slack (see [`set_timer_slack`]).
 /// Returns one [`Ready`] per interest, in order.
 pub fn poll_fds(fds: &[Interest<'_>], timeout: Option<Duration>) -> io::Result<Vec<Ready>> {
     let mut pfds: Vec<libc::pollfd> = fds
@@ -142,14 +145,16 @@ pub fn poll_fds(fds: &[Interest<'_>], timeout: Option<Duration>) -> io::Result<V
             revents: 0,
         })
         .collect();
-    let ms = match timeout {
-        None => -1,
-        // Round up so a 100 µs wait does not become a busy 0 ms poll.
-        Some(d) => i32::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(i32::MAX),
-    };
-    // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs, and
-    // every fd in it is borrowed for the duration of the call.
-    match syscall!(poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms)) {
+    let ts = timeout.map(|d| libc::timespec {
+        tv_sec: libc::time_t::try_from(d.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: libc::c_long::from(d.subsec_nanos() as i32),
+    });
+    let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs, every
+    // fd in it is borrowed for the duration of the call, `ts_ptr` is null or
+    // points at a timespec that outlives the call, and a null signal mask
+    // leaves the thread's mask as it is.
+    match syscall!(ppoll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ts_ptr, std::ptr::null())) {
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
         Err(e) => return Err(e),
@@ -162,6 +167,17 @@ pub fn poll_fds(fds: &[Interest<'_>], timeout: Option<Duration>) -> io::Result<V
             error: p.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0,
         })
         .collect())
+}
+
+/// Sets how late the kernel may let this thread's timed sleeps end (the
+/// default is 50 µs). A pacer that sleeps between bursts of frames needs
+/// it small; the cost is a few more timer interrupts.
+pub fn set_timer_slack(slack: Duration) -> io::Result<()> {
+    let ns = libc::c_ulong::try_from(slack.as_nanos().max(1)).unwrap_or(libc::c_ulong::MAX);
+    // SAFETY: PR_SET_TIMERSLACK takes one integer argument and touches no
+    // memory of ours; the unused arguments are zero as prctl(2) asks.
+    syscall!(prctl(libc::PR_SET_TIMERSLACK, ns, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong))?;
+    Ok(())
 }
 
 /// A non-blocking eventfd: a pollable doorbell one thread rings for another.

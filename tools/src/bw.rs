@@ -117,9 +117,10 @@ fn serve(rt: &Runtime, addr: SocketAddrV4, transport: xsock::Transport) -> Resul
     let expect = pattern(buf.len());
     let mut conns: Vec<Incoming> = Vec::new();
     loop {
-        rt.poll()?;
+        let mut work = rt.poll()?;
         match l.try_accept() {
             Ok(s) => {
+                work += 1;
                 log::info!("receiving from {} over {:?}", s.peer_addr(), s.path());
                 conns.push(Incoming { s, bytes: 0, corrupt: 0, first: None });
             }
@@ -144,6 +145,7 @@ fn serve(rt: &Runtime, addr: SocketAddrV4, transport: xsock::Transport) -> Resul
                         return false;
                     }
                     Ok(n) => {
+                        work += 1;
                         c.first.get_or_insert_with(Instant::now);
                         c.corrupt += corrupt_bytes(&expect, c.bytes, &buf[..n]);
                         c.bytes += n as u64;
@@ -156,6 +158,9 @@ fn serve(rt: &Runtime, addr: SocketAddrV4, transport: xsock::Transport) -> Resul
                 }
             }
         });
+        if work == 0 {
+            rt.idle(Some(Duration::from_millis(100)))?;
+        }
     }
 }
 
@@ -194,9 +199,13 @@ impl Bw {
         let end = start + self.seconds;
         let mut timeline: Vec<(f64, usize, u64)> = Vec::new();
         let mut next_sample = start;
-        while Instant::now() < end {
-            rt.poll()?;
-            if self.timeline.is_some() && Instant::now() >= next_sample {
+        loop {
+            let now = Instant::now();
+            if now >= end {
+                break;
+            }
+            let mut work = rt.poll()?;
+            if self.timeline.is_some() && now >= next_sample {
                 let t = start.elapsed().as_secs_f64();
                 for (i, (s, pos)) in streams.iter().zip(&sent).enumerate() {
                     timeline.push((t, i, s.tcp_stats().map_or(*pos, |st| st.acked_bytes)));
@@ -207,6 +216,7 @@ impl Bw {
                 loop {
                     match s.try_send(window(*pos, *from)) {
                         Ok(n) => {
+                            work += 1;
                             *pos += n as u64;
                             *from = (*from + n) % self.size;
                         }
@@ -214,6 +224,10 @@ impl Bw {
                         Err(e) => return Err(e.into()),
                     }
                 }
+            }
+            if work == 0 {
+                let wake = if self.timeline.is_some() { end.min(next_sample) } else { end };
+                rt.idle(Some(wake.saturating_duration_since(now)))?;
             }
         }
         // Finish the send call in progress, end each stream, collect reports.

@@ -137,9 +137,8 @@ impl TcpCore {
                 .add_default_ipv4_route(gw)
                 .map_err(|_| Error::Config("the TCP mode's route table is full".into()))?;
         }
-        let pacer = config.pace.map(|r| GapPacer::new(r, 0));
-        let caps =
-            config.window_caps.then(|| CapCoordinator::new(CapConfig { target: config.pace, ..Default::default() }));
+        let pacer = config.pace.map(|r| GapPacer::with_quantum(r, config.pace_quantum));
+        let caps = config.window_caps.then(|| CapCoordinator::new(cap_config(config.pace)));
         Ok(TcpCore {
             iface,
             sockets: SocketSet::new(Vec::new()),
@@ -521,8 +520,9 @@ impl TcpCore {
             });
         }
         if let Some(c) = &mut self.caps
-            && c.poll_timeout().is_some_and(|t| t <= now)
+            && c.poll_timeout().is_none_or(|t| t <= now)
         {
+            // (The first call starts the coordinator's clock.)
             c.handle_timeout(now);
         }
         for h in gone {
@@ -606,4 +606,14 @@ impl smoltcp::phy::TxToken for NullToken {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         f(&mut vec![0; len])
     }
+}
+
+/// Window caps for the TCP mode. With a pacing rate (a reserved path) the
+/// caps split it evenly with 2% to spare: the aggregate pacer already holds
+/// the transfer to the rate, so the fluid model's 10% headroom (for Reno
+/// streams recovering from loss) would only let the streams the pacer
+/// serves first take more than their share.
+fn cap_config(target: Option<xsock_pacer::Rate>) -> CapConfig {
+    let tolerance_percent = if target.is_some() { 2 } else { CapConfig::default().tolerance_percent };
+    CapConfig { target, tolerance_percent, ..Default::default() }
 }

@@ -35,6 +35,9 @@ pub(crate) struct FrameIo<'a, 'c> {
     pub pacing: bool,
     /// Set when the pacer held a frame: when the next may leave.
     pub held_until: Option<Instant>,
+    /// A paced burst has started in this pass (it runs while the pacer
+    /// lets frames leave; a new one needs [`GapPacer::may_start_burst`]).
+    pub burst_open: bool,
     /// Set when the transmit ring was full.
     pub ring_full: bool,
     pub mtu: usize,
@@ -177,10 +180,12 @@ impl<'a, 'c> Device for FrameIo<'a, 'c> {
         let now = self.cx.now();
         let pacer = match (self.pacing, self.pacer.as_deref_mut()) {
             (true, Some(p)) => {
-                if let Some(at) = p.poll_departure(now) {
-                    self.held_until = Some(at);
+                let go = if self.burst_open { p.poll_departure(now).is_none() } else { p.may_start_burst(now) };
+                if !go {
+                    self.held_until = Some(p.wake_at(now).unwrap_or(now));
                     return None;
                 }
+                self.burst_open = true;
                 Some(p)
             }
             _ => None,

@@ -74,6 +74,7 @@ impl FrameHandler for TcpHandler {
             pacer: core.pacer.as_mut(),
             pacing: false,
             held_until: None,
+            burst_open: false,
             ring_full: false,
             mtu,
             verify_tcp_checksum: verify,
@@ -123,7 +124,13 @@ impl FrameHandler for TcpHandler {
         let changed = core.housekeeping(now);
         // The next deadline: smoltcp's timers, the pacer, open ARP
         // questions, the window caps.
-        let mut next = core.iface.poll_at(snow, &core.sockets).map(|t| core.std_time(t));
+        let mut next = match core.iface.poll_at(snow, &core.sockets).map(|t| core.std_time(t)) {
+            // smoltcp wants to send now, but the pacer held the frame: its
+            // "now" is the pacer's departure (else a sleeping driver would
+            // wake only for the next ACK and pacing would be ACK-clocked).
+            Some(t) if t <= now && held.is_some() => held,
+            t => t,
+        };
         for t in [held, core.next_housekeeping()].into_iter().flatten() {
             next = Some(next.map_or(t, |n| n.min(t)));
         }

@@ -73,6 +73,11 @@ pub struct TcpConfig {
     /// Aggregate pacing rate for everything the TCP mode sends (`None` =
     /// unpaced: frames leave as fast as the windows allow).
     pub pace: Option<Rate>,
+    /// How much the pacer lets leave per wake-up: the sender wakes about once
+    /// per quantum and sends a quantum's worth back to back (bursts are at
+    /// most two quanta), instead of waking for every frame. Zero = wake for
+    /// every frame (spins at high rates).
+    pub pace_quantum: Duration,
     /// Window caps across the sending connections (cooperative fairness).
     pub window_caps: bool,
     /// Give up on a peer after this long without an answer.
@@ -93,6 +98,7 @@ impl Default for TcpConfig {
             congestion: Congestion::Cubic,
             ack_delay: None,
             pace: None,
+            pace_quantum: Duration::from_micros(200),
             window_caps: false,
             dead_after: Duration::from_secs(10),
             backlog: 8,

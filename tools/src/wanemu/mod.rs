@@ -12,9 +12,15 @@
 //! which makes the symptom confusing). A physical NIC computes the checksum
 //! on the wire and needs nothing.
 //!
-//! One thread drives both interfaces. It polls while a frame is due within
-//! [`SPIN_BELOW`] and sleeps in poll(2) otherwise, so an idle emulator costs
-//! no CPU and a busy one owns a core.
+//! One thread drives both interfaces, in ticks: while frames flow it wakes
+//! once per `--tick` (100 µs by default), takes everything that arrived,
+//! and sends everything whose delivery time has come, then sleeps again.
+//! Delivery times are computed exactly (the bottleneck and the delay are a
+//! virtual schedule, [`hop`]), so ticking only adds up to a tick of jitter;
+//! it does not change the rate, and it lets a sender, a receiver and the
+//! emulator share two cores instead of the emulator spinning on one. When
+//! nothing is in flight it sleeps until the first frame arrives.
+//! `--tick 0` spins whenever a frame is due within [`SPIN_BELOW`].
 
 pub mod hop;
 
@@ -34,6 +40,9 @@ use xsock_pacer::{Rate, Wait, plan_wait};
 
 use crate::{args::parse_duration, fail::Fail};
 use hop::{Hop, HopConfig, HopStats};
+
+/// Frames taken from one interface per receive call.
+const RX_BATCH: usize = 256;
 
 /// Below this wait a sleep is not trusted to wake in time: spin instead.
 pub const SPIN_BELOW: Duration = Duration::from_micros(200);
@@ -62,6 +71,10 @@ pub struct WanEmu {
     /// Seed of the loss draws (direction b→a uses seed + 1).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// While frames flow, wake this often (0 = spin near every due frame).
+    /// Adds up to a tick of delay jitter, never changes the rate.
+    #[arg(long, default_value = "100us", value_parser = parse_duration)]
+    tick: Duration,
     /// Print the counters to stderr this often (and always on exit).
     #[arg(long, value_parser = parse_duration)]
     report: Option<Duration>,
@@ -97,6 +110,9 @@ impl WanEmu {
         let mut ab = Hop::new(config(self.seed));
         let mut ba = Hop::new(config(self.seed.wrapping_add(1)));
         sys::catch_interrupts()?;
+        if let Err(e) = sys::set_timer_slack(Duration::from_micros(5)) {
+            log::warn!("timer slack stays at the kernel's default (ticks may run late): {e}");
+        }
         log::info!(
             "wanemu {} <-> {} ({}): delay {:?} each way, rate {}, buffer {} B, loss {}",
             self.a,
@@ -111,16 +127,24 @@ impl WanEmu {
         let mut next_report = self.report.map(|r| Instant::now() + r);
         while !sys::interrupted() {
             let now = Instant::now();
-            let mut work = dev_a.receive(256, &mut |f, _| {
-                ab.handle_frame(now, f.len(), |buf| {
-                    f.copy_out(0, buf);
-                });
-            })?;
-            work += dev_b.receive(256, &mut |f, _| {
-                ba.handle_frame(now, f.len(), |buf| {
-                    f.copy_out(0, buf);
-                });
-            })?;
+            let mut work = 0;
+            // Everything that arrived since the last tick (bounded, so a
+            // flood cannot starve transmission).
+            for _ in 0..16 {
+                let got = dev_a.receive(RX_BATCH, &mut |f, _| {
+                    ab.handle_frame(now, f.len(), |buf| {
+                        f.copy_out(0, buf);
+                    });
+                })? + dev_b.receive(RX_BATCH, &mut |f, _| {
+                    ba.handle_frame(now, f.len(), |buf| {
+                        f.copy_out(0, buf);
+                    });
+                })?;
+                work += got;
+                if got < RX_BATCH {
+                    break;
+                }
+            }
             let now = Instant::now();
             work += ab.transmit_due(now, |frame| forward(&mut *dev_b, frame, &mut tx_errors));
             work += ba.transmit_due(now, |frame| forward(&mut *dev_a, frame, &mut tx_errors));
@@ -132,10 +156,17 @@ impl WanEmu {
                 eprintln!("{}", report_json(&mut ab, &mut ba, tx_errors, [&*dev_a, &*dev_b], now));
                 next_report = self.report.map(|r| now + r);
             }
+            let deadline = [ab.poll_timeout(), ba.poll_timeout()].into_iter().flatten().min();
+            let flowing = work > 0 || deadline.is_some_and(|d| d <= now + self.tick);
+            if flowing && !self.tick.is_zero() {
+                // Frames keep arriving: a timer, not the descriptors, ends
+                // this sleep, or every frame would wake us.
+                sys::poll_fds(&[], Some(self.tick))?;
+                continue;
+            }
             if work > 0 {
                 continue;
             }
-            let deadline = [ab.poll_timeout(), ba.poll_timeout()].into_iter().flatten().min();
             let sleep = match deadline.map(|d| plan_wait(now, d, SPIN_BELOW)) {
                 Some(Wait::Ready | Wait::Spin) => continue,
                 Some(Wait::Sleep(d)) => d,
