@@ -46,7 +46,7 @@ pub use launch::Launch;
 pub use listener::{ListenOptions, Listener};
 pub use runtime::{Driving, Runtime, RuntimeBuilder};
 pub use stream::{ConnectOptions, Path, Stream, Transport};
-pub use tcp::{Congestion, TcpConfig, core::TcpStats};
+pub use tcp::{Congestion, Pace, TcpConfig, core::TcpStats};
 pub use thread::DatapathThread;
 pub use timer::{Due, TimerQueue};
 pub use xsock_nic as nic;

@@ -7,7 +7,8 @@
 //!
 //! - [`GapPacer`]: one flow's inter-packet gap. Departure times come from a
 //!   [`Rate`], set by configuration (a reserved bandwidth) or derived from
-//!   congestion state ([`Rate::from_window`]: gain × cwnd / RTT).
+//!   congestion state ([`WindowRate`]: gain × window / RTT in start-up,
+//!   then the measured bottleneck rate with a probing gain cycle).
 //! - [`plan_wait`]: how a driver waits for a departure without burning a
 //!   core when gaps are long (sleep, then spin the last stretch).
 //! - [`Shaper`]: aggregate shaping over the flows of one interface, shared
@@ -25,8 +26,10 @@ mod caps;
 mod gap;
 mod rate;
 mod shaper;
+mod window_rate;
 
 pub use caps::{CapConfig, CapCoordinator, StreamId, StreamSample};
 pub use gap::{GapPacer, MIN_BURST_BYTES, Wait, plan_wait};
 pub use rate::{ParseRateError, Rate};
 pub use shaper::{FlowId, Shaper};
+pub use window_rate::{CYCLE_GAIN_PERCENT, GROWING_GAIN_PERCENT, STEADY_GAIN_PERCENT, WindowRate};

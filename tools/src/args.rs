@@ -173,7 +173,8 @@ pub struct RuntimeArgs {
     /// TCP mode: congestion control (cubic, reno or none).
     #[arg(long, default_value = "cubic")]
     pub cc: xsock::Congestion,
-    /// TCP mode: aggregate pacing rate (e.g. 950mbit), or off.
+    /// TCP mode: aggregate pacing rate (e.g. 950mbit), auto (from the
+    /// congestion window: gain × window / RTT), or off.
     #[arg(long, default_value = "off")]
     pub pace: PaceArg,
     /// TCP mode: cap the windows of the fastest streams so parallel streams
@@ -193,6 +194,8 @@ pub enum PaceArg {
     Off,
     /// A fixed rate (a reserved bandwidth).
     Rate(xsock_pacer::Rate),
+    /// Derived from congestion state (gain × window / RTT).
+    Auto,
 }
 
 impl std::str::FromStr for PaceArg {
@@ -200,10 +203,7 @@ impl std::str::FromStr for PaceArg {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "off" => Ok(PaceArg::Off),
-            "auto" => {
-                Err("--pace auto is not implemented for the TCP mode yet: give the path's rate (e.g. 950mbit) or off"
-                    .into())
-            }
+            "auto" => Ok(PaceArg::Auto),
             r => r.parse().map(PaceArg::Rate).map_err(|e| format!("--pace {r}: {e}")),
         }
     }
@@ -252,8 +252,9 @@ impl RuntimeArgs {
                 congestion: self.cc,
                 ack_delay: self.ack_delay,
                 pace: match self.pace {
-                    PaceArg::Off => None,
-                    PaceArg::Rate(r) => Some(r),
+                    PaceArg::Off => xsock::Pace::Off,
+                    PaceArg::Rate(r) => xsock::Pace::Rate(r),
+                    PaceArg::Auto => xsock::Pace::Auto,
                 },
                 window_caps: self.window_caps,
                 ..Default::default()

@@ -16,7 +16,7 @@ use smoltcp::{
 use xsock_nic::{MacAddr, xdp::Ipv4Rule, xdp::XdpFilter};
 use xsock_pacer::{CapConfig, CapCoordinator, GapPacer, StreamId, StreamSample};
 
-use super::{Congestion, TcpConfig, arp::ArpProxy, arp::NeighborSource};
+use super::{Congestion, Pace, TcpConfig, arp::ArpProxy, arp::NeighborSource};
 use crate::{Error, notify::Notifier};
 
 const IPPROTO_TCP: u8 = 6;
@@ -74,6 +74,10 @@ pub struct TcpStats {
     pub window_cap: Option<u64>,
     /// Time from SYN to established (the first RTT sample).
     pub handshake_rtt: Option<Duration>,
+    /// Bytes sent and not yet acknowledged (read off the wire).
+    pub in_flight: u64,
+    /// Smoothed round-trip time of data segments (read off the wire).
+    pub srtt: Option<Duration>,
 }
 
 /// What a read found.
@@ -105,7 +109,7 @@ pub(crate) struct TcpCore {
     pub verify_checksum: bool,
     pub mtu: usize,
     next_port: u16,
-    pub tracker: super::device::SentTracker,
+    pub tracker: super::flows::FlowTracker,
 }
 
 /// Where the TCP mode runs.
@@ -137,8 +141,12 @@ impl TcpCore {
                 .add_default_ipv4_route(gw)
                 .map_err(|_| Error::Config("the TCP mode's route table is full".into()))?;
         }
-        let pacer = config.pace.map(|r| GapPacer::with_quantum(r, config.pace_quantum));
-        let caps = config.window_caps.then(|| CapCoordinator::new(cap_config(config.pace)));
+        let pacer = match config.pace {
+            Pace::Off => None,
+            Pace::Rate(r) => Some(GapPacer::with_quantum(r, config.pace_quantum)),
+            Pace::Auto => Some(GapPacer::with_quantum(super::flows::AUTO_PACE_FLOOR, config.pace_quantum)),
+        };
+        let caps = config.window_caps.then(|| CapCoordinator::new(cap_config(config.pace.fixed())));
         Ok(TcpCore {
             iface,
             sockets: SocketSet::new(Vec::new()),
@@ -497,7 +505,9 @@ impl TcpCore {
             }
             if let (Some(c), Some(id)) = (&mut self.caps, m.cap) {
                 let acked = m.written - q.0 as u64;
-                c.observe(id, StreamSample { acked_bytes: acked, srtt: m.rtt.unwrap_or(Duration::from_millis(100)) });
+                let port = s.local_endpoint().map_or(0, |e| e.port);
+                let srtt = self.tracker.srtt(port).or(m.rtt).unwrap_or(Duration::from_millis(100));
+                c.observe(id, StreamSample { acked_bytes: acked, srtt });
             }
             if m.released && matches!(state, State::Closed | State::TimeWait) {
                 gone.push(h);
@@ -518,6 +528,11 @@ impl TcpCore {
                 Some(_) => true,
                 None => false,
             });
+        }
+        if self.config.pace == Pace::Auto
+            && let Some(p) = &mut self.pacer
+        {
+            p.set_rate(now, self.tracker.auto_rate().unwrap_or(super::flows::AUTO_PACE_FLOOR));
         }
         if let Some(c) = &mut self.caps
             && c.poll_timeout().is_none_or(|t| t <= now)
@@ -557,6 +572,8 @@ impl TcpCore {
         let port = s.local_endpoint().map_or(0, |e| e.port);
         let (segments, retransmits) = self.tracker.counts(port);
         TcpStats {
+            in_flight: self.tracker.in_flight(port),
+            srtt: self.tracker.srtt(port),
             acked_bytes: written.saturating_sub(queued),
             segments_sent: segments,
             retransmits,

@@ -19,6 +19,8 @@ use smoltcp::phy::{self, Checksum, ChecksumCapabilities, Device, DeviceCapabilit
 use xsock_nic::TxError;
 use xsock_pacer::GapPacer;
 
+use super::flows::FlowTracker;
+
 use crate::handler::Context;
 
 /// EtherType of ARP.
@@ -42,53 +44,7 @@ pub(crate) struct FrameIo<'a, 'c> {
     pub ring_full: bool,
     pub mtu: usize,
     pub verify_tcp_checksum: bool,
-    pub tracker: &'a mut SentTracker,
-}
-
-/// Counts segments sent again (retransmissions) per local port: a data
-/// segment whose end is not beyond the highest sequence number sent so far.
-#[derive(Debug, Default)]
-pub(crate) struct SentTracker {
-    ports: std::collections::HashMap<u16, (u32, u64, u64)>,
-}
-
-impl SentTracker {
-    /// Looks at an outgoing Ethernet frame.
-    pub fn on_frame(&mut self, f: &[u8]) {
-        if f.len() < 54 || f[12..14] != [0x08, 0x00] || f[23] != 6 {
-            return;
-        }
-        let ihl = usize::from(f[14] & 0x0f) * 4;
-        let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
-        let tcp = 14 + ihl;
-        if f.len() < tcp + 20 {
-            return;
-        }
-        let port = u16::from_be_bytes([f[tcp], f[tcp + 1]]);
-        let seq = u32::from_be_bytes([f[tcp + 4], f[tcp + 5], f[tcp + 6], f[tcp + 7]]);
-        let doff = usize::from(f[tcp + 12] >> 4) * 4;
-        let len = total.saturating_sub(ihl + doff) as u32;
-        if len == 0 {
-            return;
-        }
-        let end = seq.wrapping_add(len);
-        let e = self.ports.entry(port).or_insert((seq, 0, 0));
-        e.1 += 1;
-        if (end.wrapping_sub(e.0) as i32) > 0 {
-            e.0 = end;
-        } else if e.1 > 1 {
-            e.2 += 1;
-        }
-    }
-
-    /// (data segments sent, of which retransmissions) from local `port`.
-    pub fn counts(&self, port: u16) -> (u64, u64) {
-        self.ports.get(&port).map_or((0, 0), |e| (e.1, e.2))
-    }
-
-    pub fn forget(&mut self, port: u16) {
-        self.ports.remove(&port);
-    }
+    pub tracker: &'a mut FlowTracker,
 }
 
 pub(crate) struct Rx {
@@ -97,7 +53,7 @@ pub(crate) struct Rx {
 
 pub(crate) struct Tx<'b, 'c> {
     cx: &'b mut Context<'c>,
-    tracker: &'b mut SentTracker,
+    tracker: &'b mut FlowTracker,
     arp_asks: &'b mut Vec<Ipv4Addr>,
     pacer: Option<&'b mut GapPacer>,
     ring_full: &'b mut bool,
@@ -113,10 +69,11 @@ impl phy::TxToken for Tx<'_, '_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let mut f = Some(f);
         let mut out = None;
+        let now = self.cx.now();
         let r = self.cx.transmit_with(len, &mut |buf| {
             let Some(f) = f.take() else { return 0 };
             out = Some(f(&mut buf[..len]));
-            self.tracker.on_frame(&buf[..len]);
+            self.tracker.on_sent(&buf[..len], now);
             if u16::from_be_bytes([buf[12], buf[13]]) == ETHERTYPE_ARP {
                 // Target protocol address of an ARP request: bytes 38..42.
                 if len >= 42 && u16::from_be_bytes([buf[20], buf[21]]) == 1 {
@@ -161,6 +118,7 @@ impl<'a, 'c> Device for FrameIo<'a, 'c> {
 
     fn receive(&mut self, _ts: smoltcp::time::Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
         let frame = self.rx.pop_front()?;
+        self.tracker.on_received(&frame, self.cx.now());
         // Responses to received frames are never paced (smoltcp would drop them).
         let tx = Tx {
             cx: self.cx,

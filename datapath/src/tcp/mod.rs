@@ -22,6 +22,7 @@ mod arp;
 pub(crate) mod conn;
 pub(crate) mod core;
 mod device;
+mod flows;
 pub(crate) mod handler;
 
 use std::time::Duration;
@@ -57,6 +58,31 @@ impl std::str::FromStr for Congestion {
     }
 }
 
+/// How the TCP mode paces what it sends (one aggregate inter-packet-gap
+/// schedule over all its connections on the interface).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pace {
+    /// Unpaced: frames leave as fast as the windows allow.
+    #[default]
+    Off,
+    /// At a fixed rate: a reserved bandwidth, or the bottleneck's rate.
+    Rate(Rate),
+    /// At a rate derived from congestion state: the sum over sending
+    /// connections of `gain × window / RTT` (gain 2 while the window grows
+    /// fast, 1.25 after), the window read off the bytes in flight.
+    Auto,
+}
+
+impl Pace {
+    /// The fixed rate, if there is one.
+    pub fn fixed(self) -> Option<Rate> {
+        match self {
+            Pace::Rate(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
 /// Tuning of the TCP mode.
 #[derive(Debug, Clone)]
 pub struct TcpConfig {
@@ -70,9 +96,8 @@ pub struct TcpConfig {
     /// smoltcp's delayed ACK (`None` = acknowledge at once). See
     /// perf/RESULTS.md for what it costs.
     pub ack_delay: Option<Duration>,
-    /// Aggregate pacing rate for everything the TCP mode sends (`None` =
-    /// unpaced: frames leave as fast as the windows allow).
-    pub pace: Option<Rate>,
+    /// Aggregate pacing of everything the TCP mode sends.
+    pub pace: Pace,
     /// How much the pacer lets leave per wake-up: the sender wakes about once
     /// per quantum and sends a quantum's worth back to back (bursts are at
     /// most two quanta), instead of waking for every frame. Zero = wake for
@@ -97,7 +122,7 @@ impl Default for TcpConfig {
             recv_buffer: 4 << 20,
             congestion: Congestion::Cubic,
             ack_delay: None,
-            pace: None,
+            pace: Pace::Off,
             pace_quantum: Duration::from_micros(200),
             window_caps: false,
             dead_after: Duration::from_secs(10),

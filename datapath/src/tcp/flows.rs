@@ -1,0 +1,234 @@
+//! What the TCP mode's connections do on the wire, read off the frames:
+//! data segments sent and sent again, bytes in flight, and the round-trip
+//! time. smoltcp keeps its congestion state private, so the retransmission
+//! counts in `bw`'s report and the window behind `--pace auto` come from
+//! here: our own segments on the way out, the peer's ACKs on the way in.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use xsock_pacer::{Rate, WindowRate};
+
+/// Lowest automatic pacing rate of a flow (before it has a window to go by).
+pub const AUTO_PACE_FLOOR: Rate = Rate::mbit(10);
+
+/// Per local port.
+#[derive(Debug)]
+struct Flow {
+    /// End of the highest sequence number sent.
+    highest_end: u32,
+    /// The first data byte's sequence number.
+    first: u32,
+    /// Highest cumulative acknowledgement from the peer.
+    una: Option<u32>,
+    /// Bytes acknowledged so far.
+    acked: u64,
+    segments: u64,
+    retransmits: u64,
+    /// The segment whose acknowledgement will give the next RTT sample.
+    probe: Option<(u32, Instant)>,
+    srtt: Option<Duration>,
+    rate: WindowRate,
+}
+
+/// The flows of the TCP mode, by local port.
+#[derive(Debug, Default)]
+pub(crate) struct FlowTracker {
+    ports: HashMap<u16, Flow>,
+}
+
+/// The TCP header of an IPv4 Ethernet frame: (offset of the TCP header,
+/// TCP payload length), if the frame is IPv4/TCP and long enough.
+fn tcp_header(f: &[u8]) -> Option<(usize, u32)> {
+    if f.len() < 54 || f[12..14] != [0x08, 0x00] || f[23] != 6 {
+        return None;
+    }
+    let ihl = usize::from(f[14] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
+    let tcp = 14 + ihl;
+    if ihl < 20 || f.len() < tcp + 20 {
+        return None;
+    }
+    let doff = usize::from(f[tcp + 12] >> 4) * 4;
+    Some((tcp, total.saturating_sub(ihl + doff) as u32))
+}
+
+fn be32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// `a` is after `b` in sequence space.
+fn after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+impl FlowTracker {
+    /// Looks at an outgoing Ethernet frame.
+    pub fn on_sent(&mut self, f: &[u8], now: Instant) {
+        let Some((tcp, len)) = tcp_header(f) else { return };
+        if len == 0 {
+            return;
+        }
+        let port = u16::from_be_bytes([f[tcp], f[tcp + 1]]);
+        let seq = be32(&f[tcp + 4..]);
+        let end = seq.wrapping_add(len);
+        let flow = self.ports.entry(port).or_insert_with(|| Flow {
+            highest_end: seq,
+            first: seq,
+            una: None,
+            acked: 0,
+            segments: 0,
+            retransmits: 0,
+            probe: None,
+            srtt: None,
+            rate: WindowRate::new(AUTO_PACE_FLOOR),
+        });
+        flow.segments += 1;
+        if after(end, flow.highest_end) {
+            flow.highest_end = end;
+            flow.probe.get_or_insert((end, now));
+        } else if flow.segments > 1 {
+            flow.retransmits += 1;
+            flow.rate.on_loss();
+            // Karn: an ACK after a retransmission says nothing about the RTT.
+            flow.probe = None;
+        }
+        flow.observe(now);
+    }
+
+    /// Looks at an incoming Ethernet frame (an ACK for one of our flows).
+    pub fn on_received(&mut self, f: &[u8], now: Instant) {
+        let Some((tcp, _)) = tcp_header(f) else { return };
+        if f[tcp + 13] & 0x10 == 0 {
+            return;
+        }
+        let port = u16::from_be_bytes([f[tcp + 2], f[tcp + 3]]);
+        let Some(flow) = self.ports.get_mut(&port) else { return };
+        let ack = be32(&f[tcp + 8..]);
+        if after(ack, flow.highest_end) || flow.una.is_some_and(|u| !after(ack, u)) {
+            return;
+        }
+        let base = flow.una.unwrap_or(flow.first);
+        flow.acked += u64::from(ack.wrapping_sub(base));
+        flow.una = Some(ack);
+        if let Some((end, sent)) = flow.probe
+            && !after(end, ack)
+        {
+            let sample = now.saturating_duration_since(sent);
+            flow.srtt = Some(match flow.srtt {
+                None => sample,
+                Some(s) => (s * 7 + sample) / 8,
+            });
+            flow.probe = None;
+        }
+        flow.observe(now);
+    }
+
+    /// (data segments sent, of which retransmissions) from local `port`.
+    pub fn counts(&self, port: u16) -> (u64, u64) {
+        self.ports.get(&port).map_or((0, 0), |f| (f.segments, f.retransmits))
+    }
+
+    /// Bytes sent from `port` and not yet acknowledged.
+    pub fn in_flight(&self, port: u16) -> u64 {
+        self.ports.get(&port).map_or(0, Flow::in_flight)
+    }
+
+    /// The smoothed RTT of `port`'s flow, once sampled.
+    pub fn srtt(&self, port: u16) -> Option<Duration> {
+        self.ports.get(&port)?.srtt
+    }
+
+    /// The sum of every flow's window-derived pacing rate (flows with
+    /// nothing in flight ask for nothing); `None` without flows.
+    pub fn auto_rate(&self) -> Option<Rate> {
+        let bps: u64 = self
+            .ports
+            .values()
+            .filter(|f| f.in_flight() > 0 || f.una.is_none())
+            .map(|f| f.rate.rate().bits_per_sec())
+            .sum();
+        Rate::from_bits_per_sec(bps)
+    }
+
+    pub fn forget(&mut self, port: u16) {
+        self.ports.remove(&port);
+    }
+}
+
+impl Flow {
+    fn in_flight(&self) -> u64 {
+        let base = self.una.unwrap_or(self.first);
+        u64::from(self.highest_end.wrapping_sub(base))
+    }
+
+    fn observe(&mut self, now: Instant) {
+        if let Some(srtt) = self.srtt {
+            let inflight = self.in_flight();
+            self.rate.observe(now, inflight, self.acked, srtt);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An Ethernet/IPv4/TCP frame from `sport` to `dport` with `len` bytes.
+    fn segment(sport: u16, dport: u16, seq: u32, ack: u32, len: usize) -> Vec<u8> {
+        let mut f = vec![0u8; 54 + len];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&((40 + len) as u16).to_be_bytes());
+        f[23] = 6;
+        f[34..36].copy_from_slice(&sport.to_be_bytes());
+        f[36..38].copy_from_slice(&dport.to_be_bytes());
+        f[38..42].copy_from_slice(&seq.to_be_bytes());
+        f[42..46].copy_from_slice(&ack.to_be_bytes());
+        f[46] = 5 << 4;
+        f[47] = 0x10;
+        f
+    }
+
+    #[test]
+    fn counts_retransmissions_in_flight_and_rtt_across_sequence_wraparound() {
+        let t0 = Instant::now();
+        let mut t = FlowTracker::default();
+        let start = u32::MAX - 2000;
+        for i in 0..4u32 {
+            t.on_sent(&segment(5000, 80, start.wrapping_add(i * 1000), 0, 1000), t0);
+        }
+        assert_eq!(t.in_flight(5000), 4000);
+        // The second segment again: a retransmission.
+        t.on_sent(&segment(5000, 80, start.wrapping_add(1000), 0, 1000), t0);
+        assert_eq!(t.counts(5000), (5, 1));
+        // Karn: the ACK covering the probe after a retransmission gives no sample.
+        t.on_received(&segment(80, 5000, 0, start.wrapping_add(2000), 0), t0 + Duration::from_millis(10));
+        assert_eq!(t.srtt(5000), None);
+        assert_eq!(t.in_flight(5000), 2000);
+        // A fresh segment is probed; its ACK 30 ms later is the first sample.
+        t.on_sent(&segment(5000, 80, start.wrapping_add(4000), 0, 1000), t0 + Duration::from_millis(10));
+        t.on_received(&segment(80, 5000, 0, start.wrapping_add(5000), 0), t0 + Duration::from_millis(40));
+        assert_eq!(t.srtt(5000), Some(Duration::from_millis(30)));
+        assert_eq!(t.in_flight(5000), 0);
+        // Old and impossible ACKs are ignored.
+        t.on_received(&segment(80, 5000, 0, start, 0), t0 + Duration::from_millis(41));
+        t.on_received(&segment(80, 5000, 0, start.wrapping_add(90_000), 0), t0 + Duration::from_millis(41));
+        assert_eq!(t.in_flight(5000), 0);
+    }
+
+    #[test]
+    fn short_and_foreign_frames_are_ignored() {
+        let mut t = FlowTracker::default();
+        let now = Instant::now();
+        t.on_sent(&[0u8; 20], now);
+        let mut arp = segment(5000, 80, 1, 0, 100);
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        t.on_sent(&arp, now);
+        t.on_received(&segment(80, 4000, 0, 5, 0), now);
+        assert_eq!(t.counts(5000), (0, 0));
+        assert_eq!(t.auto_rate(), None);
+    }
+}
