@@ -35,25 +35,38 @@ for name in sorted(os.listdir(out)):
     if not name.endswith(".json"):
         continue
     rtt, label = name[:-5].split("_", 1)
+    if not label.startswith("kernel_"):
+        continue  # xsock rows come from their timelines, below
     try:
         d = json.load(open(os.path.join(out, name)))
     except Exception:
         rows.append((int(rtt), label, None, None, None, "failed: see .err"))
         continue
-    if "end" in d:  # iperf3
-        e = d["end"]
-        mbit = e["sum_received"]["bits_per_second"] / 1e6
-        per = [s["receiver"]["bytes"] for s in e["streams"]]
-        rows.append((int(rtt), label, mbit, e["sum_sent"].get("retransmits"), spread(per), ""))
-        series.setdefault(int(rtt), {})[label] = kernel_series(d)
-    else:
-        mbit = d["gbit_per_s"] * 1000
-        segs = d.get("segments") or 0
-        rows.append((int(rtt), "xsock_" + label, mbit, d.get("retransmits"), spread(d["per_stream_bytes"]),
-                     f"of {segs} segments"))
-        tl = os.path.join(out, name[:-5] + ".csv")
-        if os.path.exists(tl):
-            series.setdefault(int(rtt), {})["xsock_" + label] = xsock_series(tl)
+    e = d["end"]
+    mbit = e["sum_received"]["bits_per_second"] / 1e6
+    per = [s["receiver"]["bytes"] for s in e["streams"]]
+    rows.append((int(rtt), label, mbit, e["sum_sent"].get("retransmits"), spread(per), ""))
+    series.setdefault(int(rtt), {})[label] = kernel_series(d)
+
+# xsock rows: what was acknowledged within the run (the sender's view, read
+# off the wire), from the timeline and its .sender.json, whether or not the
+# stream drained afterwards.
+for name in sorted(os.listdir(out)):
+    if not name.endswith(".csv.sender.json"):
+        continue
+    rtt, label = name[: -len(".csv.sender.json")].split("_", 1)
+    s = json.load(open(os.path.join(out, name)))
+    acked = s["acked_bytes"]
+    mbit = sum(acked) * 8 / s["seconds"] / 1e6
+    note = f"of {s['segments']} segments"
+    try:
+        d = json.load(open(os.path.join(out, name[: -len(".csv.sender.json")] + ".json")))
+        note += f"; receiver counted {d['gbit_per_s'] * 1000:.0f} Mbit/s to the end of the drain"
+    except Exception:
+        note += "; did not drain within 90 s"
+    rows.append((int(rtt), "xsock_" + label, mbit, s["retransmits"], spread(acked), note))
+    tl = os.path.join(out, name[: -len(".sender.json")])
+    series.setdefault(int(rtt), {})["xsock_" + label] = xsock_series(tl)
 
 print("| RTT | sender | goodput Mbit/s | of 1 Gbit/s | retransmits | per-stream max/min | |")
 print("|---|---|---|---|---|---|---|")

@@ -96,6 +96,7 @@ pub struct DatapathBuilder {
     frame_size: u32,
     frame_count: u32,
     ring_size: u32,
+    fill_min: usize,
     multi_buffer: bool,
     bind: BindMode,
     xdp_mode: XdpMode,
@@ -115,6 +116,7 @@ impl DatapathBuilder {
             frame_size: d.frame_size,
             frame_count: d.frame_count,
             ring_size: d.ring_size,
+            fill_min: d.fill_min,
             multi_buffer: false,
             bind: BindMode::Auto,
             xdp_mode: XdpMode::Auto,
@@ -152,6 +154,14 @@ impl DatapathBuilder {
     /// UMEM chunks per queue (half receive, half transmit).
     pub fn frame_count(mut self, n: u32) -> Self {
         self.frame_count = n;
+        self
+    }
+
+    /// Fewest receive buffers kept on the fill ring (see
+    /// [`AfXdpConfig::fill_min`]; `u32::MAX` = the whole ring, for bulk
+    /// receivers).
+    pub fn fill_min(mut self, n: u32) -> Self {
+        self.fill_min = n as usize;
         self
     }
 
@@ -210,6 +220,7 @@ impl DatapathBuilder {
                 xdp_mode: self.xdp_mode,
                 ethertypes: self.ethertypes.clone(),
                 tx_batch: 64,
+                fill_min: self.fill_min,
             };
             let dev = xsock_nic::open(&cfg, self.backend)?;
             if self.inject_loss > 0.0 {

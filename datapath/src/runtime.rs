@@ -45,6 +45,7 @@ pub struct RuntimeBuilder {
     frame_size: u32,
     frame_count: u32,
     ring_size: u32,
+    fill_min: u32,
     multi_buffer: bool,
     bind: BindMode,
     xdp_mode: XdpMode,
@@ -81,6 +82,7 @@ impl Default for RuntimeBuilder {
             frame_size: 4096,
             frame_count: 4096,
             ring_size: 2048,
+            fill_min: xsock_nic::xdp::AfXdpConfig::new("").fill_min as u32,
             multi_buffer: false,
             bind: BindMode::Auto,
             xdp_mode: XdpMode::Auto,
@@ -123,6 +125,15 @@ impl RuntimeBuilder {
     /// UMEM frame size (2048 or 4096).
     pub fn frame_size(mut self, bytes: u32) -> Self {
         self.frame_size = bytes;
+        self
+    }
+
+    /// Fewest receive buffers kept on the fill ring: the default keeps a
+    /// latency-bound process's buffers warm; `u32::MAX` posts the whole
+    /// ring, which a bulk receiver that pauses (hashing, writing files)
+    /// needs so the kernel never finds the ring empty and drops.
+    pub fn fill_min(mut self, n: u32) -> Self {
+        self.fill_min = n;
         self
     }
 
@@ -275,6 +286,7 @@ impl RuntimeBuilder {
             .frame_size(self.frame_size)
             .frame_count(self.frame_count)
             .ring_size(self.ring_size)
+            .fill_min(self.fill_min)
             .multi_buffer(self.multi_buffer)
             .bind(self.bind)
             .xdp_mode(self.xdp_mode)

@@ -31,6 +31,7 @@ pub mod clock;
 mod device;
 mod error;
 pub mod fault;
+pub mod filemap;
 pub mod mem;
 pub mod neigh;
 pub mod packet;

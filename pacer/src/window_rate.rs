@@ -35,6 +35,10 @@ pub const STEADY_GAIN_PERCENT: u32 = 125;
 pub const CYCLE_GAIN_PERCENT: [u32; 8] = [125, 75, 100, 100, 100, 100, 100, 100];
 /// Round trips of delivery-rate history the bottleneck estimate keeps.
 const BTL_ROUNDS: usize = 10;
+/// Shortest measuring round: on a LAN the RTT is tens of microseconds, and
+/// a delivery rate measured over so short a time is mostly the noise of
+/// ACK batching.
+pub const MIN_ROUND: Duration = Duration::from_millis(1);
 
 /// Derives one flow's pacing rate. Sans-IO: the caller reports samples
 /// with their `now`.
@@ -87,7 +91,7 @@ impl WindowRate {
         self.srtt = Some(srtt);
         let start = *self.round_start.get_or_insert(now);
         let elapsed = now.saturating_duration_since(start);
-        if elapsed >= srtt {
+        if elapsed >= srtt.max(MIN_ROUND) {
             // What was acknowledged up to the last sample belongs to the
             // round trip that just ended; this sample opens the next.
             self.end_round(elapsed);
@@ -122,7 +126,7 @@ impl WindowRate {
             self.flat_rounds = 0;
         } else {
             self.flat_rounds += 1;
-            if self.flat_rounds >= 3 && self.full_since.is_none() && bps > 0 {
+            if self.flat_rounds >= 3 && self.full_since.is_none() && self.best_delivery > 0 {
                 self.full_since = Some(self.rounds);
             }
         }
@@ -141,7 +145,7 @@ impl WindowRate {
     /// The bottleneck estimate, once the pipe has been found full.
     pub fn bottleneck(&self) -> Option<Rate> {
         self.full_since?;
-        Rate::from_bits_per_sec(self.delivery.iter().copied().max()?)
+        Rate::from_bits_per_sec(self.delivery.iter().copied().max()?.max(self.floor.bits_per_sec()))
     }
 
     /// The pacing rate now.

@@ -170,6 +170,14 @@ pub struct RuntimeArgs {
     /// for testing recovery); e.g. 0.01.
     #[arg(long, default_value_t = 0.0)]
     pub inject_loss: f64,
+    /// Ring size of the AF_XDP socket (fill, rx, tx, completion; a power of
+    /// two): deeper rings ride out longer pauses of a busy receiver.
+    #[arg(long, default_value_t = 2048)]
+    pub ring: u32,
+    /// Keep the whole ring of receive buffers posted (bulk receivers that
+    /// pause; the default keeps 256 warm and deepens under load).
+    #[arg(long)]
+    pub deep_fill: bool,
     /// TCP mode: congestion control (cubic, reno or none).
     #[arg(long, default_value = "cubic")]
     pub cc: xsock::Congestion,
@@ -245,6 +253,9 @@ impl RuntimeArgs {
                 XdpModeArg::Generic => XdpMode::Generic,
             })
             .multi_buffer(self.multi_buffer)
+            .ring_size(self.ring)
+            .frame_count(self.ring * 2)
+            .fill_min(if self.deep_fill { u32::MAX } else { 256 })
             .inject_loss(self.inject_loss)
             .tcp(xsock::TcpConfig {
                 send_buffer: self.buffer,

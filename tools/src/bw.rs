@@ -167,7 +167,10 @@ fn serve(rt: &Runtime, addr: SocketAddrV4, transport: xsock::Transport) -> Resul
 impl Bw {
     /// Runs the subcommand.
     pub fn run(self) -> Result<(), Fail> {
-        let rt = self.rt.build(Driving::Inline, self.poll.into())?;
+        // Bulk: keep every receive buffer posted (latency does not matter here).
+        let mut rt_args = self.rt.clone();
+        rt_args.deep_fill = true;
+        let rt = rt_args.build(Driving::Inline, self.poll.into())?;
         if let Some(addr) = self.listen {
             return serve(&rt, addr, self.rt.transport());
         }
@@ -232,6 +235,12 @@ impl Bw {
         }
         // Finish the send call in progress, end each stream, collect reports.
         let tcp: Vec<xsock::TcpStats> = streams.iter().filter_map(|s| s.tcp_stats()).collect();
+        if let Some(path) = &self.timeline {
+            // Written before the streams drain: a path that collapsed may take
+            // long to deliver the rest, and what was acknowledged within
+            // --seconds is the figure that compares with other senders.
+            write_timeline(path, &timeline, &tcp, start.elapsed().as_secs_f64())?;
+        }
         let (mut bytes, mut nanos, mut corrupt) = (0u64, 0u64, 0u64);
         let mut per_stream_bytes = Vec::new();
         for ((s, pos), from) in streams.iter_mut().zip(&sent).zip(&in_call) {
@@ -269,13 +278,6 @@ impl Bw {
             segments: (!tcp.is_empty()).then(|| tcp.iter().map(|t| t.segments_sent).sum()),
             per_stream_bytes,
         };
-        if let Some(path) = &self.timeline {
-            let mut csv = String::from("t_s,stream,bytes\n");
-            for (t, i, b) in &timeline {
-                csv.push_str(&format!("{t:.3},{i},{b}\n"));
-            }
-            std::fs::write(path, csv).map_err(|e| Fail::msg(format!("writing {}: {e}", path.display())))?;
-        }
         if corrupt > 0 {
             return Err(Fail::msg(format!("{corrupt} of {bytes} bytes arrived corrupted")));
         }
@@ -289,6 +291,30 @@ impl Bw {
         }
         Ok(())
     }
+}
+
+/// The goodput timeline (CSV) and, beside it, what the
+/// sender knew when it stopped sending (`PATH.sender.json`): per stream, bytes acknowledged,
+/// segments and retransmissions (TCP mode).
+fn write_timeline(
+    path: &std::path::Path,
+    timeline: &[(f64, usize, u64)],
+    tcp: &[xsock::TcpStats],
+    seconds: f64,
+) -> Result<(), Fail> {
+    let mut csv = String::from("t_s,stream,bytes\n");
+    for (t, i, b) in timeline {
+        csv.push_str(&format!("{t:.3},{i},{b}\n"));
+    }
+    std::fs::write(path, csv).map_err(|e| Fail::msg(format!("writing {}: {e}", path.display())))?;
+    let summary = serde_json::json!({
+        "seconds": seconds,
+        "acked_bytes": tcp.iter().map(|t| t.acked_bytes).collect::<Vec<_>>(),
+        "segments": tcp.iter().map(|t| t.segments_sent).sum::<u64>(),
+        "retransmits": tcp.iter().map(|t| t.retransmits).sum::<u64>(),
+    });
+    let side = std::path::PathBuf::from(format!("{}.sender.json", path.display()));
+    std::fs::write(&side, summary.to_string()).map_err(|e| Fail::msg(format!("writing {}: {e}", side.display())))
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ mod latency;
 mod ping;
 mod rawbw;
 mod rawping;
+mod transfer;
 mod wanemu;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +37,10 @@ enum Cmd {
     Cat(cat::Cat),
     /// Build a two-host network in namespaces and compare xsock with kernel TCP.
     Demo(demo::Demo),
+    /// Send a file to `xsock recv` over parallel (paced, TCP-mode) streams, resumable.
+    Send(transfer::send::Send),
+    /// Receive files from `xsock send` into a directory.
+    Recv(transfer::recv::Recv),
     /// Long-fat-network emulator: an L2 bridge with delay, rate, buffer and loss per direction.
     Wanemu(wanemu::WanEmu),
 }
@@ -53,6 +58,8 @@ fn main() {
         Cmd::Bw(c) => c.run(),
         Cmd::Cat(c) => c.run(),
         Cmd::Wanemu(c) => c.run(),
+        Cmd::Send(c) => c.run(),
+        Cmd::Recv(c) => c.run(),
         Cmd::Demo(c) => c.run(),
     };
     if let Err(e) = r {

@@ -167,11 +167,11 @@ fn refusal_and_reset_are_clear_errors() {
     assert!(e.contains("reset"), "{e}");
 }
 
-/// KNOWN BUG (issue 4 note): with the peer's link taken down mid-upload the
-/// sender does not give up within 30 s; a vanished peer on the in-memory
-/// wire does (datapath/tests/tcp_mem.rs). Kept, ignored, until fixed.
+/// Regression (issue 4): with the peer's link taken down mid-upload the
+/// sender hung for good. smoltcp checks its timeout only when it transmits,
+/// and it stops transmitting to a neighbour that no longer answers ARP; the
+/// TCP mode now keeps the deadline itself.
 #[test]
-#[ignore = "known bug: the TCP-mode sender hangs when the peer's veth goes down mid-upload"]
 fn a_peer_that_vanishes_mid_transfer_is_a_clear_error() {
     require_root!();
     let (bed, a, b) = pair();

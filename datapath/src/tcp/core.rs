@@ -42,6 +42,8 @@ struct ConnMeta {
     rule: Option<Ipv4Rule>,
     released: bool,
     aborted: bool,
+    /// Given up on by us: data waited unacknowledged for `dead_after`.
+    timed_out: bool,
     established: bool,
     peer_finished: bool,
     started: Instant,
@@ -109,6 +111,8 @@ pub(crate) struct TcpCore {
     pub verify_checksum: bool,
     pub mtu: usize,
     next_port: u16,
+    /// The earliest `dead_after` deadline of a connection with data in flight.
+    give_up_at: Option<Instant>,
     pub tracker: super::flows::FlowTracker,
 }
 
@@ -166,6 +170,7 @@ impl TcpCore {
             injected: VecDeque::new(),
             mtu: setup.mtu,
             next_port: 0,
+            give_up_at: None,
             tracker: Default::default(),
         })
     }
@@ -275,6 +280,7 @@ impl TcpCore {
             rule,
             released: false,
             aborted: false,
+            timed_out: false,
             established: false,
             peer_finished: false,
             started: now,
@@ -425,6 +431,12 @@ impl TcpCore {
     pub fn failure(&mut self, h: SocketHandle, peer: SocketAddrV4) -> Option<Error> {
         let state = self.socket(h).state();
         let m = self.conns.get(&h)?;
+        if m.timed_out {
+            return Some(Error::TimedOut(format!(
+                "{peer} stopped answering (no acknowledgement for {:?})",
+                self.config.dead_after
+            )));
+        }
         if state != State::Closed || m.aborted {
             return (m.aborted && state == State::Closed).then_some(Error::Closed);
         }
@@ -484,6 +496,8 @@ impl TcpCore {
     pub fn housekeeping(&mut self, now: Instant) -> bool {
         let mut changed = false;
         let mut gone = Vec::new();
+        let mut gave_up = Vec::new();
+        let mut deadline = None;
         for (&h, m) in &mut self.conns {
             let s = self.sockets.get::<tcp::Socket<'_>>(h);
             let state = s.state();
@@ -503,6 +517,23 @@ impl TcpCore {
                 m.last_queues = q;
                 changed = true;
             }
+            // smoltcp checks its own timeout only when it transmits, and it
+            // stops transmitting to a peer whose neighbour entry is gone (a
+            // peer whose link went down never answers ARP again): so the
+            // deadline is kept here too.
+            if m.established
+                && !m.timed_out
+                && q.0 > 0
+                && now.saturating_duration_since(m.last_progress) >= self.config.dead_after
+                && !matches!(state, State::Closed | State::TimeWait)
+            {
+                m.timed_out = true;
+                gave_up.push(h);
+                changed = true;
+            } else if m.established && !m.timed_out && q.0 > 0 {
+                let due = m.last_progress + self.config.dead_after;
+                deadline = Some(deadline.map_or(due, |d: Instant| d.min(due)));
+            }
             if let (Some(c), Some(id)) = (&mut self.caps, m.cap) {
                 let acked = m.written - q.0 as u64;
                 let port = s.local_endpoint().map_or(0, |e| e.port);
@@ -512,6 +543,14 @@ impl TcpCore {
             if m.released && matches!(state, State::Closed | State::TimeWait) {
                 gone.push(h);
             }
+        }
+        self.give_up_at = deadline;
+        for h in gave_up {
+            log::debug!(
+                "TCP mode: giving up on a connection with data unacknowledged for {:?}",
+                self.config.dead_after
+            );
+            self.sockets.get_mut::<tcp::Socket<'_>>(h).abort();
         }
         for l in self.listeners.values_mut() {
             l.pending.retain(|&h| match self.conns.get_mut(&h) {
@@ -558,9 +597,10 @@ impl TcpCore {
         changed
     }
 
-    /// When housekeeping wants to run next (window caps).
+    /// When housekeeping wants to run next (window caps; the deadline of
+    /// a connection whose data waits unacknowledged).
     pub fn next_housekeeping(&self) -> Option<Instant> {
-        self.caps.as_ref().and_then(|c| c.poll_timeout())
+        [self.caps.as_ref().and_then(|c| c.poll_timeout()), self.give_up_at].into_iter().flatten().min()
     }
 
     /// What a connection has done so far.

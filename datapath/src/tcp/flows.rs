@@ -141,15 +141,11 @@ impl FlowTracker {
         self.ports.get(&port)?.srtt
     }
 
-    /// The sum of every flow's window-derived pacing rate (flows with
-    /// nothing in flight ask for nothing); `None` without flows.
+    /// The sum of every open flow's window-derived pacing rate (a flow
+    /// that paused keeps its rate, so it does not restart from the floor);
+    /// `None` without flows.
     pub fn auto_rate(&self) -> Option<Rate> {
-        let bps: u64 = self
-            .ports
-            .values()
-            .filter(|f| f.in_flight() > 0 || f.una.is_none())
-            .map(|f| f.rate.rate().bits_per_sec())
-            .sum();
+        let bps: u64 = self.ports.values().map(|f| f.rate.rate().bits_per_sec()).sum();
         Rate::from_bits_per_sec(bps)
     }
 

@@ -82,6 +82,12 @@ pub struct AfXdpConfig {
     pub ethertypes: Vec<u16>,
     /// Transmit descriptors gathered before they are put on the tx ring.
     pub tx_batch: usize,
+    /// Fewest receive buffers kept on the fill ring (the depth adapts
+    /// between this and the ring size). The default, 256, keeps a
+    /// latency-bound socket's buffers warm in cache; a bulk receiver that
+    /// pauses (hashing, writing a file) wants the whole ring, or the kernel
+    /// finds the fill ring empty and drops.
+    pub fill_min: usize,
 }
 
 impl AfXdpConfig {
@@ -99,6 +105,7 @@ impl AfXdpConfig {
             xdp_mode: XdpMode::Auto,
             ethertypes: Vec::new(),
             tx_batch: 64,
+            fill_min: rings::FILL_MIN_DEFAULT,
         }
     }
 
@@ -226,7 +233,7 @@ impl AfXdpDevice {
 
         let rx_count = config.frame_count as usize / 2;
         let (rx_descs, tx_descs) = descs.split_at(rx_count);
-        let mut rx = RxSide::new(umem.clone(), rx_q, fill_q, config.ring_size as usize, fd);
+        let mut rx = RxSide::new(umem.clone(), rx_q, fill_q, config.ring_size as usize, config.fill_min, fd);
         rx.prime(rx_descs).map_err(|e| NicError::io("filling the fill ring", e))?;
         let tx = TxSide::new(
             umem.clone(),

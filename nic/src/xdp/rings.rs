@@ -39,7 +39,7 @@ pub(super) struct RxSide {
 }
 
 impl RxSide {
-    pub(super) fn new(umem: Umem, rx_q: RxQueue, fill_q: FillQueue, ring: usize, fd: RawFd) -> Self {
+    pub(super) fn new(umem: Umem, rx_q: RxQueue, fill_q: FillQueue, ring: usize, fill_min: usize, fd: RawFd) -> Self {
         Self {
             umem,
             rx_q,
@@ -47,7 +47,7 @@ impl RxSide {
             descs: vec![FrameDesc::default(); ring],
             spare: Vec::with_capacity(ring * 2),
             in_kernel: 0,
-            depth: FillDepth::new(ring),
+            depth: FillDepth::with_min(ring, fill_min),
             fd,
             frames: 0,
             bytes: 0,
@@ -167,6 +167,9 @@ impl RxSide {
     }
 }
 
+/// The default [`super::AfXdpConfig::fill_min`].
+pub const FILL_MIN_DEFAULT: usize = FillDepth::MIN;
+
 /// How many receive buffers to keep on the fill ring.
 ///
 /// The kernel takes fill-ring buffers in FIFO order, so a deep ring makes
@@ -197,8 +200,13 @@ impl FillDepth {
     const DROP_CHECK_EVERY: u32 = 64;
     const CALM_RECEIVES: u32 = 4096;
 
+    #[cfg(test)]
     fn new(max: usize) -> Self {
-        let min = Self::MIN.min(max);
+        Self::with_min(max, Self::MIN)
+    }
+
+    fn with_min(max: usize, min: usize) -> Self {
+        let min = min.clamp(1, max);
         Self { target: min, min, max, calm: 0, receives: 0, fill_empty_seen: 0 }
     }
 
