@@ -114,6 +114,8 @@ pub(crate) struct TcpCore {
     /// The earliest `dead_after` deadline of a connection with data in flight.
     give_up_at: Option<Instant>,
     pub tracker: super::flows::FlowTracker,
+    /// Copies of unacknowledged segments, sent again from SACK information.
+    pub sack: super::sack::SackRecovery,
 }
 
 /// Where the TCP mode runs.
@@ -172,6 +174,7 @@ impl TcpCore {
             next_port: 0,
             give_up_at: None,
             tracker: Default::default(),
+            sack: Default::default(),
         })
     }
 
@@ -587,6 +590,7 @@ impl TcpCore {
                 && m.port_guard.as_ref().is_some_and(|g| Arc::strong_count(g) == 1)
             {
                 self.tracker.forget(e.port);
+                self.sack.forget(e.port);
             }
             self.unsteer(m.rule);
             if let (Some(c), Some(id)) = (&mut self.caps, m.cap) {

@@ -19,7 +19,7 @@ use smoltcp::phy::{self, Checksum, ChecksumCapabilities, Device, DeviceCapabilit
 use xsock_nic::TxError;
 use xsock_pacer::GapPacer;
 
-use super::flows::FlowTracker;
+use super::{flows::FlowTracker, sack::SackRecovery};
 
 use crate::handler::Context;
 
@@ -45,6 +45,7 @@ pub(crate) struct FrameIo<'a, 'c> {
     pub mtu: usize,
     pub verify_tcp_checksum: bool,
     pub tracker: &'a mut FlowTracker,
+    pub sack: &'a mut SackRecovery,
 }
 
 pub(crate) struct Rx {
@@ -54,6 +55,7 @@ pub(crate) struct Rx {
 pub(crate) struct Tx<'b, 'c> {
     cx: &'b mut Context<'c>,
     tracker: &'b mut FlowTracker,
+    sack: &'b mut SackRecovery,
     arp_asks: &'b mut Vec<Ipv4Addr>,
     pacer: Option<&'b mut GapPacer>,
     ring_full: &'b mut bool,
@@ -74,6 +76,7 @@ impl phy::TxToken for Tx<'_, '_> {
             let Some(f) = f.take() else { return 0 };
             out = Some(f(&mut buf[..len]));
             self.tracker.on_sent(&buf[..len], now);
+            self.sack.on_sent(&buf[..len]);
             if u16::from_be_bytes([buf[12], buf[13]]) == ETHERTYPE_ARP {
                 // Target protocol address of an ARP request: bytes 38..42.
                 if len >= 42 && u16::from_be_bytes([buf[20], buf[21]]) == 1 {
@@ -106,6 +109,60 @@ impl phy::TxToken for Tx<'_, '_> {
     }
 }
 
+impl FrameIo<'_, '_> {
+    /// Whether the pacer (when pacing) lets a frame leave now; opens the
+    /// burst if so, and notes when to come back if not.
+    fn pace_permits(&mut self) -> bool {
+        let now = self.cx.now();
+        let (true, Some(p)) = (self.pacing, self.pacer.as_deref_mut()) else { return true };
+        let go = if self.burst_open { p.poll_departure(now).is_none() } else { p.may_start_burst(now) };
+        if !go {
+            self.held_until = Some(p.wake_at(now).unwrap_or(now));
+            return false;
+        }
+        self.burst_open = true;
+        true
+    }
+
+    /// Sends again, paced, the segments the SACK scoreboard says are lost
+    /// ([`SackRecovery`]). Returns how many.
+    pub fn resend_lost(&mut self) -> usize {
+        let mut n = 0;
+        while self.sack.has_holes() {
+            if self.ring_full || self.cx.tx_space() == 0 {
+                self.ring_full = true;
+                break;
+            }
+            if !self.pace_permits() {
+                break;
+            }
+            let now = self.cx.now();
+            let tracker = &*self.tracker;
+            let Some(frame) = self.sack.poll_resend(now, &|port| tracker.srtt(port)) else { break };
+            let len = frame.len();
+            match self.cx.transmit_with(len, &mut |buf| {
+                buf[..len].copy_from_slice(frame);
+                len
+            }) {
+                Ok(k) if k > 0 => {
+                    if let (true, Some(p)) = (self.pacing, self.pacer.as_deref_mut()) {
+                        p.on_sent(now, k as u64);
+                    }
+                    self.tracker.on_sent(frame, now);
+                    n += 1;
+                }
+                Ok(_) => {}
+                Err(TxError::RingFull) => {
+                    self.ring_full = true;
+                    break;
+                }
+                Err(e) => log::warn!("TCP-mode retransmission not sent: {e}"),
+            }
+        }
+        n
+    }
+}
+
 impl<'a, 'c> Device for FrameIo<'a, 'c> {
     type RxToken<'t>
         = Rx
@@ -119,10 +176,12 @@ impl<'a, 'c> Device for FrameIo<'a, 'c> {
     fn receive(&mut self, _ts: smoltcp::time::Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
         let frame = self.rx.pop_front()?;
         self.tracker.on_received(&frame, self.cx.now());
+        self.sack.on_received(&frame);
         // Responses to received frames are never paced (smoltcp would drop them).
         let tx = Tx {
             cx: self.cx,
             tracker: self.tracker,
+            sack: self.sack,
             arp_asks: self.arp_asks,
             pacer: None,
             ring_full: &mut self.ring_full,
@@ -135,20 +194,18 @@ impl<'a, 'c> Device for FrameIo<'a, 'c> {
             self.ring_full = true;
             return None;
         }
-        let now = self.cx.now();
-        let pacer = match (self.pacing, self.pacer.as_deref_mut()) {
-            (true, Some(p)) => {
-                let go = if self.burst_open { p.poll_departure(now).is_none() } else { p.may_start_burst(now) };
-                if !go {
-                    self.held_until = Some(p.wake_at(now).unwrap_or(now));
-                    return None;
-                }
-                self.burst_open = true;
-                Some(p)
-            }
-            _ => None,
-        };
-        Some(Tx { cx: self.cx, tracker: self.tracker, arp_asks: self.arp_asks, pacer, ring_full: &mut self.ring_full })
+        if !self.pace_permits() {
+            return None;
+        }
+        let pacer = if self.pacing { self.pacer.as_deref_mut() } else { None };
+        Some(Tx {
+            cx: self.cx,
+            tracker: self.tracker,
+            sack: self.sack,
+            arp_asks: self.arp_asks,
+            pacer,
+            ring_full: &mut self.ring_full,
+        })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {

@@ -79,6 +79,7 @@ impl FrameHandler for TcpHandler {
             mtu,
             verify_tcp_checksum: verify,
             tracker: &mut core.tracker,
+            sack: &mut core.sack,
         };
         let mut work = had_input;
         core.iface.poll_maintenance(snow);
@@ -98,9 +99,10 @@ impl FrameHandler for TcpHandler {
                 io.pacing = false;
             }
         }
-        // Listening sockets that took a SYN are replaced at once, so a burst
-        // of connects finds one ready (smoltcp refuses a SYN with none).
+        // Holes the peer's SACK blocks show go first (smoltcp's own sender
+        // would repair one per round trip).
         io.pacing = true;
+        work |= io.resend_lost() > 0;
         for _ in 0..EGRESS_BUDGET {
             match core.iface.poll_egress(snow, &mut io, &mut core.sockets) {
                 smoltcp::iface::PollResult::None => break,

@@ -1,0 +1,352 @@
+//! Selective-acknowledgement recovery for the TCP mode's senders, done
+//! beside smoltcp rather than in it.
+//!
+//! smoltcp asks for SACK in its SYN and its receivers send SACK blocks, but
+//! its sender ignores them: after a burst of losses it repairs one hole per
+//! round trip (three duplicate ACKs, one fast retransmission, a partial ACK,
+//! again), and at 350 ms with hundreds of holes that takes minutes (measured:
+//! a 1 Gbit/s stream fell to kilobits for over a minute after a slow-start
+//! overshoot). So the device keeps a copy of every data segment it sends
+//! until the peer acknowledges it, reads the SACK blocks of the peer's ACKs,
+//! and sends again, itself, each segment that the SACK scoreboard says is
+//! lost (RFC 6675: three segments' worth of data SACKed above it), once per
+//! round trip at most. smoltcp sees the cumulative ACK jump and carries on;
+//! a segment it also resends is a harmless duplicate.
+//!
+//! A copy sent again carries the ACK number and window of its first
+//! transmission: a peer takes an old ACK for what it is (RFC 9293: an ACK
+//! below SND.UNA is ignored) and does not take a window update from a
+//! segment older than its last one (SND.WL1 rules), so neither misleads it.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    time::{Duration, Instant},
+};
+
+/// Segments' worth of SACKed data above a hole before it counts as lost
+/// (RFC 6675's DupThresh).
+const DUP_THRESH: u32 = 3;
+/// Retransmissions are not repeated sooner than this, whatever the RTT.
+const MIN_RESEND_GAP: Duration = Duration::from_millis(10);
+/// Most segments copied per flow (bounds memory: 64 Ki segments ≈ 96 MiB).
+const MAX_SEGMENTS: usize = 1 << 16;
+
+/// `a` is after `b` in sequence space.
+fn after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+#[derive(Debug)]
+struct Sent {
+    seq: u32,
+    end: u32,
+    frame: Vec<u8>,
+    sacked: bool,
+    resent_at: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct Flow {
+    segs: VecDeque<Sent>,
+    /// Highest right edge SACKed.
+    high_sacked: Option<u32>,
+    /// Segments before this index have been dealt with (SACKed or sent again).
+    next_check: usize,
+    mss: u32,
+}
+
+/// A connection as its frames name it: (local port, remote address, remote port).
+type Key = (u16, [u8; 4], u16);
+
+/// The SACK scoreboards of the TCP mode's sending connections (a listening
+/// port's accepted connections share the local port, so the remote end is
+/// part of the key).
+#[derive(Debug, Default)]
+pub(crate) struct SackRecovery {
+    flows: HashMap<Key, Flow>,
+    spare: Vec<Vec<u8>>,
+    /// Segments sent again by this recovery.
+    pub resent: u64,
+}
+
+/// A parsed TCP segment header: (src port, dst port, seq, ack, flags,
+/// payload length, options).
+struct Seg<'f> {
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    ack: u32,
+    ack_flag: bool,
+    len: u32,
+    options: &'f [u8],
+}
+
+fn parse(f: &[u8]) -> Option<Seg<'_>> {
+    if f.len() < 54 || f[12..14] != [0x08, 0x00] || f[23] != 6 {
+        return None;
+    }
+    let ihl = usize::from(f[14] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
+    let t = 14 + ihl;
+    if ihl < 20 || f.len() < t + 20 {
+        return None;
+    }
+    let doff = usize::from(f[t + 12] >> 4) * 4;
+    if doff < 20 || f.len() < t + doff {
+        return None;
+    }
+    let be32 = |i: usize| u32::from_be_bytes([f[i], f[i + 1], f[i + 2], f[i + 3]]);
+    Some(Seg {
+        src: [f[26], f[27], f[28], f[29]],
+        dst: [f[30], f[31], f[32], f[33]],
+        sport: u16::from_be_bytes([f[t], f[t + 1]]),
+        dport: u16::from_be_bytes([f[t + 2], f[t + 3]]),
+        seq: be32(t + 4),
+        ack: be32(t + 8),
+        ack_flag: f[t + 13] & 0x10 != 0,
+        len: total.saturating_sub(ihl + doff) as u32,
+        options: &f[t + 20..t + doff],
+    })
+}
+
+/// The SACK blocks (RFC 2018, option kind 5) among TCP `options`.
+fn sack_blocks(mut o: &[u8]) -> impl Iterator<Item = (u32, u32)> + '_ {
+    let mut blocks: &[u8] = &[];
+    while let [kind, rest @ ..] = o {
+        match kind {
+            0 => break,
+            1 => o = rest,
+            _ => {
+                let Some(&len) = rest.first() else { break };
+                let len = usize::from(len);
+                if len < 2 || len > o.len() {
+                    break;
+                }
+                if *kind == 5 {
+                    blocks = &o[2..len];
+                }
+                o = &o[len..];
+            }
+        }
+    }
+    blocks
+        .chunks_exact(8)
+        .map(|b| (u32::from_be_bytes([b[0], b[1], b[2], b[3]]), u32::from_be_bytes([b[4], b[5], b[6], b[7]])))
+}
+
+impl SackRecovery {
+    /// Looks at an outgoing frame: new data segments are copied.
+    pub fn on_sent(&mut self, f: &[u8]) {
+        let Some(s) = parse(f) else { return };
+        if s.len == 0 {
+            return;
+        }
+        let end = s.seq.wrapping_add(s.len);
+        let flow = self.flows.entry((s.sport, s.dst, s.dport)).or_default();
+        flow.mss = flow.mss.max(s.len);
+        if flow.segs.back().is_some_and(|last| !after(end, last.end)) || flow.segs.len() >= MAX_SEGMENTS {
+            return; // a retransmission (its first copy is kept), or full
+        }
+        let mut frame = self.spare.pop().unwrap_or_default();
+        frame.clear();
+        frame.extend_from_slice(f);
+        flow.segs.push_back(Sent { seq: s.seq, end, frame, sacked: false, resent_at: None });
+    }
+
+    /// Looks at an incoming frame: its cumulative ACK frees copies, its
+    /// SACK blocks mark them.
+    pub fn on_received(&mut self, f: &[u8]) {
+        let Some(s) = parse(f) else { return };
+        if !s.ack_flag {
+            return;
+        }
+        let Some(flow) = self.flows.get_mut(&(s.dport, s.src, s.sport)) else { return };
+        let mut popped = 0;
+        while flow.segs.front().is_some_and(|g| !after(g.end, s.ack)) {
+            let g = flow.segs.pop_front().expect("checked");
+            self.spare.push(g.frame);
+            popped += 1;
+        }
+        flow.next_check = flow.next_check.saturating_sub(popped);
+        let Some(front) = flow.segs.front().map(|g| g.seq) else { return };
+        for (l, r) in sack_blocks(s.options) {
+            if !after(r, l) || !after(r, front) {
+                continue;
+            }
+            flow.high_sacked = Some(match flow.high_sacked {
+                Some(h) if !after(r, h) => h,
+                _ => r,
+            });
+            let rel = |x: u32| x.wrapping_sub(front);
+            let start = flow.segs.partition_point(|g| rel(g.seq) < rel(l));
+            for g in flow.segs.range_mut(start..) {
+                if after(g.end, r) {
+                    break;
+                }
+                g.sacked = true;
+            }
+        }
+    }
+
+    /// The next segment to send again, if one is lost: its frame, which the
+    /// caller transmits as it is. `srtt` paces repeats of one segment.
+    pub fn poll_resend(&mut self, now: Instant, srtt: &dyn Fn(u16) -> Option<Duration>) -> Option<&[u8]> {
+        let mut found = None;
+        for (&key, flow) in &mut self.flows {
+            let gap = srtt(key.0).map_or(Duration::from_millis(200), |r| r + r / 4).max(MIN_RESEND_GAP);
+            let Some(high) = flow.high_sacked else { continue };
+            // The oldest hole again if its repair was lost too.
+            if let Some(front) = flow.segs.front_mut()
+                && front.resent_at.is_some_and(|t| now.saturating_duration_since(t) >= gap)
+            {
+                front.resent_at = None;
+                flow.next_check = 0;
+            }
+            let thresh = DUP_THRESH * flow.mss.max(1);
+            while let Some(g) = flow.segs.get(flow.next_check) {
+                if high.wrapping_sub(g.end) < thresh || after(g.end, high) {
+                    break;
+                }
+                if !g.sacked && g.resent_at.is_none() {
+                    found = Some((key, flow.next_check));
+                    break;
+                }
+                flow.next_check += 1;
+            }
+            if found.is_some() {
+                break;
+            }
+        }
+        let (key, i) = found?;
+        let flow = self.flows.get_mut(&key).expect("found");
+        flow.next_check = i + 1;
+        let g = &mut flow.segs[i];
+        g.resent_at = Some(now);
+        self.resent += 1;
+        Some(&g.frame)
+    }
+
+    /// Whether any flow has a segment it may have to send again.
+    pub fn has_holes(&self) -> bool {
+        self.flows.values().any(|f| f.high_sacked.is_some() && !f.segs.is_empty())
+    }
+
+    /// Drops the copies of every connection from local `port` (they are gone).
+    pub fn forget(&mut self, port: u16) {
+        let keys: Vec<Key> = self.flows.keys().filter(|k| k.0 == port).copied().collect();
+        for k in keys {
+            let f = self.flows.remove(&k).expect("listed");
+            self.spare.extend(f.segs.into_iter().map(|g| g.frame));
+        }
+        self.spare.truncate(1024);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An Ethernet/IPv4/TCP frame with `len` payload bytes and optional SACK blocks.
+    fn frame(sport: u16, dport: u16, seq: u32, ack: u32, len: usize, sack: &[(u32, u32)]) -> Vec<u8> {
+        let opt_len = if sack.is_empty() { 0 } else { 4 + 8 * sack.len() };
+        let doff = 20 + opt_len;
+        let mut f = vec![0u8; 34 + doff + len];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&((20 + doff + len) as u16).to_be_bytes());
+        f[23] = 6;
+        f[34..36].copy_from_slice(&sport.to_be_bytes());
+        f[36..38].copy_from_slice(&dport.to_be_bytes());
+        f[38..42].copy_from_slice(&seq.to_be_bytes());
+        f[42..46].copy_from_slice(&ack.to_be_bytes());
+        f[46] = ((doff / 4) as u8) << 4;
+        f[47] = 0x10;
+        if !sack.is_empty() {
+            let o = &mut f[54..54 + opt_len];
+            o[0] = 1;
+            o[1] = 1;
+            o[2] = 5;
+            o[3] = (2 + 8 * sack.len()) as u8;
+            for (i, (l, r)) in sack.iter().enumerate() {
+                o[4 + 8 * i..8 + 8 * i].copy_from_slice(&l.to_be_bytes());
+                o[8 + 8 * i..12 + 8 * i].copy_from_slice(&r.to_be_bytes());
+            }
+        }
+        f
+    }
+
+    const MSS: u32 = 1000;
+
+    /// Sends `n` segments from `start` on port 5000.
+    fn send(r: &mut SackRecovery, start: u32, n: u32) {
+        for i in 0..n {
+            r.on_sent(&frame(5000, 80, start.wrapping_add(i * MSS), 0, MSS as usize, &[]));
+        }
+    }
+
+    fn ack(r: &mut SackRecovery, ack: u32, sack: &[(u32, u32)]) {
+        r.on_received(&frame(80, 5000, 0, ack, 0, sack));
+    }
+
+    fn resend_seqs(r: &mut SackRecovery, now: Instant) -> Vec<u32> {
+        let mut out = Vec::new();
+        while let Some(f) = r.poll_resend(now, &|_| Some(Duration::from_millis(100))) {
+            out.push(parse(f).unwrap().seq);
+        }
+        out
+    }
+
+    #[test]
+    fn every_hole_below_three_sacked_segments_is_sent_again_once_in_a_round_trip() {
+        let t0 = Instant::now();
+        let base = u32::MAX - 4500; // across the wrap
+        let mut r = SackRecovery::default();
+        send(&mut r, base, 20);
+        // Segments 2 and 5 lost; the peer SACKs 3-4 and 6-19 (one block per ACK).
+        let s = |i: u32| base.wrapping_add(i * MSS);
+        ack(&mut r, s(2), &[(s(3), s(5))]);
+        ack(&mut r, s(2), &[(s(6), s(20))]);
+        assert_eq!(resend_seqs(&mut r, t0), vec![s(2), s(5)]);
+        // Not again within the round trip...
+        assert!(resend_seqs(&mut r, t0 + Duration::from_millis(50)).is_empty());
+        // ...but the oldest hole again once its repair is overdue.
+        assert_eq!(resend_seqs(&mut r, t0 + Duration::from_millis(130)), vec![s(2)]);
+        // The repairs arrive: everything is acknowledged, nothing is held.
+        ack(&mut r, s(20), &[]);
+        assert!(r.flows.values().all(|f| f.segs.is_empty()));
+        assert!(resend_seqs(&mut r, t0 + Duration::from_secs(1)).is_empty());
+        assert_eq!(r.resent, 3);
+    }
+
+    #[test]
+    fn a_hole_with_too_little_sacked_above_it_waits() {
+        let mut r = SackRecovery::default();
+        send(&mut r, 0, 10);
+        // Segment 7 lost, only 8 SACKed: reordering, not yet loss.
+        ack(&mut r, 7 * MSS, &[(8 * MSS, 9 * MSS)]);
+        assert!(resend_seqs(&mut r, Instant::now()).is_empty());
+        ack(&mut r, 7 * MSS, &[(8 * MSS, 10 * MSS)]);
+        assert!(resend_seqs(&mut r, Instant::now()).is_empty());
+        // Three segments' worth above it: lost.
+        send(&mut r, 10 * MSS, 1);
+        ack(&mut r, 7 * MSS, &[(8 * MSS, 11 * MSS)]);
+        assert_eq!(resend_seqs(&mut r, Instant::now()), vec![7 * MSS]);
+    }
+
+    #[test]
+    fn retransmissions_by_smoltcp_are_not_copied_twice_and_garbage_is_ignored() {
+        let mut r = SackRecovery::default();
+        send(&mut r, 0, 3);
+        send(&mut r, 0, 1);
+        assert_eq!(r.flows.values().map(|f| f.segs.len()).sum::<usize>(), 3);
+        r.on_received(&[0u8; 30]);
+        let mut bad = frame(80, 5000, 0, 0, 0, &[(1, 2)]);
+        bad[57] = 200; // a SACK option longer than the header
+        r.on_received(&bad);
+        assert_eq!(sack_blocks(&[5, 10, 0, 0, 0, 1, 0, 0, 0, 2]).collect::<Vec<_>>(), vec![(1, 2)]);
+        assert_eq!(sack_blocks(&[5, 1]).count(), 0);
+        assert_eq!(sack_blocks(&[2, 4, 5, 180, 1, 1]).count(), 0);
+    }
+}
