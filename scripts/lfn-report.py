@@ -7,7 +7,7 @@ import csv, json, os, sys
 
 out = sys.argv[1]
 prefix = sys.argv[2] if len(sys.argv) > 2 else os.path.join(out, "goodput")
-COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 
 def xsock_series(path):
     per = {}

@@ -369,7 +369,9 @@ impl RuntimeBuilder {
             seed: sys::random_u64().map_err(Error::Io)?,
         };
         let mut cfg = self.tcp.clone();
-        cfg.dead_after = self.dead_after;
+        // A long fat path needs longer than the link's few seconds: one lost
+        // retransmission at 350 ms RTT is 3 s of silence (RTO 1 s, doubled).
+        cfg.dead_after = self.dead_after.max(cfg.dead_after);
         let shared = Arc::new(TcpShared { core: Mutex::new(TcpCore::new(setup, cfg)?), notifier: notifier.clone() });
         let id = dp.register(crate::tcp::ETHERTYPE_IPV4, Box::new(TcpHandler::new(shared.clone())))?;
         Ok(Some((shared, id)))

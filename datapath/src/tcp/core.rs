@@ -514,7 +514,10 @@ impl TcpCore {
             }
             let q = (s.send_queue(), s.recv_queue());
             if q != m.last_queues {
-                if q.0 < m.last_queues.0 || q.1 > m.last_queues.1 {
+                // Progress: the peer took data, or sent some, or data was
+                // written to an idle connection (its deadline starts now,
+                // not when the connection last moved).
+                if q.0 < m.last_queues.0 || q.1 > m.last_queues.1 || m.last_queues.0 == 0 {
                     m.last_progress = now;
                 }
                 m.last_queues = q;
