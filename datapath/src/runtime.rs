@@ -56,6 +56,7 @@ pub struct RuntimeBuilder {
     send_buffer: usize,
     recv_buffer: usize,
     dead_after: Duration,
+    dead_after_set: bool,
     inject_loss: f64,
     devices: Option<TestDevices>,
     tcp: TcpConfig,
@@ -93,6 +94,7 @@ impl Default for RuntimeBuilder {
             send_buffer: c.send_buffer,
             recv_buffer: c.recv_buffer,
             dead_after: c.dead_after,
+            dead_after_set: false,
             inject_loss: 0.0,
             devices: None,
             tcp: TcpConfig::default(),
@@ -199,9 +201,11 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Give up on a reliable-link peer after this long without hearing it.
+    /// Give up on a peer after this long without hearing it (reliable-link;
+    /// also the TCP mode, which otherwise keeps its own `TcpConfig::dead_after`).
     pub fn dead_after(mut self, d: Duration) -> Self {
         self.dead_after = d;
+        self.dead_after_set = true;
         self
     }
 
@@ -369,9 +373,12 @@ impl RuntimeBuilder {
             seed: sys::random_u64().map_err(Error::Io)?,
         };
         let mut cfg = self.tcp.clone();
-        // A long fat path needs longer than the link's few seconds: one lost
-        // retransmission at 350 ms RTT is 3 s of silence (RTO 1 s, doubled).
-        cfg.dead_after = self.dead_after.max(cfg.dead_after);
+        // Unless the application chose one, the TCP mode keeps its own,
+        // longer deadline: one lost retransmission on a 350 ms path is 3 s
+        // of silence (RTO 1 s, doubled), the link's default.
+        if self.dead_after_set {
+            cfg.dead_after = self.dead_after;
+        }
         let shared = Arc::new(TcpShared { core: Mutex::new(TcpCore::new(setup, cfg)?), notifier: notifier.clone() });
         let id = dp.register(crate::tcp::ETHERTYPE_IPV4, Box::new(TcpHandler::new(shared.clone())))?;
         Ok(Some((shared, id)))

@@ -450,7 +450,11 @@ impl TcpCore {
             } else {
                 Error::ConnectionRefused(peer)
             }
-        } else if m.peer_finished {
+        } else if m.peer_finished && self.sockets.get::<tcp::Socket<'_>>(h).send_queue() == 0 {
+            // The peer finished and everything we wrote was acknowledged: a
+            // graceful end. (A peer that half-closed and then vanished with
+            // our data unacknowledged is a failure: found by the vanished-
+            // peer test, whose nc peer half-closes at once.)
             return None;
         } else if silent {
             Error::TimedOut(format!("{peer} stopped answering (no acknowledgement for {:?})", self.config.dead_after))

@@ -71,6 +71,7 @@ enum WholeHash {
 /// A file being received.
 struct Transfer {
     id: u64,
+    file_id: u64,
     name: String,
     /// A read-only map of the part file, for the hashing thread.
     read: Arc<ReadMap>,
@@ -175,7 +176,7 @@ impl Recv {
                 if conns.iter().enumerate().any(|(j, o)| j != i && o.transfer == Some(id)) {
                     continue;
                 }
-                let t = transfers.get_mut(&id).expect("attached");
+                let Some(t) = transfers.get_mut(&id) else { continue };
                 let whole = match t.whole {
                     _ if !t.pending.is_empty() => continue,
                     WholeHash::NotAsked => {
@@ -260,6 +261,12 @@ impl Recv {
             }
             return Ok(true);
         }
+        if let Some(id) = c.transfer
+            && !transfers.contains_key(&id)
+        {
+            // A newer run of the same sender took the transfer over.
+            return Ok(false);
+        }
         if c.end.is_some() {
             return Ok(true);
         }
@@ -342,8 +349,21 @@ impl Recv {
                     c.waiting = Some((h, Instant::now()));
                     return Ok(());
                 }
-                if transfers.values().any(|t| t.name == h.name && !t.finished) {
-                    return refuse(c, format!("{} is being received from another sender right now", h.name));
+                let busy =
+                    transfers.iter().find(|(_, t)| t.name == h.name && !t.finished).map(|(&id, t)| (id, t.file_id));
+                match busy {
+                    // The same source sent again: its earlier run is gone
+                    // (killed, or its link is), even if its streams have not
+                    // timed out here yet. Keep what it delivered, take over.
+                    Some((id, file_id)) if file_id == h.file_id => {
+                        let mut old = transfers.remove(&id).expect("found");
+                        old.persist();
+                        log::info!("{}: a new run of the same sender takes over the transfer", h.name);
+                    }
+                    Some(_) => {
+                        return refuse(c, format!("{} is being received from another sender right now", h.name));
+                    }
+                    None => {}
                 }
                 match Transfer::open(&self.dir, &h, self.overwrite) {
                     Ok(t) => {
@@ -451,6 +471,7 @@ impl Transfer {
         );
         Ok(Transfer {
             id: h.transfer,
+            file_id: h.file_id,
             name: h.name.clone(),
             read: Arc::new(read),
             pending: HashMap::new(),
