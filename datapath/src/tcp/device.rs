@@ -19,7 +19,7 @@ use smoltcp::phy::{self, Checksum, ChecksumCapabilities, Device, DeviceCapabilit
 use xsock_nic::TxError;
 use xsock_pacer::GapPacer;
 
-use super::{flows::FlowTracker, sack::SackRecovery};
+use super::{flows::FlowTracker, sack::SackRecovery, segment::Segment};
 
 use crate::handler::Context;
 
@@ -75,8 +75,10 @@ impl phy::TxToken for Tx<'_, '_> {
         let r = self.cx.transmit_with(len, &mut |buf| {
             let Some(f) = f.take() else { return 0 };
             out = Some(f(&mut buf[..len]));
-            self.tracker.on_sent(&buf[..len], now);
-            self.sack.on_sent(&buf[..len]);
+            if let Some(seg) = Segment::parse(&buf[..len]) {
+                self.tracker.on_sent(&seg, now);
+                self.sack.on_sent(&seg);
+            }
             if u16::from_be_bytes([buf[12], buf[13]]) == ETHERTYPE_ARP {
                 // Target protocol address of an ARP request: bytes 38..42.
                 if len >= 42 && u16::from_be_bytes([buf[20], buf[21]]) == 1 {
@@ -148,7 +150,9 @@ impl FrameIo<'_, '_> {
                     if let (true, Some(p)) = (self.pacing, self.pacer.as_deref_mut()) {
                         p.on_sent(now, k as u64);
                     }
-                    self.tracker.on_sent(frame, now);
+                    if let Some(seg) = Segment::parse(frame) {
+                        self.tracker.on_sent(&seg, now);
+                    }
                     n += 1;
                 }
                 Ok(_) => {}
@@ -175,8 +179,10 @@ impl<'a, 'c> Device for FrameIo<'a, 'c> {
 
     fn receive(&mut self, _ts: smoltcp::time::Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
         let frame = self.rx.pop_front()?;
-        self.tracker.on_received(&frame, self.cx.now());
-        self.sack.on_received(&frame);
+        if let Some(seg) = Segment::parse(&frame) {
+            self.tracker.on_received(&seg, self.cx.now());
+            self.sack.on_received(&seg);
+        }
         // Responses to received frames are never paced (smoltcp would drop them).
         let tx = Tx {
             cx: self.cx,

@@ -11,6 +11,8 @@ use std::{
 
 use xsock_pacer::{Rate, WindowRate};
 
+use super::segment::{Segment, after};
+
 /// Lowest automatic pacing rate of a flow (before it has a window to go by).
 pub const AUTO_PACE_FLOOR: Rate = Rate::mbit(10);
 
@@ -39,41 +41,14 @@ pub(crate) struct FlowTracker {
     ports: HashMap<u16, Flow>,
 }
 
-/// The TCP header of an IPv4 Ethernet frame: (offset of the TCP header,
-/// TCP payload length), if the frame is IPv4/TCP and long enough.
-fn tcp_header(f: &[u8]) -> Option<(usize, u32)> {
-    if f.len() < 54 || f[12..14] != [0x08, 0x00] || f[23] != 6 {
-        return None;
-    }
-    let ihl = usize::from(f[14] & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
-    let tcp = 14 + ihl;
-    if ihl < 20 || f.len() < tcp + 20 {
-        return None;
-    }
-    let doff = usize::from(f[tcp + 12] >> 4) * 4;
-    Some((tcp, total.saturating_sub(ihl + doff) as u32))
-}
-
-fn be32(b: &[u8]) -> u32 {
-    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
-}
-
-/// `a` is after `b` in sequence space.
-fn after(a: u32, b: u32) -> bool {
-    (a.wrapping_sub(b) as i32) > 0
-}
-
 impl FlowTracker {
-    /// Looks at an outgoing Ethernet frame.
-    pub fn on_sent(&mut self, f: &[u8], now: Instant) {
-        let Some((tcp, len)) = tcp_header(f) else { return };
-        if len == 0 {
+    /// Looks at an outgoing segment.
+    pub fn on_sent(&mut self, s: &Segment<'_>, now: Instant) {
+        if s.len == 0 {
             return;
         }
-        let port = u16::from_be_bytes([f[tcp], f[tcp + 1]]);
-        let seq = be32(&f[tcp + 4..]);
-        let end = seq.wrapping_add(len);
+        let (port, seq) = (s.sport, s.seq);
+        let end = seq.wrapping_add(s.len);
         let flow = self.ports.entry(port).or_insert_with(|| Flow {
             highest_end: seq,
             first: seq,
@@ -98,15 +73,13 @@ impl FlowTracker {
         flow.observe(now);
     }
 
-    /// Looks at an incoming Ethernet frame (an ACK for one of our flows).
-    pub fn on_received(&mut self, f: &[u8], now: Instant) {
-        let Some((tcp, _)) = tcp_header(f) else { return };
-        if f[tcp + 13] & 0x10 == 0 {
+    /// Looks at an incoming segment (an ACK for one of our flows).
+    pub fn on_received(&mut self, s: &Segment<'_>, now: Instant) {
+        if !s.ack_flag {
             return;
         }
-        let port = u16::from_be_bytes([f[tcp + 2], f[tcp + 3]]);
-        let Some(flow) = self.ports.get_mut(&port) else { return };
-        let ack = be32(&f[tcp + 8..]);
+        let Some(flow) = self.ports.get_mut(&s.dport) else { return };
+        let ack = s.ack;
         if after(ack, flow.highest_end) || flow.una.is_some_and(|u| !after(ack, u)) {
             return;
         }
@@ -188,30 +161,43 @@ mod tests {
         f
     }
 
+    /// Feeds an outgoing / incoming frame, as the device does.
+    fn sent(t: &mut FlowTracker, f: &[u8], now: Instant) {
+        if let Some(s) = Segment::parse(f) {
+            t.on_sent(&s, now);
+        }
+    }
+
+    fn received(t: &mut FlowTracker, f: &[u8], now: Instant) {
+        if let Some(s) = Segment::parse(f) {
+            t.on_received(&s, now);
+        }
+    }
+
     #[test]
     fn counts_retransmissions_in_flight_and_rtt_across_sequence_wraparound() {
         let t0 = Instant::now();
         let mut t = FlowTracker::default();
         let start = u32::MAX - 2000;
         for i in 0..4u32 {
-            t.on_sent(&segment(5000, 80, start.wrapping_add(i * 1000), 0, 1000), t0);
+            sent(&mut t, &segment(5000, 80, start.wrapping_add(i * 1000), 0, 1000), t0);
         }
         assert_eq!(t.in_flight(5000), 4000);
         // The second segment again: a retransmission.
-        t.on_sent(&segment(5000, 80, start.wrapping_add(1000), 0, 1000), t0);
+        sent(&mut t, &segment(5000, 80, start.wrapping_add(1000), 0, 1000), t0);
         assert_eq!(t.counts(5000), (5, 1));
         // Karn: the ACK covering the probe after a retransmission gives no sample.
-        t.on_received(&segment(80, 5000, 0, start.wrapping_add(2000), 0), t0 + Duration::from_millis(10));
+        received(&mut t, &segment(80, 5000, 0, start.wrapping_add(2000), 0), t0 + Duration::from_millis(10));
         assert_eq!(t.srtt(5000), None);
         assert_eq!(t.in_flight(5000), 2000);
         // A fresh segment is probed; its ACK 30 ms later is the first sample.
-        t.on_sent(&segment(5000, 80, start.wrapping_add(4000), 0, 1000), t0 + Duration::from_millis(10));
-        t.on_received(&segment(80, 5000, 0, start.wrapping_add(5000), 0), t0 + Duration::from_millis(40));
+        sent(&mut t, &segment(5000, 80, start.wrapping_add(4000), 0, 1000), t0 + Duration::from_millis(10));
+        received(&mut t, &segment(80, 5000, 0, start.wrapping_add(5000), 0), t0 + Duration::from_millis(40));
         assert_eq!(t.srtt(5000), Some(Duration::from_millis(30)));
         assert_eq!(t.in_flight(5000), 0);
         // Old and impossible ACKs are ignored.
-        t.on_received(&segment(80, 5000, 0, start, 0), t0 + Duration::from_millis(41));
-        t.on_received(&segment(80, 5000, 0, start.wrapping_add(90_000), 0), t0 + Duration::from_millis(41));
+        received(&mut t, &segment(80, 5000, 0, start, 0), t0 + Duration::from_millis(41));
+        received(&mut t, &segment(80, 5000, 0, start.wrapping_add(90_000), 0), t0 + Duration::from_millis(41));
         assert_eq!(t.in_flight(5000), 0);
     }
 
@@ -219,11 +205,11 @@ mod tests {
     fn short_and_foreign_frames_are_ignored() {
         let mut t = FlowTracker::default();
         let now = Instant::now();
-        t.on_sent(&[0u8; 20], now);
+        sent(&mut t, &[0u8; 20], now);
         let mut arp = segment(5000, 80, 1, 0, 100);
         arp[12..14].copy_from_slice(&[0x08, 0x06]);
-        t.on_sent(&arp, now);
-        t.on_received(&segment(80, 4000, 0, 5, 0), now);
+        sent(&mut t, &arp, now);
+        received(&mut t, &segment(80, 4000, 0, 5, 0), now);
         assert_eq!(t.counts(5000), (0, 0));
         assert_eq!(t.auto_rate(), None);
     }

@@ -25,6 +25,7 @@ mod device;
 mod flows;
 pub(crate) mod handler;
 mod sack;
+mod segment;
 
 use std::time::Duration;
 

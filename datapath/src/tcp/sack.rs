@@ -23,6 +23,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::segment::{Segment, after};
+
 /// Segments' worth of SACKed data above a hole before it counts as lost
 /// (RFC 6675's DupThresh).
 const DUP_THRESH: u32 = 3;
@@ -30,11 +32,6 @@ const DUP_THRESH: u32 = 3;
 const MIN_RESEND_GAP: Duration = Duration::from_millis(10);
 /// Most segments copied per flow (bounds memory: 64 Ki segments ≈ 96 MiB).
 const MAX_SEGMENTS: usize = 1 << 16;
-
-/// `a` is after `b` in sequence space.
-fn after(a: u32, b: u32) -> bool {
-    (a.wrapping_sub(b) as i32) > 0
-}
 
 #[derive(Debug)]
 struct Sent {
@@ -69,48 +66,6 @@ pub(crate) struct SackRecovery {
     pub resent: u64,
 }
 
-/// A parsed TCP segment header: (src port, dst port, seq, ack, flags,
-/// payload length, options).
-struct Seg<'f> {
-    src: [u8; 4],
-    dst: [u8; 4],
-    sport: u16,
-    dport: u16,
-    seq: u32,
-    ack: u32,
-    ack_flag: bool,
-    len: u32,
-    options: &'f [u8],
-}
-
-fn parse(f: &[u8]) -> Option<Seg<'_>> {
-    if f.len() < 54 || f[12..14] != [0x08, 0x00] || f[23] != 6 {
-        return None;
-    }
-    let ihl = usize::from(f[14] & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
-    let t = 14 + ihl;
-    if ihl < 20 || f.len() < t + 20 {
-        return None;
-    }
-    let doff = usize::from(f[t + 12] >> 4) * 4;
-    if doff < 20 || f.len() < t + doff {
-        return None;
-    }
-    let be32 = |i: usize| u32::from_be_bytes([f[i], f[i + 1], f[i + 2], f[i + 3]]);
-    Some(Seg {
-        src: [f[26], f[27], f[28], f[29]],
-        dst: [f[30], f[31], f[32], f[33]],
-        sport: u16::from_be_bytes([f[t], f[t + 1]]),
-        dport: u16::from_be_bytes([f[t + 2], f[t + 3]]),
-        seq: be32(t + 4),
-        ack: be32(t + 8),
-        ack_flag: f[t + 13] & 0x10 != 0,
-        len: total.saturating_sub(ihl + doff) as u32,
-        options: &f[t + 20..t + doff],
-    })
-}
-
 /// The SACK blocks (RFC 2018, option kind 5) among TCP `options`.
 fn sack_blocks(mut o: &[u8]) -> impl Iterator<Item = (u32, u32)> + '_ {
     let mut blocks: &[u8] = &[];
@@ -137,9 +92,8 @@ fn sack_blocks(mut o: &[u8]) -> impl Iterator<Item = (u32, u32)> + '_ {
 }
 
 impl SackRecovery {
-    /// Looks at an outgoing frame: new data segments are copied.
-    pub fn on_sent(&mut self, f: &[u8]) {
-        let Some(s) = parse(f) else { return };
+    /// Looks at an outgoing segment: new data segments are copied.
+    pub fn on_sent(&mut self, s: &Segment<'_>) {
         if s.len == 0 {
             return;
         }
@@ -151,14 +105,13 @@ impl SackRecovery {
         }
         let mut frame = self.spare.pop().unwrap_or_default();
         frame.clear();
-        frame.extend_from_slice(f);
+        frame.extend_from_slice(s.frame);
         flow.segs.push_back(Sent { seq: s.seq, end, frame, sacked: false, resent_at: None });
     }
 
-    /// Looks at an incoming frame: its cumulative ACK frees copies, its
+    /// Looks at an incoming segment: its cumulative ACK frees copies, its
     /// SACK blocks mark them.
-    pub fn on_received(&mut self, f: &[u8]) {
-        let Some(s) = parse(f) else { return };
+    pub fn on_received(&mut self, s: &Segment<'_>) {
         if !s.ack_flag {
             return;
         }
@@ -282,18 +235,20 @@ mod tests {
     /// Sends `n` segments from `start` on port 5000.
     fn send(r: &mut SackRecovery, start: u32, n: u32) {
         for i in 0..n {
-            r.on_sent(&frame(5000, 80, start.wrapping_add(i * MSS), 0, MSS as usize, &[]));
+            let f = frame(5000, 80, start.wrapping_add(i * MSS), 0, MSS as usize, &[]);
+            r.on_sent(&Segment::parse(&f).unwrap());
         }
     }
 
     fn ack(r: &mut SackRecovery, ack: u32, sack: &[(u32, u32)]) {
-        r.on_received(&frame(80, 5000, 0, ack, 0, sack));
+        let f = frame(80, 5000, 0, ack, 0, sack);
+        r.on_received(&Segment::parse(&f).unwrap());
     }
 
     fn resend_seqs(r: &mut SackRecovery, now: Instant) -> Vec<u32> {
         let mut out = Vec::new();
         while let Some(f) = r.poll_resend(now, &|_| Some(Duration::from_millis(100))) {
-            out.push(parse(f).unwrap().seq);
+            out.push(Segment::parse(f).unwrap().seq);
         }
         out
     }
@@ -341,10 +296,10 @@ mod tests {
         send(&mut r, 0, 3);
         send(&mut r, 0, 1);
         assert_eq!(r.flows.values().map(|f| f.segs.len()).sum::<usize>(), 3);
-        r.on_received(&[0u8; 30]);
+        assert!(Segment::parse(&[0u8; 30]).is_none());
         let mut bad = frame(80, 5000, 0, 0, 0, &[(1, 2)]);
         bad[57] = 200; // a SACK option longer than the header
-        r.on_received(&bad);
+        r.on_received(&Segment::parse(&bad).unwrap());
         assert_eq!(sack_blocks(&[5, 10, 0, 0, 0, 1, 0, 0, 0, 2]).collect::<Vec<_>>(), vec![(1, 2)]);
         assert_eq!(sack_blocks(&[5, 1]).count(), 0);
         assert_eq!(sack_blocks(&[2, 4, 5, 180, 1, 1]).count(), 0);
