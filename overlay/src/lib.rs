@@ -1,12 +1,35 @@
 //! # xsock-overlay (sans-IO)
 //!
-//! Will own the relay overlay that joins LANs (after SSOCK): node identity
-//! independent of IP addresses, the bootstrap protocol, relay-to-relay
-//! links, link-state advertisements with sequence numbers and ageing,
-//! shortest-path routing behind a pluggable routing-algorithm trait, the
-//! virtual-connection protocol (open, data, end-to-end credits, close,
-//! abort) multiplexed over relay links, and authentication with cluster or
-//! per-node keys. Sans-IO, so the same code runs in a many-node emulator and
-//! for real.
+//! The relay overlay that joins LANs (after SSOCK): inside a LAN nodes talk
+//! directly; between LANs a connection is *virtual*, carried by relays over
+//! a few relay-to-relay links and routed by link state.
+//!
+//! - [`id`]: [`NodeId`] (assigned at registration, independent of IP
+//!   addresses) and [`SiteId`] (a LAN, told apart behind NAT);
+//! - [`wire`]: the length-prefixed message format of every overlay
+//!   connection (bootstrap sessions, relay links, the preamble of a LAN
+//!   connection);
+//! - [`auth`]: mutual challenge-response over a cluster key;
+//! - [`registry`]: the bootstrap server's directory (names, ranks, sites);
+//! - [`lsdb`] and [`route`]: link-state advertisements with sequence
+//!   numbers and ageing, routing behind the [`route::Routing`] trait
+//!   (Dijkstra now);
+//! - [`relay`]: the relay's core: links, flooding, virtual connections
+//!   (open, data, end-to-end credit, close, abort) multiplexed over links.
+//!
+//! Nothing here does I/O or reads a clock: time comes in as a `Duration`
+//! since an epoch the caller picks, randomness (nonces) from the caller.
+//! The same code runs in the many-relay simulation of the tests and in
+//! `xsock boot` / `xsock relay`.
 
 #![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod id;
+pub mod lsdb;
+pub mod registry;
+pub mod relay;
+pub mod route;
+pub mod wire;
+
+pub use id::{NodeId, SiteId};

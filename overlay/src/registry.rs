@@ -1,0 +1,252 @@
+//! The bootstrap server's directory, sans-IO: who is registered (relays
+//! and endpoints), their sites, names, ranks and ports. Relays get the
+//! whole directory pushed on every change; endpoints ask.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::Ipv4Addr,
+};
+
+use crate::{
+    NodeId, SiteId,
+    wire::{Entry, Msg, Role},
+};
+
+/// A bootstrap session, named by the shell.
+pub type SessionId = u64;
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct Registry {
+    entries: HashMap<NodeId, Entry>,
+    by_name: HashMap<String, NodeId>,
+    session_node: HashMap<SessionId, NodeId>,
+    relays: Vec<SessionId>,
+    seed: u64,
+    out: VecDeque<(SessionId, Vec<u8>)>,
+}
+
+impl Registry {
+    /// An empty directory; node ids are drawn from `seed` (give it fresh
+    /// randomness, so ids of a restarted server do not repeat).
+    pub fn new(seed: u64) -> Self {
+        Self {
+            entries: HashMap::new(),
+            by_name: HashMap::new(),
+            session_node: HashMap::new(),
+            relays: Vec::new(),
+            seed,
+            out: VecDeque::new(),
+        }
+    }
+
+    fn fresh_id(&mut self) -> NodeId {
+        loop {
+            // splitmix64
+            self.seed = self.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.seed;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            if z != 0 && !self.entries.contains_key(&NodeId(z)) {
+                return NodeId(z);
+            }
+        }
+    }
+
+    /// A message (type + body) from an authenticated session whose TCP
+    /// source address is `seen_from`. `Err` is a one-line reason to send
+    /// back as `Refused` before closing the session.
+    pub fn handle_message(&mut self, session: SessionId, seen_from: Ipv4Addr, frame: &[u8]) -> Result<(), String> {
+        let msg = Msg::parse(frame).map_err(|e| e.to_string())?;
+        match msg {
+            Msg::Register { role, name, lan_ip, prefix, wan, serve_port, rank } => {
+                if self.session_node.contains_key(&session) {
+                    return Err("this session has registered already".into());
+                }
+                if name.is_empty() {
+                    return Err("an empty name: give each node a unique --name".into());
+                }
+                if let Some(id) = self.by_name.get(name) {
+                    let other = &self.entries[id];
+                    return Err(format!(
+                        "the name {name:?} is taken by a live node at {} ({}): pick another --name, or stop that node",
+                        other.lan_ip, other.node
+                    ));
+                }
+                if role == Role::Boot {
+                    return Err("a bootstrap server cannot register with another".into());
+                }
+                let node = self.fresh_id();
+                let site = SiteId::derive(lan_ip, prefix, seen_from);
+                let entry =
+                    Entry { node, role, name: name.to_owned(), site, lan_ip, wan, serve_port, rank, ports: Vec::new() };
+                self.entries.insert(node, entry);
+                self.by_name.insert(name.to_owned(), node);
+                self.session_node.insert(session, node);
+                if role == Role::Relay {
+                    self.relays.push(session);
+                }
+                self.out.push_back((session, Msg::Registered { node, site }.to_frame()));
+                self.push_directory();
+            }
+            Msg::Ports { ports } => {
+                let node = self.node_of(session)?;
+                let e = self.entries.get_mut(&node).expect("registered");
+                e.ports = ports;
+                e.ports.sort_unstable();
+                e.ports.dedup();
+                self.push_directory();
+            }
+            Msg::Resolve { name } => {
+                let node = self.node_of(session)?;
+                let reply = match self.by_name.get(name) {
+                    Some(id) => self.resolved(node, *id),
+                    None => Msg::NotFound { what: name }.to_frame(),
+                };
+                self.out.push_back((session, reply));
+            }
+            Msg::ResolveRank { rank } => {
+                let node = self.node_of(session)?;
+                let found = self.entries.values().find(|e| e.rank == Some(rank)).map(|e| e.node);
+                let reply = match found {
+                    Some(id) => self.resolved(node, id),
+                    None => Msg::NotFound { what: &format!("rank {rank}") }.to_frame(),
+                };
+                self.out.push_back((session, reply));
+            }
+            Msg::GetDirectory => {
+                self.node_of(session)?;
+                let f = self.directory_frame();
+                self.out.push_back((session, f));
+            }
+            _ => return Err("unexpected message for the bootstrap server".into()),
+        }
+        Ok(())
+    }
+
+    /// The session ended: its node leaves the directory.
+    pub fn handle_session_closed(&mut self, session: SessionId) -> Option<Entry> {
+        self.relays.retain(|s| *s != session);
+        let node = self.session_node.remove(&session)?;
+        let e = self.entries.remove(&node)?;
+        self.by_name.remove(&e.name);
+        self.push_directory();
+        Some(e)
+    }
+
+    /// The next frame to send, and to which session.
+    pub fn poll_transmit(&mut self) -> Option<(SessionId, Vec<u8>)> {
+        self.out.pop_front()
+    }
+
+    /// Registered nodes.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.values()
+    }
+
+    fn node_of(&self, session: SessionId) -> Result<NodeId, String> {
+        self.session_node.get(&session).copied().ok_or_else(|| "register first".to_owned())
+    }
+
+    fn relays_of(&self, site: SiteId) -> Vec<Entry> {
+        let mut v: Vec<Entry> =
+            self.entries.values().filter(|e| e.role == Role::Relay && e.site == site).cloned().collect();
+        v.sort_by_key(|e| e.node);
+        v
+    }
+
+    fn resolved(&self, asker: NodeId, id: NodeId) -> Vec<u8> {
+        let my_site = self.entries[&asker].site;
+        Msg::Resolved { entry: self.entries[&id].clone(), my_relays: self.relays_of(my_site) }.to_frame()
+    }
+
+    fn directory_frame(&self) -> Vec<u8> {
+        let mut entries: Vec<Entry> = self.entries.values().cloned().collect();
+        entries.sort_by_key(|e| e.node);
+        Msg::Directory { entries }.to_frame()
+    }
+
+    fn push_directory(&mut self) {
+        if self.relays.is_empty() {
+            return;
+        }
+        let f = self.directory_frame();
+        for s in self.relays.clone() {
+            self.out.push_back((s, f.clone()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(r: &mut Registry, s: SessionId, role: Role, name: &str, lan: [u8; 4], seen: [u8; 4]) -> Result<(), String> {
+        let f = Msg::Register {
+            role,
+            name,
+            lan_ip: lan.into(),
+            prefix: 24,
+            wan: None,
+            serve_port: 7,
+            rank: Some(s as u32),
+        }
+        .to_frame();
+        r.handle_message(s, seen.into(), &f[4..])
+    }
+
+    fn drain(r: &mut Registry) -> Vec<(SessionId, Vec<u8>)> {
+        std::iter::from_fn(|| r.poll_transmit()).collect()
+    }
+
+    #[test]
+    fn resolves_names_and_ranks_with_the_askers_relays() {
+        let mut r = Registry::new(1);
+        reg(&mut r, 1, Role::Relay, "relay-a", [10, 0, 0, 1], [192, 0, 2, 1]).unwrap();
+        reg(&mut r, 2, Role::Endpoint, "h1", [10, 0, 0, 2], [192, 0, 2, 1]).unwrap();
+        reg(&mut r, 3, Role::Endpoint, "h2", [10, 0, 0, 2], [192, 0, 2, 9]).unwrap(); // same subnet, other NAT
+        drain(&mut r);
+        r.handle_message(2, [192, 0, 2, 1].into(), &Msg::Resolve { name: "h2" }.to_frame()[4..]).unwrap();
+        r.handle_message(2, [192, 0, 2, 1].into(), &Msg::ResolveRank { rank: 9 }.to_frame()[4..]).unwrap();
+        let out = drain(&mut r);
+        let Msg::Resolved { entry, my_relays } = Msg::parse(&out[0].1[4..]).unwrap() else { panic!() };
+        assert_eq!(entry.name, "h2");
+        assert_eq!(my_relays.len(), 1);
+        assert_eq!(my_relays[0].name, "relay-a");
+        assert_ne!(entry.site, my_relays[0].site, "same subnet behind another NAT is another site");
+        assert!(matches!(Msg::parse(&out[1].1[4..]).unwrap(), Msg::NotFound { .. }));
+    }
+
+    #[test]
+    fn a_taken_name_is_refused_until_its_session_ends() {
+        let mut r = Registry::new(1);
+        reg(&mut r, 1, Role::Endpoint, "h1", [10, 0, 0, 2], [10, 0, 0, 2]).unwrap();
+        let e = reg(&mut r, 2, Role::Endpoint, "h1", [10, 0, 0, 3], [10, 0, 0, 3]).unwrap_err();
+        assert!(e.contains("taken"), "{e}");
+        r.handle_session_closed(1);
+        reg(&mut r, 2, Role::Endpoint, "h1", [10, 0, 0, 3], [10, 0, 0, 3]).unwrap();
+    }
+
+    #[test]
+    fn relays_get_the_directory_on_every_change() {
+        let mut r = Registry::new(1);
+        reg(&mut r, 1, Role::Relay, "relay-a", [10, 0, 0, 1], [10, 0, 0, 1]).unwrap();
+        drain(&mut r);
+        reg(&mut r, 2, Role::Endpoint, "h1", [10, 0, 0, 2], [10, 0, 0, 2]).unwrap();
+        r.handle_message(2, [10, 0, 0, 2].into(), &Msg::Ports { ports: vec![80, 80, 22] }.to_frame()[4..]).unwrap();
+        let pushes: Vec<_> = drain(&mut r).into_iter().filter(|(s, _)| *s == 1).collect();
+        assert_eq!(pushes.len(), 2);
+        let Msg::Directory { entries } = Msg::parse(&pushes[1].1[4..]).unwrap() else { panic!() };
+        assert_eq!(entries.iter().find(|e| e.name == "h1").unwrap().ports, vec![22, 80]);
+        r.handle_session_closed(2);
+        let Msg::Directory { entries } = Msg::parse(&drain(&mut r)[0].1[4..]).unwrap() else { panic!() };
+        assert_eq!(entries.len(), 1);
+    }
+
+    #[test]
+    fn nothing_before_registering() {
+        let mut r = Registry::new(1);
+        assert!(r.handle_message(5, Ipv4Addr::LOCALHOST, &Msg::GetDirectory.to_frame()[4..]).is_err());
+    }
+}

@@ -1,0 +1,725 @@
+//! The relay's protocol core, sans-IO: relay links, link-state flooding,
+//! routing, and virtual connections forwarded hop by hop.
+//!
+//! The I/O shell (`xsock relay`) owns the sockets. It tells the core what
+//! happened (`handle_*`), sends what [`RelayCore::poll_transmit`] returns on
+//! the named link, carries out what [`RelayCore::poll_action`] asks of the
+//! endpoint streams of its LAN, and calls [`RelayCore::handle_timeout`] by
+//! [`RelayCore::poll_timeout`].
+//!
+//! A virtual connection (VC) has two *ends* at each relay it crosses: a
+//! (link, vc id) pair toward each neighbour, or a *local* end, the stream to
+//! an endpoint of this relay's LAN. Ids on a link are chosen by the sender
+//! of `Open`: the relay with the smaller node id uses even ids, the other
+//! odd, so both may open at once. Flow control is end to end: the relay
+//! holding a local end forwards the endpoint's bytes only within the credit
+//! the other end granted (in `Open` and `Accept`, then `Credit` as it
+//! delivers). Relays in between forward without buffering beyond that.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    time::Duration,
+};
+
+use crate::{
+    NodeId, SiteId,
+    lsdb::{Install, LinkStateDb, Lsa},
+    route::{Route, Routing},
+    wire::{Entry, MAX_DATA, Msg, ParseError, Role},
+};
+
+/// A relay link, named by the shell.
+pub type LinkId = u64;
+/// A local end (an endpoint stream at this relay), named by the core.
+pub type LocalId = u64;
+
+/// Hops an `Open` may take.
+pub const MAX_HOPS: u8 = 16;
+
+/// Tunables.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// This relay.
+    pub me: NodeId,
+    /// Bytes a local end can take before the sender must wait for credit.
+    pub window: u32,
+    /// How often our advertisement is re-flooded (it doubles as keepalive).
+    pub refresh: Duration,
+    /// Advertisements not refreshed for this long are dropped.
+    pub max_age: Duration,
+    /// A link that has been silent this long is closed.
+    pub link_timeout: Duration,
+    /// First sequence number (the shell passes its start time in µs, so a
+    /// restarted relay's advertisements are newer than its old ones).
+    pub seq_start: u64,
+}
+
+impl RelayConfig {
+    /// Defaults for relay `me`.
+    pub fn new(me: NodeId, seq_start: u64) -> Self {
+        Self {
+            me,
+            window: 4 << 20,
+            refresh: Duration::from_millis(500),
+            max_age: Duration::from_secs(3),
+            link_timeout: Duration::from_millis(2000),
+            seq_start,
+        }
+    }
+}
+
+/// What the shell must do with an endpoint stream.
+// Each variant's doc names its fields.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Open a stream to endpoint `dst` (of this LAN) on `port`, on behalf of
+    /// `src`; report with `handle_local_connected` or `handle_local_failed`.
+    Connect { local: LocalId, src: NodeId, dst: NodeId, port: u16 },
+    /// The VC opened by this local end was accepted: tell the endpoint and
+    /// start relaying.
+    Opened { local: LocalId },
+    /// The VC is refused or broken: tell the endpoint why (or reset its
+    /// stream if it was open) and drop the stream.
+    Failed { local: LocalId, reason: String },
+    /// Bytes for the endpoint.
+    Write { local: LocalId, bytes: Vec<u8> },
+    /// The far end sends nothing more: half-close the endpoint's stream
+    /// after the bytes written so far.
+    Shutdown { local: LocalId },
+    /// Both directions are finished: close the stream once flushed.
+    Finished { local: LocalId },
+    /// Close this link (a duplicate, or it went silent).
+    CloseLink { link: LinkId },
+}
+
+/// Counters for the status report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// VCs opened through this relay (any role).
+    pub vcs_opened: u64,
+    /// Opens refused or unroutable here or beyond.
+    pub vcs_refused: u64,
+    /// VCs aborted.
+    pub vcs_aborted: u64,
+    /// VCs that ended gracefully.
+    pub vcs_closed: u64,
+    /// Data bytes forwarded (from any end to any end).
+    pub bytes_forwarded: u64,
+    /// Advertisements received.
+    pub lsas_in: u64,
+    /// Route computations.
+    pub route_runs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum End {
+    Link(LinkId, u32),
+    Local(LocalId),
+}
+
+#[derive(Debug)]
+struct Vc {
+    ends: [End; 2],
+    /// Which ends have sent Close.
+    closed: [bool; 2],
+    open: bool,
+}
+
+#[derive(Debug)]
+struct LocalEnd {
+    vc: u64,
+    /// Bytes this end may still forward.
+    credit: u64,
+    /// Bytes delivered to the endpoint, not yet credited back.
+    owed: u32,
+}
+
+#[derive(Debug)]
+struct LinkState {
+    peer: NodeId,
+    next_vc: u32,
+    last_heard: Duration,
+    initiated_by_me: bool,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct RelayCore {
+    cfg: RelayConfig,
+    routing: Box<dyn Routing>,
+    db: LinkStateDb,
+    routes: HashMap<NodeId, Route>,
+    seq: u64,
+    next_refresh: Duration,
+    links: HashMap<LinkId, LinkState>,
+    link_to: HashMap<NodeId, LinkId>,
+    out: HashMap<LinkId, Vec<u8>>,
+    dirty: Vec<LinkId>,
+    vcs: HashMap<u64, Vc>,
+    next_vc: u64,
+    by_end: HashMap<End, u64>,
+    locals: HashMap<LocalId, LocalEnd>,
+    next_local: LocalId,
+    actions: VecDeque<Action>,
+    my_site: Option<SiteId>,
+    relay_site: HashMap<NodeId, SiteId>,
+    endpoints: HashMap<NodeId, (SiteId, HashSet<u16>, String)>,
+    counters: Counters,
+}
+
+impl RelayCore {
+    /// A relay with no links yet, routing with `routing`.
+    pub fn new(cfg: RelayConfig, routing: Box<dyn Routing>, now: Duration) -> Self {
+        let mut core = Self {
+            db: LinkStateDb::new(cfg.max_age),
+            seq: cfg.seq_start,
+            next_refresh: now + cfg.refresh,
+            cfg,
+            routing,
+            routes: HashMap::new(),
+            links: HashMap::new(),
+            link_to: HashMap::new(),
+            out: HashMap::new(),
+            dirty: Vec::new(),
+            vcs: HashMap::new(),
+            next_vc: 1,
+            by_end: HashMap::new(),
+            locals: HashMap::new(),
+            next_local: 1,
+            actions: VecDeque::new(),
+            my_site: None,
+            relay_site: HashMap::new(),
+            endpoints: HashMap::new(),
+            counters: Counters::default(),
+        };
+        core.originate(now);
+        core
+    }
+
+    /// This relay's id.
+    pub fn me(&self) -> NodeId {
+        self.cfg.me
+    }
+
+    // ---- directory ---------------------------------------------------------
+
+    /// The bootstrap server's directory (replaces the previous one).
+    pub fn set_directory(&mut self, entries: &[Entry]) {
+        self.relay_site.clear();
+        self.endpoints.clear();
+        for e in entries {
+            match e.role {
+                Role::Relay => {
+                    self.relay_site.insert(e.node, e.site);
+                    if e.node == self.cfg.me {
+                        self.my_site = Some(e.site);
+                    }
+                }
+                Role::Endpoint => {
+                    self.endpoints.insert(e.node, (e.site, e.ports.iter().copied().collect(), e.name.clone()));
+                }
+                Role::Boot => {}
+            }
+        }
+    }
+
+    // ---- links -------------------------------------------------------------
+
+    /// An authenticated link to relay `peer` is up. If one already exists,
+    /// the one opened by the smaller node id is kept (both sides agree
+    /// without talking) and the other closed.
+    pub fn handle_link_up(&mut self, now: Duration, link: LinkId, peer: NodeId, initiated_by_me: bool) {
+        if let Some(&old) = self.link_to.get(&peer) {
+            let opener_of = |mine: bool| if mine { self.cfg.me } else { peer };
+            let keep_new = opener_of(initiated_by_me) < opener_of(self.links[&old].initiated_by_me)
+                || (opener_of(initiated_by_me) == opener_of(self.links[&old].initiated_by_me) && link > old);
+            if !keep_new {
+                self.actions.push_back(Action::CloseLink { link });
+                return;
+            }
+            self.actions.push_back(Action::CloseLink { link: old });
+            self.drop_link(now, old, "replaced by a newer link");
+        }
+        let next_vc = if self.cfg.me < peer { 2 } else { 1 };
+        self.links.insert(link, LinkState { peer, next_vc, last_heard: now, initiated_by_me });
+        self.link_to.insert(peer, link);
+        // Full sync: everything we know, then our new advertisement.
+        let all: Vec<Vec<u8>> = self
+            .db
+            .iter()
+            .filter(|l| l.origin != self.cfg.me)
+            .map(|l| Msg::Lsa { origin: l.origin, seq: l.seq, neighbors: l.neighbors.clone() }.to_frame())
+            .collect();
+        for f in all {
+            self.send_raw(link, &f);
+        }
+        self.originate(now);
+    }
+
+    /// The link is gone (closed, reset, or the shell gave up on it).
+    pub fn handle_link_down(&mut self, now: Duration, link: LinkId) {
+        self.drop_link(now, link, "the relay link carrying it went down");
+    }
+
+    fn drop_link(&mut self, now: Duration, link: LinkId, why: &str) {
+        let Some(st) = self.links.remove(&link) else { return };
+        if self.link_to.get(&st.peer) == Some(&link) {
+            self.link_to.remove(&st.peer);
+        }
+        self.out.remove(&link);
+        let reason = format!("{why} (relay {} to relay {})", self.cfg.me, st.peer);
+        let affected: Vec<(End, u64)> = self
+            .by_end
+            .iter()
+            .filter(|(e, _)| matches!(e, End::Link(l, _) if *l == link))
+            .map(|(e, v)| (*e, *v))
+            .collect();
+        for (end, vc) in affected {
+            self.abort_vc(vc, Some(end), &reason);
+        }
+        self.originate(now);
+    }
+
+    /// One frame (type + body) from `link`. An error means the peer broke
+    /// the protocol: close the link.
+    pub fn handle_link_frame(&mut self, now: Duration, link: LinkId, frame: &[u8]) -> Result<(), ParseError> {
+        let msg = Msg::parse(frame)?;
+        let Some(st) = self.links.get_mut(&link) else { return Ok(()) };
+        st.last_heard = now;
+        match msg {
+            Msg::Lsa { origin, seq, neighbors } => {
+                self.counters.lsas_in += 1;
+                if origin == self.cfg.me {
+                    // An old advertisement of ours from before a restart:
+                    // jump past it so ours wins everywhere.
+                    if seq >= self.seq {
+                        self.seq = seq;
+                        self.originate(now);
+                    }
+                    return Ok(());
+                }
+                if self.db.install(Lsa { origin, seq, neighbors }, now) == Install::Updated {
+                    let links: Vec<LinkId> = self.links.keys().copied().filter(|l| *l != link).collect();
+                    for l in links {
+                        self.send_raw(l, frame_with_len(frame).as_slice());
+                    }
+                    self.recompute();
+                }
+            }
+            Msg::Open { vc, src, dst, port, ttl, credit } => {
+                let end = End::Link(link, vc);
+                if self.by_end.contains_key(&end) {
+                    return Err(ParseError::BadValue("open of a vc id in use"));
+                }
+                self.open(now, end, src, dst, port, ttl, credit);
+            }
+            Msg::Accept { vc, credit } => self.on_accept(End::Link(link, vc), credit),
+            Msg::Refuse { vc, reason } => {
+                if let Some(id) = self.by_end.get(&End::Link(link, vc)).copied() {
+                    self.abort_vc(id, Some(End::Link(link, vc)), reason);
+                }
+            }
+            Msg::Data { vc, bytes } => self.on_data(End::Link(link, vc), bytes),
+            Msg::Credit { vc, bytes } => self.on_credit(End::Link(link, vc), bytes),
+            Msg::Close { vc } => self.on_close(End::Link(link, vc)),
+            Msg::Abort { vc, reason } => {
+                if let Some(id) = self.by_end.get(&End::Link(link, vc)).copied() {
+                    self.abort_vc(id, Some(End::Link(link, vc)), reason);
+                }
+            }
+            // Handshake and directory messages do not belong on a relay link.
+            _ => return Err(ParseError::BadValue("message type on a relay link")),
+        }
+        Ok(())
+    }
+
+    // ---- local ends ----------------------------------------------------------
+
+    /// An endpoint of this LAN asks for a VC from `src` (itself) to
+    /// `dst`:`port`. Returns its local end; the answer comes as
+    /// [`Action::Opened`] or [`Action::Failed`].
+    pub fn handle_local_open(&mut self, now: Duration, src: NodeId, dst: NodeId, port: u16) -> LocalId {
+        let local = self.new_local();
+        let window = self.cfg.window;
+        self.open(now, End::Local(local), src, dst, port, MAX_HOPS, window);
+        local
+    }
+
+    /// The stream for [`Action::Connect`] is open and the endpoint accepted.
+    pub fn handle_local_connected(&mut self, local: LocalId) {
+        let window = self.cfg.window;
+        self.on_accept(End::Local(local), window);
+    }
+
+    /// The stream for [`Action::Connect`] could not be opened, or a local
+    /// end's stream broke: the VC is aborted with `reason`.
+    pub fn handle_local_failed(&mut self, local: LocalId, reason: &str) {
+        if let Some(vc) = self.locals.get(&local).map(|l| l.vc) {
+            self.abort_vc(vc, Some(End::Local(local)), reason);
+        }
+    }
+
+    /// How many bytes the shell may read from `local`'s endpoint and pass
+    /// to [`RelayCore::handle_local_data`] now.
+    pub fn local_credit(&self, local: LocalId) -> usize {
+        match self.locals.get(&local) {
+            Some(l) if self.vcs.get(&l.vc).is_some_and(|v| v.open) => l.credit.min(usize::MAX as u64) as usize,
+            _ => 0,
+        }
+    }
+
+    /// Bytes the endpoint sent (at most [`RelayCore::local_credit`]).
+    pub fn handle_local_data(&mut self, local: LocalId, bytes: &[u8]) {
+        let Some(l) = self.locals.get_mut(&local) else { return };
+        debug_assert!(bytes.len() as u64 <= l.credit, "the shell sent past the credit");
+        l.credit = l.credit.saturating_sub(bytes.len() as u64);
+        let vc = l.vc;
+        self.forward_data(vc, End::Local(local), bytes);
+    }
+
+    /// The shell handed `n` more bytes to `local`'s endpoint stream.
+    pub fn handle_local_delivered(&mut self, local: LocalId, n: usize) {
+        let window = self.cfg.window;
+        let Some(l) = self.locals.get_mut(&local) else { return };
+        l.owed = l.owed.saturating_add(n as u32);
+        // Credit back in quarters of the window: few messages, and the
+        // sender never waits while three quarters are still open.
+        if l.owed >= window / 4 {
+            let bytes = std::mem::take(&mut l.owed);
+            self.on_credit(End::Local(local), bytes);
+        }
+    }
+
+    /// The endpoint half-closed its stream.
+    pub fn handle_local_eof(&mut self, local: LocalId) {
+        self.on_close(End::Local(local));
+    }
+
+    // ---- time ----------------------------------------------------------------
+
+    /// Refreshes our advertisement, ages the database, closes silent links.
+    pub fn handle_timeout(&mut self, now: Duration) {
+        if now >= self.next_refresh {
+            self.originate(now);
+        }
+        if !self.db.expire(now).is_empty() {
+            self.recompute();
+        }
+        let timeout = self.cfg.link_timeout;
+        let silent: Vec<LinkId> =
+            self.links.iter().filter(|(_, s)| now.saturating_sub(s.last_heard) > timeout).map(|(l, _)| *l).collect();
+        for link in silent {
+            self.actions.push_back(Action::CloseLink { link });
+            self.drop_link(now, link, "the relay link went silent");
+        }
+    }
+
+    /// When [`RelayCore::handle_timeout`] is due next.
+    pub fn poll_timeout(&self) -> Duration {
+        let mut t = self.next_refresh;
+        if let Some(e) = self.db.next_expiry() {
+            t = t.min(e + Duration::from_millis(1));
+        }
+        for s in self.links.values() {
+            t = t.min(s.last_heard + self.cfg.link_timeout + Duration::from_millis(1));
+        }
+        t
+    }
+
+    // ---- output --------------------------------------------------------------
+
+    /// Bytes to write on a link (whole frames), until `None`.
+    pub fn poll_transmit(&mut self) -> Option<(LinkId, Vec<u8>)> {
+        while let Some(link) = self.dirty.pop() {
+            if let Some(buf) = self.out.get_mut(&link)
+                && !buf.is_empty()
+            {
+                return Some((link, std::mem::take(buf)));
+            }
+        }
+        None
+    }
+
+    /// The next thing to do with an endpoint stream or link, until `None`.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    // ---- status --------------------------------------------------------------
+
+    /// Relays with a live link, and the link.
+    pub fn links(&self) -> Vec<(NodeId, LinkId)> {
+        let mut v: Vec<_> = self.link_to.iter().map(|(n, l)| (*n, *l)).collect();
+        v.sort();
+        v
+    }
+
+    /// The routing table.
+    pub fn routes(&self) -> Vec<(NodeId, Route)> {
+        let mut v: Vec<_> = self.routes.iter().map(|(n, r)| (*n, *r)).collect();
+        v.sort_by_key(|(n, _)| *n);
+        v
+    }
+
+    /// Live VCs through this relay.
+    pub fn vc_count(&self) -> usize {
+        self.vcs.len()
+    }
+
+    /// Counters.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Relays in the link-state database (including this one).
+    pub fn known_relays(&self) -> usize {
+        self.db.len()
+    }
+
+    // ---- internals -----------------------------------------------------------
+
+    fn new_local(&mut self) -> LocalId {
+        let l = self.next_local;
+        self.next_local += 1;
+        l
+    }
+
+    fn originate(&mut self, now: Duration) {
+        self.seq += 1;
+        let mut neighbors: Vec<(NodeId, u32)> = self.link_to.keys().map(|n| (*n, 1)).collect();
+        neighbors.sort();
+        let lsa = Lsa { origin: self.cfg.me, seq: self.seq, neighbors };
+        let frame = Msg::Lsa { origin: lsa.origin, seq: lsa.seq, neighbors: lsa.neighbors.clone() }.to_frame();
+        self.db.install(lsa, now);
+        let links: Vec<LinkId> = self.links.keys().copied().collect();
+        for l in links {
+            self.send_raw(l, &frame);
+        }
+        self.next_refresh = now + self.cfg.refresh;
+        self.recompute();
+    }
+
+    fn recompute(&mut self) {
+        self.routes = self.routing.compute(self.cfg.me, &self.db);
+        self.counters.route_runs += 1;
+    }
+
+    fn send_raw(&mut self, link: LinkId, frame: &[u8]) {
+        if !self.links.contains_key(&link) {
+            return;
+        }
+        let buf = self.out.entry(link).or_default();
+        if buf.is_empty() {
+            self.dirty.push(link);
+        }
+        buf.extend_from_slice(frame);
+    }
+
+    fn send_msg(&mut self, link: LinkId, msg: &Msg<'_>) {
+        if !self.links.contains_key(&link) {
+            return;
+        }
+        let buf = self.out.entry(link).or_default();
+        if buf.is_empty() {
+            self.dirty.push(link);
+        }
+        msg.emit(buf);
+    }
+
+    /// The relay to hand a VC for `dst` to: the nearest reachable relay of
+    /// its site (`None` with the reason when there is none).
+    fn target_relay(&self, src: NodeId, dst: NodeId) -> Result<NodeId, String> {
+        let Some((site, _, name)) = self.endpoints.get(&dst) else {
+            return Err(format!("node {dst} is not registered with the bootstrap server (not started, or it left)"));
+        };
+        let mut best: Option<(u64, u64, NodeId)> = None;
+        let mut any = false;
+        for (&relay, s) in &self.relay_site {
+            if s != site || relay == self.cfg.me {
+                continue;
+            }
+            any = true;
+            if let Some(r) = self.routes.get(&relay) {
+                // Equal-cost relays of one site share the load by pair.
+                let spread = (src.0 ^ dst.0 ^ relay.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                let cand = (r.cost, spread, relay);
+                if best.is_none_or(|b| cand < b) {
+                    best = Some(cand);
+                }
+            }
+        }
+        match best {
+            Some((_, _, relay)) => Ok(relay),
+            None if any => Err(format!("no route to the relays of {name} ({dst}): they are unreachable from here")),
+            None => Err(format!("{name} ({dst}) has no relay in its LAN (start `xsock relay` there)")),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn open(&mut self, _now: Duration, from: End, src: NodeId, dst: NodeId, port: u16, ttl: u8, credit: u32) {
+        let id = self.next_vc;
+        self.next_vc += 1;
+        let refuse = |core: &mut Self, reason: String| {
+            core.counters.vcs_refused += 1;
+            match from {
+                End::Link(link, vc) => core.send_msg(link, &Msg::Refuse { vc, reason: &reason }),
+                End::Local(local) => core.actions.push_back(Action::Failed { local, reason }),
+            }
+        };
+        if let End::Local(l) = from {
+            self.locals.insert(l, LocalEnd { vc: id, credit: 0, owed: 0 });
+        }
+        let local_dst = self.endpoints.get(&dst).is_some_and(|(s, _, _)| Some(*s) == self.my_site);
+        let to = if local_dst {
+            let (_, ports, name) = &self.endpoints[&dst];
+            if !ports.contains(&port) {
+                let reason = format!("{name} ({dst}) does not listen on port {port}");
+                self.locals.retain(|_, l| l.vc != id);
+                return refuse(self, reason);
+            }
+            let local = self.new_local();
+            self.locals.insert(local, LocalEnd { vc: id, credit: u64::from(credit), owed: 0 });
+            self.actions.push_back(Action::Connect { local, src, dst, port });
+            End::Local(local)
+        } else {
+            if ttl == 0 {
+                self.locals.retain(|_, l| l.vc != id);
+                return refuse(self, format!("no loop-free route to {dst} (hop limit reached; routes are converging)"));
+            }
+            let relay = match self.target_relay(src, dst) {
+                Ok(r) => r,
+                Err(reason) => {
+                    self.locals.retain(|_, l| l.vc != id);
+                    return refuse(self, reason);
+                }
+            };
+            let hop = self.routes[&relay].next_hop;
+            let Some(&link) = self.link_to.get(&hop) else {
+                self.locals.retain(|_, l| l.vc != id);
+                return refuse(self, format!("the link to relay {hop} is down"));
+            };
+            let st = self.links.get_mut(&link).expect("link_to and links agree");
+            let vc = st.next_vc;
+            st.next_vc = st.next_vc.wrapping_add(2);
+            self.send_msg(link, &Msg::Open { vc, src, dst, port, ttl: ttl - 1, credit });
+            End::Link(link, vc)
+        };
+        self.by_end.insert(from, id);
+        self.by_end.insert(to, id);
+        self.vcs.insert(id, Vc { ends: [from, to], closed: [false; 2], open: false });
+    }
+
+    fn other(&self, vc: u64, end: End) -> Option<(usize, End)> {
+        let v = self.vcs.get(&vc)?;
+        if v.ends[0] == end { Some((1, v.ends[1])) } else { Some((0, v.ends[0])) }
+    }
+
+    fn on_accept(&mut self, from: End, credit: u32) {
+        let Some(&vc) = self.by_end.get(&from) else { return };
+        if let Some(v) = self.vcs.get_mut(&vc) {
+            v.open = true;
+        }
+        self.counters.vcs_opened += 1;
+        match self.other(vc, from) {
+            Some((_, End::Link(link, id))) => self.send_msg(link, &Msg::Accept { vc: id, credit }),
+            Some((_, End::Local(local))) => {
+                if let Some(l) = self.locals.get_mut(&local) {
+                    l.credit += u64::from(credit);
+                }
+                self.actions.push_back(Action::Opened { local });
+            }
+            None => {}
+        }
+    }
+
+    fn forward_data(&mut self, vc: u64, from: End, bytes: &[u8]) {
+        self.counters.bytes_forwarded += bytes.len() as u64;
+        match self.other(vc, from) {
+            Some((_, End::Link(link, id))) => {
+                for chunk in bytes.chunks(MAX_DATA) {
+                    self.send_msg(link, &Msg::Data { vc: id, bytes: chunk });
+                }
+            }
+            Some((_, End::Local(local))) => self.actions.push_back(Action::Write { local, bytes: bytes.to_vec() }),
+            None => {}
+        }
+    }
+
+    fn on_data(&mut self, from: End, bytes: &[u8]) {
+        if let Some(&vc) = self.by_end.get(&from) {
+            self.forward_data(vc, from, bytes);
+        }
+    }
+
+    fn on_credit(&mut self, from: End, n: u32) {
+        let Some(&vc) = self.by_end.get(&from) else { return };
+        match self.other(vc, from) {
+            Some((_, End::Link(link, id))) => self.send_msg(link, &Msg::Credit { vc: id, bytes: n }),
+            Some((_, End::Local(local))) => {
+                if let Some(l) = self.locals.get_mut(&local) {
+                    l.credit += u64::from(n);
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn on_close(&mut self, from: End) {
+        let Some(&vc) = self.by_end.get(&from) else { return };
+        let Some((other_idx, other)) = self.other(vc, from) else { return };
+        match other {
+            End::Link(link, id) => self.send_msg(link, &Msg::Close { vc: id }),
+            End::Local(local) => self.actions.push_back(Action::Shutdown { local }),
+        }
+        let v = self.vcs.get_mut(&vc).expect("vc of a known end");
+        v.closed[1 - other_idx] = true;
+        if v.closed == [true, true] {
+            self.counters.vcs_closed += 1;
+            self.remove_vc(vc, true);
+        }
+    }
+
+    /// Ends `vc`: tells the ends other than `from` why (a refusal if it
+    /// never opened), forgets it.
+    fn abort_vc(&mut self, vc: u64, from: Option<End>, reason: &str) {
+        let Some(v) = self.vcs.get(&vc) else { return };
+        let (ends, open) = (v.ends, v.open);
+        if open {
+            self.counters.vcs_aborted += 1;
+        } else {
+            self.counters.vcs_refused += 1;
+        }
+        for end in ends {
+            if Some(end) == from {
+                continue;
+            }
+            match end {
+                End::Link(link, id) if open => self.send_msg(link, &Msg::Abort { vc: id, reason }),
+                End::Link(link, id) => self.send_msg(link, &Msg::Refuse { vc: id, reason }),
+                End::Local(local) => self.actions.push_back(Action::Failed { local, reason: reason.to_owned() }),
+            }
+        }
+        self.remove_vc(vc, false);
+    }
+
+    fn remove_vc(&mut self, vc: u64, graceful: bool) {
+        let Some(v) = self.vcs.remove(&vc) else { return };
+        for end in v.ends {
+            self.by_end.remove(&end);
+            if let End::Local(l) = end
+                && self.locals.remove(&l).is_some()
+                && graceful
+            {
+                self.actions.push_back(Action::Finished { local: l });
+            }
+        }
+    }
+}
+
+fn frame_with_len(frame: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(frame.len() + 4);
+    v.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+    v.extend_from_slice(frame);
+    v
+}

@@ -1,0 +1,388 @@
+//! Many relay cores joined by in-memory links on virtual time: flooding,
+//! routing, virtual connections, failures. The same cores run in
+//! `xsock relay`.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    net::Ipv4Addr,
+    time::Duration,
+};
+
+use xsock_overlay::{
+    NodeId, SiteId,
+    relay::{Action, LinkId, LocalId, RelayConfig, RelayCore},
+    route::ShortestPath,
+    wire::{Entry, FrameReader, Role},
+};
+
+struct Sim {
+    now: Duration,
+    relays: BTreeMap<u64, RelayCore>,
+    /// link id -> (relay a, relay b); both ends use the same id.
+    links: HashMap<LinkId, (u64, u64)>,
+    wires: HashMap<(LinkId, u64), FrameReader>,
+    in_flight: VecDeque<(LinkId, u64, Vec<u8>)>,
+    actions: Vec<(u64, Action)>,
+    next_link: LinkId,
+}
+
+fn relay_entry(id: u64) -> Entry {
+    Entry {
+        node: NodeId(id),
+        role: Role::Relay,
+        name: format!("relay-{id}"),
+        site: SiteId(id),
+        lan_ip: Ipv4Addr::new(10, 0, 0, 1),
+        wan: None,
+        serve_port: 1,
+        rank: None,
+        ports: vec![],
+    }
+}
+
+/// Endpoint `100 * site + k`, listening on port 80, in site `site`.
+fn endpoint_entry(site: u64, k: u64) -> Entry {
+    Entry {
+        node: NodeId(100 * site + k),
+        role: Role::Endpoint,
+        name: format!("h{site}-{k}"),
+        site: SiteId(site),
+        lan_ip: Ipv4Addr::new(10, 0, 0, 2),
+        wan: None,
+        serve_port: 0,
+        rank: None,
+        ports: vec![80],
+    }
+}
+
+impl Sim {
+    fn new(ids: &[u64], window: u32) -> Sim {
+        let mut dir: Vec<Entry> = ids.iter().map(|&i| relay_entry(i)).collect();
+        dir.extend(ids.iter().flat_map(|&i| [endpoint_entry(i, 1), endpoint_entry(i, 2)]));
+        let relays = ids
+            .iter()
+            .map(|&i| {
+                let mut cfg = RelayConfig::new(NodeId(i), 1000 * i);
+                cfg.window = window;
+                let mut c = RelayCore::new(cfg, Box::new(ShortestPath), Duration::ZERO);
+                c.set_directory(&dir);
+                (i, c)
+            })
+            .collect();
+        Sim {
+            now: Duration::ZERO,
+            relays,
+            links: HashMap::new(),
+            wires: HashMap::new(),
+            in_flight: VecDeque::new(),
+            actions: vec![],
+            next_link: 1,
+        }
+    }
+
+    fn connect(&mut self, a: u64, b: u64) -> LinkId {
+        let l = self.next_link;
+        self.next_link += 1;
+        self.links.insert(l, (a, b));
+        let now = self.now;
+        self.relays.get_mut(&a).unwrap().handle_link_up(now, l, NodeId(b), true);
+        self.relays.get_mut(&b).unwrap().handle_link_up(now, l, NodeId(a), false);
+        l
+    }
+
+    fn cut(&mut self, l: LinkId) {
+        let (a, b) = self.links.remove(&l).unwrap();
+        let now = self.now;
+        for r in [a, b] {
+            if let Some(c) = self.relays.get_mut(&r) {
+                c.handle_link_down(now, l);
+            }
+        }
+    }
+
+    /// A relay dies: its neighbours see its links go down.
+    fn kill(&mut self, r: u64) {
+        self.relays.remove(&r);
+        let dead: Vec<LinkId> = self.links.iter().filter(|(_, (a, b))| *a == r || *b == r).map(|(l, _)| *l).collect();
+        for l in dead {
+            self.cut(l);
+        }
+    }
+
+    /// Moves frames until nothing is in flight; returns the actions.
+    fn settle(&mut self) -> Vec<(u64, Action)> {
+        for _ in 0..10_000 {
+            let mut moved = false;
+            for (&id, core) in self.relays.iter_mut() {
+                while let Some((link, bytes)) = core.poll_transmit() {
+                    if let Some(&(a, b)) = self.links.get(&link) {
+                        let to = if a == id { b } else { a };
+                        self.in_flight.push_back((link, to, bytes));
+                    }
+                }
+                while let Some(a) = core.poll_action() {
+                    self.actions.push((id, a));
+                }
+            }
+            while let Some((link, to, bytes)) = self.in_flight.pop_front() {
+                moved = true;
+                let Some(core) = self.relays.get_mut(&to) else { continue };
+                let rd = self.wires.entry((link, to)).or_default();
+                rd.push(&bytes);
+                while let Some(f) = rd.next_frame().unwrap() {
+                    core.handle_link_frame(self.now, link, f).unwrap();
+                }
+            }
+            if !moved {
+                return std::mem::take(&mut self.actions);
+            }
+        }
+        panic!("the overlay never went quiet");
+    }
+
+    fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            let next = self.relays.values().map(|c| c.poll_timeout()).min().unwrap().min(end);
+            self.now = next.max(self.now);
+            let now = self.now;
+            for c in self.relays.values_mut() {
+                if c.poll_timeout() <= now {
+                    c.handle_timeout(now);
+                }
+            }
+            self.settle();
+            if next >= end {
+                break;
+            }
+        }
+    }
+
+    fn core(&mut self, r: u64) -> &mut RelayCore {
+        self.relays.get_mut(&r).unwrap()
+    }
+
+    /// Opens a VC from endpoint h`from`-1 to h`to`-1:port; answers the
+    /// Connect at the far relay. Returns (source local, destination relay
+    /// and local), or the failure reason.
+    fn open(&mut self, from: u64, to: u64, port: u16) -> Result<(LocalId, u64, LocalId), String> {
+        let now = self.now;
+        let src = self.core(from).handle_local_open(now, NodeId(100 * from + 1), NodeId(100 * to + 1), port);
+        let mut far = None;
+        for (r, a) in self.settle() {
+            match a {
+                Action::Connect { local, .. } => far = Some((r, local)),
+                Action::Failed { local, reason } if local == src && r == from => return Err(reason),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let (r, local) = far.expect("a Connect at the far relay");
+        self.core(r).handle_local_connected(local);
+        let acts = self.settle();
+        assert!(acts.contains(&(from, Action::Opened { local: src })), "{acts:?}");
+        Ok((src, r, local))
+    }
+}
+
+fn next_hop_path(sim: &Sim, from: u64, to: u64) -> Vec<u64> {
+    let mut path = vec![from];
+    let mut at = from;
+    while at != to {
+        let r = sim.relays[&at]
+            .routes()
+            .into_iter()
+            .find(|(n, _)| n.0 == to)
+            .unwrap_or_else(|| panic!("{at} has no route to {to}"))
+            .1;
+        at = r.next_hop.0;
+        path.push(at);
+        assert!(path.len() <= sim.relays.len(), "routing loop {path:?}");
+    }
+    path
+}
+
+#[test]
+fn a_hub_and_a_mesh_converge_to_shortest_paths() {
+    // 1-2-3 meshed; 4, 5, 6 reach only the hub 1.
+    let mut s = Sim::new(&[1, 2, 3, 4, 5, 6], 1 << 20);
+    for (a, b) in [(1, 2), (2, 3), (1, 3), (4, 1), (5, 1), (6, 1)] {
+        s.connect(a, b);
+    }
+    s.settle();
+    for r in s.relays.values() {
+        assert_eq!(r.known_relays(), 6);
+    }
+    assert_eq!(next_hop_path(&s, 4, 3), vec![4, 1, 3]);
+    assert_eq!(next_hop_path(&s, 5, 6), vec![5, 1, 6]);
+    assert_eq!(next_hop_path(&s, 2, 3), vec![2, 3]);
+}
+
+#[test]
+fn a_vc_carries_data_both_ways_within_the_credit_and_closes() {
+    let window = 64 * 1024;
+    let mut s = Sim::new(&[1, 2, 3], window);
+    s.connect(1, 2);
+    s.connect(2, 3);
+    s.settle();
+    let (src, far, dst) = s.open(1, 3, 80).unwrap();
+    assert_eq!(far, 3);
+    assert_eq!(s.core(1).local_credit(src), window as usize);
+    // Fill the window: nothing more may be read from the endpoint.
+    let msg: Vec<u8> = (0..window).map(|i| i as u8).collect();
+    s.core(1).handle_local_data(src, &msg);
+    assert_eq!(s.core(1).local_credit(src), 0);
+    let mut got = Vec::new();
+    for (r, a) in s.settle() {
+        if let Action::Write { local, bytes } = a {
+            assert_eq!((r, local), (3, dst));
+            got.extend(bytes);
+        }
+    }
+    assert_eq!(got, msg, "every byte, in order, through the middle relay");
+    // Delivering a quarter returns a quarter of the credit.
+    s.core(3).handle_local_delivered(dst, window as usize / 4);
+    s.settle();
+    assert_eq!(s.core(1).local_credit(src), window as usize / 4);
+    // The other way: the far end holds the opener's window.
+    assert_eq!(s.core(3).local_credit(dst), window as usize);
+    s.core(3).handle_local_data(dst, b"pong");
+    assert!(s.settle().contains(&(1, Action::Write { local: src, bytes: b"pong".to_vec() })));
+    // Half-close each way, then both are finished.
+    s.core(1).handle_local_eof(src);
+    assert!(s.settle().contains(&(3, Action::Shutdown { local: dst })));
+    s.core(3).handle_local_eof(dst);
+    let acts = s.settle();
+    assert!(acts.contains(&(1, Action::Shutdown { local: src })));
+    assert!(acts.contains(&(1, Action::Finished { local: src })));
+    assert!(acts.contains(&(3, Action::Finished { local: dst })));
+    for r in [1, 2, 3] {
+        assert_eq!(s.core(r).vc_count(), 0, "relay {r} forgot the vc");
+    }
+}
+
+#[test]
+fn opens_are_refused_with_reasons() {
+    let mut s = Sim::new(&[1, 2, 3], 1 << 20);
+    s.connect(1, 2);
+    s.settle();
+    let e = s.open(1, 2, 22).unwrap_err();
+    assert!(e.contains("does not listen on port 22"), "{e}");
+    let e = s.open(1, 3, 80).unwrap_err();
+    assert!(e.contains("unreachable"), "{e}");
+    let now = s.now;
+    let l = s.core(1).handle_local_open(now, NodeId(101), NodeId(999), 80);
+    let acts = s.settle();
+    assert!(
+        matches!(&acts[..], [(1, Action::Failed { local, reason })] if *local == l && reason.contains("not registered"))
+    );
+    assert_eq!(s.core(2).vc_count(), 0);
+}
+
+#[test]
+fn killing_the_middle_relay_aborts_its_vcs_and_reroutes_new_ones() {
+    // 1 reaches 4 via 2 (cheaper id tie-break) or 3.
+    let mut s = Sim::new(&[1, 2, 3, 4], 1 << 20);
+    for (a, b) in [(1, 2), (2, 4), (1, 3), (3, 4)] {
+        s.connect(a, b);
+    }
+    s.settle();
+    assert_eq!(next_hop_path(&s, 1, 4), vec![1, 2, 4]);
+    let (src, _, dst) = s.open(1, 4, 80).unwrap();
+    s.kill(2);
+    let acts = s.settle();
+    let failed: Vec<_> = acts.iter().filter(|(_, a)| matches!(a, Action::Failed { .. })).collect();
+    assert_eq!(failed.len(), 2, "{acts:?}");
+    for (r, a) in failed {
+        let Action::Failed { local, reason } = a else { unreachable!() };
+        assert_eq!(*local, if *r == 1 { src } else { dst });
+        assert!(reason.contains("went down"), "{reason}");
+    }
+    assert_eq!(next_hop_path(&s, 1, 4), vec![1, 3, 4]);
+    s.open(1, 4, 80).unwrap();
+}
+
+#[test]
+fn a_relay_that_vanishes_silently_ages_out() {
+    let mut s = Sim::new(&[1, 2, 3], 1 << 20);
+    s.connect(1, 2);
+    s.connect(2, 3);
+    s.settle();
+    // 3 stops answering without closing its link: 2 notices by silence.
+    s.relays.remove(&3);
+    s.advance(Duration::from_secs(3));
+    assert!(s.core(2).links().iter().all(|(n, _)| n.0 != 3));
+    assert!(s.core(1).routes().iter().all(|(n, _)| n.0 != 3));
+    // The live link stayed up: refreshes kept it heard.
+    assert_eq!(s.core(1).links().len(), 1);
+}
+
+#[test]
+fn duplicate_links_collapse_to_one_both_sides_agree_on() {
+    let mut s = Sim::new(&[1, 2], 1 << 20);
+    let a = s.connect(1, 2);
+    // 2 also dials 1 (both knew of each other at once).
+    let l = s.next_link;
+    s.next_link += 1;
+    s.links.insert(l, (2, 1));
+    let now = s.now;
+    s.core(2).handle_link_up(now, l, NodeId(1), true);
+    s.core(1).handle_link_up(now, l, NodeId(2), false);
+    let acts = s.settle();
+    // The link opened by the smaller id (1) is kept, on both sides.
+    let closes: Vec<_> = acts.iter().filter(|(_, a)| matches!(a, Action::CloseLink { .. })).collect();
+    assert_eq!(closes.len(), 2);
+    assert!(closes.iter().all(|(_, a)| *a == Action::CloseLink { link: l }));
+    assert_eq!(s.core(1).links(), vec![(NodeId(2), a)]);
+    assert_eq!(s.core(2).links(), vec![(NodeId(1), a)]);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+    /// Random graphs, random link cuts: once quiet, following next hops
+    /// from any relay reaches every relay its component holds, without a
+    /// loop, along a shortest path.
+    #[test]
+    fn routes_follow_shortest_paths_after_random_failures(
+        edges in proptest::collection::vec((1u64..9, 1u64..9), 4..20),
+        cuts in proptest::collection::vec(0usize..20, 0..5),
+    ) {
+        let ids: Vec<u64> = (1..9).collect();
+        let mut s = Sim::new(&ids, 1 << 20);
+        let mut made = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (a, b) in edges {
+            if a != b && seen.insert((a.min(b), a.max(b))) {
+                made.push((s.connect(a, b), a, b));
+            }
+        }
+        s.settle();
+        for c in cuts {
+            if let Some((l, _, _)) = made.get(c).copied()
+                && s.links.contains_key(&l)
+            {
+                s.cut(l);
+            }
+        }
+        s.settle();
+        // BFS distances on the true graph.
+        let mut adj: HashMap<u64, Vec<u64>> = HashMap::new();
+        for (a, b) in s.links.values() { adj.entry(*a).or_default().push(*b); adj.entry(*b).or_default().push(*a); }
+        for &from in &ids {
+            let mut dist = HashMap::from([(from, 0u32)]);
+            let mut q = VecDeque::from([from]);
+            while let Some(x) = q.pop_front() {
+                for &y in adj.get(&x).into_iter().flatten() {
+                    if !dist.contains_key(&y) { dist.insert(y, dist[&x] + 1); q.push_back(y); }
+                }
+            }
+            let routes: HashMap<u64, u32> = s.relays[&from].routes().into_iter().map(|(n, r)| (n.0, r.hops)).collect();
+            for &to in &ids {
+                if to == from { continue; }
+                proptest::prop_assert_eq!(routes.get(&to).copied(), dist.get(&to).copied(), "{} -> {}", from, to);
+                if dist.contains_key(&to) {
+                    proptest::prop_assert_eq!(next_hop_path(&s, from, to).len() as u32 - 1, dist[&to]);
+                }
+            }
+        }
+    }
+}
