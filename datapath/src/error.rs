@@ -64,6 +64,10 @@ pub enum Error {
     /// The peer broke the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The relay overlay could not do what was asked (the message says why
+    /// and what to do: a wrong key, an unknown name, no relay, a refusal).
+    #[error("overlay: {0}")]
+    Overlay(String),
 }
 
 impl Error {

@@ -31,6 +31,7 @@ pub mod launch;
 mod link;
 mod listener;
 mod notify;
+pub mod overlay;
 mod runtime;
 mod stream;
 mod tcp;

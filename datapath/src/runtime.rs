@@ -480,6 +480,20 @@ impl Runtime {
         self.inner.link.as_ref().map(|l| l.addrs.iter().map(|a| a.ip).collect()).unwrap_or_default()
     }
 
+    /// Our IPv4 addresses on the driven interface with their prefix lengths.
+    pub fn local_subnets(&self) -> Vec<(Ipv4Addr, u8)> {
+        self.inner.link.as_ref().map(|l| l.addrs.iter().map(|a| (a.ip, a.prefix)).collect()).unwrap_or_default()
+    }
+
+    /// Wakes whoever sleeps in [`Runtime::idle`] (another thread has work
+    /// for the loop: a frame on a kernel socket, a message on a channel).
+    pub fn wake(&self) {
+        self.inner.notifier.notify();
+        if let Some(l) = &self.inner.link {
+            l.waker.wake();
+        }
+    }
+
     /// Our MAC on the driven interface.
     pub fn local_mac(&self) -> Option<MacAddr> {
         self.inner.link.as_ref().map(|l| l.mac)

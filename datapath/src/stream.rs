@@ -222,6 +222,11 @@ impl Stream {
         Ok(Stream { rt: self.rt.clone(), conn, local: self.local, peer: self.peer, mode: self.mode, spin: self.spin })
     }
 
+    /// The runtime this connection belongs to.
+    pub fn runtime(&self) -> &Runtime {
+        &self.rt
+    }
+
     /// The path this connection takes.
     pub fn path(&self) -> Path {
         match self.conn {

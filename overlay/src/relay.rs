@@ -266,6 +266,11 @@ impl RelayCore {
         let Some(st) = self.links.remove(&link) else { return };
         if self.link_to.get(&st.peer) == Some(&link) {
             self.link_to.remove(&st.peer);
+            // Another link to the same relay (a duplicate not yet closed)
+            // takes over.
+            if let Some((&other, _)) = self.links.iter().find(|(_, s)| s.peer == st.peer) {
+                self.link_to.insert(st.peer, other);
+            }
         }
         self.out.remove(&link);
         let reason = format!("{why} (relay {} to relay {})", self.cfg.me, st.peer);

@@ -19,6 +19,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod sites;
+
 use std::{
     fs::File,
     io,

@@ -22,7 +22,9 @@ use xsock::{ConnectOptions, Driving, Error, ListenOptions, Listener, Mode, Runti
 use crate::{
     args::{Poll, RuntimeArgs, parse_duration},
     fail::Fail,
+    overlay::{Dest, JoinArgs},
 };
+use xsock::overlay::Node;
 
 /// Flags of `xsock bw`.
 #[derive(Debug, Args)]
@@ -34,7 +36,9 @@ pub struct Bw {
     listen: Option<SocketAddrV4>,
     /// Send to the receiver at this address.
     #[arg(long, required_unless_present = "listen")]
-    connect: Option<SocketAddrV4>,
+    connect: Option<String>,
+    #[command(flatten)]
+    join: JoinArgs,
     /// Bytes per send call.
     #[arg(long, default_value_t = 1 << 20)]
     size: usize,
@@ -110,8 +114,29 @@ struct Incoming {
     first: Option<Instant>,
 }
 
-fn serve(rt: &Runtime, addr: SocketAddrV4, transport: xsock::Transport) -> Result<(), Fail> {
-    let l = Listener::bind_with(rt, addr, ListenOptions { transport, mode: Mode::Stream })?;
+/// Plain or overlay listener.
+enum Accepting {
+    Plain(Listener),
+    Overlay(xsock::overlay::NodeListener),
+}
+
+impl Accepting {
+    fn try_accept(&self) -> Result<Stream, Error> {
+        match self {
+            Accepting::Plain(l) => l.try_accept(),
+            Accepting::Overlay(l) => l.try_accept().map(|(s, _)| s),
+        }
+    }
+}
+
+fn serve(rt: &Runtime, addr: SocketAddrV4, transport: xsock::Transport, node: Option<Node>) -> Result<(), Fail> {
+    let l = match node {
+        Some(n) => {
+            log::info!("bw receiver on the overlay as {}:{}", n.name(), addr.port());
+            Accepting::Overlay(n.listen(addr.port())?)
+        }
+        None => Accepting::Plain(Listener::bind_with(rt, addr, ListenOptions { transport, mode: Mode::Stream })?),
+    };
     log::info!("bw receiver on {addr}");
     let mut buf = vec![0u8; 1 << 20];
     let expect = pattern(buf.len());
@@ -171,10 +196,12 @@ impl Bw {
         let mut rt_args = self.rt.clone();
         rt_args.deep_fill = true;
         let rt = rt_args.build(Driving::Inline, self.poll.into())?;
+        let node = if self.join.wanted() { Some(self.join.join(&rt)?) } else { None };
         if let Some(addr) = self.listen {
-            return serve(&rt, addr, self.rt.transport());
+            return serve(&rt, addr, self.rt.transport(), node);
         }
-        let addr = self.connect.expect("clap requires --connect without --listen");
+        let addr =
+            Dest::parse(self.connect.as_deref().expect("clap requires --connect without --listen"), node.is_some())?;
         if self.size == 0 || self.streams == 0 {
             return Err(Fail::msg("--size and --streams must be at least 1"));
         }
@@ -182,7 +209,7 @@ impl Bw {
             ConnectOptions { transport: self.rt.transport(), mode: Mode::Stream, timeout: Duration::from_secs(10) };
         let mut streams = Vec::with_capacity(self.streams);
         for _ in 0..self.streams {
-            streams.push(Stream::connect_with(&rt, addr, opts).map_err(|e| match e {
+            streams.push(addr.connect(&rt, node.as_ref(), opts).map_err(|e| match e {
                 Error::ConnectionRefused(_) => {
                     Fail::msg(format!("connection refused by {addr}: nothing listens there; start `xsock bw --listen {addr}` on the peer first"))
                 }

@@ -7,6 +7,7 @@ mod cat;
 mod demo;
 mod fail;
 mod latency;
+mod overlay;
 mod ping;
 mod rawbw;
 mod rawping;
@@ -41,6 +42,12 @@ enum Cmd {
     Send(transfer::send::Send),
     /// Receive files from `xsock send` into a directory.
     Recv(transfer::recv::Recv),
+    /// The overlay's bootstrap server: the one address every relay and endpoint is configured with.
+    Boot(overlay::boot::Boot),
+    /// The relay appliance: joins this LAN to the others over relay links.
+    Relay(overlay::relay::Relay),
+    /// All-to-all connect: every endpoint connects to every peer at once and exchanges one message.
+    Mesh(overlay::mesh::Mesh),
     /// Long-fat-network emulator: an L2 bridge with delay, rate, buffer and loss per direction.
     Wanemu(wanemu::WanEmu),
 }
@@ -61,6 +68,9 @@ fn main() {
         Cmd::Send(c) => c.run(),
         Cmd::Recv(c) => c.run(),
         Cmd::Demo(c) => c.run(),
+        Cmd::Boot(c) => c.run(),
+        Cmd::Relay(c) => c.run(),
+        Cmd::Mesh(c) => c.run(),
     };
     if let Err(e) = r {
         if xsock_nic::sys::interrupted() {

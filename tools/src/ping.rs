@@ -19,19 +19,24 @@ use crate::{
     args::{Poll, RuntimeArgs},
     fail::Fail,
     latency::{Latencies, Summary},
+    overlay::{Dest, JoinArgs},
 };
+use xsock::overlay::Node;
 
 /// Flags of `xsock ping`.
 #[derive(Debug, Args)]
 pub struct Ping {
     #[command(flatten)]
     rt: RuntimeArgs,
+    #[command(flatten)]
+    join: JoinArgs,
     /// Serve echoes on this address (runs until killed).
     #[arg(long, conflicts_with = "connect")]
     listen: Option<SocketAddrV4>,
-    /// Ping the echo server at this address.
+    /// Ping the echo server at this address (IP:PORT), or the node NAME:PORT
+    /// of the overlay with --boot.
     #[arg(long, required_unless_present = "listen")]
-    connect: Option<SocketAddrV4>,
+    connect: Option<String>,
     /// Message size in bytes.
     #[arg(long, default_value_t = 64)]
     size: usize,
@@ -62,13 +67,29 @@ struct Sweep {
     sweep: Vec<Summary>,
 }
 
-fn serve(rt: &Runtime, addr: SocketAddrV4, transport: xsock::Transport) -> Result<(), Fail> {
+fn serve(rt: &Runtime, addr: SocketAddrV4, transport: xsock::Transport, node: Option<Node>) -> Result<(), Fail> {
+    if let Some(node) = node {
+        let l = node.listen(addr.port())?;
+        log::info!("ping echo on the overlay as {}:{} ({})", node.name(), addr.port(), node.id());
+        loop {
+            let (s, from) = l.accept()?;
+            log::info!("echoing for node {from} (via {})", s.peer_addr());
+            echo(s);
+        }
+    }
     let l = Listener::bind_with(rt, addr, ListenOptions { transport, mode: Mode::Stream })?;
     log::info!("ping echo on {addr} (link: {}, kernel: {})", rt.has_link(), transport != xsock::Transport::Link);
-    let mut buf = vec![0u8; 1 << 20];
     loop {
-        let mut s = l.accept()?;
+        let s = l.accept()?;
         log::info!("echoing for {} over {:?}", s.peer_addr(), s.path());
+        echo(s);
+    }
+}
+
+/// Echoes until the peer ends the stream.
+fn echo(mut s: Stream) {
+    let mut buf = vec![0u8; 1 << 20];
+    {
         loop {
             match s.recv(&mut buf) {
                 Ok(0) => break,
@@ -124,22 +145,27 @@ impl Ping {
     /// Runs the subcommand.
     pub fn run(self) -> Result<(), Fail> {
         let rt = self.rt.build(Driving::Inline, self.poll.into())?;
+        let node = if self.join.wanted() { Some(self.join.join(&rt)?) } else { None };
         if let Some(addr) = self.listen {
-            return serve(&rt, addr, self.rt.transport());
+            return serve(&rt, addr, self.rt.transport(), node);
         }
-        let addr = self.connect.expect("clap requires --connect without --listen");
+        let addr =
+            Dest::parse(self.connect.as_deref().expect("clap requires --connect without --listen"), node.is_some())?;
         if self.size == 0 || (self.sweep && self.max_size == 0) {
             return Err(Fail::msg("--size and --max-size must be at least 1 byte"));
         }
         let opts =
             ConnectOptions { transport: self.rt.transport(), mode: Mode::Stream, timeout: Duration::from_secs(10) };
-        let mut s = Stream::connect_with(&rt, addr, opts).map_err(|e| match e {
+        let mut s = addr.connect(&rt, node.as_ref(), opts).map_err(|e| match e {
             Error::ConnectionRefused(_) => {
                 Fail::msg(format!("connection refused by {addr}: nothing listens there; start `xsock ping --listen {addr}` on the peer first"))
             }
             e => Fail::from(e),
         })?;
-        let transport = self.rt.transport_name(s.path()).to_owned();
+        let transport = match node {
+            Some(_) => format!("overlay-{}", self.rt.transport_name(s.path())),
+            None => self.rt.transport_name(s.path()).to_owned(),
+        };
         if s.path() == Path::Kernel && self.rt.transport.is_none() && self.rt.iface.is_some() {
             log::info!("{addr} is not an xsock peer on this segment: measuring kernel TCP");
         }

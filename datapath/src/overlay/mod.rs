@@ -1,0 +1,23 @@
+//! Across LAN boundaries: the socket API over the relay overlay.
+//!
+//! A [`Node`] registers with the bootstrap server (`xsock boot`, the only
+//! address anyone configures) under a unique name and gets a [`NodeId`].
+//! [`Node::connect`] resolves a name: a node of the same LAN is reached
+//! directly (reliable-link, or kernel TCP where the peer has no xsock);
+//! a node of another LAN through a relay of this LAN, which opens a virtual
+//! connection hop by hop to the destination's LAN. Either way the
+//! application gets a plain [`crate::Stream`]. Every connection starts with
+//! the mutual key handshake of [`xsock_overlay::auth`], then one `Open`
+//! (who, to whom, which port) answered by `Accept` or `Refuse`; after that
+//! the stream carries the application's bytes only.
+
+mod io;
+mod node;
+
+pub use io::{FrameIo, authenticate, fresh_nonce, recv_frame, send_msg};
+pub use node::{Node, NodeListener, OverlayConfig, load_key};
+pub use xsock_overlay::{
+    NodeId, SiteId,
+    auth::Key,
+    wire::{Entry, Role},
+};

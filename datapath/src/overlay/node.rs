@@ -1,0 +1,417 @@
+//! An application's node on the overlay: registration, name resolution,
+//! listening, and connecting directly or through a relay.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::{SocketAddrV4, TcpStream},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use xsock_overlay::{
+    NodeId, SiteId,
+    auth::Key,
+    wire::{Entry, Msg, Role},
+};
+
+use super::io::{authenticate, recv_frame, send_msg};
+use crate::{Error, Listener, Runtime, Stream};
+
+/// How to join the overlay.
+#[derive(Debug, Clone)]
+pub struct OverlayConfig {
+    /// The bootstrap server.
+    pub boot: SocketAddrV4,
+    /// This node's unique name.
+    pub name: String,
+    /// The cluster key.
+    pub key: Key,
+    /// A launcher rank others may resolve (defaults to the runtime's).
+    pub rank: Option<u32>,
+    /// Bound on each handshake and on each request to the server.
+    pub timeout: Duration,
+}
+
+impl OverlayConfig {
+    /// `name` joining through `boot` with `key`.
+    pub fn new(boot: SocketAddrV4, name: impl Into<String>, key: Key) -> Self {
+        Self { boot, name: name.into(), key, rank: None, timeout: Duration::from_secs(5) }
+    }
+}
+
+/// Reads a key file; the error names the file and the fix.
+pub fn load_key(path: &std::path::Path) -> Result<Key, Error> {
+    let bytes =
+        std::fs::read(path).map_err(|e| Error::Config(format!("cannot read the key file {}: {e}", path.display())))?;
+    Key::from_file_contents(&bytes).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+}
+
+/// How long the relays of our LAN, as last heard, are trusted.
+const RELAYS_FRESH: Duration = Duration::from_secs(1);
+
+struct Inner {
+    rt: Runtime,
+    key: Key,
+    name: String,
+    id: NodeId,
+    site: SiteId,
+    timeout: Duration,
+    boot_addr: SocketAddrV4,
+    boot: Mutex<TcpStream>,
+    cache: Mutex<HashMap<String, Entry>>,
+    relays: Mutex<(Vec<Entry>, Option<Instant>)>,
+    ports: Mutex<BTreeSet<u16>>,
+}
+
+/// A node of the overlay. Cheap to clone; it leaves the directory when the
+/// last clone (and listener) drops.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("name", &self.inner.name).field("id", &self.inner.id).finish()
+    }
+}
+
+impl Node {
+    /// Registers with the bootstrap server (kernel TCP) and authenticates.
+    /// The runtime must drive this LAN's interface: its address and prefix
+    /// tell the server which LAN we are in.
+    pub fn join(rt: &Runtime, cfg: OverlayConfig) -> Result<Node, Error> {
+        let Some(&(lan_ip, prefix)) = rt.local_subnets().first() else {
+            return Err(Error::Overlay(
+                "the runtime drives no interface with an IPv4 address: build it with .interface(\"eth0\") on the LAN \
+                 the relays serve"
+                    .into(),
+            ));
+        };
+        let deadline = Instant::now() + cfg.timeout;
+        let mut boot = TcpStream::connect_timeout(&cfg.boot.into(), cfg.timeout).map_err(|e| {
+            Error::Overlay(format!("cannot reach the bootstrap server at {}: {e} (is `xsock boot` running?)", cfg.boot))
+        })?;
+        boot.set_nodelay(true).map_err(Error::Io)?;
+        let peer = authenticate(&mut boot, &cfg.key, Role::Endpoint, &cfg.name, deadline)
+            .map_err(|e| Error::Overlay(format!("bootstrap server {}: {e}", cfg.boot)))?;
+        if peer.role != Role::Boot {
+            return Err(Error::Overlay(format!("{} is a {:?}, not the bootstrap server", cfg.boot, peer.role)));
+        }
+        let rank = cfg.rank.or(rt.launch().map(|l| l.rank));
+        send_msg(
+            &mut boot,
+            &Msg::Register { role: Role::Endpoint, name: &cfg.name, lan_ip, prefix, wan: None, serve_port: 0, rank },
+        )?;
+        let reply = recv_frame(&mut boot, deadline)?;
+        let (id, site) = match parse(&reply)? {
+            Msg::Registered { node, site } => (node, site),
+            Msg::Refused { reason } => return Err(Error::Overlay(format!("bootstrap server refused us: {reason}"))),
+            _ => return Err(Error::Protocol("unexpected answer to Register".into())),
+        };
+        log::info!("joined the overlay as {} ({id}, {site}) through {}", cfg.name, cfg.boot);
+        Ok(Node {
+            inner: Arc::new(Inner {
+                rt: rt.clone(),
+                key: cfg.key,
+                name: cfg.name,
+                id,
+                site,
+                timeout: cfg.timeout,
+                boot_addr: cfg.boot,
+                boot: Mutex::new(boot),
+                cache: Mutex::new(HashMap::new()),
+                relays: Mutex::new((Vec::new(), None)),
+                ports: Mutex::new(BTreeSet::new()),
+            }),
+        })
+    }
+
+    /// Our id.
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// Our LAN.
+    pub fn site(&self) -> SiteId {
+        self.inner.site
+    }
+
+    /// Our name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The runtime.
+    pub fn runtime(&self) -> &Runtime {
+        &self.inner.rt
+    }
+
+    fn request(&self, msg: &Msg<'_>) -> Result<Vec<u8>, Error> {
+        let mut boot = self.inner.boot.lock().unwrap_or_else(|p| p.into_inner());
+        let deadline = Instant::now() + self.inner.timeout;
+        send_msg(&mut *boot, msg)
+            .and_then(|_| recv_frame(&mut *boot, deadline))
+            .map_err(|e| Error::Overlay(format!("bootstrap server {}: {e}", self.inner.boot_addr)))
+    }
+
+    fn remember(&self, entry: Entry, my_relays: Vec<Entry>) -> Entry {
+        *self.inner.relays.lock().unwrap_or_else(|p| p.into_inner()) = (my_relays, Some(Instant::now()));
+        self.inner.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(entry.name.clone(), entry.clone());
+        entry
+    }
+
+    /// Asks the server who `name` is (and refreshes our LAN's relays).
+    pub fn resolve(&self, name: &str) -> Result<Entry, Error> {
+        let reply = self.request(&Msg::Resolve { name })?;
+        match parse(&reply)? {
+            Msg::Resolved { entry, my_relays } => Ok(self.remember(entry, my_relays)),
+            Msg::NotFound { .. } => Err(Error::Overlay(format!(
+                "no node named {name:?} is registered with the bootstrap server (not started yet, or a typo)"
+            ))),
+            _ => Err(Error::Protocol("unexpected answer to Resolve".into())),
+        }
+    }
+
+    /// Asks the server which node has launcher rank `rank`.
+    pub fn resolve_rank(&self, rank: u32) -> Result<Entry, Error> {
+        let reply = self.request(&Msg::ResolveRank { rank })?;
+        match parse(&reply)? {
+            Msg::Resolved { entry, my_relays } => Ok(self.remember(entry, my_relays)),
+            Msg::NotFound { .. } => Err(Error::Overlay(format!("no node has rank {rank} (not started yet?)"))),
+            _ => Err(Error::Protocol("unexpected answer to ResolveRank".into())),
+        }
+    }
+
+    /// Fetches the whole directory into the cache in one round trip (before
+    /// connecting to many nodes); returns how many nodes it holds.
+    pub fn load_directory(&self) -> Result<usize, Error> {
+        let reply = self.request(&Msg::GetDirectory)?;
+        let Msg::Directory { entries } = parse(&reply)? else {
+            return Err(Error::Protocol("unexpected answer to GetDirectory".into()));
+        };
+        let relays: Vec<Entry> =
+            entries.iter().filter(|e| e.role == Role::Relay && e.site == self.inner.site).cloned().collect();
+        *self.inner.relays.lock().unwrap_or_else(|p| p.into_inner()) = (relays, Some(Instant::now()));
+        let mut cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let n = entries.len();
+        for e in entries {
+            cache.insert(e.name.clone(), e);
+        }
+        Ok(n)
+    }
+
+    /// Who `name` is: from the cache, else asked of the server.
+    pub fn lookup(&self, name: &str) -> Result<Entry, Error> {
+        let cached = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned();
+        match cached {
+            Some(e) => Ok(e),
+            None => self.resolve(name),
+        }
+    }
+
+    /// Listens on `port` of our LAN address and tells the server, so relays
+    /// forward to it (they forward to no port we do not list).
+    pub fn listen(&self, port: u16) -> Result<NodeListener, Error> {
+        let ip = self.inner.rt.local_subnets()[0].0;
+        let inner = Listener::bind(&self.inner.rt, SocketAddrV4::new(ip, port))?;
+        self.inner.ports.lock().unwrap_or_else(|p| p.into_inner()).insert(port);
+        self.publish_ports()?;
+        Ok(NodeListener { node: self.clone(), inner, port })
+    }
+
+    fn publish_ports(&self) -> Result<(), Error> {
+        let ports: Vec<u16> = self.inner.ports.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
+        let mut boot = self.inner.boot.lock().unwrap_or_else(|p| p.into_inner());
+        send_msg(&mut *boot, &Msg::Ports { ports })
+    }
+
+    /// Connects to `name`:`port`: directly inside our LAN, through a relay
+    /// of our LAN otherwise. The stream is the same type either way.
+    pub fn connect(&self, name: &str, port: u16) -> Result<Stream, Error> {
+        let entry = self.lookup(name)?;
+        self.connect_entry(&entry, port)
+    }
+
+    /// Connects to the node with launcher rank `rank`.
+    pub fn connect_rank(&self, rank: u32, port: u16) -> Result<Stream, Error> {
+        let entry = self.resolve_rank(rank)?;
+        self.connect_entry(&entry, port)
+    }
+
+    fn connect_entry(&self, dst: &Entry, port: u16) -> Result<Stream, Error> {
+        if dst.site == self.inner.site {
+            let s = Stream::connect(&self.inner.rt, SocketAddrV4::new(dst.lan_ip, port))?;
+            return self.open_on(s, dst, port);
+        }
+        let relays = self.relays_for(dst.node, false)?;
+        let mut first_error = None;
+        for (i, relay) in relays.iter().enumerate() {
+            match self.via_relay(relay, dst, port) {
+                Ok(s) => return Ok(s),
+                Err(e) => {
+                    log::debug!("relay {} for {}:{port}: {e}", relay.name, dst.name);
+                    first_error.get_or_insert(e);
+                    if i == 0 {
+                        // The relay list may be stale (a relay left): refresh once.
+                        let fresh = self.relays_for(dst.node, true).unwrap_or_default();
+                        if fresh.iter().map(|r| r.node).ne(relays.iter().map(|r| r.node)) {
+                            return self.try_relays(&fresh, dst, port).map_err(|e| first_error.take().unwrap_or(e));
+                        }
+                    }
+                }
+            }
+        }
+        Err(first_error.unwrap_or_else(|| Error::Overlay("no relay answered".into())))
+    }
+
+    fn try_relays(&self, relays: &[Entry], dst: &Entry, port: u16) -> Result<Stream, Error> {
+        let mut err =
+            Error::Overlay(format!("no relay serves our LAN ({}) (start `xsock relay` here)", self.inner.site));
+        for r in relays {
+            match self.via_relay(r, dst, port) {
+                Ok(s) => return Ok(s),
+                Err(e) => err = e,
+            }
+        }
+        Err(err)
+    }
+
+    /// The relays of our LAN, in this destination's preferred order (load
+    /// shared by destination).
+    fn relays_for(&self, dst: NodeId, refresh: bool) -> Result<Vec<Entry>, Error> {
+        let stale = {
+            let r = self.inner.relays.lock().unwrap_or_else(|p| p.into_inner());
+            refresh || r.1.is_none_or(|t| t.elapsed() > RELAYS_FRESH)
+        };
+        if stale {
+            self.resolve(&self.inner.name.clone())?;
+        }
+        let mut relays = self.inner.relays.lock().unwrap_or_else(|p| p.into_inner()).0.clone();
+        if relays.is_empty() {
+            return Err(Error::Overlay(format!(
+                "no relay serves our LAN ({}): start `xsock relay` here to reach other LANs",
+                self.inner.site
+            )));
+        }
+        relays.sort_by_key(|r| (r.node.0 ^ dst.0).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        Ok(relays)
+    }
+
+    fn via_relay(&self, relay: &Entry, dst: &Entry, port: u16) -> Result<Stream, Error> {
+        let s = Stream::connect(&self.inner.rt, SocketAddrV4::new(relay.lan_ip, relay.serve_port))?;
+        self.open_on(s, dst, port)
+    }
+
+    /// Handshake, then `Open`, then `Accept` or the refusal's reason.
+    fn open_on(&self, mut s: Stream, dst: &Entry, port: u16) -> Result<Stream, Error> {
+        let deadline = Instant::now() + self.inner.timeout;
+        authenticate(&mut s, &self.inner.key, Role::Endpoint, &self.inner.name, deadline)?;
+        send_msg(&mut s, &Msg::Open { vc: 0, src: self.inner.id, dst: dst.node, port, ttl: 0, credit: 0 })?;
+        let reply = recv_frame(&mut s, deadline)?;
+        match parse(&reply)? {
+            Msg::Accept { .. } => Ok(s),
+            Msg::Refuse { reason, .. } | Msg::Refused { reason } => {
+                Err(Error::Overlay(format!("{}:{port} refused: {reason}", dst.name)))
+            }
+            _ => Err(Error::Protocol("unexpected answer to Open".into())),
+        }
+    }
+}
+
+fn parse(frame: &[u8]) -> Result<Msg<'_>, Error> {
+    Msg::parse(frame).map_err(|e| Error::Protocol(e.to_string()))
+}
+
+/// Accepts overlay connections on one port, direct and relayed alike.
+pub struct NodeListener {
+    node: Node,
+    inner: Listener,
+    port: u16,
+}
+
+impl std::fmt::Debug for NodeListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeListener").field("node", &self.node).field("port", &self.port).finish()
+    }
+}
+
+impl NodeListener {
+    /// The next authenticated connection and the node that opened it.
+    /// Connections that fail the handshake (a wrong key, a stranger) are
+    /// refused, logged, and skipped.
+    pub fn accept(&self) -> Result<(Stream, NodeId), Error> {
+        loop {
+            let s = self.inner.accept()?;
+            let from = s.peer_addr();
+            match self.admit(s) {
+                Ok(ok) => return Ok(ok),
+                Err(e) => log::warn!("refused an overlay connection from {from} on port {}: {e}", self.port),
+            }
+        }
+    }
+
+    /// Like [`NodeListener::accept`], giving up after `timeout`.
+    pub fn accept_timeout(&self, timeout: Duration) -> Result<Option<(Stream, NodeId)>, Error> {
+        let end = Instant::now() + timeout;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            let Some(s) = self.inner.accept_timeout(Some(left))? else { return Ok(None) };
+            let from = s.peer_addr();
+            match self.admit(s) {
+                Ok(ok) => return Ok(Some(ok)),
+                Err(e) => log::warn!("refused an overlay connection from {from} on port {}: {e}", self.port),
+            }
+        }
+    }
+
+    /// A connection if one is waiting ([`Error::WouldBlock`] if not); its
+    /// handshake still blocks, bounded by the node's timeout. Connections
+    /// that fail it are logged and skipped.
+    pub fn try_accept(&self) -> Result<(Stream, NodeId), Error> {
+        loop {
+            let s = self.inner.try_accept()?;
+            let from = s.peer_addr();
+            match self.admit(s) {
+                Ok(ok) => return Ok(ok),
+                Err(e) => log::warn!("refused an overlay connection from {from} on port {}: {e}", self.port),
+            }
+        }
+    }
+
+    fn admit(&self, mut s: Stream) -> Result<(Stream, NodeId), Error> {
+        let n = &self.node.inner;
+        let deadline = Instant::now() + n.timeout;
+        authenticate(&mut s, &n.key, Role::Endpoint, &n.name, deadline)?;
+        let frame = recv_frame(&mut s, deadline)?;
+        match parse(&frame)? {
+            Msg::Open { src, dst, port, .. } if dst == n.id && port == self.port => {
+                send_msg(&mut s, &Msg::Accept { vc: 0, credit: 0 })?;
+                Ok((s, src))
+            }
+            Msg::Open { dst, port, .. } => {
+                let reason = format!("this is {} ({}) port {}, not {dst} port {port}", n.name, n.id, self.port);
+                let _ = send_msg(&mut s, &Msg::Refuse { vc: 0, reason: &reason });
+                Err(Error::Overlay(reason))
+            }
+            _ => Err(Error::Protocol("expected Open after the handshake".into())),
+        }
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The node.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+}
+
+impl Drop for NodeListener {
+    fn drop(&mut self) {
+        self.node.inner.ports.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.port);
+        let _ = self.node.publish_ports();
+    }
+}

@@ -1,0 +1,148 @@
+//! `xsock boot --listen IP:PORT --key-file F`: the rendezvous point. Nodes
+//! authenticate with the cluster key and register; relays get the
+//! directory pushed on every change; endpoints resolve names and ranks.
+//! One thread per session reads; one thread owns the registry and writes.
+
+use std::{
+    collections::HashMap,
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use clap::Args;
+use crossbeam_channel::{Receiver, Sender, unbounded};
+use xsock::overlay::{Key, Role, authenticate};
+use xsock_overlay::{
+    registry::{Registry, SessionId},
+    wire::{FrameReader, Msg},
+};
+
+use super::key_from;
+use crate::fail::Fail;
+
+/// `xsock boot`.
+#[derive(Debug, Args)]
+pub struct Boot {
+    /// Address to listen on (the one address every node is configured with).
+    #[arg(long)]
+    listen: SocketAddrV4,
+    /// The cluster key file.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+}
+
+enum Event {
+    Joined(SessionId, TcpStream, Ipv4Addr, String),
+    Frame(SessionId, Vec<u8>),
+    Closed(SessionId),
+}
+
+impl Boot {
+    /// Runs until killed.
+    pub fn run(self) -> Result<(), Fail> {
+        let key = key_from(self.key_file.as_deref())?;
+        let listener = TcpListener::bind(self.listen).map_err(|e| {
+            Fail::msg(format!("cannot listen on {}: {e} (is the address on this host, the port free?)", self.listen))
+        })?;
+        log::info!("bootstrap server listening on {}", self.listen);
+        let (tx, rx) = unbounded();
+        std::thread::Builder::new().name("boot-accept".into()).spawn(move || accept_loop(listener, key, tx))?;
+        serve(rx);
+        Ok(())
+    }
+}
+
+fn accept_loop(listener: TcpListener, key: Key, tx: Sender<Event>) {
+    let mut next: SessionId = 1;
+    for conn in listener.incoming() {
+        let Ok(s) = conn else { continue };
+        let session = next;
+        next += 1;
+        let (key, tx) = (key.clone(), tx.clone());
+        let _ = std::thread::Builder::new()
+            .name(format!("boot-s{session}"))
+            .spawn(move || session_loop(session, s, key, tx));
+    }
+}
+
+fn session_loop(session: SessionId, mut s: TcpStream, key: Key, tx: Sender<Event>) {
+    let from = match s.peer_addr() {
+        Ok(SocketAddr::V4(a)) => a,
+        _ => return,
+    };
+    let _ = s.set_nodelay(true);
+    let peer = match authenticate(&mut s, &key, Role::Boot, "boot", Instant::now() + Duration::from_secs(5)) {
+        Ok(p) => p,
+        Err(e) => {
+            log::warn!("refused {from}: {e}");
+            return;
+        }
+    };
+    let Ok(writer) = s.try_clone() else { return };
+    if tx.send(Event::Joined(session, writer, *from.ip(), peer.name.clone())).is_err() {
+        return;
+    }
+    let mut rd = FrameReader::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                rd.push(&buf[..n]);
+                loop {
+                    match rd.next_frame() {
+                        Ok(Some(f)) => {
+                            if tx.send(Event::Frame(session, f.to_vec())).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            log::warn!("{from} ({}): {e}; closing its session", peer.name);
+                            let _ = tx.send(Event::Closed(session));
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let _ = tx.send(Event::Closed(session));
+}
+
+fn serve(rx: Receiver<Event>) {
+    let mut reg = Registry::new(u64::from_le_bytes(xsock::overlay::fresh_nonce()[..8].try_into().expect("8 bytes")));
+    let mut sessions: HashMap<SessionId, (TcpStream, Ipv4Addr, String)> = HashMap::new();
+    while let Ok(ev) = rx.recv() {
+        match ev {
+            Event::Joined(id, w, ip, name) => {
+                sessions.insert(id, (w, ip, name));
+            }
+            Event::Frame(id, f) => {
+                let Some((w, ip, name)) = sessions.get_mut(&id) else { continue };
+                if let Err(reason) = reg.handle_message(id, *ip, &f) {
+                    log::warn!("refused {ip} ({name}): {reason}");
+                    let _ = w.write_all(&Msg::Refused { reason: &reason }.to_frame());
+                    let _ = w.shutdown(std::net::Shutdown::Both);
+                } else if let Ok(Msg::Register { role, name, .. }) = Msg::parse(&f) {
+                    log::info!("{role:?} {name} registered from {ip}");
+                }
+            }
+            Event::Closed(id) => {
+                sessions.remove(&id);
+                if let Some(e) = reg.handle_session_closed(id) {
+                    log::info!("{:?} {} ({}) left", e.role, e.name, e.node);
+                }
+            }
+        }
+        while let Some((id, frame)) = reg.poll_transmit() {
+            if let Some((w, ip, name)) = sessions.get_mut(&id)
+                && let Err(e) = w.write_all(&frame)
+            {
+                log::warn!("{ip} ({name}): {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,563 @@
+//! The relay's core loop: owns the [`RelayCore`], every relay link's
+//! writing side and every endpoint stream; helpers hand it events over a
+//! channel and wake it.
+
+use std::{
+    collections::{HashMap, HashSet},
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    time::{Duration, Instant},
+};
+
+use crossbeam_channel::{Receiver, Sender, unbounded};
+use xsock::{Error, Listener, Runtime, Stream, overlay::Key};
+use xsock_overlay::{
+    NodeId, SiteId,
+    relay::{Action, LinkId, LocalId, RelayConfig, RelayCore},
+    route::ShortestPath,
+    wire::{Entry, FrameReader, Msg, Role},
+};
+
+use super::{Settings, lan, wan};
+use crate::{
+    fail::Fail,
+    overlay::{Clock, epoch_micros},
+};
+
+/// What helpers report to the core loop.
+pub enum Event {
+    /// A relay link is authenticated.
+    LinkUp { stream: TcpStream, peer: NodeId, name: String, initiated: bool },
+    /// Dialling a relay failed.
+    DialFailed { peer: NodeId, why: String },
+    /// Bytes from a relay link.
+    LinkBytes { link: LinkId, bytes: Vec<u8> },
+    /// A relay link ended.
+    LinkClosed { link: LinkId },
+    /// The bootstrap server's directory.
+    Directory(Vec<Entry>),
+    /// The bootstrap session ended.
+    BootLost(String),
+    /// An endpoint asks for a virtual connection.
+    LocalOpen { stream: Stream, src: NodeId, dst: NodeId, port: u16, name: String },
+    /// A delivery stream is open and accepted.
+    Connected { local: LocalId, stream: Stream },
+    /// A delivery stream could not be opened.
+    ConnectFailed { local: LocalId, reason: String },
+}
+
+/// The channel to the core loop, waking it on every event.
+#[derive(Clone)]
+pub struct Notify {
+    tx: Sender<Event>,
+    rt: Runtime,
+}
+
+impl Notify {
+    /// Hands `ev` to the core loop.
+    pub fn send(&self, ev: Event) {
+        let _ = self.tx.send(ev);
+        self.rt.wake();
+    }
+}
+
+/// What the relay starts with.
+pub struct Setup {
+    pub settings: Settings,
+    pub key: Key,
+    pub rt: Runtime,
+    pub me: NodeId,
+    pub site: SiteId,
+    pub boot: TcpStream,
+    pub lan_listener: Listener,
+    pub wan_listener: Option<TcpListener>,
+}
+
+struct Link {
+    w: TcpStream,
+    out: Vec<u8>,
+    rd: FrameReader,
+    peer: NodeId,
+    name: String,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+struct Local {
+    s: Stream,
+    out: Vec<u8>,
+    off: usize,
+    open: bool,
+    eof: bool,
+    shutdown: bool,
+    finished: bool,
+}
+
+struct Dial {
+    busy: bool,
+    next: Instant,
+    backoff: Duration,
+    why: String,
+}
+
+/// The loop. Returns only on a fatal error.
+pub fn run(setup: Setup) -> Result<(), Fail> {
+    let Setup { settings, key, rt, me, site, boot, lan_listener, wan_listener } = setup;
+    let clock = Clock::start();
+    let mut cfg = RelayConfig::new(me, epoch_micros());
+    cfg.window = settings.window;
+    let core = RelayCore::new(cfg, Box::new(ShortestPath), clock.now());
+    let (tx, rx) = unbounded();
+    let notify = Notify { tx, rt: rt.clone() };
+    spawn_boot_reader(boot, notify.clone());
+    let ident = wan::Ident { key: key.clone(), me, site, name: settings.name.clone() };
+    if let Some(l) = wan_listener {
+        wan::spawn_accept(l, ident.clone(), notify.clone());
+    }
+    lan::spawn_accept(lan_listener, key.clone(), settings.name.clone(), notify.clone());
+    let mut st = State {
+        core,
+        rt,
+        key,
+        name: settings.name.clone(),
+        notify,
+        ident,
+        me,
+        links: HashMap::new(),
+        next_link: 1,
+        locals: HashMap::new(),
+        pending: HashSet::new(),
+        directory: Vec::new(),
+        dials: HashMap::new(),
+        clock,
+    };
+    let mut last_work = Instant::now();
+    let mut last_status = Instant::now();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let mut work = st.drain_events(&rx);
+        work |= st.serve_locals(&mut buf);
+        work |= st.run_actions();
+        work |= st.transmit();
+        let now = st.clock.now();
+        if now >= st.core.poll_timeout() {
+            st.core.handle_timeout(now);
+            st.dial();
+            work = true;
+        }
+        if last_status.elapsed() >= Duration::from_millis(500) {
+            last_status = Instant::now();
+            if let Some(p) = &settings.status_file {
+                st.write_status(p, &settings, site);
+            }
+        }
+        if work {
+            last_work = Instant::now();
+        } else if last_work.elapsed() < Duration::from_micros(200) {
+            std::hint::spin_loop();
+        } else {
+            let until = st.core.poll_timeout().saturating_sub(st.clock.now());
+            st.rt.idle(Some(until.clamp(Duration::from_micros(50), Duration::from_millis(5))))?;
+        }
+    }
+}
+
+fn spawn_boot_reader(mut boot: TcpStream, tx: Notify) {
+    let _ = std::thread::Builder::new().name("boot-rd".into()).spawn(move || {
+        let mut rd = FrameReader::default();
+        let mut buf = vec![0u8; 64 * 1024];
+        let why = loop {
+            match boot.read(&mut buf) {
+                Ok(0) => break "the bootstrap server closed the session".to_owned(),
+                Err(e) => break e.to_string(),
+                Ok(n) => {
+                    rd.push(&buf[..n]);
+                    while let Ok(Some(f)) = rd.next_frame() {
+                        match Msg::parse(f) {
+                            Ok(Msg::Directory { entries }) => tx.send(Event::Directory(entries)),
+                            Ok(Msg::Refused { reason }) => log::error!("the bootstrap server: {reason}"),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        };
+        tx.send(Event::BootLost(why));
+    });
+}
+
+struct State {
+    core: RelayCore,
+    rt: Runtime,
+    key: Key,
+    name: String,
+    notify: Notify,
+    ident: wan::Ident,
+    me: NodeId,
+    links: HashMap<LinkId, Link>,
+    next_link: LinkId,
+    locals: HashMap<LocalId, Local>,
+    /// Delivery connects under way; `false` once the VC was given up.
+    pending: HashSet<LocalId>,
+    directory: Vec<Entry>,
+    dials: HashMap<NodeId, Dial>,
+    clock: Clock,
+}
+
+impl State {
+    fn drain_events(&mut self, rx: &Receiver<Event>) -> bool {
+        let mut any = false;
+        while let Ok(ev) = rx.try_recv() {
+            any = true;
+            self.event(ev);
+        }
+        any
+    }
+
+    fn event(&mut self, ev: Event) {
+        let now = self.clock.now();
+        match ev {
+            Event::LinkUp { stream, peer, name, initiated } => {
+                if let Some(d) = self.dials.get_mut(&peer) {
+                    d.busy = false;
+                    d.backoff = Duration::from_secs(1);
+                }
+                let Ok(reader) = stream.try_clone() else { return };
+                if stream.set_nonblocking(true).is_err() {
+                    return;
+                }
+                let link = self.next_link;
+                self.next_link += 1;
+                log::info!(
+                    "link {link} to relay {name} ({peer}) up ({})",
+                    if initiated { "dialled" } else { "accepted" }
+                );
+                wan::spawn_reader(link, reader, self.notify.clone());
+                self.links.insert(
+                    link,
+                    Link {
+                        w: stream,
+                        out: Vec::new(),
+                        rd: FrameReader::default(),
+                        peer,
+                        name,
+                        bytes_in: 0,
+                        bytes_out: 0,
+                    },
+                );
+                self.core.handle_link_up(now, link, peer, initiated);
+            }
+            Event::DialFailed { peer, why } => {
+                if let Some(d) = self.dials.get_mut(&peer) {
+                    d.busy = false;
+                    d.next = Instant::now() + d.backoff;
+                    log::debug!("dialling {peer}: {why}; next try in {:?}", d.backoff);
+                    d.backoff = (d.backoff * 2).min(Duration::from_secs(10));
+                    d.why = why;
+                }
+            }
+            Event::LinkBytes { link, bytes } => {
+                let Some(l) = self.links.get_mut(&link) else { return };
+                l.bytes_in += bytes.len() as u64;
+                l.rd.push(&bytes);
+                loop {
+                    match l.rd.next_frame() {
+                        Ok(Some(f)) => {
+                            if let Err(e) = self.core.handle_link_frame(now, link, f) {
+                                log::warn!("relay {} broke the protocol ({e}); closing the link", l.name);
+                                let _ = l.w.shutdown(std::net::Shutdown::Both);
+                                break;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            log::warn!("relay {}: {e}; closing the link", l.name);
+                            let _ = l.w.shutdown(std::net::Shutdown::Both);
+                            break;
+                        }
+                    }
+                }
+            }
+            Event::LinkClosed { link } => {
+                if let Some(l) = self.links.remove(&link) {
+                    log::warn!("link {link} to relay {} ({}) went down", l.name, l.peer);
+                }
+                self.core.handle_link_down(now, link);
+                self.dial();
+            }
+            Event::Directory(entries) => {
+                self.core.set_directory(&entries);
+                self.directory = entries;
+                self.dial();
+            }
+            Event::BootLost(why) => {
+                log::error!("lost the bootstrap server ({why}); relaying on with the last directory")
+            }
+            Event::LocalOpen { mut stream, src, dst, port, name } => {
+                // A key holder could claim another's id; the directory says
+                // which name owns `src`.
+                let owner = self.directory.iter().find(|e| e.node == src).map(|e| e.name.as_str());
+                if owner != Some(name.as_str()) {
+                    let reason = format!("{name} opened as node {src}, which is not its registered id");
+                    log::warn!("refused: {reason}");
+                    let _ = stream.send(&Msg::Refuse { vc: 0, reason: &reason }.to_frame());
+                    return;
+                }
+                let local = self.core.handle_local_open(now, src, dst, port);
+                self.locals.insert(local, Local::new(stream, false));
+            }
+            Event::Connected { local, stream } => {
+                if self.pending.remove(&local) {
+                    self.locals.insert(local, Local::new(stream, true));
+                    self.core.handle_local_connected(local);
+                } else {
+                    stream.abort();
+                }
+            }
+            Event::ConnectFailed { local, reason } => {
+                if self.pending.remove(&local) {
+                    self.core.handle_local_failed(local, &reason);
+                }
+            }
+        }
+    }
+
+    /// Moves bytes between endpoint streams and the core.
+    fn serve_locals(&mut self, buf: &mut [u8]) -> bool {
+        let mut any = false;
+        let mut dead: Vec<(LocalId, String)> = Vec::new();
+        let mut done: Vec<LocalId> = Vec::new();
+        for (&id, l) in self.locals.iter_mut() {
+            if !l.open {
+                continue;
+            }
+            // Endpoint -> overlay, within the credit.
+            let credit = self.core.local_credit(id).min(buf.len());
+            if credit > 0 && !l.eof {
+                match l.s.try_recv(&mut buf[..credit]) {
+                    Ok(0) => {
+                        l.eof = true;
+                        any = true;
+                        self.core.handle_local_eof(id);
+                    }
+                    Ok(n) => {
+                        any = true;
+                        self.core.handle_local_data(id, &buf[..n]);
+                    }
+                    Err(Error::WouldBlock) => {}
+                    Err(e) => {
+                        dead.push((id, e.to_string()));
+                        continue;
+                    }
+                }
+            }
+            // Overlay -> endpoint.
+            if l.off < l.out.len() {
+                match l.s.try_send(&l.out[l.off..]) {
+                    Ok(n) => {
+                        any = true;
+                        l.off += n;
+                        self.core.handle_local_delivered(id, n);
+                        if l.off == l.out.len() {
+                            l.out.clear();
+                            l.off = 0;
+                        }
+                    }
+                    Err(Error::WouldBlock) => {}
+                    Err(e) => {
+                        dead.push((id, e.to_string()));
+                        continue;
+                    }
+                }
+            }
+            if l.off == l.out.len() {
+                if l.shutdown {
+                    l.shutdown = false;
+                    let _ = l.s.shutdown_write();
+                }
+                if l.finished {
+                    done.push(id);
+                }
+            }
+        }
+        for (id, why) in dead {
+            self.locals.remove(&id);
+            self.core.handle_local_failed(id, &format!("the endpoint's stream broke: {why}"));
+        }
+        for id in done {
+            self.locals.remove(&id);
+        }
+        any
+    }
+
+    fn run_actions(&mut self) -> bool {
+        let mut any = false;
+        while let Some(a) = self.core.poll_action() {
+            any = true;
+            match a {
+                Action::Connect { local, src, dst, port } => {
+                    let Some(ip) = self.directory.iter().find(|e| e.node == dst).map(|e| e.lan_ip) else {
+                        self.core.handle_local_failed(local, "the destination left the directory");
+                        continue;
+                    };
+                    self.pending.insert(local);
+                    lan::spawn_connect(
+                        self.rt.clone(),
+                        self.key.clone(),
+                        self.name.clone(),
+                        local,
+                        src,
+                        dst,
+                        ip,
+                        port,
+                        self.notify.clone(),
+                    );
+                }
+                Action::Opened { local } => {
+                    if let Some(l) = self.locals.get_mut(&local) {
+                        if l.s.send(&Msg::Accept { vc: 0, credit: 0 }.to_frame()).is_ok() {
+                            l.open = true;
+                        } else {
+                            self.locals.remove(&local);
+                            self.core.handle_local_failed(local, "the opening endpoint went away");
+                        }
+                    }
+                }
+                Action::Failed { local, reason } => {
+                    if self.pending.remove(&local) {
+                        continue;
+                    }
+                    if let Some(mut l) = self.locals.remove(&local) {
+                        if l.open {
+                            log::debug!("aborting VC end {local}: {reason}");
+                            l.s.abort();
+                        } else {
+                            let _ = l.s.send(&Msg::Refuse { vc: 0, reason: &reason }.to_frame());
+                        }
+                    }
+                }
+                Action::Write { local, bytes } => {
+                    if let Some(l) = self.locals.get_mut(&local) {
+                        l.out.extend_from_slice(&bytes);
+                    }
+                }
+                Action::Shutdown { local } => {
+                    if let Some(l) = self.locals.get_mut(&local) {
+                        l.shutdown = true;
+                    }
+                }
+                Action::Finished { local } => {
+                    if let Some(l) = self.locals.get_mut(&local) {
+                        l.finished = true;
+                    }
+                }
+                Action::CloseLink { link } => {
+                    if let Some(l) = self.links.remove(&link) {
+                        let _ = l.w.shutdown(std::net::Shutdown::Both);
+                    }
+                }
+            }
+        }
+        any
+    }
+
+    fn transmit(&mut self) -> bool {
+        let mut any = false;
+        while let Some((link, bytes)) = self.core.poll_transmit() {
+            if let Some(l) = self.links.get_mut(&link) {
+                l.out.extend_from_slice(&bytes);
+            }
+        }
+        for l in self.links.values_mut() {
+            while !l.out.is_empty() {
+                match l.w.write(&l.out) {
+                    Ok(n) => {
+                        any = true;
+                        l.bytes_out += n as u64;
+                        l.out.drain(..n);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        // The reader sees the end and reports the link down.
+                        l.out.clear();
+                        let _ = l.w.shutdown(std::net::Shutdown::Both);
+                    }
+                }
+            }
+        }
+        any
+    }
+
+    /// Dials every relay with an address that we have no link to.
+    fn dial(&mut self) {
+        let linked: HashSet<NodeId> = self.links.values().map(|l| l.peer).collect();
+        for e in &self.directory {
+            let Some(addr) = e.wan else { continue };
+            if e.role != Role::Relay || e.node == self.me || linked.contains(&e.node) {
+                continue;
+            }
+            let d = self.dials.entry(e.node).or_insert(Dial {
+                busy: false,
+                next: Instant::now(),
+                backoff: Duration::from_secs(1),
+                why: String::new(),
+            });
+            if d.busy || Instant::now() < d.next {
+                continue;
+            }
+            d.busy = true;
+            wan::spawn_dial(addr, e.node, self.ident.clone(), self.notify.clone());
+        }
+    }
+
+    fn write_status(&self, path: &std::path::Path, s: &Settings, site: SiteId) {
+        let name_of = |n: NodeId| {
+            self.directory.iter().find(|e| e.node == n).map(|e| e.name.clone()).unwrap_or_else(|| n.to_string())
+        };
+        let links: Vec<serde_json::Value> = self
+            .links
+            .iter()
+            .map(|(id, l)| {
+                serde_json::json!({"link": id, "peer": l.peer.to_string(), "name": l.name,
+                    "bytes_in": l.bytes_in, "bytes_out": l.bytes_out, "queued": l.out.len()})
+            })
+            .collect();
+        let routes: Vec<serde_json::Value> = self
+            .core
+            .routes()
+            .into_iter()
+            .map(|(n, r)| {
+                serde_json::json!({"relay": name_of(n), "id": n.to_string(), "next_hop": name_of(r.next_hop),
+                    "cost": r.cost, "hops": r.hops})
+            })
+            .collect();
+        let unreachable: Vec<serde_json::Value> = self
+            .dials
+            .iter()
+            .filter(|(n, d)| !d.why.is_empty() && !self.links.values().any(|l| l.peer == **n))
+            .map(|(n, d)| serde_json::json!({"relay": name_of(*n), "last_error": d.why}))
+            .collect();
+        let c = self.core.counters();
+        let v = serde_json::json!({
+            "name": s.name, "id": self.me.to_string(), "site": site.to_string(),
+            "links": links, "routes": routes, "not_linked": unreachable,
+            "vcs": self.core.vc_count(), "endpoint_streams": self.locals.len(),
+            "counters": {"vcs_opened": c.vcs_opened, "vcs_refused": c.vcs_refused, "vcs_aborted": c.vcs_aborted,
+                "vcs_closed": c.vcs_closed, "bytes_forwarded": c.bytes_forwarded, "lsas_in": c.lsas_in,
+                "route_runs": c.route_runs},
+        });
+        let tmp = path.with_extension("tmp");
+        let ok = std::fs::File::create(&tmp)
+            .and_then(|mut f| f.write_all(serde_json::to_string_pretty(&v).unwrap_or_default().as_bytes()))
+            .and_then(|_| std::fs::rename(&tmp, path));
+        if let Err(e) = ok {
+            log::warn!("cannot write the status file {}: {e}", path.display());
+        }
+    }
+}
+
+impl Local {
+    fn new(s: Stream, open: bool) -> Self {
+        Local { s, out: Vec::new(), off: 0, open, eof: false, shutdown: false, finished: false }
+    }
+}

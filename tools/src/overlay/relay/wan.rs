@@ -1,0 +1,97 @@
+//! Relay links: kernel TCP between relays. Dialling, accepting, the
+//! handshake (key proof, then each side's `Registered{node, site}` as its
+//! identity), and one reader thread per link.
+
+use std::{
+    io::Read,
+    net::{SocketAddrV4, TcpListener, TcpStream},
+    time::{Duration, Instant},
+};
+
+use xsock::overlay::{Key, Role, authenticate, recv_frame, send_msg};
+use xsock_overlay::{NodeId, SiteId, relay::LinkId, wire::Msg};
+
+use super::shell::{Event, Notify};
+
+/// Who we are on relay links.
+#[derive(Debug, Clone)]
+pub struct Ident {
+    pub key: Key,
+    pub me: NodeId,
+    pub site: SiteId,
+    pub name: String,
+}
+
+fn handshake(s: &mut TcpStream, id: &Ident) -> Result<(NodeId, String), String> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    let peer = authenticate(s, &id.key, Role::Relay, &id.name, deadline).map_err(|e| e.to_string())?;
+    if peer.role != Role::Relay {
+        return Err(format!("{} is a {:?}, not a relay", peer.name, peer.role));
+    }
+    send_msg(s, &Msg::Registered { node: id.me, site: id.site }).map_err(|e| e.to_string())?;
+    let f = recv_frame(s, deadline).map_err(|e| e.to_string())?;
+    match Msg::parse(&f) {
+        Ok(Msg::Registered { node, .. }) if node != id.me => Ok((node, peer.name)),
+        _ => Err("no identity after the handshake".into()),
+    }
+}
+
+/// Accepts relay links until the process ends.
+pub fn spawn_accept(listener: TcpListener, id: Ident, tx: Notify) {
+    let _ = std::thread::Builder::new().name("wan-accept".into()).spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { continue };
+            let (id, tx) = (id.clone(), tx.clone());
+            let _ = std::thread::Builder::new().name("wan-hs".into()).spawn(move || {
+                let from = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                match handshake(&mut s, &id) {
+                    Ok((peer, name)) => tx.send(Event::LinkUp { stream: s, peer, name, initiated: false }),
+                    Err(e) => log::warn!("refused a relay link from {from}: {e}"),
+                }
+            });
+        }
+    });
+}
+
+/// Dials relay `peer` at `addr` once.
+pub fn spawn_dial(addr: SocketAddrV4, peer: NodeId, id: Ident, tx: Notify) {
+    let _ = std::thread::Builder::new().name("wan-dial".into()).spawn(move || {
+        let r = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(1))
+            .map_err(|e| format!("cannot reach {addr}: {e}"))
+            .and_then(|mut s| handshake(&mut s, &id).map(|(p, name)| (s, p, name)));
+        match r {
+            Ok((stream, p, name)) if p == peer => tx.send(Event::LinkUp { stream, peer: p, name, initiated: true }),
+            Ok((_, p, name)) => {
+                tx.send(Event::DialFailed { peer, why: format!("{addr} is relay {name} ({p}), not {peer}") })
+            }
+            Err(why) => tx.send(Event::DialFailed { peer, why }),
+        }
+    });
+}
+
+/// Reads `link` until it ends, handing the bytes to the core loop. The
+/// socket is non-blocking (the core loop writes to it without waiting, and
+/// the flag is shared by both handles), so this waits in poll(2).
+pub fn spawn_reader(link: LinkId, mut s: TcpStream, tx: Notify) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let _ = std::thread::Builder::new().name(format!("wan-rd{link}")).spawn(move || {
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => tx.send(Event::LinkBytes { link, bytes: buf[..n].to_vec() }),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let mut fds = [PollFd::new(s.as_fd(), PollFlags::POLLIN)];
+                    if poll(&mut fds, PollTimeout::NONE).is_err() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        tx.send(Event::LinkClosed { link });
+    });
+}
