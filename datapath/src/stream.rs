@@ -116,6 +116,10 @@ fn close_error(reason: CloseReason, peer: SocketAddrV4) -> Error {
         CloseReason::Refused => Error::ConnectionRefused(peer),
         CloseReason::TimedOut => Error::TimedOut(format!("{peer} stopped answering")),
         CloseReason::Reset(RstReason::Aborted) => Error::ConnectionReset(format!("{peer} aborted the connection")),
+        CloseReason::Reset(RstReason::PathLost) => Error::ConnectionReset(format!(
+            "relay {peer} lost the path to the far end (a relay or relay link on the way went down); connect again: \
+             new connections route around it"
+        )),
         CloseReason::Reset(RstReason::Unknown) => {
             Error::ConnectionReset(format!("{peer} no longer knows the connection (it restarted?)"))
         }
@@ -597,11 +601,21 @@ impl Stream {
 
     /// Aborts the connection: the peer sees a reset; unsent data is lost.
     pub fn abort(self) {
+        self.abort_with(RstReason::Aborted);
+    }
+
+    /// For relays: aborts because the path to the far end is gone, so the
+    /// endpoint's error says so (reliable-link; other paths plain abort).
+    pub fn abort_path_lost(self) {
+        self.abort_with(RstReason::PathLost);
+    }
+
+    fn abort_with(self, reason: RstReason) {
         if let Conn::Tcp(c) = &self.conn {
             c.abort();
         }
         if let Conn::Link { cid, .. } = self.conn {
-            self.rt.link().expect("link").shared.lock().abort(cid);
+            self.rt.link().expect("link").shared.lock().abort_with(cid, reason);
             self.rt.kick();
         }
     }

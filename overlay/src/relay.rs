@@ -33,6 +33,10 @@ pub type LinkId = u64;
 /// A local end (an endpoint stream at this relay), named by the core.
 pub type LocalId = u64;
 
+/// How the reason of a VC aborted because a relay or relay link on its
+/// path went down begins (the shell tells the endpoint so).
+pub const PATH_LOST: &str = "path lost: ";
+
 /// Hops an `Open` may take.
 pub const MAX_HOPS: u8 = 16;
 
@@ -273,7 +277,7 @@ impl RelayCore {
             }
         }
         self.out.remove(&link);
-        let reason = format!("{why} (relay {} to relay {})", self.cfg.me, st.peer);
+        let reason = format!("{PATH_LOST}{why} (relay {} to relay {})", self.cfg.me, st.peer);
         let affected: Vec<(End, u64)> = self
             .by_end
             .iter()

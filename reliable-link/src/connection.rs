@@ -477,9 +477,14 @@ impl Connection {
 
     /// Aborts: sends RST and ends the connection at once.
     pub fn abort(&mut self) {
+        self.abort_with(RstReason::Aborted);
+    }
+
+    /// Aborts, telling the peer why.
+    pub fn abort_with(&mut self, reason: RstReason) {
         if !matches!(self.state, State::Closed(_)) {
             if self.remote_cid != 0 {
-                self.pending.rst = Some(RstReason::Aborted);
+                self.pending.rst = Some(reason);
             }
             self.end(CloseReason::Aborted);
         }

@@ -395,8 +395,13 @@ impl Endpoint {
 
     /// Aborts `cid` (RST).
     pub fn abort(&mut self, cid: u64) {
+        self.abort_with(cid, crate::wire::RstReason::Aborted);
+    }
+
+    /// Aborts `cid`, telling the peer `reason`.
+    pub fn abort_with(&mut self, cid: u64, reason: crate::wire::RstReason) {
         if let Some(s) = self.slots.get_mut(&cid) {
-            s.conn.abort();
+            s.conn.abort_with(reason);
             self.mark_ready(cid);
             self.drain_events(cid);
         }

@@ -352,6 +352,9 @@ pub enum RstReason {
     Protocol = 4,
     /// The peer gave up waiting for us.
     TimedOut = 5,
+    /// The peer is a relay that lost the path to the far end (a relay or
+    /// relay link on the way went down).
+    PathLost = 6,
 }
 
 impl RstReason {
@@ -362,6 +365,7 @@ impl RstReason {
             3 => Self::Unknown,
             4 => Self::Protocol,
             5 => Self::TimedOut,
+            6 => Self::PathLost,
             _ => return None,
         })
     }

@@ -28,6 +28,7 @@ struct Overlay {
     dir: PathBuf,
     key: PathBuf,
     boot: String,
+    boot_pid: u32,
     /// (relay name, host, pid)
     relays: Vec<(String, Host, u32)>,
 }
@@ -48,11 +49,11 @@ impl Overlay {
         std::fs::write(&key, "test-cluster-key-0123456789abcdef\n").unwrap();
         let boot = format!("{BOOT_IP}:{BOOT_PORT}");
         let b = sites.boot.clone();
-        bed.spawn_ready(&b, XSOCK, &["boot", "--listen", &boot, "--key-file", key.to_str().unwrap()], || {
+        let boot_pid = bed.spawn_ready(&b, XSOCK, &["boot", "--listen", &boot, "--key-file", key.to_str().unwrap()], || {
             b.listening(BOOT_PORT)
         })
         .unwrap();
-        let mut o = Overlay { bed, sites, dir, key, boot, relays: Vec::new() };
+        let mut o = Overlay { bed, sites, dir, key, boot, boot_pid, relays: Vec::new() };
         let all: Vec<(String, Host, Option<String>)> = o
             .sites
             .sites
@@ -93,6 +94,8 @@ impl Overlay {
             "eth0",
             "--status-file",
             status.to_str().unwrap(),
+            "--status-interval",
+            "20ms",
         ];
         if let Some(w) = wan {
             args.extend(["--wan-listen", w]);
@@ -253,4 +256,156 @@ fn every_pair_of_endpoints_across_firewalls_and_nat_connects() {
     assert_eq!(relayed, 14 * 13 - 14);
     let forwarded: u64 = refs.iter().map(|r| o.status(r)["counters"]["bytes_forwarded"].as_u64().unwrap_or(0)).sum();
     assert!(forwarded >= relayed * 2 * 64 * 1024, "relays forwarded {forwarded} bytes for {relayed} exchanges");
+}
+
+fn three_lans() -> Vec<SiteSpec> {
+    vec![
+        SiteSpec { name: "hub", policy: Policy::Open, relays: 2, hosts: 1 },
+        SiteSpec { name: "sp1", policy: Policy::HubOnly, relays: 1, hosts: 2 },
+        SiteSpec { name: "sp2", policy: Policy::HubOnly, relays: 1, hosts: 1 },
+    ]
+}
+
+/// The relay `from` hands traffic for relay `to` to, by its status.
+fn next_hop(o: &Overlay, from: &str, to: &str) -> Option<String> {
+    let st = o.status(from);
+    st["routes"].as_array()?.iter().find(|r| r["relay"] == to).and_then(|r| r["next_hop"].as_str().map(String::from))
+}
+
+#[test]
+fn a_killed_relay_is_routed_around_and_its_connections_fail_clearly() {
+    require_root!();
+    let o = Overlay::start("kill", &three_lans());
+    let relays = o.relay_names();
+    let refs: Vec<&str> = relays.iter().map(String::as_str).collect();
+    o.converge(&refs, Duration::from_secs(20));
+    let (sp1, sp2) = (&o.sites.sites[1], &o.sites.sites[2]);
+    let key = o.key.to_str().unwrap();
+    let echo_at = format!("{}:7600", sp2.host_ip(0));
+    let server = &sp2.hosts[0];
+    o.bed
+        .spawn_ready(
+            server,
+            XSOCK,
+            &["ping", "--iface", "eth0", "--listen", &echo_at, "--boot", &o.boot, "--name", "sp2h0", "--key-file", key],
+            || server.listening(7600),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300)); // its port reaches the relays' directory
+    // A long ping through sp1-x0 -> hub-x? -> sp2-x0.
+    let client = o
+        .bed
+        .spawn(&sp1.hosts[0], XSOCK, &[
+            "ping", "--iface", "eth0", "--connect", "sp2h0:7600", "--boot", &o.boot, "--name", "sp1h0", "--key-file",
+            key, "--count", "100000000", "--warmup", "0", "--poll", "sleep",
+        ])
+        .unwrap();
+    let t = Instant::now();
+    while o.status("sp1-x0")["counters"]["vcs_opened"].as_u64().unwrap_or(0) == 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "the ping never opened: {}", o.bed.log_tail(client, 5));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let via = next_hop(&o, "sp1-x0", "sp2-x0").expect("a route to sp2-x0");
+    let other = if via == "hub-x0" { "hub-x1" } else { "hub-x0" };
+    let pid = o.relays.iter().find(|(n, _, _)| *n == via).unwrap().2;
+    std::thread::sleep(Duration::from_millis(200));
+    o.bed.kill9(pid).unwrap();
+    let killed = Instant::now();
+    // The connection through it fails with a clear error, no hang.
+    let status = loop {
+        if let Some(st) = o.bed.try_wait(client).unwrap() {
+            break st;
+        }
+        assert!(killed.elapsed() < Duration::from_secs(10), "the ping through the dead relay hangs");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let failed_after = killed.elapsed();
+    let log = o.bed.log_tail(client, 3);
+    assert!(!status.success());
+    assert!(log.contains("lost the path"), "unclear error: {log}");
+    // Routes recompute around it.
+    let recomputed = loop {
+        if next_hop(&o, "sp1-x0", "sp2-x0").as_deref() == Some(other) {
+            break killed.elapsed();
+        }
+        assert!(killed.elapsed() < Duration::from_secs(5), "routes not recomputed: {}", o.dump(&["sp1-x0"]));
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // New connections succeed through the remaining hub relay.
+    let t = Instant::now();
+    let out = sp1.hosts[1]
+        .command(XSOCK, &[
+            "ping", "--iface", "eth0", "--connect", "sp2h0:7600", "--boot", &o.boot, "--name", "sp1h1", "--key-file",
+            key, "--count", "100", "--warmup", "10", "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "new connection failed: {}", String::from_utf8_lossy(&out.stderr));
+    eprintln!(
+        "killed {via}: its ping failed after {failed_after:?}, sp1-x0 routed via {other} after {recomputed:?}, \
+         a new ping took {:?} (process start included)",
+        t.elapsed()
+    );
+    // A port nobody listens on is refused by the relays, with the reason.
+    let out = sp1.hosts[1]
+        .command(XSOCK, &[
+            "ping", "--iface", "eth0", "--connect", "sp2h0:7999", "--boot", &o.boot, "--name", "sp1h1b", "--key-file",
+            key, "--count", "10",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("does not listen on port 7999"), "{err}");
+}
+
+#[test]
+fn a_node_with_a_wrong_key_is_refused() {
+    require_root!();
+    let o = Overlay::start("key", &three_lans()[..2]);
+    let wrong = o.dir.join("wrong.key");
+    std::fs::write(&wrong, "not-the-cluster-key-0123456789").unwrap();
+    let sp1 = &o.sites.sites[1];
+    // A relay with the wrong key: refused by the bootstrap server, exits with the reason.
+    let status = o.dir.join("bad.json");
+    let out = sp1.hosts[0]
+        .command(XSOCK, &[
+            "relay", "--boot", &o.boot, "--key-file", wrong.to_str().unwrap(), "--name", "bad", "--lan-iface", "eth0",
+            "--status-file", status.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("another cluster key"), "{err}");
+    assert!(!sp1.hosts[0].has_xdp("eth0").unwrap(), "the refused relay left its XDP program");
+    // An endpoint with the wrong key: the same.
+    let out = sp1.hosts[1]
+        .command(XSOCK, &[
+            "ping", "--iface", "eth0", "--connect", "hubh0:7600", "--boot", &o.boot, "--name", "sp1h1", "--key-file",
+            wrong.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("another cluster key"), "{err}");
+    // The server logged both refusals, naming the address.
+    let log = o.bed.log_tail(o.boot_pid, 50);
+    assert_eq!(log.matches("another cluster key").count(), 2, "{log}");
+    assert!(log.contains(&format!("refused {}", sp1.host_ip(0))), "{log}");
+    // Someone dialling a relay's WAN port with the wrong key: refused there.
+    let wan = format!("{}:{WAN_PORT}", o.sites.sites[0].relay_ip(0));
+    let key = xsock::overlay::load_key(&wrong).unwrap();
+    let r = sp1.hosts[0]
+        .run(move || {
+            let mut s = std::net::TcpStream::connect(&wan).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(3);
+            xsock::overlay::authenticate(&mut s, &key, xsock::overlay::Role::Relay, "intruder", deadline)
+        })
+        .unwrap();
+    assert!(r.unwrap_err().to_string().contains("another cluster key"));
+    let relay = o.relays.iter().find(|(n, _, _)| n == "hub-x0").unwrap();
+    let t = Instant::now();
+    while !o.bed.log_tail(relay.2, 20).contains("refused a relay link from") {
+        assert!(t.elapsed() < Duration::from_secs(3), "{}", o.bed.log_tail(relay.2, 20));
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -32,7 +32,7 @@ use crate::fail::Fail;
 pub struct Relay {
     /// A config file of `key = value` lines (keys as the long flags without
     /// dashes: boot, key-file, name, lan-iface, wan-listen, wan-advertise,
-    /// serve-port, status-file, window); flags override it.
+    /// serve-port, status-file, status-interval, window); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
     /// The bootstrap server.
@@ -62,6 +62,9 @@ pub struct Relay {
     /// (the status endpoint: `cat` it, or `jq`).
     #[arg(long)]
     status_file: Option<PathBuf>,
+    /// How often the status file is rewritten (e.g. 500ms).
+    #[arg(long, value_parser = crate::args::parse_duration)]
+    status_interval: Option<Duration>,
     /// End-to-end credit window per virtual connection, bytes.
     #[arg(long)]
     window: Option<u32>,
@@ -78,6 +81,7 @@ pub struct Settings {
     pub wan_advertise: Option<SocketAddrV4>,
     pub serve_port: u16,
     pub status_file: Option<PathBuf>,
+    pub status_interval: Duration,
     pub window: u32,
 }
 

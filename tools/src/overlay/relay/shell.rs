@@ -145,7 +145,7 @@ pub fn run(setup: Setup) -> Result<(), Fail> {
             st.dial();
             work = true;
         }
-        if last_status.elapsed() >= Duration::from_millis(500) {
+        if last_status.elapsed() >= settings.status_interval {
             last_status = Instant::now();
             if let Some(p) = &settings.status_file {
                 st.write_status(p, &settings, site);
@@ -429,8 +429,12 @@ impl State {
                     }
                     if let Some(mut l) = self.locals.remove(&local) {
                         if l.open {
-                            log::debug!("aborting VC end {local}: {reason}");
-                            l.s.abort();
+                            log::info!("VC end {local} aborted: {reason}");
+                            if reason.starts_with(xsock_overlay::relay::PATH_LOST) {
+                                l.s.abort_path_lost();
+                            } else {
+                                l.s.abort();
+                            }
                         } else {
                             let _ = l.s.send(&Msg::Refuse { vc: 0, reason: &reason }.to_frame());
                         }
