@@ -19,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod overlay;
 pub mod sites;
 
 use std::{

@@ -6,206 +6,16 @@
 //! recomputed and new connections go around it while connections through it
 //! fail with a clear error; a wrong key is refused.
 
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use xsock_testbed::{
-    Host, Testbed, require_root,
-    sites::{BOOT_IP, Policy, SiteSpec, Sites},
+    Host,
+    overlay::{Overlay, WAN_PORT},
+    require_root,
+    sites::{Policy, SiteSpec},
 };
 
 const XSOCK: &str = env!("CARGO_BIN_EXE_xsock");
-const BOOT_PORT: u16 = 7400;
-const WAN_PORT: u16 = 7402;
-const MESH_PORT: u16 = 7500;
-
-struct Overlay {
-    bed: Testbed,
-    sites: Sites,
-    dir: PathBuf,
-    key: PathBuf,
-    boot: String,
-    boot_pid: u32,
-    /// (relay name, host, pid)
-    relays: Vec<(String, Host, u32)>,
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("xsock-overlay-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-impl Overlay {
-    fn start(name: &str, specs: &[SiteSpec]) -> Overlay {
-        let bed = Testbed::new().unwrap();
-        let sites = Sites::build(&bed, specs).unwrap();
-        let dir = scratch(name);
-        let key = dir.join("cluster.key");
-        std::fs::write(&key, "test-cluster-key-0123456789abcdef\n").unwrap();
-        let boot = format!("{BOOT_IP}:{BOOT_PORT}");
-        let b = sites.boot.clone();
-        let boot_pid = bed.spawn_ready(&b, XSOCK, &["boot", "--listen", &boot, "--key-file", key.to_str().unwrap()], || {
-            b.listening(BOOT_PORT)
-        })
-        .unwrap();
-        let mut o = Overlay { bed, sites, dir, key, boot, boot_pid, relays: Vec::new() };
-        let all: Vec<(String, Host, Option<String>)> = o
-            .sites
-            .sites
-            .iter()
-            .flat_map(|s| {
-                s.relays.iter().enumerate().map(move |(r, h)| {
-                    let listens = matches!(s.spec.policy, Policy::Open | Policy::HubOnly);
-                    (
-                        format!("{}-x{r}", s.spec.name),
-                        h.clone(),
-                        listens.then(|| format!("{}:{WAN_PORT}", s.relay_ip(r))),
-                    )
-                })
-            })
-            .collect();
-        for (name, host, wan) in all {
-            let pid = o.start_relay(&name, &host, wan.as_deref());
-            o.relays.push((name, host, pid));
-        }
-        o
-    }
-
-    fn status_path(&self, relay: &str) -> PathBuf {
-        self.dir.join(format!("{relay}.json"))
-    }
-
-    fn start_relay(&self, name: &str, host: &Host, wan: Option<&str>) -> u32 {
-        let status = self.status_path(name);
-        let mut args = vec![
-            "relay",
-            "--boot",
-            &self.boot,
-            "--key-file",
-            self.key.to_str().unwrap(),
-            "--name",
-            name,
-            "--lan-iface",
-            "eth0",
-            "--status-file",
-            status.to_str().unwrap(),
-            "--status-interval",
-            "20ms",
-        ];
-        if let Some(w) = wan {
-            args.extend(["--wan-listen", w]);
-        }
-        self.bed.spawn_ready(host, XSOCK, &args, || Ok(status.exists())).unwrap()
-    }
-
-    fn status(&self, relay: &str) -> Value {
-        let text = std::fs::read_to_string(self.status_path(relay)).unwrap_or_default();
-        serde_json::from_str(&text).unwrap_or(Value::Null)
-    }
-
-    /// Waits until every live relay has a route to every other live relay;
-    /// returns how long that took.
-    fn converge(&self, live: &[&str], within: Duration) -> Duration {
-        let t = Instant::now();
-        loop {
-            let done = live.iter().all(|r| {
-                let st = self.status(r);
-                let routes: Vec<&str> = st["routes"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|x| x["relay"].as_str()).collect())
-                    .unwrap_or_default();
-                live.iter().filter(|o| *o != r).all(|o| routes.contains(o))
-            });
-            if done {
-                return t.elapsed();
-            }
-            assert!(t.elapsed() < within, "routes did not converge in {within:?}: {}", self.dump(live));
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn dump(&self, relays: &[&str]) -> String {
-        relays.iter().map(|r| format!("\n{r}: {}", self.status(r))).collect()
-    }
-
-    fn relay_logs(&self) -> String {
-        self.relays.iter().map(|(n, _, pid)| format!("\n--- {n}:\n{}", self.bed.log_tail(*pid, 12))).collect()
-    }
-
-    fn relay_names(&self) -> Vec<String> {
-        self.relays.iter().map(|(n, _, _)| n.clone()).collect()
-    }
-
-    /// Endpoint hosts with their names.
-    fn endpoints(&self) -> Vec<(String, Host)> {
-        self.sites
-            .sites
-            .iter()
-            .flat_map(|s| s.hosts.iter().enumerate().map(move |(k, h)| (format!("{}h{k}", s.spec.name), h.clone())))
-            .collect()
-    }
-
-    /// Runs `xsock mesh` on every endpoint host at once against `peers`;
-    /// returns each one's JSON report.
-    fn mesh(&self, hosts: &[(String, Host)], peers: &[(String, Host)], bytes: usize) -> Vec<Value> {
-        let list: Vec<String> = peers.iter().map(|(n, _)| format!("{n}-0:{MESH_PORT}")).collect();
-        let list = list.join(",");
-        let start_at = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() + 3000)
-            .to_string();
-        let (port, bytes) = (MESH_PORT.to_string(), bytes.to_string());
-        let key = self.key.to_str().unwrap();
-        std::thread::scope(|sc| {
-            let runs: Vec<_> = hosts
-                .iter()
-                .map(|(n, h)| {
-                    let args = [
-                        "mesh",
-                        "--iface",
-                        "eth0",
-                        "--boot",
-                        &self.boot,
-                        "--key-file",
-                        key,
-                        "--name",
-                        n,
-                        "--port",
-                        &port,
-                        "--peers",
-                        &list,
-                        "--bytes",
-                        &bytes,
-                        "--start-at",
-                        &start_at,
-                        "--linger",
-                        "3s",
-                    ];
-                    let mut cmd = h.command(XSOCK, &args);
-                    sc.spawn(move || cmd.output().unwrap())
-                })
-                .collect();
-            runs.into_iter()
-                .map(|r| {
-                    let out = r.join().unwrap();
-                    let text = String::from_utf8_lossy(&out.stdout).to_string();
-                    serde_json::from_str(text.lines().next().unwrap_or("")).unwrap_or_else(|_| {
-                        panic!("mesh printed no report ({}): {}", out.status, String::from_utf8_lossy(&out.stderr))
-                    })
-                })
-                .collect()
-        })
-    }
-}
-
-impl Drop for Overlay {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn seven_lans() -> Vec<SiteSpec> {
     let s = |name, policy, relays| SiteSpec { name, policy, relays, hosts: 2 };
@@ -223,7 +33,7 @@ fn seven_lans() -> Vec<SiteSpec> {
 #[test]
 fn every_pair_of_endpoints_across_firewalls_and_nat_connects() {
     require_root!();
-    let o = Overlay::start("pairs", &seven_lans());
+    let o = Overlay::start(XSOCK, "pairs", &seven_lans());
     let relays = o.relay_names();
     let refs: Vec<&str> = relays.iter().map(String::as_str).collect();
     let took = o.converge(&refs, Duration::from_secs(20));
@@ -275,7 +85,7 @@ fn next_hop(o: &Overlay, from: &str, to: &str) -> Option<String> {
 #[test]
 fn a_killed_relay_is_routed_around_and_its_connections_fail_clearly() {
     require_root!();
-    let o = Overlay::start("kill", &three_lans());
+    let o = Overlay::start(XSOCK, "kill", &three_lans());
     let relays = o.relay_names();
     let refs: Vec<&str> = relays.iter().map(String::as_str).collect();
     o.converge(&refs, Duration::from_secs(20));
@@ -295,10 +105,29 @@ fn a_killed_relay_is_routed_around_and_its_connections_fail_clearly() {
     // A long ping through sp1-x0 -> hub-x? -> sp2-x0.
     let client = o
         .bed
-        .spawn(&sp1.hosts[0], XSOCK, &[
-            "ping", "--iface", "eth0", "--connect", "sp2h0:7600", "--boot", &o.boot, "--name", "sp1h0", "--key-file",
-            key, "--count", "100000000", "--warmup", "0", "--poll", "sleep",
-        ])
+        .spawn(
+            &sp1.hosts[0],
+            XSOCK,
+            &[
+                "ping",
+                "--iface",
+                "eth0",
+                "--connect",
+                "sp2h0:7600",
+                "--boot",
+                &o.boot,
+                "--name",
+                "sp1h0",
+                "--key-file",
+                key,
+                "--count",
+                "100000000",
+                "--warmup",
+                "0",
+                "--poll",
+                "sleep",
+            ],
+        )
         .unwrap();
     let t = Instant::now();
     while o.status("sp1-x0")["counters"]["vcs_opened"].as_u64().unwrap_or(0) == 0 {
@@ -334,10 +163,27 @@ fn a_killed_relay_is_routed_around_and_its_connections_fail_clearly() {
     // New connections succeed through the remaining hub relay.
     let t = Instant::now();
     let out = sp1.hosts[1]
-        .command(XSOCK, &[
-            "ping", "--iface", "eth0", "--connect", "sp2h0:7600", "--boot", &o.boot, "--name", "sp1h1", "--key-file",
-            key, "--count", "100", "--warmup", "10", "--json",
-        ])
+        .command(
+            XSOCK,
+            &[
+                "ping",
+                "--iface",
+                "eth0",
+                "--connect",
+                "sp2h0:7600",
+                "--boot",
+                &o.boot,
+                "--name",
+                "sp1h1",
+                "--key-file",
+                key,
+                "--count",
+                "100",
+                "--warmup",
+                "10",
+                "--json",
+            ],
+        )
         .output()
         .unwrap();
     assert!(out.status.success(), "new connection failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -348,10 +194,24 @@ fn a_killed_relay_is_routed_around_and_its_connections_fail_clearly() {
     );
     // A port nobody listens on is refused by the relays, with the reason.
     let out = sp1.hosts[1]
-        .command(XSOCK, &[
-            "ping", "--iface", "eth0", "--connect", "sp2h0:7999", "--boot", &o.boot, "--name", "sp1h1b", "--key-file",
-            key, "--count", "10",
-        ])
+        .command(
+            XSOCK,
+            &[
+                "ping",
+                "--iface",
+                "eth0",
+                "--connect",
+                "sp2h0:7999",
+                "--boot",
+                &o.boot,
+                "--name",
+                "sp1h1b",
+                "--key-file",
+                key,
+                "--count",
+                "10",
+            ],
+        )
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -361,17 +221,29 @@ fn a_killed_relay_is_routed_around_and_its_connections_fail_clearly() {
 #[test]
 fn a_node_with_a_wrong_key_is_refused() {
     require_root!();
-    let o = Overlay::start("key", &three_lans()[..2]);
+    let o = Overlay::start(XSOCK, "key", &three_lans()[..2]);
     let wrong = o.dir.join("wrong.key");
     std::fs::write(&wrong, "not-the-cluster-key-0123456789").unwrap();
     let sp1 = &o.sites.sites[1];
     // A relay with the wrong key: refused by the bootstrap server, exits with the reason.
     let status = o.dir.join("bad.json");
     let out = sp1.hosts[0]
-        .command(XSOCK, &[
-            "relay", "--boot", &o.boot, "--key-file", wrong.to_str().unwrap(), "--name", "bad", "--lan-iface", "eth0",
-            "--status-file", status.to_str().unwrap(),
-        ])
+        .command(
+            XSOCK,
+            &[
+                "relay",
+                "--boot",
+                &o.boot,
+                "--key-file",
+                wrong.to_str().unwrap(),
+                "--name",
+                "bad",
+                "--lan-iface",
+                "eth0",
+                "--status-file",
+                status.to_str().unwrap(),
+            ],
+        )
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -379,10 +251,22 @@ fn a_node_with_a_wrong_key_is_refused() {
     assert!(!sp1.hosts[0].has_xdp("eth0").unwrap(), "the refused relay left its XDP program");
     // An endpoint with the wrong key: the same.
     let out = sp1.hosts[1]
-        .command(XSOCK, &[
-            "ping", "--iface", "eth0", "--connect", "hubh0:7600", "--boot", &o.boot, "--name", "sp1h1", "--key-file",
-            wrong.to_str().unwrap(),
-        ])
+        .command(
+            XSOCK,
+            &[
+                "ping",
+                "--iface",
+                "eth0",
+                "--connect",
+                "hubh0:7600",
+                "--boot",
+                &o.boot,
+                "--name",
+                "sp1h1",
+                "--key-file",
+                wrong.to_str().unwrap(),
+            ],
+        )
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

@@ -57,6 +57,11 @@ pub struct Mesh {
     /// Start connecting at this Unix time in milliseconds.
     #[arg(long)]
     start_at: Option<u64>,
+    /// Instead of one round: connect to the peers in turn, one at a time,
+    /// for this long, printing one JSON line per attempt (time, ok, error):
+    /// for measuring recovery after a relay dies.
+    #[arg(long, value_parser = parse_duration)]
+    probe: Option<Duration>,
     /// Keep serving this long after our own connections are done.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     linger: Duration,
@@ -208,6 +213,9 @@ impl Mesh {
                 std::thread::sleep(Duration::from_millis(at - now));
             }
         }
+        if let Some(d) = self.probe {
+            return probe(nodes[0].as_ref(), &own[0], &peers, self.bytes, d);
+        }
         let start_ns = unix_ns();
         let t0 = Instant::now();
         let results: Arc<Mutex<Vec<Done>>> = Arc::default();
@@ -264,6 +272,30 @@ impl Mesh {
         std::thread::sleep(self.linger);
         if rep.failed.is_empty() { Ok(()) } else { Err(Fail::msg(format!("{} exchanges failed", rep.failed.len()))) }
     }
+}
+
+fn probe(node: Option<&Node>, me: &str, peers: &[String], bytes: usize, d: Duration) -> Result<(), Fail> {
+    if peers.is_empty() {
+        return Err(Fail::msg("--probe needs at least one peer"));
+    }
+    let end = Instant::now() + d;
+    let mut out = std::io::stdout().lock();
+    for to in peers.iter().cycle() {
+        if Instant::now() >= end {
+            break;
+        }
+        let t = unix_ns();
+        let r = exchange(node, &Job { from: me.to_owned(), to: to.clone() }, bytes);
+        let line = match r {
+            Ok(o) => serde_json::json!({"t_ns": t, "to": to, "ok": true, "us": o.total.as_micros() as u64}),
+            Err(e) => serde_json::json!({"t_ns": t, "to": to, "ok": false, "error": e}),
+        };
+        writeln!(out, "{line}")?;
+        out.flush()?;
+        // One attempt per millisecond at most: a failing connect is quick.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
 }
 
 fn exchange(node: Option<&Node>, job: &Job, bytes: usize) -> Result<Outcome, String> {

@@ -5,8 +5,18 @@ use std::{collections::HashMap, path::PathBuf};
 use super::{Relay, Settings};
 use crate::fail::Fail;
 
-const KEYS: &[&str] =
-    &["boot", "key-file", "name", "lan-iface", "wan-listen", "wan-advertise", "serve-port", "status-file", "status-interval", "window"];
+const KEYS: &[&str] = &[
+    "boot",
+    "key-file",
+    "name",
+    "lan-iface",
+    "wan-listen",
+    "wan-advertise",
+    "serve-port",
+    "status-file",
+    "status-interval",
+    "window",
+];
 
 /// Parses `key = value` lines (`#` starts a comment); an unknown key or a
 /// line without `=` is an error naming the line and the valid keys.
@@ -61,7 +71,9 @@ pub fn settings(r: &Relay) -> Result<Settings, Fail> {
         status_file: value(&file, "status-file", r.status_file.clone())?,
         status_interval: match (r.status_interval, file.get("status-interval")) {
             (Some(d), _) => d,
-            (None, Some(v)) => crate::args::parse_duration(v).map_err(|e| Fail::msg(format!("config key status-interval: {e}")))?,
+            (None, Some(v)) => {
+                crate::args::parse_duration(v).map_err(|e| Fail::msg(format!("config key status-interval: {e}")))?
+            }
             (None, None) => std::time::Duration::from_millis(500),
         },
         window: value(&file, "window", r.window)?.unwrap_or(4 << 20),

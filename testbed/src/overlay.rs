@@ -1,0 +1,221 @@
+//! A running relay overlay on [`crate::sites`]: `xsock boot` on the WAN,
+//! `xsock relay` on every relay host, status files to watch, and `xsock
+//! mesh` runs on endpoint hosts. Used by the overlay tests and the relay
+//! benchmarks.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{
+    Host, Testbed,
+    sites::{BOOT_IP, Policy, SiteSpec, Sites},
+};
+
+/// Port of the bootstrap server.
+pub const BOOT_PORT: u16 = 7400;
+/// Port relays accept relay links on.
+pub const WAN_PORT: u16 = 7402;
+/// First port of `xsock mesh` endpoints.
+pub const MESH_PORT: u16 = 7500;
+
+/// Running overlay: the sites, the bootstrap server and the relays.
+pub struct Overlay {
+    /// See the type.
+    pub bed: Testbed,
+    /// See the type.
+    pub sites: Sites,
+    /// See the type.
+    pub dir: PathBuf,
+    /// See the type.
+    pub key: PathBuf,
+    /// See the type.
+    pub boot: String,
+    /// See the type.
+    pub boot_pid: u32,
+    xsock: String,
+    /// (relay name, host, pid)
+    pub relays: Vec<(String, Host, u32)>,
+}
+
+/// A fresh scratch directory.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("xsock-overlay-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+impl Overlay {
+    /// Builds `specs`, starts `xsock boot` and a relay per relay host
+    /// (listening for relay links where the router lets them in).
+    pub fn start(xsock: &str, name: &str, specs: &[SiteSpec]) -> Overlay {
+        let bed = Testbed::new().unwrap();
+        let sites = Sites::build(&bed, specs).unwrap();
+        let dir = scratch(name);
+        let key = dir.join("cluster.key");
+        std::fs::write(&key, "test-cluster-key-0123456789abcdef\n").unwrap();
+        let boot = format!("{BOOT_IP}:{BOOT_PORT}");
+        let b = sites.boot.clone();
+        let boot_pid = bed
+            .spawn_ready(&b, xsock, &["boot", "--listen", &boot, "--key-file", key.to_str().unwrap()], || {
+                b.listening(BOOT_PORT)
+            })
+            .unwrap();
+        let mut o = Overlay { bed, sites, dir, key, boot, boot_pid, relays: Vec::new(), xsock: xsock.to_owned() };
+        let all: Vec<(String, Host, Option<String>)> = o
+            .sites
+            .sites
+            .iter()
+            .flat_map(|s| {
+                s.relays.iter().enumerate().map(move |(r, h)| {
+                    let listens = matches!(s.spec.policy, Policy::Open | Policy::HubOnly);
+                    (
+                        format!("{}-x{r}", s.spec.name),
+                        h.clone(),
+                        listens.then(|| format!("{}:{WAN_PORT}", s.relay_ip(r))),
+                    )
+                })
+            })
+            .collect();
+        for (name, host, wan) in all {
+            let pid = o.start_relay(&name, &host, wan.as_deref());
+            o.relays.push((name, host, pid));
+        }
+        o
+    }
+
+    /// See the module documentation.
+    pub fn status_path(&self, relay: &str) -> PathBuf {
+        self.dir.join(format!("{relay}.json"))
+    }
+
+    /// See the module documentation.
+    pub fn start_relay(&self, name: &str, host: &Host, wan: Option<&str>) -> u32 {
+        let status = self.status_path(name);
+        let mut args = vec![
+            "relay",
+            "--boot",
+            &self.boot,
+            "--key-file",
+            self.key.to_str().unwrap(),
+            "--name",
+            name,
+            "--lan-iface",
+            "eth0",
+            "--status-file",
+            status.to_str().unwrap(),
+            "--status-interval",
+            "20ms",
+        ];
+        if let Some(w) = wan {
+            args.extend(["--wan-listen", w]);
+        }
+        self.bed.spawn_ready(host, &self.xsock, &args, || Ok(status.exists())).unwrap()
+    }
+
+    /// See the module documentation.
+    pub fn status(&self, relay: &str) -> Value {
+        let text = std::fs::read_to_string(self.status_path(relay)).unwrap_or_default();
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    /// Waits until every live relay has a route to every other live relay;
+    /// returns how long that took.
+    /// See the module documentation.
+    pub fn converge(&self, live: &[&str], within: Duration) -> Duration {
+        let t = Instant::now();
+        loop {
+            let done = live.iter().all(|r| {
+                let st = self.status(r);
+                let routes: Vec<&str> = st["routes"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|x| x["relay"].as_str()).collect())
+                    .unwrap_or_default();
+                live.iter().filter(|o| *o != r).all(|o| routes.contains(o))
+            });
+            if done {
+                return t.elapsed();
+            }
+            assert!(t.elapsed() < within, "routes did not converge in {within:?}: {}", self.dump(live));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// See the module documentation.
+    pub fn dump(&self, relays: &[&str]) -> String {
+        relays.iter().map(|r| format!("\n{r}: {}", self.status(r))).collect()
+    }
+
+    /// See the module documentation.
+    pub fn relay_logs(&self) -> String {
+        self.relays.iter().map(|(n, _, pid)| format!("\n--- {n}:\n{}", self.bed.log_tail(*pid, 12))).collect()
+    }
+
+    /// See the module documentation.
+    pub fn relay_names(&self) -> Vec<String> {
+        self.relays.iter().map(|(n, _, _)| n.clone()).collect()
+    }
+
+    /// Endpoint hosts with their names.
+    /// See the module documentation.
+    pub fn endpoints(&self) -> Vec<(String, Host)> {
+        self.sites
+            .sites
+            .iter()
+            .flat_map(|s| s.hosts.iter().enumerate().map(move |(k, h)| (format!("{}h{k}", s.spec.name), h.clone())))
+            .collect()
+    }
+
+    /// Runs `xsock mesh` on every endpoint host at once against `peers`;
+    /// returns each one's JSON report.
+    /// Runs `xsock mesh` (one endpoint each) on `hosts` at once against
+    /// `peers`; returns each one's JSON report.
+    pub fn mesh(&self, hosts: &[(String, Host)], peers: &[(String, Host)], bytes: usize) -> Vec<Value> {
+        let list: Vec<String> = peers.iter().map(|(n, _)| format!("{n}-0:{MESH_PORT}")).collect();
+        self.mesh_with(hosts, &list.join(","), &["--bytes", &bytes.to_string()], true)
+    }
+
+    /// Runs `xsock mesh ARGS` on every host at once, starting together
+    /// 3 s from now; with `overlay`, joined as the host's name.
+    pub fn mesh_with(&self, hosts: &[(String, Host)], peers: &str, extra: &[&str], overlay: bool) -> Vec<Value> {
+        let start_at =
+            (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() + 3000)
+                .to_string();
+        let port = MESH_PORT.to_string();
+        let key = self.key.to_str().expect("utf-8 path");
+        std::thread::scope(|sc| {
+            let runs: Vec<_> = hosts
+                .iter()
+                .map(|(n, h)| {
+                    let mut args =
+                        vec!["mesh", "--port", &port, "--peers", peers, "--start-at", &start_at, "--linger", "3s"];
+                    if overlay {
+                        args.extend(["--iface", "eth0", "--boot", &self.boot, "--key-file", key, "--name", n]);
+                    }
+                    args.extend_from_slice(extra);
+                    let mut cmd = h.command(&self.xsock, &args);
+                    sc.spawn(move || cmd.output())
+                })
+                .collect();
+            runs.into_iter()
+                .map(|r| {
+                    let out = r.join().expect("no panic").expect("mesh runs");
+                    let text = String::from_utf8_lossy(&out.stdout).to_string();
+                    serde_json::from_str(text.lines().next().unwrap_or("")).unwrap_or_else(|_| {
+                        panic!("mesh printed no report ({}): {}", out.status, String::from_utf8_lossy(&out.stderr))
+                    })
+                })
+                .collect()
+        })
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
