@@ -487,6 +487,12 @@ impl Datapath {
     /// at once) or sleep in poll(2) over every queue and the waker until a
     /// frame, a wake-up, the next timer, or `max` — whichever is first.
     pub fn idle(&mut self, max: Option<Duration>) -> io::Result<()> {
+        self.idle_with(max, &[])
+    }
+
+    /// [`Datapath::idle`] that also ends when one of `extra` is readable
+    /// (an event loop's other sockets).
+    pub fn idle_with(&mut self, max: Option<Duration>, extra: &[std::os::fd::BorrowedFd<'_>]) -> io::Result<()> {
         let spin = match self.mode {
             PollMode::Busy => {
                 std::hint::spin_loop();
@@ -513,6 +519,7 @@ impl Datapath {
         let mut interests: Vec<Interest<'_>> =
             self.ports.iter().map(|p| Interest { fd: p.device.readiness_fd(), read: true, write: false }).collect();
         interests.push(Interest { fd: self.waker.fd(), read: true, write: false });
+        interests.extend(extra.iter().map(|&fd| Interest { fd, read: true, write: false }));
         poll_fds(&interests, timeout)?;
         self.waker.clear();
         Ok(())

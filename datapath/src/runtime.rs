@@ -35,6 +35,11 @@ pub enum Driving {
     /// The application's own thread, inside every blocking call and in
     /// [`Runtime::poll`]: the lowest-latency way, one core per process.
     Inline,
+    /// One application thread drives, by calling [`Runtime::poll`] and
+    /// [`Runtime::idle`] in its own event loop (a relay's); blocking calls
+    /// on other threads never drive, they wait to be notified. The driving
+    /// thread must not make blocking calls itself.
+    Loop,
 }
 
 /// Builds a [`Runtime`].
@@ -321,6 +326,7 @@ impl RuntimeBuilder {
         let engine = match self.driving {
             Driving::Thread => Engine::Thread(dp.spawn("xsock-datapath")?),
             Driving::Inline => Engine::Inline(Mutex::new(dp)),
+            Driving::Loop => Engine::Loop(Mutex::new(dp)),
         };
         Ok(Some(LinkCore {
             shared,
@@ -388,6 +394,8 @@ impl RuntimeBuilder {
 pub(crate) enum Engine {
     Thread(DatapathThread),
     Inline(Mutex<Datapath>),
+    /// Driven by one application loop ([`Driving::Loop`]).
+    Loop(Mutex<Datapath>),
 }
 
 pub(crate) struct LinkCore {
@@ -424,7 +432,7 @@ impl Drop for Inner {
             ep.connection_ids().filter(|&c| ep.connection(c).is_some_and(|c| c.close_reason().is_none())).count()
         };
         let drive = || match &link.engine {
-            Engine::Inline(dp) => {
+            Engine::Inline(dp) | Engine::Loop(dp) => {
                 let _ = dp.lock().unwrap_or_else(|p| p.into_inner()).poll();
             }
             Engine::Thread(_) => {
@@ -513,7 +521,9 @@ impl Runtime {
     /// returns how much work it did. With a datapath thread: returns 0.
     pub fn poll(&self) -> Result<usize, Error> {
         match self.inner.link.as_ref().map(|l| &l.engine) {
-            Some(Engine::Inline(dp)) => dp.lock().unwrap_or_else(|p| p.into_inner()).poll().map_err(Error::Io),
+            Some(Engine::Inline(dp) | Engine::Loop(dp)) => {
+                dp.lock().unwrap_or_else(|p| p.into_inner()).poll().map_err(Error::Io)
+            }
             _ => Ok(0),
         }
     }
@@ -527,7 +537,9 @@ impl Runtime {
     /// returns at once when busy-polling.
     pub fn idle(&self, max: Option<Duration>) -> Result<(), Error> {
         match self.inner.link.as_ref().map(|l| &l.engine) {
-            Some(Engine::Inline(dp)) => dp.lock().unwrap_or_else(|p| p.into_inner()).idle(max).map_err(Error::Io),
+            Some(Engine::Inline(dp) | Engine::Loop(dp)) => {
+                dp.lock().unwrap_or_else(|p| p.into_inner()).idle(max).map_err(Error::Io)
+            }
             _ if self.inner.poll == PollMode::Busy => Ok(()),
             _ => {
                 let seen = self.inner.notifier.generation();
@@ -537,10 +549,42 @@ impl Runtime {
         }
     }
 
+    /// For the driving loop of [`Driving::Loop`] (or inline): like
+    /// [`Runtime::idle`], also ending when one of `extra` is readable.
+    pub fn idle_with(&self, max: Option<Duration>, extra: &[std::os::fd::BorrowedFd<'_>]) -> Result<(), Error> {
+        match self.inner.link.as_ref().map(|l| &l.engine) {
+            Some(Engine::Inline(dp) | Engine::Loop(dp)) => {
+                dp.lock().unwrap_or_else(|p| p.into_inner()).idle_with(max, extra).map_err(Error::Io)
+            }
+            _ => self.idle(max),
+        }
+    }
+
+    /// A mark of the runtime's activity so far (frames handled, wake-ups):
+    /// read it *before* checking for work, then wait with
+    /// [`Runtime::wait_for_activity`] so that nothing arriving in between
+    /// is slept through.
+    pub fn activity(&self) -> u64 {
+        self.inner.notifier.generation()
+    }
+
+    /// With a datapath thread: sleeps until there has been activity since
+    /// `since` (a frame, a [`Runtime::wake`]) or `max` passes; returns at
+    /// once if there has been. Inline: like [`Runtime::idle`].
+    pub fn wait_for_activity(&self, since: u64, max: Duration) -> Result<(), Error> {
+        match self.inner.link.as_ref().map(|l| &l.engine) {
+            Some(Engine::Inline(_)) => self.idle(Some(max)),
+            _ => {
+                self.inner.notifier.wait_past(since, max);
+                Ok(())
+            }
+        }
+    }
+
     /// Counters of the datapath's queues (empty without an interface).
     pub fn queue_stats(&self) -> Vec<crate::QueueStats> {
         match self.inner.link.as_ref().map(|l| &l.engine) {
-            Some(Engine::Inline(dp)) => dp.lock().unwrap_or_else(|p| p.into_inner()).stats(),
+            Some(Engine::Inline(dp) | Engine::Loop(dp)) => dp.lock().unwrap_or_else(|p| p.into_inner()).stats(),
             Some(Engine::Thread(t)) => t.call(|dp| dp.stats()).unwrap_or_default(),
             None => Vec::new(),
         }
@@ -564,11 +608,13 @@ impl Runtime {
         let Some(l) = &self.inner.link else { return };
         let Some((_, id)) = &l.tcp else { return };
         match &l.engine {
-            Engine::Inline(dp) => {
-                if let Ok(mut dp) = dp.try_lock() {
+            Engine::Inline(dp) | Engine::Loop(dp) => match dp.try_lock() {
+                Ok(mut dp) => {
                     let _ = dp.poll_handler(*id);
                 }
-            }
+                // The driver holds it (perhaps asleep): wake it to send.
+                Err(_) => l.waker.wake(),
+            },
             Engine::Thread(_) => {
                 if self.inner.poll != PollMode::Busy {
                     l.waker.wake();
@@ -591,13 +637,15 @@ impl Runtime {
     pub(crate) fn kick(&self) {
         let Some(l) = &self.inner.link else { return };
         match &l.engine {
-            Engine::Inline(dp) => {
+            Engine::Inline(dp) | Engine::Loop(dp) => match dp.try_lock() {
                 // Only the link's transmissions: a whole pass would also
                 // receive, run timers and publish counters.
-                if let Ok(mut dp) = dp.try_lock() {
+                Ok(mut dp) => {
                     let _ = dp.poll_handler(l.handler);
                 }
-            }
+                // The driver holds it (perhaps asleep): wake it to send.
+                Err(_) => l.waker.wake(),
+            },
             Engine::Thread(_) => {
                 if self.inner.poll != PollMode::Busy {
                     l.waker.wake();

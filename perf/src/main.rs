@@ -8,11 +8,12 @@
 //! like.
 //!
 //! ```text
-//! xsock-perf foundation|link [--rounds N] [--xsock PATH] [--out DIR]
+//! xsock-perf foundation|link|relay [--rounds N] [--xsock PATH] [--out DIR]
 //! ```
 
 mod foundation;
 mod link;
+mod relay;
 mod suites_common;
 
 use std::{io, path::PathBuf};
@@ -26,7 +27,7 @@ struct Opts {
 
 fn parse_args() -> Result<Opts, String> {
     let mut args = std::env::args().skip(1);
-    let suite = args.next().ok_or("usage: xsock-perf foundation|link [--rounds N] [--xsock PATH] [--out DIR]")?;
+    let suite = args.next().ok_or("usage: xsock-perf foundation|link|relay [--rounds N] [--xsock PATH] [--out DIR]")?;
     let mut rounds = 5;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut xsock = exe.with_file_name("xsock");
@@ -63,7 +64,8 @@ fn main() {
     let r = match opts.suite.as_str() {
         "foundation" => foundation::run(&opts.xsock, opts.rounds),
         "link" => link::run(&opts.xsock, opts.rounds, &opts.out),
-        other => Err(io::Error::other(format!("unknown suite {other}; suites: foundation, link"))),
+        "relay" => relay::run(&opts.xsock, opts.rounds),
+        other => Err(io::Error::other(format!("unknown suite {other}; suites: foundation, link, relay"))),
     };
     if let Err(e) = r {
         eprintln!("xsock-perf: {e}");

@@ -37,6 +37,7 @@ pub struct Overlay {
     /// See the type.
     pub boot_pid: u32,
     xsock: String,
+    relay_flags: Vec<String>,
     /// (relay name, host, pid)
     pub relays: Vec<(String, Host, u32)>,
 }
@@ -53,6 +54,11 @@ impl Overlay {
     /// Builds `specs`, starts `xsock boot` and a relay per relay host
     /// (listening for relay links where the router lets them in).
     pub fn start(xsock: &str, name: &str, specs: &[SiteSpec]) -> Overlay {
+        Self::start_with(xsock, name, specs, &[])
+    }
+
+    /// [`Overlay::start`] with extra flags for every relay.
+    pub fn start_with(xsock: &str, name: &str, specs: &[SiteSpec], relay_flags: &[&str]) -> Overlay {
         let bed = Testbed::new().unwrap();
         let sites = Sites::build(&bed, specs).unwrap();
         let dir = scratch(name);
@@ -65,7 +71,7 @@ impl Overlay {
                 b.listening(BOOT_PORT)
             })
             .unwrap();
-        let mut o = Overlay { bed, sites, dir, key, boot, boot_pid, relays: Vec::new(), xsock: xsock.to_owned() };
+        let mut o = Overlay { bed, sites, dir, key, boot, boot_pid, relays: Vec::new(), xsock: xsock.to_owned(), relay_flags: relay_flags.iter().map(|f| f.to_string()).collect() };
         let all: Vec<(String, Host, Option<String>)> = o
             .sites
             .sites
@@ -114,6 +120,7 @@ impl Overlay {
         if let Some(w) = wan {
             args.extend(["--wan-listen", w]);
         }
+        args.extend(self.relay_flags.iter().map(String::as_str));
         self.bed.spawn_ready(host, &self.xsock, &args, || Ok(status.exists())).unwrap()
     }
 

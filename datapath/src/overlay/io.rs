@@ -55,19 +55,17 @@ impl FrameIo for Stream {
         let rt = self.runtime().clone();
         let mut got = 0;
         while got < buf.len() {
-            // Inline driving: nobody else moves the frames.
-            rt.poll()?;
-            match self.try_recv(&mut buf[got..]) {
-                Ok(0) => return Err(Error::ConnectionReset("the peer closed the connection".into())),
-                Ok(n) => got += n,
-                Err(Error::WouldBlock) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return Err(timed_out("overlay peer"));
-                    }
-                    rt.idle(Some((deadline - now).min(Duration::from_millis(5))))?;
-                }
-                Err(e) => return Err(e),
+            // Drives the datapath where this thread may (inline), waits to
+            // be notified where another thread drives it.
+            let r = rt.wait_until(Some(deadline), || match self.try_recv(&mut buf[got..]) {
+                Ok(0) => Err(Error::ConnectionReset("the peer closed the connection".into())),
+                Ok(n) => Ok(Some(n)),
+                Err(Error::WouldBlock) => Ok(None),
+                Err(e) => Err(e),
+            })?;
+            match r {
+                Some(n) => got += n,
+                None => return Err(timed_out("overlay peer")),
             }
         }
         Ok(())

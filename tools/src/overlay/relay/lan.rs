@@ -9,28 +9,16 @@ use std::{
 };
 
 use xsock::{
-    ConnectOptions, Listener, Runtime, Stream, Transport,
+    ConnectOptions, Runtime, Stream, Transport,
     overlay::{Key, Role, authenticate, recv_frame, send_msg},
 };
 use xsock_overlay::{NodeId, relay::LocalId, wire::Msg};
 
 use super::shell::{Event, Notify};
 
-/// Accepts endpoints' streams until the process ends.
-pub fn spawn_accept(listener: Listener, key: Key, name: String, tx: Notify) {
-    let _ = std::thread::Builder::new().name("lan-accept".into()).spawn(move || {
-        loop {
-            let s = match listener.accept() {
-                Ok(s) => s,
-                Err(e) => {
-                    log::error!("the LAN listener failed: {e}");
-                    return;
-                }
-            };
-            let (key, name, tx) = (key.clone(), name.clone(), tx.clone());
-            let _ = std::thread::Builder::new().name("lan-hs".into()).spawn(move || admit(s, &key, &name, &tx));
-        }
-    });
+/// Runs the handshake of an endpoint's new stream on a helper thread.
+pub fn spawn_admit(s: Stream, key: Key, name: String, tx: Notify) {
+    let _ = std::thread::Builder::new().name("lan-hs".into()).spawn(move || admit(s, &key, &name, &tx));
 }
 
 fn admit(mut s: Stream, key: &Key, name: &str, tx: &Notify) {

@@ -32,7 +32,7 @@ use crate::fail::Fail;
 pub struct Relay {
     /// A config file of `key = value` lines (keys as the long flags without
     /// dashes: boot, key-file, name, lan-iface, wan-listen, wan-advertise,
-    /// serve-port, status-file, status-interval, window); flags override it.
+    /// serve-port, status-file, status-interval, window, spin); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
     /// The bootstrap server.
@@ -68,6 +68,11 @@ pub struct Relay {
     /// End-to-end credit window per virtual connection, bytes.
     #[arg(long)]
     window: Option<u32>,
+    /// Poll after work for this long before sleeping (0: sleep at once,
+    /// kind to a machine with few cores; more: lower latency when the relay
+    /// has a core to itself).
+    #[arg(long, value_parser = crate::args::parse_duration)]
+    spin: Option<Duration>,
 }
 
 /// Everything the relay runs with, flags and config file merged.
@@ -83,6 +88,7 @@ pub struct Settings {
     pub status_file: Option<PathBuf>,
     pub status_interval: Duration,
     pub window: u32,
+    pub spin: Duration,
 }
 
 impl Relay {
@@ -92,7 +98,8 @@ impl Relay {
         let key = key_from(Some(&s.key_file))?;
         let rt = Runtime::builder()
             .interface(&s.lan_iface)
-            .poll_mode(xsock::PollMode::default())
+            .driving(xsock::Driving::Loop)
+            .poll_mode(if s.spin.is_zero() { xsock::PollMode::Sleep } else { xsock::PollMode::Adaptive { spin: s.spin } })
             .send_buffer(1 << 20)
             .recv_buffer(1 << 20)
             .build()?;

@@ -9,6 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::os::fd::AsFd;
+
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use xsock::{Error, Listener, Runtime, Stream, overlay::Key};
 use xsock_overlay::{
@@ -30,10 +32,6 @@ pub enum Event {
     LinkUp { stream: TcpStream, peer: NodeId, name: String, initiated: bool },
     /// Dialling a relay failed.
     DialFailed { peer: NodeId, why: String },
-    /// Bytes from a relay link.
-    LinkBytes { link: LinkId, bytes: Vec<u8> },
-    /// A relay link ended.
-    LinkClosed { link: LinkId },
     /// The bootstrap server's directory.
     Directory(Vec<Entry>),
     /// The bootstrap session ended.
@@ -114,8 +112,8 @@ pub fn run(setup: Setup) -> Result<(), Fail> {
     if let Some(l) = wan_listener {
         wan::spawn_accept(l, ident.clone(), notify.clone());
     }
-    lan::spawn_accept(lan_listener, key.clone(), settings.name.clone(), notify.clone());
     let mut st = State {
+        lan_listener,
         core,
         rt,
         key,
@@ -132,10 +130,14 @@ pub fn run(setup: Setup) -> Result<(), Fail> {
         clock,
     };
     let mut last_work = Instant::now();
+    let spin = settings.spin;
     let mut last_status = Instant::now();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let mut work = st.drain_events(&rx);
+        let mut work = st.rt.poll()? > 0;
+        work |= st.accept_lan();
+        work |= st.read_links(&mut buf);
+        work |= st.drain_events(&rx);
         work |= st.serve_locals(&mut buf);
         work |= st.run_actions();
         work |= st.transmit();
@@ -153,11 +155,15 @@ pub fn run(setup: Setup) -> Result<(), Fail> {
         }
         if work {
             last_work = Instant::now();
-        } else if last_work.elapsed() < Duration::from_micros(200) {
-            std::hint::spin_loop();
+        } else if last_work.elapsed() < spin {
+            // Stay on the CPU a little after work, but let the datapath
+            // thread and other processes run: a spinning relay on a busy
+            // machine delays the very wake-ups it waits for.
+            std::thread::yield_now();
         } else {
             let until = st.core.poll_timeout().saturating_sub(st.clock.now());
-            st.rt.idle(Some(until.clamp(Duration::from_micros(50), Duration::from_millis(5))))?;
+            let fds: Vec<std::os::fd::BorrowedFd<'_>> = st.links.values().map(|l| l.w.as_fd()).collect();
+            st.rt.idle_with(Some(until.clamp(Duration::from_micros(50), Duration::from_millis(50))), &fds)?;
         }
     }
 }
@@ -187,6 +193,7 @@ fn spawn_boot_reader(mut boot: TcpStream, tx: Notify) {
 }
 
 struct State {
+    lan_listener: Listener,
     core: RelayCore,
     rt: Runtime,
     key: Key,
@@ -205,6 +212,60 @@ struct State {
 }
 
 impl State {
+    /// Takes endpoints' new streams; each one's handshake runs on a helper.
+    fn accept_lan(&mut self) -> bool {
+        let mut any = false;
+        while let Ok(s) = self.lan_listener.try_accept() {
+            any = true;
+            lan::spawn_admit(s, self.key.clone(), self.name.clone(), self.notify.clone());
+        }
+        any
+    }
+
+    /// Reads what the relay links have (non-blocking sockets).
+    fn read_links(&mut self, buf: &mut [u8]) -> bool {
+        let now = self.clock.now();
+        let mut any = false;
+        let mut gone = Vec::new();
+        for (&link, l) in self.links.iter_mut() {
+            loop {
+                match l.w.read(buf) {
+                    Ok(0) => {
+                        gone.push(link);
+                        break;
+                    }
+                    Ok(n) => {
+                        any = true;
+                        l.bytes_in += n as u64;
+                        l.rd.push(&buf[..n]);
+                        if !feed(&mut self.core, now, link, l) {
+                            gone.push(link);
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        gone.push(link);
+                        break;
+                    }
+                }
+            }
+        }
+        for link in gone {
+            if let Some(l) = self.links.remove(&link) {
+                log::warn!("link {link} to relay {} ({}) went down", l.name, l.peer);
+                let _ = l.w.shutdown(std::net::Shutdown::Both);
+            }
+            self.core.handle_link_down(now, link);
+            any = true;
+        }
+        if any {
+            self.dial();
+        }
+        any
+    }
+
     fn drain_events(&mut self, rx: &Receiver<Event>) -> bool {
         let mut any = false;
         while let Ok(ev) = rx.try_recv() {
@@ -222,7 +283,6 @@ impl State {
                     d.busy = false;
                     d.backoff = Duration::from_secs(1);
                 }
-                let Ok(reader) = stream.try_clone() else { return };
                 if stream.set_nonblocking(true).is_err() {
                     return;
                 }
@@ -232,7 +292,6 @@ impl State {
                     "link {link} to relay {name} ({peer}) up ({})",
                     if initiated { "dialled" } else { "accepted" }
                 );
-                wan::spawn_reader(link, reader, self.notify.clone());
                 self.links.insert(
                     link,
                     Link {
@@ -256,35 +315,6 @@ impl State {
                     d.why = why;
                 }
             }
-            Event::LinkBytes { link, bytes } => {
-                let Some(l) = self.links.get_mut(&link) else { return };
-                l.bytes_in += bytes.len() as u64;
-                l.rd.push(&bytes);
-                loop {
-                    match l.rd.next_frame() {
-                        Ok(Some(f)) => {
-                            if let Err(e) = self.core.handle_link_frame(now, link, f) {
-                                log::warn!("relay {} broke the protocol ({e}); closing the link", l.name);
-                                let _ = l.w.shutdown(std::net::Shutdown::Both);
-                                break;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            log::warn!("relay {}: {e}; closing the link", l.name);
-                            let _ = l.w.shutdown(std::net::Shutdown::Both);
-                            break;
-                        }
-                    }
-                }
-            }
-            Event::LinkClosed { link } => {
-                if let Some(l) = self.links.remove(&link) {
-                    log::warn!("link {link} to relay {} ({}) went down", l.name, l.peer);
-                }
-                self.core.handle_link_down(now, link);
-                self.dial();
-            }
             Event::Directory(entries) => {
                 self.core.set_directory(&entries);
                 self.directory = entries;
@@ -300,7 +330,7 @@ impl State {
                 if owner != Some(name.as_str()) {
                     let reason = format!("{name} opened as node {src}, which is not its registered id");
                     log::warn!("refused: {reason}");
-                    let _ = stream.send(&Msg::Refuse { vc: 0, reason: &reason }.to_frame());
+                    send_now(&mut stream, &Msg::Refuse { vc: 0, reason: &reason }.to_frame());
                     return;
                 }
                 let local = self.core.handle_local_open(now, src, dst, port);
@@ -415,7 +445,7 @@ impl State {
                 }
                 Action::Opened { local } => {
                     if let Some(l) = self.locals.get_mut(&local) {
-                        if l.s.send(&Msg::Accept { vc: 0, credit: 0 }.to_frame()).is_ok() {
+                        if send_now(&mut l.s, &Msg::Accept { vc: 0, credit: 0 }.to_frame()) {
                             l.open = true;
                         } else {
                             self.locals.remove(&local);
@@ -436,7 +466,7 @@ impl State {
                                 l.s.abort();
                             }
                         } else {
-                            let _ = l.s.send(&Msg::Refuse { vc: 0, reason: &reason }.to_frame());
+                            send_now(&mut l.s, &Msg::Refuse { vc: 0, reason: &reason }.to_frame());
                         }
                     }
                 }
@@ -558,6 +588,32 @@ impl State {
             log::warn!("cannot write the status file {}: {e}", path.display());
         }
     }
+}
+
+/// Hands the complete frames of `l` to the core; false if the peer broke
+/// the protocol (close the link).
+fn feed(core: &mut RelayCore, now: Duration, link: LinkId, l: &mut Link) -> bool {
+    loop {
+        match l.rd.next_frame() {
+            Ok(Some(f)) => {
+                if let Err(e) = core.handle_link_frame(now, link, f) {
+                    log::warn!("relay {} broke the protocol ({e}); closing the link", l.name);
+                    return false;
+                }
+            }
+            Ok(None) => return true,
+            Err(e) => {
+                log::warn!("relay {}: {e}; closing the link", l.name);
+                return false;
+            }
+        }
+    }
+}
+
+/// Sends a small control frame without waiting (the loop that drives the
+/// datapath must not block on it).
+fn send_now(s: &mut Stream, frame: &[u8]) -> bool {
+    matches!(s.try_send(frame), Ok(n) if n == frame.len())
 }
 
 impl Local {

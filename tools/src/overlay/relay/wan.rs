@@ -3,13 +3,12 @@
 //! identity), and one reader thread per link.
 
 use std::{
-    io::Read,
     net::{SocketAddrV4, TcpListener, TcpStream},
     time::{Duration, Instant},
 };
 
 use xsock::overlay::{Key, Role, authenticate, recv_frame, send_msg};
-use xsock_overlay::{NodeId, SiteId, relay::LinkId, wire::Msg};
+use xsock_overlay::{NodeId, SiteId, wire::Msg};
 
 use super::shell::{Event, Notify};
 
@@ -67,31 +66,5 @@ pub fn spawn_dial(addr: SocketAddrV4, peer: NodeId, id: Ident, tx: Notify) {
             }
             Err(why) => tx.send(Event::DialFailed { peer, why }),
         }
-    });
-}
-
-/// Reads `link` until it ends, handing the bytes to the core loop. The
-/// socket is non-blocking (the core loop writes to it without waiting, and
-/// the flag is shared by both handles), so this waits in poll(2).
-pub fn spawn_reader(link: LinkId, mut s: TcpStream, tx: Notify) {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    use std::os::fd::AsFd;
-    let _ = std::thread::Builder::new().name(format!("wan-rd{link}")).spawn(move || {
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => tx.send(Event::LinkBytes { link, bytes: buf[..n].to_vec() }),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    let mut fds = [PollFd::new(s.as_fd(), PollFlags::POLLIN)];
-                    if poll(&mut fds, PollTimeout::NONE).is_err() {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
-        tx.send(Event::LinkClosed { link });
     });
 }
