@@ -170,6 +170,7 @@ pub struct RelayCore {
     relay_site: HashMap<NodeId, SiteId>,
     endpoints: HashMap<NodeId, (SiteId, HashSet<u16>, String)>,
     counters: Counters,
+    routes_changed: Option<Duration>,
 }
 
 impl RelayCore {
@@ -196,6 +197,7 @@ impl RelayCore {
             relay_site: HashMap::new(),
             endpoints: HashMap::new(),
             counters: Counters::default(),
+            routes_changed: None,
         };
         core.originate(now);
         core
@@ -313,7 +315,7 @@ impl RelayCore {
                     for l in links {
                         self.send_raw(l, frame_with_len(frame).as_slice());
                     }
-                    self.recompute();
+                    self.recompute(now);
                 }
             }
             Msg::Open { vc, src, dst, port, ttl, credit } => {
@@ -413,7 +415,7 @@ impl RelayCore {
             self.originate(now);
         }
         if !self.db.expire(now).is_empty() {
-            self.recompute();
+            self.recompute(now);
         }
         let timeout = self.cfg.link_timeout;
         let silent: Vec<LinkId> =
@@ -506,12 +508,21 @@ impl RelayCore {
             self.send_raw(l, &frame);
         }
         self.next_refresh = now + self.cfg.refresh;
-        self.recompute();
+        self.recompute(now);
     }
 
-    fn recompute(&mut self) {
-        self.routes = self.routing.compute(self.cfg.me, &self.db);
+    fn recompute(&mut self, now: Duration) {
+        let routes = self.routing.compute(self.cfg.me, &self.db);
         self.counters.route_runs += 1;
+        if routes != self.routes {
+            self.routes = routes;
+            self.routes_changed = Some(now);
+        }
+    }
+
+    /// When the routing table last changed (not merely recomputed).
+    pub fn routes_changed_at(&self) -> Option<Duration> {
+        self.routes_changed
     }
 
     fn send_raw(&mut self, link: LinkId, frame: &[u8]) {

@@ -59,8 +59,21 @@ impl Overlay {
 
     /// [`Overlay::start`] with extra flags for every relay.
     pub fn start_with(xsock: &str, name: &str, specs: &[SiteSpec], relay_flags: &[&str]) -> Overlay {
+        Self::start_after(xsock, name, specs, relay_flags, |_| Ok(()))
+    }
+
+    /// [`Overlay::start_with`], running `prepare` on the built sites before
+    /// any overlay process starts (to install counters, say).
+    pub fn start_after(
+        xsock: &str,
+        name: &str,
+        specs: &[SiteSpec],
+        relay_flags: &[&str],
+        prepare: impl FnOnce(&Sites) -> std::io::Result<()>,
+    ) -> Overlay {
         let bed = Testbed::new().unwrap();
         let sites = Sites::build(&bed, specs).unwrap();
+        prepare(&sites).unwrap();
         let dir = scratch(name);
         let key = dir.join("cluster.key");
         std::fs::write(&key, "test-cluster-key-0123456789abcdef\n").unwrap();
@@ -71,7 +84,17 @@ impl Overlay {
                 b.listening(BOOT_PORT)
             })
             .unwrap();
-        let mut o = Overlay { bed, sites, dir, key, boot, boot_pid, relays: Vec::new(), xsock: xsock.to_owned(), relay_flags: relay_flags.iter().map(|f| f.to_string()).collect() };
+        let mut o = Overlay {
+            bed,
+            sites,
+            dir,
+            key,
+            boot,
+            boot_pid,
+            relays: Vec::new(),
+            xsock: xsock.to_owned(),
+            relay_flags: relay_flags.iter().map(|f| f.to_string()).collect(),
+        };
         let all: Vec<(String, Host, Option<String>)> = o
             .sites
             .sites

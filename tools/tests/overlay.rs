@@ -293,4 +293,3 @@ fn a_node_with_a_wrong_key_is_refused() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
-

@@ -113,8 +113,9 @@ enum Acceptor {
     Plain(TcpListener),
 }
 
-/// Echoes one message per connection, each connection on its own thread
-/// (a slow peer must not hold up the others).
+/// Echoes one message per connection: small ones right away (one thread
+/// per endpoint, few threads waiting on the runtime), large ones on their
+/// own thread (a slow peer must not hold up the others).
 fn serve(acc: Acceptor, bytes: usize) {
     fn echo(mut s: impl Read + Write, bytes: usize) {
         let mut buf = vec![0u8; bytes];
@@ -125,6 +126,7 @@ fn serve(acc: Acceptor, bytes: usize) {
     loop {
         match &acc {
             Acceptor::Overlay(l) => match l.accept() {
+                Ok((s, _)) if bytes <= 4096 => echo(s, bytes),
                 Ok((s, _)) => {
                     std::thread::spawn(move || echo(s, bytes));
                 }
@@ -133,7 +135,11 @@ fn serve(acc: Acceptor, bytes: usize) {
             Acceptor::Plain(l) => match l.accept() {
                 Ok((s, _)) => {
                     let _ = s.set_nodelay(true);
-                    std::thread::spawn(move || echo(s, bytes));
+                    if bytes <= 4096 {
+                        echo(s, bytes)
+                    } else {
+                        std::thread::spawn(move || echo(s, bytes));
+                    }
                 }
                 Err(e) => log::warn!("accept: {e}"),
             },
@@ -288,7 +294,8 @@ fn probe(node: Option<&Node>, me: &str, peers: &[String], bytes: usize, d: Durat
         let r = exchange(node, &Job { from: me.to_owned(), to: to.clone() }, bytes);
         let line = match r {
             Ok(o) => serde_json::json!({"t_ns": t, "to": to, "ok": true, "us": o.total.as_micros() as u64}),
-            Err(e) => serde_json::json!({"t_ns": t, "to": to, "ok": false, "error": e}),
+            Err(e) => serde_json::json!({"t_ns": t, "to": to, "ok": false, "error": e,
+                "us": ((unix_ns() - t) / 1000) as u64}),
         };
         writeln!(out, "{line}")?;
         out.flush()?;

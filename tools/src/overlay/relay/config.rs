@@ -79,7 +79,9 @@ pub fn settings(r: &Relay) -> Result<Settings, Fail> {
         window: value(&file, "window", r.window)?.unwrap_or(4 << 20),
         spin: match (r.spin, file.get("spin")) {
             (Some(d), _) => d,
-            (None, Some(v)) => crate::args::parse_duration(v).map_err(|e| Fail::msg(format!("config key spin: {e}")))?,
+            (None, Some(v)) => {
+                crate::args::parse_duration(v).map_err(|e| Fail::msg(format!("config key spin: {e}")))?
+            }
             (None, None) => std::time::Duration::ZERO,
         },
     })

@@ -99,7 +99,11 @@ impl Relay {
         let rt = Runtime::builder()
             .interface(&s.lan_iface)
             .driving(xsock::Driving::Loop)
-            .poll_mode(if s.spin.is_zero() { xsock::PollMode::Sleep } else { xsock::PollMode::Adaptive { spin: s.spin } })
+            .poll_mode(if s.spin.is_zero() {
+                xsock::PollMode::Sleep
+            } else {
+                xsock::PollMode::Adaptive { spin: s.spin }
+            })
             .send_buffer(1 << 20)
             .recv_buffer(1 << 20)
             .build()?;

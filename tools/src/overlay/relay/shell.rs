@@ -36,12 +36,8 @@ pub enum Event {
     Directory(Vec<Entry>),
     /// The bootstrap session ended.
     BootLost(String),
-    /// An endpoint asks for a virtual connection.
-    LocalOpen { stream: Stream, src: NodeId, dst: NodeId, port: u16, name: String },
-    /// A delivery stream is open and accepted.
-    Connected { local: LocalId, stream: Stream },
-    /// A delivery stream could not be opened.
-    ConnectFailed { local: LocalId, reason: String },
+    /// A delivery stream is connected (its handshake is next), or not.
+    Dialed { local: LocalId, ip: std::net::Ipv4Addr, port: u16, stream: Result<Stream, Error> },
 }
 
 /// The channel to the core loop, waking it on every event.
@@ -112,8 +108,11 @@ pub fn run(setup: Setup) -> Result<(), Fail> {
     if let Some(l) = wan_listener {
         wan::spawn_accept(l, ident.clone(), notify.clone());
     }
+    let connect_jobs = lan::spawn_connectors(&rt, &notify);
     let mut st = State {
         lan_listener,
+        connect_jobs,
+        handshakes: Vec::new(),
         core,
         rt,
         key,
@@ -124,7 +123,7 @@ pub fn run(setup: Setup) -> Result<(), Fail> {
         links: HashMap::new(),
         next_link: 1,
         locals: HashMap::new(),
-        pending: HashSet::new(),
+        pending: HashMap::new(),
         directory: Vec::new(),
         dials: HashMap::new(),
         clock,
@@ -136,6 +135,7 @@ pub fn run(setup: Setup) -> Result<(), Fail> {
     loop {
         let mut work = st.rt.poll()? > 0;
         work |= st.accept_lan();
+        work |= st.poll_handshakes();
         work |= st.read_links(&mut buf);
         work |= st.drain_events(&rx);
         work |= st.serve_locals(&mut buf);
@@ -194,6 +194,9 @@ fn spawn_boot_reader(mut boot: TcpStream, tx: Notify) {
 
 struct State {
     lan_listener: Listener,
+    connect_jobs: crossbeam_channel::Sender<lan::ConnectJob>,
+    /// LAN streams whose overlay handshake is under way.
+    handshakes: Vec<lan::Pending>,
     core: RelayCore,
     rt: Runtime,
     key: Key,
@@ -204,8 +207,8 @@ struct State {
     links: HashMap<LinkId, Link>,
     next_link: LinkId,
     locals: HashMap<LocalId, Local>,
-    /// Delivery connects under way; `false` once the VC was given up.
-    pending: HashSet<LocalId>,
+    /// Delivery connects under way (gone once the VC was given up).
+    pending: HashMap<LocalId, (NodeId, NodeId, u16)>,
     directory: Vec<Entry>,
     dials: HashMap<NodeId, Dial>,
     clock: Clock,
@@ -217,9 +220,68 @@ impl State {
         let mut any = false;
         while let Ok(s) = self.lan_listener.try_accept() {
             any = true;
-            lan::spawn_admit(s, self.key.clone(), self.name.clone(), self.notify.clone());
+            let from = s.peer_addr();
+            match lan::Pending::start(s, &self.key, &self.name, lan::Purpose::Admit) {
+                Ok(p) => self.handshakes.push(p),
+                Err(e) => log::warn!("endpoint at {from}: {e}"),
+            }
         }
         any
+    }
+
+    /// Moves the LAN handshakes on.
+    fn poll_handshakes(&mut self) -> bool {
+        if self.handshakes.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        let mut any = false;
+        let mut i = 0;
+        while i < self.handshakes.len() {
+            let outcome = self.handshakes[i].poll(now);
+            if matches!(outcome, lan::Outcome::Pending) {
+                i += 1;
+                continue;
+            }
+            any = true;
+            let from = self.handshakes.swap_remove(i).from();
+            match outcome {
+                lan::Outcome::Pending => {}
+                lan::Outcome::Open { stream, name, src, dst, port } => self.local_open(stream, name, src, dst, port),
+                lan::Outcome::Accepted { stream, local } => {
+                    if self.pending.remove(&local).is_some() {
+                        self.locals.insert(local, Local::new(stream, true));
+                        self.core.handle_local_connected(local);
+                    } else {
+                        stream.abort();
+                    }
+                }
+                lan::Outcome::Failed { purpose: lan::Purpose::Admit, reason } => {
+                    log::warn!("refused an endpoint at {from}: {reason}")
+                }
+                lan::Outcome::Failed { purpose: lan::Purpose::Deliver { local, .. }, reason } => {
+                    if self.pending.remove(&local).is_some() {
+                        self.core.handle_local_failed(local, &format!("delivering to {from}: {reason}"));
+                    }
+                }
+            }
+        }
+        any
+    }
+
+    /// An endpoint, authenticated, asks for a VC.
+    fn local_open(&mut self, mut stream: Stream, name: String, src: NodeId, dst: NodeId, port: u16) {
+        // A key holder could claim another's id; the directory says which
+        // name owns `src`.
+        let owner = self.directory.iter().find(|e| e.node == src).map(|e| e.name.as_str());
+        if owner != Some(name.as_str()) {
+            let reason = format!("{name} opened as node {src}, which is not its registered id");
+            log::warn!("refused: {reason}");
+            lan::send_now(&mut stream, &Msg::Refuse { vc: 0, reason: &reason }.to_frame());
+            return;
+        }
+        let local = self.core.handle_local_open(self.clock.now(), src, dst, port);
+        self.locals.insert(local, Local::new(stream, false));
     }
 
     /// Reads what the relay links have (non-blocking sockets).
@@ -323,30 +385,22 @@ impl State {
             Event::BootLost(why) => {
                 log::error!("lost the bootstrap server ({why}); relaying on with the last directory")
             }
-            Event::LocalOpen { mut stream, src, dst, port, name } => {
-                // A key holder could claim another's id; the directory says
-                // which name owns `src`.
-                let owner = self.directory.iter().find(|e| e.node == src).map(|e| e.name.as_str());
-                if owner != Some(name.as_str()) {
-                    let reason = format!("{name} opened as node {src}, which is not its registered id");
-                    log::warn!("refused: {reason}");
-                    send_now(&mut stream, &Msg::Refuse { vc: 0, reason: &reason }.to_frame());
+            Event::Dialed { local, ip, port, stream } => {
+                let Some(&(src, dst, p)) = self.pending.get(&local) else {
+                    if let Ok(s) = stream {
+                        s.abort();
+                    }
                     return;
-                }
-                let local = self.core.handle_local_open(now, src, dst, port);
-                self.locals.insert(local, Local::new(stream, false));
-            }
-            Event::Connected { local, stream } => {
-                if self.pending.remove(&local) {
-                    self.locals.insert(local, Local::new(stream, true));
-                    self.core.handle_local_connected(local);
-                } else {
-                    stream.abort();
-                }
-            }
-            Event::ConnectFailed { local, reason } => {
-                if self.pending.remove(&local) {
-                    self.core.handle_local_failed(local, &reason);
+                };
+                let started = stream.map_err(|e| e.to_string()).and_then(|s| {
+                    lan::Pending::start(s, &self.key, &self.name, lan::Purpose::Deliver { local, src, dst, port: p })
+                });
+                match started {
+                    Ok(h) => self.handshakes.push(h),
+                    Err(e) => {
+                        self.pending.remove(&local);
+                        self.core.handle_local_failed(local, &format!("delivering to {ip}:{port}: {e}"));
+                    }
                 }
             }
         }
@@ -430,22 +484,12 @@ impl State {
                         self.core.handle_local_failed(local, "the destination left the directory");
                         continue;
                     };
-                    self.pending.insert(local);
-                    lan::spawn_connect(
-                        self.rt.clone(),
-                        self.key.clone(),
-                        self.name.clone(),
-                        local,
-                        src,
-                        dst,
-                        ip,
-                        port,
-                        self.notify.clone(),
-                    );
+                    self.pending.insert(local, (src, dst, port));
+                    let _ = self.connect_jobs.send(lan::ConnectJob { local, ip, port });
                 }
                 Action::Opened { local } => {
                     if let Some(l) = self.locals.get_mut(&local) {
-                        if send_now(&mut l.s, &Msg::Accept { vc: 0, credit: 0 }.to_frame()) {
+                        if lan::send_now(&mut l.s, &Msg::Accept { vc: 0, credit: 0 }.to_frame()) {
                             l.open = true;
                         } else {
                             self.locals.remove(&local);
@@ -454,7 +498,7 @@ impl State {
                     }
                 }
                 Action::Failed { local, reason } => {
-                    if self.pending.remove(&local) {
+                    if self.pending.remove(&local).is_some() {
                         continue;
                     }
                     if let Some(mut l) = self.locals.remove(&local) {
@@ -466,7 +510,7 @@ impl State {
                                 l.s.abort();
                             }
                         } else {
-                            send_now(&mut l.s, &Msg::Refuse { vc: 0, reason: &reason }.to_frame());
+                            lan::send_now(&mut l.s, &Msg::Refuse { vc: 0, reason: &reason }.to_frame());
                         }
                     }
                 }
@@ -572,7 +616,14 @@ impl State {
             .map(|(n, d)| serde_json::json!({"relay": name_of(*n), "last_error": d.why}))
             .collect();
         let c = self.core.counters();
+        // Core time -> Unix time, for readers comparing with their clocks.
+        let unix_now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let changed = self
+            .core
+            .routes_changed_at()
+            .map(|t| (unix_now.saturating_sub(self.clock.now().saturating_sub(t))).as_nanos() as u64);
         let v = serde_json::json!({
+            "routes_changed_unix_ns": changed,
             "name": s.name, "id": self.me.to_string(), "site": site.to_string(),
             "links": links, "routes": routes, "not_linked": unreachable,
             "vcs": self.core.vc_count(), "endpoint_streams": self.locals.len(),
@@ -608,12 +659,6 @@ fn feed(core: &mut RelayCore, now: Duration, link: LinkId, l: &mut Link) -> bool
             }
         }
     }
-}
-
-/// Sends a small control frame without waiting (the loop that drives the
-/// datapath must not block on it).
-fn send_now(s: &mut Stream, frame: &[u8]) -> bool {
-    matches!(s.try_send(frame), Ok(n) if n == frame.len())
 }
 
 impl Local {
