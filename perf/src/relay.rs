@@ -324,6 +324,11 @@ fn all_to_all(xsock: &str, rounds: usize, out: &mut String) -> io::Result<()> {
     let ips: Vec<String> =
         o.sites.sites.iter().flat_map(|s| (0..s.hosts.len()).map(move |h| s.host_ip(h).to_string())).collect();
     let k = per_host.to_string();
+    let connect_times = |reports: &[Value]| -> String {
+        let p50 = median(reports.iter().filter_map(|r| r["connect_p50_us"].as_f64()).collect());
+        let max = reports.iter().filter_map(|r| r["connect_max_us"].as_u64()).max().unwrap_or(0);
+        format!("{:.2} / {:.1}", p50 / 1e3, max as f64 / 1e3)
+    };
     let span = |reports: &[Value]| -> (f64, u64, u64, usize) {
         let start = reports.iter().filter_map(|r| r["start_unix_ns"].as_u64()).min().unwrap_or(0);
         let end = reports.iter().filter_map(|r| r["end_unix_ns"].as_u64()).max().unwrap_or(0);
@@ -336,9 +341,11 @@ fn all_to_all(xsock: &str, rounds: usize, out: &mut String) -> io::Result<()> {
         "round",
         "xsock overlay ms",
         "ok / pairs",
+        "connect p50 / max ms",
         "TCP conns crossing LANs (joins + connects)",
         "plain kernel TCP ms",
         "ok / pairs",
+        "connect p50 / max ms ",
         "TCP conns crossing LANs",
         "overlay / kernel",
     ]);
@@ -350,6 +357,7 @@ fn all_to_all(xsock: &str, rounds: usize, out: &mut String) -> io::Result<()> {
         // phase is timed. Each process holds 4 endpoints.
         let reports = o.mesh_with(&hosts, &overlay_peers.join(","), &["--endpoints", &k, "--parallel", PARALLEL], true);
         let (x_ms, x_ok, x_pairs, _) = span(&reports);
+        let x_conn = connect_times(&reports);
         let x_cross = delta(&o.sites.sites)?;
         if first_error.is_none() {
             first_error = reports.iter().find_map(|r| r["failed"].as_array().and_then(|a| a.first()).cloned());
@@ -401,6 +409,7 @@ fn all_to_all(xsock: &str, rounds: usize, out: &mut String) -> io::Result<()> {
                 .collect::<io::Result<Vec<Value>>>()
         })?;
         let (k_ms, k_ok, k_pairs, _) = span(&per_host_reports);
+        let k_conn = connect_times(&per_host_reports);
         let k_cross = delta(&o.sites.sites)?;
         xs.push(x_ms);
         ks.push(k_ms);
@@ -408,9 +417,11 @@ fn all_to_all(xsock: &str, rounds: usize, out: &mut String) -> io::Result<()> {
             round.to_string(),
             format!("{x_ms:.1}"),
             format!("{x_ok} / {x_pairs}"),
+            x_conn.clone(),
             x_cross.to_string(),
             format!("{k_ms:.1}"),
             format!("{k_ok} / {k_pairs}"),
+            k_conn.clone(),
             k_cross.to_string(),
             ratio(x_ms, k_ms),
         ]);
@@ -563,6 +574,71 @@ pub fn run(xsock: &Path, rounds: usize) -> io::Result<()> {
     let started = Instant::now();
     let xsock = xsock.to_str().expect("utf-8 path");
     let mut out = String::new();
+    if std::env::var("XSOCK_PERF_RELAY").as_deref() == Ok("probe") {
+        let specs = [
+            SiteSpec { name: "p1", policy: Policy::Open, relays: 1, hosts: 2 },
+            SiteSpec { name: "p2", policy: Policy::Open, relays: 1, hosts: 1 },
+        ];
+        let o = Overlay::start(xsock, "perf-probe", &specs);
+        converge(&o);
+        let hosts = o.endpoints();
+        let key = o.key.to_str().expect("utf-8").to_owned();
+        let run = |me: &(String, Host), peer: &str| {
+            let args = [
+                "mesh",
+                "--iface",
+                "eth0",
+                "--boot",
+                &o.boot,
+                "--key-file",
+                &key,
+                "--name",
+                &me.0,
+                "--port",
+                "7500",
+                "--peers",
+                peer,
+                "--probe",
+                "4s",
+                "--bytes",
+                "64",
+            ];
+            me.1.command(xsock, &args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn()
+        };
+        let same = std::env::var("XSOCK_PROBE_SAME").is_ok();
+        let a = run(&hosts[if same { 1 } else { 2 }], "p1h0-0:7500")?;
+        std::thread::sleep(Duration::from_millis(300));
+        let b = run(&hosts[0], if same { "p1h1-0:7500" } else { "p2h0-0:7500" })?;
+        let lines = String::from_utf8_lossy(&b.wait_with_output()?.stdout).to_string();
+        let _ = a.wait_with_output();
+        let us: Vec<f64> = lines
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["ok"] == true)
+            .filter_map(|v| v["us"].as_f64())
+            .collect();
+        println!(
+            "{} ok attempts, median {:.0} us, max {:.0} us",
+            us.len(),
+            median(us.clone()),
+            us.iter().cloned().fold(0.0, f64::max)
+        );
+        let cu: Vec<f64> = lines
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["ok"] == true)
+            .filter_map(|v| v["connect_us"].as_f64())
+            .collect();
+        println!("connect median {:.0} us", median(cu));
+        println!("relay p1-x0: {}", o.status("p1-x0")["lan_queues"]);
+        println!("relay p2-x0: {}", o.status("p2-x0")["lan_queues"]);
+        return Ok(());
+    }
+    if std::env::var("XSOCK_PERF_RELAY").as_deref() == Ok("mesh") {
+        all_to_all(xsock, rounds, &mut out)?;
+        println!("{out}");
+        return Ok(());
+    }
     paths(xsock, rounds, &mut out, "0", true)?;
     paths(xsock, rounds, &mut out, "1ms", false)?;
     all_to_all(xsock, rounds, &mut out)?;

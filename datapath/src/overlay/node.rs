@@ -46,8 +46,9 @@ pub fn load_key(path: &std::path::Path) -> Result<Key, Error> {
     Key::from_file_contents(&bytes).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
 }
 
-/// How long the relays of our LAN, as last heard, are trusted.
-const RELAYS_FRESH: Duration = Duration::from_secs(1);
+/// How long the relays of our LAN, as last heard, are trusted (a relay
+/// that fails is dropped sooner: the list is refreshed on failure).
+const RELAYS_FRESH: Duration = Duration::from_secs(10);
 
 struct Inner {
     rt: Runtime,
@@ -299,14 +300,20 @@ impl Node {
     }
 
     fn via_relay(&self, relay: &Entry, dst: &Entry, port: u16) -> Result<Stream, Error> {
+        let t = Instant::now();
         let s = Stream::connect(&self.inner.rt, SocketAddrV4::new(relay.lan_ip, relay.serve_port))?;
-        self.open_on(s, dst, port)
+        let c = t.elapsed();
+        let r = self.open_on(s, dst, port);
+        log::debug!("via relay {}: stream {c:?}, handshake and open {:?}", relay.name, t.elapsed() - c);
+        r
     }
 
     /// Handshake, then `Open`, then `Accept` or the refusal's reason.
     fn open_on(&self, mut s: Stream, dst: &Entry, port: u16) -> Result<Stream, Error> {
-        let deadline = Instant::now() + self.inner.timeout;
+        let t = Instant::now();
+        let deadline = t + self.inner.timeout;
         authenticate(&mut s, &self.inner.key, Role::Endpoint, &self.inner.name, deadline)?;
+        log::debug!("authenticated with {} in {:?}", s.peer_addr(), t.elapsed());
         send_msg(&mut s, &Msg::Open { vc: 0, src: self.inner.id, dst: dst.node, port, ttl: 0, credit: 0 })?;
         let reply = recv_frame(&mut s, deadline)?;
         match parse(&reply)? {

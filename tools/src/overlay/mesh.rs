@@ -190,8 +190,9 @@ impl Mesh {
                 .interface(&iface)
                 .driving(Driving::Thread)
                 .poll_mode(PollMode::default())
-                .send_buffer(256 << 10)
-                .recv_buffer(256 << 10)
+                // Many small connections: small (pre-faulted) buffers.
+                .send_buffer((self.bytes.max(4096) * 2).min(1 << 20))
+                .recv_buffer((self.bytes.max(4096) * 2).min(1 << 20))
                 .build()?;
             for (k, name) in names.iter().enumerate() {
                 let node = Node::join(&rt, OverlayConfig::new(boot, name.clone(), key.clone()))?;
@@ -293,7 +294,8 @@ fn probe(node: Option<&Node>, me: &str, peers: &[String], bytes: usize, d: Durat
         let t = unix_ns();
         let r = exchange(node, &Job { from: me.to_owned(), to: to.clone() }, bytes);
         let line = match r {
-            Ok(o) => serde_json::json!({"t_ns": t, "to": to, "ok": true, "us": o.total.as_micros() as u64}),
+            Ok(o) => serde_json::json!({"t_ns": t, "to": to, "ok": true, "us": o.total.as_micros() as u64,
+                "connect_us": o.connect.as_micros() as u64}),
             Err(e) => serde_json::json!({"t_ns": t, "to": to, "ok": false, "error": e,
                 "us": ((unix_ns() - t) / 1000) as u64}),
         };

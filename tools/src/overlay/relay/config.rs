@@ -76,7 +76,8 @@ pub fn settings(r: &Relay) -> Result<Settings, Fail> {
             }
             (None, None) => std::time::Duration::from_millis(500),
         },
-        window: value(&file, "window", r.window)?.unwrap_or(4 << 20),
+        lan_buffer: value(&file, "lan-buffer", r.lan_buffer)?.unwrap_or(256 << 10),
+        window: value(&file, "window", r.window)?.unwrap_or(1 << 20),
         spin: match (r.spin, file.get("spin")) {
             (Some(d), _) => d,
             (None, Some(v)) => {

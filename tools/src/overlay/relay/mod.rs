@@ -32,7 +32,8 @@ use crate::fail::Fail;
 pub struct Relay {
     /// A config file of `key = value` lines (keys as the long flags without
     /// dashes: boot, key-file, name, lan-iface, wan-listen, wan-advertise,
-    /// serve-port, status-file, status-interval, window, spin); flags override it.
+    /// serve-port, status-file, status-interval, lan-buffer, window, spin); flags
+    /// override it.
     #[arg(long)]
     config: Option<PathBuf>,
     /// The bootstrap server.
@@ -62,6 +63,9 @@ pub struct Relay {
     /// (the status endpoint: `cat` it, or `jq`).
     #[arg(long)]
     status_file: Option<PathBuf>,
+    /// Send and receive buffer of each endpoint stream, bytes.
+    #[arg(long)]
+    lan_buffer: Option<usize>,
     /// How often the status file is rewritten (e.g. 500ms).
     #[arg(long, value_parser = crate::args::parse_duration)]
     status_interval: Option<Duration>,
@@ -87,6 +91,7 @@ pub struct Settings {
     pub serve_port: u16,
     pub status_file: Option<PathBuf>,
     pub status_interval: Duration,
+    pub lan_buffer: usize,
     pub window: u32,
     pub spin: Duration,
 }
@@ -104,8 +109,10 @@ impl Relay {
             } else {
                 xsock::PollMode::Adaptive { spin: s.spin }
             })
-            .send_buffer(1 << 20)
-            .recv_buffer(1 << 20)
+            // Per endpoint stream; a relay holds one per virtual connection end
+            // (hundreds), and reliable-link pre-faults its buffers.
+            .send_buffer(s.lan_buffer)
+            .recv_buffer(s.lan_buffer)
             .build()?;
         if !rt.has_link() {
             return Err(Fail::msg(format!(

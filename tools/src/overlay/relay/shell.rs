@@ -622,7 +622,18 @@ impl State {
             .core
             .routes_changed_at()
             .map(|t| (unix_now.saturating_sub(self.clock.now().saturating_sub(t))).as_nanos() as u64);
+        let queues: Vec<serde_json::Value> = self
+            .rt
+            .queue_stats()
+            .iter()
+            .map(|q| {
+                serde_json::json!({"queue": q.queue, "rx_frames": q.rx_frames, "tx_frames": q.tx_frames,
+                    "rx_dropped": q.rx_dropped, "fill_ring_empty": q.fill_ring_empty, "tx_ring_full": q.tx_ring_full,
+                    "polls": q.polls, "sleeps": q.sleeps})
+            })
+            .collect();
         let v = serde_json::json!({
+            "lan_queues": queues,
             "routes_changed_unix_ns": changed,
             "name": s.name, "id": self.me.to_string(), "site": site.to_string(),
             "links": links, "routes": routes, "not_linked": unreachable,
