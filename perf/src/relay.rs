@@ -71,6 +71,10 @@ fn crossings(sites: &[Site]) -> io::Result<u64> {
     Ok(n)
 }
 
+/// The relayed bulk sender and sink sleep when idle: on two cores, two
+/// busy-polling ends leave the two relays between them no CPU.
+const BULK_POLL: &str = "sleep";
+
 struct PathBench<'a> {
     o: &'a Overlay,
     xsock: &'a str,
@@ -105,7 +109,7 @@ impl PathBench<'_> {
         let (port, name) = if tool == "ping" { (7700, format!("{site}-echo")) } else { (7702, format!("{site}-sink")) };
         let listen = format!("{}:{port}", s.host_ip(0));
         // The echo server sleeps like its kernel counterpart; the bulk sink polls.
-        let poll = if tool == "ping" { "sleep" } else { "busy" };
+        let poll = if tool == "ping" { "sleep" } else { BULK_POLL };
         let args = [
             tool,
             "--iface",
@@ -293,6 +297,20 @@ fn paths(xsock: &str, rounds: usize, out: &mut String, spin: &str, bulk: bool) -
 
 /// Connects each endpoint has in flight in the all-to-all runs.
 const PARALLEL: &str = "2";
+
+fn bulk_only(xsock: &str, rounds: usize, out: &mut String, flags: &[&str]) -> io::Result<()> {
+    let s = |name, policy, hosts| SiteSpec { name, policy, relays: 1, hosts };
+    let specs = [s("hub", Policy::Open, 0), s("a", Policy::Open, 1), s("b", Policy::Open, 1)];
+    let o = Overlay::start_with(xsock, "perf-bulk", &specs, flags);
+    converge(&o);
+    let b = PathBench { o: &o, xsock };
+    for _ in 0..rounds {
+        let r = b.with_server("b", "bw", || b.relayed_bw(1, "b"))?;
+        let k = b.kernel_bw(1, 2)?;
+        *out += &format!("relays {flags:?}: relayed {:.2} Gbit/s, direct kernel {:.2}\n", r.gbit_per_s, k.gbit_per_s);
+    }
+    Ok(())
+}
 
 fn all_to_all(xsock: &str, rounds: usize, out: &mut String) -> io::Result<()> {
     let names = ["l1", "l2", "l3", "l4", "l5", "l6", "l7", "l8"];
@@ -632,6 +650,12 @@ pub fn run(xsock: &Path, rounds: usize) -> io::Result<()> {
         println!("connect median {:.0} us", median(cu));
         println!("relay p1-x0: {}", o.status("p1-x0")["lan_queues"]);
         println!("relay p2-x0: {}", o.status("p2-x0")["lan_queues"]);
+        return Ok(());
+    }
+    if let Ok(flags) = std::env::var("XSOCK_PERF_RELAY_BULK") {
+        let flags: Vec<&str> = flags.split_whitespace().collect();
+        bulk_only(xsock, rounds, &mut out, &flags)?;
+        println!("{out}");
         return Ok(());
     }
     if std::env::var("XSOCK_PERF_RELAY").as_deref() == Ok("mesh") {
