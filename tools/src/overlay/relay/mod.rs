@@ -5,9 +5,12 @@
 //! every other relay it can reach (dialling out to all; accepting too where
 //! it has `--wan-listen`), floods link state, forwards virtual connections
 //! hop by hop, and serves the endpoints of its LAN over the xsock runtime
-//! on `--lan-iface` (reliable-link for xsock endpoints). Threads: one core
-//! loop owns the protocol state and every stream; helpers only block (WAN
-//! reads, dials, handshakes) and hand their results to it.
+//! on `--lan-iface` (reliable-link for xsock endpoints). One event loop
+//! owns the protocol state, every stream and the relay links: it drives the
+//! LAN datapath itself (`Driving::Loop`), reads the link sockets, runs the
+//! LAN handshakes as state machines, and sleeps in one poll(2) over all of
+//! them. Helper threads only do what blocks (dialling and accepting relay
+//! links, opening delivery streams) and hand their results to it.
 
 mod config;
 mod lan;
