@@ -59,9 +59,15 @@ fn ping(a: &Host, to: &str, count: u32, interval: &str) -> (f64, f64) {
     (loss / 100.0, rtts.get(rtts.len() / 2).copied().unwrap_or(f64::NAN))
 }
 
+/// The measuring tests run one at a time: on two cores, a second emulator
+/// running beside one measured against its settings skews the figures (a
+/// fresh-clone CI run saw 180 of 200 Mbit/s with the loss test alongside).
+static MEASURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn delay_rate_and_queue_match_the_settings() {
     require_root!();
+    let _one_at_a_time = MEASURING.lock().unwrap_or_else(|p| p.into_inner());
     let (bed, a, w, b) = path("10.71.0");
     // 20 ms each way, 200 Mbit/s, a 50 KB queue.
     let pid = start(&bed, &w, &["--delay", "20ms", "--rate", "200mbit", "--buffer", "50000"]);
@@ -106,6 +112,7 @@ fn delay_rate_and_queue_match_the_settings() {
 #[test]
 fn random_loss_matches_the_setting() {
     require_root!();
+    let _one_at_a_time = MEASURING.lock().unwrap_or_else(|p| p.into_inner());
     let (bed, a, w, _b) = path("10.72.0");
     let pid =
         start(&bed, &w, &["--delay", "1ms", "--rate", "1gbit", "--buffer", "1MB", "--loss", "10%", "--seed", "9"]);
