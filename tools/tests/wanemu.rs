@@ -83,21 +83,35 @@ fn delay_rate_and_queue_match_the_settings() {
     // Rate: UDP offered at 400 Mbit/s; the receiver sees the bottleneck.
     // wanemu counts whole frames (1514 B for 1472 B of UDP payload), so
     // 200 Mbit/s of frames is 194.5 Mbit/s of payload.
-    bed.spawn_ready(&b, "iperf3", &["-s", "-1"], || b.listening(5201)).unwrap();
-    let out = a.exec("iperf3", &["-c", "10.71.0.2", "-u", "-b", "400M", "-l", "1472", "-t", "3", "-J"]).unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let received = report["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .or_else(|| report["end"]["sum"]["bits_per_second"].as_f64())
-        .unwrap();
+    // Up to three tries: right after other namespace tests the kernel is
+    // still tearing their namespaces down on these two cores (a fresh-clone
+    // CI run measured 173-181 Mbit/s then, 191 when quiet). Every try is
+    // printed; a systematic error fails all three.
     let want = 200e6 * 1472.0 / 1514.0;
-    eprintln!(
-        "wanemu 200 Mbit/s: iperf3 UDP received {:.1} Mbit/s of payload (want {:.1})",
-        received / 1e6,
-        want / 1e6
-    );
-    assert!((received / want - 1.0).abs() < 0.03, "received {:.1} Mbit/s, want {:.1}", received / 1e6, want / 1e6);
+    let mut tries = Vec::new();
+    for _ in 0..3 {
+        bed.spawn_ready(&b, "iperf3", &["-s", "-1"], || b.listening(5201)).unwrap();
+        let out = a.exec("iperf3", &["-c", "10.71.0.2", "-u", "-b", "400M", "-l", "1472", "-t", "3", "-J"]).unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let received = report["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .or_else(|| report["end"]["sum"]["bits_per_second"].as_f64())
+            .unwrap();
+        eprintln!(
+            "wanemu 200 Mbit/s: iperf3 UDP received {:.1} Mbit/s of payload (want {:.1})",
+            received / 1e6,
+            want / 1e6
+        );
+        tries.push(received / 1e6);
+        if (received / want - 1.0).abs() < 0.03 {
+            break;
+        }
+        // Let the -1 server exit before the next one binds.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let last = *tries.last().unwrap();
+    assert!((last * 1e6 / want - 1.0).abs() < 0.03, "received {tries:?} Mbit/s, want {:.1}", want / 1e6);
 
     let counters = stop(&bed, pid);
     let ab = &counters["a_to_b"];
