@@ -560,27 +560,6 @@ impl Runtime {
         }
     }
 
-    /// A mark of the runtime's activity so far (frames handled, wake-ups):
-    /// read it *before* checking for work, then wait with
-    /// [`Runtime::wait_for_activity`] so that nothing arriving in between
-    /// is slept through.
-    pub fn activity(&self) -> u64 {
-        self.inner.notifier.generation()
-    }
-
-    /// With a datapath thread: sleeps until there has been activity since
-    /// `since` (a frame, a [`Runtime::wake`]) or `max` passes; returns at
-    /// once if there has been. Inline: like [`Runtime::idle`].
-    pub fn wait_for_activity(&self, since: u64, max: Duration) -> Result<(), Error> {
-        match self.inner.link.as_ref().map(|l| &l.engine) {
-            Some(Engine::Inline(_)) => self.idle(Some(max)),
-            _ => {
-                self.inner.notifier.wait_past(since, max);
-                Ok(())
-            }
-        }
-    }
-
     /// Counters of the datapath's queues (empty without an interface).
     pub fn queue_stats(&self) -> Vec<crate::QueueStats> {
         match self.inner.link.as_ref().map(|l| &l.engine) {

@@ -310,12 +310,17 @@ impl RelayCore {
                     }
                     return Ok(());
                 }
+                // A refresh with the same links changes no route: flood it,
+                // skip the computation (most advertisements are refreshes).
+                let same_links = self.db.get(origin).is_some_and(|old| old.neighbors == neighbors);
                 if self.db.install(Lsa { origin, seq, neighbors }, now) == Install::Updated {
                     let links: Vec<LinkId> = self.links.keys().copied().filter(|l| *l != link).collect();
                     for l in links {
                         self.send_raw(l, frame_with_len(frame).as_slice());
                     }
-                    self.recompute(now);
+                    if !same_links {
+                        self.recompute(now);
+                    }
                 }
             }
             Msg::Open { vc, src, dst, port, ttl, credit } => {
@@ -500,6 +505,7 @@ impl RelayCore {
         self.seq += 1;
         let mut neighbors: Vec<(NodeId, u32)> = self.link_to.keys().map(|n| (*n, 1)).collect();
         neighbors.sort();
+        let same_links = self.db.get(self.cfg.me).is_some_and(|old| old.neighbors == neighbors);
         let lsa = Lsa { origin: self.cfg.me, seq: self.seq, neighbors };
         let frame = Msg::Lsa { origin: lsa.origin, seq: lsa.seq, neighbors: lsa.neighbors.clone() }.to_frame();
         self.db.install(lsa, now);
@@ -508,7 +514,9 @@ impl RelayCore {
             self.send_raw(l, &frame);
         }
         self.next_refresh = now + self.cfg.refresh;
-        self.recompute(now);
+        if !same_links {
+            self.recompute(now);
+        }
     }
 
     fn recompute(&mut self, now: Duration) {

@@ -373,58 +373,19 @@ fn all_to_all(xsock: &str, rounds: usize, out: &mut String) -> io::Result<()> {
         progress(&format!("all-to-all round {round}/{rounds}"));
         // Joining (registration) is before the barrier; only the connect
         // phase is timed. Each process holds 4 endpoints.
-        let reports = o.mesh_with(&hosts, &overlay_peers.join(","), &["--endpoints", &k, "--parallel", PARALLEL], true);
+        let reports = o.mesh_run(&hosts, &overlay_peers.join(","), |_, name| {
+            let mut a = o.join_flags(name);
+            a.extend(["--endpoints", &k, "--parallel", PARALLEL].map(String::from));
+            a
+        })?;
         let (x_ms, x_ok, x_pairs, _) = span(&reports);
         let x_conn = connect_times(&reports);
         let x_cross = delta(&o.sites.sites)?;
         if first_error.is_none() {
             first_error = reports.iter().find_map(|r| r["failed"].as_array().and_then(|a| a.first()).cloned());
         }
-        let plain_hosts: Vec<(String, Host)> = hosts.clone();
-        let per_host_reports = std::thread::scope(|sc| {
-            let runs: Vec<_> = plain_hosts
-                .iter()
-                .zip(&ips)
-                .map(|((_, h), ip)| {
-                    let peers = plain_peers.join(",");
-                    let start_at = (std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_millis()
-                        + 3000)
-                        .to_string();
-                    let port = MESH_PORT.to_string();
-                    let args = [
-                        "mesh",
-                        "--plain",
-                        "--listen-ip",
-                        ip,
-                        "--port",
-                        &port,
-                        "--peers",
-                        &peers,
-                        "--endpoints",
-                        &k,
-                        "--parallel",
-                        PARALLEL,
-                        "--start-at",
-                        &start_at,
-                        "--linger",
-                        "3s",
-                    ];
-                    let mut cmd = h.command(xsock, &args);
-                    sc.spawn(move || cmd.output())
-                })
-                .collect();
-            runs.into_iter()
-                .map(|r| {
-                    let out = r.join().expect("no panic")?;
-                    let text = String::from_utf8_lossy(&out.stdout).to_string();
-                    serde_json::from_str::<Value>(text.lines().next().unwrap_or("")).map_err(|e| {
-                        io::Error::other(format!("plain mesh: {e}: {}", String::from_utf8_lossy(&out.stderr)))
-                    })
-                })
-                .collect::<io::Result<Vec<Value>>>()
+        let per_host_reports = o.mesh_run(&hosts, &plain_peers.join(","), |i, _| {
+            ["--plain", "--listen-ip", &ips[i], "--endpoints", &k, "--parallel", PARALLEL].map(String::from).to_vec()
         })?;
         let (k_ms, k_ok, k_pairs, _) = span(&per_host_reports);
         let k_conn = connect_times(&per_host_reports);
@@ -485,32 +446,9 @@ fn recovery(xsock: &str, rounds: usize, out: &mut String) -> io::Result<()> {
         let hosts = o.endpoints();
         let (sp1, sp2) = (hosts[0].clone(), hosts[1].clone());
         // Each probes the other, one connection after another.
-        let probe = |me: &(String, Host), peer: &str| {
-            let key = o.key.to_str().expect("utf-8").to_owned();
-            let args = [
-                "mesh",
-                "--iface",
-                "eth0",
-                "--boot",
-                &o.boot,
-                "--key-file",
-                &key,
-                "--name",
-                &me.0,
-                "--port",
-                "7500",
-                "--peers",
-                peer,
-                "--probe",
-                "6s",
-                "--bytes",
-                "64",
-            ];
-            me.1.command(xsock, &args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn()
-        };
-        let p2 = probe(&sp2, "sp1h0-0:7500")?;
+        let p2 = o.spawn_probe(&sp2, "sp1h0-0:7500", "6s")?;
         std::thread::sleep(Duration::from_millis(300));
-        let p1 = probe(&sp1, "sp2h0-0:7500")?;
+        let p1 = o.spawn_probe(&sp1, "sp2h0-0:7500", "6s")?;
         std::thread::sleep(Duration::from_millis(1500));
         let via = o.status("sp1-x0")["routes"]
             .as_array()
@@ -600,33 +538,10 @@ pub fn run(xsock: &Path, rounds: usize) -> io::Result<()> {
         let o = Overlay::start(xsock, "perf-probe", &specs);
         converge(&o);
         let hosts = o.endpoints();
-        let key = o.key.to_str().expect("utf-8").to_owned();
-        let run = |me: &(String, Host), peer: &str| {
-            let args = [
-                "mesh",
-                "--iface",
-                "eth0",
-                "--boot",
-                &o.boot,
-                "--key-file",
-                &key,
-                "--name",
-                &me.0,
-                "--port",
-                "7500",
-                "--peers",
-                peer,
-                "--probe",
-                "4s",
-                "--bytes",
-                "64",
-            ];
-            me.1.command(xsock, &args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn()
-        };
         let same = std::env::var("XSOCK_PROBE_SAME").is_ok();
-        let a = run(&hosts[if same { 1 } else { 2 }], "p1h0-0:7500")?;
+        let a = o.spawn_probe(&hosts[if same { 1 } else { 2 }], "p1h0-0:7500", "4s")?;
         std::thread::sleep(Duration::from_millis(300));
-        let b = run(&hosts[0], if same { "p1h1-0:7500" } else { "p2h0-0:7500" })?;
+        let b = o.spawn_probe(&hosts[0], if same { "p1h1-0:7500" } else { "p2h0-0:7500" }, "4s")?;
         let lines = String::from_utf8_lossy(&b.wait_with_output()?.stdout).to_string();
         let _ = a.wait_with_output();
         let us: Vec<f64> = lines

@@ -202,45 +202,79 @@ impl Overlay {
 
     /// Runs `xsock mesh` on every endpoint host at once against `peers`;
     /// returns each one's JSON report.
+    /// The flags that join host `name` to this overlay (CLI.md's
+    /// `--boot IP:PORT --name NAME --key-file F`, on `eth0`).
+    pub fn join_flags(&self, name: &str) -> Vec<String> {
+        let key = self.key.to_str().expect("utf-8 path");
+        ["--iface", "eth0", "--boot", &self.boot, "--key-file", key, "--name", name].map(String::from).to_vec()
+    }
+
     /// Runs `xsock mesh` (one endpoint each) on `hosts` at once against
     /// `peers`; returns each one's JSON report.
     pub fn mesh(&self, hosts: &[(String, Host)], peers: &[(String, Host)], bytes: usize) -> Vec<Value> {
         let list: Vec<String> = peers.iter().map(|(n, _)| format!("{n}-0:{MESH_PORT}")).collect();
-        self.mesh_with(hosts, &list.join(","), &["--bytes", &bytes.to_string()], true)
+        let bytes = bytes.to_string();
+        self.mesh_run(hosts, &list.join(","), |_, name| {
+            let mut a = self.join_flags(name);
+            a.extend(["--bytes".to_owned(), bytes.clone()]);
+            a
+        })
+        .expect("mesh runs")
     }
 
-    /// Runs `xsock mesh ARGS` on every host at once, starting together
-    /// 3 s from now; with `overlay`, joined as the host's name.
-    pub fn mesh_with(&self, hosts: &[(String, Host)], peers: &str, extra: &[&str], overlay: bool) -> Vec<Value> {
+    /// Runs `xsock mesh --port MESH_PORT --peers PEERS` plus
+    /// `flags(index, name)` on every host at once, all starting together
+    /// 3 s from now; returns each one's JSON report.
+    pub fn mesh_run(
+        &self,
+        hosts: &[(String, Host)],
+        peers: &str,
+        flags: impl Fn(usize, &str) -> Vec<String>,
+    ) -> std::io::Result<Vec<Value>> {
         let start_at =
             (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() + 3000)
                 .to_string();
         let port = MESH_PORT.to_string();
-        let key = self.key.to_str().expect("utf-8 path");
         std::thread::scope(|sc| {
             let runs: Vec<_> = hosts
                 .iter()
-                .map(|(n, h)| {
+                .enumerate()
+                .map(|(i, (n, h))| {
+                    let extra = flags(i, n);
                     let mut args =
                         vec!["mesh", "--port", &port, "--peers", peers, "--start-at", &start_at, "--linger", "3s"];
-                    if overlay {
-                        args.extend(["--iface", "eth0", "--boot", &self.boot, "--key-file", key, "--name", n]);
-                    }
-                    args.extend_from_slice(extra);
+                    args.extend(extra.iter().map(String::as_str));
                     let mut cmd = h.command(&self.xsock, &args);
                     sc.spawn(move || cmd.output())
                 })
                 .collect();
             runs.into_iter()
                 .map(|r| {
-                    let out = r.join().expect("no panic").expect("mesh runs");
+                    let out = r.join().expect("no panic")?;
                     let text = String::from_utf8_lossy(&out.stdout).to_string();
-                    serde_json::from_str(text.lines().next().unwrap_or("")).unwrap_or_else(|_| {
-                        panic!("mesh printed no report ({}): {}", out.status, String::from_utf8_lossy(&out.stderr))
+                    serde_json::from_str(text.lines().next().unwrap_or("")).map_err(|_| {
+                        std::io::Error::other(format!(
+                            "mesh printed no report ({}): {}",
+                            out.status,
+                            String::from_utf8_lossy(&out.stderr)
+                        ))
                     })
                 })
                 .collect()
         })
+    }
+
+    /// Starts `xsock mesh --probe DUR` on `me` (joined as its name) against
+    /// `peer`, stdout piped: one JSON line per connection attempt.
+    pub fn spawn_probe(&self, me: &(String, Host), peer: &str, dur: &str) -> std::io::Result<std::process::Child> {
+        let mut args = vec!["mesh".to_owned()];
+        args.extend(self.join_flags(&me.0));
+        args.extend(["--port", "7500", "--peers", peer, "--probe", dur, "--bytes", "64"].map(String::from));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        me.1.command(&self.xsock, &args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
     }
 }
 

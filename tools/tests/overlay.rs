@@ -68,6 +68,18 @@ fn every_pair_of_endpoints_across_firewalls_and_nat_connects() {
     assert!(forwarded >= relayed * 2 * 64 * 1024, "relays forwarded {forwarded} bytes for {relayed} exchanges");
 }
 
+/// `xsock ping` joined to the overlay as `name`, then `rest`.
+fn ping_as(o: &Overlay, name: &str, rest: &[&str]) -> Vec<String> {
+    let mut a = vec!["ping".to_owned()];
+    a.extend(o.join_flags(name));
+    a.extend(rest.iter().map(|s| s.to_string()));
+    a
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 fn three_lans() -> Vec<SiteSpec> {
     vec![
         SiteSpec { name: "hub", policy: Policy::Open, relays: 2, hosts: 1 },
@@ -90,45 +102,15 @@ fn a_killed_relay_is_routed_around_and_its_connections_fail_clearly() {
     let refs: Vec<&str> = relays.iter().map(String::as_str).collect();
     o.converge(&refs, Duration::from_secs(20));
     let (sp1, sp2) = (&o.sites.sites[1], &o.sites.sites[2]);
-    let key = o.key.to_str().unwrap();
     let echo_at = format!("{}:7600", sp2.host_ip(0));
     let server = &sp2.hosts[0];
     o.bed
-        .spawn_ready(
-            server,
-            XSOCK,
-            &["ping", "--iface", "eth0", "--listen", &echo_at, "--boot", &o.boot, "--name", "sp2h0", "--key-file", key],
-            || server.listening(7600),
-        )
+        .spawn_ready(server, XSOCK, &strs(&ping_as(&o, "sp2h0", &["--listen", &echo_at])), || server.listening(7600))
         .unwrap();
     std::thread::sleep(Duration::from_millis(300)); // its port reaches the relays' directory
     // A long ping through sp1-x0 -> hub-x? -> sp2-x0.
-    let client = o
-        .bed
-        .spawn(
-            &sp1.hosts[0],
-            XSOCK,
-            &[
-                "ping",
-                "--iface",
-                "eth0",
-                "--connect",
-                "sp2h0:7600",
-                "--boot",
-                &o.boot,
-                "--name",
-                "sp1h0",
-                "--key-file",
-                key,
-                "--count",
-                "100000000",
-                "--warmup",
-                "0",
-                "--poll",
-                "sleep",
-            ],
-        )
-        .unwrap();
+    let long = ["--connect", "sp2h0:7600", "--count", "100000000", "--warmup", "0", "--poll", "sleep"];
+    let client = o.bed.spawn(&sp1.hosts[0], XSOCK, &strs(&ping_as(&o, "sp1h0", &long))).unwrap();
     let t = Instant::now();
     while o.status("sp1-x0")["counters"]["vcs_opened"].as_u64().unwrap_or(0) == 0 {
         assert!(t.elapsed() < Duration::from_secs(10), "the ping never opened: {}", o.bed.log_tail(client, 5));
@@ -162,30 +144,8 @@ fn a_killed_relay_is_routed_around_and_its_connections_fail_clearly() {
     };
     // New connections succeed through the remaining hub relay.
     let t = Instant::now();
-    let out = sp1.hosts[1]
-        .command(
-            XSOCK,
-            &[
-                "ping",
-                "--iface",
-                "eth0",
-                "--connect",
-                "sp2h0:7600",
-                "--boot",
-                &o.boot,
-                "--name",
-                "sp1h1",
-                "--key-file",
-                key,
-                "--count",
-                "100",
-                "--warmup",
-                "10",
-                "--json",
-            ],
-        )
-        .output()
-        .unwrap();
+    let new = ["--connect", "sp2h0:7600", "--count", "100", "--warmup", "10", "--json"];
+    let out = sp1.hosts[1].command(XSOCK, &strs(&ping_as(&o, "sp1h1", &new))).output().unwrap();
     assert!(out.status.success(), "new connection failed: {}", String::from_utf8_lossy(&out.stderr));
     eprintln!(
         "killed {via}: its ping failed after {failed_after:?}, sp1-x0 routed via {other} after {recomputed:?}, \
@@ -193,27 +153,8 @@ fn a_killed_relay_is_routed_around_and_its_connections_fail_clearly() {
         t.elapsed()
     );
     // A port nobody listens on is refused by the relays, with the reason.
-    let out = sp1.hosts[1]
-        .command(
-            XSOCK,
-            &[
-                "ping",
-                "--iface",
-                "eth0",
-                "--connect",
-                "sp2h0:7999",
-                "--boot",
-                &o.boot,
-                "--name",
-                "sp1h1b",
-                "--key-file",
-                key,
-                "--count",
-                "10",
-            ],
-        )
-        .output()
-        .unwrap();
+    let unlistened = ["--connect", "sp2h0:7999", "--count", "10"];
+    let out = sp1.hosts[1].command(XSOCK, &strs(&ping_as(&o, "sp1h1b", &unlistened))).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("does not listen on port 7999"), "{err}");
 }
