@@ -64,6 +64,32 @@ pub enum Error {
     /// The peer broke the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The peer announced (or streamed) a message larger than this stream
+    /// accepts; the connection was reset.
+    #[error(
+        "the peer sent a {len}-byte message, over this stream's limit of {max} bytes; the connection was reset \
+         (raise it with RuntimeBuilder::max_message or Stream::set_max_message if such messages are expected)"
+    )]
+    MessageTooLarge {
+        /// The length the peer announced (or had sent when it passed the limit).
+        len: u64,
+        /// The limit in force.
+        max: usize,
+    },
+    /// The runtime's memory limit for connection buffers is reached, so a
+    /// new connection was refused (existing ones keep what they hold).
+    #[error(
+        "no memory for another connection: {held} of the runtime's {limit}-byte limit is held by {connections} \
+         connections (raise RuntimeBuilder::memory_limit, or close idle connections)"
+    )]
+    MemoryLimit {
+        /// Bytes held (reserved) by connections now.
+        held: usize,
+        /// The limit.
+        limit: usize,
+        /// Connections holding it.
+        connections: usize,
+    },
     /// The relay overlay could not do what was asked (the message says why
     /// and what to do: a wrong key, an unknown name, no relay, a refusal).
     #[error("overlay: {0}")]
@@ -93,6 +119,8 @@ impl From<Error> for io::Error {
             Error::Closed => io::ErrorKind::NotConnected,
             Error::NotXsockPeer(_) | Error::NoLink => io::ErrorKind::Unsupported,
             Error::Config(_) => io::ErrorKind::InvalidInput,
+            Error::MessageTooLarge { .. } => io::ErrorKind::InvalidData,
+            Error::MemoryLimit { .. } => io::ErrorKind::OutOfMemory,
             _ => io::ErrorKind::Other,
         };
         io::Error::new(kind, e)

@@ -67,6 +67,7 @@ pub struct RuntimeBuilder {
     tcp: TcpConfig,
     tcp_fallback: bool,
     tcp_neighbors: Option<std::collections::HashMap<Ipv4Addr, MacAddr>>,
+    max_message: usize,
 }
 
 impl std::fmt::Debug for RuntimeBuilder {
@@ -105,6 +106,7 @@ impl Default for RuntimeBuilder {
             tcp: TcpConfig::default(),
             tcp_fallback: false,
             tcp_neighbors: None,
+            max_message: crate::framing::DEFAULT_MAX_MESSAGE,
         }
     }
 }
@@ -248,6 +250,15 @@ impl RuntimeBuilder {
         self
     }
 
+    /// The largest message [`crate::Stream::recv_message`] accepts from a
+    /// peer (default 1 GiB): a longer one is refused with
+    /// [`Error::MessageTooLarge`] and its connection reset, so a peer cannot
+    /// make the process buffer (or try to allocate) more.
+    pub fn max_message(mut self, bytes: usize) -> Self {
+        self.max_message = bytes;
+        self
+    }
+
     /// Overrides the whole reliable-link endpoint configuration.
     pub fn endpoint_config(mut self, c: EndpointConfig) -> Self {
         self.endpoint = Some(c);
@@ -267,7 +278,15 @@ impl RuntimeBuilder {
             }
             Err(e) => return Err(e),
         };
-        Ok(Runtime { inner: Arc::new(Inner { link, notifier, poll: self.poll, launch: crate::launch::from_env() }) })
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                link,
+                notifier,
+                poll: self.poll,
+                launch: crate::launch::from_env(),
+                max_message: self.max_message,
+            }),
+        })
     }
 
     /// The datapath over the interface, or over the given test devices.
@@ -418,6 +437,7 @@ pub(crate) struct Inner {
     pub notifier: Arc<Notifier>,
     pub poll: PollMode,
     pub launch: Option<Launch>,
+    pub max_message: usize,
 }
 
 /// How long a dropped runtime lets open reliable-link connections finish
@@ -510,6 +530,11 @@ impl Runtime {
     /// Rank and size when started by Slurm or an MPI launcher.
     pub fn launch(&self) -> Option<Launch> {
         self.inner.launch
+    }
+
+    /// The largest message a stream's `recv_message` accepts by default.
+    pub fn max_message(&self) -> usize {
+        self.inner.max_message
     }
 
     /// The poll mode.

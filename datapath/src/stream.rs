@@ -23,7 +23,11 @@ use std::{
 
 use xsock_reliable_link::{CloseReason, Lookup, Mode, Peer, wire::RstReason};
 
-use crate::{Error, PollMode, Runtime, tcp::conn::TcpConn};
+use crate::{
+    Error, PollMode, Runtime,
+    framing::{self, Received},
+    tcp::conn::TcpConn,
+};
 
 /// Which path a connection may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -69,9 +73,18 @@ impl Default for ConnectOptions {
 }
 
 pub(crate) enum Conn {
-    Link { cid: u64, _handle: Arc<LinkHandle> },
+    Link {
+        cid: u64,
+        _handle: Arc<LinkHandle>,
+    },
     Kernel(TcpStream),
     Tcp(TcpConn),
+    /// Reset by this side (see [`Stream::recv_message`]): every call fails
+    /// with the reason.
+    Failed {
+        path: Path,
+        why: String,
+    },
 }
 
 /// Lets go of a reliable-link connection when the last handle on it
@@ -98,6 +111,7 @@ pub struct Stream {
     peer: SocketAddrV4,
     mode: Mode,
     spin: bool,
+    max_message: usize,
 }
 
 impl std::fmt::Debug for Stream {
@@ -109,6 +123,11 @@ impl std::fmt::Debug for Stream {
             .field("mode", &self.mode)
             .finish()
     }
+}
+
+/// The error every call on a stream this side reset returns.
+fn failed(why: &str) -> Error {
+    Error::ConnectionReset(why.to_owned())
 }
 
 fn close_error(reason: CloseReason, peer: SocketAddrV4) -> Error {
@@ -177,7 +196,15 @@ impl Stream {
 
     pub(crate) fn from_tcp(rt: &Runtime, c: TcpConn, mode: Mode) -> Stream {
         let (local, peer) = c.endpoints();
-        Stream { rt: rt.clone(), conn: Conn::Tcp(c), local, peer, mode, spin: rt.poll_mode() == PollMode::Busy }
+        Stream {
+            rt: rt.clone(),
+            conn: Conn::Tcp(c),
+            local,
+            peer,
+            mode,
+            spin: rt.poll_mode() == PollMode::Busy,
+            max_message: rt.max_message(),
+        }
     }
 
     pub(crate) fn from_link(rt: &Runtime, cid: u64, mode: Mode) -> Stream {
@@ -198,6 +225,7 @@ impl Stream {
             peer,
             mode,
             spin: rt.poll_mode() == PollMode::Busy,
+            max_message: rt.max_message(),
         }
     }
 
@@ -211,7 +239,7 @@ impl Stream {
         };
         let local = v4(sock.local_addr().map_err(Error::Io)?);
         let peer = v4(sock.peer_addr().map_err(Error::Io)?);
-        Ok(Stream { rt: rt.clone(), conn: Conn::Kernel(sock), local, peer, mode, spin })
+        Ok(Stream { rt: rt.clone(), conn: Conn::Kernel(sock), local, peer, mode, spin, max_message: rt.max_message() })
     }
 
     /// Another handle on the same connection (to read on one thread and
@@ -222,8 +250,17 @@ impl Stream {
             Conn::Link { cid, _handle } => Conn::Link { cid: *cid, _handle: _handle.clone() },
             Conn::Kernel(s) => Conn::Kernel(s.try_clone().map_err(Error::Io)?),
             Conn::Tcp(c) => Conn::Tcp(c.clone()),
+            Conn::Failed { path, why } => Conn::Failed { path: *path, why: why.clone() },
         };
-        Ok(Stream { rt: self.rt.clone(), conn, local: self.local, peer: self.peer, mode: self.mode, spin: self.spin })
+        Ok(Stream {
+            rt: self.rt.clone(),
+            conn,
+            local: self.local,
+            peer: self.peer,
+            mode: self.mode,
+            spin: self.spin,
+            max_message: self.max_message,
+        })
     }
 
     /// The runtime this connection belongs to.
@@ -237,6 +274,7 @@ impl Stream {
             Conn::Link { .. } => Path::Link,
             Conn::Kernel(_) => Path::Kernel,
             Conn::Tcp(_) => Path::Tcp,
+            Conn::Failed { path, .. } => path,
         }
     }
 
@@ -279,13 +317,14 @@ impl Stream {
         match &mut self.conn {
             Conn::Link { .. } => self.send_all(msg, true),
             Conn::Kernel(s) => {
-                let len = (msg.len() as u64).to_le_bytes();
+                let len = framing::header(msg.len());
                 kernel_write_all(s, &[IoSlice::new(&len), IoSlice::new(msg)], self.spin)
             }
             Conn::Tcp(c) => {
-                c.write_all(self.peer, &(msg.len() as u64).to_le_bytes())?;
+                c.write_all(self.peer, &framing::header(msg.len()))?;
                 c.write_all(self.peer, msg)
             }
+            Conn::Failed { why, .. } => Err(failed(why)),
         }
     }
 
@@ -294,6 +333,7 @@ impl Stream {
         match &mut self.conn {
             Conn::Kernel(s) => kernel_write_all(s, bufs, self.spin),
             Conn::Tcp(c) => bufs.iter().try_for_each(|b| c.write_all(self.peer, b)),
+            Conn::Failed { why, .. } => Err(failed(why)),
             Conn::Link { .. } => {
                 for b in bufs {
                     self.send_all(b, false)?;
@@ -308,6 +348,7 @@ impl Stream {
             Conn::Link { cid, .. } => *cid,
             Conn::Kernel(s) => return kernel_write_all(s, &[IoSlice::new(data)], self.spin),
             Conn::Tcp(c) => return c.write_all(self.peer, data),
+            Conn::Failed { why, .. } => return Err(failed(why)),
         };
         let mut off = 0;
         loop {
@@ -354,6 +395,7 @@ impl Stream {
         match &mut self.conn {
             Conn::Kernel(s) => kernel_read(s, buf, self.spin),
             Conn::Tcp(c) => c.read(self.peer, buf),
+            Conn::Failed { why, .. } => Err(failed(why)),
             Conn::Link { cid, .. } => {
                 let cid = *cid;
                 self.link_read_blocking(cid, buf, false).map(|(n, _)| n)
@@ -372,6 +414,7 @@ impl Stream {
                     Err(e) => return Err(Error::Io(e)),
                 }
             },
+            Conn::Failed { why, .. } => Err(failed(why)),
             Conn::Link { .. } | Conn::Tcp(_) => {
                 let mut total = 0;
                 for (i, b) in bufs.iter_mut().enumerate() {
@@ -389,70 +432,92 @@ impl Stream {
         }
     }
 
-    /// Receives one whole message into `out` (replacing its contents).
-    /// Returns false (and leaves `out` empty) if the peer finished its
-    /// stream instead.
-    pub fn recv_message(&mut self, out: &mut Vec<u8>) -> Result<bool, Error> {
+    /// Receives one whole message into `out` (replacing its contents), or
+    /// learns that the peer ended its stream: [`Received::End`], with `out`
+    /// empty. A message longer than [`Stream::max_message`] is refused with
+    /// [`Error::MessageTooLarge`] and the connection is reset (whatever
+    /// length the peer announces, `out` grows only with the bytes that
+    /// actually arrive).
+    pub fn recv_message(&mut self, out: &mut Vec<u8>) -> Result<Received, Error> {
         out.clear();
-        match &mut self.conn {
-            Conn::Kernel(s) => {
-                let mut len = [0u8; 8];
-                if !kernel_read_exact(s, &mut len, self.spin)? {
-                    return Ok(false);
-                }
-                let len = u64::from_le_bytes(len) as usize;
-                out.resize(len, 0);
-                if !kernel_read_exact(s, out, self.spin)? {
-                    return Err(Error::Protocol("the peer closed in the middle of a message".into()));
-                }
-                Ok(true)
+        let max = self.max_message;
+        let spin = self.spin;
+        let r = match &mut self.conn {
+            Conn::Kernel(s) => framing::recv_framed(out, max, |buf| kernel_read_exact(s, buf, spin)),
+            Conn::Tcp(c) => {
+                let peer = self.peer;
+                framing::recv_framed(out, max, |buf| tcp_read_exact(c, peer, buf))
             }
-            Conn::Tcp(_) => {
-                let mut len = [0u8; 8];
-                if !self.read_exact_or_end(&mut len)? {
-                    return Ok(false);
-                }
-                out.resize(u64::from_le_bytes(len) as usize, 0);
-                if !self.read_exact_or_end(out)? {
-                    return Err(Error::Protocol("the peer closed in the middle of a message".into()));
-                }
-                Ok(true)
-            }
+            Conn::Failed { why, .. } => Err(failed(why)),
             Conn::Link { cid, .. } => {
                 let cid = *cid;
-                loop {
-                    let start = out.len();
-                    // Grow by a bounded chunk: zero-filling all spare capacity
-                    // on every read made a large message quadratic.
-                    let chunk = (out.capacity() - start).clamp(64 << 10, 1 << 20);
-                    out.resize(start + chunk, 0);
-                    let (n, end) = self.link_read_blocking(cid, &mut out[start..], true)?;
-                    out.truncate(start + n);
-                    if end {
-                        return Ok(true);
-                    }
-                    if n == 0 {
-                        if out.is_empty() {
-                            return Ok(false);
-                        }
-                        return Err(Error::Protocol("the peer finished in the middle of a message".into()));
-                    }
+                self.link_recv_message(cid, out)
+            }
+        };
+        if let Err(Error::MessageTooLarge { len, max }) = &r {
+            log::warn!("{}: the peer sent a {len}-byte message, over the {max}-byte limit: resetting", self.peer);
+            self.reset_after(format!("this side reset the connection after a {len}-byte message (limit {max})"));
+        }
+        r
+    }
+
+    fn link_recv_message(&mut self, cid: u64, out: &mut Vec<u8>) -> Result<Received, Error> {
+        loop {
+            let start = out.len();
+            // Grow by a bounded chunk: zero-filling all spare capacity on
+            // every read made a large message quadratic.
+            let chunk = (out.capacity() - start).clamp(64 << 10, 1 << 20);
+            out.resize(start + chunk, 0);
+            let (n, end) = self.link_read_blocking(cid, &mut out[start..], true)?;
+            out.truncate(start + n);
+            if out.len() > self.max_message {
+                let len = out.len() as u64;
+                out.clear();
+                return Err(framing::too_large(len, self.max_message));
+            }
+            if end {
+                return Ok(Received::Message);
+            }
+            if n == 0 {
+                if out.is_empty() {
+                    return Ok(Received::End);
                 }
+                return Err(Error::Protocol("the peer finished in the middle of a message".into()));
             }
         }
     }
 
-    /// Reads exactly `buf.len()` bytes; false on a clean end before the first.
-    fn read_exact_or_end(&mut self, buf: &mut [u8]) -> Result<bool, Error> {
-        let mut got = 0;
-        while got < buf.len() {
-            match self.recv(&mut buf[got..])? {
-                0 if got == 0 => return Ok(false),
-                0 => return Err(Error::Protocol("the peer closed in the middle of a message".into())),
-                n => got += n,
+    /// Resets the connection from this side (the peer sees a reset) and
+    /// leaves the stream failed with `why`.
+    fn reset_after(&mut self, why: String) {
+        let path = self.path();
+        match std::mem::replace(&mut self.conn, Conn::Failed { path, why }) {
+            Conn::Kernel(s) => {
+                use std::os::fd::AsFd;
+                if let Err(e) = xsock_nic::sys::reset_on_close(s.as_fd()) {
+                    log::debug!("SO_LINGER before the reset: {e}");
+                }
+                drop(s);
             }
+            Conn::Tcp(c) => c.abort(),
+            Conn::Link { cid, _handle } => {
+                self.rt.link().expect("link").shared.lock().abort_with(cid, RstReason::Protocol);
+                self.rt.kick();
+                drop(_handle);
+            }
+            Conn::Failed { .. } => {}
         }
-        Ok(true)
+    }
+
+    /// The largest message [`Stream::recv_message`] accepts.
+    pub fn max_message(&self) -> usize {
+        self.max_message
+    }
+
+    /// Sets the largest message [`Stream::recv_message`] accepts (default:
+    /// [`RuntimeBuilder::max_message`](crate::RuntimeBuilder::max_message)).
+    pub fn set_max_message(&mut self, bytes: usize) {
+        self.max_message = bytes;
     }
 
     /// Blocks until bytes (or the end) arrive, then reads. Returns the bytes
@@ -501,6 +566,7 @@ impl Stream {
                 s.set_nonblocking(self.spin).map_err(Error::Io)?;
                 r.map_err(Error::from_io)
             }
+            Conn::Failed { why, .. } => Err(failed(why)),
             Conn::Tcp(c) => match c.try_write(self.peer, data)? {
                 0 if !data.is_empty() => Err(Error::WouldBlock),
                 n => Ok(n),
@@ -526,6 +592,7 @@ impl Stream {
                 r.map_err(Error::from_io)
             }
             Conn::Tcp(c) => c.try_read(self.peer, buf)?.ok_or(Error::WouldBlock),
+            Conn::Failed { why, .. } => Err(failed(why)),
             Conn::Link { cid, .. } => {
                 let cid = *cid;
                 let link = self.rt.link().expect("link");
@@ -561,6 +628,7 @@ impl Stream {
                 c.shutdown();
                 Ok(())
             }
+            Conn::Failed { why, .. } => Err(failed(why)),
             Conn::Link { cid, .. } => {
                 let cid = *cid;
                 self.rt.link().expect("link").shared.lock().close(cid).map_err(|_| Error::Closed)?;
@@ -580,6 +648,7 @@ impl Stream {
             Conn::Link { cid, .. } => *cid,
             Conn::Tcp(c) => return c.wait_sent(self.peer, timeout),
             Conn::Kernel(_) => return Ok(()),
+            Conn::Failed { why, .. } => return Err(failed(why)),
         };
         let rt = self.rt.clone();
         let peer = self.peer;
@@ -726,6 +795,20 @@ fn kernel_read(s: &mut TcpStream, buf: &mut [u8], spin: bool) -> Result<usize, E
             Err(e) => return Err(Error::from_io(e)),
         }
     }
+}
+
+/// Reads exactly `buf.len()` bytes from a TCP-mode connection; false on a
+/// clean end of stream before the first byte.
+fn tcp_read_exact(c: &TcpConn, peer: SocketAddrV4, buf: &mut [u8]) -> Result<bool, Error> {
+    let mut got = 0;
+    while got < buf.len() {
+        match c.read(peer, &mut buf[got..])? {
+            0 if got == 0 => return Ok(false),
+            0 => return Err(Error::Protocol("the peer closed in the middle of a message".into())),
+            n => got += n,
+        }
+    }
+    Ok(true)
 }
 
 /// Reads exactly `buf.len()` bytes; false on a clean end of stream before

@@ -9,7 +9,7 @@ use std::{
 };
 
 use xsock::{
-    ConnectOptions, Driving, Error, ListenOptions, Listener, Mode, Path, PollMode, Runtime, Stream, Transport,
+    ConnectOptions, Driving, Error, ListenOptions, Listener, Mode, Path, PollMode, Received, Runtime, Stream, Transport,
 };
 use xsock_nic::mem::{MemConfig, MemDevice};
 use xsock_reliable_link::LocalAddr;
@@ -46,7 +46,7 @@ fn echo_server(rt: Runtime, port: u16, mode: Mode) -> thread::JoinHandle<Result<
         match mode {
             Mode::Message => {
                 let mut m = Vec::new();
-                while s.recv_message(&mut m)? {
+                while s.recv_message(&mut m)?.is_message() {
                     total += m.len() as u64;
                     s.send_message(&m)?;
                 }
@@ -81,12 +81,12 @@ fn round_trips(driving: Driving, poll: PollMode) {
     for (i, len) in [1usize, 64, 1460, 1461, 65_536, 1 << 20, 3, (1 << 20) + 17].into_iter().enumerate() {
         let m = pattern(len, i as u8);
         s.send_message(&m).unwrap();
-        assert!(s.recv_message(&mut back).unwrap());
+        assert!(s.recv_message(&mut back).unwrap().is_message());
         assert!(back == m, "message {i} of {len} bytes came back intact");
         sent += len as u64;
     }
     s.shutdown_write().unwrap();
-    assert!(!s.recv_message(&mut back).unwrap(), "the server's end of stream");
+    assert_eq!(s.recv_message(&mut back).unwrap(), Received::End, "the server's end of stream");
     assert_eq!(server.join().unwrap().unwrap(), sent);
 }
 
@@ -235,10 +235,10 @@ fn messages_over_kernel_tcp_keep_their_boundaries() {
     assert_eq!(s.path(), Path::Kernel);
     let mut m = Vec::new();
     for len in [1usize, 100, 70_000] {
-        assert!(s.recv_message(&mut m).unwrap());
+        assert!(s.recv_message(&mut m).unwrap().is_message());
         assert_eq!(m, pattern(len, 1));
     }
-    assert!(!s.recv_message(&mut m).unwrap());
+    assert_eq!(s.recv_message(&mut m).unwrap(), Received::End);
     t.join().unwrap();
 }
 
@@ -309,9 +309,9 @@ fn a_one_gib_message_arrives_whole() {
     let server = thread::spawn(move || {
         let mut s = l.accept().unwrap();
         let mut got = Vec::new();
-        assert!(s.recv_message(&mut got).unwrap());
+        assert!(s.recv_message(&mut got).unwrap().is_message());
         let intact = got.len() == expected.len() && got == *expected;
-        assert!(s.recv_message(&mut got).unwrap() && got == b"after");
+        assert!(s.recv_message(&mut got).unwrap().is_message() && got == b"after");
         intact
     });
     let opts = ConnectOptions { transport: Transport::Link, mode: Mode::Message, ..Default::default() };

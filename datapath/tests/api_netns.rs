@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use xsock::{ConnectOptions, Driving, Listener, Mode, Path, PollMode, Runtime, Stream, Transport};
+use xsock::{ConnectOptions, Driving, Listener, Mode, Path, PollMode, Received, Runtime, Stream, Transport};
 use xsock_testbed::{Host, LinkOpts, Testbed, require_root};
 
 const NET: &str = "10.81.0";
@@ -58,7 +58,7 @@ fn xsock_peers_talk_over_reliable_link_on_af_xdp() {
         let path = s.path();
         let mut m = Vec::new();
         let mut n = 0;
-        while s.recv_message(&mut m).unwrap() {
+        while s.recv_message(&mut m).unwrap().is_message() {
             s.send_message(&m).unwrap();
             n += 1;
         }
@@ -74,12 +74,12 @@ fn xsock_peers_talk_over_reliable_link_on_af_xdp() {
         for len in [1usize, 1460, 100_000, 4 << 20] {
             let m: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             s.send_message(&m).unwrap();
-            assert!(s.recv_message(&mut back).unwrap());
+            assert!(s.recv_message(&mut back).unwrap().is_message());
             assert!(back == m, "{len}-byte message intact");
         }
         let path = s.path();
         s.shutdown_write().unwrap();
-        assert!(!s.recv_message(&mut back).unwrap());
+        assert_eq!(s.recv_message(&mut back).unwrap(), Received::End);
         path
     });
     assert_eq!(client.join().unwrap(), Path::Link);

@@ -450,6 +450,56 @@ pub fn get_sockopt_u32(fd: RawFd, level: i32, name: i32) -> io::Result<u32> {
     Ok(v)
 }
 
+/// Makes the next close of a TCP socket reset the connection (SO_LINGER
+/// with a zero timeout), so the peer learns at once that it was refused
+/// rather than seeing an orderly end.
+pub fn reset_on_close(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: passes a pointer to a live `linger` and its exact size.
+    syscall!(setsockopt(
+        fd.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_LINGER,
+        (&linger as *const libc::linger).cast(),
+        std::mem::size_of::<libc::linger>() as libc::socklen_t
+    ))?;
+    Ok(())
+}
+
+/// Starts a TCP connect to `addr` on a new non-blocking socket (close-on-
+/// exec). The connect completes in the background: the socket becomes
+/// writable, and [`socket_error`] says whether it succeeded.
+pub fn tcp_connect_start(addr: std::net::SocketAddrV4) -> io::Result<std::net::TcpStream> {
+    // SAFETY: plain socket(2) call; the result is checked.
+    let fd = syscall!(socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0))?;
+    // SAFETY: fd was just returned by socket(2) and is owned by nothing else.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let sa = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*addr.ip()).to_be() },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: passes a pointer to a live sockaddr_in and its exact size.
+    match syscall!(connect(
+        owned.as_raw_fd(),
+        (&sa as *const libc::sockaddr_in).cast(),
+        std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
+    )) {
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(std::net::TcpStream::from(owned))
+}
+
+/// The pending error of a socket (SO_ERROR), which reading clears: how a
+/// non-blocking connect ended.
+pub fn socket_error(fd: BorrowedFd<'_>) -> io::Result<Option<io::Error>> {
+    let code = get_sockopt_u32(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ERROR)?;
+    Ok((code != 0).then(|| io::Error::from_raw_os_error(code as i32)))
+}
+
 /// A kick to the kernel for an AF_XDP socket: sendto(fd, NULL, 0,
 /// MSG_DONTWAIT). ENOBUFS, EAGAIN, EBUSY and ENETDOWN mean "try again", as in
 /// the kernel's xdpsock sample.

@@ -21,7 +21,7 @@ use std::{
 };
 
 use xsock::{
-    ConnectOptions, Driving, Error, ListenOptions, Listener, Mode, Path, PollMode, Runtime, Stream, Transport,
+    ConnectOptions, Driving, Error, ListenOptions, Listener, Mode, Path, PollMode, Received, Runtime, Stream, Transport,
 };
 
 /// Error codes; keep in step with xsock.h.
@@ -508,8 +508,8 @@ pub unsafe extern "C" fn xsock_recv_msg(s: *mut xsock_stream, buf: *mut c_void, 
         };
         let mut msg = std::mem::take(&mut s.msg);
         let r = match s.s.recv_message(&mut msg) {
-            Ok(false) => 0,
-            Ok(true) if msg.len() > out.len() => {
+            Ok(Received::End) => 0,
+            Ok(Received::Message) if msg.len() > out.len() => {
                 set_error(&format!(
                     "a {}-byte message does not fit a {}-byte buffer; it was dropped",
                     msg.len(),
@@ -517,7 +517,7 @@ pub unsafe extern "C" fn xsock_recv_msg(s: *mut xsock_stream, buf: *mut c_void, 
                 ));
                 i64::from(code::EMSGSIZE)
             }
-            Ok(true) => {
+            Ok(Received::Message) => {
                 out[..msg.len()].copy_from_slice(&msg);
                 msg.len() as i64
             }
