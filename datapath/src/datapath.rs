@@ -97,7 +97,7 @@ pub struct DatapathBuilder {
     frame_count: u32,
     ring_size: u32,
     fill_min: usize,
-    multi_buffer: bool,
+    multi_buffer: Option<bool>,
     bind: BindMode,
     xdp_mode: XdpMode,
     mode: PollMode,
@@ -117,7 +117,7 @@ impl DatapathBuilder {
             frame_count: d.frame_count,
             ring_size: d.ring_size,
             fill_min: d.fill_min,
-            multi_buffer: false,
+            multi_buffer: None,
             bind: BindMode::Auto,
             xdp_mode: XdpMode::Auto,
             mode: PollMode::default(),
@@ -171,9 +171,10 @@ impl DatapathBuilder {
         self
     }
 
-    /// Frames longer than one chunk (jumbo MTU).
+    /// Frames longer than one chunk (jumbo MTU); automatic (on when the MTU
+    /// does not fit a chunk) unless set.
     pub fn multi_buffer(mut self, on: bool) -> Self {
-        self.multi_buffer = on;
+        self.multi_buffer = Some(on);
         self
     }
 

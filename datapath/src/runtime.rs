@@ -51,7 +51,7 @@ pub struct RuntimeBuilder {
     frame_count: u32,
     ring_size: u32,
     fill_min: u32,
-    multi_buffer: bool,
+    multi_buffer: Option<bool>,
     bind: BindMode,
     xdp_mode: XdpMode,
     poll: PollMode,
@@ -90,7 +90,7 @@ impl Default for RuntimeBuilder {
             frame_count: 4096,
             ring_size: 2048,
             fill_min: xsock_nic::xdp::AfXdpConfig::new("").fill_min as u32,
-            multi_buffer: false,
+            multi_buffer: None,
             bind: BindMode::Auto,
             xdp_mode: XdpMode::Auto,
             poll: PollMode::default(),
@@ -158,9 +158,10 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Frames longer than one UMEM frame (jumbo MTU).
+    /// Frames longer than one UMEM frame (jumbo MTU). Without this call it
+    /// is automatic: on when the interface's MTU does not fit one frame.
     pub fn multi_buffer(mut self, on: bool) -> Self {
-        self.multi_buffer = on;
+        self.multi_buffer = Some(on);
         self
     }
 
@@ -308,14 +309,17 @@ impl RuntimeBuilder {
                  `ip addr add 10.0.0.1/24 dev {iface}`)"
             )));
         }
-        let dp = Datapath::builder(iface)
+        let mut dp = Datapath::builder(iface);
+        if let Some(on) = self.multi_buffer {
+            dp = dp.multi_buffer(on);
+        }
+        let dp = dp
             .queues(0..self.queues)
             .backend(self.backend)
             .frame_size(self.frame_size)
             .frame_count(self.frame_count)
             .ring_size(self.ring_size)
             .fill_min(self.fill_min)
-            .multi_buffer(self.multi_buffer)
             .bind(self.bind)
             .xdp_mode(self.xdp_mode)
             .poll_mode(self.poll)

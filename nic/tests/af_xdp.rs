@@ -193,7 +193,7 @@ fn two_queues_in_one_process_share_the_filter() {
 fn jumbo_frames_cross_as_multi_buffer() {
     require_root!();
     let (_bed, a, b) = pair(LinkOpts { mtu: 9000, queues: 1 });
-    let cfg = AfXdpConfig { multi_buffer: true, ..config(0) };
+    let cfg = AfXdpConfig { multi_buffer: Some(true), ..config(0) };
     let mut da = open_in(&a, cfg.clone()).unwrap();
     let mut db = open_in(&b, cfg).unwrap();
     assert_eq!(da.info().max_frame, 9014);
@@ -203,6 +203,32 @@ fn jumbo_frames_cross_as_multi_buffer() {
         da.sink().flush().unwrap();
         assert_eq!(recv(&mut db, 1, len), vec![seq]);
     }
+}
+
+#[test]
+fn an_mtu_9000_interface_gets_multi_buffer_without_being_asked() {
+    require_root!();
+    let (_bed, a, b) = pair(LinkOpts { mtu: 9000, queues: 1 });
+    // No multi_buffer setting at all: what a new user does.
+    let mut da = open_in(&a, config(0)).unwrap();
+    let mut db = open_in(&b, config(0)).unwrap();
+    assert!(matches!(db.info().backend, Backend::AfXdp { multi_buffer: true, .. }), "{}", db.info().backend);
+    assert_eq!(da.info().max_frame, 9014);
+    let dst = db.info().mac;
+    send(&mut da, dst, 9014, 7);
+    da.sink().flush().unwrap();
+    assert_eq!(recv(&mut db, 1, 9014), vec![7]);
+    // Turned off explicitly, the same MTU is refused with a fix named.
+    let e = open_in(&a, AfXdpConfig { multi_buffer: Some(false), queue: 0, ..config(0) }).unwrap_err();
+    assert!(e.to_string().contains("multi-buffer"), "{e}");
+}
+
+#[test]
+fn an_mtu_1500_interface_stays_single_buffer() {
+    require_root!();
+    let (_bed, a, _b) = pair(LinkOpts::default());
+    let da = open_in(&a, config(0)).unwrap();
+    assert!(matches!(da.info().backend, Backend::AfXdp { multi_buffer: false, .. }), "{}", da.info().backend);
 }
 
 #[test]
@@ -296,7 +322,7 @@ fn ipv4_rules_steer_chosen_ports_at_run_time() {
 fn variable_length_frames_are_built_in_place() {
     require_root!();
     let (_bed, a, b) = pair(LinkOpts { mtu: 9000, queues: 1 });
-    let cfg = AfXdpConfig { multi_buffer: true, ..config(0) };
+    let cfg = AfXdpConfig { multi_buffer: Some(true), ..config(0) };
     let mut da = open_in(&a, cfg.clone()).unwrap();
     let mut db = open_in(&b, cfg).unwrap();
     let (src, dst) = (da.info().mac, db.info().mac);

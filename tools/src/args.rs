@@ -100,7 +100,8 @@ pub struct DatapathArgs {
     /// Ring size (fill, rx, tx, completion); a power of two.
     #[arg(long, default_value_t = 2048)]
     pub ring: u32,
-    /// Accept frames longer than one UMEM frame (jumbo MTU; XDP multi-buffer).
+    /// Force frames longer than one UMEM frame (XDP multi-buffer) on; without
+    /// it, multi-buffer is chosen automatically when the MTU needs it.
     #[arg(long)]
     pub multi_buffer: bool,
     /// What the loop does when idle.
@@ -111,8 +112,11 @@ pub struct DatapathArgs {
 impl DatapathArgs {
     /// Opens the datapath these flags describe.
     pub fn open(&self) -> Result<Datapath, xsock::Error> {
-        Datapath::builder(&self.iface)
-            .queues([self.queue])
+        let mut b = Datapath::builder(&self.iface);
+        if self.multi_buffer {
+            b = b.multi_buffer(true);
+        }
+        b.queues([self.queue])
             .backend(self.backend.into())
             .bind(match self.bind {
                 BindArg::Auto => BindMode::Auto,
@@ -127,7 +131,6 @@ impl DatapathArgs {
                 XdpModeArg::Generic => XdpMode::Generic,
             })
             .ring_size(self.ring)
-            .multi_buffer(self.multi_buffer)
             .poll_mode(self.poll.into())
             .build()
     }
@@ -160,7 +163,8 @@ pub struct RuntimeArgs {
     /// Native or generic XDP.
     #[arg(long, value_enum, default_value = "auto")]
     pub xdp_mode: XdpModeArg,
-    /// Accept frames longer than one UMEM frame (jumbo MTU).
+    /// Force frames longer than one UMEM frame (XDP multi-buffer) on; without
+    /// it, multi-buffer is chosen automatically when the MTU needs it.
     #[arg(long)]
     pub multi_buffer: bool,
     /// Bytes each connection buffers for sending and receiving.
@@ -241,7 +245,11 @@ impl RuntimeArgs {
     /// interface (required) for reliable-link.
     pub fn build(&self, driving: xsock::Driving, poll: PollMode) -> Result<xsock::Runtime, crate::fail::Fail> {
         use crate::fail::Fail;
-        let mut b = xsock::Runtime::builder()
+        let mut b = xsock::Runtime::builder();
+        if self.multi_buffer {
+            b = b.multi_buffer(true);
+        }
+        let mut b = b
             .driving(driving)
             .poll_mode(poll)
             .send_buffer(self.buffer)
@@ -252,7 +260,6 @@ impl RuntimeArgs {
                 XdpModeArg::Native => XdpMode::Native,
                 XdpModeArg::Generic => XdpMode::Generic,
             })
-            .multi_buffer(self.multi_buffer)
             .ring_size(self.ring)
             .frame_count(self.ring * 2)
             .fill_min(if self.deep_fill { u32::MAX } else { 256 })

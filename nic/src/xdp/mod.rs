@@ -71,8 +71,11 @@ pub struct AfXdpConfig {
     pub frame_count: u32,
     /// Size of each of the four rings (power of two).
     pub ring_size: u32,
-    /// Allow frames longer than one chunk (XDP_USE_SG and the `xdp.frags` program).
-    pub multi_buffer: bool,
+    /// Frames longer than one chunk (XDP_USE_SG and the `xdp.frags`
+    /// program): `None` = automatic (on when the interface's MTU does not
+    /// fit one chunk, with a log line saying so), `Some(true)` forces it on,
+    /// `Some(false)` off (then an MTU over a chunk is an error).
+    pub multi_buffer: Option<bool>,
     /// Zero-copy or copy mode.
     pub bind: BindMode,
     /// Native or generic XDP (for the interface's first socket; later
@@ -100,7 +103,7 @@ impl AfXdpConfig {
             frame_size: 4096,
             frame_count: 4096,
             ring_size: 2048,
-            multi_buffer: false,
+            multi_buffer: None,
             bind: BindMode::Auto,
             xdp_mode: XdpMode::Auto,
             ethertypes: Vec::new(),
@@ -190,13 +193,26 @@ impl AfXdpDevice {
         let mac = MacAddr(sys::if_mac(iface).map_err(|e| NicError::io(format!("reading the MAC of {iface}"), e))?);
         let frame = mtu as usize + ETH_HEADER_LEN;
         let capacity = config.chunk_capacity();
-        let max_frame = if config.multi_buffer { frame.min(capacity * MAX_SEGMENTS) } else { capacity.min(frame) };
-        if frame > capacity && !config.multi_buffer {
+        let multi_buffer = match config.multi_buffer {
+            Some(on) => on,
+            None if frame > capacity => {
+                log::info!(
+                    "{iface}: MTU {mtu} frames ({frame} B) do not fit one {}-byte UMEM chunk: using multi-buffer \
+                     AF_XDP (XDP_USE_SG), chosen automatically",
+                    config.frame_size
+                );
+                true
+            }
+            None => false,
+        };
+        let config = &AfXdpConfig { multi_buffer: Some(multi_buffer), ..config.clone() };
+        let max_frame = if multi_buffer { frame.min(capacity * MAX_SEGMENTS) } else { capacity.min(frame) };
+        if frame > capacity && !multi_buffer {
             let hint = if config.frame_size < 4096 && frame <= 4096 - XDP_PACKET_HEADROOM {
-                "use 4096-byte frames (--frame-size 4096), or enable multi-buffer (--multi-buffer)".to_owned()
+                "use 4096-byte frames (--frame-size 4096), or leave multi-buffer on (it was turned off)".to_owned()
             } else {
                 format!(
-                    "enable multi-buffer (--multi-buffer), or lower the MTU (`ip link set dev {iface} mtu {}`)",
+                    "leave multi-buffer on (it was turned off), or lower the MTU (`ip link set dev {iface} mtu {}`)",
                     capacity - ETH_HEADER_LEN
                 )
             };
@@ -210,7 +226,7 @@ impl AfXdpDevice {
 
         // The filter first: a foreign program (or another xsock runtime) on
         // the interface is reported as such rather than as a busy queue.
-        let filter = XdpFilter::acquire(iface, ifindex, config.multi_buffer, config.xdp_mode)?;
+        let filter = XdpFilter::acquire(iface, ifindex, multi_buffer, config.xdp_mode)?;
         for &et in &config.ethertypes {
             filter.add_ethertype(et)?;
         }
@@ -264,7 +280,7 @@ impl AfXdpDevice {
             mac,
             mtu,
             max_frame,
-            backend: Backend::AfXdp { zero_copy, native: filter.is_native(), multi_buffer: config.multi_buffer },
+            backend: Backend::AfXdp { zero_copy, native: filter.is_native(), multi_buffer },
         };
         Ok(Self { info, rx, tx, fd, filter, _socket_umem: umem })
     }
@@ -290,7 +306,7 @@ fn bind_socket(config: &AfXdpConfig, umem_bytes: u64) -> Result<(Umem, Vec<Frame
     for &zc in attempts {
         let (umem, descs) = create_umem(config, umem_bytes)?;
         let mut flags = BindFlags::XDP_USE_NEED_WAKEUP | if zc { BindFlags::XDP_ZEROCOPY } else { BindFlags::XDP_COPY };
-        if config.multi_buffer {
+        if config.multi_buffer == Some(true) {
             flags |= BindFlags::XDP_USE_SG;
         }
         let ring = QueueSize::new(config.ring_size).map_err(|e| NicError::Config(e.to_string()))?;
@@ -392,7 +408,7 @@ fn bind_error(config: &AfXdpConfig, e: xsk_rs::socket::SocketCreateError, errno:
             iface: iface.clone(),
             reason: "the driver does not support zero-copy; use copy mode (--bind copy or auto)".to_owned(),
         },
-        Some(libc::EOPNOTSUPP | libc::EINVAL) if config.multi_buffer => NicError::Unsupported {
+        Some(libc::EOPNOTSUPP | libc::EINVAL) if config.multi_buffer == Some(true) => NicError::Unsupported {
             backend: "AF_XDP multi-buffer",
             iface: iface.clone(),
             reason: "the kernel or driver refused XDP_USE_SG; drop --multi-buffer and keep the MTU within one frame"

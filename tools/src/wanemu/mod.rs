@@ -208,7 +208,7 @@ fn open_bridge_port(iface: &str, backend: BackendChoice) -> Result<Box<dyn Frame
         let known = sys::if_names().join(", ");
         Fail::msg(format!("interface {iface}: {e}; interfaces here: {known}"))
     })?;
-    config.multi_buffer = mtu as usize + xsock_nic::ETH_HEADER_LEN > config.chunk_capacity();
+    config.multi_buffer = Some(mtu as usize + xsock_nic::ETH_HEADER_LEN > config.chunk_capacity());
     Ok(xsock_nic::open(&config, backend)?)
 }
 
