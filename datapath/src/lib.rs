@@ -47,7 +47,7 @@ pub use framing::{DEFAULT_MAX_MESSAGE, Received};
 pub use handler::{Context, FrameHandler, HandlerId};
 pub use launch::Launch;
 pub use listener::{ListenOptions, Listener};
-pub use runtime::{Driving, Runtime, RuntimeBuilder};
+pub use runtime::{Driving, LinkStatus, MemoryStats, Runtime, RuntimeBuilder};
 pub use stream::{ConnectOptions, Path, Stream, Transport};
 pub use tcp::{Congestion, Pace, TcpConfig, core::TcpStats};
 pub use thread::DatapathThread;

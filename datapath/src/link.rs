@@ -13,7 +13,7 @@ use std::{
 };
 
 use xsock_nic::{ETH_HEADER_LEN, MacAddr, RxFrame, TxError, wire::EthernetFrame};
-use xsock_reliable_link::{Endpoint, EndpointEvent, Event, wire::ETHERTYPE};
+use xsock_reliable_link::{CloseReason, Endpoint, EndpointEvent, Event, wire::ETHERTYPE};
 
 use crate::{
     handler::{Context, FrameHandler},
@@ -79,16 +79,50 @@ fn transmit(ep: &mut Endpoint, cx: &mut Context<'_>, mac: MacAddr, max_frame: us
 }
 
 /// Takes the endpoint's events (the application reads connection state
-/// directly; events only say that something changed). A peer that stopped
-/// answering is forgotten by discovery, so the next connect asks again.
+/// directly; events only say that something changed), logging what an
+/// operator should see: refusals for memory, peers lost, protocol
+/// violations. A peer that stopped answering is forgotten by discovery, so
+/// the next connect asks again.
 fn take_events(ep: &mut Endpoint) -> bool {
     let mut any = false;
     while let Some(e) = ep.poll_event() {
         any = true;
-        if let EndpointEvent::Connection { cid, event: Event::Closed(xsock_reliable_link::CloseReason::TimedOut) } = e
-            && let Some(ip) = ep.connection(cid).map(|c| c.addressing().remote_ip)
-        {
-            ep.forget_peer(ip);
+        match e {
+            EndpointEvent::Connection { cid, event: Event::Closed(reason) } => {
+                let who = ep.connection(cid).map(|c| *c.addressing());
+                match (reason, who) {
+                    (CloseReason::TimedOut, Some(a)) => ep.forget_peer(a.remote_ip),
+                    (CloseReason::Protocol(v), Some(a)) => log::warn!(
+                        "reliable-link: reset the connection from {}:{} because {v}",
+                        a.remote_ip,
+                        a.remote_port
+                    ),
+                    _ => {}
+                }
+            }
+            EndpointEvent::RefusedForMemory { port, from } => {
+                let p = ep.pool_stats();
+                log::warn!(
+                    "reliable-link: refused a connection from {from} to port {port}: the memory limit is reached \
+                     ({} of {} bytes reserved by {} connections); raise RuntimeBuilder::memory_limit or close idle \
+                     connections",
+                    p.reserved,
+                    p.limit,
+                    ep.connections()
+                );
+            }
+            EndpointEvent::PeerLost { mac, connections, restarted } => {
+                let mac = MacAddr(mac);
+                if restarted {
+                    log::info!("reliable-link: peer {mac} restarted; its {connections} old connection(s) were reset");
+                } else {
+                    log::info!(
+                        "reliable-link: peer {mac} stopped answering keepalives; its {connections} connection(s) \
+                         timed out"
+                    );
+                }
+            }
+            _ => {}
         }
     }
     any

@@ -8,7 +8,7 @@ use std::{
 };
 
 use xsock_nic::{BackendChoice, FrameDevice, MacAddr, sys, xdp::BindMode, xdp::XdpMode};
-use xsock_reliable_link::{Endpoint, EndpointConfig, LocalAddr, wire::ETHERTYPE};
+use xsock_reliable_link::{Endpoint, EndpointConfig, LocalAddr, buffer::Budget, wire::ETHERTYPE};
 
 use crate::{
     Datapath, DatapathThread, Error, PollMode, Waker,
@@ -24,6 +24,48 @@ use crate::{
 
 /// Devices opened elsewhere and the addresses to use on them.
 type TestDevices = (Vec<Box<dyn FrameDevice>>, Vec<LocalAddr>);
+
+/// The default memory limit: an eighth of the machine's memory, at least
+/// 256 MiB (1 GiB if the machine's memory cannot be read).
+fn default_memory_limit() -> usize {
+    let eighth = sys::physical_memory().map_or(1 << 30, |m| m / 8);
+    usize::try_from(eighth).unwrap_or(usize::MAX).max(256 << 20)
+}
+
+/// Whether the runtime drives an interface, and if not, why not: a runtime
+/// that fell back to kernel sockets says so here (not only in a log line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LinkStatus {
+    /// AF_XDP on this interface: reliable-link and the TCP mode are there.
+    Driven {
+        /// The interface.
+        iface: String,
+    },
+    /// Kernel sockets only: every connection takes kernel TCP.
+    KernelOnly {
+        /// Why (no interface given, or what failed when opening it, with
+        /// the fix).
+        reason: String,
+    },
+}
+
+/// The memory of connection buffers, as [`Runtime::memory`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// The limit connection buffers may reserve together.
+    pub limit: usize,
+    /// Reserved now (reliable-link windows and TCP-mode buffers).
+    pub reserved: usize,
+    /// reliable-link buffer chunks holding bytes now.
+    pub chunks_in_use: usize,
+    /// Released chunks kept warm for reuse.
+    pub chunks_warm: usize,
+    /// Bytes of one chunk.
+    pub chunk_bytes: usize,
+    /// reliable-link connections the endpoint holds.
+    pub link_connections: usize,
+}
 
 /// Who runs the datapath's poll loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -68,6 +110,9 @@ pub struct RuntimeBuilder {
     tcp_fallback: bool,
     tcp_neighbors: Option<std::collections::HashMap<Ipv4Addr, MacAddr>>,
     max_message: usize,
+    memory_limit: Option<usize>,
+    initial_window: Option<usize>,
+    keepalive: Option<Option<Duration>>,
 }
 
 impl std::fmt::Debug for RuntimeBuilder {
@@ -107,6 +152,9 @@ impl Default for RuntimeBuilder {
             tcp_fallback: false,
             tcp_neighbors: None,
             max_message: crate::framing::DEFAULT_MAX_MESSAGE,
+            memory_limit: None,
+            initial_window: None,
+            keepalive: None,
         }
     }
 }
@@ -197,15 +245,48 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Bytes a connection may have written but not yet acknowledged.
+    /// The most bytes a reliable-link connection may have written but not
+    /// yet acknowledged (default 4 MiB). Its send buffering starts at the
+    /// initial window and grows with the peer's window up to this.
     pub fn send_buffer(mut self, bytes: usize) -> Self {
         self.send_buffer = bytes;
         self
     }
 
-    /// Bytes a connection buffers for reading (the credit it grants).
+    /// The largest receive window a reliable-link connection grows to
+    /// (default 4 MiB; the credit it grants). It starts at the initial
+    /// window and doubles while the sender is held back by it.
     pub fn recv_buffer(mut self, bytes: usize) -> Self {
         self.recv_buffer = bytes;
+        self
+    }
+
+    /// The first receive window of a reliable-link connection, and the send
+    /// buffering it is guaranteed (default 32 KiB); reserved from the
+    /// memory limit when the connection is made.
+    pub fn initial_window(mut self, bytes: usize) -> Self {
+        self.initial_window = Some(bytes);
+        self
+    }
+
+    /// The most memory all connection buffers of this runtime may reserve
+    /// together (reliable-link windows and TCP-mode buffers; default: an
+    /// eighth of the machine's memory, at least 256 MiB). A connection that
+    /// would pass it is refused with [`Error::MemoryLimit`]; connections
+    /// that exist keep their first window, so they never stall.
+    pub fn memory_limit(mut self, bytes: usize) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// Probe a peer node after this long without hearing from it (default
+    /// 1 s; `None` turns liveness off): an idle connection to a peer that
+    /// died ends with [`Error::TimedOut`] after `dead_after` (3 s) of
+    /// silence, and its memory is returned. One probe per peer node, however
+    /// many connections. An inline-driven runtime must be polled at least
+    /// that often, or its peers take it for dead.
+    pub fn keepalive(mut self, every: Option<Duration>) -> Self {
+        self.keepalive = Some(every);
         self
     }
 
@@ -271,21 +352,35 @@ impl RuntimeBuilder {
         let notifier = Arc::new(Notifier::default());
         let devices = self.devices.take();
         let testing = devices.is_some();
-        let link = match self.open_link(&notifier, devices) {
-            Ok(l) => l,
+        let budget = Budget::new(self.memory_limit.unwrap_or_else(default_memory_limit));
+        let (link, status) = match self.open_link(&notifier, devices, &budget) {
+            Ok(Some(l)) => {
+                let status = LinkStatus::Driven { iface: l.iface.clone() };
+                (Some(l), status)
+            }
+            Ok(None) => {
+                (None, LinkStatus::KernelOnly { reason: "no interface was given (RuntimeBuilder::interface)".into() })
+            }
             Err(e) if !self.require_link && !testing => {
-                log::warn!("xsock runs on kernel sockets only: {e}");
-                None
+                let iface = self.iface.as_deref().unwrap_or("?");
+                let reason = format!("{iface} could not be driven: {e}");
+                log::warn!(
+                    "xsock runs on kernel sockets only: {reason}. Every connection takes kernel TCP; \
+                     RuntimeBuilder::require_link(true) makes this an error instead, and Runtime::link_status() says why"
+                );
+                (None, LinkStatus::KernelOnly { reason })
             }
             Err(e) => return Err(e),
         };
         Ok(Runtime {
             inner: Arc::new(Inner {
                 link,
+                status,
                 notifier,
                 poll: self.poll,
                 launch: crate::launch::from_env(),
                 max_message: self.max_message,
+                budget,
             }),
         })
     }
@@ -329,7 +424,12 @@ impl RuntimeBuilder {
         Ok(Some((dp, addrs)))
     }
 
-    fn open_link(&self, notifier: &Arc<Notifier>, devices: Option<TestDevices>) -> Result<Option<LinkCore>, Error> {
+    fn open_link(
+        &self,
+        notifier: &Arc<Notifier>,
+        devices: Option<TestDevices>,
+        budget: &Arc<Budget>,
+    ) -> Result<Option<LinkCore>, Error> {
         let Some((mut dp, addrs)) = self.open_datapath(devices)? else {
             return Ok(None);
         };
@@ -340,11 +440,18 @@ impl RuntimeBuilder {
         cfg.connection.send_buffer = self.send_buffer;
         cfg.connection.recv_buffer = self.recv_buffer;
         cfg.connection.dead_after = self.dead_after;
+        if let Some(w) = self.initial_window {
+            cfg.connection.initial_window = w;
+        }
+        if let Some(k) = self.keepalive {
+            cfg.keepalive = k;
+        }
+        cfg.budget = Some(budget.clone());
         let seed = sys::random_u64().map_err(Error::Io)?;
         let shared =
             Arc::new(LinkShared { endpoint: Mutex::new(Endpoint::new(cfg, seed)), notifier: notifier.clone() });
         let handler = dp.register(ETHERTYPE, Box::new(LinkHandler::new(shared.clone(), info.mac, info.max_frame)))?;
-        let tcp = self.open_tcp(&mut dp, &addrs, notifier)?;
+        let tcp = self.open_tcp(&mut dp, &addrs, notifier, budget)?;
         let waker = dp.waker();
         let engine = match self.driving {
             Driving::Thread => Engine::Thread(dp.spawn("xsock-datapath")?),
@@ -371,6 +478,7 @@ impl RuntimeBuilder {
         dp: &mut Datapath,
         addrs: &[LocalAddr],
         notifier: &Arc<Notifier>,
+        budget: &Arc<Budget>,
     ) -> Result<Option<(Arc<TcpShared>, crate::HandlerId)>, Error> {
         use xsock_nic::{Backend, neigh};
         let info = dp.device_info(0).clone();
@@ -400,6 +508,7 @@ impl RuntimeBuilder {
             is_veth,
             mtu: (info.mtu as usize + xsock_nic::ETH_HEADER_LEN).min(info.max_frame),
             seed: sys::random_u64().map_err(Error::Io)?,
+            budget: budget.clone(),
         };
         let mut cfg = self.tcp.clone();
         // Unless the application chose one, the TCP mode keeps its own,
@@ -438,6 +547,8 @@ pub(crate) struct LinkCore {
 
 pub(crate) struct Inner {
     pub link: Option<LinkCore>,
+    pub status: LinkStatus,
+    pub budget: Arc<Budget>,
     pub notifier: Arc<Notifier>,
     pub poll: PollMode,
     pub launch: Option<Launch>,
@@ -505,6 +616,33 @@ impl Runtime {
     /// Whether the reliable-link path is up (an interface is driven).
     pub fn has_link(&self) -> bool {
         self.inner.link.is_some()
+    }
+
+    /// Whether an interface is driven, or why the runtime fell back to
+    /// kernel sockets.
+    pub fn link_status(&self) -> &LinkStatus {
+        &self.inner.status
+    }
+
+    /// Connection-buffer memory: the limit, what is reserved, the chunks in
+    /// use.
+    pub fn memory(&self) -> MemoryStats {
+        let mut m = MemoryStats {
+            limit: self.inner.budget.limit(),
+            reserved: self.inner.budget.reserved(),
+            chunks_in_use: 0,
+            chunks_warm: 0,
+            chunk_bytes: xsock_reliable_link::buffer::CHUNK,
+            link_connections: 0,
+        };
+        if let Some(l) = &self.inner.link {
+            let ep = l.shared.lock();
+            let p = ep.pool_stats();
+            m.chunks_in_use = p.chunks_in_use;
+            m.chunks_warm = p.chunks_warm;
+            m.link_connections = ep.connections();
+        }
+        m
     }
 
     /// Our IPv4 addresses on the driven interface.

@@ -142,9 +142,17 @@ fn close_error(reason: CloseReason, peer: SocketAddrV4) -> Error {
         CloseReason::Reset(RstReason::Unknown) => {
             Error::ConnectionReset(format!("{peer} no longer knows the connection (it restarted?)"))
         }
+        CloseReason::Reset(RstReason::Overloaded) => Error::ConnectionReset(format!(
+            "{peer} refused the connection: it has no memory for another (its runtime's memory_limit is reached)"
+        )),
+        CloseReason::Reset(RstReason::Protocol) => {
+            Error::ConnectionReset(format!("{peer} reset the connection: it says this side broke the protocol"))
+        }
         CloseReason::Reset(r) => Error::ConnectionReset(format!("{peer} reset the connection ({r:?})")),
         CloseReason::Aborted => Error::Closed,
-        CloseReason::Protocol => Error::Protocol(format!("{peer} broke the reliable-link protocol")),
+        CloseReason::Protocol(v) => {
+            Error::Protocol(format!("{peer} broke the reliable-link protocol ({v}); this side reset the connection"))
+        }
         CloseReason::Graceful => Error::Closed,
     }
 }
@@ -727,11 +735,12 @@ fn discover(rt: &Runtime, ip: Ipv4Addr, deadline: Instant) -> Result<Option<Peer
 
 fn link_connect(rt: &Runtime, addr: SocketAddrV4, peer: Peer, mode: Mode, deadline: Instant) -> Result<Stream, Error> {
     let link = rt.link().expect("caller checked");
-    let cid = link
-        .shared
-        .lock()
-        .connect(Instant::now(), *addr.ip(), addr.port(), peer, mode)
-        .map_err(|e| Error::Config(e.to_string()))?;
+    let cid = link.shared.lock().connect(Instant::now(), *addr.ip(), addr.port(), peer, mode).map_err(|e| match e {
+        xsock_reliable_link::EndpointError::MemoryLimit { reserved, limit, connections } => {
+            Error::MemoryLimit { held: reserved, limit, connections }
+        }
+        e => Error::Config(e.to_string()),
+    })?;
     rt.kick();
     let outcome = rt.wait_until(Some(deadline), || {
         let ep = link.shared.lock();

@@ -14,7 +14,7 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use xsock_reliable_link::{
     Endpoint, EndpointConfig, LocalAddr, Mode, Peer,
-    wire::{Body, Packet, Repr, RstBody, RstReason},
+    wire::{Body, KeepaliveBody, Packet, Repr, RstBody, RstReason},
 };
 
 #[derive(Arbitrary, Debug)]
@@ -22,6 +22,7 @@ enum Op {
     Raw(Vec<u8>),
     Data { seq: u32, len: u16, end: bool, ack: u32, limit: u32 },
     Control { kind: u8, flags: u8, seq: u32, ack: u32, limit: u32 },
+    Keepalive { reply: bool, instance: u64 },
     Advance(u16),
     Write { len: u16, end: bool },
     Read { len: u16, stop: bool },
@@ -37,6 +38,7 @@ fuzz_target!(|ops: Vec<Op>| {
         let mut c = EndpointConfig::new(mac, vec![LocalAddr { ip, prefix: 24 }], 1514);
         c.connection.send_buffer = 8192;
         c.connection.recv_buffer = 8192;
+        c.connection.initial_window = 2048;
         c
     };
     let (a_ip, b_ip) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
@@ -78,14 +80,24 @@ fuzz_target!(|ops: Vec<Op>| {
                 b.handle_input(now, A_MAC, &f);
             }
             Op::Control { kind, flags, seq, ack, limit } => {
-                let body = match kind % 5 {
+                let body = match kind % 6 {
                     0 => Body::Credit,
                     1 => Body::Nak,
                     2 => Body::Probe,
                     3 => Body::Fin,
-                    _ => Body::Rst(RstBody { reason: RstReason::Aborted }),
+                    4 => Body::Rst(RstBody { reason: RstReason::Aborted }),
+                    // Flags cover window shrinks and their confirmations.
+                    _ => Body::Credit,
                 };
                 let r = Repr { flags, dst_cid: b_cid, seq: u64::from(seq), ack: u64::from(ack), limit: u64::from(limit), body };
+                let mut f = vec![0u8; r.buffer_len()];
+                r.emit(&mut Packet::new_unchecked(&mut f[..]));
+                b.handle_input(now, A_MAC, &f);
+            }
+            Op::Keepalive { reply, instance } => {
+                let k = KeepaliveBody { instance };
+                let body = if reply { Body::KeepaliveReply(k) } else { Body::Keepalive(k) };
+                let r = Repr { flags: 0, dst_cid: 0, seq: 0, ack: 0, limit: 0, body };
                 let mut f = vec![0u8; r.buffer_len()];
                 r.emit(&mut Packet::new_unchecked(&mut f[..]));
                 b.handle_input(now, A_MAC, &f);
@@ -112,7 +124,10 @@ fuzz_target!(|ops: Vec<Op>| {
         while b.poll_event().is_some() {}
         if let Some(c) = b.connection(b_cid) {
             assert!(c.readable() <= 8192, "the receive buffer never exceeds its capacity");
+            assert!(c.window() <= 8192, "the window never grows past its cap");
         }
+        let p = b.pool_stats();
+        assert!(p.reserved <= p.limit, "the budget is never passed");
         let _ = a_cid;
     }
 });

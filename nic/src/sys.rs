@@ -450,6 +450,14 @@ pub fn get_sockopt_u32(fd: RawFd, level: i32, name: i32) -> io::Result<u32> {
     Ok(v)
 }
 
+/// Physical memory of the machine in bytes (MemTotal of /proc/meminfo).
+pub fn physical_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 /// Makes the next close of a TCP socket reset the connection (SO_LINGER
 /// with a zero timeout), so the peer learns at once that it was refused
 /// rather than seeing an orderly end.

@@ -10,7 +10,21 @@
 //!
 //! Fast path: DATA frames carry the sender's receive state (`ack`, `limit`),
 //! so a conversation needs no separate acknowledgements, and a one-way
-//! stream sees one CREDIT frame per quarter of the receive buffer read.
+//! stream sees one CREDIT frame per quarter of the receive window read.
+//!
+//! Buffers on demand: both directions live in [`ChunkRing`]s from the
+//! endpoint's [`BufferPool`], so a connection holds memory only for bytes
+//! it buffers. The receive window (the credit granted) starts at
+//! [`Config::initial_window`] and is backed by a reservation in the pool's
+//! budget; it doubles, up to [`Config::recv_buffer`], each time the sender
+//! used up all the credit while the reader kept up (the window, not the
+//! reader, was the bottleneck: the bandwidth-delay product of the credit
+//! loop is larger than the window), and it falls back to the initial
+//! window after [`Config::idle_shrink`] without traffic, giving the budget
+//! back. The send side may buffer up to [`Config::send_buffer`], with
+//! memory reserved as bytes are written and returned as they are
+//! acknowledged (beyond the first window it is taken only if the budget has
+//! room).
 //! There is no checksum (the NIC checks the CRC) and no per-frame timer.
 //!
 //! Rare path: a receiver that sees a gap drops out-of-order frames and
@@ -28,9 +42,17 @@ use std::{
 };
 
 use crate::{
-    buffer::ByteRing,
-    wire::{Body, FLAG_END, FLAG_FIN_SEEN, HEADER_LEN, Packet, Repr, RstBody, RstReason, SynAckBody, SynBody},
+    buffer::{BufferPool, ChunkRing},
+    wire::{
+        Body, FLAG_BLOCKED, FLAG_END, FLAG_FIN_SEEN, FLAG_SHRINK, FLAG_SHRINK_ACK, HEADER_LEN, Packet, Repr, RstBody,
+        RstReason, SynAckBody, SynBody,
+    },
 };
+
+/// The largest window the protocol allows (4 GiB): a peer that advertises
+/// credit further than this beyond what it has received is broken or
+/// hostile, and is reset.
+pub const MAX_WINDOW: u64 = 1 << 32;
 
 /// Flag of a CREDIT frame: it answers a PROBE (so everything the prober
 /// sent before it has arrived, or was lost).
@@ -55,11 +77,19 @@ impl Mode {
 /// Tunables of a connection.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Bytes the application may have written but the peer not yet
-    /// acknowledged.
+    /// The most bytes the application may have written but the peer not
+    /// yet acknowledged (the send side grows toward this with the peer's
+    /// window).
     pub send_buffer: usize,
-    /// Bytes received in order but not yet read; the credit granted.
+    /// The largest receive window (bytes received in order but not yet
+    /// read, plus credit outstanding) the connection grows to.
     pub recv_buffer: usize,
+    /// The first receive window, and the send buffering every connection
+    /// is guaranteed; both are reserved when the connection is made.
+    pub initial_window: usize,
+    /// After this long without data in either direction, a grown window
+    /// shrinks back to the initial one and its reservation is given back.
+    pub idle_shrink: Duration,
     /// First wait for an answer; later waits double (up to `max_rto`).
     pub initial_rto: Duration,
     /// Shortest wait for an answer.
@@ -70,11 +100,31 @@ pub struct Config {
     pub dead_after: Duration,
 }
 
+impl Config {
+    /// The receive window a connection starts with.
+    pub fn first_window(&self) -> usize {
+        self.initial_window.clamp(1, self.recv_buffer.max(1))
+    }
+
+    /// The send buffering a connection is guaranteed.
+    pub fn first_send(&self) -> usize {
+        self.initial_window.clamp(1, self.send_buffer.max(1))
+    }
+
+    /// Budget a new connection reserves: its first window and first send
+    /// buffering.
+    pub fn reservation(&self) -> usize {
+        self.first_window() + self.first_send()
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
             send_buffer: 4 << 20,
             recv_buffer: 4 << 20,
+            initial_window: 32 << 10,
+            idle_shrink: Duration::from_secs(1),
             initial_rto: Duration::from_millis(1),
             min_rto: Duration::from_micros(200),
             max_rto: Duration::from_millis(250),
@@ -96,8 +146,33 @@ pub enum CloseReason {
     Aborted,
     /// The peer stopped answering.
     TimedOut,
-    /// The peer broke the protocol.
-    Protocol,
+    /// The peer broke the protocol (this side reset the connection).
+    Protocol(Violation),
+}
+
+/// How a peer broke the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Violation {
+    /// It sent data beyond the credit it was granted.
+    CreditOverrun,
+    /// It acknowledged bytes that were never sent.
+    AckBeyondSent,
+    /// It advertised credit more than [`MAX_WINDOW`] beyond what it received,
+    /// or below it.
+    AbsurdWindow,
+    /// Its end of stream contradicts the bytes it sent.
+    BadFin,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Violation::CreditOverrun => "it sent data beyond the credit it was granted",
+            Violation::AckBeyondSent => "it acknowledged bytes that were never sent",
+            Violation::AbsurdWindow => "it advertised an impossible window",
+            Violation::BadFin => "its end of stream contradicts the bytes it sent",
+        })
+    }
 }
 
 /// What the application should hear about.
@@ -152,8 +227,10 @@ pub struct ConnStats {
     /// DATA frames dropped: out of order or duplicate.
     pub dropped_frames: u64,
     /// DATA frames beyond the credit this side granted (a sender bug or a
-    /// hostile peer); dropped.
+    /// hostile peer); the connection is reset.
     pub overrun_frames: u64,
+    /// Times the receive window doubled.
+    pub window_grown: u64,
     /// CREDIT frames sent.
     pub credit_frames: u64,
 }
@@ -181,6 +258,8 @@ pub struct Addressing {
     pub remote_port: u16,
     /// The peer's MAC.
     pub remote_mac: [u8; 6],
+    /// Our endpoint's instance id (sent in SYN and SYN-ACK).
+    pub local_instance: u64,
 }
 
 #[derive(Debug, Default)]
@@ -192,6 +271,8 @@ struct Pending {
     fin: bool,
     credit: bool,
     probe_reply: bool,
+    /// Confirm a window shrink: the limit we now keep to.
+    shrink_ack: Option<u64>,
     rst: Option<RstReason>,
 }
 
@@ -209,7 +290,9 @@ pub struct Connection {
 
     // Send direction. Bytes [send.start(), send.end()) are kept; `next` is
     // the next offset to send; `sent_hi` the highest offset ever sent.
-    send: ByteRing,
+    send: ChunkRing,
+    /// Budget held for send buffering (at least `first_send`).
+    send_reserved: usize,
     next: u64,
     sent_hi: u64,
     peer_limit: u64,
@@ -220,8 +303,24 @@ pub struct Connection {
     last_rewind: Option<(u64, Instant)>,
 
     // Receive direction. `recv` holds [read offset, expected).
-    recv: ByteRing,
+    recv: ChunkRing,
+    /// The receive window now.
+    window: usize,
+    /// Budget held for receiving: never below `limit_hi - recv.start()`
+    /// (the credit outstanding plus the bytes unread), so everything the
+    /// peer may send has memory behind it.
+    recv_reserved: usize,
+    /// The sender used the last byte of credit we granted (it is waiting).
+    credit_exhausted: bool,
+    /// Last data in either direction (for shrinking an idle window).
+    last_activity: Instant,
+    /// The limit put on the last frame sent.
     limit_sent: u64,
+    /// The most the peer may send up to: the highest limit advertised since
+    /// the last window shrink the peer confirmed.
+    limit_hi: u64,
+    /// A shrink of the window to this limit awaits the peer's confirmation.
+    shrink_to: Option<u64>,
     peer_fin: Option<u64>,
     nak_at: Option<(u64, Instant)>,
 
@@ -242,9 +341,10 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// A connection whose reservation ([`Config::reservation`]) the caller
+    /// has already taken from the pool.
     fn new(now: Instant, local_cid: u64, addr: Addressing, mode: Mode, max_payload: u16, config: Config) -> Self {
-        let recv = ByteRing::new(config.recv_buffer);
-        let limit = recv.capacity() as u64;
+        let window = config.first_window();
         Self {
             state: State::SynSent,
             mode,
@@ -253,7 +353,8 @@ impl Connection {
             addr,
             local_max_payload: max_payload,
             max_payload: max_payload as usize,
-            send: ByteRing::new(config.send_buffer),
+            send: ChunkRing::new(),
+            send_reserved: config.first_send(),
             next: 0,
             sent_hi: 0,
             peer_limit: 0,
@@ -262,8 +363,14 @@ impl Connection {
             fin_acked: false,
             was_full: false,
             last_rewind: None,
-            recv,
-            limit_sent: limit,
+            recv: ChunkRing::new(),
+            window,
+            recv_reserved: window,
+            credit_exhausted: false,
+            last_activity: now,
+            limit_sent: window as u64,
+            limit_hi: window as u64,
+            shrink_to: None,
             peer_fin: None,
             nak_at: None,
             rto: config.initial_rto,
@@ -395,14 +502,31 @@ impl Connection {
 
     // ---- application side ------------------------------------------------
 
-    /// Bytes [`Connection::write`] would accept now.
-    pub fn send_space(&self) -> usize {
-        if self.write_closed || matches!(self.state, State::Closed(_)) { 0 } else { self.send.free() }
+    /// The most bytes the send side may hold: [`Config::send_buffer`],
+    /// whatever the peer's window (a writer need not wait for its peer's
+    /// reader before it can hand over a request). Memory behind it is
+    /// reserved as bytes are written, and given back as they are
+    /// acknowledged, so an idle connection holds none beyond its first
+    /// reservation.
+    fn send_allowance(&self) -> usize {
+        self.config.send_buffer.max(self.config.first_send())
     }
 
-    /// Queues bytes for sending. With `end_of_message`, the last of them end
-    /// a message (only if all were accepted). Returns the bytes accepted.
-    pub fn write(&mut self, data: &[u8], end_of_message: bool) -> Result<usize, StreamError> {
+    /// Bytes [`Connection::write`] would accept now (it may accept fewer if
+    /// the endpoint's memory budget is spent: never fewer than the guaranteed
+    /// first send buffering allows).
+    pub fn send_space(&self) -> usize {
+        if self.write_closed || matches!(self.state, State::Closed(_)) {
+            0
+        } else {
+            self.send_allowance().saturating_sub(self.send.len())
+        }
+    }
+
+    /// Queues bytes for sending, taking buffer chunks (and budget) from
+    /// `pool`. With `end_of_message`, the last of them end a message (only
+    /// if all were accepted). Returns the bytes accepted.
+    pub fn write(&mut self, pool: &mut BufferPool, data: &[u8], end_of_message: bool) -> Result<usize, StreamError> {
         match self.state {
             State::Closed(r) => return Err(StreamError::Closed(r)),
             State::SynSent => return Err(StreamError::NotConnected),
@@ -411,7 +535,17 @@ impl Connection {
         if self.write_closed {
             return Err(StreamError::WriteClosed);
         }
-        let n = self.send.push(data, end_of_message);
+        let want = data.len().min(self.send_space());
+        let need = self.send.len() + want;
+        if need > self.send_reserved {
+            // Grow the reservation as far as the budget allows.
+            let more = (need - self.send_reserved).min(pool.available());
+            if pool.reserve(more) {
+                self.send_reserved += more;
+            }
+        }
+        let n = want.min(self.send_reserved.saturating_sub(self.send.len()));
+        self.send.push(pool, &data[..n], end_of_message && n == data.len());
         if n < data.len() {
             self.was_full = true;
         }
@@ -439,10 +573,10 @@ impl Connection {
         self.peer_fin.is_some_and(|f| self.recv.start() >= f)
     }
 
-    /// Reads in order into `out`. In message mode (or with
-    /// `stop_at_message_end`) the read stops at the end of a message and
-    /// says so.
-    pub fn read(&mut self, out: &mut [u8], stop_at_message_end: bool) -> ReadOutcome {
+    /// Reads in order into `out`, giving the chunks read back to `pool`. In
+    /// message mode (or with `stop_at_message_end`) the read stops at the end
+    /// of a message and says so.
+    pub fn read(&mut self, pool: &mut BufferPool, out: &mut [u8], stop_at_message_end: bool) -> ReadOutcome {
         let start = self.recv.start();
         let mut want = out.len().min(self.recv.len());
         let boundary = self.recv.next_end_after(start);
@@ -452,22 +586,112 @@ impl Connection {
         let n = self.recv.copy_out(start, &mut out[..want]);
         let new_start = start + n as u64;
         let end_of_message = n > 0 && self.recv.is_end(new_start);
-        self.recv.release_to(new_start);
+        self.recv.release_to(pool, new_start);
         if n > 0 {
-            self.after_read();
+            self.after_read(pool);
         }
         ReadOutcome { len: n, end_of_message }
     }
 
-    /// The receive buffer freed space: grant credit when it is worth a frame
-    /// (a quarter of the buffer), or at once if the peer may be blocked.
-    fn after_read(&mut self) {
+    /// The receive buffer freed space: grow the window if the sender was
+    /// held back by it, and grant credit when it is worth a frame (a
+    /// quarter of the window), or at once if the peer may be blocked.
+    fn after_read(&mut self, pool: &mut BufferPool) {
+        // The sender ran out of credit, and the reader has since caught up
+        // (all but a quarter of the window read): the window held the
+        // transfer back, not the reader. A slow reader never catches up
+        // while a sender waits, so its window stays small.
+        if self.credit_exhausted && self.recv.len() <= self.window / 4 {
+            self.credit_exhausted = false;
+            self.grow_window(pool);
+        }
+        self.trim_recv_reservation(pool);
         let limit = self.current_limit();
-        let grown = limit - self.limit_sent;
-        let peer_may_block = self.limit_sent.saturating_sub(self.recv.end()) < (self.max_payload as u64) * 2;
-        if grown > 0 && (grown >= self.recv.capacity() as u64 / 4 || peer_may_block) {
+        let grown = limit.saturating_sub(self.limit_hi);
+        let peer_may_block = self.limit_hi.saturating_sub(self.recv.end()) < (self.max_payload as u64) * 2;
+        if grown > 0 && (grown >= self.window as u64 / 4 || peer_may_block) {
             self.pending.credit = true;
         }
+    }
+
+    /// Doubles the receive window (up to [`Config::recv_buffer`]) if the
+    /// budget has room.
+    fn grow_window(&mut self, pool: &mut BufferPool) {
+        let target = (self.window * 2).min(self.config.recv_buffer.max(self.config.first_window()));
+        if target <= self.window {
+            return;
+        }
+        if target > self.recv_reserved {
+            if !pool.reserve(target - self.recv_reserved) {
+                return;
+            }
+            self.recv_reserved = target;
+        }
+        self.window = target;
+        self.stats.window_grown += 1;
+    }
+
+    /// After a shrink (or as the peer uses up credit granted before one),
+    /// gives back receive budget beyond the window and the credit the peer
+    /// may still use.
+    fn trim_recv_reservation(&mut self, pool: &mut BufferPool) {
+        let keep = (self.window as u64).max(self.limit_hi.saturating_sub(self.recv.start())) as usize;
+        if self.recv_reserved > keep {
+            pool.unreserve(self.recv_reserved - keep);
+            self.recv_reserved = keep;
+        }
+    }
+
+    /// An idle connection gives back what it grew: the window returns to the
+    /// initial one, and credit granted beyond it is withdrawn (a CREDIT with
+    /// [`FLAG_SHRINK`]; the budget behind it comes back when the peer
+    /// confirms with [`FLAG_SHRINK_ACK`], since until then it may still send
+    /// into it); the send reservation returns as far as the bytes buffered
+    /// allow.
+    fn shrink(&mut self, now: Instant, pool: &mut BufferPool) {
+        self.last_activity = now;
+        self.window = self.config.first_window();
+        let target = self.recv.end().max(self.recv.start() + self.window as u64);
+        if self.limit_hi > target {
+            self.shrink_to = Some(target);
+            self.pending.credit = true;
+        }
+        self.trim_recv_reservation(pool);
+        let keep = self.config.first_send().max(self.send.len());
+        if self.send_reserved > keep {
+            pool.unreserve(self.send_reserved - keep);
+            self.send_reserved = keep;
+        }
+    }
+
+    fn shrink_due(&self) -> Option<Instant> {
+        let grown = self.recv_reserved > self.config.first_window() || self.send_reserved > self.config.first_send();
+        (grown && !matches!(self.state, State::Closed(_))).then(|| self.last_activity + self.config.idle_shrink)
+    }
+
+    /// Gives every buffer chunk and the whole reservation back to `pool`
+    /// (the endpoint calls this when it forgets the connection).
+    pub fn free_buffers(&mut self, pool: &mut BufferPool) {
+        self.send.clear(pool);
+        self.recv.clear(pool);
+        pool.unreserve(self.send_reserved + self.recv_reserved);
+        self.send_reserved = 0;
+        self.recv_reserved = 0;
+    }
+
+    /// Budget this connection holds (bytes reserved for both directions).
+    pub fn reserved(&self) -> usize {
+        self.send_reserved + self.recv_reserved
+    }
+
+    /// The receive window now.
+    pub fn window(&self) -> usize {
+        self.window
+    }
+
+    /// Buffer chunks held (both directions).
+    pub fn chunks_held(&self) -> usize {
+        self.send.chunks() + self.recv.chunks()
     }
 
     /// Closes the sending side: a FIN follows the last byte.
@@ -506,8 +730,9 @@ impl Connection {
 
     // ---- input -------------------------------------------------------------
 
+    /// The credit we may grant: what the receive reservation covers.
     fn current_limit(&self) -> u64 {
-        self.recv.start() + self.recv.capacity() as u64
+        self.recv.start() + self.window as u64
     }
 
     fn progress(&mut self, now: Instant) {
@@ -524,8 +749,10 @@ impl Connection {
         self.rto = (srtt * 4 + Duration::from_micros(50)).clamp(self.config.min_rto, self.config.max_rto);
     }
 
-    /// A frame for this connection arrived (`repr.dst_cid` is ours).
-    pub fn handle_input(&mut self, now: Instant, repr: &Repr, payload: &[u8]) {
+    /// A frame for this connection arrived (`repr.dst_cid` is ours); bytes
+    /// it delivers go into chunks from `pool`, bytes it acknowledges give
+    /// theirs back.
+    pub fn handle_input(&mut self, now: Instant, repr: &Repr, payload: &[u8], pool: &mut BufferPool) {
         match self.state {
             State::Closed(CloseReason::Graceful) => {
                 // Lingering: the peer missed our last acknowledgement.
@@ -548,7 +775,7 @@ impl Connection {
                         self.sample_rtt(now - t);
                     }
                     self.push_event(Event::Connected);
-                    if self.send.free() > 0 {
+                    if self.send_space() > 0 {
                         self.push_event(Event::Writable);
                     }
                     self.progress(now);
@@ -582,9 +809,13 @@ impl Connection {
             }
             self.progress(now);
         }
-        self.absorb_receive_state(now, repr);
+        if let Some(v) = self.check_receive_state(repr) {
+            self.violated(now, v);
+            return;
+        }
+        self.absorb_receive_state(now, repr, pool);
         match repr.body {
-            Body::Data { .. } => self.on_data(now, repr, payload),
+            Body::Data { .. } => self.on_data(now, repr, payload, pool),
             Body::Nak => {
                 self.stats.naks_received += 1;
                 self.rewind(now, repr.ack);
@@ -608,42 +839,91 @@ impl Connection {
                     self.progress(now);
                     self.maybe_finish(now);
                 }
+                if repr.flags & FLAG_SHRINK != 0 {
+                    // The peer withdraws credit: keep to its new limit, or to
+                    // what we already sent (that cannot be taken back).
+                    self.peer_limit = repr.limit.max(self.sent_hi);
+                    self.pending.shrink_ack = Some(self.peer_limit);
+                    self.pending.credit = true;
+                }
+                if repr.flags & FLAG_SHRINK_ACK != 0 && self.shrink_to.take().is_some() {
+                    self.limit_hi = repr.seq.max(self.limit_sent).max(self.recv.end());
+                    self.trim_recv_reservation(pool);
+                }
             }
             Body::Fin => self.on_fin(now, repr.seq),
             Body::Rst(RstBody { reason }) => {
                 let r = if reason == RstReason::Refused { CloseReason::Refused } else { CloseReason::Reset(reason) };
                 self.end(r);
             }
-            Body::Syn(_) | Body::SynAck(_) | Body::Discover(_) | Body::DiscoverReply(_) => {}
+            Body::Syn(_)
+            | Body::SynAck(_)
+            | Body::Discover(_)
+            | Body::DiscoverReply(_)
+            | Body::Keepalive(_)
+            | Body::KeepaliveReply(_) => {}
         }
     }
 
+    /// The peer's receive state must be possible: it cannot have received
+    /// bytes we never sent, nor grant credit below what it received or more
+    /// than [`MAX_WINDOW`] beyond it.
+    fn check_receive_state(&self, repr: &Repr) -> Option<Violation> {
+        if matches!(repr.body, Body::Rst(_)) {
+            return None;
+        }
+        if repr.ack > self.sent_hi {
+            return Some(Violation::AckBeyondSent);
+        }
+        if repr.limit < repr.ack || repr.limit - repr.ack > MAX_WINDOW {
+            return Some(Violation::AbsurdWindow);
+        }
+        None
+    }
+
+    /// The peer broke the protocol: reset.
+    fn violated(&mut self, now: Instant, v: Violation) {
+        if v == Violation::CreditOverrun {
+            self.stats.overrun_frames += 1;
+        }
+        self.pending.rst = Some(RstReason::Protocol);
+        self.end_at(now, CloseReason::Protocol(v));
+    }
+
     /// Every connection frame carries the peer's receive state.
-    fn absorb_receive_state(&mut self, now: Instant, repr: &Repr) {
+    fn absorb_receive_state(&mut self, now: Instant, repr: &Repr, pool: &mut BufferPool) {
+        let mut freed = false;
         if repr.ack > self.send.start() && repr.ack <= self.sent_hi {
-            self.send.release_to(repr.ack);
+            self.send.release_to(pool, repr.ack);
             if self.next < repr.ack {
                 self.next = repr.ack;
             }
             self.progress(now);
-            if self.was_full && self.send_space() > 0 {
-                self.was_full = false;
-                self.push_event(Event::Writable);
-            }
+            self.last_activity = now;
+            freed = true;
         }
         if repr.limit > self.peer_limit {
             self.peer_limit = repr.limit;
             self.progress(now);
+            freed = true;
+        }
+        if freed && self.was_full && self.send_space() > 0 {
+            self.was_full = false;
+            self.push_event(Event::Writable);
         }
     }
 
-    fn on_data(&mut self, now: Instant, repr: &Repr, payload: &[u8]) {
+    fn on_data(&mut self, now: Instant, repr: &Repr, payload: &[u8], pool: &mut BufferPool) {
         let offset = repr.seq;
         let end = offset + payload.len() as u64;
         let expected = self.recv.end();
-        if end > self.current_limit() {
+        if end > self.limit_hi {
             // Beyond the credit we granted: a broken or hostile sender.
-            self.stats.overrun_frames += 1;
+            self.violated(now, Violation::CreditOverrun);
+            return;
+        }
+        if self.peer_fin.is_some_and(|f| end > f) {
+            self.violated(now, Violation::BadFin);
             return;
         }
         if offset > expected {
@@ -667,8 +947,13 @@ impl Connection {
         // In order, possibly overlapping what we have: take the new tail.
         let skip = (expected - offset) as usize;
         let ends_message = repr.flags & FLAG_END != 0;
-        self.recv.push(&payload[skip..], ends_message);
+        self.recv.push(pool, &payload[skip..], ends_message);
+        if repr.flags & FLAG_BLOCKED != 0 {
+            // The sender used every byte of credit and has more: it waits.
+            self.credit_exhausted = true;
+        }
         self.nak_at = None;
+        self.last_activity = now;
         self.progress(now);
         self.push_event(Event::Readable);
         if self.peer_fin == Some(self.recv.end()) {
@@ -679,6 +964,7 @@ impl Connection {
 
     fn on_fin(&mut self, now: Instant, final_len: u64) {
         if final_len < self.recv.end() || self.peer_fin.is_some_and(|f| f != final_len) {
+            self.violated(now, Violation::BadFin);
             return;
         }
         self.peer_fin = Some(final_len);
@@ -727,8 +1013,7 @@ impl Connection {
         }
     }
 
-    /// When [`Connection::handle_timeout`] must be called, if at all.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    fn retry_due(&self) -> Option<Instant> {
         if !self.waiting_for_peer() {
             return None;
         }
@@ -736,9 +1021,23 @@ impl Connection {
         Some((self.retry_base + wait).min(self.last_heard + self.config.dead_after))
     }
 
-    /// The timer fired (at or after [`Connection::poll_timeout`]).
-    pub fn handle_timeout(&mut self, now: Instant) {
-        let Some(due) = self.poll_timeout() else {
+    /// When [`Connection::handle_timeout`] must be called, if at all: a
+    /// retry while waiting for the peer, or shrinking a grown window that
+    /// has gone idle.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.retry_due(), self.shrink_due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The timer fired (at or after [`Connection::poll_timeout`]); a shrink
+    /// gives budget back to `pool`.
+    pub fn handle_timeout(&mut self, now: Instant, pool: &mut BufferPool) {
+        if self.shrink_due().is_some_and(|t| t <= now) {
+            self.shrink(now, pool);
+        }
+        let Some(due) = self.retry_due() else {
             return;
         };
         if now < due {
@@ -770,6 +1069,23 @@ impl Connection {
         }
     }
 
+    /// The peer was declared gone by the endpoint (it stopped answering
+    /// keepalives, or it restarted): ends the connection with `reason`.
+    pub fn peer_lost(&mut self, now: Instant, reason: CloseReason) {
+        if matches!(self.state, State::Closed(_)) {
+            return;
+        }
+        if reason != CloseReason::TimedOut && self.remote_cid != 0 {
+            self.pending.rst = Some(RstReason::Unknown);
+        }
+        self.end_at(now, reason);
+    }
+
+    /// When the peer was last heard from.
+    pub fn last_heard(&self) -> Instant {
+        self.last_heard
+    }
+
     fn maybe_finish(&mut self, now: Instant) {
         let both_done = self.write_closed && self.fin_acked && self.peer_fin.is_some_and(|f| self.recv.end() >= f);
         if both_done {
@@ -780,8 +1096,12 @@ impl Connection {
     // ---- output ------------------------------------------------------------
 
     fn header(&mut self, flags: u8, seq: u64, body: Body) -> Repr {
-        let limit = self.current_limit();
+        // Never below what we have received (the peer checks that), and
+        // while a shrink is pending, the lower limit it withdraws to (a
+        // peer only lowers its limit for a CREDIT flagged so).
+        let limit = self.current_limit().max(self.recv.end());
         self.limit_sent = limit;
+        self.limit_hi = self.limit_hi.max(limit);
         Repr { flags, dst_cid: self.remote_cid, seq, ack: self.recv.end(), limit, body }
     }
 
@@ -825,6 +1145,7 @@ impl Connection {
                     src_port: self.addr.local_port,
                     mode: self.mode as u8,
                     max_payload: self.local_max_payload,
+                    instance: self.addr.local_instance,
                 };
                 let mut r = self.header(0, 0, Body::Syn(body));
                 r.dst_cid = 0;
@@ -834,8 +1155,12 @@ impl Connection {
         }
         if std::mem::take(&mut self.pending.syn_ack) {
             self.handshake_sent_at = if self.backoff == 0 { Some(now) } else { None };
-            let body =
-                SynAckBody { src_cid: self.local_cid, max_payload: self.local_max_payload, mode: self.mode as u8 };
+            let body = SynAckBody {
+                src_cid: self.local_cid,
+                max_payload: self.local_max_payload,
+                mode: self.mode as u8,
+                instance: self.addr.local_instance,
+            };
             let r = self.header(0, 0, Body::SynAck(body));
             return Some(Self::emit(&r, buf));
         }
@@ -856,14 +1181,25 @@ impl Connection {
         }
         if std::mem::take(&mut self.pending.credit) {
             let mut flags = 0;
+            let mut seq = 0;
             if std::mem::take(&mut self.pending.probe_reply) {
                 flags |= FLAG_PROBE_REPLY;
             }
             if self.peer_fin.is_some_and(|f| self.recv.end() >= f) {
                 flags |= FLAG_FIN_SEEN;
             }
+            if let Some(e) = self.pending.shrink_ack.take() {
+                flags |= FLAG_SHRINK_ACK;
+                seq = e;
+            }
+            if self.shrink_to.is_some() {
+                flags |= FLAG_SHRINK;
+            }
             self.stats.credit_frames += 1;
-            let r = self.header(flags, 0, Body::Credit);
+            let r = self.header(flags, seq, Body::Credit);
+            if self.shrink_to.is_some() {
+                self.shrink_to = Some(r.limit);
+            }
             return Some(Self::emit(&r, buf));
         }
         if std::mem::take(&mut self.pending.probe) {
@@ -888,7 +1224,10 @@ impl Connection {
             return None;
         }
         let offset = self.next;
-        let flags = if self.send.is_end(offset + len as u64) { FLAG_END } else { 0 };
+        let mut flags = if self.send.is_end(offset + len as u64) { FLAG_END } else { 0 };
+        if offset + len as u64 == self.peer_limit && self.send.end() > self.peer_limit {
+            flags |= FLAG_BLOCKED;
+        }
         let r = self.header(flags, offset, Body::Data { len: len as u16 });
         let n = Self::emit(&r, buf);
         self.send.copy_out(offset, &mut buf[HEADER_LEN..HEADER_LEN + len]);
@@ -898,8 +1237,11 @@ impl Connection {
         self.next = offset + len as u64;
         self.sent_hi = self.sent_hi.max(self.next);
         self.stats.data_frames += 1;
-        // Piggybacked: the frame carried our receive state.
-        self.pending.credit = false;
+        // Piggybacked: the frame carried our receive state (not a window
+        // shrink or its confirmation: only a flagged CREDIT carries those).
+        if self.pending.shrink_ack.is_none() && self.shrink_to.is_none() {
+            self.pending.credit = false;
+        }
         self.pending.probe_reply = false;
         Some(n)
     }

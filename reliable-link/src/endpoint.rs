@@ -1,23 +1,49 @@
 //! All reliable-link connections of one node on one link: demultiplexing
 //! by connection id, listeners and the handshake's responder side,
-//! discovery, and fair transmission across connections.
+//! discovery, fair transmission across connections, the buffer pool and
+//! memory budget every connection draws on, and peer liveness.
 //!
 //! Same sans-IO surface as [`Connection`]: `handle_input`,
 //! `handle_timeout`, `poll_timeout`, `poll_transmit`, `poll_event`, plus
 //! the application calls (`connect`, `listen`, `accept`, `write`, `read`,
 //! `close`, `abort`, `release`), each of which may make frames to send.
+//!
+//! ## Scale
+//! Nothing here walks every connection on the fast path: frames find their
+//! connection by id, timers live in one heap keyed by deadline (lazily
+//! invalidated: an entry whose deadline is no longer the connection's is
+//! skipped when it comes up), and liveness is per peer node, not per
+//! connection, so 10,000 idle connections to one host cost one keepalive
+//! exchange per idle interval.
+//!
+//! ## Liveness
+//! An established connection waiting for nothing arms no timer of its own.
+//! Instead the endpoint watches each peer node it has connections with:
+//! after [`EndpointConfig::keepalive`] without a frame from it, a KEEPALIVE
+//! goes out (every quarter of that interval until one is answered), and
+//! after [`Config::dead_after`] of silence every connection to that peer
+//! ends with [`CloseReason::TimedOut`]. Each endpoint has a random instance
+//! id, carried in SYN, SYN-ACK and keepalives: a peer that answers with a
+//! new one has restarted, and the connections of its old instance end at
+//! once (as if reset: the new instance does not know them).
 
 use std::{
-    collections::VecDeque,
+    cmp::Reverse,
+    collections::{BinaryHeap, VecDeque},
     net::Ipv4Addr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use crate::{
-    connection::{Addressing, CloseReason, Config, Connection, Event, Mode, ReadOutcome, StreamError},
+    buffer::{Budget, BufferPool, PoolStats},
+    connection::{Addressing, CloseReason, Config, Connection, Event, MAX_WINDOW, Mode, ReadOutcome, StreamError},
     discovery::{Discovery, DiscoveryConfig, Lookup, Peer},
     fasthash::FastMap,
-    wire::{self, Body, DiscoverBody, DiscoverReplyBody, HEADER_LEN, Packet, Repr, RstBody, RstReason, SynBody},
+    wire::{
+        self, Body, DiscoverBody, DiscoverReplyBody, HEADER_LEN, KeepaliveBody, Packet, Repr, RstBody, RstReason,
+        SynBody,
+    },
 };
 
 /// The broadcast MAC.
@@ -58,7 +84,25 @@ pub struct EndpointConfig {
     pub discovery: DiscoveryConfig,
     /// Connections a listener queues before refusing more.
     pub backlog: usize,
+    /// The most bytes all connections together may reserve for their
+    /// buffers; a connection that cannot reserve its first window is
+    /// refused.
+    pub memory_limit: usize,
+    /// Buffer chunks allocated (and faulted in) up front, and the most
+    /// released chunks kept warm for reuse.
+    pub warm_chunks: (usize, usize),
+    /// Send a KEEPALIVE to a peer node after this long without hearing from
+    /// it (`None`: no keepalives; idle connections then never notice a dead
+    /// peer).
+    pub keepalive: Option<Duration>,
+    /// A budget shared with other buffer owners (then `memory_limit` is
+    /// ignored); `None`: the endpoint's own.
+    pub budget: Option<Arc<Budget>>,
 }
+
+/// The default [`EndpointConfig::memory_limit`] (1 GiB; the runtime sets it
+/// from the machine's memory).
+pub const DEFAULT_MEMORY_LIMIT: usize = 1 << 30;
 
 impl EndpointConfig {
     /// Defaults for a node at `mac` with `addrs` and frames up to `max_frame`
@@ -72,6 +116,10 @@ impl EndpointConfig {
             connection: Config::default(),
             discovery: DiscoveryConfig::default(),
             backlog: 128,
+            memory_limit: DEFAULT_MEMORY_LIMIT,
+            warm_chunks: (64, 4096),
+            keepalive: Some(Duration::from_secs(1)),
+            budget: None,
         }
     }
 }
@@ -109,6 +157,25 @@ pub enum EndpointEvent {
         /// Its xsock peer, if any.
         peer: Option<Peer>,
     },
+    /// A SYN for a listening port was refused because the memory budget is
+    /// spent (the peer hears RST Overloaded).
+    RefusedForMemory {
+        /// The listener's port.
+        port: u16,
+        /// Who asked.
+        from: Ipv4Addr,
+    },
+    /// A peer node went silent for `dead_after` (keepalives unanswered) or
+    /// came back as a new instance: its connections ended.
+    PeerLost {
+        /// The peer's MAC.
+        mac: [u8; 6],
+        /// Connections that ended with it.
+        connections: usize,
+        /// True if it answered as a new instance (restarted), false if it
+        /// went silent.
+        restarted: bool,
+    },
 }
 
 /// What [`Endpoint::read_status`] found.
@@ -142,6 +209,19 @@ pub enum EndpointError {
     /// The stream refused the call.
     #[error(transparent)]
     Stream(#[from] StreamError),
+    /// The memory budget has no room for another connection's first window.
+    #[error(
+        "no memory for another connection: {reserved} of the {limit}-byte limit is reserved by {connections} \
+         connections"
+    )]
+    MemoryLimit {
+        /// Bytes reserved now.
+        reserved: usize,
+        /// The limit.
+        limit: usize,
+        /// Connections holding reservations.
+        connections: usize,
+    },
 }
 
 /// Counters of the endpoint.
@@ -153,8 +233,14 @@ pub struct EndpointStats {
     pub unknown_cid: u64,
     /// Frames for a connection that came from another MAC (forged).
     pub wrong_source: u64,
-    /// SYNs refused (no listener, full backlog).
+    /// SYNs refused (no listener, full backlog, no memory).
     pub refused: u64,
+    /// SYNs refused because the memory budget was spent.
+    pub refused_memory: u64,
+    /// KEEPALIVE frames sent.
+    pub keepalives_sent: u64,
+    /// Peers declared gone (silent, or restarted).
+    pub peers_lost: u64,
 }
 
 struct Slot {
@@ -162,6 +248,29 @@ struct Slot {
     held: bool,
     ready: bool,
     port: Option<u16>,
+    /// Index of the peer node in [`Endpoint::peers`].
+    peer: usize,
+    /// The deadline this slot has in the timer heap, if any.
+    armed: Option<Instant>,
+}
+
+/// A peer node we have connections with.
+#[derive(Debug)]
+struct PeerNode {
+    mac: [u8; 6],
+    last_heard: Instant,
+    /// Connections with it (slots referring to this entry).
+    conns: usize,
+    /// Its endpoint instance, once known.
+    instance: Option<u64>,
+    last_probe: Option<Instant>,
+    armed: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKey {
+    Conn(u64),
+    Peer(usize),
 }
 
 struct Listener {
@@ -173,9 +282,15 @@ struct Listener {
 pub struct Endpoint {
     config: EndpointConfig,
     rng: SplitMix,
+    instance: u64,
     slots: FastMap<u64, Slot>,
-    /// (peer MAC, peer's cid) → our cid, to recognise a repeated SYN.
-    syns: FastMap<([u8; 6], u64), u64>,
+    /// (peer MAC, peer's cid) → our cid: a repeated SYN, an RST naming the
+    /// peer's side.
+    by_remote: FastMap<([u8; 6], u64), u64>,
+    peers: Vec<Option<PeerNode>>,
+    peer_index: FastMap<[u8; 6], usize>,
+    timers: BinaryHeap<Reverse<(Instant, TimerKey)>>,
+    pool: BufferPool,
     listeners: FastMap<u16, Listener>,
     control: VecDeque<([u8; 6], Repr)>,
     ready: VecDeque<u64>,
@@ -212,12 +327,23 @@ impl Endpoint {
     pub fn new(config: EndpointConfig, seed: u64) -> Self {
         let mut rng = SplitMix(seed);
         let next_port = 49152 + (rng.next() % 16384) as u16;
+        let instance = rng.next() | 1;
+        let (warm, warm_max) = config.warm_chunks;
         Self {
             discovery: Discovery::new(config.discovery.clone()),
+            pool: BufferPool::with_budget(
+                config.budget.clone().unwrap_or_else(|| Budget::new(config.memory_limit)),
+                warm,
+                warm_max,
+            ),
             config,
             rng,
+            instance,
             slots: FastMap::default(),
-            syns: FastMap::default(),
+            by_remote: FastMap::default(),
+            peers: Vec::new(),
+            peer_index: FastMap::default(),
+            timers: BinaryHeap::new(),
             listeners: FastMap::default(),
             control: VecDeque::new(),
             ready: VecDeque::new(),
@@ -231,6 +357,21 @@ impl Endpoint {
     /// Counters so far.
     pub fn stats(&self) -> EndpointStats {
         self.stats
+    }
+
+    /// The buffer pool's figures: budget, reservations, chunks.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
+    /// Gives warm chunks beyond `keep` back to the allocator.
+    pub fn trim_pool(&mut self, keep: usize) {
+        self.pool.trim(keep);
+    }
+
+    /// This endpoint's instance id (random; a restarted node has a new one).
+    pub fn instance(&self) -> u64 {
+        self.instance
     }
 
     /// Our configuration.
@@ -266,8 +407,150 @@ impl Endpoint {
         }
     }
 
+    /// Puts `cid`'s next deadline in the timer heap if it is earlier than
+    /// the one there (a later one is found when the earlier entry fires).
+    fn rearm(&mut self, cid: u64) {
+        let Some(s) = self.slots.get_mut(&cid) else { return };
+        let forget = if s.held { None } else { s.conn.forget_at() };
+        let t = match (s.conn.poll_timeout(), forget) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(t) = t
+            && s.armed.is_none_or(|armed| t < armed)
+        {
+            s.armed = Some(t);
+            self.timers.push(Reverse((t, TimerKey::Conn(cid))));
+        }
+    }
+
     fn local_addr_for(&self, dst: Ipv4Addr) -> Option<LocalAddr> {
         self.config.addrs.iter().copied().find(|a| a.contains(dst)).or_else(|| self.config.addrs.first().copied())
+    }
+
+    // ---- peers -------------------------------------------------------------
+
+    /// The peer-node entry for `mac`, made if there is none; counts one more
+    /// connection with it.
+    fn attach_peer(&mut self, now: Instant, mac: [u8; 6]) -> usize {
+        let idx = match self.peer_index.get(&mac) {
+            Some(&i) => i,
+            None => {
+                let node = PeerNode { mac, last_heard: now, conns: 0, instance: None, last_probe: None, armed: None };
+                let i = match self.peers.iter().position(Option::is_none) {
+                    Some(i) => {
+                        self.peers[i] = Some(node);
+                        i
+                    }
+                    None => {
+                        self.peers.push(Some(node));
+                        self.peers.len() - 1
+                    }
+                };
+                self.peer_index.insert(mac, i);
+                i
+            }
+        };
+        if let Some(p) = &mut self.peers[idx] {
+            p.conns += 1;
+        }
+        self.rearm_peer(idx);
+        idx
+    }
+
+    fn detach_peer(&mut self, idx: usize) {
+        let Some(p) = self.peers.get_mut(idx).and_then(Option::as_mut) else { return };
+        p.conns = p.conns.saturating_sub(1);
+        if p.conns == 0 {
+            self.peer_index.remove(&p.mac);
+            self.peers[idx] = None;
+        }
+    }
+
+    fn peer_due(&self, idx: usize) -> Option<Instant> {
+        let p = self.peers.get(idx)?.as_ref()?;
+        let idle = self.config.keepalive?;
+        if p.conns == 0 {
+            return None;
+        }
+        let silent_at = p.last_heard + idle;
+        let dead_at = p.last_heard + self.config.connection.dead_after;
+        Some(match p.last_probe {
+            // Probing: again every quarter interval, until the deadline.
+            Some(t) if t >= p.last_heard => (t + idle / 4).min(dead_at),
+            _ => silent_at,
+        })
+    }
+
+    fn rearm_peer(&mut self, idx: usize) {
+        let Some(t) = self.peer_due(idx) else { return };
+        let Some(p) = self.peers.get_mut(idx).and_then(Option::as_mut) else { return };
+        if p.armed.is_none_or(|armed| t < armed) {
+            p.armed = Some(t);
+            self.timers.push(Reverse((t, TimerKey::Peer(idx))));
+        }
+    }
+
+    fn on_peer_timer(&mut self, now: Instant, idx: usize) {
+        let (Some(idle), dead_after) = (self.config.keepalive, self.config.connection.dead_after) else { return };
+        let Some(p) = self.peers.get_mut(idx).and_then(Option::as_mut) else { return };
+        let silent = now.saturating_duration_since(p.last_heard);
+        if silent >= dead_after {
+            let mac = p.mac;
+            self.lose_peer(now, mac, CloseReason::TimedOut, false);
+            return;
+        }
+        if silent >= idle && p.last_probe.is_none_or(|t| t < p.last_heard || now >= t + idle / 4) {
+            p.last_probe = Some(now);
+            let mac = p.mac;
+            let body = Body::Keepalive(KeepaliveBody { instance: self.instance });
+            self.control.push_back((mac, control_repr(0, body)));
+            self.stats.keepalives_sent += 1;
+        }
+        self.rearm_peer(idx);
+    }
+
+    /// Every connection with the peer at `mac` ends with `reason`.
+    fn lose_peer(&mut self, now: Instant, mac: [u8; 6], reason: CloseReason, restarted: bool) {
+        let victims: Vec<u64> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.conn.addressing().remote_mac == mac && s.conn.close_reason().is_none())
+            .map(|(c, _)| *c)
+            .collect();
+        self.stats.peers_lost += 1;
+        self.events.push_back(EndpointEvent::PeerLost { mac, connections: victims.len(), restarted });
+        for cid in victims {
+            if let Some(s) = self.slots.get_mut(&cid) {
+                s.conn.peer_lost(now, reason);
+            }
+            self.mark_ready(cid);
+            self.drain_events(cid);
+            self.rearm(cid);
+        }
+        if let Some(&idx) = self.peer_index.get(&mac)
+            && let Some(p) = &mut self.peers[idx]
+        {
+            // A fresh start for whatever connects next.
+            p.last_heard = now;
+            p.last_probe = None;
+        }
+    }
+
+    /// The peer at `mac` says it is instance `instance`: if we knew it as
+    /// another, it restarted and the old instance's connections are gone.
+    fn learn_instance(&mut self, now: Instant, mac: [u8; 6], instance: u64) {
+        let Some(&idx) = self.peer_index.get(&mac) else { return };
+        let old = self.peers[idx].as_ref().and_then(|p| p.instance);
+        if let Some(p) = &mut self.peers[idx] {
+            p.instance = Some(instance);
+        }
+        if old.is_some_and(|o| o != instance) {
+            self.lose_peer(now, mac, CloseReason::Reset(RstReason::Unknown), true);
+            if let Some(p) = &mut self.peers[idx] {
+                p.instance = Some(instance);
+            }
+        }
     }
 
     // ---- application calls -------------------------------------------------
@@ -283,8 +566,15 @@ impl Endpoint {
         self.discovery.forget(ip);
     }
 
+    fn memory_error(&self) -> EndpointError {
+        let p = self.pool.stats();
+        EndpointError::MemoryLimit { reserved: p.reserved, limit: p.limit, connections: self.slots.len() }
+    }
+
     /// Opens a connection to `dst_ip:dst_port` at `peer`; `Connected` (or
-    /// `Closed`) follows as an event.
+    /// `Closed`) follows as an event. Refused with
+    /// [`EndpointError::MemoryLimit`] if the budget has no room for the
+    /// connection's first window.
     pub fn connect(
         &mut self,
         now: Instant,
@@ -294,6 +584,9 @@ impl Endpoint {
         mode: Mode,
     ) -> Result<u64, EndpointError> {
         let local = self.local_addr_for(dst_ip).ok_or(EndpointError::NoAddress)?;
+        if !self.pool.reserve(self.config.connection.reservation()) {
+            return Err(self.memory_error());
+        }
         let cid = self.new_cid();
         let port = self.next_port;
         self.next_port = if self.next_port == u16::MAX { 49152 } else { self.next_port + 1 };
@@ -303,10 +596,12 @@ impl Endpoint {
             remote_ip: dst_ip,
             remote_port: dst_port,
             remote_mac: peer.mac,
+            local_instance: self.instance,
         };
         let max_payload = self.config.max_payload.min(peer.max_payload);
         let conn = Connection::connect(now, cid, addr, mode, max_payload, self.config.connection.clone());
-        self.slots.insert(cid, Slot { conn, held: true, ready: false, port: None });
+        let peer_idx = self.attach_peer(now, peer.mac);
+        self.slots.insert(cid, Slot { conn, held: true, ready: false, port: None, peer: peer_idx, armed: None });
         self.mark_ready(cid);
         Ok(cid)
     }
@@ -324,6 +619,9 @@ impl Endpoint {
     pub fn unlisten(&mut self, port: u16) {
         if let Some(l) = self.listeners.remove(&port) {
             for cid in l.backlog {
+                if let Some(s) = self.slots.get_mut(&cid) {
+                    s.port = None;
+                }
                 self.abort(cid);
                 self.release(cid);
             }
@@ -345,13 +643,19 @@ impl Endpoint {
         self.slots.get(&cid).map(|s| &s.conn)
     }
 
+    /// Connections held (open, closing or lingering).
+    pub fn connections(&self) -> usize {
+        self.slots.len()
+    }
+
     fn slot(&mut self, cid: u64) -> Result<&mut Slot, EndpointError> {
         self.slots.get_mut(&cid).ok_or(EndpointError::NoConnection(cid))
     }
 
     /// Queues bytes on `cid` (see [`Connection::write`]).
     pub fn write(&mut self, cid: u64, data: &[u8], end_of_message: bool) -> Result<usize, EndpointError> {
-        let n = self.slot(cid)?.conn.write(data, end_of_message)?;
+        let slot = self.slots.get_mut(&cid).ok_or(EndpointError::NoConnection(cid))?;
+        let n = slot.conn.write(&mut self.pool, data, end_of_message)?;
         self.mark_ready(cid);
         Ok(n)
     }
@@ -371,8 +675,8 @@ impl Endpoint {
         out: &mut [u8],
         stop_at_message_end: bool,
     ) -> Result<ReadStatus, EndpointError> {
-        let slot = self.slot(cid)?;
-        let r = slot.conn.read(out, stop_at_message_end);
+        let slot = self.slots.get_mut(&cid).ok_or(EndpointError::NoConnection(cid))?;
+        let r = slot.conn.read(&mut self.pool, out, stop_at_message_end);
         let status = ReadStatus {
             len: r.len,
             end_of_message: r.end_of_message,
@@ -382,6 +686,9 @@ impl Endpoint {
         };
         if status.wants_transmit {
             self.mark_ready(cid);
+        }
+        if r.len > 0 {
+            self.rearm(cid);
         }
         Ok(status)
     }
@@ -416,6 +723,7 @@ impl Endpoint {
                 s.conn.close();
             }
             self.mark_ready(cid);
+            self.rearm(cid);
         }
     }
 
@@ -437,15 +745,20 @@ impl Endpoint {
                 self.discovery.on_reply(now, r.ip, Peer { mac: src_mac, max_payload: r.max_payload });
                 self.drain_discovery();
             }
+            Body::Keepalive(k) => {
+                self.heard_from(now, src_mac);
+                let body = Body::KeepaliveReply(KeepaliveBody { instance: self.instance });
+                self.control.push_back((src_mac, control_repr(0, body)));
+                self.learn_instance(now, src_mac, k.instance);
+            }
+            Body::KeepaliveReply(k) => {
+                self.heard_from(now, src_mac);
+                self.learn_instance(now, src_mac, k.instance);
+            }
             Body::Syn(s) => self.on_syn(now, src_mac, &repr, &s),
             Body::Rst(_) if repr.flags & FLAG_RST_UNKNOWN_TARGET != 0 => {
                 // The peer does not know the id we sent to: find our side.
-                let ours = self
-                    .slots
-                    .iter()
-                    .find(|(_, s)| s.conn.remote_cid() == repr.dst_cid && s.conn.addressing().remote_mac == src_mac)
-                    .map(|(c, _)| *c);
-                if let Some(cid) = ours {
+                if let Some(&cid) = self.by_remote.get(&(src_mac, repr.dst_cid)) {
                     let rst = Repr { dst_cid: cid, flags: 0, ..repr };
                     self.deliver(now, cid, &rst, payload);
                 }
@@ -461,12 +774,32 @@ impl Endpoint {
         }
     }
 
+    /// A keepalive from `mac`: the peer node lives.
+    fn heard_from(&mut self, now: Instant, mac: [u8; 6]) {
+        if let Some(&idx) = self.peer_index.get(&mac)
+            && let Some(p) = &mut self.peers[idx]
+        {
+            p.last_heard = now;
+        }
+    }
+
     fn deliver(&mut self, now: Instant, cid: u64, repr: &Repr, payload: &[u8]) {
-        if let Some(s) = self.slots.get_mut(&cid) {
-            s.conn.handle_input(now, repr, payload);
+        let Some(s) = self.slots.get_mut(&cid) else { return };
+        let was_connecting = s.conn.remote_cid() == 0;
+        s.conn.handle_input(now, repr, payload, &mut self.pool);
+        let (peer, mac, remote) = (s.peer, s.conn.addressing().remote_mac, s.conn.remote_cid());
+        if let Some(Some(p)) = self.peers.get_mut(peer) {
+            p.last_heard = now;
+        }
+        if was_connecting && remote != 0 {
+            self.by_remote.insert((mac, remote), cid);
         }
         self.mark_ready(cid);
         self.drain_events(cid);
+        self.rearm(cid);
+        if let Body::SynAck(sa) = repr.body {
+            self.learn_instance(now, mac, sa.instance);
+        }
     }
 
     fn on_discover(&mut self, now: Instant, src_mac: [u8; 6], d: DiscoverBody) {
@@ -481,20 +814,33 @@ impl Endpoint {
     }
 
     fn on_syn(&mut self, now: Instant, src_mac: [u8; 6], repr: &Repr, syn: &SynBody) {
-        if let Some(&cid) = self.syns.get(&(src_mac, syn.src_cid)) {
+        if let Some(&cid) = self.by_remote.get(&(src_mac, syn.src_cid)) {
             self.deliver(now, cid, repr, &[]);
+            return;
+        }
+        if repr.limit > MAX_WINDOW {
+            // An impossible window before the connection even exists.
+            self.stats.malformed += 1;
+            self.refuse(src_mac, syn.src_cid, RstReason::Protocol);
             return;
         }
         let ours = self.config.addrs.iter().any(|a| a.ip == syn.dst_ip);
         let listener = self.listeners.get(&syn.dst_port).filter(|l| ours && l.ip.is_none_or(|ip| ip == syn.dst_ip));
         let Some(listener) = listener else {
             self.stats.refused += 1;
-            self.refuse(src_mac, syn.src_cid);
+            self.refuse(src_mac, syn.src_cid, RstReason::Refused);
             return;
         };
         if listener.backlog.len() >= self.config.backlog {
             self.stats.refused += 1;
-            self.refuse(src_mac, syn.src_cid);
+            self.refuse(src_mac, syn.src_cid, RstReason::Refused);
+            return;
+        }
+        if !self.pool.reserve(self.config.connection.reservation()) {
+            self.stats.refused += 1;
+            self.stats.refused_memory += 1;
+            self.refuse(src_mac, syn.src_cid, RstReason::Overloaded);
+            self.events.push_back(EndpointEvent::RefusedForMemory { port: syn.dst_port, from: syn.src_ip });
             return;
         }
         let cid = self.new_cid();
@@ -504,21 +850,25 @@ impl Endpoint {
             remote_ip: syn.src_ip,
             remote_port: syn.src_port,
             remote_mac: src_mac,
+            local_instance: self.instance,
         };
         let conn =
             Connection::accept(now, cid, addr, syn, repr, self.config.max_payload, self.config.connection.clone());
-        self.slots.insert(cid, Slot { conn, held: false, ready: false, port: Some(syn.dst_port) });
-        self.syns.insert((src_mac, syn.src_cid), cid);
+        let peer = self.attach_peer(now, src_mac);
+        self.learn_instance(now, src_mac, syn.instance);
+        self.slots.insert(cid, Slot { conn, held: false, ready: false, port: Some(syn.dst_port), peer, armed: None });
+        self.by_remote.insert((src_mac, syn.src_cid), cid);
         if let Some(l) = self.listeners.get_mut(&syn.dst_port) {
             l.backlog.push_back(cid);
         }
         self.discovery.learn(now, syn.src_ip, Peer { mac: src_mac, max_payload: syn.max_payload });
         self.events.push_back(EndpointEvent::Incoming { port: syn.dst_port, cid });
         self.mark_ready(cid);
+        self.rearm(cid);
     }
 
-    fn refuse(&mut self, dst_mac: [u8; 6], their_cid: u64) {
-        let r = control_repr(their_cid, Body::Rst(RstBody { reason: RstReason::Refused }));
+    fn refuse(&mut self, dst_mac: [u8; 6], their_cid: u64, reason: RstReason) {
+        let r = control_repr(their_cid, Body::Rst(RstBody { reason }));
         self.control.push_back((dst_mac, r));
     }
 
@@ -553,58 +903,77 @@ impl Endpoint {
 
     // ---- time ----------------------------------------------------------------
 
-    /// When [`Endpoint::handle_timeout`] must be called next.
+    /// When [`Endpoint::handle_timeout`] must be called next (possibly a
+    /// little early: the heap keeps deadlines that have since moved later).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let conns = self
-            .slots
-            .values()
-            .filter_map(|s| {
-                let forget = if s.held { None } else { s.conn.forget_at() };
-                match (s.conn.poll_timeout(), forget) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
-            })
-            .min();
-        match (conns, self.discovery.poll_timeout()) {
+        let timers = self.timers.peek().map(|Reverse((t, _))| *t);
+        match (timers, self.discovery.poll_timeout()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
     }
 
+    /// Entries in the timer heap (deadlines of connections and peers,
+    /// including superseded ones not yet popped): what one pass of the
+    /// timer wheel may have to look at.
+    pub fn pending_timers(&self) -> usize {
+        self.timers.len()
+    }
+
     /// Runs due timers.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let due: Vec<u64> = self
-            .slots
-            .iter()
-            .filter(|(_, s)| s.conn.poll_timeout().is_some_and(|t| t <= now))
-            .map(|(c, _)| *c)
-            .collect();
-        for cid in due {
-            if let Some(s) = self.slots.get_mut(&cid) {
-                s.conn.handle_timeout(now);
+        while let Some(&Reverse((t, key))) = self.timers.peek() {
+            if t > now {
+                break;
             }
-            self.mark_ready(cid);
-            self.drain_events(cid);
+            self.timers.pop();
+            match key {
+                TimerKey::Conn(cid) => {
+                    let Some(s) = self.slots.get_mut(&cid) else { continue };
+                    if s.armed != Some(t) {
+                        continue; // superseded by an earlier deadline, already handled
+                    }
+                    s.armed = None;
+                    s.conn.handle_timeout(now, &mut self.pool);
+                    self.mark_ready(cid);
+                    self.drain_events(cid);
+                    if !self.reap(now, cid) {
+                        self.rearm(cid);
+                    }
+                }
+                TimerKey::Peer(idx) => {
+                    let Some(Some(p)) = self.peers.get_mut(idx) else { continue };
+                    if p.armed != Some(t) {
+                        continue;
+                    }
+                    p.armed = None;
+                    self.on_peer_timer(now, idx);
+                }
+            }
         }
         self.discovery.handle_timeout(now);
         self.drain_discovery();
-        self.reap(now);
     }
 
-    /// Forgets connections the application let go of that are finished.
-    fn reap(&mut self, now: Instant) {
-        let gone: Vec<u64> = self
-            .slots
-            .iter()
-            .filter(|(_, s)| !s.held && s.port.is_none() && s.conn.is_finished(now))
-            .map(|(c, _)| *c)
-            .collect();
-        for cid in gone {
-            if let Some(s) = self.slots.remove(&cid) {
-                self.syns.remove(&(s.conn.addressing().remote_mac, s.conn.remote_cid()));
+    /// Forgets `cid` if the application let go of it and it is finished:
+    /// its buffers and budget go back to the pool. Returns whether it went.
+    fn reap(&mut self, now: Instant, cid: u64) -> bool {
+        let done = self.slots.get(&cid).is_some_and(|s| !s.held && s.port.is_none() && s.conn.is_finished(now));
+        if !done {
+            return false;
+        }
+        if let Some(mut s) = self.slots.remove(&cid) {
+            self.by_remote.remove(&(s.conn.addressing().remote_mac, s.conn.remote_cid()));
+            s.conn.free_buffers(&mut self.pool);
+            self.detach_peer(s.peer);
+            // A map that once held many connections gives its memory back.
+            let cap = self.slots.capacity();
+            if cap > 1024 && self.slots.len() * 8 < cap {
+                self.slots.shrink_to(self.slots.len() * 2);
+                self.by_remote.shrink_to(self.by_remote.len() * 2);
             }
         }
+        true
     }
 
     // ---- output --------------------------------------------------------------
@@ -637,6 +1006,11 @@ impl Endpoint {
                 None => {
                     s.ready = false;
                     self.drain_events(cid);
+                    // What it sent may have started a wait (a retry timer),
+                    // or ended it (an RST out: it may be forgotten now).
+                    if !self.reap(now, cid) {
+                        self.rearm(cid);
+                    }
                 }
             }
         }

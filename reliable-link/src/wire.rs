@@ -1,4 +1,4 @@
-//! The reliable-link wire format, version 1, as zero-copy views
+//! The reliable-link wire format, version 2, as zero-copy views
 //! ([`Packet`]) and parsed representations ([`Repr`]).
 //!
 //! Frames travel on the IEEE 802 Local Experimental EtherType 1 (0x88B5).
@@ -38,8 +38,9 @@ use std::net::Ipv4Addr;
 
 /// EtherType of reliable-link frames (IEEE 802 Local Experimental 1).
 pub const ETHERTYPE: u16 = 0x88B5;
-/// The wire version this crate speaks.
-pub const VERSION: u8 = 1;
+/// The wire version this crate speaks (2: SYN and SYN-ACK carry the
+/// endpoint's instance id; KEEPALIVE kinds).
+pub const VERSION: u8 = 2;
 /// Bytes of the common header.
 pub const HEADER_LEN: usize = 40;
 
@@ -59,6 +60,17 @@ mod field {
 pub const FLAG_END: u8 = 0x01;
 /// Flag of a CREDIT frame: the sender has received the peer's FIN.
 pub const FLAG_FIN_SEEN: u8 = 0x02;
+/// Flag of a DATA frame: it used the last byte of credit and the sender has
+/// more waiting (the window, not the data, is what holds it back: the
+/// receiver grows the window if its reader keeps up).
+pub const FLAG_BLOCKED: u8 = 0x10;
+/// Flag of a CREDIT frame: its `limit` replaces the one the peer had, even
+/// if lower (the receiver withdraws credit from an idle connection; a peer
+/// keeps a lower limit for no other frame).
+pub const FLAG_SHRINK: u8 = 0x20;
+/// Flag of a CREDIT frame: it confirms a [`FLAG_SHRINK`]; `seq` is the
+/// limit the sender now keeps to (the new one, or what it had already sent).
+pub const FLAG_SHRINK_ACK: u8 = 0x40;
 
 /// Frame kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -84,6 +96,11 @@ pub enum Kind {
     Discover = 9,
     /// "I do" ([`DiscoverReplyBody`]).
     DiscoverReply = 10,
+    /// "Are you still there?" to a peer node, not a connection
+    /// ([`KeepaliveBody`]): one per idle peer, however many connections.
+    Keepalive = 11,
+    /// "I am" ([`KeepaliveBody`]).
+    KeepaliveReply = 12,
 }
 
 impl Kind {
@@ -100,6 +117,8 @@ impl Kind {
             8 => Kind::Rst,
             9 => Kind::Discover,
             10 => Kind::DiscoverReply,
+            11 => Kind::Keepalive,
+            12 => Kind::KeepaliveReply,
             _ => return None,
         })
     }
@@ -112,6 +131,7 @@ impl Kind {
             Kind::Rst => RstBody::LEN,
             Kind::Discover => DiscoverBody::LEN,
             Kind::DiscoverReply => DiscoverReplyBody::LEN,
+            Kind::Keepalive | Kind::KeepaliveReply => KeepaliveBody::LEN,
             Kind::Data | Kind::Credit | Kind::Nak | Kind::Probe | Kind::Fin => 0,
         }
     }
@@ -255,11 +275,12 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     }
 }
 
-/// Body of SYN (24 bytes): the initiator's id and the addressing of the
+/// Body of SYN (32 bytes): the initiator's id and the addressing of the
 /// connection.
 ///
 /// `0..8` src_cid · `8..12` dst_ip · `12..16` src_ip · `16..18` dst_port ·
-/// `18..20` src_port · `20` mode · `21` rsvd · `22..24` max_payload
+/// `18..20` src_port · `20` mode · `21` rsvd · `22..24` max_payload ·
+/// `24..32` instance
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SynBody {
     /// The initiator's connection id (the responder addresses it with this).
@@ -276,11 +297,14 @@ pub struct SynBody {
     pub mode: u8,
     /// Largest DATA payload the initiator can receive.
     pub max_payload: u16,
+    /// The initiator's endpoint instance (random per runtime): a peer that
+    /// answers with another one has restarted.
+    pub instance: u64,
 }
 
 impl SynBody {
     /// Body length.
-    pub const LEN: usize = 24;
+    pub const LEN: usize = 32;
 
     fn parse(b: &[u8]) -> Self {
         Self {
@@ -291,6 +315,7 @@ impl SynBody {
             src_port: u16::from_be_bytes([b[18], b[19]]),
             mode: b[20],
             max_payload: u16::from_be_bytes([b[22], b[23]]),
+            instance: u64::from_be_bytes(b[24..32].try_into().expect("8")),
         }
     }
 
@@ -303,11 +328,12 @@ impl SynBody {
         b[20] = self.mode;
         b[21] = 0;
         b[22..24].copy_from_slice(&self.max_payload.to_be_bytes());
+        b[24..32].copy_from_slice(&self.instance.to_be_bytes());
     }
 }
 
-/// Body of SYN-ACK (12 bytes): `0..8` src_cid · `8..10` max_payload ·
-/// `10` mode · `11` rsvd.
+/// Body of SYN-ACK (20 bytes): `0..8` src_cid · `8..10` max_payload ·
+/// `10` mode · `11` rsvd · `12..20` instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SynAckBody {
     /// The responder's connection id.
@@ -316,17 +342,20 @@ pub struct SynAckBody {
     pub max_payload: u16,
     /// The mode the responder accepted.
     pub mode: u8,
+    /// The responder's endpoint instance.
+    pub instance: u64,
 }
 
 impl SynAckBody {
     /// Body length.
-    pub const LEN: usize = 12;
+    pub const LEN: usize = 20;
 
     fn parse(b: &[u8]) -> Self {
         Self {
             src_cid: u64::from_be_bytes(b[0..8].try_into().expect("8")),
             max_payload: u16::from_be_bytes([b[8], b[9]]),
             mode: b[10],
+            instance: u64::from_be_bytes(b[12..20].try_into().expect("8")),
         }
     }
 
@@ -335,7 +364,21 @@ impl SynAckBody {
         b[8..10].copy_from_slice(&self.max_payload.to_be_bytes());
         b[10] = self.mode;
         b[11] = 0;
+        b[12..20].copy_from_slice(&self.instance.to_be_bytes());
     }
+}
+
+/// Body of KEEPALIVE and KEEPALIVE-REPLY (8 bytes): `0..8` the sender's
+/// endpoint instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepaliveBody {
+    /// The sender's endpoint instance.
+    pub instance: u64,
+}
+
+impl KeepaliveBody {
+    /// Body length.
+    pub const LEN: usize = 8;
 }
 
 /// Why a connection was reset.
@@ -355,6 +398,8 @@ pub enum RstReason {
     /// The peer is a relay that lost the path to the far end (a relay or
     /// relay link on the way went down).
     PathLost = 6,
+    /// The peer has no memory for another connection (its memory limit).
+    Overloaded = 7,
 }
 
 impl RstReason {
@@ -366,6 +411,7 @@ impl RstReason {
             4 => Self::Protocol,
             5 => Self::TimedOut,
             6 => Self::PathLost,
+            7 => Self::Overloaded,
             _ => return None,
         })
     }
@@ -438,6 +484,10 @@ pub enum Body {
     Discover(DiscoverBody),
     /// DISCOVER-REPLY.
     DiscoverReply(DiscoverReplyBody),
+    /// KEEPALIVE.
+    Keepalive(KeepaliveBody),
+    /// KEEPALIVE-REPLY.
+    KeepaliveReply(KeepaliveBody),
 }
 
 /// A parsed frame header and body (a DATA payload stays in the packet).
@@ -471,6 +521,8 @@ impl Repr {
             Body::Rst(_) => Kind::Rst,
             Body::Discover(_) => Kind::Discover,
             Body::DiscoverReply(_) => Kind::DiscoverReply,
+            Body::Keepalive(_) => Kind::Keepalive,
+            Body::KeepaliveReply(_) => Kind::KeepaliveReply,
         }
     }
 
@@ -527,8 +579,14 @@ impl Repr {
                 ip: Ipv4Addr::new(b[0], b[1], b[2], b[3]),
                 max_payload: u16::from_be_bytes([b[4], b[5]]),
             }),
+            Kind::Keepalive | Kind::KeepaliveReply => {
+                let k = KeepaliveBody { instance: u64::from_be_bytes(b[0..8].try_into().expect("8")) };
+                if kind == Kind::Keepalive { Body::Keepalive(k) } else { Body::KeepaliveReply(k) }
+            }
         };
-        if kind != Kind::Syn && kind != Kind::Discover && kind != Kind::DiscoverReply && p.dst_cid() == 0 {
+        let node_frame =
+            matches!(kind, Kind::Syn | Kind::Discover | Kind::DiscoverReply | Kind::Keepalive | Kind::KeepaliveReply);
+        if !node_frame && p.dst_cid() == 0 {
             return Err(ParseError::Invalid("connection frame with connection id 0"));
         }
         Ok(Repr { flags: p.flags(), dst_cid: p.dst_cid(), seq: p.seq(), ack: p.ack(), limit: p.limit(), body })
@@ -582,6 +640,7 @@ impl Repr {
                 b[4..6].copy_from_slice(&d.max_payload.to_be_bytes());
                 b[6..8].fill(0);
             }
+            Body::Keepalive(k) | Body::KeepaliveReply(k) => b[0..8].copy_from_slice(&k.instance.to_be_bytes()),
             Body::Data { .. } | Body::Credit | Body::Nak | Body::Probe | Body::Fin => {}
         }
     }
@@ -627,8 +686,9 @@ mod tests {
                 src_port: 4000,
                 mode: 1,
                 max_payload: 1460,
+                instance: 0x1234_5678_9abc_def0,
             }),
-            Body::SynAck(SynAckBody { src_cid: 11, max_payload: 8960, mode: 0 }),
+            Body::SynAck(SynAckBody { src_cid: 11, max_payload: 8960, mode: 0, instance: u64::MAX }),
             Body::Data { len: 1460 },
             Body::Credit,
             Body::Nak,
@@ -637,6 +697,8 @@ mod tests {
             Body::Rst(RstBody { reason: RstReason::Refused }),
             Body::Discover(DiscoverBody { target_ip: ip, sender_ip: Ipv4Addr::new(10, 0, 0, 1) }),
             Body::DiscoverReply(DiscoverReplyBody { ip, max_payload: 1460 }),
+            Body::Keepalive(KeepaliveBody { instance: 77 }),
+            Body::KeepaliveReply(KeepaliveBody { instance: 78 }),
         ] {
             round_trip(Repr { body, flags: if matches!(body, Body::Data { .. }) { FLAG_END } else { 0 }, ..base });
         }
@@ -650,8 +712,8 @@ mod tests {
         assert!(parse(&buf).is_ok());
         assert_eq!(parse(&buf[..39]).unwrap_err(), ParseError::Truncated { have: 39, need: 40 });
         let mut v = buf;
-        v[0] = 2;
-        assert_eq!(parse(&v).unwrap_err(), ParseError::Version(2));
+        v[0] = 1;
+        assert_eq!(parse(&v).unwrap_err(), ParseError::Version(1));
         let mut v = buf;
         v[1] = 99;
         assert_eq!(parse(&v).unwrap_err(), ParseError::UnknownKind(99));

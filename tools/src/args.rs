@@ -167,9 +167,16 @@ pub struct RuntimeArgs {
     /// it, multi-buffer is chosen automatically when the MTU needs it.
     #[arg(long)]
     pub multi_buffer: bool,
-    /// Bytes each connection buffers for sending and receiving.
-    #[arg(long, default_value_t = 4 << 20)]
-    pub buffer: usize,
+    /// Bytes each connection may buffer for sending and receiving: the cap
+    /// reliable-link windows grow to (default 4 MiB), and the fixed buffers
+    /// of a TCP-mode connection (default 1 MiB).
+    #[arg(long)]
+    pub buffer: Option<usize>,
+    /// The most bytes all connection buffers of the process may reserve
+    /// together (default: an eighth of the machine's memory); connections
+    /// beyond it are refused with a clear error.
+    #[arg(long)]
+    pub memory_limit: Option<usize>,
     /// Drop this fraction of transmitted reliable-link frames (a lossy link,
     /// for testing recovery); e.g. 0.01.
     #[arg(long, default_value_t = 0.0)]
@@ -249,11 +256,16 @@ impl RuntimeArgs {
         if self.multi_buffer {
             b = b.multi_buffer(true);
         }
+        let tcp_defaults = xsock::TcpConfig::default();
+        if let Some(bytes) = self.buffer {
+            b = b.send_buffer(bytes).recv_buffer(bytes);
+        }
+        if let Some(bytes) = self.memory_limit {
+            b = b.memory_limit(bytes);
+        }
         let mut b = b
             .driving(driving)
             .poll_mode(poll)
-            .send_buffer(self.buffer)
-            .recv_buffer(self.buffer)
             .backend(self.backend.into())
             .xdp_mode(match self.xdp_mode {
                 XdpModeArg::Auto => XdpMode::Auto,
@@ -265,8 +277,8 @@ impl RuntimeArgs {
             .fill_min(if self.deep_fill { u32::MAX } else { 256 })
             .inject_loss(self.inject_loss)
             .tcp(xsock::TcpConfig {
-                send_buffer: self.buffer,
-                recv_buffer: self.buffer,
+                send_buffer: self.buffer.unwrap_or(tcp_defaults.send_buffer),
+                recv_buffer: self.buffer.unwrap_or(tcp_defaults.recv_buffer),
                 congestion: self.cc,
                 ack_delay: self.ack_delay,
                 pace: match self.pace {

@@ -15,6 +15,7 @@ use smoltcp::{
 };
 use xsock_nic::{MacAddr, xdp::Ipv4Rule, xdp::XdpFilter};
 use xsock_pacer::{CapConfig, CapCoordinator, GapPacer, StreamId, StreamSample};
+use xsock_reliable_link::buffer::Budget;
 
 use super::{Congestion, Pace, TcpConfig, arp::ArpProxy, arp::NeighborSource};
 use crate::{Error, notify::Notifier};
@@ -116,6 +117,8 @@ pub(crate) struct TcpCore {
     pub tracker: super::flows::FlowTracker,
     /// Copies of unacknowledged segments, sent again from SACK information.
     pub sack: super::sack::SackRecovery,
+    /// Every socket's buffers are reserved here while it exists.
+    budget: Arc<Budget>,
 }
 
 /// Where the TCP mode runs.
@@ -129,6 +132,8 @@ pub(crate) struct TcpSetup {
     pub is_veth: bool,
     pub mtu: usize,
     pub seed: u64,
+    /// The runtime's memory budget (shared with reliable-link).
+    pub budget: Arc<Budget>,
 }
 
 impl TcpCore {
@@ -175,6 +180,7 @@ impl TcpCore {
             give_up_at: None,
             tracker: Default::default(),
             sack: Default::default(),
+            budget: setup.budget,
         })
     }
 
@@ -186,7 +192,22 @@ impl TcpCore {
         self.epoch + Duration::from_micros(t.total_micros().max(0) as u64)
     }
 
-    fn new_socket(&self) -> tcp::Socket<'static> {
+    /// Bytes one socket's buffers take (smoltcp's buffers have a fixed
+    /// capacity for the socket's life, so it reserves all of it).
+    fn socket_bytes(&self) -> usize {
+        self.config.recv_buffer.saturating_add(self.config.send_buffer)
+    }
+
+    /// A socket, its buffers reserved from the memory budget (or
+    /// [`Error::MemoryLimit`]); [`TcpCore::drop_socket`] gives them back.
+    fn new_socket(&self) -> Result<tcp::Socket<'static>, Error> {
+        if !self.budget.reserve(self.socket_bytes()) {
+            return Err(Error::MemoryLimit {
+                held: self.budget.reserved(),
+                limit: self.budget.limit(),
+                connections: self.sockets.iter().count(),
+            });
+        }
         let c = &self.config;
         let mut s = tcp::Socket::new(
             tcp::SocketBuffer::new(vec![0u8; c.recv_buffer]),
@@ -202,7 +223,13 @@ impl TcpCore {
         let dead = smoltcp::time::Duration::from_millis(c.dead_after.as_millis() as u64);
         s.set_timeout(Some(dead));
         s.set_keep_alive(Some(dead / 3));
-        s
+        Ok(s)
+    }
+
+    /// Removes a socket and gives its buffers' reservation back.
+    fn drop_socket(&mut self, h: SocketHandle) -> smoltcp::socket::Socket<'static> {
+        self.budget.release(self.socket_bytes());
+        self.sockets.remove(h)
     }
 
     fn steer(&mut self, port: u16) -> Result<Option<Ipv4Rule>, Error> {
@@ -245,11 +272,18 @@ impl TcpCore {
         } else {
             (None, self.ephemeral_port())
         };
-        let rule = self.steer(port)?;
-        let mut s = self.new_socket();
+        let mut s = self.new_socket()?;
+        let rule = match self.steer(port) {
+            Ok(r) => r,
+            Err(e) => {
+                self.budget.release(self.socket_bytes());
+                return Err(e);
+            }
+        };
         let remote_ep = IpEndpoint::new((*remote.ip()).into(), remote.port());
         if let Err(e) = s.connect(self.iface.context(), remote_ep, port) {
             self.unsteer(rule);
+            self.budget.release(self.socket_bytes());
             return Err(Error::Config(format!("TCP mode cannot connect to {remote}: {e}")));
         }
         let h = self.sockets.add(s);
@@ -313,9 +347,20 @@ impl TcpCore {
         let mut meta =
             ListenMeta { ready: Vec::new(), pending: Vec::new(), accepted: VecDeque::new(), port_guard: guard, rule };
         for _ in 0..self.config.backlog.max(1) {
-            let mut s = self.new_socket();
-            s.listen(port).map_err(|e| Error::Config(format!("TCP mode cannot listen on {port}: {e}")))?;
-            meta.ready.push(self.sockets.add(s));
+            let made = self.new_socket().and_then(|mut s| {
+                s.listen(port).map_err(|e| Error::Config(format!("TCP mode cannot listen on {port}: {e}")))?;
+                Ok(s)
+            });
+            match made {
+                Ok(s) => meta.ready.push(self.sockets.add(s)),
+                Err(e) => {
+                    for h in meta.ready.drain(..) {
+                        self.drop_socket(h);
+                    }
+                    self.unsteer(meta.rule);
+                    return Err(e);
+                }
+            }
         }
         self.listeners.insert(port, meta);
         Ok(())
@@ -361,10 +406,18 @@ impl TcpCore {
             let guard = self.listeners.get(&port).and_then(|l| l.port_guard.clone());
             let rule = self.steer(port).ok().flatten();
             self.conns.insert(h, self.meta(now, guard, rule));
-            let mut s = self.new_socket();
-            if s.listen(port).is_ok() {
-                let h2 = self.sockets.add(s);
-                self.listeners.get_mut(&port).expect("listed").ready.push(h2);
+            match self.new_socket() {
+                Ok(mut s) => {
+                    if s.listen(port).is_ok() {
+                        let h2 = self.sockets.add(s);
+                        self.listeners.get_mut(&port).expect("listed").ready.push(h2);
+                    } else {
+                        self.budget.release(self.socket_bytes());
+                    }
+                }
+                // No memory for another ready socket: this listener takes
+                // fewer connections until some close.
+                Err(e) => log::debug!("TCP mode listener on {port}: {e}"),
             }
             self.listeners.get_mut(&port).expect("listed").pending.push(h);
         }
@@ -591,7 +644,7 @@ impl TcpCore {
         }
         for h in gone {
             let m = self.conns.remove(&h).expect("listed");
-            let s = self.sockets.remove(h);
+            let s = self.drop_socket(h);
             if let smoltcp::socket::Socket::Tcp(t) = s
                 && let Some(e) = t.local_endpoint()
                 && m.port_guard.as_ref().is_some_and(|g| Arc::strong_count(g) == 1)
@@ -636,6 +689,8 @@ impl TcpCore {
 
 impl Drop for TcpCore {
     fn drop(&mut self) {
+        let held = self.sockets.iter().count();
+        self.budget.release(self.socket_bytes().saturating_mul(held));
         if let Some(f) = &self.filter {
             for &port in self.steered.keys() {
                 f.remove_ipv4_rule(Ipv4Rule { addr: self.ip, proto: IPPROTO_TCP, port });

@@ -89,9 +89,16 @@ impl Pace {
 #[derive(Debug, Clone)]
 pub struct TcpConfig {
     /// Bytes a connection may have written and not yet acknowledged.
+    ///
+    /// smoltcp gives a socket fixed-capacity buffers (and fixes the window
+    /// scale from them at the SYN), with no way to grow or shrink them while
+    /// the connection lives: so unlike reliable-link, a TCP-mode connection
+    /// reserves `send_buffer + recv_buffer` from the runtime's memory limit
+    /// for its whole life. The pages are allocated zeroed and faulted in as
+    /// the ring is first written, and go back when the connection closes.
     pub send_buffer: usize,
     /// Bytes a connection buffers for reading; sets the advertised window
-    /// (window scaling follows from it).
+    /// (window scaling follows from it). See `send_buffer` for what it costs.
     pub recv_buffer: usize,
     /// Congestion control.
     pub congestion: Congestion,
@@ -120,8 +127,11 @@ pub struct TcpConfig {
 impl Default for TcpConfig {
     fn default() -> Self {
         Self {
-            send_buffer: 4 << 20,
-            recv_buffer: 4 << 20,
+            // smoltcp's buffers are fixed for a socket's life and reserved
+            // whole from the memory limit: 1 MiB each way carries a LAN at
+            // full rate; long fat paths size them with `for_path`.
+            send_buffer: 1 << 20,
+            recv_buffer: 1 << 20,
             congestion: Congestion::Cubic,
             ack_delay: None,
             pace: Pace::Off,

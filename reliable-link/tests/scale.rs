@@ -1,0 +1,312 @@
+//! Connections that cost what they use (issue 11): buffers from a shared
+//! pool that grow with the transfer and go back when idle, a memory budget
+//! that refuses new connections and never stalls old ones, per-peer
+//! liveness for idle connections, and peers that break the protocol.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use xsock_reliable_link::{
+    CloseReason, Config, Endpoint, EndpointError, EndpointEvent, Event, Mode, Peer,
+    connection::Violation,
+    wire::{Body, Packet, Repr, RstReason},
+};
+
+const PORT: u16 = 7000;
+
+fn peer_b() -> Peer {
+    Peer { mac: B_MAC, max_payload: 1460 }
+}
+
+/// Opens `n` connections A -> B (at B's known MAC) and accepts them all.
+fn open_many(sim: &mut Sim, n: usize) -> Vec<(u64, u64)> {
+    if sim.b.listen(None, PORT).is_err() {
+        // already listening
+    }
+    // In batches below the listener's backlog, as a real client's connects
+    // would be paced by their handshakes.
+    let mut a = Vec::new();
+    let mut b = Vec::new();
+    while a.len() < n {
+        let batch: Vec<u64> = (0..(n - a.len()).min(100))
+            .map(|_| sim.a.connect(sim.now, B_IP, PORT, peer_b(), Mode::Stream).unwrap())
+            .collect();
+        assert!(sim.run_until(1_000_000, |s| {
+            while let Some(c) = s.b.accept(PORT) {
+                b.push(c);
+            }
+            batch.iter().all(|&c| s.a.connection(c).is_some_and(|c| c.is_established()))
+        }));
+        a.extend(batch);
+    }
+    assert!(sim.run_until(1_000_000, |s| {
+        while let Some(c) = s.b.accept(PORT) {
+            b.push(c);
+        }
+        b.len() == n
+    }));
+    // The accept order need not match: pair them by port.
+    a.iter()
+        .map(|&ca| {
+            let port = sim.a.connection(ca).unwrap().addressing().local_port;
+            let cb = *b.iter().find(|&&cb| sim.b.connection(cb).unwrap().addressing().remote_port == port).unwrap();
+            (ca, cb)
+        })
+        .collect()
+}
+
+/// Streams `total` bytes a -> b, reading everything as it comes.
+fn stream(sim: &mut Sim, a: u64, b: u64, total: usize) {
+    let data = message(9, 256 << 10);
+    let mut sent = 0usize;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 256 << 10];
+    assert!(sim.run_until(50_000_000, |s| {
+        while sent < total {
+            let chunk = &data[..(total - sent).min(data.len())];
+            match s.a.write(a, chunk, false) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => sent += n,
+            }
+        }
+        while let Ok(r) = s.b.read(b, &mut buf, false) {
+            if r.len == 0 {
+                break;
+            }
+            got += r.len;
+        }
+        got == total
+    }));
+}
+
+#[test]
+fn an_idle_connection_holds_no_buffer_memory_and_a_busy_one_grows_toward_its_cap() {
+    let mut sim = Sim::pair(21, Faults::default());
+    let pairs = open_many(&mut sim, 1);
+    let (a, b) = pairs[0];
+    let cfg = Config::default();
+    let conn = sim.b.connection(b).unwrap();
+    assert_eq!(conn.window(), cfg.initial_window, "it starts small");
+    assert_eq!(conn.chunks_held(), 0, "and holds no chunk while nothing is buffered");
+    assert_eq!(sim.b.pool_stats().reserved, cfg.reservation());
+
+    stream(&mut sim, a, b, 64 << 20);
+    let conn = sim.b.connection(b).unwrap();
+    assert_eq!(conn.window(), cfg.recv_buffer, "a bulk transfer grew the window to the cap: {:?}", conn.stats());
+    assert!(conn.stats().window_grown >= 6);
+    assert_eq!(conn.chunks_held(), 0, "everything read: the chunks went back to the pool");
+    assert_eq!(sim.b.pool_stats().chunks_in_use, 0);
+
+    // Idle for longer than idle_shrink: the window and the budget shrink.
+    let t0 = sim.now;
+    sim.run_until(1_000_000, |s| s.now - t0 > cfg.idle_shrink + Duration::from_millis(100));
+    assert_eq!(sim.b.connection(b).unwrap().window(), cfg.initial_window);
+    assert_eq!(sim.b.pool_stats().reserved, cfg.reservation(), "the grown reservation was given back");
+    assert_eq!(sim.a.pool_stats().reserved, cfg.reservation());
+}
+
+#[test]
+fn a_slow_reader_keeps_a_small_window() {
+    let mut sim = Sim::pair(22, Faults::default());
+    let (a, b) = open_many(&mut sim, 1)[0];
+    let data = message(3, 1 << 20);
+    let mut buf = vec![0u8; 1460];
+    let mut step = 0u64;
+    sim.run_until(200_000, |s| {
+        let _ = s.a.write(a, &data, false);
+        step += 1;
+        // One frame's worth read every 50 steps: the reader, not the window,
+        // is the bottleneck.
+        if step.is_multiple_of(50) {
+            let _ = s.b.read(b, &mut buf, false);
+        }
+        false
+    });
+    let w = sim.b.connection(b).unwrap().window();
+    assert!(w <= 2 * Config::default().initial_window, "a slow reader's window grew to {w}");
+}
+
+#[test]
+fn memory_is_the_same_after_ten_thousand_connections_opened_and_closed() {
+    let mut sim = Sim::pair(23, Faults::default());
+    sim.b.listen(None, PORT).unwrap();
+    let mut after_first = None;
+    for round in 0..5 {
+        let pairs = open_many(&mut sim, 2000);
+        for &(a, b) in &pairs {
+            sim.a.write(a, &message(a, 3000), true).unwrap();
+            sim.a.close(a).unwrap();
+            sim.a.release(a);
+            sim.b.close(b).unwrap();
+            sim.b.release(b);
+        }
+        assert!(sim.run_until(10_000_000, |s| s.a.connections() == 0 && s.b.connections() == 0));
+        let stats = (sim.a.pool_stats(), sim.b.pool_stats());
+        assert_eq!((stats.0.reserved, stats.1.reserved), (0, 0), "round {round}: every reservation returned");
+        assert_eq!((stats.0.chunks_in_use, stats.1.chunks_in_use), (0, 0));
+        let allocated = stats.0.chunks_allocated + stats.1.chunks_allocated;
+        match after_first {
+            None => after_first = Some(allocated),
+            Some(first) => assert_eq!(allocated, first, "round {round} allocated new chunks instead of reusing"),
+        }
+    }
+}
+
+fn small_budget() -> (Sim, usize) {
+    let mut a = endpoint_config(A_MAC, A_IP, 1514);
+    let mut b = endpoint_config(B_MAC, B_IP, 1514);
+    let per = a.connection.reservation();
+    a.memory_limit = 3 * per;
+    b.memory_limit = 2 * per;
+    (Sim::new(24, Faults::default(), a, b), per)
+}
+
+#[test]
+fn a_spent_budget_refuses_new_connections_and_never_stalls_the_old_ones() {
+    let (mut sim, per) = small_budget();
+    let pairs = open_many(&mut sim, 2);
+    // B has no room for a third: its SYN is answered with RST Overloaded.
+    let third = sim.a.connect(sim.now, B_IP, PORT, peer_b(), Mode::Stream).unwrap();
+    assert!(sim.run_until(100_000, |s| s.a.connection(third).and_then(|c| c.close_reason()).is_some()));
+    assert_eq!(sim.a.connection(third).unwrap().close_reason(), Some(CloseReason::Reset(RstReason::Overloaded)));
+    assert_eq!(sim.b.stats().refused_memory, 1);
+    assert!(sim.b_events.iter().any(|e| matches!(e, EndpointEvent::RefusedForMemory { port: PORT, .. })));
+    // A itself refuses a fourth locally, with the figures.
+    match sim.a.connect(sim.now, B_IP, PORT, peer_b(), Mode::Stream) {
+        Err(EndpointError::MemoryLimit { reserved, limit, .. }) => assert_eq!((reserved, limit), (3 * per, 3 * per)),
+        other => panic!("{other:?}"),
+    }
+    // The two that exist move data at their first window, no stall.
+    for &(a, b) in &pairs {
+        stream(&mut sim, a, b, 4 << 20);
+        assert_eq!(sim.b.connection(b).unwrap().window(), Config::default().initial_window, "no budget to grow");
+    }
+}
+
+#[test]
+fn an_idle_connection_to_a_dead_peer_ends_within_dead_after() {
+    let mut sim = Sim::pair(25, Faults::default());
+    let pairs = open_many(&mut sim, 100);
+    // Quiet for 5 s: keepalives keep every connection up, one exchange per
+    // peer per interval however many connections.
+    let sent0 = sim.link_stats.sent;
+    let t0 = sim.now;
+    sim.run_until(10_000_000, |s| s.now - t0 >= Duration::from_secs(5));
+    let quiet_frames = sim.link_stats.sent - sent0;
+    assert!(quiet_frames <= 2 * 6 + 4, "{quiet_frames} frames in 5 s of quiet for 100 connections");
+    assert!(pairs.iter().all(|&(a, _)| sim.a.connection(a).unwrap().close_reason().is_none()));
+    // B dies (every frame lost, as if its process were killed).
+    sim.faults.loss = 1.0;
+    let t0 = sim.now;
+    assert!(sim.run_until(10_000_000, |s| {
+        pairs.iter().all(|&(a, _)| s.a.connection(a).unwrap().close_reason() == Some(CloseReason::TimedOut))
+    }));
+    let took = sim.now - t0;
+    let dead_after = Config::default().dead_after;
+    assert!(took <= dead_after + Duration::from_millis(300), "{took:?}");
+    assert!(
+        sim.a_events.iter().any(|e| matches!(e, EndpointEvent::PeerLost { connections: 100, restarted: false, .. }))
+    );
+    // The application lets go: every byte of budget comes back.
+    for &(a, _) in &pairs {
+        sim.a.release(a);
+    }
+    sim.run_until(100_000, |s| s.a.connections() == 0);
+    assert_eq!(sim.a.connections(), 0);
+    assert_eq!(sim.a.pool_stats().reserved, 0);
+}
+
+#[test]
+fn a_restarted_peer_is_recognised_by_its_new_instance() {
+    let mut sim = Sim::pair(26, Faults::default());
+    let pairs = open_many(&mut sim, 3);
+    // Settled and idle: no frame of these connections is in flight.
+    let t0 = sim.now;
+    sim.run_until(100_000, |s| s.now - t0 >= Duration::from_millis(10));
+    let old = sim.b.instance();
+    // B's process restarts on the same NIC: a new endpoint, a new instance.
+    sim.b = Endpoint::new(endpoint_config(B_MAC, B_IP, 1514), 0xdead);
+    assert_ne!(sim.b.instance(), old);
+    let t0 = sim.now;
+    assert!(sim.run_until(10_000_000, |s| {
+        pairs.iter().all(|&(a, _)| s.a.connection(a).unwrap().close_reason().is_some())
+    }));
+    for &(a, _) in &pairs {
+        assert_eq!(sim.a.connection(a).unwrap().close_reason(), Some(CloseReason::Reset(RstReason::Unknown)));
+    }
+    // Found at the first keepalive (after 1 s of quiet), not after dead_after.
+    assert!(sim.now - t0 < Duration::from_millis(1500), "{:?}", sim.now - t0);
+    assert!(
+        sim.a_events.iter().any(|e| matches!(e, EndpointEvent::PeerLost { restarted: true, .. })),
+        "{:?}",
+        sim.a_events
+            .iter()
+            .filter(|e| !matches!(e, EndpointEvent::Connection { event: Event::Readable | Event::Writable, .. }))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// A DATA or CREDIT frame from B to A's connection `a` with chosen fields.
+fn forged(a: u64, body: Body, seq: u64, ack: u64, limit: u64) -> Vec<u8> {
+    let r = Repr { flags: 0, dst_cid: a, seq, ack, limit, body };
+    let mut f = vec![0u8; r.buffer_len()];
+    r.emit(&mut Packet::new_unchecked(&mut f[..]));
+    f
+}
+
+#[test]
+fn a_peer_that_breaks_the_protocol_is_reset() {
+    let cases = [
+        ("data beyond the credit", Body::Data { len: 100 }, 10 << 20, 0, 1 << 20, Violation::CreditOverrun),
+        ("an ack of bytes never sent", Body::Credit, 0, 1 << 40, (1 << 40) + 10, Violation::AckBeyondSent),
+        ("a window of 2^60", Body::Credit, 0, 0, 1 << 60, Violation::AbsurdWindow),
+        ("credit below its own ack", Body::Credit, 0, 0, 0, Violation::AbsurdWindow),
+    ];
+    for (what, body, seq, ack, limit, violation) in cases {
+        let mut sim = Sim::pair(27, Faults::default());
+        let (a, b) = open_many(&mut sim, 1)[0];
+        let frame = forged(a, body, seq, ack, limit);
+        // "credit below its own ack" needs an ack above zero that is valid.
+        let frame = if violation == Violation::AbsurdWindow && limit == 0 {
+            sim.a.write(a, b"0123456789", false).unwrap();
+            sim.flush();
+            sim.run_until(1000, |s| s.b.connection(b).unwrap().readable() == 10);
+            forged(a, Body::Credit, 0, 10, 5)
+        } else {
+            frame
+        };
+        sim.a.handle_input(sim.now, B_MAC, &frame);
+        sim.flush();
+        assert_eq!(sim.a.connection(a).unwrap().close_reason(), Some(CloseReason::Protocol(violation)), "{what}");
+        assert!(
+            sim.a_events.contains(&EndpointEvent::Connection {
+                cid: a,
+                event: Event::Closed(CloseReason::Protocol(violation))
+            }),
+            "{what}: the application hears why"
+        );
+        // The peer is told with an RST.
+        assert!(sim.run_until(1000, |s| s.b.connection(b).unwrap().close_reason().is_some()), "{what}");
+        assert_eq!(sim.b.connection(b).unwrap().close_reason(), Some(CloseReason::Reset(RstReason::Protocol)));
+    }
+}
+
+#[test]
+fn ten_thousand_idle_connections_cost_no_timers_of_their_own() {
+    let mut sim = Sim::pair(28, Faults::default());
+    let pairs = open_many(&mut sim, 10_000);
+    let t0 = sim.now;
+    let sent0 = sim.link_stats.sent;
+    // Quiet for 5 s: nothing but the peers' keepalives is due.
+    sim.run_until(100_000, |s| s.now - t0 >= Duration::from_secs(5));
+    assert!(sim.link_stats.sent - sent0 <= 2 * 6 + 4, "{} frames", sim.link_stats.sent - sent0);
+    for ep in [&sim.a, &sim.b] {
+        assert!(ep.pending_timers() <= 4, "{} timer entries for 10,000 idle connections", ep.pending_timers());
+        assert_eq!(ep.pool_stats().chunks_in_use, 0);
+        assert_eq!(ep.pool_stats().reserved, 10_000 * Config::default().reservation());
+    }
+    assert!(Config::default().reservation() <= 64 << 10, "10,000 connections fit a 1 GiB budget");
+    assert!(pairs.iter().all(|&(a, _)| sim.a.connection(a).unwrap().close_reason().is_none()));
+}
