@@ -469,17 +469,18 @@ impl Endpoint {
 
     fn peer_due(&self, idx: usize) -> Option<Instant> {
         let p = self.peers.get(idx)?.as_ref()?;
-        let idle = self.config.keepalive?;
+        let idle = self.config.keepalive?.max(Duration::from_millis(1));
         if p.conns == 0 {
             return None;
         }
         let silent_at = p.last_heard + idle;
         let dead_at = p.last_heard + self.config.connection.dead_after;
-        Some(match p.last_probe {
-            // Probing: again every quarter interval, until the deadline.
-            Some(t) if t >= p.last_heard => (t + idle / 4).min(dead_at),
+        let next_probe = match p.last_probe {
+            // Probing since the last frame: again every quarter interval.
+            Some(t) if t >= p.last_heard => (t + idle / 4).max(silent_at),
             _ => silent_at,
-        })
+        };
+        Some(next_probe.min(dead_at))
     }
 
     fn rearm_peer(&mut self, idx: usize) {
@@ -493,6 +494,7 @@ impl Endpoint {
 
     fn on_peer_timer(&mut self, now: Instant, idx: usize) {
         let (Some(idle), dead_after) = (self.config.keepalive, self.config.connection.dead_after) else { return };
+        let idle = idle.max(Duration::from_millis(1));
         let Some(p) = self.peers.get_mut(idx).and_then(Option::as_mut) else { return };
         let silent = now.saturating_duration_since(p.last_heard);
         if silent >= dead_after {
@@ -922,11 +924,18 @@ impl Endpoint {
 
     /// Runs due timers.
     pub fn handle_timeout(&mut self, now: Instant) {
+        // What is due now, taken first: a deadline re-armed while handling
+        // these waits for the next call, so no input can make this loop
+        // forever.
+        let mut due = Vec::new();
         while let Some(&Reverse((t, key))) = self.timers.peek() {
             if t > now {
                 break;
             }
             self.timers.pop();
+            due.push((t, key));
+        }
+        for (t, key) in due {
             match key {
                 TimerKey::Conn(cid) => {
                     let Some(s) = self.slots.get_mut(&cid) else { continue };

@@ -54,6 +54,8 @@ pub mod connection;
 pub mod discovery;
 pub mod endpoint;
 pub mod fasthash;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod wire;
 
 pub use connection::{CloseReason, Config, ConnStats, Connection, Event, Mode, ReadOutcome, StreamError};

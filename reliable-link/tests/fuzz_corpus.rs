@@ -1,4 +1,5 @@
-//! Replays the committed fuzz corpus of the frame parser on stable Rust, so
+//! Replays the committed fuzz corpora of the frame parser and the endpoint
+//! state machines on stable Rust, so
 //! every input the fuzzer kept is checked on each test run even where
 //! cargo-fuzz (nightly) is not available.
 
@@ -19,4 +20,17 @@ fn every_link_frame_corpus_input_parses_or_fails_cleanly() {
         n += 1;
     }
     assert!(n > 10, "the corpus has {n} inputs");
+}
+
+#[test]
+fn every_link_endpoint_corpus_input_runs_to_the_end() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/link_endpoint");
+    let (mut n, mut ops) = (0, 0);
+    for entry in std::fs::read_dir(dir).expect("fuzz/corpus/link_endpoint is committed") {
+        let data = std::fs::read(entry.unwrap().path()).unwrap();
+        ops += xsock_reliable_link::fuzzing::run_endpoint_ops(&data);
+        n += 1;
+    }
+    assert!(n > 100, "the corpus has {n} inputs");
+    assert!(ops > n, "the inputs decode to operations ({ops} for {n} inputs)");
 }
