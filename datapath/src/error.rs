@@ -97,6 +97,32 @@ pub enum Error {
 }
 
 impl Error {
+    /// The same error again (I/O errors keep their kind and message).
+    pub(crate) fn duplicate(&self) -> Error {
+        match self {
+            Error::Nic(e) => Error::Config(e.to_string()),
+            Error::Io(e) => Error::Io(io::Error::new(e.kind(), e.to_string())),
+            Error::Tx(e) => Error::Tx(*e),
+            Error::HandlerExists(t) => Error::HandlerExists(*t),
+            Error::Stopped => Error::Stopped,
+            Error::Config(m) => Error::Config(m.clone()),
+            Error::ConnectionRefused(a) => Error::ConnectionRefused(*a),
+            Error::ConnectionReset(m) => Error::ConnectionReset(m.clone()),
+            Error::TimedOut(m) => Error::TimedOut(m.clone()),
+            Error::NotXsockPeer(ip) => Error::NotXsockPeer(*ip),
+            Error::NoLink => Error::NoLink,
+            Error::AddrInUse(a) => Error::AddrInUse(*a),
+            Error::Closed => Error::Closed,
+            Error::WouldBlock => Error::WouldBlock,
+            Error::Protocol(m) => Error::Protocol(m.clone()),
+            Error::MessageTooLarge { len, max } => Error::MessageTooLarge { len: *len, max: *max },
+            Error::MemoryLimit { held, limit, connections } => {
+                Error::MemoryLimit { held: *held, limit: *limit, connections: *connections }
+            }
+            Error::Overlay(m) => Error::Overlay(m.clone()),
+        }
+    }
+
     /// Maps an I/O error from a kernel socket, keeping "would block" distinct.
     pub fn from_io(e: io::Error) -> Error {
         match e.kind() {

@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 mod channel;
+mod connect;
 mod counters;
 mod datapath;
 pub mod diag;
@@ -33,6 +34,7 @@ mod link;
 mod listener;
 mod notify;
 pub mod overlay;
+mod poller;
 mod runtime;
 mod stream;
 mod tcp;
@@ -47,6 +49,7 @@ pub use framing::{DEFAULT_MAX_MESSAGE, Received};
 pub use handler::{Context, FrameHandler, HandlerId};
 pub use launch::Launch;
 pub use listener::{ListenOptions, Listener};
+pub use poller::{Event, Events, Interest, Poller, Token};
 pub use runtime::{Driving, LinkStatus, MemoryStats, Runtime, RuntimeBuilder};
 pub use stream::{ConnectOptions, Path, Stream, Transport};
 pub use tcp::{Congestion, Pace, TcpConfig, core::TcpStats};

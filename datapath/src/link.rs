@@ -8,12 +8,12 @@
 //! makes is announced through the runtime's [`Notifier`].
 
 use std::{
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard, Weak},
     time::Instant,
 };
 
 use xsock_nic::{ETH_HEADER_LEN, MacAddr, RxFrame, TxError, wire::EthernetFrame};
-use xsock_reliable_link::{CloseReason, Endpoint, EndpointEvent, Event, wire::ETHERTYPE};
+use xsock_reliable_link::{CloseReason, Endpoint, EndpointEvent, Event, fasthash::FastMap, wire::ETHERTYPE};
 
 use crate::{
     handler::{Context, FrameHandler},
@@ -28,13 +28,90 @@ pub const TX_BATCH: usize = 64;
 #[derive(Debug)]
 pub(crate) struct LinkShared {
     pub endpoint: Mutex<Endpoint>,
+    /// The runtime's "anything changed" notifier ([`crate::Runtime::idle`]).
     pub notifier: Arc<Notifier>,
+    /// Each held connection's notifier, by connection id: its events wake
+    /// only who waits on that connection.
+    pub signals: Mutex<FastMap<u64, Arc<Notifier>>>,
+    /// Each listening port's notifier (a connection arrived).
+    pub listeners: Mutex<FastMap<u16, Arc<Notifier>>>,
+    /// Connects waiting on a discovery (woken, and forgotten, when any
+    /// discovery concludes).
+    pub discovery: Mutex<Vec<Weak<Notifier>>>,
 }
 
 impl LinkShared {
+    pub fn new(endpoint: Endpoint, notifier: Arc<Notifier>) -> Self {
+        Self {
+            endpoint: Mutex::new(endpoint),
+            notifier,
+            signals: Mutex::new(FastMap::default()),
+            listeners: Mutex::new(FastMap::default()),
+            discovery: Mutex::new(Vec::new()),
+        }
+    }
+
     pub fn lock(&self) -> MutexGuard<'_, Endpoint> {
         self.endpoint.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Wakes the waiters of connection `cid` from now on through `signal`.
+    pub fn register(&self, cid: u64, signal: &Arc<Notifier>) {
+        self.signals.lock().unwrap_or_else(|p| p.into_inner()).insert(cid, signal.clone());
+    }
+
+    /// Forgets connection `cid`'s notifier.
+    pub fn unregister(&self, cid: u64) {
+        self.signals.lock().unwrap_or_else(|p| p.into_inner()).remove(&cid);
+    }
+
+    /// Wakes `signal` when the next discovery concludes.
+    pub fn await_discovery(&self, signal: &Arc<Notifier>) {
+        let mut d = self.discovery.lock().unwrap_or_else(|p| p.into_inner());
+        d.retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), Arc::as_ptr(signal)));
+        d.push(Arc::downgrade(signal));
+    }
+
+    /// Wakes whoever the endpoint's events concern.
+    fn wake(&self, wake: &mut Wake) {
+        if wake.cids.is_empty() && wake.ports.is_empty() && !wake.discovery {
+            return;
+        }
+        {
+            let signals = self.signals.lock().unwrap_or_else(|p| p.into_inner());
+            for cid in wake.cids.drain(..) {
+                if let Some(s) = signals.get(&cid) {
+                    s.notify();
+                }
+            }
+        }
+        if !wake.ports.is_empty() {
+            let listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+            for port in wake.ports.drain(..) {
+                if let Some(s) = listeners.get(&port) {
+                    s.notify();
+                }
+            }
+        }
+        if std::mem::take(&mut wake.discovery) {
+            let waiters = std::mem::take(&mut *self.discovery.lock().unwrap_or_else(|p| p.into_inner()));
+            for w in waiters {
+                if let Some(s) = w.upgrade() {
+                    s.notify();
+                }
+            }
+        }
+        self.notifier.notify();
+    }
+}
+
+/// Who to wake after the endpoint ran (collected under its lock, woken
+/// after).
+#[derive(Debug, Default)]
+struct Wake {
+    cids: Vec<u64>,
+    ports: Vec<u16>,
+    discovery: bool,
 }
 
 /// The datapath side of the reliable-link path.
@@ -44,11 +121,12 @@ pub(crate) struct LinkHandler {
     max_frame: usize,
     timer_armed: Option<Instant>,
     scratch: Vec<u8>,
+    wake: Wake,
 }
 
 impl LinkHandler {
     pub fn new(shared: Arc<LinkShared>, mac: MacAddr, max_frame: usize) -> Self {
-        Self { shared, mac, max_frame, timer_armed: None, scratch: Vec::new() }
+        Self { shared, mac, max_frame, timer_armed: None, scratch: Vec::new(), wake: Wake::default() }
     }
 }
 
@@ -83,10 +161,16 @@ fn transmit(ep: &mut Endpoint, cx: &mut Context<'_>, mac: MacAddr, max_frame: us
 /// operator should see: refusals for memory, peers lost, protocol
 /// violations. A peer that stopped answering is forgotten by discovery, so
 /// the next connect asks again.
-fn take_events(ep: &mut Endpoint) -> bool {
+fn take_events(ep: &mut Endpoint, wake: &mut Wake) -> bool {
     let mut any = false;
     while let Some(e) = ep.poll_event() {
         any = true;
+        match e {
+            EndpointEvent::Connection { cid, .. } if wake.cids.last() != Some(&cid) => wake.cids.push(cid),
+            EndpointEvent::Incoming { port, .. } => wake.ports.push(port),
+            EndpointEvent::Discovered { .. } => wake.discovery = true,
+            _ => {}
+        }
         match e {
             EndpointEvent::Connection { cid, event: Event::Closed(reason) } => {
                 let who = ep.connection(cid).map(|c| *c.addressing());
@@ -145,11 +229,9 @@ impl FrameHandler for LinkHandler {
         let mut ep = self.shared.lock();
         ep.handle_input(cx.now(), src.0, eth.payload());
         transmit(&mut ep, cx, self.mac, self.max_frame);
-        let changed = take_events(&mut ep);
+        take_events(&mut ep, &mut self.wake);
         drop(ep);
-        if changed {
-            self.shared.notifier.notify();
-        }
+        self.shared.wake(&mut self.wake);
     }
 
     fn on_poll(&mut self, cx: &mut Context<'_>) -> bool {
@@ -165,11 +247,9 @@ impl FrameHandler for LinkHandler {
             next = ep.poll_timeout();
         }
         let sent = transmit(&mut ep, cx, self.mac, self.max_frame);
-        let changed = take_events(&mut ep);
+        let changed = take_events(&mut ep, &mut self.wake);
         drop(ep);
-        if changed {
-            self.shared.notifier.notify();
-        }
+        self.shared.wake(&mut self.wake);
         // Make the loop's sleep end in time for the endpoint's next deadline
         // (an armed earlier timer re-evaluates when it fires).
         if let Some(t) = next

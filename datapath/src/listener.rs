@@ -4,7 +4,9 @@
 //!
 //! The kernel side is a non-blocking listening socket watched by a small
 //! acceptor thread (sleeping in poll(2), not spinning), which hands accepted
-//! sockets to `accept` through the runtime's notifier.
+//! sockets to `accept`. Each listener has its own notifier: a connection
+//! arriving on either path wakes who waits on this listener (a blocking
+//! `accept`, a [`crate::Poller`]), and nobody else.
 
 use std::{
     collections::VecDeque,
@@ -19,7 +21,7 @@ use std::{
 use xsock_nic::sys::{EventFd, Interest, poll_fds};
 use xsock_reliable_link::Mode;
 
-use crate::{Error, Runtime, Stream, Transport, tcp::conn::TcpConn};
+use crate::{Error, Runtime, Stream, Transport, notify::Notifier, tcp::conn::TcpConn};
 
 /// How to listen.
 #[derive(Debug, Clone, Copy, Default)]
@@ -31,26 +33,51 @@ pub struct ListenOptions {
 }
 
 struct KernelSide {
-    queue: Arc<Mutex<VecDeque<TcpStream>>>,
     stop: Arc<EventFd>,
     thread: Option<JoinHandle<()>>,
 }
 
+/// What a listener's waiters look at: the ports it has on each path, the
+/// kernel side's queue, and its notifier.
+pub(crate) struct ListenShared {
+    rt: Runtime,
+    link_port: Option<u16>,
+    tcp_port: Option<u16>,
+    kernel_queue: Option<Arc<Mutex<VecDeque<TcpStream>>>>,
+    pub signal: Arc<Notifier>,
+}
+
+impl ListenShared {
+    /// Connections waiting to be accepted (on every path).
+    pub fn waiting(&self) -> usize {
+        let mut n = 0;
+        if let (Some(port), Some(tcp)) = (self.tcp_port, self.rt.tcp()) {
+            n += tcp.lock().backlog(port);
+        }
+        if let (Some(port), Some(link)) = (self.link_port, self.rt.link()) {
+            n += link.shared.lock().backlog(port);
+        }
+        if let Some(q) = &self.kernel_queue {
+            n += q.lock().unwrap_or_else(|p| p.into_inner()).len();
+        }
+        n
+    }
+}
+
 /// Accepts connections on an address and port.
 pub struct Listener {
-    rt: Runtime,
     addr: SocketAddrV4,
     mode: Mode,
-    link_port: Option<u16>,
+    shared: Arc<ListenShared>,
     kernel: Option<KernelSide>,
-    tcp_port: Option<u16>,
 }
 
 impl std::fmt::Debug for Listener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Listener")
             .field("addr", &self.addr)
-            .field("link", &self.link_port.is_some())
+            .field("link", &self.shared.link_port.is_some())
+            .field("tcp", &self.shared.tcp_port.is_some())
             .field("kernel", &self.kernel.is_some())
             .finish()
     }
@@ -62,8 +89,11 @@ impl Listener {
         Self::bind_with(rt, addr, ListenOptions::default())
     }
 
-    /// Listens on `addr` as `opts` say.
+    /// Listens on `addr` as `opts` say. Port 0 asks the kernel for a free
+    /// port; the listener then listens on that port on every path
+    /// ([`Listener::local_addr`] says which).
     pub fn bind_with(rt: &Runtime, addr: SocketAddrV4, opts: ListenOptions) -> Result<Listener, Error> {
+        let signal = Notifier::new();
         let ip = (!addr.ip().is_unspecified()).then_some(*addr.ip());
         if opts.transport == Transport::Tcp {
             let tcp = rt.tcp().ok_or_else(|| {
@@ -73,19 +103,29 @@ impl Listener {
             if ip.is_some_and(|ip| ip != core.ip) {
                 return Err(Error::Config(format!("the TCP mode listens on {} only, not on {}", core.ip, addr.ip())));
             }
-            core.listen(addr.port())?;
-            let addr = SocketAddrV4::new(core.ip, addr.port());
+            let port = core.listen(addr.port())?;
+            let addr = SocketAddrV4::new(core.ip, port);
             drop(core);
+            tcp.listeners.lock().unwrap_or_else(|p| p.into_inner()).insert(port, signal.clone());
             rt.kick_tcp();
-            return Ok(Listener {
+            let shared = Arc::new(ListenShared {
                 rt: rt.clone(),
-                addr,
-                mode: opts.mode,
                 link_port: None,
-                kernel: None,
-                tcp_port: Some(addr.port()),
+                tcp_port: Some(port),
+                kernel_queue: None,
+                signal,
             });
+            return Ok(Listener { addr, mode: opts.mode, shared, kernel: None });
         }
+        // The kernel side first when there is one: it settles port 0.
+        let mut addr = addr;
+        let kernel_listener = if opts.transport == Transport::Link {
+            None
+        } else {
+            let l = bind_kernel(addr)?;
+            addr.set_port(l.local_addr().map_err(Error::Io)?.port());
+            Some(l)
+        };
         let mut link_port = None;
         if opts.transport != Transport::Kernel {
             match rt.link() {
@@ -95,7 +135,19 @@ impl Listener {
                         return Err(Error::Config(format!("{} is not an address of {}", addr.ip(), link.iface)));
                     }
                     if ip.is_none_or(|ip| link.addrs.iter().any(|a| a.ip == ip)) {
+                        if addr.port() == 0 {
+                            return Err(Error::Config(
+                                "a reliable-link-only listener needs a port: 0 would ask the kernel, which this \
+                                 listener does not use (use the automatic transport, or name a port)"
+                                    .into(),
+                            ));
+                        }
                         link.shared.lock().listen(ip, addr.port()).map_err(|_| Error::AddrInUse(addr))?;
+                        link.shared
+                            .listeners
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(addr.port(), signal.clone());
                         link_port = Some(addr.port());
                     }
                 }
@@ -103,25 +155,34 @@ impl Listener {
                 None => {}
             }
         }
-        let kernel = if opts.transport == Transport::Link {
-            None
-        } else {
-            match start_kernel_side(rt, addr) {
-                Ok(k) => Some(k),
-                Err(e) => {
-                    if let (Some(port), Some(link)) = (link_port, rt.link()) {
-                        link.shared.lock().unlisten(port);
+        let (kernel, kernel_queue) = match kernel_listener {
+            Some(l) => {
+                let queue = Arc::new(Mutex::new(VecDeque::new()));
+                match start_kernel_side(rt, addr, l, queue.clone(), signal.clone()) {
+                    Ok(k) => (Some(k), Some(queue)),
+                    Err(e) => {
+                        if let (Some(port), Some(link)) = (link_port, rt.link()) {
+                            link.shared.lock().unlisten(port);
+                            link.shared.listeners.lock().unwrap_or_else(|p| p.into_inner()).remove(&port);
+                        }
+                        return Err(e);
                     }
-                    return Err(e);
                 }
             }
+            None => (None, None),
         };
-        Ok(Listener { rt: rt.clone(), addr, mode: opts.mode, link_port, kernel, tcp_port: None })
+        let shared = Arc::new(ListenShared { rt: rt.clone(), link_port, tcp_port: None, kernel_queue, signal });
+        Ok(Listener { addr, mode: opts.mode, shared, kernel })
     }
 
-    /// The address listened on.
+    /// The address listened on (with the port the kernel chose, if 0 was
+    /// asked for).
     pub fn local_addr(&self) -> SocketAddrV4 {
         self.addr
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<ListenShared> {
+        &self.shared
     }
 
     /// Waits for the next connection on either path.
@@ -132,36 +193,40 @@ impl Listener {
     /// Waits up to `timeout` (forever with `None`) for a connection.
     pub fn accept_timeout(&self, timeout: Option<Duration>) -> Result<Option<Stream>, Error> {
         let deadline = timeout.map(|t| Instant::now() + t);
-        let found = self.rt.wait_until(deadline, || Ok(self.take_one()))?;
-        match found {
-            Some(Accepted::Link(cid)) => Ok(Some(Stream::from_link(&self.rt, cid, self.mode))),
-            Some(Accepted::Kernel(sock)) => Ok(Some(Stream::from_kernel(&self.rt, sock, self.mode)?)),
-            Some(Accepted::Tcp(h)) => Ok(Some(Stream::from_tcp(&self.rt, TcpConn::new(&self.rt, h), self.mode))),
-            None => Ok(None),
-        }
+        let rt = &self.shared.rt;
+        let found = rt.wait_on(&self.shared.signal, deadline, || Ok(self.take_one()))?;
+        found.map(|a| self.stream(a)).transpose()
     }
 
     /// A connection if one is waiting now; [`Error::WouldBlock`] otherwise.
     pub fn try_accept(&self) -> Result<Stream, Error> {
         match self.take_one() {
-            Some(Accepted::Link(cid)) => Ok(Stream::from_link(&self.rt, cid, self.mode)),
-            Some(Accepted::Kernel(sock)) => Stream::from_kernel(&self.rt, sock, self.mode),
-            Some(Accepted::Tcp(h)) => Ok(Stream::from_tcp(&self.rt, TcpConn::new(&self.rt, h), self.mode)),
+            Some(a) => self.stream(a),
             None => Err(Error::WouldBlock),
         }
     }
 
+    fn stream(&self, a: Accepted) -> Result<Stream, Error> {
+        let rt = &self.shared.rt;
+        match a {
+            Accepted::Link(cid) => Ok(Stream::from_link(rt, cid, self.mode)),
+            Accepted::Kernel(sock) => Stream::from_kernel(rt, sock, self.mode),
+            Accepted::Tcp(h) => Ok(Stream::from_tcp(rt, TcpConn::new(rt, h, Notifier::new()), self.mode)),
+        }
+    }
+
     fn take_one(&self) -> Option<Accepted> {
-        if let (Some(port), Some(tcp)) = (self.tcp_port, self.rt.tcp()) {
+        let s = &self.shared;
+        if let (Some(port), Some(tcp)) = (s.tcp_port, s.rt.tcp()) {
             return tcp.lock().accept(port).map(Accepted::Tcp);
         }
-        if let (Some(port), Some(link)) = (self.link_port, self.rt.link())
+        if let (Some(port), Some(link)) = (s.link_port, s.rt.link())
             && let Some(cid) = link.shared.lock().accept(port)
         {
             return Some(Accepted::Link(cid));
         }
-        let k = self.kernel.as_ref()?;
-        k.queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front().map(Accepted::Kernel)
+        let q = s.kernel_queue.as_ref()?;
+        q.lock().unwrap_or_else(|p| p.into_inner()).pop_front().map(Accepted::Kernel)
     }
 }
 
@@ -171,7 +236,7 @@ enum Accepted {
     Tcp(smoltcp::iface::SocketHandle),
 }
 
-fn start_kernel_side(rt: &Runtime, addr: SocketAddrV4) -> Result<KernelSide, Error> {
+fn bind_kernel(addr: SocketAddrV4) -> Result<TcpListener, Error> {
     let listener = TcpListener::bind(addr).map_err(|e| match e.kind() {
         io::ErrorKind::AddrInUse => Error::AddrInUse(addr),
         io::ErrorKind::AddrNotAvailable => {
@@ -180,17 +245,32 @@ fn start_kernel_side(rt: &Runtime, addr: SocketAddrV4) -> Result<KernelSide, Err
         _ => Error::Io(e),
     })?;
     listener.set_nonblocking(true).map_err(Error::Io)?;
-    let queue = Arc::new(Mutex::new(VecDeque::new()));
-    let stop = Arc::new(EventFd::new().map_err(Error::Io)?);
-    let (q, s, rt2) = (queue.clone(), stop.clone(), rt.clone());
-    let thread = std::thread::Builder::new()
-        .name(format!("xsock-accept-{}", addr.port()))
-        .spawn(move || accept_loop(listener, q, s, rt2))
-        .map_err(Error::Io)?;
-    Ok(KernelSide { queue, stop, thread: Some(thread) })
+    Ok(listener)
 }
 
-fn accept_loop(listener: TcpListener, queue: Arc<Mutex<VecDeque<TcpStream>>>, stop: Arc<EventFd>, rt: Runtime) {
+fn start_kernel_side(
+    rt: &Runtime,
+    addr: SocketAddrV4,
+    listener: TcpListener,
+    queue: Arc<Mutex<VecDeque<TcpStream>>>,
+    signal: Arc<Notifier>,
+) -> Result<KernelSide, Error> {
+    let stop = Arc::new(EventFd::new().map_err(Error::Io)?);
+    let (s, rt2) = (stop.clone(), rt.clone());
+    let thread = std::thread::Builder::new()
+        .name(format!("xsock-accept-{}", addr.port()))
+        .spawn(move || accept_loop(listener, queue, s, rt2, signal))
+        .map_err(Error::Io)?;
+    Ok(KernelSide { stop, thread: Some(thread) })
+}
+
+fn accept_loop(
+    listener: TcpListener,
+    queue: Arc<Mutex<VecDeque<TcpStream>>>,
+    stop: Arc<EventFd>,
+    rt: Runtime,
+    signal: Arc<Notifier>,
+) {
     loop {
         let interest = [
             Interest { fd: listener.as_fd(), read: true, write: false },
@@ -208,6 +288,7 @@ fn accept_loop(listener: TcpListener, queue: Arc<Mutex<VecDeque<TcpStream>>>, st
             match listener.accept() {
                 Ok((sock, _)) => {
                     queue.lock().unwrap_or_else(|p| p.into_inner()).push_back(sock);
+                    signal.notify();
                     rt.notify();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -223,13 +304,16 @@ fn accept_loop(listener: TcpListener, queue: Arc<Mutex<VecDeque<TcpStream>>>, st
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let (Some(port), Some(tcp)) = (self.tcp_port, self.rt.tcp()) {
+        let s = &self.shared;
+        if let (Some(port), Some(tcp)) = (s.tcp_port, s.rt.tcp()) {
             tcp.lock().unlisten(port);
-            self.rt.kick_tcp();
+            tcp.listeners.lock().unwrap_or_else(|p| p.into_inner()).remove(&port);
+            s.rt.kick_tcp();
         }
-        if let (Some(port), Some(link)) = (self.link_port, self.rt.link()) {
+        if let (Some(port), Some(link)) = (s.link_port, s.rt.link()) {
             link.shared.lock().unlisten(port);
-            self.rt.kick();
+            link.shared.listeners.lock().unwrap_or_else(|p| p.into_inner()).remove(&port);
+            s.rt.kick();
         }
         if let Some(k) = &mut self.kernel {
             k.stop.signal();

@@ -1,20 +1,27 @@
 //! Wake-ups for application threads waiting on the runtime.
 //!
-//! A generation counter that the datapath bumps whenever something may have
-//! changed (a frame arrived, a connection was accepted, a timer fired). A
-//! busy-polling waiter spins on the counter without taking any lock; a
+//! A [`Notifier`] is a generation counter that the datapath bumps when
+//! something a waiter may care about changed. Every connection has its own
+//! (a frame for stream 17 bumps stream 17's notifier, and wakes only who
+//! waits on it), every listener has one, discovery has one, and the runtime
+//! has one more for loops that wait on "anything" ([`crate::Runtime::idle`]).
+//!
+//! A busy-polling waiter spins on the counter without taking any lock; a
 //! sleeping one waits on a condvar. A waiter reads the generation *before*
 //! checking its condition and sleeps only while the generation is still the
 //! same, and the producer bumps it before notifying under the same mutex, so
-//! no wake-up is lost.
+//! no wake-up is lost. A [`crate::Poller`] *watches* notifiers: a bump then
+//! also queues the poller's token for the stream and wakes the poller.
 
 use std::{
     sync::{
-        Condvar, Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Condvar, Mutex, Weak,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
+
+use crate::poller::PollerShared;
 
 /// See the module documentation.
 #[derive(Debug, Default)]
@@ -25,15 +32,22 @@ pub(crate) struct Notifier {
     sleepers: AtomicUsize,
     lock: Mutex<()>,
     cond: Condvar,
+    /// Whether `watchers` may be non-empty (checked without the lock).
+    watched: AtomicBool,
+    watchers: Mutex<Vec<(Weak<PollerShared>, usize)>>,
 }
 
 impl Notifier {
+    pub fn new() -> Arc<Notifier> {
+        Arc::new(Notifier::default())
+    }
+
     /// The current generation (read before checking a condition).
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
     }
 
-    /// Something changed: wake every waiter.
+    /// Something changed: wake every waiter and watching poller.
     pub fn notify(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         // A sleeper registers before it checks the generation, so one that
@@ -41,6 +55,39 @@ impl Notifier {
         if self.sleepers.load(Ordering::SeqCst) > 0 {
             let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
             self.cond.notify_all();
+        }
+        if self.watched.load(Ordering::SeqCst) {
+            let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+            w.retain(|(poller, token)| match poller.upgrade() {
+                Some(p) => {
+                    p.push(*token);
+                    true
+                }
+                None => false,
+            });
+            if w.is_empty() {
+                self.watched.store(false, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Queues `token` on `poller` whenever this notifier is bumped (and once
+    /// now, so the poller looks at the source's current state).
+    pub fn watch(&self, poller: &Arc<PollerShared>, token: usize) {
+        let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        w.retain(|(p, t)| !(p.ptr_eq(&Arc::downgrade(poller)) && *t == token) && p.strong_count() > 0);
+        w.push((Arc::downgrade(poller), token));
+        self.watched.store(true, Ordering::SeqCst);
+        drop(w);
+        poller.push(token);
+    }
+
+    /// Stops queueing `token` on `poller`.
+    pub fn unwatch(&self, poller: &Arc<PollerShared>, token: usize) {
+        let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        w.retain(|(p, t)| !(p.ptr_eq(&Arc::downgrade(poller)) && *t == token) && p.strong_count() > 0);
+        if w.is_empty() {
+            self.watched.store(false, Ordering::SeqCst);
         }
     }
 
@@ -70,7 +117,6 @@ impl Notifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[test]
     fn a_notify_between_check_and_sleep_is_not_lost() {

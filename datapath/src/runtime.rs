@@ -448,8 +448,7 @@ impl RuntimeBuilder {
         }
         cfg.budget = Some(budget.clone());
         let seed = sys::random_u64().map_err(Error::Io)?;
-        let shared =
-            Arc::new(LinkShared { endpoint: Mutex::new(Endpoint::new(cfg, seed)), notifier: notifier.clone() });
+        let shared = Arc::new(LinkShared::new(Endpoint::new(cfg, seed), notifier.clone()));
         let handler = dp.register(ETHERTYPE, Box::new(LinkHandler::new(shared.clone(), info.mac, info.max_frame)))?;
         let tcp = self.open_tcp(&mut dp, &addrs, notifier, budget)?;
         let waker = dp.waker();
@@ -517,7 +516,7 @@ impl RuntimeBuilder {
         if self.dead_after_set {
             cfg.dead_after = self.dead_after;
         }
-        let shared = Arc::new(TcpShared { core: Mutex::new(TcpCore::new(setup, cfg)?), notifier: notifier.clone() });
+        let shared = Arc::new(TcpShared::new(TcpCore::new(setup, cfg)?, notifier.clone()));
         let id = dp.register(crate::tcp::ETHERTYPE_IPV4, Box::new(TcpHandler::new(shared.clone())))?;
         Ok(Some((shared, id)))
     }
@@ -800,16 +799,18 @@ impl Runtime {
         }
     }
 
-    /// Waits until `check` returns `Some`, or `deadline` passes (`None`).
-    /// With inline driving, runs the poll loop while waiting.
-    pub(crate) fn wait_until<R>(
+    /// Waits until `check` returns `Some`, or `deadline` passes (`None`),
+    /// looking again whenever `signal` is bumped (the notifier of what is
+    /// waited on: a connection, a listener, a connect). With inline
+    /// driving, runs the poll loop while waiting.
+    pub(crate) fn wait_on<R>(
         &self,
+        signal: &Notifier,
         deadline: Option<Instant>,
         mut check: impl FnMut() -> Result<Option<R>, Error>,
     ) -> Result<Option<R>, Error> {
-        let notifier = &self.inner.notifier;
         loop {
-            let seen = notifier.generation();
+            let seen = signal.generation();
             if let Some(r) = check()? {
                 return Ok(Some(r));
             }
@@ -828,12 +829,12 @@ impl Runtime {
                 Some(Engine::Inline(dp)) => {
                     let mut dp = dp.lock().unwrap_or_else(|p| p.into_inner());
                     let work = dp.poll().map_err(Error::Io)?;
-                    if work == 0 && notifier.generation() == seen {
+                    if work == 0 && signal.generation() == seen {
                         dp.idle(Some(cap)).map_err(Error::Io)?;
                     }
                 }
-                _ if self.inner.poll == PollMode::Busy => notifier.spin_past(seen, deadline),
-                _ => notifier.wait_past(seen, cap),
+                _ if self.inner.poll == PollMode::Busy => signal.spin_past(seen, deadline),
+                _ => signal.wait_past(seen, cap),
             }
         }
     }

@@ -17,15 +17,17 @@
 use std::{
     io::{self, IoSlice, IoSliceMut, Read, Write},
     net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpStream},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use xsock_reliable_link::{CloseReason, Lookup, Mode, Peer, wire::RstReason};
+use xsock_reliable_link::{CloseReason, Mode, wire::RstReason};
 
 use crate::{
     Error, PollMode, Runtime,
+    connect::{Pending, Progress, Source},
     framing::{self, Received},
+    notify::Notifier,
     tcp::conn::TcpConn,
 };
 
@@ -53,6 +55,8 @@ pub enum Path {
     Kernel,
     /// The TCP mode.
     Tcp,
+    /// Not decided yet: still connecting ([`Stream::connect_start`]).
+    Connecting,
 }
 
 /// How to connect.
@@ -75,10 +79,13 @@ impl Default for ConnectOptions {
 pub(crate) enum Conn {
     Link {
         cid: u64,
-        _handle: Arc<LinkHandle>,
+        handle: Arc<LinkHandle>,
     },
     Kernel(TcpStream),
     Tcp(TcpConn),
+    /// Still connecting ([`Stream::connect_start`]); every call settles it
+    /// first (a blocking call waits, a non-blocking one says would-block).
+    Connecting(Arc<Mutex<Pending>>),
     /// Reset by this side (see [`Stream::recv_message`]): every call fails
     /// with the reason.
     Failed {
@@ -89,14 +96,27 @@ pub(crate) enum Conn {
 
 /// Lets go of a reliable-link connection when the last handle on it
 /// (stream and clones) drops: it then closes gracefully in the background.
+/// Holds the connection's notifier, registered with the link while the
+/// handle lives, so the connection's events wake its waiters (only them).
 pub(crate) struct LinkHandle {
     rt: Runtime,
     cid: u64,
+    pub signal: Arc<Notifier>,
+}
+
+impl LinkHandle {
+    pub fn new(rt: &Runtime, cid: u64, signal: Arc<Notifier>) -> Self {
+        if let Some(link) = rt.link() {
+            link.shared.register(cid, &signal);
+        }
+        Self { rt: rt.clone(), cid, signal }
+    }
 }
 
 impl Drop for LinkHandle {
     fn drop(&mut self) {
         if let Some(link) = self.rt.link() {
+            link.shared.unregister(self.cid);
             link.shared.lock().release(self.cid);
             self.rt.kick();
         }
@@ -130,7 +150,7 @@ fn failed(why: &str) -> Error {
     Error::ConnectionReset(why.to_owned())
 }
 
-fn close_error(reason: CloseReason, peer: SocketAddrV4) -> Error {
+pub(crate) fn close_error(reason: CloseReason, peer: SocketAddrV4) -> Error {
     match reason {
         CloseReason::Refused => Error::ConnectionRefused(peer),
         CloseReason::TimedOut => Error::TimedOut(format!("{peer} stopped answering")),
@@ -157,49 +177,174 @@ fn close_error(reason: CloseReason, peer: SocketAddrV4) -> Error {
     }
 }
 
+/// What a poller watches for a stream.
+pub(crate) enum PollSource {
+    /// An established connection, and its notifier (none for kernel sockets:
+    /// epoll watches those).
+    Ready(Source, Option<Arc<Notifier>>),
+    /// A connect in progress.
+    Connecting(Arc<Mutex<Pending>>, Arc<Notifier>),
+    /// A stream that failed: always ready (every call says why).
+    Failed,
+}
+
 impl Stream {
     /// Connects to `addr`, picking the path automatically.
     pub fn connect(rt: &Runtime, addr: SocketAddrV4) -> Result<Stream, Error> {
         Self::connect_with(rt, addr, ConnectOptions::default())
     }
 
-    /// Connects to `addr` as `opts` say.
+    /// Connects to `addr` as `opts` say, waiting (up to `opts.timeout`)
+    /// for the handshake.
     pub fn connect_with(rt: &Runtime, addr: SocketAddrV4, opts: ConnectOptions) -> Result<Stream, Error> {
-        let deadline = Instant::now() + opts.timeout;
-        let ip = *addr.ip();
-        if opts.transport == Transport::Tcp {
-            let c = crate::tcp::conn::connect(rt, addr, deadline)?;
-            return Ok(Stream::from_tcp(rt, c, opts.mode));
+        let mut s = Self::connect_start(rt, addr, opts)?;
+        s.settle(true)?;
+        Ok(s)
+    }
+
+    /// Starts connecting to `addr` and returns at once: the stream is
+    /// [`Path::Connecting`] until [`Stream::poll_connect`] says it is
+    /// connected (or failed). A [`crate::Poller`] reports the stream
+    /// writable when the connect has finished either way; a blocking call
+    /// on the stream waits for it. This is how a rank opens a thousand
+    /// connections at once.
+    pub fn connect_start(rt: &Runtime, addr: SocketAddrV4, opts: ConnectOptions) -> Result<Stream, Error> {
+        let pending = Pending::start(rt, addr, opts)?;
+        Ok(Stream {
+            rt: rt.clone(),
+            conn: Conn::Connecting(Arc::new(Mutex::new(pending))),
+            local: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+            peer: addr,
+            mode: opts.mode,
+            spin: rt.poll_mode() == PollMode::Busy,
+            max_message: rt.max_message(),
+        })
+    }
+
+    /// Moves a connect on: `Ok(true)` once connected (at once for a stream
+    /// that is), `Ok(false)` while still connecting, the error if it failed.
+    pub fn poll_connect(&mut self) -> Result<bool, Error> {
+        match self.settle(false) {
+            Ok(()) => Ok(true),
+            Err(Error::WouldBlock) => Ok(false),
+            Err(e) => Err(e),
         }
-        if opts.transport != Transport::Kernel {
-            match rt.link() {
-                Some(link) => {
-                    let on_segment = link.addrs.iter().any(|a| a.contains(ip));
-                    if on_segment || opts.transport == Transport::Link {
-                        match discover(rt, ip, deadline)? {
-                            Some(peer) => match link_connect(rt, addr, peer, opts.mode, deadline) {
-                                Ok(s) => return Ok(s),
-                                Err(Error::ConnectionRefused(_)) if opts.transport == Transport::Auto => {
-                                    log::debug!("{addr} refused on reliable-link; trying kernel TCP");
-                                }
-                                Err(e) => return Err(e),
-                            },
-                            None if opts.transport == Transport::Link => {
-                                return Err(Error::NotXsockPeer(ip));
-                            }
-                            None => {}
-                        }
-                    }
+    }
+
+    /// Whether the connection is established (not connecting, not failed).
+    pub fn is_connected(&self) -> bool {
+        !matches!(self.conn, Conn::Connecting(_) | Conn::Failed { .. })
+    }
+
+    /// If connecting: moves the connect on and takes the connection once
+    /// it is there; with `block`, waits for it (up to the connect's own
+    /// deadline). `Err(WouldBlock)` if not blocking and not connected yet.
+    fn settle(&mut self, block: bool) -> Result<(), Error> {
+        let Conn::Connecting(p) = &self.conn else {
+            return Ok(());
+        };
+        let p = p.clone();
+        loop {
+            let progress = p.lock().unwrap_or_else(|e| e.into_inner()).advance(&self.rt);
+            match progress {
+                Progress::Ready(conn) => {
+                    self.take(conn)?;
+                    return Ok(());
                 }
-                None if opts.transport == Transport::Link => return Err(Error::NoLink),
-                None => {}
+                Progress::Taken(_) => {
+                    // Only this stream takes from its connect (a connecting
+                    // stream cannot be cloned).
+                    return Err(Error::Closed);
+                }
+                Progress::Failed(e) => {
+                    self.conn = Conn::Failed { path: Path::Connecting, why: e.to_string() };
+                    return Err(e);
+                }
+                Progress::Waiting if !block => return Err(Error::WouldBlock),
+                Progress::Waiting => self.wait_connect(&p)?,
             }
         }
-        if opts.transport == Transport::Auto && rt.link().is_some_and(|l| l.tcp_fallback) && rt.has_tcp_mode() {
-            let c = crate::tcp::conn::connect(rt, addr, deadline)?;
-            return Ok(Stream::from_tcp(rt, c, opts.mode));
+    }
+
+    /// Waits until the connect may have moved (its notifier, its kernel
+    /// socket becoming writable, or a short while for stages only polling
+    /// notices), driving the runtime if it is driven inline.
+    fn wait_connect(&self, p: &Arc<Mutex<Pending>>) -> Result<(), Error> {
+        let (signal, fd, deadline, poll_soon) = {
+            let g = p.lock().unwrap_or_else(|e| e.into_inner());
+            (g.signal.clone(), g.kernel_fd(), g.deadline, g.needs_polling())
+        };
+        let cap = if fd.is_some() || poll_soon { Duration::from_millis(1) } else { Duration::from_millis(100) };
+        let until = deadline.min(Instant::now() + cap);
+        if fd.is_some() {
+            let _ = self.rt.poll();
+            let wait = until.saturating_duration_since(Instant::now());
+            p.lock().unwrap_or_else(|e| e.into_inner()).wait_kernel(wait).map_err(Error::Io)?;
+            return Ok(());
         }
-        kernel_connect(rt, addr, opts.mode, deadline)
+        let seen = signal.generation();
+        self.rt.wait_on(&signal, Some(until), || Ok((signal.generation() != seen).then_some(())))?;
+        Ok(())
+    }
+
+    /// Takes an established connection out of a finished connect.
+    fn take(&mut self, conn: Conn) -> Result<(), Error> {
+        match conn {
+            Conn::Link { cid, handle } => {
+                let a = self.rt.link().and_then(|l| l.shared.lock().connection(cid).map(|c| *c.addressing()));
+                if let Some(a) = a {
+                    self.local = SocketAddrV4::new(a.local_ip, a.local_port);
+                }
+                self.conn = Conn::Link { cid, handle };
+            }
+            Conn::Tcp(c) => {
+                let (local, _) = c.endpoints();
+                self.local = local;
+                self.conn = Conn::Tcp(c);
+            }
+            Conn::Kernel(sock) => {
+                let s = Stream::from_kernel(&self.rt, sock, self.mode)?;
+                self.local = s.local;
+                self.conn = s.conn;
+            }
+            other => self.conn = other,
+        }
+        Ok(())
+    }
+
+    /// How many times this connection's notifier was bumped: the events
+    /// (frames, timers, state changes) that concerned this stream and would
+    /// have woken a waiter on it. A diagnostic: it shows that wake-ups are
+    /// per connection. Always 0 for kernel sockets (the kernel wakes those).
+    pub fn wakeups(&self) -> u64 {
+        match &self.conn {
+            Conn::Kernel(_) | Conn::Failed { .. } => 0,
+            _ => self.signal().generation(),
+        }
+    }
+
+    /// This connection's notifier (what its blocking calls wait on).
+    pub(crate) fn signal(&self) -> Arc<Notifier> {
+        match &self.conn {
+            Conn::Link { handle, .. } => handle.signal.clone(),
+            Conn::Tcp(c) => c.handle.signal.clone(),
+            Conn::Connecting(p) => p.lock().unwrap_or_else(|e| e.into_inner()).signal.clone(),
+            Conn::Kernel(_) | Conn::Failed { .. } => Notifier::new(),
+        }
+    }
+
+    /// What a poller watches for this stream.
+    pub(crate) fn poll_source(&self) -> PollSource {
+        match &self.conn {
+            Conn::Link { cid, handle } => PollSource::Ready(Source::Link(*cid), Some(handle.signal.clone())),
+            Conn::Tcp(c) => PollSource::Ready(Source::Tcp(c.h), Some(c.handle.signal.clone())),
+            Conn::Kernel(s) => PollSource::Ready(Source::Kernel(std::os::fd::AsRawFd::as_raw_fd(s)), None),
+            Conn::Connecting(p) => {
+                let signal = p.lock().unwrap_or_else(|e| e.into_inner()).signal.clone();
+                PollSource::Connecting(p.clone(), signal)
+            }
+            Conn::Failed { .. } => PollSource::Failed,
+        }
     }
 
     pub(crate) fn from_tcp(rt: &Runtime, c: TcpConn, mode: Mode) -> Stream {
@@ -225,10 +370,10 @@ impl Stream {
                 None => (SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
             }
         };
-        let handle = Arc::new(LinkHandle { rt: rt.clone(), cid });
+        let handle = Arc::new(LinkHandle::new(rt, cid, Notifier::new()));
         Stream {
             rt: rt.clone(),
-            conn: Conn::Link { cid, _handle: handle },
+            conn: Conn::Link { cid, handle },
             local,
             peer,
             mode,
@@ -255,7 +400,12 @@ impl Stream {
     /// drops.
     pub fn try_clone(&self) -> Result<Stream, Error> {
         let conn = match &self.conn {
-            Conn::Link { cid, _handle } => Conn::Link { cid: *cid, _handle: _handle.clone() },
+            Conn::Link { cid, handle } => Conn::Link { cid: *cid, handle: handle.clone() },
+            Conn::Connecting(_) => {
+                return Err(Error::Config(
+                    "the stream is still connecting: clone it once poll_connect says it is connected".into(),
+                ));
+            }
             Conn::Kernel(s) => Conn::Kernel(s.try_clone().map_err(Error::Io)?),
             Conn::Tcp(c) => Conn::Tcp(c.clone()),
             Conn::Failed { path, why } => Conn::Failed { path: *path, why: why.clone() },
@@ -282,6 +432,7 @@ impl Stream {
             Conn::Link { .. } => Path::Link,
             Conn::Kernel(_) => Path::Kernel,
             Conn::Tcp(_) => Path::Tcp,
+            Conn::Connecting(_) => Path::Connecting,
             Conn::Failed { path, .. } => path,
         }
     }
@@ -313,12 +464,14 @@ impl Stream {
 
     /// Sends all of `data` (blocking while the send buffer is full).
     pub fn send(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.settle(true)?;
         self.send_all(data, false)
     }
 
     /// Sends `msg` as one message (any size; the receiver gets it whole from
     /// [`Stream::recv_message`]).
     pub fn send_message(&mut self, msg: &[u8]) -> Result<(), Error> {
+        self.settle(true)?;
         if msg.is_empty() {
             return Err(Error::Config("a message must hold at least one byte".into()));
         }
@@ -333,15 +486,18 @@ impl Stream {
                 c.write_all(self.peer, msg)
             }
             Conn::Failed { why, .. } => Err(failed(why)),
+            Conn::Connecting(_) => Err(Error::WouldBlock),
         }
     }
 
     /// Sends the slices in order, as if one buffer.
     pub fn send_vectored(&mut self, bufs: &[IoSlice<'_>]) -> Result<(), Error> {
+        self.settle(true)?;
         match &mut self.conn {
             Conn::Kernel(s) => kernel_write_all(s, bufs, self.spin),
             Conn::Tcp(c) => bufs.iter().try_for_each(|b| c.write_all(self.peer, b)),
             Conn::Failed { why, .. } => Err(failed(why)),
+            Conn::Connecting(_) => Err(Error::WouldBlock),
             Conn::Link { .. } => {
                 for b in bufs {
                     self.send_all(b, false)?;
@@ -357,6 +513,7 @@ impl Stream {
             Conn::Kernel(s) => return kernel_write_all(s, &[IoSlice::new(data)], self.spin),
             Conn::Tcp(c) => return c.write_all(self.peer, data),
             Conn::Failed { why, .. } => return Err(failed(why)),
+            Conn::Connecting(_) => return Err(Error::WouldBlock),
         };
         let mut off = 0;
         loop {
@@ -367,7 +524,8 @@ impl Stream {
             }
             let rt = self.rt.clone();
             let peer = self.peer;
-            rt.wait_until(None, || {
+            let signal = self.signal();
+            rt.wait_on(&signal, None, || {
                 let ep = rt.link().expect("link").shared.lock();
                 let c = ep.connection(cid).ok_or(Error::Closed)?;
                 if let Some(r) = c.close_reason() {
@@ -397,6 +555,7 @@ impl Stream {
     /// Receives at least one byte into `buf` (blocking); 0 means the peer
     /// finished its stream.
     pub fn recv(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        self.settle(true)?;
         if buf.is_empty() {
             return Ok(0);
         }
@@ -404,6 +563,7 @@ impl Stream {
             Conn::Kernel(s) => kernel_read(s, buf, self.spin),
             Conn::Tcp(c) => c.read(self.peer, buf),
             Conn::Failed { why, .. } => Err(failed(why)),
+            Conn::Connecting(_) => Err(Error::WouldBlock),
             Conn::Link { cid, .. } => {
                 let cid = *cid;
                 self.link_read_blocking(cid, buf, false).map(|(n, _)| n)
@@ -413,6 +573,7 @@ impl Stream {
 
     /// Receives into the slices in order; returns the bytes received.
     pub fn recv_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> Result<usize, Error> {
+        self.settle(true)?;
         match &mut self.conn {
             Conn::Kernel(s) => loop {
                 match s.read_vectored(bufs) {
@@ -423,6 +584,7 @@ impl Stream {
                 }
             },
             Conn::Failed { why, .. } => Err(failed(why)),
+            Conn::Connecting(_) => Err(Error::WouldBlock),
             Conn::Link { .. } | Conn::Tcp(_) => {
                 let mut total = 0;
                 for (i, b) in bufs.iter_mut().enumerate() {
@@ -447,6 +609,7 @@ impl Stream {
     /// length the peer announces, `out` grows only with the bytes that
     /// actually arrive).
     pub fn recv_message(&mut self, out: &mut Vec<u8>) -> Result<Received, Error> {
+        self.settle(true)?;
         out.clear();
         let max = self.max_message;
         let spin = self.spin;
@@ -457,6 +620,7 @@ impl Stream {
                 framing::recv_framed(out, max, |buf| tcp_read_exact(c, peer, buf))
             }
             Conn::Failed { why, .. } => Err(failed(why)),
+            Conn::Connecting(_) => Err(Error::WouldBlock),
             Conn::Link { cid, .. } => {
                 let cid = *cid;
                 self.link_recv_message(cid, out)
@@ -508,12 +672,12 @@ impl Stream {
                 drop(s);
             }
             Conn::Tcp(c) => c.abort(),
-            Conn::Link { cid, _handle } => {
+            Conn::Link { cid, handle } => {
                 self.rt.link().expect("link").shared.lock().abort_with(cid, RstReason::Protocol);
                 self.rt.kick();
-                drop(_handle);
+                drop(handle);
             }
-            Conn::Failed { .. } => {}
+            Conn::Connecting(_) | Conn::Failed { .. } => {}
         }
     }
 
@@ -533,9 +697,10 @@ impl Stream {
     fn link_read_blocking(&mut self, cid: u64, buf: &mut [u8], stop_at_end: bool) -> Result<(usize, bool), Error> {
         let rt = self.rt.clone();
         let peer = self.peer;
+        let signal = self.signal();
         let mut wants_transmit = false;
         let r = rt
-            .wait_until(None, || {
+            .wait_on(&signal, None, || {
                 let st = rt
                     .link()
                     .expect("link")
@@ -567,6 +732,7 @@ impl Stream {
 
     /// Sends what fits now; [`Error::WouldBlock`] if nothing does.
     pub fn try_send(&mut self, data: &[u8]) -> Result<usize, Error> {
+        self.settle(false)?;
         match &mut self.conn {
             Conn::Kernel(s) => {
                 s.set_nonblocking(true).map_err(Error::Io)?;
@@ -575,6 +741,7 @@ impl Stream {
                 r.map_err(Error::from_io)
             }
             Conn::Failed { why, .. } => Err(failed(why)),
+            Conn::Connecting(_) => Err(Error::WouldBlock),
             Conn::Tcp(c) => match c.try_write(self.peer, data)? {
                 0 if !data.is_empty() => Err(Error::WouldBlock),
                 n => Ok(n),
@@ -592,6 +759,7 @@ impl Stream {
     /// Receives what is there now; 0 at the end of the stream;
     /// [`Error::WouldBlock`] if nothing is.
     pub fn try_recv(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        self.settle(false)?;
         match &mut self.conn {
             Conn::Kernel(s) => {
                 s.set_nonblocking(true).map_err(Error::Io)?;
@@ -601,6 +769,7 @@ impl Stream {
             }
             Conn::Tcp(c) => c.try_read(self.peer, buf)?.ok_or(Error::WouldBlock),
             Conn::Failed { why, .. } => Err(failed(why)),
+            Conn::Connecting(_) => Err(Error::WouldBlock),
             Conn::Link { cid, .. } => {
                 let cid = *cid;
                 let link = self.rt.link().expect("link");
@@ -630,6 +799,7 @@ impl Stream {
     /// Closes the sending side (the peer reads the end of the stream after
     /// the last byte); receiving goes on.
     pub fn shutdown_write(&mut self) -> Result<(), Error> {
+        self.settle(true)?;
         match &mut self.conn {
             Conn::Kernel(s) => s.shutdown(Shutdown::Write).map_err(Error::Io),
             Conn::Tcp(c) => {
@@ -637,6 +807,7 @@ impl Stream {
                 Ok(())
             }
             Conn::Failed { why, .. } => Err(failed(why)),
+            Conn::Connecting(_) => Err(Error::WouldBlock),
             Conn::Link { cid, .. } => {
                 let cid = *cid;
                 self.rt.link().expect("link").shared.lock().close(cid).map_err(|_| Error::Closed)?;
@@ -649,6 +820,7 @@ impl Stream {
     /// Closes gracefully and waits (up to `timeout`) until the peer has
     /// everything that was sent, so exiting right after loses nothing.
     pub fn close(mut self, timeout: Duration) -> Result<(), Error> {
+        self.settle(true)?;
         // Already shut down (by a clone, say) or already ended: the state
         // below tells which.
         let _ = self.shutdown_write();
@@ -657,10 +829,12 @@ impl Stream {
             Conn::Tcp(c) => return c.wait_sent(self.peer, timeout),
             Conn::Kernel(_) => return Ok(()),
             Conn::Failed { why, .. } => return Err(failed(why)),
+            Conn::Connecting(_) => return Err(Error::WouldBlock),
         };
         let rt = self.rt.clone();
         let peer = self.peer;
-        let done = rt.wait_until(Some(Instant::now() + timeout), || {
+        let signal = self.signal();
+        let done = rt.wait_on(&signal, Some(Instant::now() + timeout), || {
             let ep = rt.link().expect("link").shared.lock();
             let Some(c) = ep.connection(cid) else {
                 return Ok(Some(()));
@@ -712,71 +886,6 @@ impl Write for Stream {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
-}
-
-/// Looks `ip` up as an xsock peer (discovery), waiting up to `deadline`.
-fn discover(rt: &Runtime, ip: Ipv4Addr, deadline: Instant) -> Result<Option<Peer>, Error> {
-    let link = rt.link().expect("caller checked");
-    let mut first = true;
-    let r = rt.wait_until(Some(deadline), || {
-        let lookup = link.shared.lock().discover(Instant::now(), ip);
-        if first {
-            first = false;
-            rt.kick();
-        }
-        Ok(match lookup {
-            Lookup::Present(p) => Some(Some(p)),
-            Lookup::Absent => Some(None),
-            Lookup::Pending => None,
-        })
-    })?;
-    r.ok_or_else(|| Error::TimedOut(format!("no answer to discovery of {ip} before the connect timeout")))
-}
-
-fn link_connect(rt: &Runtime, addr: SocketAddrV4, peer: Peer, mode: Mode, deadline: Instant) -> Result<Stream, Error> {
-    let link = rt.link().expect("caller checked");
-    let cid = link.shared.lock().connect(Instant::now(), *addr.ip(), addr.port(), peer, mode).map_err(|e| match e {
-        xsock_reliable_link::EndpointError::MemoryLimit { reserved, limit, connections } => {
-            Error::MemoryLimit { held: reserved, limit, connections }
-        }
-        e => Error::Config(e.to_string()),
-    })?;
-    rt.kick();
-    let outcome = rt.wait_until(Some(deadline), || {
-        let ep = link.shared.lock();
-        let Some(c) = ep.connection(cid) else {
-            return Err(Error::Closed);
-        };
-        if c.is_established() {
-            return Ok(Some(Ok(())));
-        }
-        Ok(c.close_reason().map(|r| Err(close_error(r, addr))))
-    })?;
-    match outcome {
-        Some(Ok(())) => Ok(Stream::from_link(rt, cid, mode)),
-        Some(Err(e)) => {
-            link.shared.lock().release(cid);
-            Err(e)
-        }
-        None => {
-            let mut ep = link.shared.lock();
-            ep.abort(cid);
-            ep.release(cid);
-            Err(Error::TimedOut(format!("no handshake with {addr} before the connect timeout")))
-        }
-    }
-}
-
-fn kernel_connect(rt: &Runtime, addr: SocketAddrV4, mode: Mode, deadline: Instant) -> Result<Stream, Error> {
-    let timeout = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-    let sock = TcpStream::connect_timeout(&addr.into(), timeout).map_err(|e| match e.kind() {
-        io::ErrorKind::ConnectionRefused => Error::ConnectionRefused(addr),
-        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
-            Error::TimedOut(format!("kernel TCP connect to {addr} took longer than {timeout:?}"))
-        }
-        _ => Error::Io(e),
-    })?;
-    Stream::from_kernel(rt, sock, mode)
 }
 
 fn kernel_write_all(s: &mut TcpStream, bufs: &[IoSlice<'_>], spin: bool) -> Result<(), Error> {

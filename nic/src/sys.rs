@@ -216,6 +216,100 @@ impl EventFd {
     }
 }
 
+/// An epoll instance (level-triggered): a set of descriptors to wait on,
+/// each tagged with the caller's token, and itself a pollable descriptor
+/// (readable when one of them is ready), so it nests in another event loop.
+#[derive(Debug)]
+pub struct Epoll(OwnedFd);
+
+/// One readiness report of [`Epoll::wait`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EpollReady {
+    /// The token the descriptor was added with.
+    pub token: u64,
+    /// What it is ready for.
+    pub ready: Ready,
+}
+
+impl Epoll {
+    /// A new, empty epoll set (close-on-exec).
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: epoll_create1 takes no pointers.
+        let fd = syscall!(epoll_create1(libc::EPOLL_CLOEXEC))?;
+        // SAFETY: `fd` was just returned by epoll_create1 and is owned by no one else.
+        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    fn ctl(&self, op: i32, fd: RawFd, token: u64, read: bool, write: bool) -> io::Result<()> {
+        let events =
+            (if read { libc::EPOLLIN | libc::EPOLLRDHUP } else { 0 }) | (if write { libc::EPOLLOUT } else { 0 });
+        let mut ev = libc::epoll_event { events: events as u32, u64: token };
+        // SAFETY: `ev` is a valid epoll_event for the duration of the call;
+        // the kernel checks `fd` (a closed or foreign fd is an error, not UB).
+        syscall!(epoll_ctl(self.0.as_raw_fd(), op, fd, &mut ev))?;
+        Ok(())
+    }
+
+    /// Adds `fd` with `token`.
+    pub fn add(&self, fd: BorrowedFd<'_>, token: u64, read: bool, write: bool) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd.as_raw_fd(), token, read, write)
+    }
+
+    /// Adds descriptor number `fd` (the kernel checks it: a closed one is
+    /// an error; the caller keeps it open while it is in the set).
+    pub fn add_raw(&self, fd: RawFd, token: u64, read: bool, write: bool) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, token, read, write)
+    }
+
+    /// Changes what descriptor number `fd` is watched for.
+    pub fn modify_raw(&self, fd: RawFd, token: u64, read: bool, write: bool) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, token, read, write)
+    }
+
+    /// Removes `fd` (by number: a descriptor already closed is gone from
+    /// the set anyway, and that error is ignored).
+    pub fn delete(&self, fd: RawFd) {
+        let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, 0, false, false);
+    }
+
+    /// Waits up to `timeout` (`None`: indefinitely; zero: a look) and fills
+    /// `out` with what is ready. EINTR counts as a timeout. Millisecond
+    /// resolution (a zero timeout is exact).
+    pub fn wait(&self, out: &mut Vec<EpollReady>, timeout: Option<Duration>) -> io::Result<()> {
+        out.clear();
+        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 64];
+        let ms = match timeout {
+            None => -1,
+            Some(d) if d.is_zero() => 0,
+            Some(d) => i32::try_from(d.as_micros().div_ceil(1000)).unwrap_or(i32::MAX),
+        };
+        // SAFETY: `evs` is a valid array of 64 epoll_event structs.
+        let n = match syscall!(epoll_wait(self.0.as_raw_fd(), evs.as_mut_ptr(), evs.len() as i32, ms)) {
+            Ok(n) => n as usize,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+            Err(e) => return Err(e),
+        };
+        for e in &evs[..n] {
+            let f = e.events as i32;
+            out.push(EpollReady {
+                token: e.u64,
+                ready: Ready {
+                    readable: f & libc::EPOLLIN != 0,
+                    writable: f & libc::EPOLLOUT != 0,
+                    error: f & (libc::EPOLLERR | libc::EPOLLHUP | libc::EPOLLRDHUP) != 0,
+                },
+            });
+        }
+        Ok(())
+    }
+
+    /// The epoll descriptor itself (readable when something in the set is).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.0.as_fd()
+    }
+}
+
 /// An AF_INET datagram socket, only for interface ioctls in this thread's
 /// network namespace.
 fn ioctl_socket() -> io::Result<OwnedFd> {

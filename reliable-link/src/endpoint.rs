@@ -82,7 +82,8 @@ pub struct EndpointConfig {
     pub connection: Config,
     /// Discovery tunables.
     pub discovery: DiscoveryConfig,
-    /// Connections a listener queues before refusing more.
+    /// Connections a listener queues for `accept`; SYNs beyond are dropped
+    /// (the initiator retries), as with Linux's accept queue.
     pub backlog: usize,
     /// The most bytes all connections together may reserve for their
     /// buffers; a connection that cannot reserve its first window is
@@ -115,7 +116,7 @@ impl EndpointConfig {
             max_payload,
             connection: Config::default(),
             discovery: DiscoveryConfig::default(),
-            backlog: 128,
+            backlog: 4096,
             memory_limit: DEFAULT_MEMORY_LIMIT,
             warm_chunks: (64, 4096),
             keepalive: Some(Duration::from_secs(1)),
@@ -237,6 +238,9 @@ pub struct EndpointStats {
     pub refused: u64,
     /// SYNs refused because the memory budget was spent.
     pub refused_memory: u64,
+    /// SYNs dropped because the listener's accept queue was full (the
+    /// initiator retries).
+    pub backlog_full: u64,
     /// KEEPALIVE frames sent.
     pub keepalives_sent: u64,
     /// Peers declared gone (silent, or restarted).
@@ -640,6 +644,11 @@ impl Endpoint {
         Some(cid)
     }
 
+    /// Connections waiting on the listener at `port` to be accepted.
+    pub fn backlog(&self, port: u16) -> usize {
+        self.listeners.get(&port).map_or(0, |l| l.backlog.len())
+    }
+
     /// The connection `cid`, to inspect.
     pub fn connection(&self, cid: u64) -> Option<&Connection> {
         self.slots.get(&cid).map(|s| &s.conn)
@@ -834,8 +843,10 @@ impl Endpoint {
             return;
         };
         if listener.backlog.len() >= self.config.backlog {
-            self.stats.refused += 1;
-            self.refuse(src_mac, syn.src_cid, RstReason::Refused);
+            // A full accept queue drops the SYN, as Linux does: the
+            // initiator retries (backing off) and gets in once the
+            // application accepts, instead of failing a burst of connects.
+            self.stats.backlog_full += 1;
             return;
         }
         if !self.pool.reserve(self.config.connection.reservation()) {

@@ -310,3 +310,21 @@ fn ten_thousand_idle_connections_cost_no_timers_of_their_own() {
     assert!(Config::default().reservation() <= 64 << 10, "10,000 connections fit a 1 GiB budget");
     assert!(pairs.iter().all(|&(a, _)| sim.a.connection(a).unwrap().close_reason().is_none()));
 }
+
+#[test]
+fn a_full_accept_queue_drops_syns_and_the_connect_gets_in_once_one_is_accepted() {
+    let a = endpoint_config(A_MAC, A_IP, 1514);
+    let mut b = endpoint_config(B_MAC, B_IP, 1514);
+    b.backlog = 2;
+    let mut sim = Sim::new(29, Faults::default(), a, b);
+    sim.b.listen(None, PORT).unwrap();
+    let cids: Vec<u64> = (0..3).map(|_| sim.a.connect(sim.now, B_IP, PORT, peer_b(), Mode::Stream).unwrap()).collect();
+    let t0 = sim.now;
+    sim.run_until(100_000, |s| s.now - t0 > Duration::from_millis(20));
+    let up = |s: &Sim| cids.iter().filter(|&&c| s.a.connection(c).is_some_and(|c| c.is_established())).count();
+    assert_eq!(up(&sim), 2, "two fit the queue");
+    assert!(sim.b.stats().backlog_full >= 1);
+    assert!(sim.a.connection(cids[2]).unwrap().close_reason().is_none(), "the third is not refused: it retries");
+    assert!(sim.b.accept(PORT).is_some());
+    assert!(sim.run_until(1_000_000, |s| up(s) == 3), "the third got in once the application accepted");
+}

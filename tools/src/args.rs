@@ -245,6 +245,7 @@ impl RuntimeArgs {
             xsock::Path::Link => "link",
             xsock::Path::Kernel => "kernel",
             xsock::Path::Tcp => "tcp",
+            xsock::Path::Connecting => "connecting",
         }
     }
 

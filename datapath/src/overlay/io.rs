@@ -53,11 +53,22 @@ impl FrameIo for Stream {
 
     fn get_exact(&mut self, buf: &mut [u8], deadline: Instant) -> Result<(), Error> {
         let rt = self.runtime().clone();
+        let signal = self.signal();
         let mut got = 0;
+        while got < buf.len() && self.path() == crate::Path::Kernel {
+            // A kernel socket has no notifier: look every 200 µs.
+            match self.try_recv(&mut buf[got..]) {
+                Ok(0) => return Err(Error::ConnectionReset("the peer closed the connection".into())),
+                Ok(n) => got += n,
+                Err(Error::WouldBlock) if Instant::now() < deadline => std::thread::sleep(Duration::from_micros(200)),
+                Err(Error::WouldBlock) => return Err(timed_out("overlay peer")),
+                Err(e) => return Err(e),
+            }
+        }
         while got < buf.len() {
             // Drives the datapath where this thread may (inline), waits to
             // be notified where another thread drives it.
-            let r = rt.wait_until(Some(deadline), || match self.try_recv(&mut buf[got..]) {
+            let r = rt.wait_on(&signal, Some(deadline), || match self.try_recv(&mut buf[got..]) {
                 Ok(0) => Err(Error::ConnectionReset("the peer closed the connection".into())),
                 Ok(n) => Ok(Some(n)),
                 Err(Error::WouldBlock) => Ok(None),

@@ -35,25 +35,19 @@ impl NeighborSource {
         }
     }
 
-    /// Looks `ip` up, asking the kernel to resolve it (and waiting up to
-    /// `wait`) if it is not known yet.
-    pub fn resolve_blocking(&self, ip: Ipv4Addr, wait: Duration) -> Option<MacAddr> {
-        if let Some(m) = self.lookup(ip) {
-            return Some(m);
-        }
-        let NeighborSource::Kernel { ifindex, .. } = self else { return None };
-        if let Err(e) = neigh::resolve(*ifindex, ip) {
+    /// Looks `ip` up now.
+    pub fn known(&self, ip: Ipv4Addr) -> Option<MacAddr> {
+        self.lookup(ip)
+    }
+
+    /// Asks the kernel to resolve `ip` (an ARP request goes out if it does
+    /// not know it); [`NeighborSource::known`] says when it has an answer.
+    pub fn ask(&self, ip: Ipv4Addr) {
+        if let NeighborSource::Kernel { ifindex, .. } = self
+            && let Err(e) = neigh::resolve(*ifindex, ip)
+        {
             log::warn!("asking the kernel to resolve {ip}: {e}");
-            return None;
         }
-        let deadline = Instant::now() + wait;
-        while Instant::now() < deadline {
-            if let Some(m) = self.lookup(ip) {
-                return Some(m);
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        None
     }
 }
 

@@ -10,18 +10,21 @@ use std::{
 use smoltcp::iface::SocketHandle;
 
 use super::core::ReadOutcome;
-use crate::{Error, Runtime};
+use crate::{Error, Runtime, notify::Notifier};
 
 /// Lets go of the connection when the last stream handle on it drops: it
-/// then closes gracefully in the background.
+/// then closes gracefully in the background. Holds the connection's
+/// notifier (registered with the TCP mode while the handle lives).
 pub(crate) struct TcpConnHandle {
     pub rt: Runtime,
     pub h: SocketHandle,
+    pub signal: Arc<Notifier>,
 }
 
 impl Drop for TcpConnHandle {
     fn drop(&mut self) {
         if let Some(tcp) = self.rt.tcp() {
+            tcp.unregister(self.h);
             tcp.lock().release(self.h);
             self.rt.kick_tcp();
         }
@@ -36,56 +39,33 @@ pub(crate) struct TcpConn {
 }
 
 impl TcpConn {
-    pub fn new(rt: &Runtime, h: SocketHandle) -> TcpConn {
-        TcpConn { h, handle: Arc::new(TcpConnHandle { rt: rt.clone(), h }) }
+    /// Takes hold of `h`, waking `signal` on its changes.
+    pub fn new(rt: &Runtime, h: SocketHandle, signal: Arc<Notifier>) -> TcpConn {
+        if let Some(tcp) = rt.tcp() {
+            tcp.register(h, &signal);
+        }
+        TcpConn { h, handle: Arc::new(TcpConnHandle { rt: rt.clone(), h, signal }) }
     }
 
     fn rt(&self) -> &Runtime {
         &self.handle.rt
     }
-}
 
-/// Connects over the TCP mode, waiting up to `deadline`.
-pub(crate) fn connect(rt: &Runtime, addr: SocketAddrV4, deadline: Instant) -> Result<TcpConn, Error> {
-    let tcp = rt.tcp().ok_or_else(|| {
-        Error::Config(
-            "the TCP mode is unavailable: it needs an interface driven with AF_XDP (see the log for why it is not)"
-                .into(),
-        )
-    })?;
-    // Make sure the kernel knows the next hop before the SYN goes, so the
-    // first segment is not lost to a neighbour lookup.
-    let hop = tcp.lock().next_hop(*addr.ip()).ok_or_else(|| {
-        Error::Config(format!("no route to {addr}: it is off our subnet and the interface has no default gateway"))
-    })?;
-    let wait = deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(3));
-    let known = tcp.lock().arp.source().resolve_blocking(hop, wait);
-    if known.is_none() {
-        return Err(Error::TimedOut(format!(
-            "{hop} does not answer ARP on this interface{}: is the peer up and on this link?",
-            if hop == *addr.ip() { String::new() } else { format!(" (the gateway to {addr})") }
-        )));
+    fn signal(&self) -> &Arc<Notifier> {
+        &self.handle.signal
     }
-    let h = tcp.lock().connect(Instant::now(), addr)?;
-    let conn = TcpConn::new(rt, h);
-    rt.kick_tcp();
-    let r = rt.wait_until(Some(deadline), || {
+
+    /// Whether the handshake completed; the failure if the connect failed.
+    pub fn established(&self, peer: SocketAddrV4) -> Result<bool, Error> {
+        let tcp = self.rt().tcp().expect("a TCP stream needs the TCP mode");
         let mut core = tcp.lock();
-        if core.is_established(h) {
-            return Ok(Some(()));
+        if core.is_established(self.h) {
+            return Ok(true);
         }
-        match core.failure(h, addr) {
+        match core.failure(self.h, peer) {
             Some(e) => Err(e),
-            None => Ok(None),
+            None => Ok(false),
         }
-    });
-    match r {
-        Ok(Some(())) => Ok(conn),
-        Ok(None) => {
-            tcp.lock().abort(h);
-            Err(Error::TimedOut(format!("no TCP handshake with {addr} before the connect timeout")))
-        }
-        Err(e) => Err(e),
     }
 }
 
@@ -110,7 +90,7 @@ impl TcpConn {
             if data.is_empty() {
                 break;
             }
-            rt.wait_until(None, || {
+            rt.wait_on(self.signal(), None, || {
                 let mut core = tcp.lock();
                 if let Some(e) = core.failure(self.h, peer) {
                     return Err(e);
@@ -138,7 +118,7 @@ impl TcpConn {
     /// Reads at least one byte (0 = the peer finished).
     pub fn read(&self, peer: SocketAddrV4, buf: &mut [u8]) -> Result<usize, Error> {
         let rt = self.rt();
-        Ok(rt.wait_until(None, || self.try_read(peer, buf))?.expect("no deadline"))
+        Ok(rt.wait_on(self.signal(), None, || self.try_read(peer, buf))?.expect("no deadline"))
     }
 
     pub fn shutdown(&self) {
@@ -155,7 +135,7 @@ impl TcpConn {
     pub fn wait_sent(&self, peer: SocketAddrV4, timeout: Duration) -> Result<(), Error> {
         let rt = self.rt();
         let tcp = rt.tcp().expect("TCP mode");
-        let done = rt.wait_until(Some(Instant::now() + timeout), || {
+        let done = rt.wait_on(self.signal(), Some(Instant::now() + timeout), || {
             let mut core = tcp.lock();
             if core.send_finished(self.h) {
                 return Ok(Some(()));

@@ -25,12 +25,55 @@ const IPPROTO_TCP: u8 = 6;
 /// The TCP mode and what waits on it.
 pub(crate) struct TcpShared {
     pub core: Mutex<TcpCore>,
+    /// The runtime's "anything changed" notifier.
     pub notifier: Arc<Notifier>,
+    /// Each held connection's notifier (see [`crate::link::LinkShared`]).
+    pub signals: Mutex<HashMap<SocketHandle, Arc<Notifier>>>,
+    /// Each listening port's notifier.
+    pub listeners: Mutex<HashMap<u16, Arc<Notifier>>>,
 }
 
 impl TcpShared {
+    pub fn new(core: TcpCore, notifier: Arc<Notifier>) -> Self {
+        Self {
+            core: Mutex::new(core),
+            notifier,
+            signals: Mutex::new(HashMap::new()),
+            listeners: Mutex::new(HashMap::new()),
+        }
+    }
+
     pub fn lock(&self) -> MutexGuard<'_, TcpCore> {
         self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn register(&self, h: SocketHandle, signal: &Arc<Notifier>) {
+        self.signals.lock().unwrap_or_else(|p| p.into_inner()).insert(h, signal.clone());
+    }
+
+    pub fn unregister(&self, h: SocketHandle) {
+        self.signals.lock().unwrap_or_else(|p| p.into_inner()).remove(&h);
+    }
+
+    /// Wakes the connections and listeners housekeeping found changed.
+    pub fn wake(&self, handles: &mut Vec<SocketHandle>, ports: &mut Vec<u16>) {
+        if handles.is_empty() && ports.is_empty() {
+            return;
+        }
+        {
+            let signals = self.signals.lock().unwrap_or_else(|p| p.into_inner());
+            for h in handles.drain(..) {
+                if let Some(s) = signals.get(&h) {
+                    s.notify();
+                }
+            }
+        }
+        let listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        for port in ports.drain(..) {
+            if let Some(s) = listeners.get(&port) {
+                s.notify();
+            }
+        }
     }
 }
 
@@ -51,6 +94,7 @@ struct ConnMeta {
     rtt: Option<Duration>,
     last_progress: Instant,
     last_queues: (usize, usize),
+    last_state: State,
     written: u64,
     cap: Option<StreamId>,
 }
@@ -119,6 +163,10 @@ pub(crate) struct TcpCore {
     pub sack: super::sack::SackRecovery,
     /// Every socket's buffers are reserved here while it exists.
     budget: Arc<Budget>,
+    /// Connections whose state changed in the last housekeeping (to wake).
+    pub changed: Vec<SocketHandle>,
+    /// Listening ports with a connection newly ready to accept.
+    pub acceptable: Vec<u16>,
 }
 
 /// Where the TCP mode runs.
@@ -181,6 +229,8 @@ impl TcpCore {
             tracker: Default::default(),
             sack: Default::default(),
             budget: setup.budget,
+            changed: Vec::new(),
+            acceptable: Vec::new(),
         })
     }
 
@@ -324,15 +374,17 @@ impl TcpCore {
             rtt: None,
             last_progress: now,
             last_queues: (0, 0),
+            last_state: State::Closed,
             written: 0,
             cap: None,
         }
     }
 
-    /// Listens on `port` (our address).
-    pub fn listen(&mut self, port: u16) -> Result<(), Error> {
+    /// Listens on `port` (our address); 0 takes a free port. Returns the
+    /// port.
+    pub fn listen(&mut self, port: u16) -> Result<u16, Error> {
         let addr = SocketAddrV4::new(self.ip, port);
-        if self.listeners.contains_key(&port) {
+        if port != 0 && self.listeners.contains_key(&port) {
             return Err(Error::AddrInUse(addr));
         }
         let guard = if self.filter.is_some() {
@@ -342,6 +394,11 @@ impl TcpCore {
             })?))
         } else {
             None
+        };
+        let port = match (&guard, port) {
+            (Some(g), 0) => g.local_addr().map_err(Error::Io)?.port(),
+            (None, 0) => self.ephemeral_port(),
+            (_, p) => p,
         };
         let rule = self.steer(port)?;
         let mut meta =
@@ -363,7 +420,7 @@ impl TcpCore {
             }
         }
         self.listeners.insert(port, meta);
-        Ok(())
+        Ok(port)
     }
 
     /// Stops listening; connections not yet accepted are reset.
@@ -379,6 +436,11 @@ impl TcpCore {
             m.aborted = true;
         }
         self.unsteer(l.rule);
+    }
+
+    /// Connections ready to accept on `port`.
+    pub fn backlog(&self, port: u16) -> usize {
+        self.listeners.get(&port).map_or(0, |l| l.accepted.len())
     }
 
     /// A connection accepted on `port`, if one is ready.
@@ -479,6 +541,19 @@ impl TcpCore {
         }
     }
 
+    /// (readable, writable, closed) of a connection now, for a poller.
+    pub fn readiness(&mut self, h: SocketHandle) -> (bool, bool, bool) {
+        if !self.conns.contains_key(&h) {
+            return (true, true, true);
+        }
+        let peer = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+        let failed = self.failure(h, peer).is_some();
+        let s = self.socket(h);
+        let ended = !s.may_recv() && s.recv_queue() == 0;
+        let closed = failed || (ended && !s.may_send());
+        (s.recv_queue() > 0 || ended || failed, self.send_space(h) > 0 || failed, closed)
+    }
+
     pub fn is_established(&mut self, h: SocketHandle) -> bool {
         self.conns.get(&h).is_some_and(|m| m.established)
     }
@@ -570,7 +645,10 @@ impl TcpCore {
                 m.peer_finished = true;
             }
             let q = (s.send_queue(), s.recv_queue());
+            let mut moved = state != m.last_state;
+            m.last_state = state;
             if q != m.last_queues {
+                moved = true;
                 // Progress: the peer took data, or sent some, or data was
                 // written to an idle connection (its deadline starts now,
                 // not when the connection last moved).
@@ -593,6 +671,7 @@ impl TcpCore {
                 m.timed_out = true;
                 gave_up.push(h);
                 changed = true;
+                moved = true;
             } else if m.established && !m.timed_out && q.0 > 0 {
                 let due = m.last_progress + self.config.dead_after;
                 deadline = Some(deadline.map_or(due, |d: Instant| d.min(due)));
@@ -602,6 +681,9 @@ impl TcpCore {
                 let port = s.local_endpoint().map_or(0, |e| e.port);
                 let srtt = self.tracker.srtt(port).or(m.rtt).unwrap_or(Duration::from_millis(100));
                 c.observe(id, StreamSample { acked_bytes: acked, srtt });
+            }
+            if moved {
+                self.changed.push(h);
             }
             if m.released && matches!(state, State::Closed | State::TimeWait) {
                 gone.push(h);
@@ -615,10 +697,11 @@ impl TcpCore {
             );
             self.sockets.get_mut::<tcp::Socket<'_>>(h).abort();
         }
-        for l in self.listeners.values_mut() {
+        for (&port, l) in self.listeners.iter_mut() {
             l.pending.retain(|&h| match self.conns.get_mut(&h) {
                 Some(m) if m.established => {
                     l.accepted.push_back(h);
+                    self.acceptable.push(port);
                     changed = true;
                     false
                 }

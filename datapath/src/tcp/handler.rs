@@ -28,6 +28,9 @@ pub(crate) struct TcpHandler {
     /// its first answer to a new peer (a SYN-ACK, a RST) does not wait on
     /// an ARP round.
     told: HashMap<Ipv4Addr, ([u8; 6], Instant)>,
+    /// Buffers the core's changed-connection lists are swapped into.
+    wake_handles: Vec<smoltcp::iface::SocketHandle>,
+    wake_ports: Vec<u16>,
 }
 
 /// smoltcp forgets a neighbour after a minute; tell it again before then.
@@ -35,7 +38,15 @@ const RETELL: Duration = Duration::from_secs(30);
 
 impl TcpHandler {
     pub fn new(shared: Arc<TcpShared>) -> Self {
-        Self { shared, rx: VecDeque::new(), asks: Vec::new(), timer_armed: None, told: HashMap::new() }
+        Self {
+            shared,
+            rx: VecDeque::new(),
+            asks: Vec::new(),
+            timer_armed: None,
+            told: HashMap::new(),
+            wake_handles: Vec::new(),
+            wake_ports: Vec::new(),
+        }
     }
 }
 
@@ -140,7 +151,10 @@ impl FrameHandler for TcpHandler {
             let t = now + std::time::Duration::from_millis(2);
             next = Some(next.map_or(t, |n| n.min(t)));
         }
+        std::mem::swap(&mut self.wake_handles, &mut core.changed);
+        std::mem::swap(&mut self.wake_ports, &mut core.acceptable);
         drop(guard);
+        self.shared.wake(&mut self.wake_handles, &mut self.wake_ports);
         if changed || work {
             self.shared.notifier.notify();
         }
