@@ -40,6 +40,7 @@ extern "C" {
 #define XSOCK_EPERM       -12  /* missing privileges (root or CAP_NET_RAW/ADMIN, CAP_BPF) */
 #define XSOCK_ENOTLAUNCHED -13 /* not started by Slurm or an MPI launcher */
 #define XSOCK_EPROTO      -14  /* the peer broke the protocol */
+#define XSOCK_ENOMEM      -15  /* the memory limit for connection buffers is reached: no new connection */
 
 /* Transports. */
 #define XSOCK_TRANSPORT_AUTO   0 /* reliable-link for xsock peers on the segment, else kernel TCP */
@@ -47,19 +48,26 @@ extern "C" {
 #define XSOCK_TRANSPORT_KERNEL 2 /* the kernel's TCP only */
 
 /* Paths a stream can take. */
+#define XSOCK_PATH_CONNECTING 0 /* still connecting (xsock_connect_start) */
 #define XSOCK_PATH_LINK   1
 #define XSOCK_PATH_KERNEL 2
+#define XSOCK_PATH_TCP    3     /* the TCP mode */
 
 typedef struct xsock_runtime xsock_runtime;
 typedef struct xsock_listener xsock_listener;
 typedef struct xsock_stream xsock_stream;
+typedef struct xsock_poller xsock_poller;
 
 typedef struct xsock_config {
     const char *iface;   /* interface to drive with AF_XDP; NULL = kernel sockets only */
     int inline_poll;     /* 1: the calling threads drive the datapath (lowest latency) */
     int busy_poll;       /* 1: spin while waiting; 0: sleep when idle */
-    size_t buffer_bytes; /* per-connection send and receive buffer; 0 = 4 MiB */
+    size_t buffer_bytes; /* most a connection buffers each way (windows grow to it on demand); 0 = 4 MiB */
     int transport;       /* XSOCK_TRANSPORT_* used by xsock_connect and xsock_listen */
+    size_t max_message;  /* largest message xsock_recv_msg accepts from a peer (longer: XSOCK_EMSGSIZE and
+                            the connection is reset); 0 = 1 GiB */
+    size_t memory_limit; /* most all connection buffers may reserve together (beyond: XSOCK_ENOMEM for new
+                            connections); 0 = an eighth of the machine's memory */
 } xsock_config;
 
 /* Runtime. */
@@ -77,7 +85,13 @@ void xsock_listener_free(xsock_listener *l);
 
 /* Connecting. */
 int xsock_connect(xsock_runtime *rt, const char *addr, int message_mode, int timeout_ms, xsock_stream **out);
-/* XSOCK_PATH_LINK or XSOCK_PATH_KERNEL. */
+/* Connecting without blocking: connect_start returns at once with *out
+ * connecting; connect_poll returns XSOCK_OK once connected, XSOCK_EAGAIN
+ * while connecting, or the error. A poller reports the stream
+ * XSOCK_POLLOUT when the connect has finished either way. */
+int xsock_connect_start(xsock_runtime *rt, const char *addr, int message_mode, int timeout_ms, xsock_stream **out);
+int xsock_connect_poll(xsock_stream *s);
+/* XSOCK_PATH_*. */
 int xsock_stream_path(const xsock_stream *s);
 
 /* Blocking transfer: send returns len; recv returns >= 1 byte, 0 at the end of the stream. */
@@ -98,6 +112,29 @@ int64_t xsock_try_recv(xsock_stream *s, void *buf, size_t len);
 int xsock_shutdown(xsock_stream *s);
 int xsock_close(xsock_stream *s, int timeout_ms);
 void xsock_abort(xsock_stream *s);
+
+/* Readiness of many streams at once (level-triggered, like poll(2)).
+ * A poller watches streams and listeners under 64-bit tokens; wait fills
+ * up to max events and returns their number (0 on timeout). With a
+ * datapath thread (inline_poll 0), xsock_poller_fd is a descriptor for
+ * your own poll/epoll/select: readable when a watched source may be ready.
+ * With inline_poll 1, xsock_poller_wait drives the datapath while it waits.
+ * Remove a stream (xsock_poller_del) before freeing it. */
+#define XSOCK_POLLIN  1 /* readable, or the end of the stream; a listener: a connection waits */
+#define XSOCK_POLLOUT 2 /* writable; a connecting stream: the connect finished */
+#define XSOCK_POLLHUP 4 /* the connection ended or the connect failed (the next call says how) */
+typedef struct xsock_event { uint64_t token; short events; } xsock_event;
+int xsock_poller_new(xsock_runtime *rt, xsock_poller **out);
+void xsock_poller_free(xsock_poller *p);
+int xsock_poller_add(xsock_poller *p, const xsock_stream *s, uint64_t token, short events);
+int xsock_poller_add_listener(xsock_poller *p, const xsock_listener *l, uint64_t token);
+int xsock_poller_modify(xsock_poller *p, uint64_t token, short events);
+int xsock_poller_del(xsock_poller *p, uint64_t token);
+int xsock_poller_wait(xsock_poller *p, xsock_event *out, int max, int timeout_ms);
+int xsock_poller_fd(const xsock_poller *p);
+/* poll(2) over an array of streams: sets revents, returns how many are ready. */
+typedef struct xsock_pollitem { xsock_stream *stream; short events; short revents; } xsock_pollitem;
+int xsock_poll_streams(xsock_runtime *rt, xsock_pollitem *items, size_t n, int timeout_ms);
 
 /* Errors. */
 const char *xsock_strerror(int code);

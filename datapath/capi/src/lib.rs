@@ -24,6 +24,10 @@ use xsock::{
     ConnectOptions, Driving, Error, ListenOptions, Listener, Mode, Path, PollMode, Received, Runtime, Stream, Transport,
 };
 
+mod poll;
+
+pub use poll::*;
+
 /// Error codes; keep in step with xsock.h.
 pub mod code {
     #![allow(missing_docs)]
@@ -42,6 +46,7 @@ pub mod code {
     pub const EPERM: i32 = -12;
     pub const ENOTLAUNCHED: i32 = -13;
     pub const EPROTO: i32 = -14;
+    pub const ENOMEM: i32 = -15;
 }
 
 /// Configuration (see xsock.h).
@@ -57,6 +62,10 @@ pub struct xsock_config {
     pub buffer_bytes: usize,
     /// XSOCK_TRANSPORT_*.
     pub transport: c_int,
+    /// Largest message `xsock_recv_msg` accepts from a peer; 0 = 1 GiB.
+    pub max_message: usize,
+    /// Memory limit of all connection buffers; 0 = an eighth of the RAM.
+    pub memory_limit: usize,
 }
 
 /// An xsock runtime.
@@ -97,6 +106,8 @@ fn error_code(e: &Error) -> i32 {
         Error::NotXsockPeer(_) => code::ENOTPEER,
         Error::AddrInUse(_) => code::EADDRINUSE,
         Error::Protocol(_) => code::EPROTO,
+        Error::MessageTooLarge { .. } => code::EMSGSIZE,
+        Error::MemoryLimit { .. } => code::ENOMEM,
         Error::Nic(xsock::nic::NicError::PermissionDenied { .. }) => code::EPERM,
         _ => code::EIO,
     }
@@ -178,6 +189,12 @@ pub unsafe extern "C" fn xsock_runtime_new(cfg: *const xsock_config, out: *mut *
             .poll_mode(if cfg.busy_poll != 0 { PollMode::Busy } else { PollMode::default() });
         if cfg.buffer_bytes > 0 {
             b = b.send_buffer(cfg.buffer_bytes).recv_buffer(cfg.buffer_bytes);
+        }
+        if cfg.max_message > 0 {
+            b = b.max_message(cfg.max_message);
+        }
+        if cfg.memory_limit > 0 {
+            b = b.memory_limit(cfg.memory_limit);
         }
         // SAFETY: the caller promises `iface` is null or a valid string.
         match unsafe { str_arg(cfg.iface) } {
@@ -380,6 +397,69 @@ pub unsafe extern "C" fn xsock_connect(
     })
 }
 
+/// Starts connecting to `addr` and returns at once with the stream in
+/// `*out` (connecting); `xsock_connect_poll` (or a poller reporting it
+/// writable) says when it is connected.
+///
+/// # Safety
+/// `rt` must be a live runtime, `addr` a valid string, `out` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn xsock_connect_start(
+    rt: *mut xsock_runtime,
+    addr: *const c_char,
+    message_mode: c_int,
+    timeout_ms: c_int,
+    out: *mut *mut xsock_stream,
+) -> c_int {
+    guard(|| {
+        // SAFETY: the caller promises a live runtime.
+        let Some(rt) = (unsafe { rt.as_ref() }) else {
+            return invalid("null runtime");
+        };
+        if out.is_null() {
+            return invalid("null out pointer");
+        }
+        // SAFETY: the caller promises a valid string.
+        let addr = match unsafe { addr_arg(addr) } {
+            Ok(a) => a,
+            Err(c) => return c,
+        };
+        let opts = ConnectOptions {
+            transport: rt.transport,
+            mode: mode(message_mode),
+            timeout: timeout(timeout_ms).unwrap_or(Duration::from_secs(3600)),
+        };
+        match Stream::connect_start(&rt.rt, addr, opts) {
+            Ok(s) => {
+                // SAFETY: checked non-null; the caller promises writable.
+                unsafe { *out = Box::into_raw(Box::new(xsock_stream { s, msg: Vec::new() })) };
+                code::OK
+            }
+            Err(e) => fail(e),
+        }
+    })
+}
+
+/// Moves a connect on: XSOCK_OK once connected, XSOCK_EAGAIN while still
+/// connecting, the error code if it failed.
+///
+/// # Safety
+/// `s` must be a live stream.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn xsock_connect_poll(s: *mut xsock_stream) -> c_int {
+    guard(|| {
+        // SAFETY: the caller promises a live stream, used by one thread.
+        let Some(s) = (unsafe { s.as_mut() }) else {
+            return invalid("null stream");
+        };
+        match s.s.poll_connect() {
+            Ok(true) => code::OK,
+            Ok(false) => code::EAGAIN,
+            Err(e) => fail(e),
+        }
+    })
+}
+
 /// The path a stream takes.
 ///
 /// # Safety
@@ -389,8 +469,12 @@ pub unsafe extern "C" fn xsock_stream_path(s: *const xsock_stream) -> c_int {
     guard(|| {
         // SAFETY: the caller promises a live stream.
         match unsafe { s.as_ref() } {
-            Some(s) if s.s.path() == Path::Link => 1,
-            Some(_) => 2,
+            Some(s) => match s.s.path() {
+                Path::Link => 1,
+                Path::Kernel => 2,
+                Path::Tcp => 3,
+                _ => 0,
+            },
             None => invalid("null stream"),
         }
     })
@@ -629,6 +713,7 @@ pub extern "C" fn xsock_strerror(code: c_int) -> *const c_char {
         code::EPERM => c"missing privileges: run as root or grant CAP_NET_RAW, CAP_NET_ADMIN and CAP_BPF",
         code::ENOTLAUNCHED => c"not started by Slurm or an MPI launcher",
         code::EPROTO => c"the peer broke the protocol",
+        code::ENOMEM => c"the runtime's memory limit for connection buffers is reached",
         _ => c"unknown error code",
     };
     s.as_ptr()

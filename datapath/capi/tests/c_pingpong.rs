@@ -99,3 +99,38 @@ fn errors_come_back_as_codes_with_a_description() {
     assert!(err.contains("invalid argument") && err.contains("is not an IPv4 address and port"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_c_program_opens_hundreds_of_connections_at_once_with_a_poller() {
+    require_root!();
+    let dir = std::env::temp_dir().join(format!("xsock-capi-many-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lib = lib_dir();
+    let bin = dir.join("manyconn");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/manyconn.c");
+    let out = Command::new("cc")
+        .arg("-O2")
+        .arg("-Wall")
+        .arg("-Werror")
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src)
+        .arg(format!("-I{}", Path::new(env!("CARGO_MANIFEST_DIR")).join("include").display()))
+        .args([&format!("-L{}", lib.display()), "-lxsock", &format!("-Wl,-rpath,{}", lib.display())])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cc: {}", String::from_utf8_lossy(&out.stderr));
+    let bed = Testbed::new().unwrap();
+    let (a, b) = bed.pair(LinkOpts::default(), "10.83.0").unwrap();
+    let bin = bin.display().to_string();
+    for (port, iface, want) in [(7610, "eth0", "link"), (7611, "-", "kernel")] {
+        let addr = format!("10.83.0.2:{port}");
+        bed.spawn_ready(&b, &bin, &["server", iface, &addr], || b.listening(port)).unwrap();
+        let out = a.command(&bin, &["client", iface, &addr, "300"]).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.starts_with("connected=300 echoed=300 "), "{stdout}");
+        assert!(stdout.trim_end().ends_with(&format!("path={want}")), "{stdout}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
