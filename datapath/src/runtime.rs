@@ -365,8 +365,10 @@ impl RuntimeBuilder {
                 let iface = self.iface.as_deref().unwrap_or("?");
                 let reason = format!("{iface} could not be driven: {e}");
                 log::warn!(
-                    "xsock runs on kernel sockets only: {reason}. Every connection takes kernel TCP; \
-                     RuntimeBuilder::require_link(true) makes this an error instead, and Runtime::link_status() says why"
+                    "xsock runs on kernel sockets only: {reason}. Every connection of this runtime takes kernel TCP \
+                     for as long as it lives (it does not take the interface over later: build a new runtime once \
+                     the interface is free); RuntimeBuilder::require_link(true) makes this an error instead, and \
+                     Runtime::link_status() says why"
                 );
                 (None, LinkStatus::KernelOnly { reason })
             }

@@ -321,3 +321,20 @@ fn a_one_gib_message_arrives_whole() {
     assert!(server.join().unwrap(), "the 1 GiB message arrived intact, as one message");
     s.close(Duration::from_secs(10)).unwrap();
 }
+
+#[test]
+fn a_runtime_that_falls_back_says_so_without_a_logger() {
+    // A misspelled interface: no logger is installed here, so only the API
+    // can tell the application (was: a silent fallback).
+    let rt = Runtime::builder().interface("eht0").build().unwrap();
+    match rt.link_status() {
+        xsock::LinkStatus::KernelOnly { reason } => assert!(reason.contains("eht0"), "{reason}"),
+        s => panic!("{s:?}"),
+    }
+    assert!(!rt.has_link());
+    let rt = Runtime::builder().build().unwrap();
+    assert!(matches!(rt.link_status(), xsock::LinkStatus::KernelOnly { reason } if reason.contains("no interface")));
+    // require_link turns the fallback into an error naming the cause.
+    let e = Runtime::builder().interface("eht0").require_link(true).build().unwrap_err();
+    assert!(e.to_string().contains("eht0"), "{e}");
+}

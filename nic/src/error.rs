@@ -32,16 +32,17 @@ pub enum NicError {
 
     /// Another XDP program is attached to the interface.
     #[error(
-        "interface {iface} already has an XDP program attached ({existing}); xsock needs \
-             the interface's XDP hook to itself: detach it with `ip link set dev {iface} xdp off` \
-             (or stop the process that owns it, e.g. another xsock runtime; one runtime per \
-             interface drives all its queues)"
+        "interface {iface} already has an XDP program attached ({existing}); xsock needs the interface's XDP hook to itself: {fix}"
     )]
     XdpProgramPresent {
         /// Interface name.
         iface: String,
         /// Description of the program found (id, name).
         existing: String,
+        /// What to do: stop the process that owns it (named, when a
+        /// bpf_link is held by a process), or detach a program attached
+        /// without one.
+        fix: String,
     },
 
     /// The queue id is beyond the interface's receive queues.

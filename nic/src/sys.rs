@@ -544,6 +544,45 @@ pub fn get_sockopt_u32(fd: RawFd, level: i32, name: i32) -> io::Result<u32> {
     Ok(v)
 }
 
+/// Processes holding an XDP bpf_link on interface `ifindex` of this
+/// thread's network namespace: (pid, command line). Found by reading
+/// /proc/*/fdinfo (a bpf_link's fdinfo names its link type and ifindex);
+/// processes this one may not inspect are skipped.
+pub fn xdp_link_owners(ifindex: u32) -> Vec<(u32, String)> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(ours) = netns_id() else { return Vec::new() };
+    let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut found = Vec::new();
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let same_ns = std::fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| (m.dev(), m.ino()) == ours);
+        if !same_ns {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        let holds = fds.flatten().any(|fd| {
+            let link = std::fs::read_link(fd.path()).unwrap_or_default();
+            if link.to_str() != Some("anon_inode:bpf_link") {
+                return false;
+            }
+            let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy()))
+                .unwrap_or_default();
+            let field = |k: &str| info.lines().find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_owned()));
+            field("link_type:").as_deref() == Some("xdp") && field("ifindex:") == Some(ifindex.to_string())
+        });
+        if holds {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd: Vec<String> = cmd
+                .split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            found.push((pid, cmd.join(" ")));
+        }
+    }
+    found
+}
+
 /// Physical memory of the machine in bytes (MemTotal of /proc/meminfo).
 pub fn physical_memory() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;

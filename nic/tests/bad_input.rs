@@ -111,12 +111,15 @@ fn queue_beyond_the_interface_is_refused_before_anything_attaches() {
 fn mtu_beyond_one_frame_names_the_fix() {
     require_root!();
     let (_bed, a, _b) = pair(LinkOpts { mtu: 3000, queues: 1 });
-    let e = open_err(&a, AfXdpConfig { frame_size: 2048, ..small("eth0") });
+    // With multi-buffer turned off, an MTU beyond one chunk is an error
+    // that names the fixes (by default multi-buffer is chosen instead).
+    let off = |frame_size| AfXdpConfig { frame_size, multi_buffer: Some(false), ..small("eth0") };
+    let e = open_err(&a, off(2048));
     assert!(matches!(e, NicError::MtuTooLarge { mtu: 3000, capacity: 1792, .. }), "{e:?}");
     assert!(e.to_string().contains("--frame-size 4096"), "{e}");
     a.ip(&["link", "set", "eth0", "mtu", "9000"]).unwrap();
-    let e = open_err(&a, small("eth0"));
-    assert!(e.to_string().contains("--multi-buffer"), "{e}");
+    let e = open_err(&a, off(4096));
+    assert!(e.to_string().contains("leave multi-buffer on"), "{e}");
     assert!(!a.has_xdp("eth0").unwrap());
 }
 
@@ -152,6 +155,11 @@ fn kill_9_leaves_no_program_behind() {
     // A second runtime on the same interface is refused with a clear error.
     let e = open_err(&a, small("eth0"));
     assert!(matches!(e, NicError::XdpProgramPresent { .. }) && e.to_string().contains("xsock"), "{e}");
+    // It names the process holding the bpf_link, not `xdp off` (which
+    // cannot detach a link: regression, issue 11).
+    let s = e.to_string();
+    assert!(s.contains(&format!("pid {pid}")), "{s}");
+    assert!(s.contains("cannot detach"), "{s}");
 
     bed.kill9(pid).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -17,7 +17,11 @@ use std::{
 
 use clap::Args;
 use serde::Serialize;
-use xsock::{ConnectOptions, Driving, Error, ListenOptions, Listener, Mode, Runtime, Stream};
+use std::collections::HashMap;
+
+use xsock::{
+    ConnectOptions, Driving, Error, Events, Interest, ListenOptions, Listener, Mode, Poller, Runtime, Stream, Token,
+};
 
 use crate::{
     args::{Poll, RuntimeArgs, parse_duration},
@@ -83,6 +87,11 @@ struct BwResult {
     per_stream_bytes: Vec<u64>,
 }
 
+/// The largest `--size` (one send call's bytes, allocated once).
+const MAX_SIZE: usize = 1 << 30;
+/// The most `--streams`.
+const MAX_STREAMS: usize = 100_000;
+
 /// Period of the stream's byte pattern (a prime, so it never lines up with
 /// buffer or frame sizes).
 const PERIOD: usize = 251;
@@ -127,6 +136,15 @@ impl Accepting {
             Accepting::Overlay(l) => l.try_accept().map(|(s, _)| s),
         }
     }
+
+    /// The address listened on (plain listeners: with the port the kernel
+    /// chose for port 0).
+    fn local_addr(&self) -> Option<SocketAddrV4> {
+        match self {
+            Accepting::Plain(l) => Some(l.local_addr()),
+            Accepting::Overlay(_) => None,
+        }
+    }
 }
 
 fn serve(rt: &Runtime, addr: SocketAddrV4, transport: xsock::Transport, node: Option<Node>) -> Result<(), Fail> {
@@ -137,23 +155,45 @@ fn serve(rt: &Runtime, addr: SocketAddrV4, transport: xsock::Transport, node: Op
         }
         None => Accepting::Plain(Listener::bind_with(rt, addr, ListenOptions { transport, mode: Mode::Stream })?),
     };
-    log::info!("bw receiver on {addr}");
+    log::info!("bw receiver on {}", l.local_addr().unwrap_or(addr));
     let mut buf = vec![0u8; 1 << 20];
     let expect = pattern(buf.len());
-    let mut conns: Vec<Incoming> = Vec::new();
+    // One poller for the listener and every stream: kernel sockets and
+    // xsock streams wake it alike, whether the loop busy-polls or sleeps.
+    let mut poller = Poller::new(rt)?;
+    const LISTENER: Token = Token(usize::MAX);
+    if let Accepting::Plain(pl) = &l {
+        poller.register_listener(pl, LISTENER)?;
+    }
+    let mut conns: HashMap<usize, Incoming> = HashMap::new();
+    let mut next = 0usize;
+    let mut events = Events::with_capacity(1024);
     loop {
-        let mut work = rt.poll()?;
-        match l.try_accept() {
-            Ok(s) => {
-                work += 1;
-                log::info!("receiving from {} over {:?}", s.peer_addr(), s.path());
-                conns.push(Incoming { s, bytes: 0, corrupt: 0, first: None });
+        // An overlay listener has no poller registration: look every 10 ms.
+        let wait = if matches!(l, Accepting::Overlay(_)) { Some(Duration::from_millis(10)) } else { None };
+        poller.poll(&mut events, wait)?;
+        loop {
+            match l.try_accept() {
+                Ok(s) => {
+                    log::info!("receiving from {} over {:?}", s.peer_addr(), s.path());
+                    poller.register(&s, Token(next), Interest::READABLE)?;
+                    conns.insert(next, Incoming { s, bytes: 0, corrupt: 0, first: None });
+                    next += 1;
+                }
+                Err(Error::WouldBlock) => break,
+                Err(e) => {
+                    log::warn!("accept: {e}");
+                    break;
+                }
             }
-            Err(Error::WouldBlock) => {}
-            Err(e) => log::warn!("accept: {e}"),
         }
-        conns.retain_mut(|c| {
-            loop {
+        for e in events.iter() {
+            let t = e.token();
+            if t == LISTENER {
+                continue;
+            }
+            let Some(c) = conns.get_mut(&t.0) else { continue };
+            let done = loop {
                 match c.s.try_recv(&mut buf) {
                     Ok(0) => {
                         let nanos = c.first.map_or(0, |f| f.elapsed().as_nanos() as u64);
@@ -167,24 +207,24 @@ fn serve(rt: &Runtime, addr: SocketAddrV4, transport: xsock::Transport, node: Op
                         if let Err(e) = c.s.send(&report).and_then(|()| c.s.shutdown_write()) {
                             log::warn!("report to {}: {e}", c.s.peer_addr());
                         }
-                        return false;
+                        break true;
                     }
                     Ok(n) => {
-                        work += 1;
                         c.first.get_or_insert_with(Instant::now);
                         c.corrupt += corrupt_bytes(&expect, c.bytes, &buf[..n]);
                         c.bytes += n as u64;
                     }
-                    Err(Error::WouldBlock) => return true,
+                    Err(Error::WouldBlock) => break false,
                     Err(e) => {
                         log::warn!("stream from {} ended: {e}", c.s.peer_addr());
-                        return false;
+                        break true;
                     }
                 }
+            };
+            if done {
+                poller.deregister(t)?;
+                conns.remove(&t.0);
             }
-        });
-        if work == 0 {
-            rt.idle(Some(Duration::from_millis(100)))?;
         }
     }
 }
@@ -204,6 +244,15 @@ impl Bw {
             Dest::parse(self.connect.as_deref().expect("clap requires --connect without --listen"), node.is_some())?;
         if self.size == 0 || self.streams == 0 {
             return Err(Fail::msg("--size and --streams must be at least 1"));
+        }
+        if self.size > MAX_SIZE {
+            return Err(Fail::msg(format!(
+                "--size {} is over the {MAX_SIZE}-byte (1 GiB) most one send call may be",
+                self.size
+            )));
+        }
+        if self.streams > MAX_STREAMS {
+            return Err(Fail::msg(format!("--streams {} is over {MAX_STREAMS}", self.streams)));
         }
         let opts =
             ConnectOptions { transport: self.rt.transport(), mode: Mode::Stream, timeout: Duration::from_secs(10) };
@@ -225,6 +274,11 @@ impl Bw {
             let at = (pos % PERIOD as u64) as usize;
             &pat[at..at + self.size - from]
         };
+        let mut poller = Poller::new(&rt)?;
+        for (i, s) in streams.iter().enumerate() {
+            poller.register(s, Token(i), Interest::WRITABLE)?;
+        }
+        let mut events = Events::with_capacity(streams.len());
         let start = Instant::now();
         let end = start + self.seconds;
         let mut timeline: Vec<(f64, usize, u64)> = Vec::new();
@@ -234,7 +288,6 @@ impl Bw {
             if now >= end {
                 break;
             }
-            let mut work = rt.poll()?;
             if self.timeline.is_some() && now >= next_sample {
                 let t = start.elapsed().as_secs_f64();
                 for (i, (s, pos)) in streams.iter().zip(&sent).enumerate() {
@@ -242,11 +295,14 @@ impl Bw {
                 }
                 next_sample += Duration::from_millis(100);
             }
-            for ((s, pos), from) in streams.iter_mut().zip(sent.iter_mut()).zip(in_call.iter_mut()) {
+            let wake = if self.timeline.is_some() { end.min(next_sample) } else { end };
+            poller.poll(&mut events, Some(wake.saturating_duration_since(now)))?;
+            for e in events.iter() {
+                let i = e.token().0;
+                let (s, pos, from) = (&mut streams[i], &mut sent[i], &mut in_call[i]);
                 loop {
                     match s.try_send(window(*pos, *from)) {
                         Ok(n) => {
-                            work += 1;
                             *pos += n as u64;
                             *from = (*from + n) % self.size;
                         }
@@ -255,10 +311,9 @@ impl Bw {
                     }
                 }
             }
-            if work == 0 {
-                let wake = if self.timeline.is_some() { end.min(next_sample) } else { end };
-                rt.idle(Some(wake.saturating_duration_since(now)))?;
-            }
+        }
+        for i in 0..streams.len() {
+            poller.deregister(Token(i))?;
         }
         // Finish the send call in progress, end each stream, collect reports.
         let tcp: Vec<xsock::TcpStats> = streams.iter().filter_map(|s| s.tcp_stats()).collect();

@@ -43,6 +43,7 @@ impl Cat {
                     addr,
                     ListenOptions { transport: self.rt.transport(), mode: Mode::Stream },
                 )?;
+                log::info!("cat listening on {}", l.local_addr());
                 l.accept()?
             }
             (None, Some(addr)) => Stream::connect_with(&rt, addr, opts).map_err(|e| match e {

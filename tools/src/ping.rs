@@ -78,7 +78,12 @@ fn serve(rt: &Runtime, addr: SocketAddrV4, transport: xsock::Transport, node: Op
         }
     }
     let l = Listener::bind_with(rt, addr, ListenOptions { transport, mode: Mode::Stream })?;
-    log::info!("ping echo on {addr} (link: {}, kernel: {})", rt.has_link(), transport != xsock::Transport::Link);
+    log::info!(
+        "ping echo on {} (link: {}, kernel: {})",
+        l.local_addr(),
+        rt.has_link(),
+        transport != xsock::Transport::Link
+    );
     loop {
         let s = l.accept()?;
         log::info!("echoing for {} over {:?}", s.peer_addr(), s.path());
@@ -108,31 +113,83 @@ fn echo(mut s: Stream) {
     }
 }
 
+/// Messages up to this size go out with one blocking send before the echo
+/// is read (they fit the buffers of both ends, so nobody waits on anybody);
+/// larger ones are written and read at once, or a message longer than the
+/// buffers of both ends together would deadlock: the echo cannot come back
+/// while we still write, nor can we finish writing while it does not.
+const WRITE_THEN_READ: usize = 64 << 10;
+
+/// The largest `--size` (two buffers of it are allocated).
+const MAX_SIZE: usize = 1 << 30;
+
 /// Round trips of `size` bytes: `warmup` unmeasured, then `count` measured.
-fn measure(s: &mut Stream, size: usize, warmup: u64, count: u64) -> Result<Latencies, Error> {
-    let msg: Vec<u8> = (0..size).map(|i| (i * 7 + size) as u8).collect();
-    let mut back = vec![0u8; size];
+fn measure(rt: &Runtime, s: &mut Stream, size: usize, warmup: u64, count: u64) -> Result<Latencies, Fail> {
+    let mut msg = Vec::new();
+    let mut back = Vec::new();
+    if msg.try_reserve_exact(size).is_err() || back.try_reserve_exact(size).is_err() {
+        return Err(Fail::msg(format!(
+            "--size {size}: cannot allocate the two {size}-byte buffers a round trip needs"
+        )));
+    }
+    msg.extend((0..size).map(|i| (i * 7 + size) as u8));
+    back.resize(size, 0);
     let mut lat = Latencies::new();
     for i in 0..warmup + count {
         let t = Instant::now();
-        s.send(&msg)?;
-        let mut got = 0;
-        while got < size {
-            let n = s.recv(&mut back[got..])?;
-            if n == 0 {
-                return Err(Error::Closed);
+        if size <= WRITE_THEN_READ {
+            s.send(&msg)?;
+            let mut got = 0;
+            while got < size {
+                let n = s.recv(&mut back[got..])?;
+                if n == 0 {
+                    return Err(Error::Closed.into());
+                }
+                got += n;
             }
-            got += n;
+        } else {
+            write_and_read(rt, s, &msg, &mut back)?;
         }
         let rtt = t.elapsed();
         if back != msg {
-            return Err(Error::Protocol(format!("the echo of a {size}-byte message came back different")));
+            return Err(Fail::msg(format!("the echo of a {size}-byte message came back different")));
         }
         if i >= warmup {
             lat.record(rtt);
         }
     }
     Ok(lat)
+}
+
+/// Writes `msg` and reads its echo into `back` at the same time.
+fn write_and_read(rt: &Runtime, s: &mut Stream, msg: &[u8], back: &mut [u8]) -> Result<(), Error> {
+    let (mut sent, mut got) = (0, 0);
+    while got < back.len() {
+        let mut moved = false;
+        if sent < msg.len() {
+            match s.try_send(&msg[sent..]) {
+                Ok(n) => {
+                    sent += n;
+                    moved |= n > 0;
+                }
+                Err(Error::WouldBlock) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match s.try_recv(&mut back[got..]) {
+            Ok(0) => return Err(Error::Closed),
+            Ok(n) => {
+                got += n;
+                moved = true;
+            }
+            Err(Error::WouldBlock) => {}
+            Err(e) => return Err(e),
+        }
+        if !moved && rt.poll()? == 0 {
+            rt.idle(Some(Duration::from_millis(1)))?;
+        }
+    }
+    Ok(())
 }
 
 /// Round trips to measure at `size` in a sweep: fewer for large messages,
@@ -153,6 +210,14 @@ impl Ping {
             Dest::parse(self.connect.as_deref().expect("clap requires --connect without --listen"), node.is_some())?;
         if self.size == 0 || (self.sweep && self.max_size == 0) {
             return Err(Fail::msg("--size and --max-size must be at least 1 byte"));
+        }
+        if self.size.max(if self.sweep { self.max_size } else { 0 }) > MAX_SIZE {
+            return Err(Fail::msg(format!(
+                "--size and --max-size are at most {MAX_SIZE} bytes (1 GiB): a round trip holds two buffers of it"
+            )));
+        }
+        if self.count == 0 {
+            return Err(Fail::msg("--count must be at least 1: nothing would be measured"));
         }
         let opts =
             ConnectOptions { transport: self.rt.transport(), mode: Mode::Stream, timeout: Duration::from_secs(10) };
@@ -182,7 +247,7 @@ impl Ping {
             } else {
                 (self.count, self.warmup)
             };
-            let lat = measure(&mut s, size, warmup, count)?;
+            let lat = measure(&rt, &mut s, size, warmup, count)?;
             results.push(lat.summary(&transport, size));
         }
         s.shutdown_write()?;

@@ -399,9 +399,25 @@ fn occupied(ifindex: u32) -> bool {
     existing_program(ifindex).is_some()
 }
 
+/// What to do about a program already on `iface`: a bpf_link held by a
+/// process goes only with that process (`ip link set ... xdp off` cannot
+/// detach it), so name the process; otherwise detach it.
+fn program_fix(iface: &str, ifindex: u32) -> String {
+    let owners = sys::xdp_link_owners(ifindex);
+    if owners.is_empty() {
+        return format!("detach it with `ip link set dev {iface} xdp off`");
+    }
+    let who: Vec<String> = owners.iter().map(|(pid, cmd)| format!("pid {pid} ({cmd})")).collect();
+    format!(
+        "it is held by {}, and goes only when that process exits (`ip link set dev {iface} xdp off` cannot detach \
+         a bpf_link); stop it, or share it: one xsock runtime drives an interface for one process",
+        who.join(", ")
+    )
+}
+
 fn attach_error(iface: &str, ifindex: u32, errno: i32) -> NicError {
     if let Some(existing) = existing_program(ifindex) {
-        return NicError::XdpProgramPresent { iface: iface.to_owned(), existing };
+        return NicError::XdpProgramPresent { iface: iface.to_owned(), existing, fix: program_fix(iface, ifindex) };
     }
     match errno {
         libc::EPERM | libc::EACCES => NicError::PermissionDenied {
@@ -420,6 +436,7 @@ fn attach_error(iface: &str, ifindex: u32, errno: i32) -> NicError {
         libc::EBUSY | libc::EEXIST => NicError::XdpProgramPresent {
             iface: iface.to_owned(),
             existing: "a program or link the kernel did not name".to_owned(),
+            fix: program_fix(iface, ifindex),
         },
         e => NicError::io(format!("attaching the XDP filter to {iface}"), io::Error::from_raw_os_error(e)),
     }

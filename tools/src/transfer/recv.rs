@@ -129,7 +129,7 @@ impl Recv {
             ListenOptions { transport: rt_args.transport(), mode: Mode::Stream },
         )?;
         xsock_nic::sys::catch_interrupts()?;
-        log::info!("receiving files into {} on {}", self.dir.display(), self.listen);
+        log::info!("receiving files into {} on {}", self.dir.display(), l.local_addr());
         let mut conns: Vec<Conn> = Vec::new();
         let mut transfers: HashMap<u64, Transfer> = HashMap::new();
         let mut buf = vec![0u8; 64 << 10];
