@@ -24,6 +24,11 @@ use crate::{
 /// far a sender runs ahead of a NAK (go-back-N resends what follows a gap).
 pub const TX_BATCH: usize = 64;
 
+/// Chunks (16 KiB) released to the allocator before the heap is trimmed.
+const TRIM_AFTER_CHUNKS: u64 = 256;
+/// At most one trim per this long.
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The endpoint and what waits on it.
 #[derive(Debug)]
 pub(crate) struct LinkShared {
@@ -122,11 +127,21 @@ pub(crate) struct LinkHandler {
     timer_armed: Option<Instant>,
     scratch: Vec<u8>,
     wake: Wake,
+    /// Chunks the pool had released when the heap was last trimmed, and when.
+    trimmed: (u64, Instant),
 }
 
 impl LinkHandler {
     pub fn new(shared: Arc<LinkShared>, mac: MacAddr, max_frame: usize) -> Self {
-        Self { shared, mac, max_frame, timer_armed: None, scratch: Vec::new(), wake: Wake::default() }
+        Self {
+            shared,
+            mac,
+            max_frame,
+            timer_armed: None,
+            scratch: Vec::new(),
+            wake: Wake::default(),
+            trimmed: (0, Instant::now()),
+        }
     }
 }
 
@@ -248,7 +263,14 @@ impl FrameHandler for LinkHandler {
         }
         let sent = transmit(&mut ep, cx, self.mac, self.max_frame);
         let changed = take_events(&mut ep, &mut self.wake);
+        let released = ep.pool_stats().chunks_released;
         drop(ep);
+        // Buffers of connections that went away went back to the allocator:
+        // give that memory back to the system too, at most once a second.
+        if released >= self.trimmed.0 + TRIM_AFTER_CHUNKS && now.duration_since(self.trimmed.1) >= TRIM_EVERY {
+            self.trimmed = (released, now);
+            xsock_nic::sys::release_free_memory();
+        }
         self.shared.wake(&mut self.wake);
         // Make the loop's sleep end in time for the endpoint's next deadline
         // (an armed earlier timer re-evaluates when it fires).

@@ -92,6 +92,8 @@ pub struct PoolStats {
     pub chunks_warm: usize,
     /// Chunks ever allocated from the system (not from the warm list).
     pub chunks_allocated: u64,
+    /// Chunks ever given back to the system (beyond the warm list).
+    pub chunks_released: u64,
 }
 
 /// Chunks and the budget they come out of (see the module documentation).
@@ -102,6 +104,7 @@ pub struct BufferPool {
     budget: Arc<Budget>,
     in_use: usize,
     allocated: u64,
+    released: u64,
 }
 
 impl BufferPool {
@@ -114,7 +117,7 @@ impl BufferPool {
     /// A pool drawing on a shared `budget`.
     pub fn with_budget(budget: Arc<Budget>, warm: usize, warm_max: usize) -> Self {
         let warm = warm.min(warm_max).min(budget.limit() / CHUNK);
-        let mut p = Self { free: Vec::new(), warm_max, budget, in_use: 0, allocated: 0 };
+        let mut p = Self { free: Vec::new(), warm_max, budget, in_use: 0, allocated: 0, released: 0 };
         for _ in 0..warm {
             let c = p.fresh();
             p.free.push(c);
@@ -168,11 +171,16 @@ impl BufferPool {
         self.in_use = self.in_use.saturating_sub(1);
         if self.free.len() < self.warm_max {
             self.free.push(c);
+        } else {
+            self.released += 1;
         }
     }
 
     /// Drops warm chunks beyond `keep` (memory goes back to the allocator).
     pub fn trim(&mut self, keep: usize) {
+        if self.free.len() > keep {
+            self.released += (self.free.len() - keep) as u64;
+        }
         self.free.truncate(keep);
         self.free.shrink_to(keep);
     }
@@ -185,6 +193,7 @@ impl BufferPool {
             chunks_in_use: self.in_use,
             chunks_warm: self.free.len(),
             chunks_allocated: self.allocated,
+            chunks_released: self.released,
         }
     }
 }

@@ -118,7 +118,7 @@ impl EndpointConfig {
             discovery: DiscoveryConfig::default(),
             backlog: 4096,
             memory_limit: DEFAULT_MEMORY_LIMIT,
-            warm_chunks: (64, 4096),
+            warm_chunks: (64, 1024),
             keepalive: Some(Duration::from_secs(1)),
             budget: None,
         }
