@@ -43,6 +43,10 @@ pub const ETHERTYPE: u16 = 0x88B5;
 pub const VERSION: u8 = 2;
 /// Bytes of the common header.
 pub const HEADER_LEN: usize = 40;
+/// The smallest DATA payload a node may say it can receive (an IPv4
+/// minimum MTU's worth less headers): a smaller one is refused as malformed,
+/// so nobody can make a peer send its stream in 1-byte frames.
+pub const MIN_PAYLOAD: u16 = 512;
 
 mod field {
     use std::ops::Range;
@@ -543,6 +547,9 @@ impl Repr {
                 if s.src_cid == 0 {
                     return Err(ParseError::Invalid("SYN with connection id 0"));
                 }
+                if s.max_payload < MIN_PAYLOAD {
+                    return Err(ParseError::Invalid("SYN with a payload size below the minimum"));
+                }
                 if s.mode > 1 {
                     return Err(ParseError::Invalid("SYN with unknown mode"));
                 }
@@ -552,6 +559,9 @@ impl Repr {
                 let s = SynAckBody::parse(b);
                 if s.src_cid == 0 {
                     return Err(ParseError::Invalid("SYN-ACK with connection id 0"));
+                }
+                if s.max_payload < MIN_PAYLOAD {
+                    return Err(ParseError::Invalid("SYN-ACK with a payload size below the minimum"));
                 }
                 Body::SynAck(s)
             }
@@ -575,10 +585,13 @@ impl Repr {
                 target_ip: Ipv4Addr::new(b[0], b[1], b[2], b[3]),
                 sender_ip: Ipv4Addr::new(b[4], b[5], b[6], b[7]),
             }),
-            Kind::DiscoverReply => Body::DiscoverReply(DiscoverReplyBody {
-                ip: Ipv4Addr::new(b[0], b[1], b[2], b[3]),
-                max_payload: u16::from_be_bytes([b[4], b[5]]),
-            }),
+            Kind::DiscoverReply => {
+                let max_payload = u16::from_be_bytes([b[4], b[5]]);
+                if max_payload < MIN_PAYLOAD {
+                    return Err(ParseError::Invalid("DISCOVER-REPLY with a payload size below the minimum"));
+                }
+                Body::DiscoverReply(DiscoverReplyBody { ip: Ipv4Addr::new(b[0], b[1], b[2], b[3]), max_payload })
+            }
             Kind::Keepalive | Kind::KeepaliveReply => {
                 let k = KeepaliveBody { instance: u64::from_be_bytes(b[0..8].try_into().expect("8")) };
                 if kind == Kind::Keepalive { Body::Keepalive(k) } else { Body::KeepaliveReply(k) }

@@ -274,7 +274,7 @@ impl RuntimeArgs {
                 XdpModeArg::Generic => XdpMode::Generic,
             })
             .ring_size(self.ring)
-            .frame_count(self.ring * 2)
+            .frame_count(self.ring.saturating_mul(2))
             .fill_min(if self.deep_fill { u32::MAX } else { 256 })
             .inject_loss(self.inject_loss)
             .tcp(xsock::TcpConfig {

@@ -64,10 +64,14 @@ impl ResumeState {
             return None;
         }
         let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8"));
-        let mut s = ResumeState::new(u64_at(5), u64_at(13), u32::from_le_bytes(b[21..25].try_into().expect("4")));
-        if s.chunk_size == 0 || b.len() != 25 + s.held.len() * 33 {
+        let (size, chunk) = (u64_at(13), u32::from_le_bytes(b[21..25].try_into().expect("4")));
+        // The chunk count must match the records the file holds before
+        // anything is sized from it (a damaged or foreign file must not
+        // make us divide by zero or allocate its claimed size).
+        if chunk == 0 || size.div_ceil(u64::from(chunk)).checked_mul(33) != Some(b.len() as u64 - 25) {
             return None;
         }
+        let mut s = ResumeState::new(u64_at(5), size, chunk);
         for (i, rec) in b[25..].chunks_exact(33).enumerate() {
             if rec[0] == 1 {
                 s.held[i] = Some(rec[1..].try_into().expect("32"));
@@ -122,6 +126,18 @@ mod tests {
         assert_eq!(back.held_count(), 1);
         fs::write(&p, b"XSST\x01short").unwrap();
         assert_eq!(ResumeState::load(&p), None);
+        // Regression: a chunk size of 0, or a size claiming 2^64 chunks.
+        let mut hostile = fs::read(&p).unwrap_or_default();
+        hostile.clear();
+        s.save(&p).unwrap();
+        let good = fs::read(&p).unwrap();
+        for (size, chunk) in [(10_000u64, 0u32), (u64::MAX, 1)] {
+            hostile.clone_from(&good);
+            hostile[13..21].copy_from_slice(&size.to_le_bytes());
+            hostile[21..25].copy_from_slice(&chunk.to_le_bytes());
+            fs::write(&p, &hostile).unwrap();
+            assert_eq!(ResumeState::load(&p), None, "size {size} chunk {chunk}");
+        }
         assert_eq!(ResumeState::load(&dir.join("missing")), None);
         fs::remove_dir_all(&dir).unwrap();
     }
