@@ -773,23 +773,19 @@ impl Stream {
             Conn::Link { cid, .. } => {
                 let cid = *cid;
                 let link = self.rt.link().expect("link");
-                let mut ep = link.shared.lock();
-                let r = ep.read(cid, buf, false).map_err(|_| Error::Closed)?;
-                let c = ep.connection(cid).ok_or(Error::Closed)?;
-                let result = if r.len > 0 || c.is_eof() || buf.is_empty() {
-                    Ok(r.len)
+                let st = link.shared.lock().read_status(cid, buf, false).map_err(|_| Error::Closed)?;
+                if st.wants_transmit {
+                    self.rt.kick(); // the read freed credit worth granting now
+                }
+                if st.len > 0 || st.eof || buf.is_empty() {
+                    Ok(st.len)
                 } else {
-                    match c.close_reason() {
+                    match st.closed {
                         Some(CloseReason::Graceful) => Ok(0),
                         Some(reason) => Err(close_error(reason, self.peer)),
                         None => Err(Error::WouldBlock),
                     }
-                };
-                drop(ep);
-                if r.len > 0 {
-                    self.rt.kick();
                 }
-                result
             }
         }
     }

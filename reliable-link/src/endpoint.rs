@@ -805,7 +805,11 @@ impl Endpoint {
         if was_connecting && remote != 0 {
             self.by_remote.insert((mac, remote), cid);
         }
-        self.mark_ready(cid);
+        // Only a connection with something to say waits for a transmit
+        // pass (most frames, DATA among them, need no answer).
+        if self.slots.get(&cid).is_some_and(|s| s.conn.wants_transmit()) {
+            self.mark_ready(cid);
+        }
         self.drain_events(cid);
         self.rearm(cid);
         if let Body::SynAck(sa) = repr.body {
@@ -1025,10 +1029,11 @@ impl Endpoint {
                 }
                 None => {
                     s.ready = false;
+                    let closed = s.conn.close_reason().is_some();
                     self.drain_events(cid);
                     // What it sent may have started a wait (a retry timer),
                     // or ended it (an RST out: it may be forgotten now).
-                    if !self.reap(now, cid) {
+                    if !(closed && self.reap(now, cid)) {
                         self.rearm(cid);
                     }
                 }

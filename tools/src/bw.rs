@@ -232,9 +232,12 @@ fn serve(rt: &Runtime, addr: SocketAddrV4, transport: xsock::Transport, node: Op
 impl Bw {
     /// Runs the subcommand.
     pub fn run(self) -> Result<(), Fail> {
-        // Bulk: keep every receive buffer posted (latency does not matter here).
+        // The TCP mode keeps every receive buffer posted (its loss recovery
+        // is slow, and a burst finding the fill ring empty costs it dearly);
+        // reliable-link lets the fill depth adapt (a shallow ring keeps the
+        // buffers the kernel writes into warm; it deepens on a drop).
         let mut rt_args = self.rt.clone();
-        rt_args.deep_fill = true;
+        rt_args.deep_fill |= self.rt.transport() == xsock::Transport::Tcp;
         let rt = rt_args.build(Driving::Inline, self.poll.into())?;
         let node = if self.join.wanted() { Some(self.join.join(&rt)?) } else { None };
         if let Some(addr) = self.listen {

@@ -744,6 +744,12 @@ impl TcpCore {
         changed
     }
 
+    /// No socket at all (no connection, no listener) and no ARP question
+    /// open: a pass has nothing to do.
+    pub fn is_idle(&self) -> bool {
+        self.conns.is_empty() && self.listeners.is_empty() && !self.arp.busy() && self.sockets.iter().next().is_none()
+    }
+
     /// When housekeeping wants to run next (window caps; the deadline of
     /// a connection whose data waits unacknowledged).
     pub fn next_housekeeping(&self) -> Option<Instant> {

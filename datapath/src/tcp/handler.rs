@@ -73,6 +73,12 @@ impl FrameHandler for TcpHandler {
             return true; // the application holds it; next pass
         };
         let core = &mut *guard;
+        // No TCP-mode socket, nothing received, nothing to answer: nothing
+        // to do (this runs on every pass of the loop, in the latency path
+        // of the other protocols).
+        if self.rx.is_empty() && core.injected.is_empty() && core.is_idle() {
+            return false;
+        }
         let now = cx.now();
         let snow = core.smol_now(now);
         self.rx.extend(core.injected.drain(..));
