@@ -122,6 +122,46 @@ fn bulk_echo_is_intact_through_loss() {
     round_trip_bulk(0.01, 2 << 20);
 }
 
+/// A server that closes with data still queued, to a reader whose window
+/// is shut, must hear the window open again: smoltcp in LAST-ACK ignores
+/// such window updates, so the FIN now waits for the queue to drain
+/// (before, the rest of the data waited until the connection was given up
+/// on after `dead_after`, 2 s here).
+#[test]
+fn a_close_behind_a_shut_window_still_delivers_everything() {
+    let (ra, rb) = pair_with(0.0);
+    let opts = ListenOptions { transport: Transport::Tcp, ..Default::default() };
+    let l = Listener::bind_with(&rb, SocketAddrV4::new(B, 5002), opts).unwrap();
+    // More than the reader's receive buffer, less than both buffers: the
+    // send returns, and the close comes, while the reader's window is 0.
+    let len = (3 << 20) / 2;
+    let server = thread::spawn(move || {
+        let mut s = l.accept().unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(s.recv(&mut buf).unwrap(), 0, "the client sends nothing");
+        s.send(&pattern(len)).unwrap();
+        s.close(Duration::from_secs(10)).unwrap();
+    });
+    let mut s = Stream::connect_with(&ra, SocketAddrV4::new(B, 5002), tcp()).unwrap();
+    s.shutdown_write().unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let mut got = Vec::with_capacity(len);
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = s.recv(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let took = t.elapsed();
+    server.join().unwrap();
+    assert!(got == pattern(len), "got {} of {len} bytes", got.len());
+    // In memory this takes milliseconds; a stall waits for a 1 s probe.
+    assert!(took < Duration::from_millis(900), "the rest took {took:?}: a stall behind the shut window");
+}
+
 #[test]
 fn messages_keep_their_boundaries() {
     let (ra, rb) = pair_with(0.0);

@@ -96,6 +96,14 @@ struct ConnMeta {
     last_queues: (usize, usize),
     last_state: State,
     written: u64,
+    /// Bytes the application took out.
+    read: u64,
+    /// (acknowledged, arrived) bytes when housekeeping last looked: either
+    /// growing is progress (the queues alone can stay level while data
+    /// flows, an application refilling what the peer acknowledges).
+    last_moved: (u64, u64),
+    /// Our FIN waits for the send queue to drain (see [`TcpCore::shutdown`]).
+    fin_deferred: bool,
     cap: Option<StreamId>,
 }
 
@@ -376,6 +384,9 @@ impl TcpCore {
             last_queues: (0, 0),
             last_state: State::Closed,
             written: 0,
+            read: 0,
+            last_moved: (0, 0),
+            fin_deferred: false,
             cap: None,
         }
     }
@@ -509,8 +520,9 @@ impl TcpCore {
             return Err(e);
         }
         let room = self.send_space(h);
+        let shut = self.conns.get(&h).is_some_and(|m| m.fin_deferred);
         let s = self.socket(h);
-        if !s.may_send() {
+        if !s.may_send() || shut {
             return Err(Error::Closed);
         }
         let n = s.send_slice(&data[..data.len().min(room)]).map_err(|_| Error::Closed)?;
@@ -525,7 +537,12 @@ impl TcpCore {
         let s = self.socket(h);
         match s.recv_slice(buf) {
             Ok(0) if !buf.is_empty() => {}
-            Ok(n) => return Ok(ReadOutcome::Data(n)),
+            Ok(n) => {
+                if let Some(m) = self.conns.get_mut(&h) {
+                    m.read += n as u64;
+                }
+                return Ok(ReadOutcome::Data(n));
+            }
             Err(tcp::RecvError::Finished) => {
                 if let Some(m) = self.conns.get_mut(&h) {
                     m.peer_finished = true;
@@ -597,7 +614,23 @@ impl TcpCore {
         s.send_queue() == 0 && matches!(s.state(), State::FinWait2 | State::TimeWait | State::Closed)
     }
 
+    /// Ends our direction: a FIN after what is queued. When the peer has
+    /// already finished and data is still queued, the FIN waits until the
+    /// queue has drained: smoltcp (0.14) in LAST-ACK takes an ACK that
+    /// acknowledges nothing new for a duplicate and drops it before reading
+    /// its window, so a receiver that had closed its window and opened it
+    /// again would never be heard, and the rest of the data would wait for
+    /// a timeout (found by the in-memory bulk echo: a server echoing 8 MiB
+    /// and closing, stuck at a zero window until we gave up).
     pub fn shutdown(&mut self, h: SocketHandle) {
+        let s = self.socket(h);
+        if s.state() == State::CloseWait
+            && s.send_queue() > 0
+            && let Some(m) = self.conns.get_mut(&h)
+        {
+            m.fin_deferred = true;
+            return;
+        }
         self.socket(h).close();
     }
 
@@ -613,7 +646,7 @@ impl TcpCore {
         if let Some(m) = self.conns.get_mut(&h) {
             m.released = true;
         }
-        self.socket(h).close();
+        self.shutdown(h);
     }
 
     pub fn endpoints(&mut self, h: SocketHandle) -> (SocketAddrV4, SocketAddrV4) {
@@ -644,17 +677,25 @@ impl TcpCore {
             if matches!(state, State::CloseWait | State::LastAck | State::Closing | State::TimeWait) {
                 m.peer_finished = true;
             }
+            if m.fin_deferred && s.send_queue() == 0 {
+                m.fin_deferred = false;
+                self.sockets.get_mut::<tcp::Socket<'_>>(h).close();
+                changed = true;
+            }
+            let s = self.sockets.get::<tcp::Socket<'_>>(h);
             let q = (s.send_queue(), s.recv_queue());
             let mut moved = state != m.last_state;
             m.last_state = state;
+            let flow = (m.written - q.0 as u64, m.read + q.1 as u64);
+            // Progress: the peer acknowledged data, or sent some, or data
+            // was written to an idle connection (its deadline starts now,
+            // not when the connection last moved).
+            if flow.0 > m.last_moved.0 || flow.1 > m.last_moved.1 || (m.last_queues.0 == 0 && q.0 > 0) {
+                m.last_progress = now;
+            }
+            m.last_moved = flow;
             if q != m.last_queues {
                 moved = true;
-                // Progress: the peer took data, or sent some, or data was
-                // written to an idle connection (its deadline starts now,
-                // not when the connection last moved).
-                if q.0 < m.last_queues.0 || q.1 > m.last_queues.1 || m.last_queues.0 == 0 {
-                    m.last_progress = now;
-                }
                 m.last_queues = q;
                 changed = true;
             }
