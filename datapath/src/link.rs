@@ -24,10 +24,10 @@ use crate::{
 /// far a sender runs ahead of a NAK (go-back-N resends what follows a gap).
 pub const TX_BATCH: usize = 64;
 
-/// Chunks (16 KiB) released to the allocator before the heap is trimmed.
-const TRIM_AFTER_CHUNKS: u64 = 256;
-/// At most one trim per this long.
-const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Chunks (16 KiB) given back in one aging for the heap to be trimmed too.
+const TRIM_AFTER_CHUNKS: usize = 256;
+/// How often the buffer pool is aged.
+const AGE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The endpoint and what waits on it.
 #[derive(Debug)]
@@ -127,8 +127,8 @@ pub(crate) struct LinkHandler {
     timer_armed: Option<Instant>,
     scratch: Vec<u8>,
     wake: Wake,
-    /// Chunks the pool had released when the heap was last trimmed, and when.
-    trimmed: (u64, Instant),
+    /// When the pool was last aged.
+    aged_at: Instant,
 }
 
 impl LinkHandler {
@@ -140,7 +140,7 @@ impl LinkHandler {
             timer_armed: None,
             scratch: Vec::new(),
             wake: Wake::default(),
-            trimmed: (0, Instant::now()),
+            aged_at: Instant::now(),
         }
     }
 }
@@ -263,12 +263,16 @@ impl FrameHandler for LinkHandler {
         }
         let sent = transmit(&mut ep, cx, self.mac, self.max_frame);
         let changed = take_events(&mut ep, &mut self.wake);
-        let released = ep.pool_stats().chunks_released;
+        // Once a second the pool keeps what recent traffic used and gives
+        // the rest back; a lot given back goes back to the system too.
+        let aged = if now.duration_since(self.aged_at) >= AGE_EVERY {
+            self.aged_at = now;
+            ep.age_pool()
+        } else {
+            0
+        };
         drop(ep);
-        // Buffers of connections that went away went back to the allocator:
-        // give that memory back to the system too, at most once a second.
-        if released >= self.trimmed.0 + TRIM_AFTER_CHUNKS && now.duration_since(self.trimmed.1) >= TRIM_EVERY {
-            self.trimmed = (released, now);
+        if aged >= TRIM_AFTER_CHUNKS {
             xsock_nic::sys::release_free_memory();
         }
         self.shared.wake(&mut self.wake);

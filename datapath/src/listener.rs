@@ -236,6 +236,9 @@ enum Accepted {
     Tcp(smoltcp::iface::SocketHandle),
 }
 
+/// Accept queue of a kernel listener.
+const KERNEL_BACKLOG: i32 = 4096;
+
 fn bind_kernel(addr: SocketAddrV4) -> Result<TcpListener, Error> {
     let listener = TcpListener::bind(addr).map_err(|e| match e.kind() {
         io::ErrorKind::AddrInUse => Error::AddrInUse(addr),
@@ -245,6 +248,9 @@ fn bind_kernel(addr: SocketAddrV4) -> Result<TcpListener, Error> {
         _ => Error::Io(e),
     })?;
     listener.set_nonblocking(true).map_err(Error::Io)?;
+    // As deep as the link path's accept queue (the kernel caps it at
+    // net.core.somaxconn).
+    xsock_nic::sys::set_listen_backlog(listener.as_fd(), KERNEL_BACKLOG).map_err(Error::Io)?;
     Ok(listener)
 }
 

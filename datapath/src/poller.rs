@@ -217,6 +217,12 @@ pub struct Poller {
     level: Vec<usize>,
     candidates: Vec<usize>,
     kernel_ready: Vec<EpollReady>,
+    /// Tokens whose connect is under way (looked at on every poll).
+    connecting: HashSet<usize>,
+    /// Registrations with a kernel socket in the epoll set.
+    watched_fds: usize,
+    /// Scratch: link connections' readiness for one collect.
+    link_ready: Vec<(usize, (bool, bool, bool))>,
 }
 
 impl std::fmt::Debug for Poller {
@@ -245,6 +251,9 @@ impl Poller {
             level: Vec::new(),
             candidates: Vec::new(),
             kernel_ready: Vec::new(),
+            connecting: HashSet::new(),
+            watched_fds: 0,
+            link_ready: Vec::new(),
         })
     }
 
@@ -283,6 +292,10 @@ impl Poller {
         if let What::Stream(Source::Kernel(fd)) = reg.what {
             self.epoll_add(fd, token.0, reg.interest)?;
             reg.in_epoll = Some(fd);
+            self.watched_fds += 1;
+        }
+        if matches!(reg.what, What::Connecting(_)) {
+            self.connecting.insert(token.0);
         }
         if let Some(n) = &reg.notifier {
             n.watch(&self.shared, token.0);
@@ -312,8 +325,10 @@ impl Poller {
         }
         if let Some(fd) = reg.in_epoll {
             self.epoll.delete(fd);
+            self.watched_fds -= 1;
         }
-        self.level.retain(|&t| t != token.0);
+        self.connecting.remove(&token.0);
+        // A stale token in `level` is skipped: it is not registered.
         Ok(())
     }
 
@@ -351,7 +366,7 @@ impl Poller {
             if wait == Some(Duration::ZERO) {
                 return Ok(0);
             }
-            if self.regs.values().any(|r| matches!(r.what, What::Connecting(_))) {
+            if !self.connecting.is_empty() {
                 // A connect may fail on its deadline, or wait on the kernel
                 // resolving a neighbour: look again soon.
                 wait = Some(wait.map_or(Duration::from_millis(1), |w| w.min(Duration::from_millis(1))));
@@ -372,7 +387,7 @@ impl Poller {
                 std::hint::spin_loop();
                 n = n.wrapping_add(1);
                 if n.is_multiple_of(256) {
-                    if self.regs.values().any(|r| r.in_epoll.is_some()) {
+                    if self.watched_fds > 0 {
                         self.epoll.wait(&mut self.kernel_ready, Some(Duration::ZERO)).map_err(Error::Io)?;
                         if !self.kernel_ready.is_empty() {
                             return Ok(());
@@ -401,14 +416,10 @@ impl Poller {
         self.candidates.clear();
         self.shared.take(&mut self.candidates);
         self.candidates.append(&mut self.level);
-        for (&t, r) in &self.regs {
-            if matches!(r.what, What::Connecting(_)) {
-                self.candidates.push(t);
-            }
-        }
+        self.candidates.extend(self.connecting.iter().copied());
         // Kernel sockets: what epoll says (it is level-triggered too).
         let mut kernel: HashMap<usize, (bool, bool, bool)> = HashMap::new();
-        if self.regs.values().any(|r| r.in_epoll.is_some()) {
+        if self.watched_fds > 0 {
             let mut ready = std::mem::take(&mut self.kernel_ready);
             if ready.is_empty() {
                 self.epoll.wait(&mut ready, Some(Duration::ZERO)).map_err(Error::Io)?;
@@ -425,8 +436,26 @@ impl Poller {
         self.candidates.sort_unstable();
         self.candidates.dedup();
         let candidates = std::mem::take(&mut self.candidates);
+        // Link connections under one lock of the endpoint, not one each.
+        let mut link = std::mem::take(&mut self.link_ready);
+        link.clear();
+        if let Some(l) = self.rt.link() {
+            let mut ep = None;
+            for &t in &candidates {
+                if let Some(Registration { what: What::Stream(Source::Link(cid)), .. }) = self.regs.get(&t) {
+                    let ep = ep.get_or_insert_with(|| l.shared.lock());
+                    link.push((t, link_state(ep.connection(*cid))));
+                }
+            }
+        }
+        let mut link_next = link.iter().peekable();
         for &t in &candidates {
-            let Some((r, w, c)) = self.readiness(t, &kernel)? else { continue };
+            let pre = link_next.next_if(|(lt, _)| *lt == t).map(|&(_, st)| st);
+            let state = match pre {
+                Some(st) => Some(st),
+                None => self.readiness(t, &kernel)?,
+            };
+            let Some((r, w, c)) = state else { continue };
             let Some(reg) = self.regs.get(&t) else { continue };
             let (r, w) = (r && reg.interest.readable(), w && reg.interest.writable());
             if r || w || c {
@@ -435,6 +464,7 @@ impl Poller {
             }
         }
         self.candidates = candidates;
+        self.link_ready = link;
         Ok(())
     }
 
@@ -465,6 +495,7 @@ impl Poller {
                             (Some(fd), None) => {
                                 self.epoll.add_raw(fd, token as u64, false, true).map_err(Error::Io)?;
                                 reg.in_epoll = Some(fd);
+                                self.watched_fds += 1;
                             }
                             (Some(fd), Some(old)) if fd != old => {
                                 self.epoll.delete(old);
@@ -490,8 +521,10 @@ impl Poller {
                     Progress::Failed(_) => {
                         if let Some(fd) = reg.in_epoll.take() {
                             self.epoll.delete(fd);
+                            self.watched_fds -= 1;
                         }
                         reg.what = What::Failed;
+                        self.connecting.remove(&token);
                         (true, true, true)
                     }
                 }
@@ -503,8 +536,10 @@ impl Poller {
     /// A connect under `token` finished as `src`: watch the connection.
     fn settle(&mut self, token: usize, src: Source) -> Result<(), Error> {
         let Some(reg) = self.regs.get_mut(&token) else { return Ok(()) };
+        self.connecting.remove(&token);
         if let Some(fd) = reg.in_epoll.take() {
             self.epoll.delete(fd);
+            self.watched_fds -= 1;
         }
         reg.what = What::Stream(src);
         if let Source::Kernel(fd) = src {
@@ -512,6 +547,7 @@ impl Poller {
                 .add_raw(fd, token as u64, reg.interest.readable(), reg.interest.writable())
                 .map_err(Error::Io)?;
             reg.in_epoll = Some(fd);
+            self.watched_fds += 1;
         }
         Ok(())
     }
@@ -538,8 +574,12 @@ fn not_registered(token: Token) -> Error {
 
 fn link_readiness(rt: &Runtime, cid: u64) -> (bool, bool, bool) {
     let Some(link) = rt.link() else { return (true, true, true) };
-    let ep = link.shared.lock();
-    match ep.connection(cid) {
+    link_state(link.shared.lock().connection(cid))
+}
+
+/// (readable, writable, closed) of a link connection (gone: all three).
+fn link_state(c: Option<&xsock_reliable_link::Connection>) -> (bool, bool, bool) {
+    match c {
         None => (true, true, true),
         Some(c) => {
             let closed = c.close_reason().is_some();

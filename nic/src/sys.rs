@@ -583,6 +583,21 @@ pub fn xdp_link_owners(ifindex: u32) -> Vec<(u32, String)> {
     found
 }
 
+/// Raises this process's open-file limit to its hard limit (a process with
+/// ten thousand kernel sockets needs more than the usual 1024). Returns
+/// the new limit.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: passes a pointer to a live rlimit.
+    syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut lim))?;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: passes a pointer to a live rlimit.
+        syscall!(setrlimit(libc::RLIMIT_NOFILE, &lim))?;
+    }
+    Ok(lim.rlim_cur)
+}
+
 /// Gives the allocator's free memory back to the operating system
 /// (glibc's malloc_trim: free pages inside the heap are released with
 /// MADV_DONTNEED, not only the top). Call after freeing a lot; it costs a
@@ -651,6 +666,14 @@ pub fn tcp_connect_start(addr: std::net::SocketAddrV4) -> io::Result<std::net::T
 pub fn socket_error(fd: BorrowedFd<'_>) -> io::Result<Option<io::Error>> {
     let code = get_sockopt_u32(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ERROR)?;
     Ok((code != 0).then(|| io::Error::from_raw_os_error(code as i32)))
+}
+
+/// Sets a listening socket's accept queue length (listen(2) again: the
+/// kernel caps it at net.core.somaxconn). The standard library listens with
+/// 128, which a rank accepting from every other rank at once overflows.
+pub fn set_listen_backlog(fd: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {
+    // SAFETY: listen on a descriptor we borrow; it only changes the queue.
+    syscall!(listen(fd.as_raw_fd(), backlog)).map(drop)
 }
 
 /// A kick to the kernel for an AF_XDP socket: sendto(fd, NULL, 0,

@@ -11,10 +11,14 @@
 //! into a new one and gives chunks back as bytes are released, so an idle
 //! connection holds no buffer memory at all.
 //!
-//! The pool keeps released chunks warm (already faulted in) for reuse, up
-//! to a bound, and starts with some: a first burst of traffic takes no page
-//! faults on its latency path, which is what pre-faulting a fixed 4 MiB
-//! ring per connection used to buy at 8 MiB per connection.
+//! The pool keeps released chunks warm (already faulted in) for reuse, and
+//! starts with some: a first burst of traffic takes no page faults on its
+//! latency path, which is what pre-faulting a fixed 4 MiB ring per
+//! connection used to buy at 8 MiB per connection. How many it keeps
+//! follows the traffic: [`BufferPool::age`] (called about once a second)
+//! keeps enough to get back to the last interval's peak without the
+//! allocator, and gives the rest back, so a busy runtime stops churning
+//! pages and an idle one returns its memory.
 //!
 //! Memory is also *budgeted*: a connection reserves, before it grants
 //! credit or accepts bytes to send, the bytes those may come to
@@ -100,24 +104,27 @@ pub struct PoolStats {
 #[derive(Debug)]
 pub struct BufferPool {
     free: Vec<Box<[u8]>>,
-    warm_max: usize,
+    /// Warm chunks kept even when idle.
+    warm_min: usize,
     budget: Arc<Budget>,
     in_use: usize,
+    /// The most chunks in use since the last [`BufferPool::age`].
+    peak: usize,
     allocated: u64,
     released: u64,
 }
 
 impl BufferPool {
-    /// A pool with its own budget of `limit` bytes, `warm` chunks allocated
-    /// (and faulted in) now, and at most `warm_max` released chunks kept.
-    pub fn new(limit: usize, warm: usize, warm_max: usize) -> Self {
-        Self::with_budget(Budget::new(limit), warm, warm_max)
+    /// A pool with its own budget of `limit` bytes and `warm` chunks
+    /// allocated (and faulted in) now, kept warm even when idle.
+    pub fn new(limit: usize, warm: usize) -> Self {
+        Self::with_budget(Budget::new(limit), warm)
     }
 
     /// A pool drawing on a shared `budget`.
-    pub fn with_budget(budget: Arc<Budget>, warm: usize, warm_max: usize) -> Self {
-        let warm = warm.min(warm_max).min(budget.limit() / CHUNK);
-        let mut p = Self { free: Vec::new(), warm_max, budget, in_use: 0, allocated: 0, released: 0 };
+    pub fn with_budget(budget: Arc<Budget>, warm: usize) -> Self {
+        let warm = warm.min(budget.limit() / CHUNK);
+        let mut p = Self { free: Vec::new(), warm_min: warm, budget, in_use: 0, peak: 0, allocated: 0, released: 0 };
         for _ in 0..warm {
             let c = p.fresh();
             p.free.push(c);
@@ -160,6 +167,7 @@ impl BufferPool {
     /// A chunk for connection bytes (warm if one is kept).
     pub fn take(&mut self) -> Box<[u8]> {
         self.in_use += 1;
+        self.peak = self.peak.max(self.in_use);
         match self.free.pop() {
             Some(c) => c,
             None => self.fresh(),
@@ -169,20 +177,22 @@ impl BufferPool {
     /// Returns a chunk taken with [`BufferPool::take`].
     pub fn give(&mut self, c: Box<[u8]>) {
         self.in_use = self.in_use.saturating_sub(1);
-        if self.free.len() < self.warm_max {
-            self.free.push(c);
-        } else {
-            self.released += 1;
-        }
+        self.free.push(c);
     }
 
-    /// Drops warm chunks beyond `keep` (memory goes back to the allocator).
-    pub fn trim(&mut self, keep: usize) {
-        if self.free.len() > keep {
-            self.released += (self.free.len() - keep) as u64;
+    /// Starts a new interval: keeps the warm chunks that would get the pool
+    /// back to the last interval's peak (at least the warm minimum) and
+    /// gives the others to the allocator. Returns how many were given back.
+    pub fn age(&mut self) -> usize {
+        let keep = self.peak.saturating_sub(self.in_use).max(self.warm_min);
+        self.peak = self.in_use;
+        let drop = self.free.len().saturating_sub(keep);
+        if drop > 0 {
+            self.free.truncate(keep);
+            self.free.shrink_to(keep);
+            self.released += drop as u64;
         }
-        self.free.truncate(keep);
-        self.free.shrink_to(keep);
+        drop
     }
 
     /// Counters.
@@ -369,7 +379,7 @@ mod tests {
 
     #[test]
     fn chunks_come_and_go_with_the_bytes() {
-        let mut pool = BufferPool::new(1 << 30, 2, 16);
+        let mut pool = BufferPool::new(1 << 30, 2);
         let mut r = ChunkRing::new();
         let data: Vec<u8> = (0..3 * CHUNK + 100).map(|i| i as u8).collect();
         r.push(&mut pool, &data, true);
@@ -388,6 +398,9 @@ mod tests {
         assert_eq!(r.chunks(), 0, "an empty ring holds nothing");
         assert_eq!(pool.stats().chunks_in_use, 0);
         assert_eq!(pool.stats().chunks_warm, 4, "released chunks stay warm");
+        assert_eq!(pool.age(), 0, "the last interval's peak is kept warm");
+        assert_eq!(pool.age(), 2, "an idle interval gives back all but the minimum");
+        assert_eq!(pool.stats().chunks_warm, 2);
         // Offsets go on from where they were, in a fresh chunk.
         r.push(&mut pool, b"abc", false);
         assert_eq!((r.start(), r.end()), (data.len() as u64, data.len() as u64 + 3));
@@ -396,7 +409,7 @@ mod tests {
 
     #[test]
     fn the_budget_is_never_passed() {
-        let mut pool = BufferPool::new(100, 0, 0);
+        let mut pool = BufferPool::new(100, 0);
         assert!(pool.reserve(60));
         assert!(!pool.reserve(41));
         assert!(pool.reserve(40));
@@ -412,7 +425,7 @@ mod tests {
         /// chunks its bytes occupy.
         #[test]
         fn matches_a_plain_vector(ops in proptest::collection::vec((0usize..40_000, 0u8..3), 1..60)) {
-            let mut pool = BufferPool::new(usize::MAX, 0, 8);
+            let mut pool = BufferPool::new(usize::MAX, 0);
             let mut ring = ChunkRing::new();
             let mut model: Vec<u8> = Vec::new();
             let mut start = 0usize;

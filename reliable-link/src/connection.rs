@@ -21,10 +21,12 @@
 //! reader, was the bottleneck: the bandwidth-delay product of the credit
 //! loop is larger than the window), and it falls back to the initial
 //! window after [`Config::idle_shrink`] without traffic, giving the budget
-//! back. The send side may buffer up to [`Config::send_buffer`], with
-//! memory reserved as bytes are written and returned as they are
-//! acknowledged (beyond the first window it is taken only if the budget has
-//! room).
+//! back; it stops growing once a larger window stops making the transfer
+//! faster (three credit cycles without a quarter more rate, as BBR leaves
+//! start-up), so parallel streams that share a link keep small windows.
+//! The send side may buffer twice the peer's window (at least 256 KiB, at
+//! most [`Config::send_buffer`]), with memory reserved as bytes are written
+//! and returned as they are acknowledged.
 //! There is no checksum (the NIC checks the CRC) and no per-frame timer.
 //!
 //! Rare path: a receiver that sees a gap drops out-of-order frames and
@@ -48,6 +50,11 @@ use crate::{
         RstReason, SynAckBody, SynBody,
     },
 };
+
+/// Bytes a connection may always buffer for sending, whatever the peer's
+/// window (a request of this size is handed over without waiting for the
+/// peer's reader).
+pub const SEND_SLACK: usize = 256 << 10;
 
 /// The largest window the protocol allows (4 GiB): a peer that advertises
 /// credit further than this beyond what it has received is broken or
@@ -98,6 +105,10 @@ pub struct Config {
     pub max_rto: Duration,
     /// Give up after hearing nothing from the peer for this long.
     pub dead_after: Duration,
+    /// While the peer node is alive (other connections or keepalives hear
+    /// from it), a connection waiting on it gives up only after this long
+    /// without an answer of its own: a loaded peer is slow, not dead.
+    pub stall_after: Duration,
 }
 
 impl Config {
@@ -129,6 +140,7 @@ impl Default for Config {
             min_rto: Duration::from_micros(200),
             max_rto: Duration::from_millis(250),
             dead_after: Duration::from_secs(3),
+            stall_after: Duration::from_secs(30),
         }
     }
 }
@@ -312,6 +324,15 @@ pub struct Connection {
     recv_reserved: usize,
     /// The sender used the last byte of credit we granted (it is waiting).
     credit_exhausted: bool,
+    /// The current credit cycle (between two frames on which the sender ran
+    /// out of credit): when it began, and the receive offset then.
+    cycle: (Instant, u64),
+    /// The best delivery rate of a cycle so far (bytes per second), and
+    /// cycles since it last grew by a quarter: three such and the window
+    /// has stopped being what limits the transfer (the path or the reader
+    /// is), so it stops growing.
+    best_rate: u64,
+    plateau: u8,
     /// Last data in either direction (for shrinking an idle window).
     last_activity: Instant,
     /// The limit put on the last frame sent.
@@ -321,6 +342,11 @@ pub struct Connection {
     limit_hi: u64,
     /// A shrink of the window to this limit awaits the peer's confirmation.
     shrink_to: Option<u64>,
+    /// Our window epoch: shrinks started (mod 256), on every frame we send.
+    epoch: u8,
+    /// The peer's epoch of the last shrink we took: limits on its frames
+    /// from before that are stale.
+    peer_epoch: u8,
     peer_fin: Option<u64>,
     nak_at: Option<(u64, Instant)>,
 
@@ -331,6 +357,8 @@ pub struct Connection {
     /// Retries are timed from here: the last progress or the last retry.
     retry_base: Instant,
     last_heard: Instant,
+    /// When the peer node was last heard from at all (the endpoint tells).
+    peer_alive_at: Instant,
     closed_at: Option<Instant>,
     probe_sent_at: Option<Instant>,
     handshake_sent_at: Option<Instant>,
@@ -367,10 +395,15 @@ impl Connection {
             window,
             recv_reserved: window,
             credit_exhausted: false,
+            cycle: (now, 0),
+            best_rate: 0,
+            plateau: 0,
             last_activity: now,
             limit_sent: window as u64,
             limit_hi: window as u64,
             shrink_to: None,
+            epoch: 0,
+            peer_epoch: 0,
             peer_fin: None,
             nak_at: None,
             rto: config.initial_rto,
@@ -378,6 +411,7 @@ impl Connection {
             backoff: 0,
             retry_base: now,
             last_heard: now,
+            peer_alive_at: now,
             closed_at: None,
             probe_sent_at: None,
             handshake_sent_at: None,
@@ -502,14 +536,16 @@ impl Connection {
 
     // ---- application side ------------------------------------------------
 
-    /// The most bytes the send side may hold: [`Config::send_buffer`],
-    /// whatever the peer's window (a writer need not wait for its peer's
-    /// reader before it can hand over a request). Memory behind it is
+    /// The most bytes the send side may hold: twice the peer's window (what
+    /// can be in flight, and as much again ready to go), at least
+    /// [`SEND_SLACK`] (a writer hands over a request without waiting for its
+    /// peer's reader), at most [`Config::send_buffer`]. Memory behind it is
     /// reserved as bytes are written, and given back as they are
     /// acknowledged, so an idle connection holds none beyond its first
     /// reservation.
     fn send_allowance(&self) -> usize {
-        self.config.send_buffer.max(self.config.first_send())
+        let peer_window = self.peer_limit.saturating_sub(self.send.start()).min(MAX_WINDOW) as usize;
+        (2 * peer_window).max(SEND_SLACK).min(self.config.send_buffer).max(self.config.first_send())
     }
 
     /// Bytes [`Connection::write`] would accept now (it may accept fewer if
@@ -650,13 +686,25 @@ impl Connection {
     /// allow.
     fn shrink(&mut self, now: Instant, pool: &mut BufferPool) {
         self.last_activity = now;
-        self.window = self.config.first_window();
-        let target = self.recv.end().max(self.recv.start() + self.window as u64);
-        if self.limit_hi > target {
-            self.shrink_to = Some(target);
+        if self.shrink_to.is_some() {
+            // One shrink at a time: while one waits for its confirmation the
+            // limits we advertise must not fall again (a confirmation takes
+            // the latest limit as what the peer may use, which is right only
+            // if every limit still on its way to the peer is below it).
+            // Ask again, in case the flagged credit was lost.
             self.pending.credit = true;
+        } else {
+            self.window = self.config.first_window();
+            self.best_rate = 0;
+            self.plateau = 0;
+            let target = self.recv.end().max(self.recv.start() + self.window as u64);
+            if self.limit_hi > target {
+                self.epoch = self.epoch.wrapping_add(1);
+                self.shrink_to = Some(target);
+                self.pending.credit = true;
+            }
+            self.trim_recv_reservation(pool);
         }
-        self.trim_recv_reservation(pool);
         let keep = self.config.first_send().max(self.send.len());
         if self.send_reserved > keep {
             pool.unreserve(self.send_reserved - keep);
@@ -839,14 +887,24 @@ impl Connection {
                     self.progress(now);
                     self.maybe_finish(now);
                 }
-                if repr.flags & FLAG_SHRINK != 0 {
+                if repr.flags & FLAG_SHRINK != 0 && !older(repr.epoch, self.peer_epoch) {
                     // The peer withdraws credit: keep to its new limit, or to
-                    // what we already sent (that cannot be taken back).
-                    self.peer_limit = repr.limit.max(self.sent_hi);
+                    // what we already sent (that cannot be taken back). A
+                    // repeat of the shrink we took is confirmed again but
+                    // lowers nothing: limits of its epoch since then are
+                    // good.
+                    if repr.epoch != self.peer_epoch {
+                        self.peer_epoch = repr.epoch;
+                        self.peer_limit = repr.limit.max(self.sent_hi);
+                    }
                     self.pending.shrink_ack = Some(self.peer_limit);
                     self.pending.credit = true;
                 }
-                if repr.flags & FLAG_SHRINK_ACK != 0 && self.shrink_to.take().is_some() {
+                // A confirmation of this shrink, not of an earlier one still
+                // on its way: the peer keeps to `seq`, or to a limit we sent
+                // since (all at most the last one).
+                if repr.flags & FLAG_SHRINK_ACK != 0 && repr.epoch_seen == self.epoch && self.shrink_to.take().is_some()
+                {
                     self.limit_hi = repr.seq.max(self.limit_sent).max(self.recv.end());
                     self.trim_recv_reservation(pool);
                 }
@@ -902,7 +960,7 @@ impl Connection {
             self.last_activity = now;
             freed = true;
         }
-        if repr.limit > self.peer_limit {
+        if repr.limit > self.peer_limit && !older(repr.epoch, self.peer_epoch) {
             self.peer_limit = repr.limit;
             self.progress(now);
             freed = true;
@@ -950,7 +1008,19 @@ impl Connection {
         self.recv.push(pool, &payload[skip..], ends_message);
         if repr.flags & FLAG_BLOCKED != 0 {
             // The sender used every byte of credit and has more: it waits.
-            self.credit_exhausted = true;
+            // A larger window helps only while it makes the transfer faster
+            // (as BBR leaves start-up): measure each credit cycle's rate.
+            let (since, at) = self.cycle;
+            let elapsed = now.saturating_duration_since(since).as_nanos().max(1);
+            let rate = ((self.recv.end() - at) as u128 * 1_000_000_000 / elapsed).min(u64::MAX as u128) as u64;
+            if rate > self.best_rate + self.best_rate / 4 {
+                self.best_rate = rate;
+                self.plateau = 0;
+            } else {
+                self.plateau = self.plateau.saturating_add(1);
+            }
+            self.cycle = (now, self.recv.end());
+            self.credit_exhausted = self.plateau < 3;
         }
         self.nak_at = None;
         self.last_activity = now;
@@ -1018,7 +1088,7 @@ impl Connection {
             return None;
         }
         let wait = self.rto.saturating_mul(1 << self.backoff.min(16)).min(self.config.max_rto);
-        Some((self.retry_base + wait).min(self.last_heard + self.config.dead_after))
+        Some((self.retry_base + wait).min(self.give_up_at()))
     }
 
     /// When [`Connection::handle_timeout`] must be called, if at all: a
@@ -1043,7 +1113,7 @@ impl Connection {
         if now < due {
             return;
         }
-        if now.duration_since(self.last_heard) >= self.config.dead_after {
+        if now >= self.give_up_at() {
             if self.remote_cid != 0 {
                 self.pending.rst = Some(RstReason::TimedOut);
             }
@@ -1086,6 +1156,21 @@ impl Connection {
         self.last_heard
     }
 
+    /// The peer node (its endpoint) was heard from at `at`, by another
+    /// connection or a keepalive: while it lives, this connection waits up
+    /// to [`Config::stall_after`] for its own answer.
+    pub fn peer_alive(&mut self, at: Instant) {
+        self.peer_alive_at = self.peer_alive_at.max(at);
+    }
+
+    /// When the connection gives up waiting on its peer: `dead_after` after
+    /// the last frame of its own or of its peer node (whichever is later),
+    /// but no later than `stall_after` after its own.
+    fn give_up_at(&self) -> Instant {
+        let heard = self.last_heard.max(self.peer_alive_at);
+        (heard + self.config.dead_after).min(self.last_heard + self.config.stall_after.max(self.config.dead_after))
+    }
+
     fn maybe_finish(&mut self, now: Instant) {
         let both_done = self.write_closed && self.fin_acked && self.peer_fin.is_some_and(|f| self.recv.end() >= f);
         if both_done {
@@ -1102,7 +1187,16 @@ impl Connection {
         let limit = self.current_limit().max(self.recv.end());
         self.limit_sent = limit;
         self.limit_hi = self.limit_hi.max(limit);
-        Repr { flags, dst_cid: self.remote_cid, seq, ack: self.recv.end(), limit, body }
+        Repr {
+            flags,
+            epoch: self.epoch,
+            epoch_seen: self.peer_epoch,
+            dst_cid: self.remote_cid,
+            seq,
+            ack: self.recv.end(),
+            limit,
+            body,
+        }
     }
 
     fn emit(repr: &Repr, buf: &mut [u8]) -> usize {
@@ -1255,4 +1349,9 @@ impl Connection {
                 && (self.next < self.send.end().min(self.peer_limit)
                     || (self.write_closed && !self.fin_sent && self.next >= self.send.end())))
     }
+}
+
+/// Whether window epoch `a` is before `b` (mod 256: at most 127 apart).
+fn older(a: u8, b: u8) -> bool {
+    (a.wrapping_sub(b) as i8) < 0
 }

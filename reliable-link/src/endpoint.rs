@@ -89,9 +89,10 @@ pub struct EndpointConfig {
     /// buffers; a connection that cannot reserve its first window is
     /// refused.
     pub memory_limit: usize,
-    /// Buffer chunks allocated (and faulted in) up front, and the most
-    /// released chunks kept warm for reuse.
-    pub warm_chunks: (usize, usize),
+    /// Buffer chunks allocated (and faulted in) up front and kept warm even
+    /// when idle (beyond them, the pool keeps what recent traffic used; see
+    /// [`Endpoint::age_pool`]).
+    pub warm_chunks: usize,
     /// Send a KEEPALIVE to a peer node after this long without hearing from
     /// it (`None`: no keepalives; idle connections then never notice a dead
     /// peer).
@@ -118,7 +119,7 @@ impl EndpointConfig {
             discovery: DiscoveryConfig::default(),
             backlog: 4096,
             memory_limit: DEFAULT_MEMORY_LIMIT,
-            warm_chunks: (64, 1024),
+            warm_chunks: 64,
             keepalive: Some(Duration::from_secs(1)),
             budget: None,
         }
@@ -332,13 +333,12 @@ impl Endpoint {
         let mut rng = SplitMix(seed);
         let next_port = 49152 + (rng.next() % 16384) as u16;
         let instance = rng.next() | 1;
-        let (warm, warm_max) = config.warm_chunks;
+        let warm = config.warm_chunks;
         Self {
             discovery: Discovery::new(config.discovery.clone()),
             pool: BufferPool::with_budget(
                 config.budget.clone().unwrap_or_else(|| Budget::new(config.memory_limit)),
                 warm,
-                warm_max,
             ),
             config,
             rng,
@@ -368,9 +368,11 @@ impl Endpoint {
         self.pool.stats()
     }
 
-    /// Gives warm chunks beyond `keep` back to the allocator.
-    pub fn trim_pool(&mut self, keep: usize) {
-        self.pool.trim(keep);
+    /// Call about once a second: the pool keeps the warm chunks recent
+    /// traffic used and gives the rest to the allocator. Returns how many it
+    /// gave back.
+    pub fn age_pool(&mut self) -> usize {
+        self.pool.age()
     }
 
     /// This endpoint's instance id (random; a restarted node has a new one).
@@ -958,6 +960,9 @@ impl Endpoint {
                         continue; // superseded by an earlier deadline, already handled
                     }
                     s.armed = None;
+                    if let Some(Some(p)) = self.peers.get(s.peer) {
+                        s.conn.peer_alive(p.last_heard);
+                    }
                     s.conn.handle_timeout(now, &mut self.pool);
                     self.mark_ready(cid);
                     self.drain_events(cid);
@@ -1074,7 +1079,7 @@ impl Endpoint {
 }
 
 fn control_repr(dst_cid: u64, body: Body) -> Repr {
-    Repr { flags: 0, dst_cid, seq: 0, ack: 0, limit: 0, body }
+    Repr { flags: 0, epoch: 0, epoch_seen: 0, dst_cid, seq: 0, ack: 0, limit: 0, body }
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use crate::{
 pub enum Op {
     Raw(Vec<u8>),
     Data { seq: u32, len: u16, end: bool, ack: u32, limit: u32 },
-    Control { kind: u8, flags: u8, seq: u32, ack: u32, limit: u32 },
+    Control { kind: u8, flags: u8, epochs: (u8, u8), seq: u32, ack: u32, limit: u32 },
     Keepalive { reply: bool, instance: u64 },
     Advance(u16),
     Write { len: u16, end: bool },
@@ -82,6 +82,8 @@ fn run(ops: Vec<Op>) {
                 let len = len.clamp(1, 1460);
                 let r = Repr {
                     flags: u8::from(end),
+                    epoch: 0,
+                    epoch_seen: 0,
                     dst_cid: b_cid,
                     seq: u64::from(seq),
                     ack: u64::from(ack),
@@ -92,7 +94,7 @@ fn run(ops: Vec<Op>) {
                 r.emit(&mut Packet::new_unchecked(&mut f[..]));
                 b.handle_input(now, A_MAC, &f);
             }
-            Op::Control { kind, flags, seq, ack, limit } => {
+            Op::Control { kind, flags, epochs, seq, ack, limit } => {
                 let body = match kind % 6 {
                     0 => Body::Credit,
                     1 => Body::Nak,
@@ -104,6 +106,8 @@ fn run(ops: Vec<Op>) {
                 };
                 let r = Repr {
                     flags,
+                    epoch: epochs.0,
+                    epoch_seen: epochs.1,
                     dst_cid: b_cid,
                     seq: u64::from(seq),
                     ack: u64::from(ack),
@@ -117,7 +121,7 @@ fn run(ops: Vec<Op>) {
             Op::Keepalive { reply, instance } => {
                 let k = KeepaliveBody { instance };
                 let body = if reply { Body::KeepaliveReply(k) } else { Body::Keepalive(k) };
-                let r = Repr { flags: 0, dst_cid: 0, seq: 0, ack: 0, limit: 0, body };
+                let r = Repr { flags: 0, epoch: 0, epoch_seen: 0, dst_cid: 0, seq: 0, ack: 0, limit: 0, body };
                 let mut f = vec![0u8; r.buffer_len()];
                 r.emit(&mut Packet::new_unchecked(&mut f[..]));
                 b.handle_input(now, A_MAC, &f);

@@ -8,7 +8,7 @@
 //! ```text
 //!  0        1        2        3        4                                12
 //! +--------+--------+--------+--------+--------------------------------+
-//! |version |  kind  | flags  |  rsvd  |        dst_cid (u64)           |
+//! |version |  kind  | flags  | epoch  |        dst_cid (u64)           |
 //! +--------+--------+--------+--------+--------------------------------+
 //! 12                               20                               28
 //! +--------------------------------+--------------------------------+
@@ -16,7 +16,7 @@
 //! +--------------------------------+--------------------------------+
 //! 28                               36       38       40
 //! +--------------------------------+--------+--------+----------------
-//! |           limit (u64)          |len(u16)| rsvd   | body / payload
+//! |           limit (u64)          |len(u16)|seen|rs | body / payload
 //! +--------------------------------+--------+--------+----------------
 //! ```
 //!
@@ -28,6 +28,11 @@
 //!   order, and the peer may send bytes below `limit` (the credit).
 //! - `len`: bytes of body or payload after the header (frames may be padded
 //!   by the NIC to the Ethernet minimum; padding is ignored).
+//! - `epoch`: how many times the sender has shrunk its receive window
+//!   ([`FLAG_SHRINK`], mod 256); `seen` (byte 38): the peer's epoch the
+//!   sender last took. A limit from an older epoch than the last shrink
+//!   taken is stale and not used (it may have been overtaken), and a
+//!   [`FLAG_SHRINK_ACK`] confirms the shrink of the epoch in `seen` only.
 //!
 //! Bodies of the control kinds are fixed-size and documented on each
 //! `*Body` type. A receiver drops frames of any other version.
@@ -58,6 +63,8 @@ mod field {
     pub const ACK: Range<usize> = 20..28;
     pub const LIMIT: Range<usize> = 28..36;
     pub const LEN: Range<usize> = 36..38;
+    pub const EPOCH: usize = 3;
+    pub const EPOCH_SEEN: usize = 38;
 }
 
 /// Flag of a DATA frame: its last byte ends a message.
@@ -223,6 +230,16 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// Flags.
     pub fn flags(&self) -> u8 {
         self.buffer.as_ref()[field::FLAGS]
+    }
+
+    /// The sender's window epoch.
+    pub fn epoch(&self) -> u8 {
+        self.buffer.as_ref()[field::EPOCH]
+    }
+
+    /// The receiver's window epoch as the sender last took it.
+    pub fn epoch_seen(&self) -> u8 {
+        self.buffer.as_ref()[field::EPOCH_SEEN]
     }
 
     /// Receiver's connection id.
@@ -499,6 +516,10 @@ pub enum Body {
 pub struct Repr {
     /// Flags.
     pub flags: u8,
+    /// The sender's window epoch (0 outside connections).
+    pub epoch: u8,
+    /// The receiver's window epoch the sender last took.
+    pub epoch_seen: u8,
     /// Receiver's connection id.
     pub dst_cid: u64,
     /// Stream offset (DATA) or final length (FIN).
@@ -602,7 +623,16 @@ impl Repr {
         if !node_frame && p.dst_cid() == 0 {
             return Err(ParseError::Invalid("connection frame with connection id 0"));
         }
-        Ok(Repr { flags: p.flags(), dst_cid: p.dst_cid(), seq: p.seq(), ack: p.ack(), limit: p.limit(), body })
+        Ok(Repr {
+            flags: p.flags(),
+            epoch: p.epoch(),
+            epoch_seen: p.epoch_seen(),
+            dst_cid: p.dst_cid(),
+            seq: p.seq(),
+            ack: p.ack(),
+            limit: p.limit(),
+            body,
+        })
     }
 
     /// Bytes [`Repr::emit`] writes (header and body; a DATA payload is
@@ -624,8 +654,9 @@ impl Repr {
             b[field::VERSION] = VERSION;
             b[field::KIND] = kind as u8;
             b[field::FLAGS] = self.flags;
-            b[3] = 0;
-            b[38..40].fill(0);
+            b[field::EPOCH] = self.epoch;
+            b[field::EPOCH_SEEN] = self.epoch_seen;
+            b[39] = 0;
         }
         p.put_u64(field::DST_CID, self.dst_cid);
         p.put_u64(field::SEQ, self.seq);
@@ -689,7 +720,16 @@ mod tests {
     #[test]
     fn every_kind_round_trips() {
         let ip = Ipv4Addr::new(10, 0, 0, 7);
-        let base = Repr { flags: 0, dst_cid: 42, seq: 1 << 40, ack: 7, limit: u64::MAX - 1, body: Body::Credit };
+        let base = Repr {
+            flags: 0,
+            epoch: 3,
+            epoch_seen: 250,
+            dst_cid: 42,
+            seq: 1 << 40,
+            ack: 7,
+            limit: u64::MAX - 1,
+            body: Body::Credit,
+        };
         for body in [
             Body::Syn(SynBody {
                 src_cid: 9,
@@ -720,7 +760,7 @@ mod tests {
     #[test]
     fn malformed_frames_are_errors() {
         let mut buf = [0u8; 64];
-        let r = Repr { flags: 0, dst_cid: 1, seq: 0, ack: 0, limit: 0, body: Body::Credit };
+        let r = Repr { flags: 0, epoch: 0, epoch_seen: 0, dst_cid: 1, seq: 0, ack: 0, limit: 0, body: Body::Credit };
         r.emit(&mut Packet::new_unchecked(&mut buf[..]));
         assert!(parse(&buf).is_ok());
         assert_eq!(parse(&buf[..39]).unwrap_err(), ParseError::Truncated { have: 39, need: 40 });
@@ -747,7 +787,16 @@ mod tests {
 
     #[test]
     fn nic_padding_is_not_payload() {
-        let r = Repr { flags: FLAG_END, dst_cid: 3, seq: 0, ack: 0, limit: 0, body: Body::Data { len: 2 } };
+        let r = Repr {
+            flags: FLAG_END,
+            epoch: 0,
+            epoch_seen: 0,
+            dst_cid: 3,
+            seq: 0,
+            ack: 0,
+            limit: 0,
+            body: Body::Data { len: 2 },
+        };
         let mut buf = [0u8; 46]; // the Ethernet minimum leaves padding after 42 bytes
         r.emit(&mut Packet::new_unchecked(&mut buf[..]));
         buf[40] = 1;
@@ -767,8 +816,7 @@ mod tests {
                 let n = if matches!(repr.body, Body::Data { .. }) { HEADER_LEN } else { repr.buffer_len() };
                 // Reserved bytes are written as zero; compare the rest.
                 let mut expected = bytes[..n].to_vec();
-                expected[3] = 0;
-                expected[38..40].fill(0);
+                expected[39] = 0;
                 if let Body::Syn(_) = repr.body { expected[HEADER_LEN + 21] = 0; }
                 if let Body::SynAck(_) = repr.body { expected[HEADER_LEN + 11] = 0; }
                 if let Body::Rst(_) = repr.body { expected[HEADER_LEN + 1..HEADER_LEN + 4].fill(0); }

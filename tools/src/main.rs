@@ -4,6 +4,7 @@
 mod args;
 mod bw;
 mod cat;
+mod conns;
 mod demo;
 mod fail;
 mod latency;
@@ -36,6 +37,8 @@ enum Cmd {
     Bw(bw::Bw),
     /// netcat over xsock: stdin to the peer, the peer to stdout.
     Cat(cat::Cat),
+    /// Many connections at once: open, exchange, hold idle, close; connect times and memory.
+    Conns(conns::Conns),
     /// Build a two-host network in namespaces and compare xsock with kernel TCP.
     Demo(demo::Demo),
     /// Send a file to `xsock recv` over parallel (paced, TCP-mode) streams, resumable.
@@ -64,6 +67,7 @@ fn main() {
         Cmd::Ping(c) => c.run(),
         Cmd::Bw(c) => c.run(),
         Cmd::Cat(c) => c.run(),
+        Cmd::Conns(c) => c.run(),
         Cmd::Wanemu(c) => c.run(),
         Cmd::Send(c) => c.run(),
         Cmd::Recv(c) => c.run(),
