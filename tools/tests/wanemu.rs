@@ -40,8 +40,8 @@ fn stop(bed: &Testbed, pid: u32) -> Value {
     serde_json::from_str(&log).unwrap_or_else(|e| panic!("last line is the JSON report ({e}): {log}"))
 }
 
-/// ping(8): (loss fraction, median RTT in ms of the replies).
-fn ping(a: &Host, to: &str, count: u32, interval: &str) -> (f64, f64) {
+/// ping(8): (loss fraction, sorted RTTs in ms of the replies).
+fn ping(a: &Host, to: &str, count: u32, interval: &str) -> (f64, Vec<f64>) {
     let out = a.exec("ping", &["-n", "-c", &count.to_string(), "-i", interval, "-W", "2", to]).unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let loss = text
@@ -56,7 +56,7 @@ fn ping(a: &Host, to: &str, count: u32, interval: &str) -> (f64, f64) {
         .filter_map(|t| t.split_whitespace().next()?.parse().ok())
         .collect();
     rtts.sort_by(f64::total_cmp);
-    (loss / 100.0, rtts.get(rtts.len() / 2).copied().unwrap_or(f64::NAN))
+    (loss / 100.0, rtts)
 }
 
 /// The measuring tests run one at a time: on two cores, a second emulator
@@ -75,10 +75,16 @@ fn delay_rate_and_queue_match_the_settings() {
     // RTT: 40 ms plus the serialization of two 98-byte frames (8 µs). The
     // first ping also waits for ARP (another round trip): warm up first.
     ping(&a, "10.71.0.2", 1, "0.2");
-    let (loss, median) = ping(&a, "10.71.0.2", 20, "0.05");
+    // Scheduling on a shared two-core machine only ever adds to an RTT (a
+    // fresh-clone CI run saw a median of 41.8 ms with the emulator's wake-ups
+    // late): the fastest reply measures the emulator's own error, the
+    // median only that nothing is far off. No reply may beat the delay.
+    let (loss, rtts) = ping(&a, "10.71.0.2", 20, "0.05");
     assert_eq!(loss, 0.0);
-    eprintln!("wanemu 20 ms each way: ping RTT median {median} ms");
-    assert!((40.0..41.2).contains(&median), "RTT median {median} ms, want 40.0 (+3%)");
+    let (fastest, median) = (rtts[0], rtts[rtts.len() / 2]);
+    eprintln!("wanemu 20 ms each way: ping RTT fastest {fastest} ms, median {median} ms");
+    assert!((40.0..41.2).contains(&fastest), "fastest RTT {fastest} ms, want 40.0 (+3%): {rtts:?}");
+    assert!(median < 44.0, "median RTT {median} ms, want 40.0 (+10%): {rtts:?}");
 
     // Rate: UDP offered at 400 Mbit/s; the receiver sees the bottleneck.
     // wanemu counts whole frames (1514 B for 1472 B of UDP payload), so
