@@ -387,7 +387,7 @@ impl Datapath {
         Ok(())
     }
 
-    /// Runs only handler `id`'s `on_poll` on every queue and flushes: a
+    /// Runs only handler `id`'s `on_kick` on every queue and flushes: a
     /// transmit-only pass, for getting frames an application call just
     /// queued onto the wire without a whole pass of the loop.
     pub fn poll_handler(&mut self, id: HandlerId) -> io::Result<usize> {
@@ -398,7 +398,7 @@ impl Datapath {
             let Port { device, info, tally } = port;
             let mut cx =
                 Context { now, queue: 0, handler: id, sink: device.sink(), timers: &mut self.timers, info, tally };
-            if slot.handler.on_poll(&mut cx) {
+            if slot.handler.on_kick(&mut cx) {
                 work += 1;
             }
             device.sink().flush()?;

@@ -31,6 +31,15 @@ pub trait FrameHandler: Any + Send {
         let _ = cx;
         false
     }
+
+    /// A transmit-only pass between passes of the loop (an application
+    /// call queued frames and wants them on the wire now). Nothing was
+    /// received first, so a handler must not conclude here that its peer
+    /// is silent (a reply may be waiting in the receive ring). By default
+    /// the same as [`FrameHandler::on_poll`].
+    fn on_kick(&mut self, cx: &mut Context<'_>) -> bool {
+        self.on_poll(cx)
+    }
 }
 
 /// What a handler may do while it runs: transmit on the queue it was called

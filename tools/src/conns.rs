@@ -242,12 +242,14 @@ impl Conns {
             while opened < self.count && opened - settled < in_flight {
                 match Stream::connect_start(&rt, addr, opts) {
                     Ok(s) => {
-                        poller.register(&s, Token(opened), Interest::WRITABLE)?;
+                        poller.register(&s, Token(conns.len()), Interest::WRITABLE)?;
                         conns.push(Conn { s, phase: Phase::Connecting, started: Instant::now(), sent: 0, got: 0 });
                     }
+                    // Refused before it started (a memory limit, say):
+                    // counted as failed, the run goes on.
                     Err(e) => {
-                        first_error.get_or_insert_with(|| e.to_string());
-                        return Err(Fail::msg(format!("connection {opened}: {e}")));
+                        first_error.get_or_insert_with(|| format!("connection {opened}: {e}"));
+                        settled += 1;
                     }
                 }
                 opened += 1;
