@@ -98,6 +98,9 @@ pub struct PoolStats {
     pub chunks_allocated: u64,
     /// Chunks ever given back to the system (beyond the warm list).
     pub chunks_released: u64,
+    /// Bytes by which receive windows together have grown beyond their
+    /// first windows now.
+    pub window_growth: usize,
 }
 
 /// Chunks and the budget they come out of (see the module documentation).
@@ -112,6 +115,10 @@ pub struct BufferPool {
     peak: usize,
     allocated: u64,
     released: u64,
+    /// Bytes by which receive windows together have grown beyond their
+    /// first windows, and the most they may.
+    growth: usize,
+    growth_cap: usize,
 }
 
 impl BufferPool {
@@ -124,7 +131,17 @@ impl BufferPool {
     /// A pool drawing on a shared `budget`.
     pub fn with_budget(budget: Arc<Budget>, warm: usize) -> Self {
         let warm = warm.min(budget.limit() / CHUNK);
-        let mut p = Self { free: Vec::new(), warm_min: warm, budget, in_use: 0, peak: 0, allocated: 0, released: 0 };
+        let mut p = Self {
+            free: Vec::new(),
+            warm_min: warm,
+            budget,
+            in_use: 0,
+            peak: 0,
+            allocated: 0,
+            released: 0,
+            growth: 0,
+            growth_cap: usize::MAX,
+        };
         for _ in 0..warm {
             let c = p.fresh();
             p.free.push(c);
@@ -152,6 +169,33 @@ impl BufferPool {
     /// Gives back `bytes` reserved earlier.
     pub fn unreserve(&mut self, bytes: usize) {
         self.budget.release(bytes);
+    }
+
+    /// Caps how far all receive windows together may grow beyond their
+    /// first windows.
+    pub fn set_growth_cap(&mut self, bytes: usize) {
+        self.growth_cap = bytes;
+    }
+
+    /// Takes `bytes` of window growth, if the cap has room.
+    pub fn take_growth(&mut self, bytes: usize) -> bool {
+        match self.growth.checked_add(bytes) {
+            Some(g) if g <= self.growth_cap => {
+                self.growth = g;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Gives back `bytes` of window growth.
+    pub fn give_growth(&mut self, bytes: usize) {
+        self.growth = self.growth.saturating_sub(bytes);
+    }
+
+    /// Bytes of window growth taken now.
+    pub fn growth(&self) -> usize {
+        self.growth
     }
 
     /// Bytes of budget not reserved.
@@ -204,6 +248,7 @@ impl BufferPool {
             chunks_warm: self.free.len(),
             chunks_allocated: self.allocated,
             chunks_released: self.released,
+            window_growth: self.growth,
         }
     }
 }

@@ -100,6 +100,12 @@ pub struct EndpointConfig {
     /// A budget shared with other buffer owners (then `memory_limit` is
     /// ignored); `None`: the endpoint's own.
     pub budget: Option<Arc<Budget>>,
+    /// The most all receive windows together may grow beyond their first
+    /// windows (`None`: one connection's cap, `connection.recv_buffer`, so
+    /// a lone stream still reaches it and many share it). What a receiver
+    /// grants at once must fit what it can absorb between two looks at its
+    /// receive ring.
+    pub window_growth: Option<usize>,
 }
 
 /// The default [`EndpointConfig::memory_limit`] (1 GiB; the runtime sets it
@@ -122,6 +128,7 @@ impl EndpointConfig {
             warm_chunks: 64,
             keepalive: Some(Duration::from_secs(1)),
             budget: None,
+            window_growth: None,
         }
     }
 }
@@ -334,12 +341,12 @@ impl Endpoint {
         let next_port = 49152 + (rng.next() % 16384) as u16;
         let instance = rng.next() | 1;
         let warm = config.warm_chunks;
+        let mut pool =
+            BufferPool::with_budget(config.budget.clone().unwrap_or_else(|| Budget::new(config.memory_limit)), warm);
+        pool.set_growth_cap(config.window_growth.unwrap_or(config.connection.recv_buffer));
         Self {
             discovery: Discovery::new(config.discovery.clone()),
-            pool: BufferPool::with_budget(
-                config.budget.clone().unwrap_or_else(|| Budget::new(config.memory_limit)),
-                warm,
-            ),
+            pool,
             config,
             rng,
             instance,

@@ -9,9 +9,10 @@
 //!
 //! Ethernet can still drop a frame (a full ring, a switch without PAUSE),
 //! and then a trusted link must not corrupt a stream: offsets detect the
-//! gap, and a rare-path recovery repairs it — the receiver NAKs once and the
-//! sender goes back to the first missing byte (go-back-N, out of the bytes
-//! it keeps until acknowledged, never more than the peer's credit); a
+//! gap, and a rare-path recovery repairs it — the receiver keeps what
+//! arrived behind the hole and NAKs once, naming the hole, and the sender
+//! resends just the hole (out of the bytes it keeps until acknowledged,
+//! never more than the peer's credit); a
 //! single timer per connection, armed only while waiting for the peer,
 //! probes for a lost tail and, after `dead_after` of silence, fails the
 //! connection with an error. Loss costs time, never data. Corruption is the
@@ -25,7 +26,8 @@
 //! - [`Connection`]: one connection's state machine: handshake (SYN,
 //!   SYN-ACK, confirmation), stream offsets, message boundaries (each write
 //!   may end a message; messages of any size stream through the credit
-//!   window), credits, NAK/go-back-N, probes, FIN in each direction, RST.
+//!   window), credits, NAKs naming holes, probes, FIN in each direction, RST.
+//! - [`reorder`]: frames kept behind a hole until it is filled.
 //! - [`Endpoint`]: every connection of a node on a link; connection ids,
 //!   listeners, discovery, fair transmission.
 //! - [`discovery`]: how a node learns the MAC of an IPv4 peer that runs
@@ -56,6 +58,7 @@ pub mod endpoint;
 pub mod fasthash;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod reorder;
 pub mod wire;
 
 pub use connection::{CloseReason, Config, ConnStats, Connection, Event, Mode, ReadOutcome, StreamError};

@@ -22,7 +22,11 @@
 //!
 //! - `dst_cid`: the receiver's connection id (0 in SYN and discovery frames).
 //! - `seq`: for DATA, the stream offset of the first payload byte; for FIN,
-//!   the final stream length; otherwise 0.
+//!   the final stream length; for NAK, the end of the hole it asks for
+//!   (`ack` is its start; the NAK's sender holds the bytes from `seq` on,
+//!   and 0 says it holds nothing beyond the hole: send everything from
+//!   `ack` again); for a CREDIT with [`FLAG_SHRINK_ACK`], the limit the
+//!   sender keeps to; otherwise 0.
 //! - `ack`, `limit`: the sender's receive state for the reverse direction,
 //!   carried in every connection frame: all bytes below `ack` arrived in
 //!   order, and the peer may send bytes below `limit` (the credit).

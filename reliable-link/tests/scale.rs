@@ -108,6 +108,47 @@ fn an_idle_connection_holds_no_buffer_memory_and_a_busy_one_grows_toward_its_cap
 }
 
 #[test]
+fn parallel_streams_share_one_allowance_for_window_growth() {
+    let mut sim = Sim::pair(23, Faults::default());
+    let pairs = open_many(&mut sim, 8);
+    let cfg = Config::default();
+    let data = message(5, 256 << 10);
+    let total = 16usize << 20;
+    let mut sent = vec![0usize; pairs.len()];
+    let mut got = vec![0usize; pairs.len()];
+    let mut buf = vec![0u8; 256 << 10];
+    let mut most = 0;
+    assert!(sim.run_until(100_000_000, |s| {
+        for (i, &(a, b)) in pairs.iter().enumerate() {
+            while sent[i] < total {
+                match s.a.write(a, &data[..(total - sent[i]).min(data.len())], false) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => sent[i] += n,
+                }
+            }
+            while let Ok(r) = s.b.read(b, &mut buf, false) {
+                if r.len == 0 {
+                    break;
+                }
+                got[i] += r.len;
+            }
+        }
+        let grown: usize = pairs.iter().map(|&(_, b)| s.b.connection(b).unwrap().window() - cfg.initial_window).sum();
+        assert_eq!(grown, s.b.pool_stats().window_growth, "the pool counts what the windows grew");
+        most = most.max(grown);
+        got.iter().all(|&g| g == total)
+    }));
+    // Eight streams that each grew to their cap would hold 8 x 4 MiB of
+    // credit: bursts no receive ring takes.
+    assert!(most > 0, "the windows grew");
+    assert!(most <= cfg.recv_buffer, "eight windows grew by {most} together, more than one window's cap");
+    let t0 = sim.now;
+    sim.run_until(1_000_000, |s| s.now - t0 > cfg.idle_shrink + Duration::from_millis(100));
+    assert_eq!(sim.b.pool_stats().window_growth, 0, "idle windows gave their growth back");
+    drop(pairs);
+}
+
+#[test]
 fn a_slow_reader_keeps_a_small_window() {
     let mut sim = Sim::pair(22, Faults::default());
     let (a, b) = open_many(&mut sim, 1)[0];
