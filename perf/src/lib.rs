@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod many;
 pub mod plot;
 pub mod report;
 

@@ -8,35 +8,42 @@
 //! like.
 //!
 //! ```text
-//! xsock-perf foundation|link|relay [--rounds N] [--xsock PATH] [--out DIR]
+//! xsock-perf foundation|link|relay|scale [--rounds N] [--xsock PATH] [--out DIR] [--only PART]
 //! ```
 
 mod foundation;
 mod link;
 mod relay;
+mod scale;
 mod suites_common;
 
 use std::{io, path::PathBuf};
+
+const USAGE: &str =
+    "usage: xsock-perf foundation|link|relay|scale [--rounds N] [--xsock PATH] [--out DIR] [--only PART]";
 
 struct Opts {
     suite: String,
     rounds: usize,
     xsock: PathBuf,
     out: PathBuf,
+    only: Option<String>,
 }
 
 fn parse_args() -> Result<Opts, String> {
     let mut args = std::env::args().skip(1);
-    let suite = args.next().ok_or("usage: xsock-perf foundation|link|relay [--rounds N] [--xsock PATH] [--out DIR]")?;
+    let suite = args.next().ok_or(USAGE)?;
     let mut rounds = 5;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut xsock = exe.with_file_name("xsock");
     let mut out = PathBuf::from("perf");
+    let mut only = None;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--rounds" => rounds = args.next().and_then(|v| v.parse().ok()).ok_or("--rounds needs a number")?,
             "--xsock" => xsock = args.next().ok_or("--xsock needs a path")?.into(),
             "--out" => out = args.next().ok_or("--out needs a directory")?.into(),
+            "--only" => only = Some(args.next().ok_or("--only needs a part (scale: conns, bulk, ping, one)")?),
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -46,7 +53,7 @@ fn parse_args() -> Result<Opts, String> {
             xsock.display()
         ));
     }
-    Ok(Opts { suite, rounds, xsock, out })
+    Ok(Opts { suite, rounds, xsock, out, only })
 }
 
 fn main() {
@@ -65,7 +72,8 @@ fn main() {
         "foundation" => foundation::run(&opts.xsock, opts.rounds),
         "link" => link::run(&opts.xsock, opts.rounds, &opts.out),
         "relay" => relay::run(&opts.xsock, opts.rounds),
-        other => Err(io::Error::other(format!("unknown suite {other}; suites: foundation, link, relay"))),
+        "scale" => scale::run(&opts.xsock, opts.rounds, opts.only.as_deref()),
+        other => Err(io::Error::other(format!("unknown suite {other}; suites: foundation, link, relay, scale"))),
     };
     if let Err(e) = r {
         eprintln!("xsock-perf: {e}");
