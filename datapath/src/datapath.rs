@@ -75,6 +75,8 @@ pub struct Datapath {
     waker: Arc<EventFd>,
     counters: Counters,
     last_work: Instant,
+    /// The last pass took a full [`RX_BUDGET`] from some queue: more waits.
+    rx_full: bool,
     last_kernel_refresh: Instant,
 }
 
@@ -265,6 +267,7 @@ impl Datapath {
             waker: Arc::new(EventFd::new().map_err(Error::Io)?),
             counters,
             last_work: now,
+            rx_full: false,
             last_kernel_refresh: now - KERNEL_REFRESH,
         })
     }
@@ -414,10 +417,11 @@ impl Datapath {
         let mut work = 0;
         let slots = &mut self.slots;
         let timers = &mut self.timers;
+        self.rx_full = false;
         for (q, port) in self.ports.iter_mut().enumerate() {
             let Port { device, info, tally } = port;
             tally.polls += 1;
-            work += device.receive(RX_BUDGET, &mut |frame, sink| {
+            let got = device.receive(RX_BUDGET, &mut |frame, sink| {
                 tally.rx_frames += 1;
                 tally.rx_bytes += frame.len() as u64;
                 let et = frame.ethertype();
@@ -437,6 +441,8 @@ impl Datapath {
                     None => tally.rx_unclaimed += 1,
                 }
             })?;
+            self.rx_full |= got >= RX_BUDGET;
+            work += got;
             for (i, slot) in slots.iter_mut().enumerate() {
                 let mut cx = Context {
                     now,
@@ -480,6 +486,22 @@ impl Datapath {
         }
         if work > 0 {
             self.last_work = now;
+        }
+        Ok(work)
+    }
+
+    /// Passes until the receive rings are drained (a pass takes less than
+    /// [`RX_BUDGET`] from every queue), at most `max_passes`. For a caller
+    /// that drives the datapath between long stretches of its own work: one
+    /// pass per stretch takes 64 frames while 128 streams each deliver a
+    /// window, and the ring overflows.
+    pub fn poll_drain(&mut self, max_passes: usize) -> io::Result<usize> {
+        let mut work = 0;
+        for _ in 0..max_passes.max(1) {
+            work += self.poll()?;
+            if !self.rx_full {
+                break;
+            }
         }
         Ok(work)
     }

@@ -355,7 +355,9 @@ impl Poller {
         let inline = matches!(self.rt.link().map(|l| &l.engine), Some(Engine::Inline(_)));
         loop {
             if inline {
-                self.rt.poll()?;
+                // The caller works through the events between polls: take
+                // everything the rings hold now, not one pass's 64 frames.
+                self.rt.poll_drain()?;
             }
             self.collect(events)?;
             if !events.is_empty() {

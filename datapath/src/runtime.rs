@@ -608,6 +608,10 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
+/// Passes of [`Runtime::poll_drain`] at most: 64 frames each, a 2048-frame
+/// receive ring.
+const DRAIN_PASSES: usize = 32;
+
 impl Runtime {
     /// A builder.
     pub fn builder() -> RuntimeBuilder {
@@ -691,6 +695,17 @@ impl Runtime {
         match self.inner.link.as_ref().map(|l| &l.engine) {
             Some(Engine::Inline(dp) | Engine::Loop(dp)) => {
                 dp.lock().unwrap_or_else(|p| p.into_inner()).poll().map_err(Error::Io)
+            }
+            _ => Ok(0),
+        }
+    }
+
+    /// Inline driving: passes until the receive rings are drained (at most
+    /// a ring's worth), for callers that do a lot between polls.
+    pub(crate) fn poll_drain(&self) -> Result<usize, Error> {
+        match self.inner.link.as_ref().map(|l| &l.engine) {
+            Some(Engine::Inline(dp) | Engine::Loop(dp)) => {
+                dp.lock().unwrap_or_else(|p| p.into_inner()).poll_drain(DRAIN_PASSES).map_err(Error::Io)
             }
             _ => Ok(0),
         }
