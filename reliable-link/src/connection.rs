@@ -55,10 +55,6 @@ use crate::{
     },
 };
 
-/// The most a retry interval doubles while the peer node is heard from
-/// and owes this connection an answer (4 x the RTO).
-const LIVE_PEER_BACKOFF: u32 = 2;
-
 /// Bytes a connection may always buffer for sending, whatever the peer's
 /// window (a request of this size is handed over without waiting for the
 /// peer's reader).
@@ -1238,17 +1234,7 @@ impl Connection {
             self.end_at(now, CloseReason::TimedOut);
             return;
         }
-        // Backing off is for a peer that does not answer. One that other
-        // connections (or keepalives) hear from since our last retry is
-        // alive, and if it owes us an answer (an acknowledgement of data
-        // or a FIN, the resend a NAK asked for) that a full receive ring
-        // may have eaten, keep asking every few RTOs, not every 128. A
-        // sender that only waits for credit (a slow reader) backs off.
-        let peer_talks = self.peer_alive_at > self.retry_base;
-        let owed = self.state == State::Established
-            && (self.send.start() < self.sent_hi || self.nak_at.is_some() || (self.fin_sent && !self.fin_acked));
-        let cap = if peer_talks && owed { LIVE_PEER_BACKOFF } else { 16 };
-        self.backoff = (self.backoff + 1).min(cap);
+        self.backoff = (self.backoff + 1).min(16);
         self.retry_base = now;
         match self.state {
             State::SynSent => self.pending.syn = true,
