@@ -36,6 +36,7 @@ pub mod mem;
 pub mod neigh;
 pub mod packet;
 pub mod pcap;
+pub mod shm;
 pub mod sys;
 pub mod wire;
 pub mod xdp;

@@ -214,6 +214,13 @@ impl EventFd {
         use std::os::fd::AsFd;
         self.0.as_fd()
     }
+
+    /// An eventfd handed over by another process (SCM_RIGHTS or
+    /// inheritance). A descriptor that is not an eventfd makes
+    /// [`EventFd::signal`] and [`EventFd::clear`] do nothing.
+    pub fn from_owned(fd: OwnedFd) -> Self {
+        Self(fd)
+    }
 }
 
 /// An epoll instance (level-triggered): a set of descriptors to wait on,
