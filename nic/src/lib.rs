@@ -38,6 +38,7 @@ pub mod packet;
 pub mod pcap;
 pub mod shm;
 pub mod sys;
+pub mod unix;
 pub mod wire;
 pub mod xdp;
 

@@ -1,0 +1,109 @@
+//! Unix-socket plumbing for the host engine (issue 12): descriptors passed
+//! with a message (SCM_RIGHTS: shared-memory regions, eventfds, a stream's
+//! end of a socketpair) and the kernel's word on who is at the other end
+//! (SO_PEERCRED), so the engine authenticates a client without trusting
+//! anything the client says.
+//!
+//! Receiving is defensive: a peer may send more descriptors than the
+//! protocol step expects, or none; every descriptor the kernel installed in
+//! our table is either returned or closed, never leaked, and all of them
+//! arrive close-on-exec.
+
+use std::{
+    io::{self, IoSlice, IoSliceMut},
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+};
+
+use nix::sys::socket::{
+    ControlMessage, ControlMessageOwned, MsgFlags, getsockopt, recvmsg, sendmsg, sockopt::PeerCredentials,
+};
+
+/// The most descriptors Linux passes in one message (SCM_MAX_FD): the
+/// receive buffer holds this many, so the kernel never truncates the
+/// control data (truncated descriptors would be installed and lost).
+const SCM_MAX_FD: usize = 253;
+
+/// Who is at the other end of a Unix socket, as the kernel saw it when the
+/// connection was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCred {
+    /// Process id.
+    pub pid: i32,
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+/// Why a message with descriptors could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum FdPassError {
+    /// A system call failed.
+    #[error("unix socket: {0}")]
+    Io(#[from] io::Error),
+    /// The peer sent more descriptors than this step of the protocol takes
+    /// (all of them were closed).
+    #[error("the peer sent {got} descriptors where at most {max} were expected (closed them)")]
+    TooManyFds {
+        /// Descriptors received.
+        got: usize,
+        /// The most expected.
+        max: usize,
+    },
+    /// The message did not fit the buffer (datagram and seqpacket sockets
+    /// cut it; descriptors that came with it were closed).
+    #[error("a message longer than the {0}-byte buffer (the peer broke the protocol)")]
+    Truncated(usize),
+}
+
+fn errno(e: nix::errno::Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+/// Sends `data` with `fds` attached, in one message (MSG_NOSIGNAL: a
+/// closed peer is an error, not a SIGPIPE).
+pub fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &[ControlMessage::ScmRights(&raw)] };
+    sendmsg::<()>(sock.as_raw_fd(), &[IoSlice::new(data)], cmsgs, MsgFlags::MSG_NOSIGNAL, None).map_err(errno)
+}
+
+/// Receives one message into `buf` and the descriptors that came with it
+/// (at most `max_fds`, else all are closed and it is an error). `Ok((0,
+/// []))` on a stream socket means the peer closed.
+pub fn recv_with_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    max_fds: usize,
+) -> Result<(usize, Vec<OwnedFd>), FdPassError> {
+    let mut cmsg = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
+    let len = buf.len();
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC).map_err(errno)?;
+    let mut fds = Vec::new();
+    // With room for SCM_MAX_FD the control data is never cut; if it were,
+    // nix refuses to walk it and the installed descriptors could not be
+    // found to close: say so rather than pretend.
+    for c in msg.cmsgs().map_err(errno)? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            for fd in raw {
+                // SAFETY: the kernel just installed `fd` in our descriptor
+                // table for this message; nothing else owns it.
+                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    if msg.flags.contains(MsgFlags::MSG_TRUNC) {
+        return Err(FdPassError::Truncated(len));
+    }
+    if fds.len() > max_fds {
+        return Err(FdPassError::TooManyFds { got: fds.len(), max: max_fds });
+    }
+    Ok((msg.bytes, fds))
+}
+
+/// The peer's credentials (SO_PEERCRED).
+pub fn peer_cred(sock: BorrowedFd<'_>) -> io::Result<PeerCred> {
+    let c = getsockopt(&sock, PeerCredentials).map_err(errno)?;
+    Ok(PeerCred { pid: c.pid(), uid: c.uid(), gid: c.gid() })
+}
