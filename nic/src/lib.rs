@@ -32,6 +32,7 @@ mod device;
 mod error;
 pub mod fault;
 pub mod filemap;
+pub mod lockfile;
 pub mod mem;
 pub mod neigh;
 pub mod packet;
