@@ -23,6 +23,11 @@
 //! loss, duplication, reordering, corruption, delay) and
 //! [`pcap::PcapWriter`].
 //!
+//! Between processes (the host engine and its clients): [`shm`] (sealed
+//! shared-memory regions and byte rings with eventfd doorbells), [`unix`]
+//! (descriptors over Unix sockets, the peer's kernel credentials) and
+//! [`lockfile`] (one owner per resource, released when the owner dies).
+//!
 //! `unsafe` lives only in this crate, at the kernel interface: syscalls go
 //! through [`sys`], ring accesses through xsk-rs, BPF through libbpf. Every
 //! block carries a `// SAFETY:` comment.

@@ -1,6 +1,6 @@
 //! Thin, checked wrappers over the few syscalls nic/ makes directly.
 //!
-//! Every raw call goes through [`syscall!`], which turns the C convention
+//! Every raw call goes through `syscall!`, which turns the C convention
 //! (-1 and `errno`) into `io::Result`. Everything that is not a ring access
 //! or a libbpf call lives here, so the `unsafe` surface is easy to audit.
 
