@@ -9,9 +9,10 @@
 //!
 //! JSON: `transport`, `count`, `ok`, `failed`, `bytes`, `seconds`,
 //! `gbit_per_s` (both directions' payload over the whole run),
-//! `connect_p50_ns`, `connect_p99_ns`, `connect_max_ns`, `rss_kib` (after
-//! the exchange, connections open and idle), `rss_peak_kib`, and the first
-//! error.
+//! `connect_p50_ns`, `connect_p99_ns`, `connect_max_ns`, `done_p50_ns`,
+//! `done_p99_ns`, `done_max_ns` (from one connection's connect to the last
+//! byte of its echo: the slow tail), `rss_kib` (after the exchange,
+//! connections open and idle), `rss_peak_kib`, and the first error.
 
 use std::{
     collections::HashMap,
@@ -77,6 +78,10 @@ struct ConnsResult {
     connect_p50_ns: u64,
     connect_p99_ns: u64,
     connect_max_ns: u64,
+    /// Per connection, from its connect to the last byte of its echo.
+    done_p50_ns: u64,
+    done_p99_ns: u64,
+    done_max_ns: u64,
     rss_kib: u64,
     rss_peak_kib: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -220,6 +225,7 @@ impl Conns {
         let mut poller = Poller::new(&rt)?;
         let mut conns: Vec<Conn> = Vec::with_capacity(self.count);
         let mut connect_times = Latencies::new();
+        let mut done_times = Latencies::new();
         let mut first_error: Option<String> = None;
         let mut events = Events::with_capacity(4096);
         let mut buf = vec![0u8; 256 << 10];
@@ -314,6 +320,7 @@ impl Conns {
                     settled += 1;
                 } else if c.got >= self.bytes {
                     c.phase = Phase::Done;
+                    done_times.record(c.started.elapsed());
                     poller.deregister(Token(i))?;
                     settled += 1;
                 } else {
@@ -349,6 +356,7 @@ impl Conns {
             }
         }
         let lat = connect_times.summary(&transport, 0);
+        let done = done_times.summary(&transport, 0);
         let r = ConnsResult {
             transport,
             count: self.count,
@@ -360,6 +368,9 @@ impl Conns {
             connect_p50_ns: lat.rtt_p50_ns,
             connect_p99_ns: lat.rtt_p99_ns,
             connect_max_ns: lat.rtt_max_ns,
+            done_p50_ns: done.rtt_p50_ns,
+            done_p99_ns: done.rtt_p99_ns,
+            done_max_ns: done.rtt_max_ns,
             rss_kib,
             rss_peak_kib,
             first_error,

@@ -49,6 +49,9 @@ fn ten_thousand_connections_at_once_all_complete_over_reliable_link() {
     assert_eq!(r["transport"], "link");
     assert_eq!(r["ok"], 10000, "{r}");
     assert_eq!(r["failed"], 0, "{r}");
+    let (connect, done, slowest) =
+        (r["connect_p50_ns"].as_u64().unwrap(), r["done_p50_ns"].as_u64().unwrap(), r["done_max_ns"].as_u64().unwrap());
+    assert!(0 < connect && connect <= done && done <= slowest, "connect, then the echo: {r}");
     // Each idle connection costs a few KiB (measured 2-5); 64 KiB is the bar.
     let rss = r["rss_kib"].as_u64().unwrap();
     // Beside the runtime's own 20-30 MiB (UMEM, warm chunks).
