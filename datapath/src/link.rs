@@ -188,10 +188,11 @@ fn take_events(ep: &mut Endpoint, wake: &mut Wake) -> bool {
         }
         match e {
             EndpointEvent::Connection { cid, event: Event::Closed(reason) } => {
-                if let Some(c) = ep.connection(cid) {
+                let conn = ep.connection(cid);
+                if let Some(c) = conn {
                     log::debug!("reliable-link: connection {cid} closed ({reason:?}): {:?}", c.stats());
                 }
-                let who = ep.connection(cid).map(|c| *c.addressing());
+                let who = conn.map(|c| *c.addressing());
                 match (reason, who) {
                     (CloseReason::TimedOut, Some(a)) => ep.forget_peer(a.remote_ip),
                     (CloseReason::Protocol(v), Some(a)) => log::warn!(

@@ -10,6 +10,8 @@ use std::{
 
 use serde::Deserialize;
 
+use xsock_testbed::rss_kib;
+
 use crate::{B_IP, Bench, Rate, io_err, stdout_json};
 
 /// One `xsock conns` run, with the server's memory beside the client's.
@@ -64,20 +66,25 @@ pub struct BulkRun {
     pub server_peak_kib: u64,
 }
 
-/// (VmRSS, VmHWM) of `pid` in KiB, zeros once it is gone.
-pub fn rss_of(pid: u32) -> (u64, u64) {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |k: &str| {
-        s.lines()
-            .find(|l| l.starts_with(k))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+/// `--iface eth0` for the transports that drive it.
+fn iface_args(transport: &str) -> &'static [&'static str] {
+    if transport == "kernel" { &[] } else { &["--iface", "eth0"] }
 }
 
 impl Bench {
+    /// `xsock TOOL --listen B:port` on `transport` alone, ready: its XDP
+    /// filter attached, or (kernel TCP) its port listening.
+    fn start_server_of(&self, tool: &str, transport: &str, port: u16) -> io::Result<u32> {
+        let listen = format!("{B_IP}:{port}");
+        let mut server = vec![tool, "--listen", &listen, "--transport", transport];
+        server.extend_from_slice(iface_args(transport));
+        if transport == "kernel" {
+            self.start_tcp_server(self.xsock(), &server, port)
+        } else {
+            self.start_xsock_server(&server)
+        }
+    }
+
     /// Kernel TCP memory in pages, as /proc/net/sockstat in `b` reports it.
     fn tcp_mem_pages(&self) -> u64 {
         let out = self.b.exec("cat", &["/proc/net/sockstat"]).map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
@@ -92,15 +99,8 @@ impl Bench {
     /// connections at once, `bytes` echoed on each, then held idle for
     /// `hold` seconds. The server runs the same transport only.
     pub fn conns(&self, transport: &str, count: usize, bytes: usize, hold: u32) -> io::Result<ConnsRun> {
-        let listen = format!("{B_IP}:7010");
-        let iface: &[&str] = if transport == "kernel" { &[] } else { &["--iface", "eth0"] };
-        let mut server = vec!["conns", "--listen", &listen, "--transport", transport];
-        server.extend_from_slice(iface);
-        let pid = if transport == "kernel" {
-            self.start_tcp_server(self.xsock(), &server, 7010)?
-        } else {
-            self.start_xsock_server(&server)?
-        };
+        let (listen, iface) = (format!("{B_IP}:7010"), iface_args(transport));
+        let pid = self.start_server_of("conns", transport, 7010)?;
         let (count_s, bytes_s, hold_s) = (count.to_string(), bytes.to_string(), format!("{hold}s"));
         let mut client = vec![
             "conns",
@@ -126,7 +126,7 @@ impl Bench {
             let mut log = String::new();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if at_hold.is_none() && line.contains("held ") && line.contains("idle connections") {
-                    at_hold = Some(rss_of(pid).0);
+                    at_hold = Some(rss_kib(pid).0);
                 }
                 log += &line;
                 log.push('\n');
@@ -138,7 +138,7 @@ impl Bench {
         let status = child.wait()?;
         let (at_hold, log) = watcher.join().map_err(|_| io_err("stderr reader panicked"))?;
         let kernel_tcp_pages = self.tcp_mem_pages();
-        let server_peak_kib = rss_of(pid).1;
+        let server_peak_kib = rss_kib(pid).1;
         self.stop(pid);
         if !status.success() {
             return Err(io_err(format!("xsock conns failed ({status}): {}", log.trim())));
@@ -154,15 +154,8 @@ impl Bench {
     /// `xsock bw --streams N` over `transport` with `size`-byte sends for
     /// `seconds`, both processes' memory sampled while it runs.
     pub fn bulk(&self, transport: &str, streams: usize, size: usize, seconds: u32) -> io::Result<BulkRun> {
-        let listen = format!("{B_IP}:7011");
-        let iface: &[&str] = if transport == "kernel" { &[] } else { &["--iface", "eth0"] };
-        let mut server = vec!["bw", "--listen", &listen, "--transport", transport];
-        server.extend_from_slice(iface);
-        let pid = if transport == "kernel" {
-            self.start_tcp_server(self.xsock(), &server, 7011)?
-        } else {
-            self.start_xsock_server(&server)?
-        };
+        let (listen, iface) = (format!("{B_IP}:7011"), iface_args(transport));
+        let pid = self.start_server_of("bw", transport, 7011)?;
         let (streams_s, size_s, secs) = (streams.to_string(), size.to_string(), format!("{seconds}s"));
         let mut client = vec![
             "bw",
@@ -183,14 +176,14 @@ impl Bench {
         let mut client_peak_kib = 0;
         let deadline = Instant::now() + Duration::from_secs(u64::from(seconds) + 120);
         while child.try_wait()?.is_none() {
-            client_peak_kib = client_peak_kib.max(rss_of(child.id()).1);
+            client_peak_kib = client_peak_kib.max(rss_kib(child.id()).1);
             if Instant::now() > deadline {
                 let _ = child.kill();
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         let out = child.wait_with_output()?;
-        let server_peak_kib = rss_of(pid).1;
+        let server_peak_kib = rss_kib(pid).1;
         self.stop(pid);
         #[derive(Deserialize)]
         struct R {

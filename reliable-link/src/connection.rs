@@ -1150,13 +1150,9 @@ impl Connection {
         if offset >= self.next {
             return;
         }
-        if let Some((at, t)) = self.last_rewind
-            && at == offset
-            && now.duration_since(t) < self.rto / 2
-        {
-            return; // the same request again, already being served
+        if !self.fresh_resend(now, offset) {
+            return;
         }
-        self.last_rewind = Some((offset, now));
         self.next = offset;
         self.repair = None;
         if self.fin_sent && !self.fin_acked {
@@ -1172,14 +1168,20 @@ impl Connection {
         if from >= to {
             return;
         }
-        if let Some((at, t)) = self.last_rewind
-            && at == from
-            && now.duration_since(t) < self.rto / 2
-        {
-            return; // the same request again, already being served
+        if !self.fresh_resend(now, from) {
+            return;
         }
-        self.last_rewind = Some((from, now));
         self.repair = Some((from, to));
+    }
+
+    /// Whether a resend from `offset` is new (and then notes it): the same
+    /// request again within half an RTO is already being served.
+    fn fresh_resend(&mut self, now: Instant, offset: u64) -> bool {
+        if self.last_rewind.is_some_and(|(at, t)| at == offset && now.duration_since(t) < self.rto / 2) {
+            return false;
+        }
+        self.last_rewind = Some((offset, now));
+        true
     }
 
     // ---- timer -------------------------------------------------------------

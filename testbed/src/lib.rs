@@ -36,6 +36,20 @@ use std::{
 /// Prefix of every namespace a test bed creates.
 pub const PREFIX: &str = "xst";
 
+/// (VmRSS, VmHWM) of process `pid` in KiB, from /proc; zeros once it is
+/// gone.
+pub fn rss_kib(pid: u32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |k: &str| {
+        s.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
 /// Whether the process runs as root.
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()

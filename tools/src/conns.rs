@@ -91,19 +91,6 @@ struct ConnsResult {
 /// The most connections one run opens.
 const MAX_COUNT: usize = 100_000;
 
-/// (VmRSS, VmHWM) of this process in KiB.
-fn rss() -> (u64, u64) {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |k: &str| {
-        s.lines()
-            .find(|l| l.starts_with(k))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 /// Phases of one connection on the client.
 #[derive(Debug, PartialEq, Eq)]
 enum Phase {
@@ -341,7 +328,7 @@ impl Conns {
             rt.poll()?;
             rt.idle(Some(Duration::from_millis(20)))?;
         }
-        let (rss_kib, rss_peak_kib) = rss();
+        let (rss_kib, rss_peak_kib) = xsock_testbed::rss_kib(std::process::id());
         if self.hold > Duration::ZERO {
             log::info!("held {ok} idle connections: RSS {rss_kib} KiB");
         }

@@ -6,15 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use xsock_testbed::{LinkOpts, Testbed, require_root};
+use xsock_testbed::{LinkOpts, Testbed, require_root, rss_kib};
 
 const XSOCK: &str = env!("CARGO_BIN_EXE_xsock");
-
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
 
 #[test]
 fn killed_clients_are_noticed_within_seconds_and_their_memory_returns() {
@@ -59,8 +53,9 @@ fn killed_clients_are_noticed_within_seconds_and_their_memory_returns() {
         eprintln!("round {round}: the dead client's connection ended {noticed:?} after kill -9");
         // Give the reaping and the heap trim a second.
         std::thread::sleep(Duration::from_millis(1500));
-        let rss = rss_kib(server);
+        let rss = rss_kib(server).0;
         eprintln!("round {round}: server RSS {rss} KiB");
+        assert!(rss > 0, "round {round}: the server is gone: {}", bed.log_tail(server, 5));
         match baseline {
             None => baseline = Some(rss),
             Some(b) => assert!(
