@@ -101,6 +101,20 @@ pub enum Msg<'a> {
         /// Echoed in the reply.
         req: u32,
     },
+    /// Client: answer with [`Msg::Synced`] (everything the engine sent
+    /// before, such as the [`Msg::Ended`] of a stream this process just
+    /// read the end of, is then here).
+    Sync {
+        /// Echoed in the reply.
+        req: u32,
+    },
+    /// Client: this process lets go of `stream` (its last handle is being
+    /// dropped): the end of the socket that follows is orderly even if the
+    /// process is exiting.
+    Close {
+        /// The stream.
+        stream: u32,
+    },
     /// Engine, first: attached.
     Welcome {
         /// [`VERSION`].
@@ -175,6 +189,11 @@ pub enum Msg<'a> {
         /// The engine's words.
         text: &'a str,
     },
+    /// Engine: the answer to [`Msg::Sync`].
+    Synced {
+        /// From the request.
+        req: u32,
+    },
     /// Engine: the status.
     StatusReply {
         /// From the request.
@@ -210,6 +229,8 @@ mod tag {
     pub const LISTEN: u8 = 3;
     pub const UNLISTEN: u8 = 4;
     pub const STATUS: u8 = 5;
+    pub const SYNC: u8 = 6;
+    pub const CLOSE: u8 = 7;
     pub const WELCOME: u8 = 64;
     pub const REFUSED: u8 = 65;
     pub const CONNECTED: u8 = 66;
@@ -218,6 +239,7 @@ mod tag {
     pub const ACCEPTED: u8 = 69;
     pub const ENDED: u8 = 70;
     pub const STATUS_REPLY: u8 = 71;
+    pub const SYNCED: u8 = 72;
 }
 
 impl TransportKind {
@@ -391,6 +413,9 @@ impl<'a> Msg<'a> {
             tag::LISTEN => Msg::Listen { req: r.u32()?, addr: r.addr()? },
             tag::UNLISTEN => Msg::Unlisten { listen: r.u32()? },
             tag::STATUS => Msg::Status { req: r.u32()? },
+            tag::SYNC => Msg::Sync { req: r.u32()? },
+            tag::CLOSE => Msg::Close { stream: r.u32()? },
+            tag::SYNCED => Msg::Synced { req: r.u32()? },
             tag::WELCOME => Msg::Welcome {
                 version: r.u16()?,
                 engine_pid: r.u32()?,
@@ -435,6 +460,9 @@ impl<'a> Msg<'a> {
             Msg::Listen { req, addr } => w.u8(tag::LISTEN).u32(req).addr(addr),
             Msg::Unlisten { listen } => w.u8(tag::UNLISTEN).u32(listen),
             Msg::Status { req } => w.u8(tag::STATUS).u32(req),
+            Msg::Sync { req } => w.u8(tag::SYNC).u32(req),
+            Msg::Close { stream } => w.u8(tag::CLOSE).u32(stream),
+            Msg::Synced { req } => w.u8(tag::SYNCED).u32(req),
             Msg::Welcome { version, engine_pid, iface, addr, prefix } => {
                 w.u8(tag::WELCOME).u16(version).u32(engine_pid).str(iface).ip(addr).u8(prefix.min(32))
             }
@@ -486,6 +514,9 @@ mod tests {
             Msg::Listen { req: 8, addr: a("0.0.0.0:0") },
             Msg::Unlisten { listen: 3 },
             Msg::Status { req: 9 },
+            Msg::Sync { req: 10 },
+            Msg::Close { stream: 11 },
+            Msg::Synced { req: 10 },
             Msg::Welcome { version: 1, engine_pid: 4242, iface: "e0", addr: Ipv4Addr::new(10, 0, 0, 1), prefix: 24 },
             Msg::Refused { reason: "uid 1000 is not allowed" },
             Msg::Connected {

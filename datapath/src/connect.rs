@@ -322,7 +322,7 @@ impl Pending {
             .map_err(Error::Io)?;
         if ready[0].writable || ready[0].error {
             return match sys::socket_error(s.as_fd()).map_err(Error::Io)? {
-                None => Ok(Step::Go(Stage::Done(Conn::Kernel(s)))),
+                None => Ok(Step::Go(Stage::Done(Conn::Kernel(crate::sock::Sock::Tcp(s))))),
                 Some(e) => Err(self.kernel_error(e)),
             };
         }

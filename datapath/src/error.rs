@@ -125,6 +125,16 @@ impl Error {
 
     /// Maps an I/O error from a kernel socket, keeping "would block" distinct.
     pub fn from_io(e: io::Error) -> Error {
+        // Our own error carried through an io::Error (a stream's Read and
+        // Write): take it back out as it was.
+        if e.get_ref().is_some_and(|i| i.is::<Error>()) {
+            let kind = e.kind();
+            return match e.into_inner().map(|i| i.downcast::<Error>()) {
+                Some(Ok(x)) => *x,
+                Some(Err(other)) => Error::Io(io::Error::new(kind, other)),
+                None => Error::Io(io::Error::from(kind)),
+            };
+        }
         match e.kind() {
             io::ErrorKind::WouldBlock => Error::WouldBlock,
             io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => Error::ConnectionReset(e.to_string()),

@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 mod channel;
+mod client;
 mod connect;
 mod counters;
 mod datapath;
@@ -36,12 +37,14 @@ mod notify;
 pub mod overlay;
 mod poller;
 mod runtime;
+mod sock;
 mod stream;
 mod tcp;
 mod thread;
 mod timer;
 
 pub use channel::{ChannelEndpoint, ChannelHandler};
+pub use client::EngineUse;
 pub use counters::{Counters, QueueStats};
 pub use datapath::{Datapath, DatapathBuilder, PollMode, RX_BUDGET, Waker};
 pub use error::Error;

@@ -44,6 +44,8 @@ pub(crate) struct ListenShared {
     link_port: Option<u16>,
     tcp_port: Option<u16>,
     kernel_queue: Option<Arc<Mutex<VecDeque<TcpStream>>>>,
+    /// The host engine's id for this listener (attached runtimes).
+    engine: Option<u32>,
     pub signal: Arc<Notifier>,
 }
 
@@ -59,6 +61,9 @@ impl ListenShared {
         }
         if let Some(q) = &self.kernel_queue {
             n += q.lock().unwrap_or_else(|p| p.into_inner()).len();
+        }
+        if let (Some(id), Some(c)) = (self.engine, self.rt.client()) {
+            n += c.waiting(id);
         }
         n
     }
@@ -94,6 +99,25 @@ impl Listener {
     /// ([`Listener::local_addr`] says which).
     pub fn bind_with(rt: &Runtime, addr: SocketAddrV4, opts: ListenOptions) -> Result<Listener, Error> {
         let signal = Notifier::new();
+        if let Some(client) = rt.client() {
+            if opts.mode == Mode::Message {
+                return Err(Error::Config(
+                    "message mode does not go through the host engine yet: use byte streams, or drive the \
+                     interface in this process (XSOCK_ENGINE=off)"
+                        .into(),
+                ));
+            }
+            let (id, addr) = client.listen(addr, signal.clone())?;
+            let shared = Arc::new(ListenShared {
+                rt: rt.clone(),
+                link_port: None,
+                tcp_port: None,
+                kernel_queue: None,
+                engine: Some(id),
+                signal,
+            });
+            return Ok(Listener { addr, mode: opts.mode, shared, kernel: None });
+        }
         let ip = (!addr.ip().is_unspecified()).then_some(*addr.ip());
         if opts.transport == Transport::Tcp {
             let tcp = rt.tcp().ok_or_else(|| {
@@ -113,6 +137,7 @@ impl Listener {
                 link_port: None,
                 tcp_port: Some(port),
                 kernel_queue: None,
+                engine: None,
                 signal,
             });
             return Ok(Listener { addr, mode: opts.mode, shared, kernel: None });
@@ -171,7 +196,8 @@ impl Listener {
             }
             None => (None, None),
         };
-        let shared = Arc::new(ListenShared { rt: rt.clone(), link_port, tcp_port: None, kernel_queue, signal });
+        let shared =
+            Arc::new(ListenShared { rt: rt.clone(), link_port, tcp_port: None, kernel_queue, engine: None, signal });
         Ok(Listener { addr, mode: opts.mode, shared, kernel })
     }
 
@@ -194,13 +220,13 @@ impl Listener {
     pub fn accept_timeout(&self, timeout: Option<Duration>) -> Result<Option<Stream>, Error> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let rt = &self.shared.rt;
-        let found = rt.wait_on(&self.shared.signal, deadline, || Ok(self.take_one()))?;
+        let found = rt.wait_on(&self.shared.signal, deadline, || self.take_one())?;
         found.map(|a| self.stream(a)).transpose()
     }
 
     /// A connection if one is waiting now; [`Error::WouldBlock`] otherwise.
     pub fn try_accept(&self) -> Result<Stream, Error> {
-        match self.take_one() {
+        match self.take_one()? {
             Some(a) => self.stream(a),
             None => Err(Error::WouldBlock),
         }
@@ -212,25 +238,30 @@ impl Listener {
             Accepted::Link(cid) => Ok(Stream::from_link(rt, cid, self.mode)),
             Accepted::Kernel(sock) => Stream::from_kernel(rt, sock, self.mode),
             Accepted::Tcp(h) => Ok(Stream::from_tcp(rt, TcpConn::new(rt, h, Notifier::new()), self.mode)),
+            Accepted::Engine(h) => Stream::from_engine(rt, h, self.mode),
         }
     }
 
-    fn take_one(&self) -> Option<Accepted> {
+    fn take_one(&self) -> Result<Option<Accepted>, Error> {
         let s = &self.shared;
+        if let (Some(id), Some(c)) = (s.engine, s.rt.client()) {
+            return Ok(c.take_accepted(id)?.map(Accepted::Engine));
+        }
         if let (Some(port), Some(tcp)) = (s.tcp_port, s.rt.tcp()) {
-            return tcp.lock().accept(port).map(Accepted::Tcp);
+            return Ok(tcp.lock().accept(port).map(Accepted::Tcp));
         }
         if let (Some(port), Some(link)) = (s.link_port, s.rt.link())
             && let Some(cid) = link.shared.lock().accept(port)
         {
-            return Some(Accepted::Link(cid));
+            return Ok(Some(Accepted::Link(cid)));
         }
-        let q = s.kernel_queue.as_ref()?;
-        q.lock().unwrap_or_else(|p| p.into_inner()).pop_front().map(Accepted::Kernel)
+        let Some(q) = s.kernel_queue.as_ref() else { return Ok(None) };
+        Ok(q.lock().unwrap_or_else(|p| p.into_inner()).pop_front().map(Accepted::Kernel))
     }
 }
 
 enum Accepted {
+    Engine(crate::client::Handed),
     Link(u64),
     Kernel(TcpStream),
     Tcp(smoltcp::iface::SocketHandle),
@@ -311,6 +342,9 @@ fn accept_loop(
 impl Drop for Listener {
     fn drop(&mut self) {
         let s = &self.shared;
+        if let (Some(id), Some(c)) = (s.engine, s.rt.client()) {
+            c.unlisten(id);
+        }
         if let (Some(port), Some(tcp)) = (s.tcp_port, s.rt.tcp()) {
             tcp.lock().unlisten(port);
             tcp.listeners.lock().unwrap_or_else(|p| p.into_inner()).remove(&port);

@@ -275,6 +275,25 @@ impl Poller {
         self.insert(token, reg)
     }
 
+    /// Watches a plain descriptor (a socket, pipe or eventfd of the
+    /// caller's) as `token`, in the same set as the streams: readiness as
+    /// epoll reports it. The descriptor must stay open while registered.
+    pub fn register_fd(
+        &mut self,
+        fd: std::os::fd::BorrowedFd<'_>,
+        token: Token,
+        interest: Interest,
+    ) -> Result<(), Error> {
+        if self.regs.contains_key(&token.0) {
+            return Err(Error::Config(format!("token {} is already registered with this poller", token.0)));
+        }
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        self.insert(
+            token,
+            Registration { what: What::Stream(Source::Kernel(raw)), interest, notifier: None, in_epoll: None },
+        )
+    }
+
     /// Watches `listener` as `token`: readable when a connection waits.
     pub fn register_listener(&mut self, listener: &Listener, token: Token) -> Result<(), Error> {
         if self.regs.contains_key(&token.0) {
@@ -463,6 +482,14 @@ impl Poller {
             if r || w || c {
                 events.0.push(Event { token: Token(t), readable: r || c, writable: w, closed: c });
                 self.level.push(t);
+            } else if reg.interest.writable() && matches!(reg.what, What::Stream(Source::Link(_) | Source::Tcp(_))) {
+                // A blocked writer is looked at on every poll, not only
+                // when its notifier is bumped: space comes back with
+                // acknowledgements and credit in whatever order frames
+                // arrive, and a writer must never depend on having been
+                // told of the one moment it was free (a host engine stalled
+                // for good on such a stream).
+                self.level.push(t);
             }
         }
         self.candidates = candidates;
@@ -574,7 +601,7 @@ fn not_registered(token: Token) -> Error {
     Error::Config(format!("token {} is not registered with this poller", token.0))
 }
 
-fn link_readiness(rt: &Runtime, cid: u64) -> (bool, bool, bool) {
+pub(crate) fn link_readiness(rt: &Runtime, cid: u64) -> (bool, bool, bool) {
     let Some(link) = rt.link() else { return (true, true, true) };
     link_state(link.shared.lock().connection(cid))
 }
@@ -590,7 +617,7 @@ fn link_state(c: Option<&xsock_reliable_link::Connection>) -> (bool, bool, bool)
     }
 }
 
-fn tcp_readiness(rt: &Runtime, h: smoltcp::iface::SocketHandle) -> (bool, bool, bool) {
+pub(crate) fn tcp_readiness(rt: &Runtime, h: smoltcp::iface::SocketHandle) -> (bool, bool, bool) {
     let Some(tcp) = rt.tcp() else { return (true, true, true) };
     tcp.lock().readiness(h)
 }

@@ -11,7 +11,7 @@ use xsock_nic::{BackendChoice, FrameDevice, MacAddr, sys, xdp::BindMode, xdp::Xd
 use xsock_reliable_link::{Endpoint, EndpointConfig, LocalAddr, buffer::Budget, wire::ETHERTYPE};
 
 use crate::{
-    Datapath, DatapathThread, Error, PollMode, Waker,
+    Datapath, DatapathThread, EngineUse, Error, PollMode, Waker,
     launch::Launch,
     link::{LinkHandler, LinkShared},
     notify::Notifier,
@@ -41,6 +41,14 @@ pub enum LinkStatus {
     Driven {
         /// The interface.
         iface: String,
+    },
+    /// Attached to the host engine that drives the interface: connections
+    /// go through it (reliable-link and the TCP mode are its).
+    Engine {
+        /// The interface.
+        iface: String,
+        /// The engine's process id.
+        pid: u32,
     },
     /// Kernel sockets only: every connection takes kernel TCP.
     KernelOnly {
@@ -110,6 +118,7 @@ pub struct RuntimeBuilder {
     tcp_fallback: bool,
     tcp_neighbors: Option<std::collections::HashMap<Ipv4Addr, MacAddr>>,
     max_message: usize,
+    engine: Option<EngineUse>,
     memory_limit: Option<usize>,
     initial_window: Option<usize>,
     keepalive: Option<Option<Duration>>,
@@ -152,6 +161,7 @@ impl Default for RuntimeBuilder {
             tcp_fallback: false,
             tcp_neighbors: None,
             max_message: crate::framing::DEFAULT_MAX_MESSAGE,
+            engine: None,
             memory_limit: None,
             initial_window: None,
             keepalive: None,
@@ -332,6 +342,14 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Whether to go through a host engine (`xsock engine`) for the
+    /// interface. Default: `XSOCK_ENGINE` (auto, off, require), else
+    /// attach when one runs and drive the interface here when none does.
+    pub fn engine(mut self, choice: EngineUse) -> Self {
+        self.engine = Some(choice);
+        self
+    }
+
     /// The largest message [`crate::Stream::recv_message`] accepts from a
     /// peer (default 1 GiB): a longer one is refused with
     /// [`Error::MessageTooLarge`] and its connection reset, so a peer cannot
@@ -353,6 +371,22 @@ impl RuntimeBuilder {
         let devices = self.devices.take();
         let testing = devices.is_some();
         let budget = Budget::new(self.memory_limit.unwrap_or_else(default_memory_limit));
+        if !testing && let Some(client) = self.attach()? {
+            let s = &client.shared;
+            let status = LinkStatus::Engine { iface: s.iface.clone(), pid: s.engine_pid };
+            return Ok(Runtime {
+                inner: Arc::new(Inner {
+                    link: None,
+                    client: Some(client),
+                    status,
+                    notifier,
+                    poll: self.poll,
+                    launch: crate::launch::from_env(),
+                    max_message: self.max_message,
+                    budget,
+                }),
+            });
+        }
         let (link, status) = match self.open_link(&notifier, devices, &budget) {
             Ok(Some(l)) => {
                 let status = LinkStatus::Driven { iface: l.iface.clone() };
@@ -377,6 +411,7 @@ impl RuntimeBuilder {
         Ok(Runtime {
             inner: Arc::new(Inner {
                 link,
+                client: None,
                 status,
                 notifier,
                 poll: self.poll,
@@ -385,6 +420,46 @@ impl RuntimeBuilder {
                 budget,
             }),
         })
+    }
+
+    /// Attaches to the host engine of the interface, as [`EngineUse`]
+    /// (builder, else `XSOCK_ENGINE`) says; `None`: drive it here.
+    fn attach(&self) -> Result<Option<crate::client::Client>, Error> {
+        let Some(iface) = &self.iface else { return Ok(None) };
+        let choice = match self.engine {
+            Some(c) => c,
+            None => EngineUse::from_env()?.unwrap_or_default(),
+        };
+        if choice == EngineUse::Never {
+            if self.engine.is_none() {
+                log::info!("xsock drives {iface} in this process (the host engine is turned off: XSOCK_ENGINE=off)");
+            }
+            return Ok(None);
+        }
+        let place = crate::client::place(iface);
+        match crate::client::Client::attach(&place)? {
+            Some(c) => {
+                log::info!(
+                    "xsock attached to the host engine for {iface} (pid {}, {}): connections go through it \
+                     (XSOCK_ENGINE=off drives the interface in this process instead)",
+                    c.shared.engine_pid,
+                    c.shared.socket.display()
+                );
+                Ok(Some(c))
+            }
+            None if choice == EngineUse::Require => Err(Error::Config(format!(
+                "no host engine runs for {iface} (no one listens on {}): start one (`xsock engine --iface {iface}`), \
+                 or unset XSOCK_ENGINE=require to drive the interface in this process",
+                place.socket().display()
+            ))),
+            None => {
+                log::info!(
+                    "xsock drives {iface} in this process (no host engine runs for it: nothing listens on {})",
+                    place.socket().display()
+                );
+                Ok(None)
+            }
+        }
     }
 
     /// The datapath over the interface, or over the given test devices.
@@ -548,6 +623,8 @@ pub(crate) struct LinkCore {
 
 pub(crate) struct Inner {
     pub link: Option<LinkCore>,
+    /// Attached to a host engine (then `link` is `None`).
+    pub client: Option<crate::client::Client>,
     pub status: LinkStatus,
     pub budget: Arc<Budget>,
     pub notifier: Arc<Notifier>,
@@ -618,9 +695,25 @@ impl Runtime {
         RuntimeBuilder::default()
     }
 
-    /// Whether the reliable-link path is up (an interface is driven).
+    /// Whether the reliable-link path is up (an interface is driven here
+    /// or by the host engine this runtime is attached to).
     pub fn has_link(&self) -> bool {
-        self.inner.link.is_some()
+        self.inner.link.is_some() || self.inner.client.is_some()
+    }
+
+    /// Attached to a host engine (then connections go through it).
+    pub fn is_attached(&self) -> bool {
+        self.inner.client.is_some()
+    }
+
+    /// The attached host engine's status as JSON text (`None`: this
+    /// runtime drives its interface itself, or none).
+    pub fn engine_status(&self) -> Option<Result<String, Error>> {
+        self.client().map(|c| c.status())
+    }
+
+    pub(crate) fn client(&self) -> Option<&Arc<crate::client::ClientShared>> {
+        self.inner.client.as_ref().map(|c| &c.shared)
     }
 
     /// Whether an interface is driven, or why the runtime fell back to
@@ -652,11 +745,17 @@ impl Runtime {
 
     /// Our IPv4 addresses on the driven interface.
     pub fn local_addrs(&self) -> Vec<Ipv4Addr> {
+        if let Some(c) = self.client() {
+            return vec![c.addr];
+        }
         self.inner.link.as_ref().map(|l| l.addrs.iter().map(|a| a.ip).collect()).unwrap_or_default()
     }
 
     /// Our IPv4 addresses on the driven interface with their prefix lengths.
     pub fn local_subnets(&self) -> Vec<(Ipv4Addr, u8)> {
+        if let Some(c) = self.client() {
+            return vec![(c.addr, c.prefix)];
+        }
         self.inner.link.as_ref().map(|l| l.addrs.iter().map(|a| (a.ip, a.prefix)).collect()).unwrap_or_default()
     }
 
@@ -789,9 +888,10 @@ impl Runtime {
         self.inner.link.as_ref()?.tcp.as_ref().map(|(s, _)| s)
     }
 
-    /// Whether the TCP mode is up.
+    /// Whether the TCP mode is up (attached to a host engine: the engine
+    /// has it when it drives AF_XDP; a connect says if not).
     pub fn has_tcp_mode(&self) -> bool {
-        self.tcp().is_some()
+        self.tcp().is_some() || self.inner.client.is_some()
     }
 
     /// Gets frames the application just queued moving: an inline datapath

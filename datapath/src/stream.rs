@@ -81,7 +81,8 @@ pub(crate) enum Conn {
         cid: u64,
         handle: Arc<LinkHandle>,
     },
-    Kernel(TcpStream),
+    /// A kernel socket: our TCP socket, or a host engine's socketpair.
+    Kernel(crate::sock::Sock),
     Tcp(TcpConn),
     /// Still connecting ([`Stream::connect_start`]); every call settles it
     /// first (a blocking call waits, a non-blocking one says would-block).
@@ -165,6 +166,9 @@ pub(crate) fn close_error(reason: CloseReason, peer: SocketAddrV4) -> Error {
         CloseReason::Reset(RstReason::Overloaded) => Error::ConnectionReset(format!(
             "{peer} refused the connection: it has no memory for another (its runtime's memory_limit is reached)"
         )),
+        CloseReason::Reset(RstReason::ProcessGone) => Error::ConnectionReset(format!(
+            "{peer}'s process went away (killed or crashed) with the connection open; its xsock engine reset it"
+        )),
         CloseReason::Reset(RstReason::Protocol) => {
             Error::ConnectionReset(format!("{peer} reset the connection: it says this side broke the protocol"))
         }
@@ -209,6 +213,19 @@ impl Stream {
     /// on the stream waits for it. This is how a rank opens a thousand
     /// connections at once.
     pub fn connect_start(rt: &Runtime, addr: SocketAddrV4, opts: ConnectOptions) -> Result<Stream, Error> {
+        if let Some(client) = rt.client() {
+            // Through the host engine: the request waits for the engine's
+            // answer (the engine itself connects without blocking others).
+            if opts.mode == Mode::Message {
+                return Err(Error::Config(
+                    "message mode does not go through the host engine yet: use byte streams, or drive the \
+                     interface in this process (XSOCK_ENGINE=off)"
+                        .into(),
+                ));
+            }
+            let h = client.connect(addr, opts.transport, opts.timeout)?;
+            return Self::from_engine(rt, h, opts.mode);
+        }
         let pending = Pending::start(rt, addr, opts)?;
         Ok(Stream {
             rt: rt.clone(),
@@ -302,7 +319,7 @@ impl Stream {
                 self.local = local;
                 self.conn = Conn::Tcp(c);
             }
-            Conn::Kernel(sock) => {
+            Conn::Kernel(crate::sock::Sock::Tcp(sock)) => {
                 let s = Stream::from_kernel(&self.rt, sock, self.mode)?;
                 self.local = s.local;
                 self.conn = s.conn;
@@ -392,7 +409,26 @@ impl Stream {
         };
         let local = v4(sock.local_addr().map_err(Error::Io)?);
         let peer = v4(sock.peer_addr().map_err(Error::Io)?);
-        Ok(Stream { rt: rt.clone(), conn: Conn::Kernel(sock), local, peer, mode, spin, max_message: rt.max_message() })
+        let conn = Conn::Kernel(crate::sock::Sock::Tcp(sock));
+        Ok(Stream { rt: rt.clone(), conn, local, peer, mode, spin, max_message: rt.max_message() })
+    }
+
+    /// A stream the host engine handed over.
+    pub(crate) fn from_engine(rt: &Runtime, h: crate::client::Handed, mode: Mode) -> Result<Stream, Error> {
+        use crate::sock::{EndWatch, EngineSock, Sock};
+        let client = rt.client().expect("an attached runtime").clone();
+        let path = crate::client::path_of(h.path);
+        if path == Path::Kernel {
+            // The kernel socket itself: nothing of ours in between.
+            client.forget(h.stream);
+            return Self::from_kernel(rt, TcpStream::from(h.fd), mode);
+        }
+        let spin = rt.poll_mode() == PollMode::Busy;
+        let sock = std::os::unix::net::UnixStream::from(h.fd);
+        sock.set_nonblocking(spin).map_err(Error::Io)?;
+        let end = Arc::new(EndWatch { id: h.stream, client });
+        let conn = Conn::Kernel(Sock::Engine(EngineSock { sock, path, end }));
+        Ok(Stream { rt: rt.clone(), conn, local: h.local, peer: h.peer, mode, spin, max_message: rt.max_message() })
     }
 
     /// Another handle on the same connection (to read on one thread and
@@ -421,6 +457,22 @@ impl Stream {
         })
     }
 
+    /// (readable, writable) now, as a [`crate::Poller`] would report them
+    /// (kernel sockets: both true; ask the kernel).
+    pub fn ready_now(&self) -> (bool, bool) {
+        match &self.conn {
+            Conn::Link { cid, .. } => {
+                let (r, w, c) = crate::poller::link_readiness(&self.rt, *cid);
+                (r || c, w || c)
+            }
+            Conn::Tcp(c) => {
+                let (r, w, cl) = crate::poller::tcp_readiness(&self.rt, c.h);
+                (r || cl, w || cl)
+            }
+            _ => (true, true),
+        }
+    }
+
     /// The runtime this connection belongs to.
     pub fn runtime(&self) -> &Runtime {
         &self.rt
@@ -430,7 +482,7 @@ impl Stream {
     pub fn path(&self) -> Path {
         match self.conn {
             Conn::Link { .. } => Path::Link,
-            Conn::Kernel(_) => Path::Kernel,
+            Conn::Kernel(ref s) => s.path(),
             Conn::Tcp(_) => Path::Tcp,
             Conn::Connecting(_) => Path::Connecting,
             Conn::Failed { path, .. } => path,
@@ -857,6 +909,23 @@ impl Stream {
         self.abort_with(RstReason::PathLost);
     }
 
+    /// For host engines: aborts because the application process that held
+    /// the connection went away, so the peer's error says so (reliable-link;
+    /// other paths plain abort).
+    pub fn abort_process_gone(self) {
+        self.abort_with(RstReason::ProcessGone);
+    }
+
+    /// The kernel socket of a connection that took kernel TCP, to hand on
+    /// as it is (a host engine passes it to its client); any other stream
+    /// comes back unchanged.
+    pub fn into_kernel(self) -> Result<TcpStream, Stream> {
+        match self.conn {
+            Conn::Kernel(crate::sock::Sock::Tcp(s)) => Ok(s),
+            conn => Err(Stream { conn, ..self }),
+        }
+    }
+
     fn abort_with(self, reason: RstReason) {
         if let Conn::Tcp(c) = &self.conn {
             c.abort();
@@ -884,7 +953,7 @@ impl Write for Stream {
     }
 }
 
-fn kernel_write_all(s: &mut TcpStream, bufs: &[IoSlice<'_>], spin: bool) -> Result<(), Error> {
+fn kernel_write_all(s: &mut crate::sock::Sock, bufs: &[IoSlice<'_>], spin: bool) -> Result<(), Error> {
     for b in bufs {
         let mut data: &[u8] = b;
         while !data.is_empty() {
@@ -900,7 +969,7 @@ fn kernel_write_all(s: &mut TcpStream, bufs: &[IoSlice<'_>], spin: bool) -> Resu
     Ok(())
 }
 
-fn kernel_read(s: &mut TcpStream, buf: &mut [u8], spin: bool) -> Result<usize, Error> {
+fn kernel_read(s: &mut crate::sock::Sock, buf: &mut [u8], spin: bool) -> Result<usize, Error> {
     loop {
         match s.read(buf) {
             Ok(n) => return Ok(n),
@@ -927,7 +996,7 @@ fn tcp_read_exact(c: &TcpConn, peer: SocketAddrV4, buf: &mut [u8]) -> Result<boo
 
 /// Reads exactly `buf.len()` bytes; false on a clean end of stream before
 /// the first byte.
-fn kernel_read_exact(s: &mut TcpStream, buf: &mut [u8], spin: bool) -> Result<bool, Error> {
+fn kernel_read_exact(s: &mut crate::sock::Sock, buf: &mut [u8], spin: bool) -> Result<bool, Error> {
     let mut got = 0;
     while got < buf.len() {
         match kernel_read(s, &mut buf[got..], spin)? {

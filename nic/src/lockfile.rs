@@ -48,6 +48,22 @@ impl LockFile {
     /// Takes the lock at `path` (creating the file, mode 0644), or says
     /// who holds it. Never waits.
     pub fn acquire(path: &Path) -> Result<LockFile, LockError> {
+        // A holder that removes the file on its way out (remove) may do so
+        // between our open and our flock: then we hold a lock on a file no
+        // one else can find. Take it again on the file that is there.
+        for _ in 0..8 {
+            let l = Self::acquire_once(path)?;
+            use std::os::unix::fs::MetadataExt;
+            let ours = l._file.metadata().map(|m| m.ino()).ok();
+            let there = std::fs::metadata(path).map(|m| m.ino()).ok();
+            if ours.is_some() && ours == there {
+                return Ok(l);
+            }
+        }
+        Err(LockError::Io { path: path.to_owned(), source: io::Error::other("the lock file keeps being replaced") })
+    }
+
+    fn acquire_once(path: &Path) -> Result<LockFile, LockError> {
         let io_err = |source| LockError::Io { path: path.to_owned(), source };
         let mut file = OpenOptions::new()
             .read(true)
@@ -78,5 +94,12 @@ impl LockFile {
     /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Releases the lock and removes the file (a clean shutdown leaves
+    /// nothing behind). Removing while still holding is safe: a process
+    /// that opened the old file re-checks it after locking.
+    pub fn remove(self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }

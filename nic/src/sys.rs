@@ -745,9 +745,84 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
 }
 
+/// This process's effective user id.
+pub fn effective_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// How a process stands, as far as its descriptors closing tells: a host
+/// engine asks when a client's socket hangs up, to tell a process that
+/// closed (or exited) from one that was killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessState {
+    /// Running, not exiting.
+    Alive,
+    /// Exiting (or a zombie) with this exit status (as waitpid reports it:
+    /// the code in bits 8..16).
+    Exiting {
+        /// The status.
+        status: i32,
+    },
+    /// Exiting (or a zombie) because of this signal.
+    Killed {
+        /// The signal.
+        signal: i32,
+    },
+    /// No such process any more (already reaped).
+    Gone,
+}
+
+/// What /proc says of `pid` (see [`ProcessState`]).
+pub fn process_state(pid: i32) -> ProcessState {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => parse_proc_stat(&s).unwrap_or(ProcessState::Gone),
+        Err(_) => ProcessState::Gone,
+    }
+}
+
+/// PF_EXITING in the flags field of /proc/PID/stat.
+const PF_EXITING: u64 = 0x4;
+
+/// Parses a /proc/PID/stat line (the command name may hold spaces and
+/// parentheses: fields are counted from the last ')').
+pub fn parse_proc_stat(s: &str) -> Option<ProcessState> {
+    let rest = &s[s.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // f[0] is field 3 (state), f[6] field 9 (flags), f[49] field 52
+    // (exit_code).
+    let state = *f.first()?;
+    let flags: u64 = f.get(6)?.parse().ok()?;
+    let exiting = flags & PF_EXITING != 0 || state == "Z" || state == "X";
+    if !exiting {
+        return Some(ProcessState::Alive);
+    }
+    let code: i32 = f.get(49).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Some(match code & 0x7f {
+        0 => ProcessState::Exiting { status: code },
+        sig => ProcessState::Killed { signal: sig },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_stat_tells_exits_from_kills() {
+        let line = |state: &str, flags: u64, code: i32| {
+            let mut f = vec!["0".to_string(); 50];
+            f[0] = state.into();
+            f[6] = flags.to_string();
+            f[49] = code.to_string();
+            format!("123 (a (weird) name) {}", f.join(" "))
+        };
+        assert_eq!(parse_proc_stat(&line("S", 0x400000, 0)), Some(ProcessState::Alive));
+        assert_eq!(parse_proc_stat(&line("R", 0x400004, 9)), Some(ProcessState::Killed { signal: 9 }));
+        assert_eq!(parse_proc_stat(&line("Z", 0, 256)), Some(ProcessState::Exiting { status: 256 }));
+        assert_eq!(parse_proc_stat("garbage"), None);
+        assert_eq!(process_state(std::process::id() as i32), ProcessState::Alive);
+        assert_eq!(process_state(i32::MAX), ProcessState::Gone);
+    }
 
     #[test]
     fn loopback_is_found_with_its_mtu() {

@@ -107,3 +107,64 @@ pub fn peer_cred(sock: BorrowedFd<'_>) -> io::Result<PeerCred> {
     let c = getsockopt(&sock, PeerCredentials).map_err(errno)?;
     Ok(PeerCred { pid: c.pid(), uid: c.uid(), gid: c.gid() })
 }
+
+/// Sends `data` on a connected socket without raising SIGPIPE if the peer
+/// has gone (the caller gets EPIPE instead, as from a TCP socket).
+pub fn send_nosignal(sock: BorrowedFd<'_>, data: &[u8]) -> io::Result<usize> {
+    nix::sys::socket::send(sock.as_raw_fd(), data, MsgFlags::MSG_NOSIGNAL).map_err(errno)
+}
+
+fn seqpacket() -> io::Result<OwnedFd> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+    socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).map_err(errno)
+}
+
+/// A seqpacket connection to the Unix socket at `path` (blocking,
+/// close-on-exec).
+pub fn seqpacket_connect(path: &std::path::Path) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{UnixAddr, connect};
+    let fd = seqpacket()?;
+    let addr = UnixAddr::new(path).map_err(errno)?;
+    connect(fd.as_raw_fd(), &addr).map_err(errno)?;
+    Ok(fd)
+}
+
+/// A listening seqpacket socket bound at `path` (non-blocking,
+/// close-on-exec). The caller removes a stale file first.
+pub fn seqpacket_listen(path: &std::path::Path, backlog: i32) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{Backlog, UnixAddr, bind, listen};
+    let fd = seqpacket()?;
+    let addr = UnixAddr::new(path).map_err(errno)?;
+    bind(fd.as_raw_fd(), &addr).map_err(errno)?;
+    listen(&fd, Backlog::new(backlog).map_err(errno)?).map_err(errno)?;
+    set_nonblocking(std::os::fd::AsFd::as_fd(&fd), true)?;
+    Ok(fd)
+}
+
+/// Takes one waiting connection off a non-blocking listener (`None`: none
+/// waits); the new socket is non-blocking and close-on-exec.
+pub fn accept(listener: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
+    use nix::sys::socket::{SockFlag, accept4};
+    match accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK) {
+        // SAFETY: accept4 just returned this new descriptor; nothing else
+        // owns it.
+        Ok(fd) => Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) })),
+        Err(nix::errno::Errno::EAGAIN) => Ok(None),
+        Err(e) => Err(errno(e)),
+    }
+}
+
+/// Sets or clears O_NONBLOCK.
+pub fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL).map_err(errno)?);
+    let flags = if on { flags | OFlag::O_NONBLOCK } else { flags & !OFlag::O_NONBLOCK };
+    fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(errno)?;
+    Ok(())
+}
+
+/// Shuts a socket down both ways (a thread blocked receiving on it wakes
+/// with the end of the stream).
+pub fn shutdown(sock: BorrowedFd<'_>) -> io::Result<()> {
+    nix::sys::socket::shutdown(sock.as_raw_fd(), nix::sys::socket::Shutdown::Both).map_err(errno)
+}

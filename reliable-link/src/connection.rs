@@ -607,9 +607,7 @@ impl Connection {
         }
         let n = want.min(self.send_reserved.saturating_sub(self.send.len()));
         self.send.push(pool, &data[..n], end_of_message && n == data.len());
-        if n < data.len() {
-            self.was_full = true;
-        }
+        self.was_full = n < data.len();
         Ok(n)
     }
 
@@ -1028,8 +1026,12 @@ impl Connection {
             self.progress(now);
             freed = true;
         }
+        // Said on every frame that frees space until the writer writes
+        // again: a poller that looks later may find the space taken back
+        // by an acknowledgement that came in the same batch (twice the
+        // peer's window shrinks as it is acknowledged), and a writer told
+        // once would then never be told again.
         if freed && self.was_full && self.send_space() > 0 {
-            self.was_full = false;
             self.push_event(Event::Writable);
         }
     }

@@ -425,6 +425,9 @@ pub enum RstReason {
     PathLost = 6,
     /// The peer has no memory for another connection (its memory limit).
     Overloaded = 7,
+    /// The peer is a host engine whose application process went away
+    /// (killed or crashed) while the connection was open.
+    ProcessGone = 8,
 }
 
 impl RstReason {
@@ -437,6 +440,7 @@ impl RstReason {
             5 => Self::TimedOut,
             6 => Self::PathLost,
             7 => Self::Overloaded,
+            8 => Self::ProcessGone,
             _ => return None,
         })
     }

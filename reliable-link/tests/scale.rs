@@ -437,3 +437,49 @@ fn windows_that_shrink_and_grow_on_a_slow_path_never_look_like_an_overrun() {
         assert!(ok, "seed {seed}: {got:?} of {total}");
     }
 }
+
+/// A writer that writes only when told (a Writable event after a short
+/// write, as a poller-driven engine does) is always told again: the host
+/// engine stalled forever on a connection whose space came back without
+/// an event (found with 8 processes through one engine).
+#[test]
+fn an_event_driven_writer_is_always_woken_when_space_frees() {
+    for seed in 0..2 {
+        let mut sim = Sim::pair(100 + seed, Faults::default());
+        let n = 8;
+        let pairs = open_many(&mut sim, n);
+        let total = 2 << 20;
+        let data = message(3, 64 << 10);
+        let (mut sent, mut got, mut blocked) = (vec![0usize; n], vec![0usize; n], vec![false; n]);
+        let mut buf = vec![0u8; 64 << 10];
+        let ok = sim.run_until(20_000_000, |s| {
+            for e in s.a_events.drain(..) {
+                if let EndpointEvent::Connection { cid, event: Event::Writable } = e
+                    && let Some(i) = pairs.iter().position(|p| p.0 == cid)
+                {
+                    blocked[i] = false;
+                }
+            }
+            for (i, &(a, b)) in pairs.iter().enumerate() {
+                while !blocked[i] && sent[i] < total {
+                    let off = sent[i] % data.len();
+                    let end = (off + total - sent[i]).min(data.len());
+                    match s.a.write(a, &data[off..end], false) {
+                        Ok(0) => blocked[i] = true,
+                        Ok(k) => sent[i] += k,
+                        Err(e) => panic!("seed {seed}: write: {e}"),
+                    }
+                }
+                while let Ok(r) = s.b.read(b, &mut buf, false) {
+                    if r.len == 0 {
+                        break;
+                    }
+                    got[i] += r.len;
+                }
+            }
+            got.iter().all(|&g| g == total)
+        });
+        let space: Vec<usize> = pairs.iter().map(|p| sim.a.connection(p.0).unwrap().send_space()).collect();
+        assert!(ok, "seed {seed}: stalled: sent {sent:?} got {got:?} blocked {blocked:?} space now {space:?}");
+    }
+}

@@ -336,6 +336,24 @@ impl Testbed {
         killed
     }
 
+    /// Waits up to `within` for child `pid` to exit by itself (reaping
+    /// it); an error naming the child's last words if it does not.
+    pub fn wait_exit(&self, pid: u32, within: Duration) -> io::Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(st) = self.try_wait(pid)? {
+                return Ok(st);
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!(
+                    "child {pid} still runs after {within:?}: {}",
+                    self.log_tail(pid, 5)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Whether child `pid` has exited (reaping it if so), with its status.
     pub fn try_wait(&self, pid: u32) -> io::Result<Option<std::process::ExitStatus>> {
         let mut kids = self.children.lock().unwrap_or_else(|p| p.into_inner());

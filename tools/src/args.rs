@@ -249,10 +249,9 @@ impl RuntimeArgs {
         }
     }
 
-    /// Builds the runtime: no interface for the kernel transport; the
-    /// interface (required) for reliable-link.
-    pub fn build(&self, driving: xsock::Driving, poll: PollMode) -> Result<xsock::Runtime, crate::fail::Fail> {
-        use crate::fail::Fail;
+    /// A runtime builder with every flag but the interface and transport
+    /// applied (the engine takes it as it is).
+    pub fn builder(&self, driving: xsock::Driving, poll: PollMode) -> xsock::RuntimeBuilder {
         let mut b = xsock::Runtime::builder();
         if self.multi_buffer {
             b = b.multi_buffer(true);
@@ -264,8 +263,7 @@ impl RuntimeArgs {
         if let Some(bytes) = self.memory_limit {
             b = b.memory_limit(bytes);
         }
-        let mut b = b
-            .driving(driving)
+        b.driving(driving)
             .poll_mode(poll)
             .backend(self.backend.into())
             .xdp_mode(match self.xdp_mode {
@@ -289,7 +287,14 @@ impl RuntimeArgs {
                 },
                 window_caps: self.window_caps,
                 ..Default::default()
-            });
+            })
+    }
+
+    /// Builds the runtime: no interface for the kernel transport; the
+    /// interface (required) for reliable-link.
+    pub fn build(&self, driving: xsock::Driving, poll: PollMode) -> Result<xsock::Runtime, crate::fail::Fail> {
+        use crate::fail::Fail;
+        let mut b = self.builder(driving, poll);
         match (self.transport, &self.iface) {
             (Some(TransportArg::Kernel), _) => {}
             (Some(TransportArg::Link), None) => {

@@ -6,6 +6,7 @@ mod bw;
 mod cat;
 mod conns;
 mod demo;
+mod engine;
 mod fail;
 mod latency;
 mod overlay;
@@ -51,6 +52,8 @@ enum Cmd {
     Relay(overlay::relay::Relay),
     /// All-to-all connect: every endpoint connects to every peer at once and exchanges one message.
     Mesh(overlay::mesh::Mesh),
+    /// The host engine: drives the interface for every xsock process on the host (they attach to it).
+    Engine(engine::EngineCmd),
     /// Long-fat-network emulator: an L2 bridge with delay, rate, buffer and loss per direction.
     Wanemu(wanemu::WanEmu),
 }
@@ -69,6 +72,7 @@ fn main() {
         Cmd::Cat(c) => c.run(),
         Cmd::Conns(c) => c.run(),
         Cmd::Wanemu(c) => c.run(),
+        Cmd::Engine(c) => c.run(),
         Cmd::Send(c) => c.run(),
         Cmd::Recv(c) => c.run(),
         Cmd::Demo(c) => c.run(),

@@ -1,0 +1,249 @@
+//! The engine's side of the control sockets: admitting processes (the
+//! kernel's word on who they are, checked against the policy), and their
+//! requests: connect, listen, status.
+
+use std::os::fd::AsFd;
+
+use xsock::{ConnectOptions, Error, Interest, ListenOptions, Listener, Stream, Transport};
+use xsock_attach::{EndKind, Msg, TransportKind, VERSION, policy::groups_from_status};
+use xsock_nic::unix::{self, FdPassError};
+
+use crate::{Client, Connecting, Engine, Listen, bridge::End, kind, token};
+
+impl Engine {
+    /// Takes every process waiting on the engine's socket.
+    pub(crate) fn accept_clients(&mut self) {
+        loop {
+            let fd = match unix::accept(self.listen_sock.as_fd()) {
+                Ok(Some(fd)) => fd,
+                Ok(None) => return,
+                Err(e) => {
+                    // EMFILE and friends: say so and let the loop come back.
+                    log::warn!("engine: accepting a client: {e} (raise the engine's open-file limit: ulimit -n)");
+                    return;
+                }
+            };
+            let cred = match unix::peer_cred(fd.as_fd()) {
+                Ok(c) => c,
+                Err(e) => {
+                    log::warn!("engine: a client without credentials ({e}); closed");
+                    continue;
+                }
+            };
+            let groups = std::fs::read_to_string(format!("/proc/{}/status", cred.pid))
+                .map(|s| groups_from_status(&s))
+                .unwrap_or_else(|_| vec![cred.gid]);
+            let refusal = match self.policy.admit(cred.uid, &groups) {
+                Err(r) => Some(r.0),
+                Ok(()) if self.clients.len() >= self.cfg.max_clients => Some(format!(
+                    "the engine serves {} processes, its cap (xsock engine --max-clients)",
+                    self.cfg.max_clients
+                )),
+                Ok(()) => None,
+            };
+            if let Some(reason) = refusal {
+                self.totals.refused += 1;
+                log::warn!("engine: refused pid {} (uid {}): {reason}", cred.pid, cred.uid);
+                let _ = unix::send_with_fds(fd.as_fd(), &Msg::Refused { reason: &reason }.emit(), &[]);
+                continue;
+            }
+            let id = self.new_id();
+            self.watch_fd(token(id, kind::CTL), fd.as_fd(), Some(Interest::READABLE));
+            self.clients.insert(
+                id,
+                Client {
+                    ctl: fd,
+                    pid: cred.pid,
+                    uid: cred.uid,
+                    hello: false,
+                    streams: Default::default(),
+                    listens: Default::default(),
+                },
+            );
+        }
+    }
+
+    /// Reads and serves every message waiting from client `id`.
+    pub(crate) fn serve_client(&mut self, id: u32) {
+        loop {
+            let Some(c) = self.clients.get(&id) else { return };
+            let mut buf = std::mem::take(&mut self.buf);
+            let r = unix::recv_with_fds(c.ctl.as_fd(), &mut buf, 0);
+            let outcome = match r {
+                Ok((0, _)) => Err("its socket closed".to_owned()),
+                Ok((n, _)) => match Msg::parse(&buf[..n]) {
+                    Ok(m) => self.serve(id, m),
+                    Err(e) => Err(format!("it sent {e}")),
+                },
+                Err(FdPassError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.buf = buf;
+                    return;
+                }
+                Err(FdPassError::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted => Ok(()),
+                Err(e) => Err(e.to_string()),
+            };
+            self.buf = buf;
+            if let Err(why) = outcome {
+                self.client_gone(id, &why);
+                return;
+            }
+        }
+    }
+
+    fn serve(&mut self, id: u32, m: Msg<'_>) -> Result<(), String> {
+        let hello = self.clients.get(&id).is_some_and(|c| c.hello);
+        match m {
+            Msg::Hello { version } if !hello => {
+                if version != VERSION {
+                    let reason = format!(
+                        "this engine speaks protocol version {VERSION}, the process {version}: run the same xsock \
+                         version for both"
+                    );
+                    self.send_to(id, &Msg::Refused { reason: &reason }, &[]);
+                    return Err(reason);
+                }
+                let addr = self.rt.local_subnets().first().copied();
+                let (ip, prefix) = addr.unwrap_or((std::net::Ipv4Addr::UNSPECIFIED, 0));
+                let iface = self.cfg.iface.clone();
+                let pid = std::process::id();
+                self.send_to(
+                    id,
+                    &Msg::Welcome { version: VERSION, engine_pid: pid, iface: &iface, addr: ip, prefix },
+                    &[],
+                );
+                if let Some(c) = self.clients.get_mut(&id) {
+                    c.hello = true;
+                    self.totals.attached += 1;
+                    log::debug!("engine: attached pid {} (uid {})", c.pid, c.uid);
+                }
+                Ok(())
+            }
+            _ if !hello => Err("it sent a request before hello".into()),
+            Msg::Connect { req, addr, transport, timeout_ms } => {
+                self.connect(id, req, addr, transport, timeout_ms);
+                Ok(())
+            }
+            Msg::Listen { req, addr } => {
+                self.listen(id, req, addr);
+                Ok(())
+            }
+            Msg::Unlisten { listen } => {
+                if self.listens.get(&listen).is_some_and(|l| l.client == id) {
+                    self.unwatch(token(listen, kind::LISTEN));
+                    self.listens.remove(&listen);
+                    if let Some(c) = self.clients.get_mut(&id) {
+                        c.listens.remove(&listen);
+                    }
+                }
+                Ok(())
+            }
+            Msg::Close { stream } => {
+                if let Some(c) = self.carried.get_mut(&stream)
+                    && c.bridge.client == id
+                {
+                    c.released = true;
+                }
+                Ok(())
+            }
+            Msg::Sync { req } => {
+                self.send_to(id, &Msg::Synced { req }, &[]);
+                Ok(())
+            }
+            Msg::Status { req } => {
+                let json = self.status_json().to_string();
+                self.send_to(id, &Msg::StatusReply { req, json: &json }, &[]);
+                Ok(())
+            }
+            other => Err(format!("it sent {other:?}, which only an engine sends")),
+        }
+    }
+
+    fn connect(&mut self, id: u32, req: u32, addr: std::net::SocketAddrV4, transport: TransportKind, ms: u32) {
+        let full = self.clients.get(&id).is_none_or(|c| c.streams.len() >= self.cfg.max_streams_per_client);
+        if full {
+            let text = format!(
+                "this process holds {} streams through the engine, its cap (xsock engine --max-streams)",
+                self.cfg.max_streams_per_client
+            );
+            self.send_to(id, &Msg::Failed { req, kind: EndKind::Overloaded, text: &text }, &[]);
+            return;
+        }
+        let transport = match transport {
+            TransportKind::Auto => Transport::Auto,
+            TransportKind::Link => Transport::Link,
+            TransportKind::Kernel => Transport::Kernel,
+            TransportKind::Tcp => Transport::Tcp,
+        };
+        let opts = ConnectOptions {
+            transport,
+            timeout: std::time::Duration::from_millis(u64::from(ms.max(1))),
+            ..ConnectOptions::default()
+        };
+        match Stream::connect_start(&self.rt, addr, opts) {
+            Ok(s) => {
+                let sid = self.new_id();
+                self.watch_stream(token(sid, kind::STREAM), &s, Some(Interest::WRITABLE));
+                if let Some(c) = self.clients.get_mut(&id) {
+                    c.streams.insert(sid);
+                }
+                self.connecting.insert(sid, Connecting { client: id, req, stream: s });
+                self.advance_connect(sid);
+            }
+            Err(e) => {
+                self.totals.failed_connects += 1;
+                let end = End::of(&e);
+                self.send_to(id, &Msg::Failed { req, kind: end.kind, text: &end.text }, &[]);
+            }
+        }
+    }
+
+    fn listen(&mut self, id: u32, req: u32, addr: std::net::SocketAddrV4) {
+        match Listener::bind_with(&self.rt, addr, ListenOptions::default()) {
+            Ok(l) => {
+                let lid = self.new_id();
+                let local = l.local_addr();
+                if let Err(e) = self.poller.register_listener(&l, token(lid, kind::LISTEN)) {
+                    let end = End::of(&e);
+                    self.send_to(id, &Msg::Failed { req, kind: end.kind, text: &end.text }, &[]);
+                    return;
+                }
+                self.watched.insert(token(lid, kind::LISTEN).0, Interest::READABLE);
+                self.listens.insert(lid, Listen { client: id, listener: l });
+                if let Some(c) = self.clients.get_mut(&id) {
+                    c.listens.insert(lid);
+                }
+                self.send_to(id, &Msg::Listening { req, listen: lid, local }, &[]);
+                self.accept_streams(lid);
+            }
+            Err(e) => {
+                let end = match &e {
+                    Error::AddrInUse(a) => End {
+                        kind: EndKind::Config,
+                        text: format!("{a} is in use (another process listens there, through the engine or not)"),
+                    },
+                    e => End::of(e),
+                };
+                self.send_to(id, &Msg::Failed { req, kind: end.kind, text: &end.text }, &[]);
+            }
+        }
+    }
+
+    /// Client `id` detached (its socket closed: exit, kill, or a protocol
+    /// error): its listeners and connects go; its carried streams stay
+    /// until their own descriptors hang up (a child may hold them).
+    pub(crate) fn client_gone(&mut self, id: u32, why: &str) {
+        self.unwatch(token(id, kind::CTL));
+        let Some(c) = self.clients.remove(&id) else { return };
+        log::debug!("engine: pid {} detached: {why}", c.pid);
+        for l in c.listens {
+            self.unwatch(token(l, kind::LISTEN));
+            self.listens.remove(&l);
+        }
+        for s in c.streams {
+            if let Some(p) = self.connecting.remove(&s) {
+                self.unwatch(token(s, kind::STREAM));
+                p.stream.abort();
+            }
+        }
+    }
+}

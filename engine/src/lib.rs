@@ -1,0 +1,668 @@
+//! The host engine (`xsock engine --iface IF`): one process per interface
+//! (and network namespace) owns the AF_XDP sockets, the XDP filter and all
+//! protocol state; every other xsock process on the host attaches to it
+//! over a Unix seqpacket socket (see `xsock-attach` for the protocol) and
+//! gets its streams as descriptors.
+//!
+//! One thread runs everything: the datapath (driven inline), the control
+//! sockets, and one [`bridge::Bridge`] per carried stream, all in one
+//! [`xsock::Poller`]. Connects are non-blocking, so one slow peer never
+//! holds up another client's request.
+//!
+//! Faults: a client's process killed mid-transfer closes its descriptors;
+//! the engine sees the hang-up, finds the process killed (or gone) and
+//! resets its peers with "the process went away". The engine killed: every
+//! client's control socket and stream descriptors hang up at once, and the
+//! XDP program goes with the engine's bpf_link. A dead engine's lock is
+//! free (flock), so a new one starts at once.
+
+pub mod bridge;
+mod control;
+mod status;
+
+use std::{
+    collections::{HashMap, HashSet},
+    os::fd::{AsFd, OwnedFd},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use xsock::{Driving, EngineUse, Error, Events, Interest, Listener, PollMode, Poller, Runtime, Stream, Token};
+use xsock_attach::{Msg, Place, Policy};
+use xsock_nic::{lockfile::LockFile, unix};
+
+use bridge::{Bridge, BufPool, End, Moved, Outcome};
+
+/// How to run an engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The interface.
+    pub iface: String,
+    /// Queues to drive.
+    pub queues: u32,
+    /// How the loop waits when idle.
+    pub poll: PollMode,
+    /// A group whose members may attach (besides root and our user).
+    pub group: Option<String>,
+    /// Where the socket and lock go (default `XSOCK_RUN_DIR` or /run/xsock).
+    pub run_dir: Option<PathBuf>,
+    /// Processes attached at once, at most.
+    pub max_clients: usize,
+    /// Streams (open or connecting) per process, at most.
+    pub max_streams_per_client: usize,
+}
+
+impl EngineConfig {
+    /// Defaults for `iface`.
+    pub fn new(iface: impl Into<String>) -> EngineConfig {
+        EngineConfig {
+            iface: iface.into(),
+            queues: 1,
+            poll: PollMode::default(),
+            group: None,
+            run_dir: None,
+            max_clients: 1024,
+            max_streams_per_client: 16_384,
+        }
+    }
+}
+
+/// Why an engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Another engine runs for the interface.
+    #[error("an xsock engine already runs for {iface}: {source}")]
+    Running {
+        /// The interface.
+        iface: String,
+        /// Who holds the lock.
+        source: xsock_nic::lockfile::LockError,
+    },
+    /// The interface could not be driven.
+    #[error("the engine cannot drive {iface}: {source}")]
+    Interface {
+        /// The interface.
+        iface: String,
+        /// Why.
+        source: Error,
+    },
+    /// A setting is wrong.
+    #[error("{0}")]
+    Config(String),
+    /// A system call failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> EngineError {
+    let what = what.into();
+    move |source| EngineError::Io { what, source }
+}
+
+/// Token kinds (the low 3 bits of a token; the rest is an id).
+mod kind {
+    pub const ACCEPT: usize = 0;
+    pub const CTL: usize = 1;
+    pub const PAIR: usize = 2;
+    pub const STREAM: usize = 3;
+    pub const LISTEN: usize = 4;
+}
+
+fn token(id: u32, k: usize) -> Token {
+    Token(((id as usize) << 3) | k)
+}
+
+/// An attached process.
+struct Client {
+    ctl: OwnedFd,
+    pid: i32,
+    uid: u32,
+    hello: bool,
+    /// Streams open or connecting.
+    streams: HashSet<u32>,
+    listens: HashSet<u32>,
+}
+
+/// A connect under way for a client.
+struct Connecting {
+    client: u32,
+    req: u32,
+    stream: Stream,
+}
+
+/// A listener for a client.
+struct Listen {
+    client: u32,
+    listener: Listener,
+}
+
+/// A carried stream and what the engine knows of its owner.
+struct Carried {
+    bridge: Bridge,
+    pid: i32,
+    /// The client let go of it (Msg::Close): its hang-up is orderly.
+    released: bool,
+}
+
+/// Totals since the engine started.
+#[derive(Debug, Default, Clone, Copy)]
+struct Totals {
+    attached: u64,
+    refused: u64,
+    streams: u64,
+    kernel_handed: u64,
+    process_gone_resets: u64,
+    failed_connects: u64,
+    moved: Moved,
+}
+
+/// A running engine.
+pub struct Engine {
+    cfg: EngineConfig,
+    rt: Runtime,
+    poller: Poller,
+    listen_sock: OwnedFd,
+    place: Place,
+    policy: Policy,
+    lock: Option<LockFile>,
+    clients: HashMap<u32, Client>,
+    carried: HashMap<u32, Carried>,
+    connecting: HashMap<u32, Connecting>,
+    listens: HashMap<u32, Listen>,
+    /// What each registered token is watched for now.
+    watched: HashMap<usize, Interest>,
+    pool: BufPool,
+    next_id: u32,
+    totals: Totals,
+    started: Instant,
+    buf: Vec<u8>,
+}
+
+impl Engine {
+    /// Takes the interface's lock, drives the interface and listens for
+    /// clients. `builder` carries the runtime's settings (rings, buffers,
+    /// memory limit, TCP mode); the engine sets the interface, the poll
+    /// mode and inline driving itself.
+    pub fn open(cfg: EngineConfig, builder: xsock::RuntimeBuilder) -> Result<Engine, EngineError> {
+        let netns = xsock_nic::sys::netns_id().map(|(_, ino)| ino).unwrap_or(0);
+        let place = Place::new(cfg.run_dir.as_deref(), &cfg.iface, netns);
+        create_dir(&place)?;
+        let lock = take_lock(&place, &cfg.iface)?;
+        let group = match &cfg.group {
+            Some(name) => Some((group_id(name)?, name.clone())),
+            None => None,
+        };
+        let policy = Policy { engine_uid: nix_uid(), group: group.clone() };
+        let rt = builder
+            .interface(&cfg.iface)
+            .queues(cfg.queues)
+            .poll_mode(cfg.poll)
+            .driving(Driving::Inline)
+            .require_link(true)
+            .engine(EngineUse::Never)
+            .build()
+            .map_err(|source| EngineError::Interface { iface: cfg.iface.clone(), source })?;
+        // We hold the lock: a socket file left here is a dead engine's.
+        let path = place.socket();
+        let _ = std::fs::remove_file(&path);
+        let listen_sock =
+            unix::seqpacket_listen(&path, 1024).map_err(io_err(format!("listen on {}", path.display())))?;
+        set_socket_access(&path, group.as_ref().map(|g| g.0))?;
+        let mut poller = Poller::new(&rt).map_err(|e| EngineError::Config(e.to_string()))?;
+        poller
+            .register_fd(listen_sock.as_fd(), token(0, kind::ACCEPT), Interest::READABLE)
+            .map_err(|e| EngineError::Config(e.to_string()))?;
+        log::info!(
+            "xsock engine for {} (pid {}): listening on {}; admits root, uid {}{}; {:?} polling",
+            cfg.iface,
+            std::process::id(),
+            path.display(),
+            policy.engine_uid,
+            group.map(|(g, n)| format!(" and group {n} ({g})")).unwrap_or_default(),
+            cfg.poll
+        );
+        Ok(Engine {
+            cfg,
+            rt,
+            poller,
+            listen_sock,
+            place,
+            policy,
+            lock: Some(lock),
+            clients: HashMap::new(),
+            carried: HashMap::new(),
+            connecting: HashMap::new(),
+            listens: HashMap::new(),
+            watched: HashMap::new(),
+            pool: BufPool::default(),
+            next_id: 1,
+            totals: Totals::default(),
+            started: Instant::now(),
+            buf: vec![0u8; xsock_attach::wire::MAX_MSG],
+        })
+    }
+
+    /// The socket clients connect to.
+    pub fn socket_path(&self) -> PathBuf {
+        self.place.socket()
+    }
+
+    /// Runs until `stop` says so (checked at least every 100 ms), then
+    /// shuts down: clients told, peers reset, the socket removed.
+    pub fn run(&mut self, stop: impl Fn() -> bool) -> Result<(), EngineError> {
+        let mut events = Events::with_capacity(1024);
+        while !stop() {
+            match self.poller.poll(&mut events, Some(Duration::from_millis(100))) {
+                Ok(_) => {}
+                Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(EngineError::Config(format!("the engine's poll loop failed: {e}"))),
+            }
+            let tokens: Vec<Token> = events.iter().map(|e| e.token()).collect();
+            for t in tokens {
+                self.dispatch(t);
+            }
+        }
+        self.shutdown("the host engine is shutting down");
+        Ok(())
+    }
+
+    fn dispatch(&mut self, t: Token) {
+        let id = (t.0 >> 3) as u32;
+        match t.0 & 7 {
+            kind::ACCEPT => self.accept_clients(),
+            kind::CTL => self.serve_client(id),
+            kind::PAIR | kind::STREAM => {
+                if self.connecting.contains_key(&id) {
+                    self.advance_connect(id);
+                } else {
+                    self.pump(id);
+                }
+            }
+            kind::LISTEN => self.accept_streams(id),
+            _ => {}
+        }
+    }
+
+    fn new_id(&mut self) -> u32 {
+        // Ids fit 61 bits of a token; wrapping past u32 skips ids in use.
+        loop {
+            let id = self.next_id;
+            self.next_id = self.next_id.wrapping_add(1).max(1);
+            if !self.carried.contains_key(&id)
+                && !self.connecting.contains_key(&id)
+                && !self.listens.contains_key(&id)
+                && !self.clients.contains_key(&id)
+            {
+                return id;
+            }
+        }
+    }
+
+    /// Sets what `t` is watched for (`None`: not at all).
+    fn watch_stream(&mut self, t: Token, stream: &Stream, want: Option<Interest>) {
+        let now = self.watched.get(&t.0).copied();
+        if now == want {
+            return;
+        }
+        let r = match (now, want) {
+            (None, Some(i)) => self.poller.register(stream, t, i),
+            (Some(_), Some(i)) => self.poller.reregister(t, i),
+            (Some(_), None) => self.poller.deregister(t),
+            (None, None) => Ok(()),
+        };
+        if let Err(e) = r {
+            log::warn!("engine: watching token {}: {e}", t.0);
+        }
+        match want {
+            Some(i) => self.watched.insert(t.0, i),
+            None => self.watched.remove(&t.0),
+        };
+    }
+
+    fn watch_fd(&mut self, t: Token, fd: std::os::fd::BorrowedFd<'_>, want: Option<Interest>) {
+        let now = self.watched.get(&t.0).copied();
+        if now == want {
+            return;
+        }
+        let r = match (now, want) {
+            (None, Some(i)) => self.poller.register_fd(fd, t, i),
+            (Some(_), Some(i)) => self.poller.reregister(t, i),
+            (Some(_), None) => self.poller.deregister(t),
+            (None, None) => Ok(()),
+        };
+        if let Err(e) = r {
+            log::warn!("engine: watching token {}: {e}", t.0);
+        }
+        match want {
+            Some(i) => self.watched.insert(t.0, i),
+            None => self.watched.remove(&t.0),
+        };
+    }
+
+    fn unwatch(&mut self, t: Token) {
+        if self.watched.remove(&t.0).is_some() {
+            let _ = self.poller.deregister(t);
+        }
+    }
+
+    fn send_to(&self, client: u32, m: &Msg<'_>, fds: &[std::os::fd::BorrowedFd<'_>]) -> bool {
+        let Some(c) = self.clients.get(&client) else { return false };
+        match unix::send_with_fds(c.ctl.as_fd(), &m.emit(), fds) {
+            Ok(_) => true,
+            Err(e) => {
+                log::debug!("engine: to client {client} (pid {}): {e}", c.pid);
+                false
+            }
+        }
+    }
+
+    // ---- streams --------------------------------------------------------
+
+    /// Hands `stream` to `client` with the message `make` builds for the
+    /// stream's id and path: the kernel socket itself for kernel TCP, else
+    /// one end of a new socketpair whose other end the engine carries.
+    fn hand_over(
+        &mut self,
+        client: u32,
+        stream: Stream,
+        make: impl FnOnce(u32, xsock_attach::PathKind) -> Msg<'static>,
+    ) {
+        let id = self.new_id();
+        let (pid, ok) = match self.clients.get(&client) {
+            Some(c) => (c.pid, c.streams.len() < self.cfg.max_streams_per_client),
+            None => return stream.abort(),
+        };
+        if !ok {
+            log::warn!(
+                "engine: client pid {pid} holds {} streams, its cap; refused one",
+                self.cfg.max_streams_per_client
+            );
+            return stream.abort();
+        }
+        match stream.into_kernel() {
+            Ok(sock) => {
+                self.totals.kernel_handed += 1;
+                self.send_to(client, &make(id, xsock_attach::PathKind::Kernel), &[sock.as_fd()]);
+                // Our copy closes here; the client's is the socket now.
+            }
+            Err(stream) => {
+                let path = match stream.path() {
+                    xsock::Path::Tcp => xsock_attach::PathKind::Tcp,
+                    _ => xsock_attach::PathKind::Link,
+                };
+                let (ours, theirs) = match std::os::unix::net::UnixStream::pair() {
+                    Ok(p) => p,
+                    Err(e) => {
+                        log::warn!("engine: socketpair: {e}");
+                        return stream.abort();
+                    }
+                };
+                if !self.send_to(client, &make(id, path), &[theirs.as_fd()]) {
+                    return stream.abort();
+                }
+                drop(theirs);
+                let bridge = match Bridge::new(client, stream, ours) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        log::warn!("engine: {e}");
+                        return;
+                    }
+                };
+                self.totals.streams += 1;
+                if let Some(c) = self.clients.get_mut(&client) {
+                    c.streams.insert(id);
+                }
+                self.carried.insert(id, Carried { bridge, pid, released: false });
+                self.pump(id);
+            }
+        }
+    }
+
+    /// Moves a carried stream's bytes and acts on how it stands.
+    fn pump(&mut self, id: u32) {
+        loop {
+            let Some(c) = self.carried.get_mut(&id) else { return };
+            let outcome = c.bridge.pump(&mut self.pool);
+            log::trace!("engine: pump {id}: {outcome:?} {}", c.bridge.describe());
+            match outcome {
+                Outcome::Running(w) => {
+                    let pair_i = interest(w.pair_read, w.pair_write);
+                    let stream_i = interest(w.stream_read, w.stream_write);
+                    // Borrow dance: the registrations need the stream and
+                    // the pair while `self` is borrowed mutably.
+                    let c = self.carried.remove(&id).expect("present");
+                    self.watch_fd(token(id, kind::PAIR), c.bridge.pair.as_fd(), pair_i);
+                    self.watch_stream(token(id, kind::STREAM), &c.bridge.stream, stream_i);
+                    self.carried.insert(id, c);
+                    return;
+                }
+                Outcome::Done => return self.drop_carried(id, None),
+                Outcome::Failed(end) => {
+                    let client = c.bridge.client;
+                    self.send_to(client, &Msg::Ended { stream: id, kind: end.kind, text: &end.text }, &[]);
+                    return self.drop_carried(id, None);
+                }
+                Outcome::ClientClosed => {
+                    let (client, pid, released) = (c.bridge.client, c.pid, c.released);
+                    // A Close sent just before the hang-up may still wait
+                    // in the control socket: read it first.
+                    if !released && self.clients.contains_key(&client) {
+                        self.serve_client(client);
+                    }
+                    let Some(c) = self.carried.get_mut(&id) else { return };
+                    if c.released || process_lives(pid) {
+                        c.bridge.client_closed();
+                        continue;
+                    }
+                    log::info!("engine: pid {pid} went away with stream {id} open; resetting its peer");
+                    self.totals.process_gone_resets += 1;
+                    return self.drop_carried(id, Some(Gone));
+                }
+            }
+        }
+    }
+
+    fn drop_carried(&mut self, id: u32, gone: Option<Gone>) {
+        self.unwatch(token(id, kind::PAIR));
+        self.unwatch(token(id, kind::STREAM));
+        let Some(mut c) = self.carried.remove(&id) else { return };
+        c.bridge.release(&mut self.pool);
+        let m = c.bridge.moved;
+        self.totals.moved.to_net += m.to_net;
+        self.totals.moved.to_app += m.to_app;
+        if let Some(cl) = self.clients.get_mut(&c.bridge.client) {
+            cl.streams.remove(&id);
+        }
+        if gone.is_some() {
+            c.bridge.stream.abort_process_gone();
+        }
+        // Otherwise dropping the stream closes it gracefully (or it has
+        // failed already).
+    }
+
+    fn advance_connect(&mut self, id: u32) {
+        let Some(mut p) = self.connecting.remove(&id) else { return };
+        match p.stream.poll_connect() {
+            Ok(false) => {
+                self.connecting.insert(id, p);
+            }
+            Ok(true) => {
+                self.unwatch(token(id, kind::STREAM));
+                if let Some(c) = self.clients.get_mut(&p.client) {
+                    c.streams.remove(&id);
+                }
+                let (req, local, peer) = (p.req, p.stream.local_addr(), p.stream.peer_addr());
+                self.hand_over(p.client, p.stream, |stream, path| Msg::Connected { req, stream, path, local, peer });
+            }
+            Err(e) => {
+                self.unwatch(token(id, kind::STREAM));
+                if let Some(c) = self.clients.get_mut(&p.client) {
+                    c.streams.remove(&id);
+                }
+                self.totals.failed_connects += 1;
+                let end = End::of(&e);
+                self.send_to(p.client, &Msg::Failed { req: p.req, kind: end.kind, text: &end.text }, &[]);
+            }
+        }
+    }
+
+    fn accept_streams(&mut self, id: u32) {
+        loop {
+            let Some(l) = self.listens.get(&id) else { return };
+            let client = l.client;
+            match l.listener.try_accept() {
+                Ok(s) => {
+                    let (local, peer) = (s.local_addr(), s.peer_addr());
+                    self.hand_over(client, s, |stream, path| Msg::Accepted { listen: id, stream, path, local, peer });
+                }
+                Err(Error::WouldBlock) => return,
+                Err(e) => {
+                    log::warn!("engine: accepting on listener {id}: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Stops: every client told, every carried stream reset, the socket
+    /// file removed (the lock goes with the process).
+    fn shutdown(&mut self, why: &str) {
+        log::info!(
+            "xsock engine for {}: shutting down ({} clients, {} streams)",
+            self.cfg.iface,
+            self.clients.len(),
+            self.carried.len()
+        );
+        let ids: Vec<u32> = self.carried.keys().copied().collect();
+        for id in ids {
+            if let Some(c) = self.carried.get(&id) {
+                let client = c.bridge.client;
+                self.send_to(client, &Msg::Ended { stream: id, kind: xsock_attach::EndKind::Shutdown, text: why }, &[]);
+            }
+            self.unwatch(token(id, kind::PAIR));
+            self.unwatch(token(id, kind::STREAM));
+            if let Some(mut c) = self.carried.remove(&id) {
+                c.bridge.release(&mut self.pool);
+                c.bridge.stream.abort();
+            }
+        }
+        for (_, p) in self.connecting.drain() {
+            p.stream.abort();
+        }
+        self.listens.clear();
+        for c in self.clients.values() {
+            let _ = unix::shutdown(c.ctl.as_fd());
+        }
+        self.clients.clear();
+        let _ = std::fs::remove_file(self.place.socket());
+        // Let the runtime tell peers (resets go out on the next passes).
+        let until = Instant::now() + Duration::from_millis(50);
+        while Instant::now() < until {
+            if self.rt.poll().unwrap_or(0) == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.place.socket());
+        if let Some(l) = self.lock.take() {
+            l.remove();
+        }
+    }
+}
+
+/// The interface's lock. A killed engine's lock is free once the kernel
+/// has closed all its descriptors, which can take a moment after its
+/// control sockets hang up (the AF_XDP socket is torn down first): a
+/// holder that is exiting is waited for, up to 3 s.
+fn take_lock(place: &Place, iface: &str) -> Result<LockFile, EngineError> {
+    use xsock_nic::{lockfile::LockError, sys::ProcessState};
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match LockFile::acquire(&place.lock()) {
+            Ok(l) => return Ok(l),
+            Err(LockError::Held { pid: Some(pid), .. })
+                if Instant::now() < deadline && xsock_nic::sys::process_state(pid as i32) != ProcessState::Alive =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(source) => return Err(EngineError::Running { iface: iface.to_owned(), source }),
+        }
+    }
+}
+
+/// Marks a process that went away.
+struct Gone;
+
+fn interest(read: bool, write: bool) -> Option<Interest> {
+    match (read, write) {
+        (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
+        (true, false) => Some(Interest::READABLE),
+        (false, true) => Some(Interest::WRITABLE),
+        (false, false) => None,
+    }
+}
+
+/// Whether `pid` closing a stream is an orderly end: alive, or exiting
+/// normally. Killed, or already reaped without having let go of the
+/// stream: the process went away.
+fn process_lives(pid: i32) -> bool {
+    use xsock_nic::sys::ProcessState;
+    matches!(xsock_nic::sys::process_state(pid), ProcessState::Alive | ProcessState::Exiting { .. })
+}
+
+fn nix_uid() -> u32 {
+    xsock_nic::sys::effective_uid()
+}
+
+fn create_dir(place: &Place) -> Result<(), EngineError> {
+    use std::os::unix::fs::PermissionsExt;
+    if !place.dir.exists() {
+        std::fs::create_dir_all(&place.dir).map_err(io_err(format!(
+            "create {} (run as root, or point XSOCK_RUN_DIR at a directory you may write)",
+            place.dir.display()
+        )))?;
+        let _ = std::fs::set_permissions(&place.dir, std::fs::Permissions::from_mode(0o755));
+    }
+    Ok(())
+}
+
+/// Owner and group read-write, others nothing (root attaches anyway).
+fn set_socket_access(path: &std::path::Path, gid: Option<u32>) -> Result<(), EngineError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if gid.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io_err(format!("chmod {}", path.display())))?;
+    if let Some(g) = gid {
+        std::os::unix::fs::chown(path, None, Some(g)).map_err(io_err(format!("chgrp {} {}", g, path.display())))?;
+    }
+    Ok(())
+}
+
+/// A group's id from /etc/group (or a number).
+fn group_id(name: &str) -> Result<u32, EngineError> {
+    if let Ok(n) = name.parse::<u32>() {
+        return Ok(n);
+    }
+    let text = std::fs::read_to_string("/etc/group").map_err(io_err("read /etc/group"))?;
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let n = f.next()?;
+            let _ = f.next();
+            let gid = f.next()?.parse::<u32>().ok()?;
+            (n == name).then_some(gid)
+        })
+        .next()
+        .ok_or_else(|| {
+            EngineError::Config(format!("--group {name}: no such group in /etc/group (create it: `groupadd {name}`)"))
+        })
+}

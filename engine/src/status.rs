@@ -1,0 +1,70 @@
+//! The engine's status: what `xsock engine --status` prints.
+
+use serde_json::{Value, json};
+
+use crate::Engine;
+
+impl Engine {
+    /// Processes, streams, bytes and queue counters, as JSON.
+    pub fn status_json(&self) -> Value {
+        let mut to_net = self.totals.moved.to_net;
+        let mut to_app = self.totals.moved.to_app;
+        let mut buffered = 0;
+        for c in self.carried.values() {
+            to_net += c.bridge.moved.to_net;
+            to_app += c.bridge.moved.to_app;
+            buffered += c.bridge.buffered();
+        }
+        let mem = self.rt.memory();
+        let queues: Vec<Value> = self
+            .rt
+            .queue_stats()
+            .iter()
+            .map(|q| {
+                json!({
+                    "queue": q.queue, "rx_frames": q.rx_frames, "tx_frames": q.tx_frames,
+                    "rx_dropped": q.rx_dropped, "rx_ring_full": q.rx_ring_full, "tx_ring_full": q.tx_ring_full,
+                    "fill_ring_empty": q.fill_ring_empty,
+                })
+            })
+            .collect();
+        let detail: Vec<Value> = self
+            .carried
+            .iter()
+            .take(64)
+            .map(|(id, c)| {
+                json!({
+                    "id": id, "pid": c.pid, "peer": c.bridge.stream.peer_addr().to_string(),
+                    "state": c.bridge.describe(),
+                    "watch_pair": format!("{:?}", self.watched.get(&crate::token(*id, crate::kind::PAIR).0)),
+                    "watch_stream": format!("{:?}", self.watched.get(&crate::token(*id, crate::kind::STREAM).0)),
+                })
+            })
+            .collect();
+        json!({
+            "stream_detail": detail,
+            "iface": self.cfg.iface,
+            "pid": std::process::id(),
+            "socket": self.place.socket().display().to_string(),
+            "uptime_s": self.started.elapsed().as_secs_f64(),
+            "clients": self.clients.len(),
+            "streams": self.carried.len(),
+            "connecting": self.connecting.len(),
+            "listeners": self.listens.len(),
+            "attached_total": self.totals.attached,
+            "refused_total": self.totals.refused,
+            "streams_total": self.totals.streams,
+            "kernel_handed_total": self.totals.kernel_handed,
+            "failed_connects_total": self.totals.failed_connects,
+            "process_gone_resets_total": self.totals.process_gone_resets,
+            "bytes_to_net": to_net,
+            "bytes_to_app": to_app,
+            "bridge_buffered_bytes": buffered,
+            "bridge_buffers_kept": self.pool.kept(),
+            "link_connections": mem.link_connections,
+            "memory_reserved": mem.reserved,
+            "memory_limit": mem.limit,
+            "queues": queues,
+        })
+    }
+}

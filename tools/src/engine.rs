@@ -1,0 +1,67 @@
+//! `xsock engine`: the host engine daemon (see the xsock-engine crate).
+//! Runs until SIGTERM or SIGINT, then tells its clients, resets their
+//! peers, removes its socket and detaches the XDP program. `--status`
+//! asks a running engine for its status instead (JSON on stdout).
+
+use clap::Args;
+use xsock::{Driving, EngineUse, Runtime};
+use xsock_engine::{Engine, EngineConfig};
+use xsock_nic::sys;
+
+use crate::{
+    args::{Poll, RuntimeArgs},
+    fail::Fail,
+};
+
+/// Flags of `xsock engine`.
+#[derive(Debug, Args)]
+pub struct EngineCmd {
+    #[command(flatten)]
+    rt: RuntimeArgs,
+    /// Queues to drive.
+    #[arg(long, default_value_t = 1)]
+    queues: u32,
+    /// How the engine's loop waits when idle (busy: lowest latency, a core).
+    #[arg(long, value_enum, default_value = "adaptive")]
+    poll: Poll,
+    /// Members of this group may attach too (root and the engine's user
+    /// always may).
+    #[arg(long)]
+    group: Option<String>,
+    /// Processes attached at once, at most.
+    #[arg(long, default_value_t = 1024)]
+    max_clients: usize,
+    /// Streams per process, at most.
+    #[arg(long, default_value_t = 16_384)]
+    max_streams: usize,
+    /// Print the running engine's status (JSON) and exit.
+    #[arg(long)]
+    status: bool,
+}
+
+impl EngineCmd {
+    pub fn run(self) -> Result<(), Fail> {
+        let Some(iface) = self.rt.iface.clone() else {
+            return Err(Fail::msg("xsock engine needs --iface: the interface it drives for every process"));
+        };
+        if self.status {
+            let rt = Runtime::builder().interface(&iface).engine(EngineUse::Require).build()?;
+            let json = rt.engine_status().expect("attached")?;
+            println!("{json}");
+            return Ok(());
+        }
+        sys::catch_interrupts()?;
+        let cfg = EngineConfig {
+            queues: self.queues,
+            poll: self.poll.into(),
+            group: self.group.clone(),
+            max_clients: self.max_clients,
+            max_streams_per_client: self.max_streams,
+            ..EngineConfig::new(&iface)
+        };
+        let builder = self.rt.builder(Driving::Inline, cfg.poll);
+        let mut engine = Engine::open(cfg, builder).map_err(|e| Fail::msg(e.to_string()))?;
+        engine.run(sys::interrupted).map_err(|e| Fail::msg(e.to_string()))?;
+        Ok(())
+    }
+}
