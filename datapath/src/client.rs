@@ -165,6 +165,8 @@ impl Client {
             Msg::Refused { reason } => return Err(Error::Config(format!("the host engine refused: {reason}"))),
             other => return Err(Error::Protocol(format!("the host engine answered hello with {other:?}"))),
         };
+        // Every stream is a descriptor here: take what the hard limit allows.
+        let _ = xsock_nic::sys::raise_nofile();
         let shared = Arc::new(ClientShared {
             ctl,
             state: Mutex::new(State::default()),

@@ -181,6 +181,8 @@ pub struct Engine {
     totals: Totals,
     started: Instant,
     buf: Vec<u8>,
+    /// Passes of the loop (where a pass starts in its events).
+    turn: usize,
 }
 
 impl Engine {
@@ -193,6 +195,14 @@ impl Engine {
         let place = Place::new(cfg.run_dir.as_deref(), &cfg.iface, netns);
         create_dir(&place)?;
         let lock = take_lock(&place, &cfg.iface)?;
+        match xsock_nic::sys::raise_nofile() {
+            Ok(n) if n < cfg.max_streams_per_client as u64 => log::warn!(
+                "the engine may open {n} descriptors (ulimit -n): a stream takes one; raise the hard limit \
+                 (LimitNOFILE= in the unit, or `ulimit -Hn`) for more streams"
+            ),
+            Ok(_) => {}
+            Err(e) => log::debug!("RLIMIT_NOFILE: {e}"),
+        }
         let group = match &cfg.group {
             Some(name) => Some((group_id(name)?, name.clone())),
             None => None,
@@ -244,6 +254,7 @@ impl Engine {
             totals: Totals::default(),
             started: Instant::now(),
             buf: vec![0u8; xsock_attach::wire::MAX_MSG],
+            turn: 0,
         })
     }
 
@@ -262,7 +273,14 @@ impl Engine {
                 Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(EngineError::Config(format!("the engine's poll loop failed: {e}"))),
             }
-            let tokens: Vec<Token> = events.iter().map(|e| e.token()).collect();
+            // The poller reports in token order: start each pass somewhere
+            // else, so the streams first in line do not always go first.
+            let mut tokens: Vec<Token> = events.iter().map(|e| e.token()).collect();
+            if !tokens.is_empty() {
+                self.turn = self.turn.wrapping_add(1);
+                let k = self.turn % tokens.len();
+                tokens.rotate_left(k);
+            }
             for t in tokens {
                 self.dispatch(t);
             }

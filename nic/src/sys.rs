@@ -109,6 +109,24 @@ pub fn raise_memlock(bytes: u64) -> io::Result<Option<u64>> {
     memlock_limit()
 }
 
+/// Raises the soft limit of open descriptors to the hard limit (a stream
+/// through the host engine is a descriptor, in the client and in the
+/// engine: 10,000 streams need 10,000 of them). Returns the limit now.
+pub fn raise_nofile() -> io::Result<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut lim))?;
+    if lim.rlim_cur < lim.rlim_max {
+        let soft = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        // SAFETY: `soft` is a valid rlimit; raising the soft limit to the
+        // hard one needs no privilege, and failure changes nothing.
+        if syscall!(setrlimit(libc::RLIMIT_NOFILE, &soft)).is_ok() {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
 /// Readiness reported by [`poll_fds`] for one descriptor.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Ready {

@@ -8,9 +8,10 @@
 //! like.
 //!
 //! ```text
-//! xsock-perf foundation|link|relay|scale [--rounds N] [--xsock PATH] [--out DIR] [--only PART]
+//! xsock-perf foundation|link|relay|scale|engine [--rounds N] [--xsock PATH] [--out DIR] [--only PART]
 //! ```
 
+mod engine;
 mod foundation;
 mod link;
 mod relay;
@@ -20,7 +21,7 @@ mod suites_common;
 use std::{io, path::PathBuf};
 
 const USAGE: &str =
-    "usage: xsock-perf foundation|link|relay|scale [--rounds N] [--xsock PATH] [--out DIR] [--only PART]";
+    "usage: xsock-perf foundation|link|relay|scale|engine [--rounds N] [--xsock PATH] [--out DIR] [--only PART]";
 
 struct Opts {
     suite: String,
@@ -43,7 +44,12 @@ fn parse_args() -> Result<Opts, String> {
             "--rounds" => rounds = args.next().and_then(|v| v.parse().ok()).ok_or("--rounds needs a number")?,
             "--xsock" => xsock = args.next().ok_or("--xsock needs a path")?.into(),
             "--out" => out = args.next().ok_or("--out needs a directory")?.into(),
-            "--only" => only = Some(args.next().ok_or("--only needs a part (scale: conns, bulk, ping, one)")?),
+            "--only" => {
+                only = Some(
+                    args.next()
+                        .ok_or("--only needs a part (scale: conns, bulk, ping, one; engine: procs, one, ping)")?,
+                )
+            }
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -73,7 +79,10 @@ fn main() {
         "link" => link::run(&opts.xsock, opts.rounds, &opts.out),
         "relay" => relay::run(&opts.xsock, opts.rounds),
         "scale" => scale::run(&opts.xsock, opts.rounds, opts.only.as_deref()),
-        other => Err(io::Error::other(format!("unknown suite {other}; suites: foundation, link, relay, scale"))),
+        "engine" => engine::run(&opts.xsock, opts.rounds, opts.only.as_deref()),
+        other => {
+            Err(io::Error::other(format!("unknown suite {other}; suites: foundation, link, relay, scale, engine")))
+        }
     };
     if let Err(e) = r {
         eprintln!("xsock-perf: {e}");

@@ -209,3 +209,43 @@ fn a_killed_engine_fails_its_clients_at_once_and_a_new_one_serves() {
     a.exec("kill", &["-TERM", &engine.to_string()]).unwrap();
     wait_for("the engine to stop", Duration::from_secs(5), || bed.try_wait(engine).unwrap().is_some());
 }
+
+#[test]
+fn a_client_that_stops_reading_holds_a_bounded_amount_and_stalls_no_one_else() {
+    require_root!();
+    let bed = Testbed::new().unwrap();
+    let (a, b) = bed.pair(LinkOpts::default(), "10.71.0").unwrap();
+    let engine = start_engine(&bed, &a);
+    let engine_b = start_engine(&bed, &b);
+    // b pours zeros into a cat on a whose stdout nobody reads: the cat
+    // stops reading its stream once the pipe is full.
+    let pour =
+        bed.spawn(&b, "sh", &["-c", &format!("{XSOCK} cat --iface eth0 --listen 10.71.0.2:7750 < /dev/zero")]).unwrap();
+    wait_for("cat to listen", Duration::from_secs(10), || bed.log_tail(pour, 20).contains("cat listening on"));
+    let stuck = bed
+        .spawn(&a, "sh", &["-c", &format!("{XSOCK} cat --iface eth0 --connect 10.71.0.2:7750 < /dev/null | sleep 60")])
+        .unwrap();
+    wait_for("the stream", Duration::from_secs(10), || status(&a)["streams"] == 1);
+    std::thread::sleep(Duration::from_millis(1500));
+    let st = status(&a);
+    let held = st["bridge_buffered_bytes"].as_u64().unwrap();
+    let moved = st["bytes_to_app"].as_u64().unwrap();
+    eprintln!("a non-reading client: the engine holds {held} B for it; {moved} B reached its socket");
+    assert!(held <= 64 << 10, "{st}");
+    // What reached the client's socket is its socket buffers' worth, not
+    // what b would send (b sends as fast as the link goes).
+    assert!(moved < 8 << 20, "{st}");
+    // Another client on the same engine still moves data.
+    let listen = "10.71.0.2:7751";
+    bw_server(&bed, &b, listen);
+    let c = bed
+        .spawn(
+            &a,
+            XSOCK,
+            &["bw", "--iface", "eth0", "--connect", listen, "--seconds", "1s", "--json", "--poll", "sleep"],
+        )
+        .unwrap();
+    assert!(bed.wait_exit(c, Duration::from_secs(20)).unwrap().success(), "{}", bed.log_tail(c, 5));
+    assert!(bed.log_tail(c, 5).contains("\"transport\":\"link\""), "{}", bed.log_tail(c, 5));
+    let _ = (engine, engine_b, stuck);
+}

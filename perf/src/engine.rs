@@ -1,0 +1,315 @@
+//! The host-engine suite (issue 12): many processes per host over
+//! reliable-link through one engine per host, beside the same processes on
+//! kernel TCP; and 64-byte round trips through the engines (applications
+//! blocking, engines busy-polling or adaptive) beside blocking kernel TCP
+//! and the in-process mode, interleaved round by round.
+
+use std::{
+    io,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use xsock_perf::{
+    B_IP, Bench, Rtt,
+    report::{Table, median},
+};
+use xsock_testbed::Host;
+
+use crate::suites_common::{progress, rtt_row};
+
+/// Process counts on host a.
+const PROCS: [usize; 3] = [32, 64, 256];
+/// Listener processes on host b (clients spread over them).
+const LISTENERS: usize = 4;
+/// Seconds each client sends.
+const SECONDS: u32 = 3;
+
+fn wait_log(bench: &Bench, pid: u32, text: &str, within: Duration) -> io::Result<()> {
+    let t0 = Instant::now();
+    while !bench.bed.log_tail(pid, 40).contains(text) {
+        if bench.bed.try_wait(pid)?.is_some() || t0.elapsed() > within {
+            return Err(io::Error::other(format!("waiting for {text:?}: {}", bench.bed.log_tail(pid, 5))));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+fn xsock(bench: &Bench) -> &str {
+    bench.xsock.to_str().expect("utf-8 path")
+}
+
+/// An engine on `host`, once it listens.
+fn start_engine(bench: &Bench, host: &Host, poll: &str) -> io::Result<u32> {
+    let pid = bench.bed.spawn(host, xsock(bench), &["engine", "--iface", "eth0", "--poll", poll])?;
+    wait_log(bench, pid, "listening on", Duration::from_secs(10))?;
+    Ok(pid)
+}
+
+/// Stops engines (SIGTERM) and waits until their XDP programs are gone.
+fn stop_engines(bench: &Bench, pids: &[u32]) {
+    for &p in pids {
+        let _ = bench.bed.finish(p);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (bench.a.has_xdp("eth0").unwrap_or(false) || bench.b.has_xdp("eth0").unwrap_or(false))
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// What N client processes did.
+struct ManyRun {
+    ok: usize,
+    failed: usize,
+    /// Each finished process's Gbit/s (receiver's count).
+    rates: Vec<f64>,
+    /// Bytes all processes moved (receivers' counts).
+    bytes: f64,
+    first_error: Option<String>,
+    wall: f64,
+}
+
+/// `n` bw client processes on a, spread over the listener processes on b,
+/// all at once; `transport` link (through the engines) or kernel.
+fn many(bench: &Bench, n: usize, transport: &str) -> io::Result<ManyRun> {
+    let engines = if transport == "link" {
+        vec![start_engine(bench, &bench.a, "adaptive")?, start_engine(bench, &bench.b, "adaptive")?]
+    } else {
+        vec![]
+    };
+    let mut servers = Vec::new();
+    for l in 0..LISTENERS {
+        let listen = format!("{B_IP}:{}", 7100 + l);
+        let mut args = vec!["bw", "--listen", &listen, "--poll", "sleep"];
+        if transport == "link" {
+            args.extend(["--iface", "eth0"]);
+        } else {
+            args.extend(["--transport", "kernel"]);
+        }
+        let pid = bench.bed.spawn(&bench.b, xsock(bench), &args)?;
+        wait_log(bench, pid, "bw receiver on", Duration::from_secs(10))?;
+        servers.push(pid);
+    }
+    let t0 = Instant::now();
+    let secs = format!("{SECONDS}s");
+    let mut clients = Vec::new();
+    for i in 0..n {
+        let connect = format!("{B_IP}:{}", 7100 + i % LISTENERS);
+        let mut args = vec![
+            "bw",
+            "--connect",
+            &connect,
+            "--seconds",
+            &secs,
+            "--poll",
+            "sleep",
+            "--json",
+            "--transport",
+            transport,
+        ];
+        if transport == "link" {
+            args.extend(["--iface", "eth0"]);
+        }
+        clients.push(bench.bed.spawn(&bench.a, xsock(bench), &args)?);
+    }
+    let mut run = ManyRun { ok: 0, failed: 0, rates: vec![], bytes: 0.0, first_error: None, wall: 0.0 };
+    for c in clients {
+        let st = bench.bed.wait_exit(c, Duration::from_secs(u64::from(SECONDS) + 120))?;
+        let log = bench.bed.log_tail(c, 30);
+        let json = log
+            .lines()
+            .rfind(|l| l.starts_with('{'))
+            .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["transport"] == transport);
+        let rate = json.as_ref().and_then(|v| Some((v["gbit_per_s"].as_f64()?, v["bytes"].as_f64()?)));
+        match (st.success(), rate) {
+            (true, Some((r, b))) => {
+                run.ok += 1;
+                run.rates.push(r);
+                run.bytes += b;
+            }
+            _ => {
+                run.failed += 1;
+                run.first_error.get_or_insert_with(|| log.lines().last().unwrap_or("").to_owned());
+            }
+        }
+    }
+    run.wall = t0.elapsed().as_secs_f64();
+    for s in servers {
+        let _ = bench.bed.finish(s);
+    }
+    stop_engines(bench, &engines);
+    Ok(run)
+}
+
+fn processes(bench: &Bench, rounds: usize) -> io::Result<String> {
+    let mut t = Table::new([
+        "client processes on a",
+        "transport",
+        "ok / failed",
+        "sum of per-process rates, Gbit/s",
+        "all bytes / wall, Gbit/s",
+        "per process p50",
+        "per process min / max",
+        "link / kernel (bytes / wall)",
+        "wall",
+    ]);
+    let mut notes = String::new();
+    for n in PROCS {
+        let rounds = if n >= 256 { rounds.min(2) } else { rounds };
+        let mut runs: [Vec<ManyRun>; 2] = [vec![], vec![]];
+        for round in 1..=rounds {
+            for (i, tr) in ["link", "kernel"].into_iter().enumerate() {
+                progress(&format!("{n} processes over {tr}, round {round}/{rounds}"));
+                runs[i].push(many(bench, n, tr)?);
+            }
+        }
+        let agg = |r: &ManyRun| r.rates.iter().sum::<f64>();
+        // Bytes over the whole wall time (start-up included): the processes
+        // need not all overlap, so this is a floor and the sum a ceiling.
+        let floor = |r: &ManyRun| r.bytes * 8.0 / r.wall / 1e9;
+        let ratio = median(runs[0].iter().zip(&runs[1]).map(|(l, k)| floor(l) / floor(k)).collect());
+        for (i, name) in ["link, through one engine per host", "kernel TCP"].into_iter().enumerate() {
+            let r = &runs[i];
+            let ok: usize = r.iter().map(|x| x.ok).sum();
+            let failed: usize = r.iter().map(|x| x.failed).sum();
+            let all: Vec<f64> = r.iter().flat_map(|x| x.rates.iter().copied()).collect();
+            let lo = all.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = all.iter().copied().fold(0.0, f64::max);
+            t.row([
+                n.to_string(),
+                name.to_string(),
+                format!("{ok} / {failed}"),
+                format!("{:.2}", median(r.iter().map(agg).collect())),
+                format!("{:.2}", median(r.iter().map(floor).collect())),
+                format!("{:.3}", median(all.clone())),
+                format!("{lo:.3} / {hi:.3}"),
+                if i == 0 { format!("{ratio:.2}x") } else { "-".into() },
+                format!("{:.1} s", median(r.iter().map(|x| x.wall).collect())),
+            ]);
+            if let Some(e) = r.iter().find_map(|x| x.first_error.clone()) {
+                notes += &format!("- {n} over {name}: first failure: {e}\n");
+            }
+        }
+    }
+    let mut out = format!(
+        "### Many processes per host (`xsock bw --seconds {SECONDS} --poll sleep`, {LISTENERS} listener processes \
+         on b, all clients at once)\n\n"
+    );
+    out += &t.markdown();
+    if !notes.is_empty() {
+        out += "\n";
+        out += &notes;
+    }
+    out += "\n";
+    Ok(out)
+}
+
+/// One 64 B ping-pong in `mode` (see [`rtt`]).
+fn rtt_once(bench: &Bench, mode: &str, count: u64) -> io::Result<Rtt> {
+    let (engine_a, engine_b, server, client): (Option<&str>, Option<&str>, &[&str], &[&str]) = match mode {
+        "kernel" => (None, None, &["--poll", "sleep"], &["--poll", "sleep"]),
+        "engines-busy" => (Some("busy"), Some("busy"), &["--poll", "sleep"], &["--poll", "sleep"]),
+        "engines-adaptive" => (Some("adaptive"), Some("adaptive"), &["--poll", "sleep"], &["--poll", "sleep"]),
+        "inproc-busy" => (None, None, &["--poll", "busy"], &["--poll", "busy"]),
+        "inproc-block-a" => (None, None, &["--poll", "busy"], &["--poll", "sleep"]),
+        "engine-a-block" => (Some("busy"), None, &["--poll", "busy"], &["--poll", "sleep"]),
+        other => return Err(io::Error::other(format!("no mode {other}"))),
+    };
+    let mut engines = Vec::new();
+    if let Some(p) = engine_a {
+        engines.push(start_engine(bench, &bench.a, p)?);
+    }
+    if let Some(p) = engine_b {
+        engines.push(start_engine(bench, &bench.b, p)?);
+    }
+    let transport = if mode == "kernel" { "kernel" } else { "link" };
+    let r = bench.ping(transport, 64, count, server, client);
+    stop_engines(bench, &engines);
+    r
+}
+
+// Not measured: an application busy-polling its socket behind a busy
+// engine, with the peer busy-polling too: three spinning threads on this
+// 2-core machine time-slice (8 ms round trips in a trial run); it needs a
+// core per spinner.
+const MODES: [(&str, &str); 6] = [
+    ("kernel", "kernel TCP, both applications block"),
+    ("engines-busy", "through engines on both hosts (busy-poll), applications block"),
+    ("engines-adaptive", "through engines on both hosts (adaptive), applications block"),
+    ("inproc-busy", "in-process runtimes, both busy-poll (issue 6's mode)"),
+    ("inproc-block-a", "a: in-process, blocks; b: in-process, busy-polls"),
+    ("engine-a-block", "a: engine (busy) + blocking application; b: in-process, busy-polls"),
+];
+
+fn rtt(bench: &Bench, rounds: usize) -> io::Result<String> {
+    let mut runs: Vec<Vec<Rtt>> = vec![vec![]; MODES.len()];
+    for round in 1..=rounds {
+        for (i, (mode, _)) in MODES.iter().enumerate() {
+            progress(&format!("64 B ping {mode}, round {round}/{rounds}"));
+            runs[i].push(rtt_once(bench, mode, 20_000)?);
+        }
+    }
+    let p50 = |v: &[Rtt]| v.iter().map(|r| r.rtt_p50_ns as f64).collect::<Vec<_>>();
+    let paired = |a: &[Rtt], b: &[Rtt]| median(p50(a).iter().zip(p50(b)).map(|(x, y)| x / y).collect());
+    let mut t = Table::new(["64 B ping-pong", "p50", "p99", "p99.9", "p50 / kernel p50", "rounds"]);
+    for (i, (_, name)) in MODES.iter().enumerate() {
+        let ratio = (i > 0).then(|| paired(&runs[i], &runs[0]));
+        rtt_row(&mut t, name, &runs[i], ratio);
+    }
+    let mut out = String::from(
+        "### 64 B round trips through the engine (`xsock ping --size 64 --count 20000`; modes interleaved per \
+         round)\n\n",
+    );
+    out += &t.markdown();
+    out += "\n";
+    Ok(out)
+}
+
+/// One bulk stream through engines on both hosts against the same stream
+/// between in-process runtimes: what the socketpair crossings cost.
+fn one_stream(bench: &Bench, rounds: usize) -> io::Result<String> {
+    let (mut engine, mut inproc) = (vec![], vec![]);
+    for round in 1..=rounds {
+        progress(&format!("one stream, round {round}/{rounds}"));
+        let e = vec![start_engine(bench, &bench.a, "adaptive")?, start_engine(bench, &bench.b, "adaptive")?];
+        let r = bench.bw("link", 1 << 20, SECONDS, &["--poll", "sleep"], &["--poll", "sleep"]);
+        stop_engines(bench, &e);
+        engine.push(r?.gbit_per_s);
+        inproc.push(bench.bw("link", 1 << 20, SECONDS, &["--poll", "sleep"], &["--poll", "sleep"])?.gbit_per_s);
+    }
+    let ratio = median(engine.iter().zip(&inproc).map(|(e, i)| e / i).collect());
+    let mut t = Table::new(["one stream, 1 MiB sends, both ends sleep-poll", "Gbit/s", "through engines / in-process"]);
+    t.row([
+        "through engines on both hosts (adaptive)".into(),
+        format!("{:.2}", median(engine)),
+        format!("{ratio:.2}x"),
+    ]);
+    t.row(["in-process runtimes".into(), format!("{:.2}", median(inproc)), "-".into()]);
+    let mut out = format!("### One stream (`xsock bw --seconds {SECONDS} --poll sleep`)\n\n");
+    out += &t.markdown();
+    out += "\n";
+    Ok(out)
+}
+
+pub fn run(xsock_bin: &Path, rounds: usize, only: Option<&str>) -> io::Result<()> {
+    let started = Instant::now();
+    let want = |part: &str| only.is_none_or(|o| o == part);
+    let bench = Bench::two_hosts(xsock_bin, 1500)?;
+    let mut out = String::new();
+    if want("procs") {
+        out += &processes(&bench, rounds)?;
+    }
+    if want("one") {
+        out += &one_stream(&bench, rounds)?;
+    }
+    if want("ping") {
+        out += &rtt(&bench, rounds)?;
+    }
+    out += &format!("Suite wall time: {:.0} s, {rounds} rounds.\n", started.elapsed().as_secs_f64());
+    println!("{out}");
+    Ok(())
+}
