@@ -19,6 +19,9 @@ pub const MAX_MSG: usize = 64 * 1024;
 /// Longest string a message carries (an error's text, an interface name).
 pub const MAX_STR: usize = 4096;
 
+/// Bytes before each chunk of a message the engine passes to a client.
+pub const CHUNK_HEADER: usize = 5;
+
 /// Which paths a connect may take (as `xsock::Transport`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportKind {
@@ -81,6 +84,8 @@ pub enum Msg<'a> {
         addr: SocketAddrV4,
         /// Which paths.
         transport: TransportKind,
+        /// Messages rather than a byte stream (see [`Msg::Connected`]).
+        messages: bool,
         /// Give up after this long.
         timeout_ms: u32,
     },
@@ -90,6 +95,8 @@ pub enum Msg<'a> {
         req: u32,
         /// Where.
         addr: SocketAddrV4,
+        /// Messages rather than a byte stream.
+        messages: bool,
     },
     /// Client: stop listening.
     Unlisten {
@@ -134,6 +141,10 @@ pub enum Msg<'a> {
         reason: &'a str,
     },
     /// Engine: a connect succeeded; the stream's descriptor comes with it.
+    /// In message mode the client writes each message as an 8-byte
+    /// little-endian length and the bytes (as on kernel TCP), and reads
+    /// messages as chunks: a 4-byte little-endian length, a byte that is 1
+    /// on a message's last chunk, and the bytes ([`CHUNK_HEADER`]).
     Connected {
         /// From the request.
         req: u32,
@@ -340,6 +351,13 @@ impl<'a> Reader<'a> {
         }
         std::str::from_utf8(self.take(n)?).map_err(|_| ParseError::BadField(self.tag, "UTF-8 text"))
     }
+    fn flag(&mut self) -> Result<bool, ParseError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(ParseError::BadField(self.tag, "flag")),
+        }
+    }
     fn transport(&mut self) -> Result<TransportKind, ParseError> {
         TransportKind::from_code(self.u8()?).ok_or(ParseError::BadField(self.tag, "transport"))
     }
@@ -407,10 +425,14 @@ impl<'a> Msg<'a> {
         let mut r = Reader { tag: t, rest };
         let m = match t {
             tag::HELLO => Msg::Hello { version: r.u16()? },
-            tag::CONNECT => {
-                Msg::Connect { req: r.u32()?, addr: r.addr()?, transport: r.transport()?, timeout_ms: r.u32()? }
-            }
-            tag::LISTEN => Msg::Listen { req: r.u32()?, addr: r.addr()? },
+            tag::CONNECT => Msg::Connect {
+                req: r.u32()?,
+                addr: r.addr()?,
+                transport: r.transport()?,
+                messages: r.flag()?,
+                timeout_ms: r.u32()?,
+            },
+            tag::LISTEN => Msg::Listen { req: r.u32()?, addr: r.addr()?, messages: r.flag()? },
             tag::UNLISTEN => Msg::Unlisten { listen: r.u32()? },
             tag::STATUS => Msg::Status { req: r.u32()? },
             tag::SYNC => Msg::Sync { req: r.u32()? },
@@ -454,10 +476,10 @@ impl<'a> Msg<'a> {
         let mut w = Writer(Vec::with_capacity(32));
         match *self {
             Msg::Hello { version } => w.u8(tag::HELLO).u16(version),
-            Msg::Connect { req, addr, transport, timeout_ms } => {
-                w.u8(tag::CONNECT).u32(req).addr(addr).u8(transport.code()).u32(timeout_ms)
+            Msg::Connect { req, addr, transport, messages, timeout_ms } => {
+                w.u8(tag::CONNECT).u32(req).addr(addr).u8(transport.code()).u8(u8::from(messages)).u32(timeout_ms)
             }
-            Msg::Listen { req, addr } => w.u8(tag::LISTEN).u32(req).addr(addr),
+            Msg::Listen { req, addr, messages } => w.u8(tag::LISTEN).u32(req).addr(addr).u8(u8::from(messages)),
             Msg::Unlisten { listen } => w.u8(tag::UNLISTEN).u32(listen),
             Msg::Status { req } => w.u8(tag::STATUS).u32(req),
             Msg::Sync { req } => w.u8(tag::SYNC).u32(req),
@@ -510,8 +532,14 @@ mod tests {
     fn every() -> Vec<Msg<'static>> {
         vec![
             Msg::Hello { version: VERSION },
-            Msg::Connect { req: 7, addr: a("10.0.0.2:5000"), transport: TransportKind::Link, timeout_ms: 10_000 },
-            Msg::Listen { req: 8, addr: a("0.0.0.0:0") },
+            Msg::Connect {
+                req: 7,
+                addr: a("10.0.0.2:5000"),
+                transport: TransportKind::Link,
+                messages: true,
+                timeout_ms: 10_000,
+            },
+            Msg::Listen { req: 8, addr: a("0.0.0.0:0"), messages: false },
             Msg::Unlisten { listen: 3 },
             Msg::Status { req: 9 },
             Msg::Sync { req: 10 },

@@ -307,7 +307,13 @@ impl ClientShared {
     }
 
     /// Connects through the engine.
-    pub fn connect(&self, addr: SocketAddrV4, transport: Transport, timeout: Duration) -> Result<Handed, Error> {
+    pub fn connect(
+        &self,
+        addr: SocketAddrV4,
+        transport: Transport,
+        timeout: Duration,
+        messages: bool,
+    ) -> Result<Handed, Error> {
         let transport = match transport {
             Transport::Auto => TransportKind::Auto,
             Transport::Link => TransportKind::Link,
@@ -315,7 +321,7 @@ impl ClientShared {
             Transport::Tcp => TransportKind::Tcp,
         };
         let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
-        match self.request(|req| Msg::Connect { req, addr, transport, timeout_ms }, timeout + GRACE)? {
+        match self.request(|req| Msg::Connect { req, addr, transport, messages, timeout_ms }, timeout + GRACE)? {
             Reply::Stream(h) => Ok(h),
             Reply::Failed(kind, text) => Err(error_of(kind, text, Some(addr))),
             _ => Err(Error::Protocol("the host engine answered a connect with something else".into())),
@@ -323,8 +329,13 @@ impl ClientShared {
     }
 
     /// Listens through the engine; accepted streams queue for `signal`.
-    pub fn listen(&self, addr: SocketAddrV4, signal: Arc<Notifier>) -> Result<(u32, SocketAddrV4), Error> {
-        match self.request(|req| Msg::Listen { req, addr }, GRACE)? {
+    pub fn listen(
+        &self,
+        addr: SocketAddrV4,
+        signal: Arc<Notifier>,
+        messages: bool,
+    ) -> Result<(u32, SocketAddrV4), Error> {
+        match self.request(|req| Msg::Listen { req, addr, messages }, GRACE)? {
             Reply::Listening { listen, local } => {
                 let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
                 let q = st.listeners.entry(listen).or_default();

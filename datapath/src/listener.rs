@@ -100,14 +100,7 @@ impl Listener {
     pub fn bind_with(rt: &Runtime, addr: SocketAddrV4, opts: ListenOptions) -> Result<Listener, Error> {
         let signal = Notifier::new();
         if let Some(client) = rt.client() {
-            if opts.mode == Mode::Message {
-                return Err(Error::Config(
-                    "message mode does not go through the host engine yet: use byte streams, or drive the \
-                     interface in this process (XSOCK_ENGINE=off)"
-                        .into(),
-                ));
-            }
-            let (id, addr) = client.listen(addr, signal.clone())?;
+            let (id, addr) = client.listen(addr, signal.clone(), opts.mode == Mode::Message)?;
             let shared = Arc::new(ListenShared {
                 rt: rt.clone(),
                 link_port: None,

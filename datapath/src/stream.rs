@@ -216,14 +216,7 @@ impl Stream {
         if let Some(client) = rt.client() {
             // Through the host engine: the request waits for the engine's
             // answer (the engine itself connects without blocking others).
-            if opts.mode == Mode::Message {
-                return Err(Error::Config(
-                    "message mode does not go through the host engine yet: use byte streams, or drive the \
-                     interface in this process (XSOCK_ENGINE=off)"
-                        .into(),
-                ));
-            }
-            let h = client.connect(addr, opts.transport, opts.timeout)?;
+            let h = client.connect(addr, opts.transport, opts.timeout, opts.mode == Mode::Message)?;
             return Self::from_engine(rt, h, opts.mode);
         }
         let pending = Pending::start(rt, addr, opts)?;
@@ -666,6 +659,9 @@ impl Stream {
         let max = self.max_message;
         let spin = self.spin;
         let r = match &mut self.conn {
+            // Through the host engine over reliable-link, messages come in
+            // the engine's chunks (their length is not known up front).
+            Conn::Kernel(s) if s.path() == Path::Link => recv_chunked(s, out, max, spin),
             Conn::Kernel(s) => framing::recv_framed(out, max, |buf| kernel_read_exact(s, buf, spin)),
             Conn::Tcp(c) => {
                 let peer = self.peer;
@@ -842,6 +838,53 @@ impl Stream {
         }
     }
 
+    /// Non-blocking, for relaying messages piece by piece (a host engine):
+    /// sends what fits of `data`, which continues the current message and
+    /// ends it if `end` (marked only once all of `data` is taken: call
+    /// again with the rest). Byte streams ignore `end`.
+    pub fn try_send_part(&mut self, data: &[u8], end: bool) -> Result<usize, Error> {
+        self.settle(false)?;
+        if let Conn::Link { cid, .. } = &self.conn
+            && self.mode == Mode::Message
+        {
+            let cid = *cid;
+            return match self.link_write(cid, data, end)? {
+                0 if !data.is_empty() => Err(Error::WouldBlock),
+                n => Ok(n),
+            };
+        }
+        self.try_send(data)
+    }
+
+    /// Non-blocking, the receiving side of [`Stream::try_send_part`]: the
+    /// bytes there now of the current message and whether they end it;
+    /// `(0, false)` at the end of the stream. Byte streams never say `end`.
+    pub fn try_recv_part(&mut self, buf: &mut [u8]) -> Result<(usize, bool), Error> {
+        self.settle(false)?;
+        if let Conn::Link { cid, .. } = &self.conn
+            && self.mode == Mode::Message
+        {
+            let cid = *cid;
+            let link = self.rt.link().expect("link");
+            let st = link.shared.lock().read_status(cid, buf, true).map_err(|_| Error::Closed)?;
+            if st.wants_transmit {
+                self.rt.kick();
+            }
+            if st.len > 0 || st.end_of_message {
+                return Ok((st.len, st.end_of_message));
+            }
+            if st.eof {
+                return Ok((0, false));
+            }
+            return match st.closed {
+                Some(CloseReason::Graceful) => Ok((0, false)),
+                Some(reason) => Err(close_error(reason, self.peer)),
+                None => Err(Error::WouldBlock),
+            };
+        }
+        self.try_recv(buf).map(|n| (n, false))
+    }
+
     // ---- ending ------------------------------------------------------------
 
     /// Closes the sending side (the peer reads the end of the stream after
@@ -976,6 +1019,35 @@ fn kernel_read(s: &mut crate::sock::Sock, buf: &mut [u8], spin: bool) -> Result<
             Err(e) if e.kind() == io::ErrorKind::WouldBlock && spin => std::hint::spin_loop(),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(Error::from_io(e)),
+        }
+    }
+}
+
+/// One message from the host engine's chunks (see `xsock_attach::Msg::Connected`).
+fn recv_chunked(s: &mut crate::sock::Sock, out: &mut Vec<u8>, max: usize, spin: bool) -> Result<Received, Error> {
+    use xsock_attach::wire::CHUNK_HEADER;
+    out.clear();
+    loop {
+        let mut h = [0u8; CHUNK_HEADER];
+        if !kernel_read_exact(s, &mut h, spin)? {
+            if out.is_empty() {
+                return Ok(Received::End);
+            }
+            return Err(Error::Protocol("the peer finished in the middle of a message".into()));
+        }
+        let n = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        if out.len() + n > max {
+            let len = (out.len() + n) as u64;
+            out.clear();
+            return Err(framing::too_large(len, max));
+        }
+        let start = out.len();
+        out.resize(start + n, 0);
+        if n > 0 && !kernel_read_exact(s, &mut out[start..], spin)? {
+            return Err(Error::Protocol("the host engine's stream ended in the middle of a message".into()));
+        }
+        if h[4] == 1 {
+            return Ok(Received::Message);
         }
     }
 }

@@ -19,7 +19,7 @@ use std::{
 };
 
 use xsock::{Error, Stream};
-use xsock_attach::EndKind;
+use xsock_attach::{EndKind, wire::CHUNK_HEADER};
 
 /// Bytes one buffer holds (each way, per stream).
 pub const BUF: usize = 64 * 1024;
@@ -185,6 +185,21 @@ pub struct Bridge {
     /// Bytes moved so far.
     pub moved: Moved,
     pumps: u64,
+    /// Messages over reliable-link: the client's framing (an 8-byte length
+    /// and the bytes) becomes link messages, and link messages become
+    /// chunks for the client (see `xsock_attach::Msg::Connected`).
+    framed: Option<Framing>,
+}
+
+/// Where the bridge is in the client's current message.
+#[derive(Default)]
+struct Framing {
+    header: [u8; 8],
+    header_len: usize,
+    /// Bytes of the current message still to send (`None`: between
+    /// messages, reading a length).
+    left: Option<u64>,
+    max: u64,
 }
 
 /// Rounds of reading and writing per pump: bounds what one busy stream
@@ -198,7 +213,6 @@ impl Bridge {
         pair.set_nonblocking(true)?;
         Ok(Bridge {
             client,
-            stream,
             pair,
             to_net: Buf::default(),
             to_app: Buf::default(),
@@ -210,6 +224,9 @@ impl Bridge {
             app_gone: false,
             moved: Moved::default(),
             pumps: 0,
+            framed: (stream.mode() == xsock::Mode::Message && stream.path() == xsock::Path::Link)
+                .then(|| Framing { max: stream.max_message() as u64, ..Framing::default() }),
+            stream,
         })
     }
 
@@ -220,13 +237,9 @@ impl Bridge {
             let mut progress = false;
             // Client -> network.
             if !self.to_net.is_empty() {
-                match self.stream.try_send(self.to_net.pending()) {
-                    Ok(n) => {
-                        self.moved.to_net += n as u64;
-                        self.to_net.consume(n, pool);
-                        progress |= n > 0;
-                    }
-                    Err(Error::WouldBlock) => {}
+                let r = if self.framed.is_some() { self.send_messages(pool) } else { self.send_bytes(pool) };
+                match r {
+                    Ok(p) => progress |= p,
                     Err(e) => return self.fail(&e, pool),
                 }
             }
@@ -281,7 +294,21 @@ impl Bridge {
             }
             if self.to_app.is_empty() && !self.net_eof {
                 let stream = &mut self.stream;
-                match self.to_app.fill(pool, |b| stream.try_recv(b)) {
+                let chunked = self.framed.is_some();
+                let r = self.to_app.fill(pool, |b| {
+                    if !chunked {
+                        return stream.try_recv(b);
+                    }
+                    // A chunk: length, last-chunk flag, bytes.
+                    let (n, end) = stream.try_recv_part(&mut b[CHUNK_HEADER..])?;
+                    if n == 0 && !end {
+                        return Ok(0);
+                    }
+                    b[..4].copy_from_slice(&(n as u32).to_le_bytes());
+                    b[4] = u8::from(end);
+                    Ok(n + CHUNK_HEADER)
+                });
+                match r {
                     Ok(0) => {
                         self.net_eof = true;
                         progress = true;
@@ -308,6 +335,66 @@ impl Bridge {
             stream_read: !self.net_eof && self.to_app.is_empty(),
             stream_write: !self.to_net.is_empty(),
         })
+    }
+
+    /// Byte streams: what fits of the client's bytes goes.
+    fn send_bytes(&mut self, pool: &mut BufPool) -> Result<bool, Error> {
+        match self.stream.try_send(self.to_net.pending()) {
+            Ok(n) => {
+                self.moved.to_net += n as u64;
+                self.to_net.consume(n, pool);
+                Ok(n > 0)
+            }
+            Err(Error::WouldBlock) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Messages: the client's lengths are read (and checked against the
+    /// stream's largest message), its bytes sent as parts of link messages.
+    fn send_messages(&mut self, pool: &mut BufPool) -> Result<bool, Error> {
+        let mut progress = false;
+        while !self.to_net.is_empty() {
+            let f = self.framed.as_mut().expect("framed");
+            let data = self.to_net.pending();
+            let Some(left) = f.left else {
+                let k = (8 - f.header_len).min(data.len());
+                f.header[f.header_len..f.header_len + k].copy_from_slice(&data[..k]);
+                f.header_len += k;
+                self.to_net.consume(k, pool);
+                progress = true;
+                if f.header_len == 8 {
+                    f.header_len = 0;
+                    let len = u64::from_le_bytes(f.header);
+                    if len > f.max {
+                        return Err(Error::MessageTooLarge { len, max: f.max as usize });
+                    }
+                    if len == 0 {
+                        self.stream.try_send_part(&[], true)?;
+                    } else {
+                        f.left = Some(len);
+                    }
+                }
+                continue;
+            };
+            let k = usize::try_from(left).unwrap_or(usize::MAX).min(data.len());
+            let end = k as u64 == left;
+            match self.stream.try_send_part(&data[..k], end) {
+                Ok(n) => {
+                    let f = self.framed.as_mut().expect("framed");
+                    f.left = Some(left - n as u64).filter(|&l| l > 0);
+                    self.moved.to_net += n as u64;
+                    self.to_net.consume(n, pool);
+                    progress |= n > 0;
+                    if n < k {
+                        break;
+                    }
+                }
+                Err(Error::WouldBlock) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(progress)
     }
 
     /// The client's end closed and its process lives (or exited normally):

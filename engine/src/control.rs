@@ -4,11 +4,15 @@
 
 use std::os::fd::AsFd;
 
-use xsock::{ConnectOptions, Error, Interest, ListenOptions, Listener, Stream, Transport};
+use xsock::{ConnectOptions, Error, Interest, ListenOptions, Listener, Mode, Stream, Transport};
 use xsock_attach::{EndKind, Msg, TransportKind, VERSION, policy::groups_from_status};
 use xsock_nic::unix::{self, FdPassError};
 
 use crate::{Client, Connecting, Engine, Listen, bridge::End, kind, token};
+
+fn mode(messages: bool) -> Mode {
+    if messages { Mode::Message } else { Mode::Stream }
+}
 
 impl Engine {
     /// Takes every process waiting on the engine's socket.
@@ -119,12 +123,12 @@ impl Engine {
                 Ok(())
             }
             _ if !hello => Err("it sent a request before hello".into()),
-            Msg::Connect { req, addr, transport, timeout_ms } => {
-                self.connect(id, req, addr, transport, timeout_ms);
+            Msg::Connect { req, addr, transport, messages, timeout_ms } => {
+                self.connect(id, req, addr, transport, mode(messages), timeout_ms);
                 Ok(())
             }
-            Msg::Listen { req, addr } => {
-                self.listen(id, req, addr);
+            Msg::Listen { req, addr, messages } => {
+                self.listen(id, req, addr, mode(messages));
                 Ok(())
             }
             Msg::Unlisten { listen } => {
@@ -158,7 +162,15 @@ impl Engine {
         }
     }
 
-    fn connect(&mut self, id: u32, req: u32, addr: std::net::SocketAddrV4, transport: TransportKind, ms: u32) {
+    fn connect(
+        &mut self,
+        id: u32,
+        req: u32,
+        addr: std::net::SocketAddrV4,
+        transport: TransportKind,
+        mode: Mode,
+        ms: u32,
+    ) {
         let full = self.clients.get(&id).is_none_or(|c| c.streams.len() >= self.cfg.max_streams_per_client);
         if full {
             let text = format!(
@@ -174,11 +186,7 @@ impl Engine {
             TransportKind::Kernel => Transport::Kernel,
             TransportKind::Tcp => Transport::Tcp,
         };
-        let opts = ConnectOptions {
-            transport,
-            timeout: std::time::Duration::from_millis(u64::from(ms.max(1))),
-            ..ConnectOptions::default()
-        };
+        let opts = ConnectOptions { transport, mode, timeout: std::time::Duration::from_millis(u64::from(ms.max(1))) };
         match Stream::connect_start(&self.rt, addr, opts) {
             Ok(s) => {
                 let sid = self.new_id();
@@ -197,8 +205,8 @@ impl Engine {
         }
     }
 
-    fn listen(&mut self, id: u32, req: u32, addr: std::net::SocketAddrV4) {
-        match Listener::bind_with(&self.rt, addr, ListenOptions::default()) {
+    fn listen(&mut self, id: u32, req: u32, addr: std::net::SocketAddrV4, mode: Mode) {
+        match Listener::bind_with(&self.rt, addr, ListenOptions { mode, ..ListenOptions::default() }) {
             Ok(l) => {
                 let lid = self.new_id();
                 let local = l.local_addr();

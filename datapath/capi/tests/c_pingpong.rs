@@ -134,3 +134,80 @@ fn a_c_program_opens_hundreds_of_connections_at_once_with_a_poller() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The `xsock` binary of this workspace (built by `cargo test --workspace`
+/// for the tools' own tests before any test runs).
+fn xsock_bin() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/xsock");
+    assert!(p.exists(), "{} is missing: build it first (`cargo build -p xsock-tools`)", p.display());
+    p
+}
+
+#[test]
+fn the_c_programs_run_unchanged_through_host_engines() {
+    require_root!();
+    let dir = std::env::temp_dir().join(format!("xsock-capi-engine-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lib = lib_dir();
+    let ping = dir.join("pingpong");
+    compile(&ping, &[&format!("-L{}", lib.display()), "-lxsock", &format!("-Wl,-rpath,{}", lib.display())]);
+    let many = dir.join("manyconn");
+    let out = Command::new("cc")
+        .args(["-O2", "-Wall", "-Werror", "-o"])
+        .arg(&many)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/manyconn.c"))
+        .arg(format!("-I{}", Path::new(env!("CARGO_MANIFEST_DIR")).join("include").display()))
+        .args([&format!("-L{}", lib.display()), "-lxsock", &format!("-Wl,-rpath,{}", lib.display())])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cc: {}", String::from_utf8_lossy(&out.stderr));
+    let bed = Testbed::new().unwrap();
+    let (a, b) = bed.pair(LinkOpts::default(), "10.84.0").unwrap();
+    let xsock = xsock_bin().display().to_string();
+    for host in [&a, &b] {
+        let pid = bed.spawn(host, &xsock, &["engine", "--iface", "eth0"]).unwrap();
+        let t0 = std::time::Instant::now();
+        while !bed.log_tail(pid, 20).contains("listening on") {
+            assert!(t0.elapsed() < std::time::Duration::from_secs(10), "engine: {}", bed.log_tail(pid, 5));
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    // Message mode both programs use; each is one process of many on its
+    // host's engine (two servers on b at once).
+    let (ping, many) = (ping.display().to_string(), many.display().to_string());
+    let s1 = bed.spawn(&b, &ping, &["server", "eth0", "10.84.0.2:7620"]).unwrap();
+    let s2 = bed.spawn(&b, &many, &["server", "eth0", "10.84.0.2:7621"]).unwrap();
+    let t0 = std::time::Instant::now();
+    while !(b.listening(7620).unwrap() && b.listening(7621).unwrap()) {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "{} {}", bed.log_tail(s1, 5), bed.log_tail(s2, 5));
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let out = a.command(&ping, &["client", "eth0", "10.84.0.2:7620", "2000", "3000"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("path=link"), "{stdout}");
+    // Messages larger than the engine's 64 KiB buffers cross in chunks (the
+    // server serves one client: a second one).
+    let s3 = bed.spawn(&b, &ping, &["server", "eth0", "10.84.0.2:7622"]).unwrap();
+    let t0 = std::time::Instant::now();
+    while !b.listening(7622).unwrap() {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "{}", bed.log_tail(s3, 5));
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let out = a.command(&ping, &["client", "eth0", "10.84.0.2:7622", "40", "300000"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("path=link count=40 size=300000"), "{stdout}");
+    let out = a.command(&many, &["client", "eth0", "10.84.0.2:7621", "300"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.starts_with("connected=300 echoed=300 "), "{stdout}");
+    assert!(stdout.trim_end().ends_with("path=link"), "{stdout}");
+    // Both programs' streams went through a's engine.
+    let st = a.exec(&xsock, &["engine", "--iface", "eth0", "--status"]).unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert!(st["streams_total"].as_u64().unwrap() >= 301, "{st}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

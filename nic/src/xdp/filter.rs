@@ -408,10 +408,16 @@ fn program_fix(iface: &str, ifindex: u32) -> String {
         return format!("detach it with `ip link set dev {iface} xdp off`");
     }
     let who: Vec<String> = owners.iter().map(|(pid, cmd)| format!("pid {pid} ({cmd})")).collect();
+    let share = if owners.iter().any(|(_, cmd)| cmd.contains("xsock engine")) {
+        "that is a host engine: attach to it instead (unset XSOCK_ENGINE=off; RuntimeBuilder::engine(EngineUse::Auto))"
+    } else {
+        "one process drives an interface; run `xsock engine --iface IFACE` to share it between processes"
+    };
     format!(
         "it is held by {}, and goes only when that process exits (`ip link set dev {iface} xdp off` cannot detach \
-         a bpf_link); stop it, or share it: one xsock runtime drives an interface for one process",
-        who.join(", ")
+         a bpf_link); stop it, or share it: {}",
+        who.join(", "),
+        share.replace("IFACE", iface)
     )
 }
 
