@@ -55,6 +55,11 @@ struct ListenQueue {
 #[derive(Default)]
 struct State {
     replies: HashMap<u32, Reply>,
+    /// Who to wake when a request's reply comes (a connect under way).
+    waiters: HashMap<u32, Arc<Notifier>>,
+    /// Requests whose asker went away: their replies are dropped (a
+    /// handed stream's descriptor closes, which the engine sees).
+    abandoned: std::collections::HashSet<u32>,
     listeners: HashMap<u32, ListenQueue>,
     ended: HashMap<u32, (EndKind, String)>,
     /// Why the engine is gone (its socket closed or broke).
@@ -258,6 +263,7 @@ impl ClientShared {
                     break format!("it sent {other:?}, which only a client sends");
                 }
             }
+            self.settle_replies(&mut st);
             drop(st);
             self.cond.notify_all();
         };
@@ -272,8 +278,77 @@ impl ClientShared {
                 s.notify();
             }
         }
+        for (_, w) in st.waiters.drain() {
+            w.notify();
+        }
         drop(st);
         self.cond.notify_all();
+    }
+
+    /// Wakes the waiters of replies that came; drops abandoned ones.
+    fn settle_replies(&self, st: &mut State) {
+        let done: Vec<u32> = st.replies.keys().filter(|r| st.abandoned.contains(r)).copied().collect();
+        for req in done {
+            st.abandoned.remove(&req);
+            if let Some(Reply::Stream(h)) = st.replies.remove(&req) {
+                let _ = send(&self.ctl, &Msg::Close { stream: h.stream });
+            }
+        }
+        let ready: Vec<u32> = st.waiters.keys().filter(|r| st.replies.contains_key(r)).copied().collect();
+        for req in ready {
+            if let Some(w) = st.waiters.remove(&req) {
+                w.notify();
+            }
+        }
+    }
+
+    /// Starts a connect through the engine: the reply wakes `signal` and
+    /// waits for [`ClientShared::take_reply`].
+    pub fn connect_begin(
+        &self,
+        addr: SocketAddrV4,
+        transport: Transport,
+        timeout: Duration,
+        messages: bool,
+        signal: Arc<Notifier>,
+    ) -> Result<u32, Error> {
+        let transport = transport_kind(transport);
+        let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(why) = &st.gone {
+                return Err(Error::ConnectionReset(why.clone()));
+            }
+            st.waiters.insert(req, signal);
+        }
+        if let Err(e) = send(&self.ctl, &Msg::Connect { req, addr, transport, messages, timeout_ms }) {
+            self.state.lock().unwrap_or_else(|p| p.into_inner()).waiters.remove(&req);
+            return Err(self.gone().map_or(e, Error::ConnectionReset));
+        }
+        Ok(req)
+    }
+
+    /// The reply to `req` if it came; `Err` if the engine is gone.
+    pub fn take_reply(&self, req: u32, addr: SocketAddrV4) -> Result<Option<Handed>, Error> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match st.replies.remove(&req) {
+            Some(Reply::Stream(h)) => Ok(Some(h)),
+            Some(Reply::Failed(kind, text)) => Err(error_of(kind, text, Some(addr))),
+            Some(_) => Err(Error::Protocol("the host engine answered a connect with something else".into())),
+            None => match &st.gone {
+                Some(why) => Err(Error::ConnectionReset(why.clone())),
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// The asker of `req` went away: its reply, when it comes, is dropped.
+    pub fn abandon(&self, req: u32) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.waiters.remove(&req);
+        st.abandoned.insert(req);
+        self.settle_replies(&mut st);
     }
 
     /// Sends a request and waits up to `max` for its reply.
@@ -303,28 +378,6 @@ impl ClientShared {
                 )));
             }
             st = self.cond.wait_timeout(st, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
-        }
-    }
-
-    /// Connects through the engine.
-    pub fn connect(
-        &self,
-        addr: SocketAddrV4,
-        transport: Transport,
-        timeout: Duration,
-        messages: bool,
-    ) -> Result<Handed, Error> {
-        let transport = match transport {
-            Transport::Auto => TransportKind::Auto,
-            Transport::Link => TransportKind::Link,
-            Transport::Kernel => TransportKind::Kernel,
-            Transport::Tcp => TransportKind::Tcp,
-        };
-        let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
-        match self.request(|req| Msg::Connect { req, addr, transport, messages, timeout_ms }, timeout + GRACE)? {
-            Reply::Stream(h) => Ok(h),
-            Reply::Failed(kind, text) => Err(error_of(kind, text, Some(addr))),
-            _ => Err(Error::Protocol("the host engine answered a connect with something else".into())),
         }
     }
 
@@ -415,6 +468,19 @@ impl ClientShared {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).ended.remove(&id);
     }
 }
+
+fn transport_kind(t: Transport) -> TransportKind {
+    match t {
+        Transport::Auto => TransportKind::Auto,
+        Transport::Link => TransportKind::Link,
+        Transport::Kernel => TransportKind::Kernel,
+        Transport::Tcp => TransportKind::Tcp,
+    }
+}
+
+/// How long a connect through the engine waits beyond its own timeout for
+/// the engine's answer.
+pub(crate) const CONNECT_GRACE: Duration = GRACE;
 
 /// The path a handed stream takes.
 pub(crate) fn path_of(p: PathKind) -> Path {

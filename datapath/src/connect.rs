@@ -49,6 +49,8 @@ enum Stage {
     Tcp(TcpConn),
     /// The kernel's non-blocking connect is under way.
     Kernel(TcpStream),
+    /// The host engine is connecting for us (request `req`).
+    Engine { req: u32 },
     /// Connected; the stream has not taken the connection yet.
     Done(Conn),
     /// Connected and taken: what the stream now holds.
@@ -86,13 +88,25 @@ pub(crate) struct Pending {
     /// own notifier.
     pub signal: Arc<Notifier>,
     stage: Stage,
+    /// The host engine's request, while it is out (dropped unanswered:
+    /// the engine's answer is let go of when it comes).
+    engine_req: Option<u32>,
+    rt: Option<Runtime>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let (Some(req), Some(c)) = (self.engine_req, self.rt.as_ref().and_then(|r| r.client())) {
+            c.abandon(req);
+        }
+    }
 }
 
 impl Pending {
     /// Starts connecting to `addr`. Errors that need no waiting (no link
     /// for a forced reliable-link, no TCP mode) come back here.
     pub fn start(rt: &Runtime, addr: SocketAddrV4, opts: ConnectOptions) -> Result<Pending, Error> {
-        if opts.transport == Transport::Link && rt.link().is_none() {
+        if opts.transport == Transport::Link && !rt.has_link() {
             return Err(Error::NoLink);
         }
         if opts.transport == Transport::Tcp && !rt.has_tcp_mode() {
@@ -104,6 +118,8 @@ impl Pending {
             deadline: Instant::now() + opts.timeout,
             signal: Notifier::new(),
             stage: Stage::Start,
+            engine_req: None,
+            rt: rt.is_attached().then(|| rt.clone()),
         };
         // The first step at once: a SYN or DISCOVER goes out now.
         match p.advance(rt) {
@@ -156,6 +172,7 @@ impl Pending {
                 Stage::TcpArp { hop, since } => self.tcp_arp(rt, hop, since, now),
                 Stage::Tcp(c) => self.tcp(c, now),
                 Stage::Kernel(s) => self.kernel(s, now),
+                Stage::Engine { req } => self.engine(rt, req, now),
                 Stage::Done(conn) => {
                     self.stage = Stage::Taken(source_of(&conn));
                     return Progress::Ready(conn);
@@ -190,6 +207,18 @@ impl Pending {
 
     /// Which path to try first.
     fn choose(&mut self, rt: &Runtime) -> Result<Step, Error> {
+        if let Some(client) = rt.client() {
+            // The host engine chooses and connects; its answer wakes us.
+            let req = client.connect_begin(
+                self.addr,
+                self.opts.transport,
+                self.opts.timeout,
+                self.opts.mode == xsock_reliable_link::Mode::Message,
+                self.signal.clone(),
+            )?;
+            self.engine_req = Some(req);
+            return Ok(Step::Wait(Stage::Engine { req }));
+        }
         match self.opts.transport {
             Transport::Tcp => return Ok(Step::Go(self.tcp_start(rt)?)),
             Transport::Kernel => return Ok(Step::Go(self.kernel_start()?)),
@@ -208,6 +237,22 @@ impl Pending {
             return Ok(Step::Go(self.tcp_start(rt)?));
         }
         Ok(Step::Go(self.kernel_start()?))
+    }
+
+    fn engine(&mut self, rt: &Runtime, req: u32, now: Instant) -> Result<Step, Error> {
+        let client = rt.client().expect("an engine stage needs the engine");
+        match client.take_reply(req, self.addr)? {
+            Some(h) => {
+                self.engine_req = None;
+                Ok(Step::Go(Stage::Done(crate::stream::engine_conn(rt, h)?)))
+            }
+            None if now >= self.deadline + crate::client::CONNECT_GRACE => Err(Error::TimedOut(format!(
+                "the host engine did not answer a connect to {} within {:?}",
+                self.addr,
+                self.opts.timeout + crate::client::CONNECT_GRACE
+            ))),
+            None => Ok(Step::Wait(Stage::Engine { req })),
+        }
     }
 
     fn discover(&mut self, rt: &Runtime, now: Instant) -> Result<Step, Error> {

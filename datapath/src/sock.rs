@@ -31,6 +31,8 @@ pub(crate) struct EngineSock {
     pub sock: UnixStream,
     /// The path the engine took.
     pub path: Path,
+    /// Our end's address, as the engine said.
+    pub local: std::net::SocketAddrV4,
 }
 
 /// Where to ask how an engine stream ended; the last clone's drop tells
@@ -81,7 +83,9 @@ impl Sock {
     pub fn try_clone(&self) -> io::Result<Sock> {
         Ok(match self {
             Sock::Tcp(s) => Sock::Tcp(s.try_clone()?),
-            Sock::Engine(e) => Sock::Engine(EngineSock { sock: e.sock.try_clone()?, path: e.path, end: e.end.clone() }),
+            Sock::Engine(e) => {
+                Sock::Engine(EngineSock { sock: e.sock.try_clone()?, path: e.path, end: e.end.clone(), local: e.local })
+            }
         })
     }
 

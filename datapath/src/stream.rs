@@ -213,12 +213,6 @@ impl Stream {
     /// on the stream waits for it. This is how a rank opens a thousand
     /// connections at once.
     pub fn connect_start(rt: &Runtime, addr: SocketAddrV4, opts: ConnectOptions) -> Result<Stream, Error> {
-        if let Some(client) = rt.client() {
-            // Through the host engine: the request waits for the engine's
-            // answer (the engine itself connects without blocking others).
-            let h = client.connect(addr, opts.transport, opts.timeout, opts.mode == Mode::Message)?;
-            return Self::from_engine(rt, h, opts.mode);
-        }
         let pending = Pending::start(rt, addr, opts)?;
         Ok(Stream {
             rt: rt.clone(),
@@ -317,6 +311,11 @@ impl Stream {
                 self.local = s.local;
                 self.conn = s.conn;
             }
+            Conn::Kernel(crate::sock::Sock::Engine(e)) => {
+                e.sock.set_nonblocking(self.spin).map_err(Error::Io)?;
+                self.local = e.local;
+                self.conn = Conn::Kernel(crate::sock::Sock::Engine(e));
+            }
             other => self.conn = other,
         }
         Ok(())
@@ -408,20 +407,19 @@ impl Stream {
 
     /// A stream the host engine handed over.
     pub(crate) fn from_engine(rt: &Runtime, h: crate::client::Handed, mode: Mode) -> Result<Stream, Error> {
-        use crate::sock::{EndWatch, EngineSock, Sock};
-        let client = rt.client().expect("an attached runtime").clone();
-        let path = crate::client::path_of(h.path);
-        if path == Path::Kernel {
-            // The kernel socket itself: nothing of ours in between.
-            client.forget(h.stream);
-            return Self::from_kernel(rt, TcpStream::from(h.fd), mode);
-        }
-        let spin = rt.poll_mode() == PollMode::Busy;
-        let sock = std::os::unix::net::UnixStream::from(h.fd);
-        sock.set_nonblocking(spin).map_err(Error::Io)?;
-        let end = Arc::new(EndWatch { id: h.stream, client });
-        let conn = Conn::Kernel(Sock::Engine(EngineSock { sock, path, end }));
-        Ok(Stream { rt: rt.clone(), conn, local: h.local, peer: h.peer, mode, spin, max_message: rt.max_message() })
+        let (local, peer) = (h.local, h.peer);
+        let conn = engine_conn(rt, h)?;
+        let mut s = Stream {
+            rt: rt.clone(),
+            conn: Conn::Failed { path: Path::Connecting, why: String::new() },
+            local,
+            peer,
+            mode,
+            spin: rt.poll_mode() == PollMode::Busy,
+            max_message: rt.max_message(),
+        };
+        Stream::take(&mut s, conn)?;
+        Ok(s)
     }
 
     /// Another handle on the same connection (to read on one thread and
@@ -1021,6 +1019,22 @@ fn kernel_read(s: &mut crate::sock::Sock, buf: &mut [u8], spin: bool) -> Result<
             Err(e) => return Err(Error::from_io(e)),
         }
     }
+}
+
+/// The connection behind a stream the host engine handed over: the kernel
+/// socket itself (kernel TCP), or our end of the engine's socketpair.
+pub(crate) fn engine_conn(rt: &Runtime, h: crate::client::Handed) -> Result<Conn, Error> {
+    use crate::sock::{EndWatch, EngineSock, Sock};
+    let client = rt.client().expect("an attached runtime").clone();
+    let path = crate::client::path_of(h.path);
+    if path == Path::Kernel {
+        // Nothing of ours in between.
+        client.forget(h.stream);
+        return Ok(Conn::Kernel(Sock::Tcp(TcpStream::from(h.fd))));
+    }
+    let sock = std::os::unix::net::UnixStream::from(h.fd);
+    let end = Arc::new(EndWatch { id: h.stream, client });
+    Ok(Conn::Kernel(Sock::Engine(EngineSock { sock, path, end, local: h.local })))
 }
 
 /// One message from the host engine's chunks (see `xsock_attach::Msg::Connected`).

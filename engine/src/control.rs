@@ -57,6 +57,7 @@ impl Engine {
                 id,
                 Client {
                     ctl: fd,
+                    outq: Default::default(),
                     pid: cred.pid,
                     uid: cred.uid,
                     hello: false,
@@ -103,7 +104,7 @@ impl Engine {
                         "this engine speaks protocol version {VERSION}, the process {version}: run the same xsock \
                          version for both"
                     );
-                    self.send_to(id, &Msg::Refused { reason: &reason }, &[]);
+                    self.send_to(id, &Msg::Refused { reason: &reason }, None);
                     return Err(reason);
                 }
                 let addr = self.rt.local_subnets().first().copied();
@@ -113,7 +114,7 @@ impl Engine {
                 self.send_to(
                     id,
                     &Msg::Welcome { version: VERSION, engine_pid: pid, iface: &iface, addr: ip, prefix },
-                    &[],
+                    None,
                 );
                 if let Some(c) = self.clients.get_mut(&id) {
                     c.hello = true;
@@ -150,12 +151,12 @@ impl Engine {
                 Ok(())
             }
             Msg::Sync { req } => {
-                self.send_to(id, &Msg::Synced { req }, &[]);
+                self.send_to(id, &Msg::Synced { req }, None);
                 Ok(())
             }
             Msg::Status { req } => {
                 let json = self.status_json().to_string();
-                self.send_to(id, &Msg::StatusReply { req, json: &json }, &[]);
+                self.send_to(id, &Msg::StatusReply { req, json: &json }, None);
                 Ok(())
             }
             other => Err(format!("it sent {other:?}, which only an engine sends")),
@@ -177,7 +178,7 @@ impl Engine {
                 "this process holds {} streams through the engine, its cap (xsock engine --max-streams)",
                 self.cfg.max_streams_per_client
             );
-            self.send_to(id, &Msg::Failed { req, kind: EndKind::Overloaded, text: &text }, &[]);
+            self.send_to(id, &Msg::Failed { req, kind: EndKind::Overloaded, text: &text }, None);
             return;
         }
         let transport = match transport {
@@ -200,7 +201,7 @@ impl Engine {
             Err(e) => {
                 self.totals.failed_connects += 1;
                 let end = End::of(&e);
-                self.send_to(id, &Msg::Failed { req, kind: end.kind, text: &end.text }, &[]);
+                self.send_to(id, &Msg::Failed { req, kind: end.kind, text: &end.text }, None);
             }
         }
     }
@@ -212,7 +213,7 @@ impl Engine {
                 let local = l.local_addr();
                 if let Err(e) = self.poller.register_listener(&l, token(lid, kind::LISTEN)) {
                     let end = End::of(&e);
-                    self.send_to(id, &Msg::Failed { req, kind: end.kind, text: &end.text }, &[]);
+                    self.send_to(id, &Msg::Failed { req, kind: end.kind, text: &end.text }, None);
                     return;
                 }
                 self.watched.insert(token(lid, kind::LISTEN).0, Interest::READABLE);
@@ -220,7 +221,7 @@ impl Engine {
                 if let Some(c) = self.clients.get_mut(&id) {
                     c.listens.insert(lid);
                 }
-                self.send_to(id, &Msg::Listening { req, listen: lid, local }, &[]);
+                self.send_to(id, &Msg::Listening { req, listen: lid, local }, None);
                 self.accept_streams(lid);
             }
             Err(e) => {
@@ -231,7 +232,7 @@ impl Engine {
                     },
                     e => End::of(e),
                 };
-                self.send_to(id, &Msg::Failed { req, kind: end.kind, text: &end.text }, &[]);
+                self.send_to(id, &Msg::Failed { req, kind: end.kind, text: &end.text }, None);
             }
         }
     }

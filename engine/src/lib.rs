@@ -104,6 +104,9 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> EngineError
     move |source| EngineError::Io { what, source }
 }
 
+/// Messages that may wait for one client's control socket.
+const OUT_QUEUE: usize = 1 << 16;
+
 /// Token kinds (the low 3 bits of a token; the rest is an id).
 mod kind {
     pub const ACCEPT: usize = 0;
@@ -120,6 +123,8 @@ fn token(id: u32, k: usize) -> Token {
 /// An attached process.
 struct Client {
     ctl: OwnedFd,
+    /// Messages (and their descriptors) the socket could not take yet.
+    outq: std::collections::VecDeque<(Vec<u8>, Vec<OwnedFd>)>,
     pid: i32,
     uid: u32,
     hello: bool,
@@ -293,7 +298,10 @@ impl Engine {
         let id = (t.0 >> 3) as u32;
         match t.0 & 7 {
             kind::ACCEPT => self.accept_clients(),
-            kind::CTL => self.serve_client(id),
+            kind::CTL => {
+                self.flush_client(id);
+                self.serve_client(id);
+            }
             kind::PAIR | kind::STREAM => {
                 if self.connecting.contains_key(&id) {
                     self.advance_connect(id);
@@ -368,14 +376,66 @@ impl Engine {
         }
     }
 
-    fn send_to(&self, client: u32, m: &Msg<'_>, fds: &[std::os::fd::BorrowedFd<'_>]) -> bool {
-        let Some(c) = self.clients.get(&client) else { return false };
-        match unix::send_with_fds(c.ctl.as_fd(), &m.emit(), fds) {
-            Ok(_) => true,
-            Err(e) => {
-                log::debug!("engine: to client {client} (pid {}): {e}", c.pid);
-                false
+    /// Sends `m` (with `fds`) to `client`, in order: what the client's
+    /// socket cannot take now waits in the client's queue (a thousand
+    /// connects answered at once fill a seqpacket socket), up to
+    /// [`OUT_QUEUE`] messages; a client that does not read its control
+    /// socket at all is detached then. False if the client is gone.
+    fn send_to(&mut self, client: u32, m: &Msg<'_>, fd: Option<OwnedFd>) -> bool {
+        let Some(c) = self.clients.get_mut(&client) else { return false };
+        let bytes = m.emit();
+        if c.outq.is_empty() {
+            let fds: Vec<std::os::fd::BorrowedFd<'_>> = fd.iter().map(|f| f.as_fd()).collect();
+            match unix::send_with_fds(c.ctl.as_fd(), &bytes, &fds) {
+                Ok(_) => return true,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    log::debug!("engine: to client {client} (pid {}): {e}", c.pid);
+                    return false;
+                }
             }
+        }
+        if c.outq.len() >= OUT_QUEUE {
+            log::warn!("engine: pid {} does not read its control socket ({OUT_QUEUE} messages wait); detached", c.pid);
+            self.client_gone(client, "its control socket stayed full");
+            return false;
+        }
+        // The descriptor waits with its message (moved, not duplicated: a
+        // queue of ten thousand answers must not double the descriptors).
+        c.outq.push_back((bytes, fd.into_iter().collect()));
+        self.set_interest(token(client, kind::CTL), Interest::READABLE | Interest::WRITABLE);
+        true
+    }
+
+    /// Sends what waits in `client`'s queue, as far as its socket takes it.
+    fn flush_client(&mut self, client: u32) {
+        let Some(c) = self.clients.get_mut(&client) else { return };
+        while let Some((bytes, fds)) = c.outq.front() {
+            let borrowed: Vec<std::os::fd::BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+            match unix::send_with_fds(c.ctl.as_fd(), bytes, &borrowed) {
+                Ok(_) => {
+                    c.outq.pop_front();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    c.outq.clear();
+                    return;
+                }
+            }
+        }
+        self.set_interest(token(client, kind::CTL), Interest::READABLE);
+    }
+
+    /// Changes what a registered token is watched for.
+    fn set_interest(&mut self, t: Token, want: Interest) {
+        match self.watched.get(&t.0) {
+            Some(&now) if now != want => {
+                if let Err(e) = self.poller.reregister(t, want) {
+                    log::warn!("engine: watching token {}: {e}", t.0);
+                }
+                self.watched.insert(t.0, want);
+            }
+            _ => {}
         }
     }
 
@@ -389,6 +449,7 @@ impl Engine {
         client: u32,
         stream: Stream,
         make: impl FnOnce(u32, xsock_attach::PathKind) -> Msg<'static>,
+        req: Option<u32>,
     ) {
         let id = self.new_id();
         let (pid, ok) = match self.clients.get(&client) {
@@ -405,8 +466,8 @@ impl Engine {
         match stream.into_kernel() {
             Ok(sock) => {
                 self.totals.kernel_handed += 1;
-                self.send_to(client, &make(id, xsock_attach::PathKind::Kernel), &[sock.as_fd()]);
-                // Our copy closes here; the client's is the socket now.
+                // The client's is the socket now.
+                self.send_to(client, &make(id, xsock_attach::PathKind::Kernel), Some(OwnedFd::from(sock)));
             }
             Err(stream) => {
                 let path = match stream.path() {
@@ -416,14 +477,24 @@ impl Engine {
                 let (ours, theirs) = match std::os::unix::net::UnixStream::pair() {
                     Ok(p) => p,
                     Err(e) => {
-                        log::warn!("engine: socketpair: {e}");
+                        log::warn!("engine: socketpair: {e} (raise the engine's open-file limit)");
+                        if let Some(req) = req {
+                            let text = format!(
+                                "the host engine is out of descriptors ({e}): raise its open-file limit \
+                                 (LimitNOFILE=, ulimit -Hn)"
+                            );
+                            self.send_to(
+                                client,
+                                &Msg::Failed { req, kind: xsock_attach::EndKind::Overloaded, text: &text },
+                                None,
+                            );
+                        }
                         return stream.abort();
                     }
                 };
-                if !self.send_to(client, &make(id, path), &[theirs.as_fd()]) {
+                if !self.send_to(client, &make(id, path), Some(OwnedFd::from(theirs))) {
                     return stream.abort();
                 }
-                drop(theirs);
                 let bridge = match Bridge::new(client, stream, ours) {
                     Ok(b) => b,
                     Err(e) => {
@@ -462,7 +533,7 @@ impl Engine {
                 Outcome::Done => return self.drop_carried(id, None),
                 Outcome::Failed(end) => {
                     let client = c.bridge.client;
-                    self.send_to(client, &Msg::Ended { stream: id, kind: end.kind, text: &end.text }, &[]);
+                    self.send_to(client, &Msg::Ended { stream: id, kind: end.kind, text: &end.text }, None);
                     return self.drop_carried(id, None);
                 }
                 Outcome::ClientClosed => {
@@ -515,7 +586,12 @@ impl Engine {
                     c.streams.remove(&id);
                 }
                 let (req, local, peer) = (p.req, p.stream.local_addr(), p.stream.peer_addr());
-                self.hand_over(p.client, p.stream, |stream, path| Msg::Connected { req, stream, path, local, peer });
+                self.hand_over(
+                    p.client,
+                    p.stream,
+                    |stream, path| Msg::Connected { req, stream, path, local, peer },
+                    Some(req),
+                );
             }
             Err(e) => {
                 self.unwatch(token(id, kind::STREAM));
@@ -524,7 +600,7 @@ impl Engine {
                 }
                 self.totals.failed_connects += 1;
                 let end = End::of(&e);
-                self.send_to(p.client, &Msg::Failed { req: p.req, kind: end.kind, text: &end.text }, &[]);
+                self.send_to(p.client, &Msg::Failed { req: p.req, kind: end.kind, text: &end.text }, None);
             }
         }
     }
@@ -536,7 +612,12 @@ impl Engine {
             match l.listener.try_accept() {
                 Ok(s) => {
                     let (local, peer) = (s.local_addr(), s.peer_addr());
-                    self.hand_over(client, s, |stream, path| Msg::Accepted { listen: id, stream, path, local, peer });
+                    self.hand_over(
+                        client,
+                        s,
+                        |stream, path| Msg::Accepted { listen: id, stream, path, local, peer },
+                        None,
+                    );
                 }
                 Err(Error::WouldBlock) => return,
                 Err(e) => {
@@ -560,7 +641,11 @@ impl Engine {
         for id in ids {
             if let Some(c) = self.carried.get(&id) {
                 let client = c.bridge.client;
-                self.send_to(client, &Msg::Ended { stream: id, kind: xsock_attach::EndKind::Shutdown, text: why }, &[]);
+                self.send_to(
+                    client,
+                    &Msg::Ended { stream: id, kind: xsock_attach::EndKind::Shutdown, text: why },
+                    None,
+                );
             }
             self.unwatch(token(id, kind::PAIR));
             self.unwatch(token(id, kind::STREAM));

@@ -316,15 +316,24 @@ fn cat_interoperates_with_nc_python_and_itself() {
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert_eq!(String::from_utf8_lossy(&r.stdout), "pong");
     let _ = bed.finish(pid);
-    // xsock → xsock over reliable-link.
+    // xsock → xsock over reliable-link. The previous server (behind sh)
+    // may still hold eth0 for a moment: a server started then falls back
+    // to kernel sockets (a CI run under load failed so).
+    let t0 = std::time::Instant::now();
+    while b.has_xdp("eth0").unwrap() {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "the previous cat still holds eth0");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let out3 = dir.join("out3.bin");
-    bed.spawn_ready(
-        &b,
-        "sh",
-        &["-c", &format!("{XSOCK} cat --iface eth0 --listen 10.66.0.2:7403 > {}", out3.display())],
-        || b.listening(7403),
-    )
-    .unwrap();
+    let server = bed
+        .spawn(&b, "sh", &["-c", &format!("{XSOCK} cat --iface eth0 --listen 10.66.0.2:7403 > {}", out3.display())])
+        .unwrap();
+    // Listening on both paths once it says so.
+    let t0 = std::time::Instant::now();
+    while !bed.log_tail(server, 20).contains("cat listening on") {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "{}", bed.log_tail(server, 5));
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let r = sh(&a, format!("{XSOCK} cat --iface eth0 --transport link --connect 10.66.0.2:7403 < {}", input.display()));
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     std::thread::sleep(std::time::Duration::from_millis(300));

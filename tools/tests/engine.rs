@@ -249,3 +249,40 @@ fn a_client_that_stops_reading_holds_a_bounded_amount_and_stalls_no_one_else() {
     assert!(bed.log_tail(c, 5).contains("\"transport\":\"link\""), "{}", bed.log_tail(c, 5));
     let _ = (engine, engine_b, stuck);
 }
+
+/// Regression: a thousand connects answered at once filled the client's
+/// control socket and the engine dropped the answers it could not send
+/// (45 of 1,000 connects never finished); they now wait in a queue. The
+/// connects are non-blocking through the engine too.
+#[test]
+fn two_thousand_connects_at_once_from_one_process_through_engines() {
+    require_root!();
+    let bed = Testbed::new().unwrap();
+    let (a, b) = bed.pair(LinkOpts::default(), "10.72.0").unwrap();
+    start_engine(&bed, &a);
+    start_engine(&bed, &b);
+    let server = bed.spawn(&b, XSOCK, &["conns", "--iface", "eth0", "--listen", "10.72.0.2:7760"]).unwrap();
+    wait_for("conns to listen", Duration::from_secs(10), || bed.log_tail(server, 20).contains("conns echo on"));
+    let out = a
+        .exec(
+            XSOCK,
+            &[
+                "conns",
+                "--iface",
+                "eth0",
+                "--connect",
+                "10.72.0.2:7760",
+                "--count",
+                "2000",
+                "--json",
+                "--timeout",
+                "60s",
+            ],
+        )
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("2,000 connects through engines: {v}");
+    assert_eq!(v["ok"], 2000, "{v}");
+    assert_eq!(v["transport"], "link", "{v}");
+    assert!(status(&a)["streams_total"].as_u64().unwrap() >= 2000);
+}
