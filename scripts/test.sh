@@ -35,6 +35,13 @@ if [ -n "$left" ]; then
     echo "tests left network namespaces behind: $left" >&2
     exit 1
 fi
+# Host engines remove their socket and lock on SIGTERM (the tests' way to
+# stop them); a file left here is an engine that died without cleaning up.
+stale=$(ls /run/xsock 2>/dev/null || true)
+if [ -n "$stale" ]; then
+    echo "tests left host-engine files behind in /run/xsock: $stale" >&2
+    exit 1
+fi
 
 echo
 echo "all tests passed in $(( $(date +%s) - start )) s"

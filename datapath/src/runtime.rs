@@ -374,18 +374,7 @@ impl RuntimeBuilder {
         if !testing && let Some(client) = self.attach()? {
             let s = &client.shared;
             let status = LinkStatus::Engine { iface: s.iface.clone(), pid: s.engine_pid };
-            return Ok(Runtime {
-                inner: Arc::new(Inner {
-                    link: None,
-                    client: Some(client),
-                    status,
-                    notifier,
-                    poll: self.poll,
-                    launch: crate::launch::from_env(),
-                    max_message: self.max_message,
-                    budget,
-                }),
-            });
+            return Ok(self.runtime(None, Some(client), status, notifier, budget));
         }
         let (link, status) = match self.open_link(&notifier, devices, &budget) {
             Ok(Some(l)) => {
@@ -408,10 +397,21 @@ impl RuntimeBuilder {
             }
             Err(e) => return Err(e),
         };
-        Ok(Runtime {
+        Ok(self.runtime(link, None, status, notifier, budget))
+    }
+
+    fn runtime(
+        &self,
+        link: Option<LinkCore>,
+        client: Option<crate::client::Client>,
+        status: LinkStatus,
+        notifier: Arc<Notifier>,
+        budget: Arc<Budget>,
+    ) -> Runtime {
+        Runtime {
             inner: Arc::new(Inner {
                 link,
-                client: None,
+                client,
                 status,
                 notifier,
                 poll: self.poll,
@@ -419,7 +419,7 @@ impl RuntimeBuilder {
                 max_message: self.max_message,
                 budget,
             }),
-        })
+        }
     }
 
     /// Attaches to the host engine of the interface, as [`EngineUse`]

@@ -329,14 +329,20 @@ impl Engine {
         }
     }
 
-    /// Sets what `t` is watched for (`None`: not at all).
-    fn watch_stream(&mut self, t: Token, stream: &Stream, want: Option<Interest>) {
+    /// Sets what `t` is watched for (`None`: not at all); `register` adds
+    /// the source the first time.
+    fn watch(
+        &mut self,
+        t: Token,
+        want: Option<Interest>,
+        register: impl FnOnce(&mut Poller, Interest) -> Result<(), Error>,
+    ) {
         let now = self.watched.get(&t.0).copied();
         if now == want {
             return;
         }
         let r = match (now, want) {
-            (None, Some(i)) => self.poller.register(stream, t, i),
+            (None, Some(i)) => register(&mut self.poller, i),
             (Some(_), Some(i)) => self.poller.reregister(t, i),
             (Some(_), None) => self.poller.deregister(t),
             (None, None) => Ok(()),
@@ -350,24 +356,12 @@ impl Engine {
         };
     }
 
+    fn watch_stream(&mut self, t: Token, stream: &Stream, want: Option<Interest>) {
+        self.watch(t, want, |p, i| p.register(stream, t, i));
+    }
+
     fn watch_fd(&mut self, t: Token, fd: std::os::fd::BorrowedFd<'_>, want: Option<Interest>) {
-        let now = self.watched.get(&t.0).copied();
-        if now == want {
-            return;
-        }
-        let r = match (now, want) {
-            (None, Some(i)) => self.poller.register_fd(fd, t, i),
-            (Some(_), Some(i)) => self.poller.reregister(t, i),
-            (Some(_), None) => self.poller.deregister(t),
-            (None, None) => Ok(()),
-        };
-        if let Err(e) = r {
-            log::warn!("engine: watching token {}: {e}", t.0);
-        }
-        match want {
-            Some(i) => self.watched.insert(t.0, i),
-            None => self.watched.remove(&t.0),
-        };
+        self.watch(t, want, |p, i| p.register_fd(fd, t, i));
     }
 
     fn unwatch(&mut self, t: Token) {

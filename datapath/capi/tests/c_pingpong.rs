@@ -32,18 +32,24 @@ fn lib_dir() -> PathBuf {
         .clone()
 }
 
-fn compile(out: &Path, link: &[&str]) {
+/// The flags that link an example against libxsock.so in `lib`.
+fn dynamic_link(lib: &Path) -> Vec<String> {
+    vec![format!("-L{}", lib.display()), "-lxsock".into(), format!("-Wl,-rpath,{}", lib.display())]
+}
+
+/// Compiles examples/`name` to `out`, linked with `link`.
+fn compile_example(name: &str, out: &Path, link: &[String]) {
     let crate_dir = env!("CARGO_MANIFEST_DIR");
     let mut args = vec![
         "-O2".to_owned(),
         "-Wall".to_owned(),
         "-Werror".to_owned(),
         format!("-I{crate_dir}/include"),
-        format!("{crate_dir}/examples/pingpong.c"),
+        format!("{crate_dir}/examples/{name}"),
         "-o".to_owned(),
         out.display().to_string(),
     ];
-    args.extend(link.iter().map(|s| s.to_string()));
+    args.extend(link.iter().cloned());
     let r = Command::new("cc").args(&args).output().expect("a C compiler (cc)");
     assert!(r.status.success(), "cc {args:?}:\n{}", String::from_utf8_lossy(&r.stderr));
 }
@@ -55,13 +61,15 @@ fn the_c_ping_pong_runs_over_link_and_kernel_with_both_libraries() {
     std::fs::create_dir_all(&dir).unwrap();
     let lib = lib_dir();
     let dynamic = dir.join("pingpong_dynamic");
-    compile(&dynamic, &[&format!("-L{}", lib.display()), "-lxsock", &format!("-Wl,-rpath,{}", lib.display())]);
+    compile_example("pingpong.c", &dynamic, &dynamic_link(&lib));
     let stat = dir.join("pingpong_static");
     let archive = lib.join("libxsock.a");
-    compile(
-        &stat,
-        &[&archive.display().to_string(), "-lelf", "-lz", "-lgcc_s", "-lutil", "-lrt", "-lpthread", "-lm", "-ldl"],
-    );
+    let static_link: Vec<String> =
+        [&archive.display().to_string()[..], "-lelf", "-lz", "-lgcc_s", "-lutil", "-lrt", "-lpthread", "-lm", "-ldl"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    compile_example("pingpong.c", &stat, &static_link);
 
     let bed = Testbed::new().unwrap();
     let (a, b) = bed.pair(LinkOpts::default(), "10.82.0").unwrap();
@@ -86,7 +94,7 @@ fn errors_come_back_as_codes_with_a_description() {
     std::fs::create_dir_all(&dir).unwrap();
     let lib = lib_dir();
     let bin = dir.join("pingpong");
-    compile(&bin, &[&format!("-L{}", lib.display()), "-lxsock", &format!("-Wl,-rpath,{}", lib.display())]);
+    compile_example("pingpong.c", &bin, &dynamic_link(&lib));
     let bed = Testbed::new().unwrap();
     let (a, _b) = bed.pair(LinkOpts::default(), "10.82.1").unwrap();
     let bin = bin.display().to_string();
@@ -107,19 +115,7 @@ fn a_c_program_opens_hundreds_of_connections_at_once_with_a_poller() {
     std::fs::create_dir_all(&dir).unwrap();
     let lib = lib_dir();
     let bin = dir.join("manyconn");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/manyconn.c");
-    let out = Command::new("cc")
-        .arg("-O2")
-        .arg("-Wall")
-        .arg("-Werror")
-        .arg("-o")
-        .arg(&bin)
-        .arg(&src)
-        .arg(format!("-I{}", Path::new(env!("CARGO_MANIFEST_DIR")).join("include").display()))
-        .args([&format!("-L{}", lib.display()), "-lxsock", &format!("-Wl,-rpath,{}", lib.display())])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "cc: {}", String::from_utf8_lossy(&out.stderr));
+    compile_example("manyconn.c", &bin, &dynamic_link(&lib));
     let bed = Testbed::new().unwrap();
     let (a, b) = bed.pair(LinkOpts::default(), "10.83.0").unwrap();
     let bin = bin.display().to_string();
@@ -150,17 +146,9 @@ fn the_c_programs_run_unchanged_through_host_engines() {
     std::fs::create_dir_all(&dir).unwrap();
     let lib = lib_dir();
     let ping = dir.join("pingpong");
-    compile(&ping, &[&format!("-L{}", lib.display()), "-lxsock", &format!("-Wl,-rpath,{}", lib.display())]);
+    compile_example("pingpong.c", &ping, &dynamic_link(&lib));
     let many = dir.join("manyconn");
-    let out = Command::new("cc")
-        .args(["-O2", "-Wall", "-Werror", "-o"])
-        .arg(&many)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/manyconn.c"))
-        .arg(format!("-I{}", Path::new(env!("CARGO_MANIFEST_DIR")).join("include").display()))
-        .args([&format!("-L{}", lib.display()), "-lxsock", &format!("-Wl,-rpath,{}", lib.display())])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "cc: {}", String::from_utf8_lossy(&out.stderr));
+    compile_example("manyconn.c", &many, &dynamic_link(&lib));
     let bed = Testbed::new().unwrap();
     let (a, b) = bed.pair(LinkOpts::default(), "10.84.0").unwrap();
     let xsock = xsock_bin().display().to_string();
