@@ -80,6 +80,9 @@ pub(crate) struct ClientShared {
     /// The engine's pid.
     pub engine_pid: u32,
     pub socket: PathBuf,
+    /// The process that attached (a forked child shares the control
+    /// socket but not the reader thread: it must not use it).
+    pid: u32,
 }
 
 /// The attached runtime's handle: stops the reader thread when dropped.
@@ -182,6 +185,7 @@ impl Client {
             prefix,
             engine_pid,
             socket: path,
+            pid: std::process::id(),
         });
         let reader = shared.clone();
         std::thread::Builder::new()
@@ -312,6 +316,7 @@ impl ClientShared {
         messages: bool,
         signal: Arc<Notifier>,
     ) -> Result<u32, Error> {
+        self.same_process()?;
         let transport = transport_kind(transport);
         let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
@@ -351,8 +356,22 @@ impl ClientShared {
         self.settle_replies(&mut st);
     }
 
+    /// An error in a forked child: the control socket is its parent's (a
+    /// request sent from here would be answered to the parent's reader).
+    fn same_process(&self) -> Result<(), Error> {
+        if std::process::id() == self.pid {
+            return Ok(());
+        }
+        Err(Error::Config(format!(
+            "this process is a fork of pid {}, which attached to the host engine: the streams it inherited work, but \
+             new connections and listeners need a runtime of its own (build one in the child)",
+            self.pid
+        )))
+    }
+
     /// Sends a request and waits up to `max` for its reply.
     pub fn request(&self, make: impl FnOnce(u32) -> Msg<'static>, max: Duration) -> Result<Reply, Error> {
+        self.same_process()?;
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
         if let Some(why) = self.gone() {
             return Err(Error::ConnectionReset(why));
@@ -406,7 +425,9 @@ impl ClientShared {
     /// Stops listening (connections still queued here are closed).
     pub fn unlisten(&self, listen: u32) {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).listeners.remove(&listen);
-        let _ = send(&self.ctl, &Msg::Unlisten { listen });
+        if self.same_process().is_ok() {
+            let _ = send(&self.ctl, &Msg::Unlisten { listen });
+        }
     }
 
     /// A connection waiting on `listen`, or why none can come.
@@ -444,6 +465,9 @@ impl ClientShared {
     /// engine says why before it closes its end, so one round trip over
     /// the control socket brings the reason in.
     pub fn end_of(&self, id: u32) -> Option<Error> {
+        // A forked child cannot ask (the control socket's answers go to its
+        // parent): an inherited stream's end reads as a plain end there.
+        self.same_process().ok()?;
         if self.request(|req| Msg::Sync { req }, GRACE).is_err() {
             return Some(Error::ConnectionReset(self.gone().unwrap_or_else(|| {
                 format!(
@@ -464,7 +488,10 @@ impl ClientShared {
     /// (so the hang-up that follows is an orderly close even if this
     /// process is exiting) and forget how it ended.
     pub fn forget(&self, id: u32) {
-        let _ = send(&self.ctl, &Msg::Close { stream: id });
+        // A child letting go of its copy says nothing: the parent's holds on.
+        if self.same_process().is_ok() {
+            let _ = send(&self.ctl, &Msg::Close { stream: id });
+        }
         self.state.lock().unwrap_or_else(|p| p.into_inner()).ended.remove(&id);
     }
 }

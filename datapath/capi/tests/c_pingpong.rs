@@ -149,6 +149,8 @@ fn the_c_programs_run_unchanged_through_host_engines() {
     compile_example("pingpong.c", &ping, &dynamic_link(&lib));
     let many = dir.join("manyconn");
     compile_example("manyconn.c", &many, &dynamic_link(&lib));
+    let fork = dir.join("fork");
+    compile_example("../tests/fork.c", &fork, &dynamic_link(&lib));
     let bed = Testbed::new().unwrap();
     let (a, b) = bed.pair(LinkOpts::default(), "10.84.0").unwrap();
     let xsock = xsock_bin().display().to_string();
@@ -193,6 +195,12 @@ fn the_c_programs_run_unchanged_through_host_engines() {
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.starts_with("connected=300 echoed=300 "), "{stdout}");
     assert!(stdout.trim_end().ends_with("path=link"), "{stdout}");
+    // A forked child of an attached process: its new connect fails at once
+    // and says why; the parent's still connects.
+    let out = a.command(&fork.display().to_string(), &["eth0", "10.84.0.2:7621"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("is a fork of pid") && stdout.contains("parent: connected"), "{stdout}");
     // Both programs' streams went through a's engine.
     let st = a.exec(&xsock, &["engine", "--iface", "eth0", "--status"]).unwrap();
     let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
