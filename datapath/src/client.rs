@@ -235,19 +235,19 @@ impl ClientShared {
             match m {
                 Msg::Connected { req, stream, path, local, peer } => {
                     let fd = fds.pop().expect("counted");
-                    st.replies.insert(req, Reply::Stream(Handed { stream, path, local, peer, fd }));
+                    self.deliver(&mut st, req, Reply::Stream(Handed { stream, path, local, peer, fd }));
                 }
                 Msg::Failed { req, kind, text } => {
-                    st.replies.insert(req, Reply::Failed(kind, text.to_owned()));
+                    self.deliver(&mut st, req, Reply::Failed(kind, text.to_owned()));
                 }
                 Msg::Listening { req, listen, local } => {
-                    st.replies.insert(req, Reply::Listening { listen, local });
+                    self.deliver(&mut st, req, Reply::Listening { listen, local });
                 }
                 Msg::Synced { req } => {
-                    st.replies.insert(req, Reply::Synced);
+                    self.deliver(&mut st, req, Reply::Synced);
                 }
                 Msg::StatusReply { req, json } => {
-                    st.replies.insert(req, Reply::Status(json.to_owned()));
+                    self.deliver(&mut st, req, Reply::Status(json.to_owned()));
                 }
                 Msg::Accepted { listen, stream, path, local, peer } => {
                     let fd = fds.pop().expect("counted");
@@ -267,7 +267,6 @@ impl ClientShared {
                     break format!("it sent {other:?}, which only a client sends");
                 }
             }
-            self.settle_replies(&mut st);
             drop(st);
             self.cond.notify_all();
         };
@@ -289,20 +288,19 @@ impl ClientShared {
         self.cond.notify_all();
     }
 
-    /// Wakes the waiters of replies that came; drops abandoned ones.
-    fn settle_replies(&self, st: &mut State) {
-        let done: Vec<u32> = st.replies.keys().filter(|r| st.abandoned.contains(r)).copied().collect();
-        for req in done {
-            st.abandoned.remove(&req);
-            if let Some(Reply::Stream(h)) = st.replies.remove(&req) {
+    /// Files the reply to `req`: wakes who waits for it, or lets it go if
+    /// the asker went away (a handed stream's descriptor closes, which the
+    /// engine hears as an orderly close).
+    fn deliver(&self, st: &mut State, req: u32, reply: Reply) {
+        if st.abandoned.remove(&req) {
+            if let Reply::Stream(h) = reply {
                 let _ = send(&self.ctl, &Msg::Close { stream: h.stream });
             }
+            return;
         }
-        let ready: Vec<u32> = st.waiters.keys().filter(|r| st.replies.contains_key(r)).copied().collect();
-        for req in ready {
-            if let Some(w) = st.waiters.remove(&req) {
-                w.notify();
-            }
+        st.replies.insert(req, reply);
+        if let Some(w) = st.waiters.remove(&req) {
+            w.notify();
         }
     }
 
@@ -352,8 +350,15 @@ impl ClientShared {
     pub fn abandon(&self, req: u32) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         st.waiters.remove(&req);
-        st.abandoned.insert(req);
-        self.settle_replies(&mut st);
+        match st.replies.remove(&req) {
+            Some(Reply::Stream(h)) => {
+                let _ = send(&self.ctl, &Msg::Close { stream: h.stream });
+            }
+            Some(_) => {}
+            None => {
+                st.abandoned.insert(req);
+            }
+        }
     }
 
     /// An error in a forked child: the control socket is its parent's (a

@@ -337,23 +337,7 @@ impl Engine {
         want: Option<Interest>,
         register: impl FnOnce(&mut Poller, Interest) -> Result<(), Error>,
     ) {
-        let now = self.watched.get(&t.0).copied();
-        if now == want {
-            return;
-        }
-        let r = match (now, want) {
-            (None, Some(i)) => register(&mut self.poller, i),
-            (Some(_), Some(i)) => self.poller.reregister(t, i),
-            (Some(_), None) => self.poller.deregister(t),
-            (None, None) => Ok(()),
-        };
-        if let Err(e) = r {
-            log::warn!("engine: watching token {}: {e}", t.0);
-        }
-        match want {
-            Some(i) => self.watched.insert(t.0, i),
-            None => self.watched.remove(&t.0),
-        };
+        watch(&mut self.poller, &mut self.watched, t, want, register);
     }
 
     fn watch_stream(&mut self, t: Token, stream: &Stream, want: Option<Interest>) {
@@ -516,12 +500,11 @@ impl Engine {
                 Outcome::Running(w) => {
                     let pair_i = interest(w.pair_read, w.pair_write);
                     let stream_i = interest(w.stream_read, w.stream_write);
-                    // Borrow dance: the registrations need the stream and
-                    // the pair while `self` is borrowed mutably.
-                    let c = self.carried.remove(&id).expect("present");
-                    self.watch_fd(token(id, kind::PAIR), c.bridge.pair.as_fd(), pair_i);
-                    self.watch_stream(token(id, kind::STREAM), &c.bridge.stream, stream_i);
-                    self.carried.insert(id, c);
+                    // Field by field: the registrations borrow the bridge.
+                    let (poller, watched) = (&mut self.poller, &mut self.watched);
+                    let (pt, st) = (token(id, kind::PAIR), token(id, kind::STREAM));
+                    watch(poller, watched, pt, pair_i, |p, i| p.register_fd(c.bridge.pair.as_fd(), pt, i));
+                    watch(poller, watched, st, stream_i, |p, i| p.register(&c.bridge.stream, st, i));
                     return;
                 }
                 Outcome::Done => return self.drop_carried(id, None),
@@ -694,6 +677,34 @@ fn take_lock(place: &Place, iface: &str) -> Result<LockFile, EngineError> {
             Err(source) => return Err(EngineError::Running { iface: iface.to_owned(), source }),
         }
     }
+}
+
+/// Sets what `t` is watched for (`None`: not at all); `register` adds the
+/// source the first time. `watched` holds what each token is watched for.
+fn watch(
+    poller: &mut Poller,
+    watched: &mut HashMap<usize, Interest>,
+    t: Token,
+    want: Option<Interest>,
+    register: impl FnOnce(&mut Poller, Interest) -> Result<(), Error>,
+) {
+    let now = watched.get(&t.0).copied();
+    if now == want {
+        return;
+    }
+    let r = match (now, want) {
+        (None, Some(i)) => register(poller, i),
+        (Some(_), Some(i)) => poller.reregister(t, i),
+        (Some(_), None) => poller.deregister(t),
+        (None, None) => Ok(()),
+    };
+    if let Err(e) = r {
+        log::warn!("engine: watching token {}: {e}", t.0);
+    }
+    match want {
+        Some(i) => watched.insert(t.0, i),
+        None => watched.remove(&t.0),
+    };
 }
 
 /// Marks a process that went away.

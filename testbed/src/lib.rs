@@ -22,6 +22,7 @@
 pub mod overlay;
 pub mod sites;
 
+use std::os::unix::process::CommandExt;
 use std::{
     fs::File,
     io,
@@ -254,7 +255,16 @@ impl Testbed {
         let n = NEXT_LOG.fetch_add(1, Ordering::Relaxed);
         let path = self.logs.join(format!("{n}.log"));
         let out = File::create(&path)?;
-        let child = host.command(program, args).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out).spawn()?;
+        // Its own process group, so clean-up reaches what it started too
+        // (`sh -c "xsock cat ... > file"` left the xsock cat running when a
+        // test failed and only the shell was killed).
+        let child = host
+            .command(program, args)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()?;
         let pid = child.id();
         std::fs::rename(&path, self.logs.join(format!("{pid}.log")))?;
         self.children.lock().unwrap_or_else(|p| p.into_inner()).push(child);
@@ -370,15 +380,22 @@ impl Testbed {
 fn terminate(mut child: Child) -> io::Result<Output> {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
+    // The child leads its own process group (see Testbed::spawn): signal
+    // the group, so what it started goes with it.
+    // (An adopted child may lead no group: it is signalled itself too.)
+    let group = Pid::from_raw(-(child.id() as i32));
     if child.try_wait()?.is_none() {
+        let _ = kill(group, Signal::SIGTERM);
         let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(3);
         while child.try_wait()?.is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        if child.try_wait()?.is_none() {
-            let _ = child.kill();
-        }
+    }
+    // Whatever of the group outlived its leader.
+    let _ = kill(group, Signal::SIGKILL);
+    if child.try_wait()?.is_none() {
+        let _ = child.kill();
     }
     child.wait_with_output()
 }
