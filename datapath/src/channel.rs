@@ -5,8 +5,8 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError, bounded};
 use xsock_nic::{RxFrame, TxError};
 
 use crate::{
-    datapath::Waker,
     handler::{Context, FrameHandler},
+    poll::Waker,
 };
 
 /// The application's end: received frames come out of `rx`; frames put in

@@ -98,7 +98,7 @@ pub enum Error {
 
 impl Error {
     /// The same error again (I/O errors keep their kind and message).
-    pub(crate) fn duplicate(&self) -> Error {
+    pub fn duplicate(&self) -> Error {
         match self {
             Error::Nic(e) => Error::Config(e.to_string()),
             Error::Io(e) => Error::Io(io::Error::new(e.kind(), e.to_string())),

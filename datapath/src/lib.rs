@@ -1,4 +1,4 @@
-//! # xsock: the runtime applications embed
+//! # xsock-datapath: the poll loop every xsock path runs on
 //!
 //! A poll-mode datapath over one or more NIC queues (AF_XDP, with AF_PACKET
 //! and in-memory backends from `xsock-nic`):
@@ -15,48 +15,29 @@
 //! - idle behaviour is a [`PollMode`]: busy-poll, adaptive (spin, then sleep
 //!   in poll(2) on the socket fds), or sleep.
 //!
-//! [`diag`] holds the raw ping-pong and blast that measure the datapath
-//! itself. Later layers (reliable-link, the smoltcp TCP mode, relays and the
-//! socket API) are handlers on this loop.
+//! [`diag`] holds the raw ping-pong and blast that measure the loop itself.
+//! The paths above it (reliable-link, the smoltcp TCP mode, relays) are
+//! frame handlers on this loop; the socket API that wires them together is
+//! the `xsock` crate. [`Error`] is the one error type of both.
 
 #![forbid(unsafe_code)]
 
 mod channel;
-mod client;
-mod connect;
 mod counters;
-mod datapath;
 pub mod diag;
 mod error;
-mod framing;
 mod handler;
 pub mod launch;
-mod link;
-mod listener;
-mod notify;
-pub mod overlay;
-mod poller;
-mod runtime;
-mod sock;
-mod stream;
-mod tcp;
+mod poll;
 mod thread;
 mod timer;
 
 pub use channel::{ChannelEndpoint, ChannelHandler};
-pub use client::EngineUse;
 pub use counters::{Counters, QueueStats};
-pub use datapath::{Datapath, DatapathBuilder, PollMode, RX_BUDGET, Waker};
 pub use error::Error;
-pub use framing::{DEFAULT_MAX_MESSAGE, Received};
 pub use handler::{Context, FrameHandler, HandlerId};
 pub use launch::Launch;
-pub use listener::{ListenOptions, Listener};
-pub use poller::{Event, Events, Interest, Poller, Token};
-pub use runtime::{Driving, LinkStatus, MemoryStats, Runtime, RuntimeBuilder};
-pub use stream::{ConnectOptions, Path, Stream, Transport};
-pub use tcp::{Congestion, Pace, TcpConfig, core::TcpStats};
+pub use poll::{Datapath, DatapathBuilder, PollMode, RX_BUDGET, Waker};
 pub use thread::DatapathThread;
 pub use timer::{Due, TimerQueue};
 pub use xsock_nic as nic;
-pub use xsock_reliable_link::Mode;

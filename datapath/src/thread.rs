@@ -15,7 +15,7 @@ use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use crate::{
     Error,
     counters::Counters,
-    datapath::{Datapath, Waker},
+    poll::{Datapath, Waker},
 };
 
 type Command = Box<dyn FnOnce(&mut Datapath) + Send>;

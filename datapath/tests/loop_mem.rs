@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use xsock::{
+use xsock_datapath::{
     ChannelHandler, Context, Datapath, FrameHandler, PollMode,
     diag::{
         self,

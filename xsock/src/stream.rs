@@ -28,7 +28,7 @@ use crate::{
     connect::{Pending, Progress, Source},
     framing::{self, Received},
     notify::Notifier,
-    tcp::conn::TcpConn,
+    path::tcp::conn::TcpConn,
 };
 
 /// Which path a connection may take.
@@ -82,7 +82,7 @@ pub(crate) enum Conn {
         handle: Arc<LinkHandle>,
     },
     /// A kernel socket: our TCP socket, or a host engine's socketpair.
-    Kernel(crate::sock::Sock),
+    Kernel(crate::path::kernel::Sock),
     Tcp(TcpConn),
     /// Still connecting ([`Stream::connect_start`]); every call settles it
     /// first (a blocking call waits, a non-blocking one says would-block).
@@ -306,15 +306,15 @@ impl Stream {
                 self.local = local;
                 self.conn = Conn::Tcp(c);
             }
-            Conn::Kernel(crate::sock::Sock::Tcp(sock)) => {
+            Conn::Kernel(crate::path::kernel::Sock::Tcp(sock)) => {
                 let s = Stream::from_kernel(&self.rt, sock, self.mode)?;
                 self.local = s.local;
                 self.conn = s.conn;
             }
-            Conn::Kernel(crate::sock::Sock::Engine(e)) => {
+            Conn::Kernel(crate::path::kernel::Sock::Engine(e)) => {
                 e.sock.set_nonblocking(self.spin).map_err(Error::Io)?;
                 self.local = e.local;
-                self.conn = Conn::Kernel(crate::sock::Sock::Engine(e));
+                self.conn = Conn::Kernel(crate::path::kernel::Sock::Engine(e));
             }
             other => self.conn = other,
         }
@@ -401,12 +401,12 @@ impl Stream {
         };
         let local = v4(sock.local_addr().map_err(Error::Io)?);
         let peer = v4(sock.peer_addr().map_err(Error::Io)?);
-        let conn = Conn::Kernel(crate::sock::Sock::Tcp(sock));
+        let conn = Conn::Kernel(crate::path::kernel::Sock::Tcp(sock));
         Ok(Stream { rt: rt.clone(), conn, local, peer, mode, spin, max_message: rt.max_message() })
     }
 
     /// A stream the host engine handed over.
-    pub(crate) fn from_engine(rt: &Runtime, h: crate::client::Handed, mode: Mode) -> Result<Stream, Error> {
+    pub(crate) fn from_engine(rt: &Runtime, h: crate::engine_client::Handed, mode: Mode) -> Result<Stream, Error> {
         let (local, peer) = (h.local, h.peer);
         let conn = engine_conn(rt, h)?;
         let mut s = Stream {
@@ -962,7 +962,7 @@ impl Stream {
     /// comes back unchanged.
     pub fn into_kernel(self) -> Result<TcpStream, Stream> {
         match self.conn {
-            Conn::Kernel(crate::sock::Sock::Tcp(s)) => Ok(s),
+            Conn::Kernel(crate::path::kernel::Sock::Tcp(s)) => Ok(s),
             conn => Err(Stream { conn, ..self }),
         }
     }
@@ -994,7 +994,7 @@ impl Write for Stream {
     }
 }
 
-fn kernel_write_all(s: &mut crate::sock::Sock, bufs: &[IoSlice<'_>], spin: bool) -> Result<(), Error> {
+fn kernel_write_all(s: &mut crate::path::kernel::Sock, bufs: &[IoSlice<'_>], spin: bool) -> Result<(), Error> {
     for b in bufs {
         let mut data: &[u8] = b;
         while !data.is_empty() {
@@ -1010,7 +1010,7 @@ fn kernel_write_all(s: &mut crate::sock::Sock, bufs: &[IoSlice<'_>], spin: bool)
     Ok(())
 }
 
-fn kernel_read(s: &mut crate::sock::Sock, buf: &mut [u8], spin: bool) -> Result<usize, Error> {
+fn kernel_read(s: &mut crate::path::kernel::Sock, buf: &mut [u8], spin: bool) -> Result<usize, Error> {
     loop {
         match s.read(buf) {
             Ok(n) => return Ok(n),
@@ -1023,10 +1023,10 @@ fn kernel_read(s: &mut crate::sock::Sock, buf: &mut [u8], spin: bool) -> Result<
 
 /// The connection behind a stream the host engine handed over: the kernel
 /// socket itself (kernel TCP), or our end of the engine's socketpair.
-pub(crate) fn engine_conn(rt: &Runtime, h: crate::client::Handed) -> Result<Conn, Error> {
-    use crate::sock::{EndWatch, EngineSock, Sock};
+pub(crate) fn engine_conn(rt: &Runtime, h: crate::engine_client::Handed) -> Result<Conn, Error> {
+    use crate::path::kernel::{EndWatch, EngineSock, Sock};
     let client = rt.client().expect("an attached runtime").clone();
-    let path = crate::client::path_of(h.path);
+    let path = crate::engine_client::path_of(h.path);
     if path == Path::Kernel {
         // Nothing of ours in between.
         client.forget(h.stream);
@@ -1038,7 +1038,12 @@ pub(crate) fn engine_conn(rt: &Runtime, h: crate::client::Handed) -> Result<Conn
 }
 
 /// One message from the host engine's chunks (see `xsock_attach::Msg::Connected`).
-fn recv_chunked(s: &mut crate::sock::Sock, out: &mut Vec<u8>, max: usize, spin: bool) -> Result<Received, Error> {
+fn recv_chunked(
+    s: &mut crate::path::kernel::Sock,
+    out: &mut Vec<u8>,
+    max: usize,
+    spin: bool,
+) -> Result<Received, Error> {
     use xsock_attach::wire::CHUNK_HEADER;
     out.clear();
     loop {
@@ -1082,7 +1087,7 @@ fn tcp_read_exact(c: &TcpConn, peer: SocketAddrV4, buf: &mut [u8]) -> Result<boo
 
 /// Reads exactly `buf.len()` bytes; false on a clean end of stream before
 /// the first byte.
-fn kernel_read_exact(s: &mut crate::sock::Sock, buf: &mut [u8], spin: bool) -> Result<bool, Error> {
+fn kernel_read_exact(s: &mut crate::path::kernel::Sock, buf: &mut [u8], spin: bool) -> Result<bool, Error> {
     let mut got = 0;
     while got < buf.len() {
         match kernel_read(s, &mut buf[got..], spin)? {

@@ -15,7 +15,7 @@ use std::{
     sync::Arc,
 };
 
-use crate::{Path, client::ClientShared};
+use crate::{Path, engine_client::ClientShared};
 
 pub(crate) enum Sock {
     Tcp(TcpStream),

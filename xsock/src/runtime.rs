@@ -13,9 +13,9 @@ use xsock_reliable_link::{Endpoint, EndpointConfig, LocalAddr, buffer::Budget, w
 use crate::{
     Datapath, DatapathThread, EngineUse, Error, PollMode, Waker,
     launch::Launch,
-    link::{LinkHandler, LinkShared},
     notify::Notifier,
-    tcp::{
+    path::link::{LinkHandler, LinkShared},
+    path::tcp::{
         TcpConfig,
         core::{TcpCore, TcpSetup, TcpShared},
         handler::TcpHandler,
@@ -403,7 +403,7 @@ impl RuntimeBuilder {
     fn runtime(
         &self,
         link: Option<LinkCore>,
-        client: Option<crate::client::Client>,
+        client: Option<crate::engine_client::Client>,
         status: LinkStatus,
         notifier: Arc<Notifier>,
         budget: Arc<Budget>,
@@ -424,7 +424,7 @@ impl RuntimeBuilder {
 
     /// Attaches to the host engine of the interface, as [`EngineUse`]
     /// (builder, else `XSOCK_ENGINE`) says; `None`: drive it here.
-    fn attach(&self) -> Result<Option<crate::client::Client>, Error> {
+    fn attach(&self) -> Result<Option<crate::engine_client::Client>, Error> {
         let Some(iface) = &self.iface else { return Ok(None) };
         let choice = match self.engine {
             Some(c) => c,
@@ -436,8 +436,8 @@ impl RuntimeBuilder {
             }
             return Ok(None);
         }
-        let place = crate::client::place(iface);
-        match crate::client::Client::attach(&place)? {
+        let place = crate::engine_client::place(iface);
+        match crate::engine_client::Client::attach(&place)? {
             Some(c) => {
                 log::info!(
                     "xsock attached to the host engine for {iface} (pid {}, {}): connections go through it \
@@ -562,12 +562,12 @@ impl RuntimeBuilder {
         let filter = dp.ipv4_filter();
         let (neighbors, gateway, is_veth) = match info.backend {
             Backend::AfXdp { .. } if filter.is_some() => (
-                crate::tcp::NeighborSource::Kernel { iface: info.name.clone(), ifindex: info.ifindex },
+                crate::path::tcp::NeighborSource::Kernel { iface: info.name.clone(), ifindex: info.ifindex },
                 neigh::default_gateway(&info.name),
                 sys::if_driver(&info.name).ok().flatten().as_deref() == Some("veth"),
             ),
             Backend::Memory => {
-                (crate::tcp::NeighborSource::Static(self.tcp_neighbors.clone().unwrap_or_default()), None, false)
+                (crate::path::tcp::NeighborSource::Static(self.tcp_neighbors.clone().unwrap_or_default()), None, false)
             }
             _ => {
                 log::info!("TCP mode unavailable on {}: needs AF_XDP to take ports from the kernel", info.backend);
@@ -594,7 +594,7 @@ impl RuntimeBuilder {
             cfg.dead_after = self.dead_after;
         }
         let shared = Arc::new(TcpShared::new(TcpCore::new(setup, cfg)?, notifier.clone()));
-        let id = dp.register(crate::tcp::ETHERTYPE_IPV4, Box::new(TcpHandler::new(shared.clone())))?;
+        let id = dp.register(crate::path::tcp::ETHERTYPE_IPV4, Box::new(TcpHandler::new(shared.clone())))?;
         Ok(Some((shared, id)))
     }
 }
@@ -624,7 +624,7 @@ pub(crate) struct LinkCore {
 pub(crate) struct Inner {
     pub link: Option<LinkCore>,
     /// Attached to a host engine (then `link` is `None`).
-    pub client: Option<crate::client::Client>,
+    pub client: Option<crate::engine_client::Client>,
     pub status: LinkStatus,
     pub budget: Arc<Budget>,
     pub notifier: Arc<Notifier>,
@@ -712,7 +712,7 @@ impl Runtime {
         self.client().map(|c| c.status())
     }
 
-    pub(crate) fn client(&self) -> Option<&Arc<crate::client::ClientShared>> {
+    pub(crate) fn client(&self) -> Option<&Arc<crate::engine_client::ClientShared>> {
         self.inner.client.as_ref().map(|c| &c.shared)
     }
 

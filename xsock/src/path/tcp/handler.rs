@@ -13,7 +13,7 @@ use std::{
 use xsock_nic::RxFrame;
 
 use super::{core::TcpShared, device::FrameIo};
-use crate::handler::{Context, FrameHandler};
+use crate::{Context, FrameHandler};
 
 /// Frames moved per pass at most, so one busy connection cannot starve the
 /// rest of the loop.

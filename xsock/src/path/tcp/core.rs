@@ -27,7 +27,7 @@ pub(crate) struct TcpShared {
     pub core: Mutex<TcpCore>,
     /// The runtime's "anything changed" notifier.
     pub notifier: Arc<Notifier>,
-    /// Each held connection's notifier (see [`crate::link::LinkShared`]).
+    /// Each held connection's notifier (see [`crate::path::link::LinkShared`]).
     pub signals: Mutex<HashMap<SocketHandle, Arc<Notifier>>>,
     /// Each listening port's notifier.
     pub listeners: Mutex<HashMap<u16, Arc<Notifier>>>,

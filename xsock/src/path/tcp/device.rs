@@ -21,7 +21,7 @@ use xsock_pacer::GapPacer;
 
 use super::{flows::FlowTracker, sack::SackRecovery, segment::Segment};
 
-use crate::handler::Context;
+use crate::Context;
 
 /// EtherType of ARP.
 pub const ETHERTYPE_ARP: u16 = 0x0806;

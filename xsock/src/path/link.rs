@@ -15,10 +15,7 @@ use std::{
 use xsock_nic::{ETH_HEADER_LEN, MacAddr, RxFrame, TxError, wire::EthernetFrame};
 use xsock_reliable_link::{CloseReason, Endpoint, EndpointEvent, Event, fasthash::FastMap, wire::ETHERTYPE};
 
-use crate::{
-    handler::{Context, FrameHandler},
-    notify::Notifier,
-};
+use crate::{Context, FrameHandler, notify::Notifier};
 
 /// Frames one pass moves from the endpoint to the wire, at most: bounds how
 /// far a sender runs ahead of a NAK (go-back-N resends what follows a gap).

@@ -29,8 +29,8 @@ use xsock_reliable_link::{CloseReason, Lookup};
 use crate::{
     ConnectOptions, Error, Runtime, Transport,
     notify::Notifier,
+    path::tcp::conn::TcpConn,
     stream::{Conn, LinkHandle, close_error},
-    tcp::conn::TcpConn,
 };
 
 /// How long the TCP mode waits for the kernel to resolve the next hop.
@@ -246,10 +246,10 @@ impl Pending {
                 self.engine_req = None;
                 Ok(Step::Go(Stage::Done(crate::stream::engine_conn(rt, h)?)))
             }
-            None if now >= self.deadline + crate::client::CONNECT_GRACE => Err(Error::TimedOut(format!(
+            None if now >= self.deadline + crate::engine_client::CONNECT_GRACE => Err(Error::TimedOut(format!(
                 "the host engine did not answer a connect to {} within {:?}",
                 self.addr,
-                self.opts.timeout + crate::client::CONNECT_GRACE
+                self.opts.timeout + crate::engine_client::CONNECT_GRACE
             ))),
             None => Ok(Step::Wait(Stage::Engine { req })),
         }
@@ -367,7 +367,7 @@ impl Pending {
             .map_err(Error::Io)?;
         if ready[0].writable || ready[0].error {
             return match sys::socket_error(s.as_fd()).map_err(Error::Io)? {
-                None => Ok(Step::Go(Stage::Done(Conn::Kernel(crate::sock::Sock::Tcp(s))))),
+                None => Ok(Step::Go(Stage::Done(Conn::Kernel(crate::path::kernel::Sock::Tcp(s))))),
                 Some(e) => Err(self.kernel_error(e)),
             };
         }

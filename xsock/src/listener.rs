@@ -21,7 +21,7 @@ use std::{
 use xsock_nic::sys::{EventFd, Interest, poll_fds};
 use xsock_reliable_link::Mode;
 
-use crate::{Error, Runtime, Stream, Transport, notify::Notifier, tcp::conn::TcpConn};
+use crate::{Error, Runtime, Stream, Transport, notify::Notifier, path::tcp::conn::TcpConn};
 
 /// How to listen.
 #[derive(Debug, Clone, Copy, Default)]
@@ -254,7 +254,7 @@ impl Listener {
 }
 
 enum Accepted {
-    Engine(crate::client::Handed),
+    Engine(crate::engine_client::Handed),
     Link(u64),
     Kernel(TcpStream),
     Tcp(smoltcp::iface::SocketHandle),

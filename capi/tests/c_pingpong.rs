@@ -17,7 +17,7 @@ fn lib_dir() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
             let target = workspace.join("target/capi-c");
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let out = Command::new(cargo)
@@ -134,7 +134,7 @@ fn a_c_program_opens_hundreds_of_connections_at_once_with_a_poller() {
 /// The `xsock` binary of this workspace (built by `cargo test --workspace`
 /// for the tools' own tests before any test runs).
 fn xsock_bin() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/xsock");
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/xsock");
     assert!(p.exists(), "{} is missing: build it first (`cargo build -p xsock-tools`)", p.display());
     p
 }
