@@ -11,7 +11,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// The protocol version a client and an engine must share.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 
 /// The largest control message either side sends or accepts.
 pub const MAX_MSG: usize = 64 * 1024;
@@ -75,6 +75,11 @@ pub enum Msg<'a> {
     Hello {
         /// [`VERSION`].
         version: u16,
+        /// Move stream bytes through shared-memory rings (the descriptor
+        /// is then the stream's handle and doorbell), not through the
+        /// socketpair itself (a client that hands the descriptor to code
+        /// that reads it directly asks for `false`).
+        rings: bool,
     },
     /// Client: connect to `addr`.
     Connect {
@@ -156,6 +161,10 @@ pub enum Msg<'a> {
         local: SocketAddrV4,
         /// The peer's.
         peer: SocketAddrV4,
+        /// Bytes of each of the stream's two shared rings (0: the bytes
+        /// move through the socketpair; else a second descriptor, the
+        /// sealed region holding both rings, comes with the message).
+        ring: u32,
     },
     /// Engine: a request failed.
     Failed {
@@ -188,6 +197,8 @@ pub enum Msg<'a> {
         local: SocketAddrV4,
         /// The peer's.
         peer: SocketAddrV4,
+        /// As in [`Msg::Connected`].
+        ring: u32,
     },
     /// Engine: a stream ended other than by an orderly close (sent before
     /// the engine closes its end, so a client that reads the end of the
@@ -424,7 +435,7 @@ impl<'a> Msg<'a> {
         let (&t, rest) = data.split_first().ok_or(ParseError::Empty)?;
         let mut r = Reader { tag: t, rest };
         let m = match t {
-            tag::HELLO => Msg::Hello { version: r.u16()? },
+            tag::HELLO => Msg::Hello { version: r.u16()?, rings: r.flag()? },
             tag::CONNECT => Msg::Connect {
                 req: r.u32()?,
                 addr: r.addr()?,
@@ -449,14 +460,24 @@ impl<'a> Msg<'a> {
                 },
             },
             tag::REFUSED => Msg::Refused { reason: r.str()? },
-            tag::CONNECTED => {
-                Msg::Connected { req: r.u32()?, stream: r.u32()?, path: r.path()?, local: r.addr()?, peer: r.addr()? }
-            }
+            tag::CONNECTED => Msg::Connected {
+                req: r.u32()?,
+                stream: r.u32()?,
+                path: r.path()?,
+                local: r.addr()?,
+                peer: r.addr()?,
+                ring: r.u32()?,
+            },
             tag::FAILED => Msg::Failed { req: r.u32()?, kind: r.kind()?, text: r.str()? },
             tag::LISTENING => Msg::Listening { req: r.u32()?, listen: r.u32()?, local: r.addr()? },
-            tag::ACCEPTED => {
-                Msg::Accepted { listen: r.u32()?, stream: r.u32()?, path: r.path()?, local: r.addr()?, peer: r.addr()? }
-            }
+            tag::ACCEPTED => Msg::Accepted {
+                listen: r.u32()?,
+                stream: r.u32()?,
+                path: r.path()?,
+                local: r.addr()?,
+                peer: r.addr()?,
+                ring: r.u32()?,
+            },
             tag::ENDED => Msg::Ended { stream: r.u32()?, kind: r.kind()?, text: r.str()? },
             tag::STATUS_REPLY => {
                 let req = r.u32()?;
@@ -475,7 +496,7 @@ impl<'a> Msg<'a> {
     pub fn emit(&self) -> Vec<u8> {
         let mut w = Writer(Vec::with_capacity(32));
         match *self {
-            Msg::Hello { version } => w.u8(tag::HELLO).u16(version),
+            Msg::Hello { version, rings } => w.u8(tag::HELLO).u16(version).u8(u8::from(rings)),
             Msg::Connect { req, addr, transport, messages, timeout_ms } => {
                 w.u8(tag::CONNECT).u32(req).addr(addr).u8(transport.code()).u8(u8::from(messages)).u32(timeout_ms)
             }
@@ -489,13 +510,13 @@ impl<'a> Msg<'a> {
                 w.u8(tag::WELCOME).u16(version).u32(engine_pid).str(iface).ip(addr).u8(prefix.min(32))
             }
             Msg::Refused { reason } => w.u8(tag::REFUSED).str(reason),
-            Msg::Connected { req, stream, path, local, peer } => {
-                w.u8(tag::CONNECTED).u32(req).u32(stream).u8(path.code()).addr(local).addr(peer)
+            Msg::Connected { req, stream, path, local, peer, ring } => {
+                w.u8(tag::CONNECTED).u32(req).u32(stream).u8(path.code()).addr(local).addr(peer).u32(ring)
             }
             Msg::Failed { req, kind, text } => w.u8(tag::FAILED).u32(req).u8(kind.code()).str(text),
             Msg::Listening { req, listen, local } => w.u8(tag::LISTENING).u32(req).u32(listen).addr(local),
-            Msg::Accepted { listen, stream, path, local, peer } => {
-                w.u8(tag::ACCEPTED).u32(listen).u32(stream).u8(path.code()).addr(local).addr(peer)
+            Msg::Accepted { listen, stream, path, local, peer, ring } => {
+                w.u8(tag::ACCEPTED).u32(listen).u32(stream).u8(path.code()).addr(local).addr(peer).u32(ring)
             }
             Msg::Ended { stream, kind, text } => w.u8(tag::ENDED).u32(stream).u8(kind.code()).str(text),
             Msg::StatusReply { req, json } => {
@@ -515,7 +536,7 @@ impl<'a> Msg<'a> {
     /// Descriptors that travel with this message.
     pub fn fds(&self) -> usize {
         match self {
-            Msg::Connected { .. } | Msg::Accepted { .. } => 1,
+            Msg::Connected { ring, .. } | Msg::Accepted { ring, .. } => 1 + usize::from(*ring > 0),
             _ => 0,
         }
     }
@@ -531,7 +552,7 @@ mod tests {
 
     fn every() -> Vec<Msg<'static>> {
         vec![
-            Msg::Hello { version: VERSION },
+            Msg::Hello { version: VERSION, rings: true },
             Msg::Connect {
                 req: 7,
                 addr: a("10.0.0.2:5000"),
@@ -553,6 +574,7 @@ mod tests {
                 path: PathKind::Link,
                 local: a("10.0.0.1:40000"),
                 peer: a("10.0.0.2:5000"),
+                ring: 65536,
             },
             Msg::Failed { req: 7, kind: EndKind::Refused, text: "10.0.0.2:5000 refused" },
             Msg::Listening { req: 8, listen: 3, local: a("10.0.0.1:5000") },
@@ -562,6 +584,7 @@ mod tests {
                 path: PathKind::Kernel,
                 local: a("10.0.0.1:5000"),
                 peer: a("10.0.0.9:1234"),
+                ring: 0,
             },
             Msg::Ended { stream: 12, kind: EndKind::Reset, text: "the process went away" },
             Msg::StatusReply { req: 9, json: "{\"clients\":1}" },

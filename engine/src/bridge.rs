@@ -6,6 +6,17 @@
 //! (reliable-link) or window (TCP): the engine's memory per stream stays
 //! bounded and nobody else waits.
 //!
+//! The bytes cross between the client and the engine one of two ways:
+//! through the socketpair itself, or (the default for xsock's own library)
+//! through two shared-memory rings in a sealed region the engine made for
+//! the stream ([`Rings`]): the client writes into one and reads from the
+//! other with no system call while both sides keep up, and the socketpair
+//! is then only the stream's handle and doorbell (a byte on it says "look
+//! at the rings"; its hang-up is still the client's last close). The
+//! client's end of its writing is a flag in its ring, not a shutdown of
+//! the socket, so doorbells keep working both ways until both ends are
+//! done.
+//!
 //! Ends: the client's end of the stream (every copy of its descriptor
 //! closed) is a graceful end toward the peer once what it wrote is sent,
 //! unless the client's process was killed, in which case the peer gets a
@@ -16,10 +27,12 @@
 use std::{
     io::{self, Read},
     os::{fd::AsFd, unix::net::UnixStream},
+    sync::Arc,
 };
 
 use xsock::{Error, Stream};
 use xsock_attach::{EndKind, wire::CHUNK_HEADER};
+use xsock_nic::shm::{self, Consumer, Corrupt, Producer, Region};
 
 /// Bytes one buffer holds (each way, per stream).
 pub const BUF: usize = 64 * 1024;
@@ -98,6 +111,43 @@ impl Buf {
     }
 }
 
+/// The engine's ends of a stream's two rings and the region holding them.
+pub struct Rings {
+    /// Client -> network (the client produces).
+    from_app: Consumer,
+    /// Network -> client (the engine produces).
+    to_app: Producer,
+    _region: Arc<Region>,
+    /// The socketpair hung up (every copy of the client's descriptor is
+    /// closed): nobody reads `to_app` any more.
+    hup: bool,
+}
+
+/// Where a stream's two rings of `capacity` bytes lie in their region:
+/// (client -> network offset, network -> client offset, region length).
+pub fn ring_layout(capacity: usize) -> (usize, usize, usize) {
+    let one = shm::ring_bytes(capacity);
+    (0, one, 2 * one)
+}
+
+impl Rings {
+    /// A new region with two empty rings of `capacity` bytes (a power of
+    /// two) each; the descriptor to hand the client comes with it (sealed:
+    /// the client cannot resize it under the engine's map).
+    pub fn create(capacity: usize) -> Result<(Rings, std::os::fd::OwnedFd), shm::ShmError> {
+        let (a, b, len) = ring_layout(capacity);
+        let region = Arc::new(Region::create("xsock-stream", len)?);
+        let (_, from_app) = shm::ring(&region, a, capacity)?;
+        let (to_app, _) = shm::ring(&region, b, capacity)?;
+        let fd = region.fd().try_clone_to_owned().map_err(shm::ShmError::Io)?;
+        Ok((Rings { from_app, to_app, _region: region, hup: false }, fd))
+    }
+}
+
+fn corrupt(c: Corrupt) -> Error {
+    Error::Protocol(format!("the client process broke its stream's shared ring ({c}); the stream is reset"))
+}
+
 /// Why a bridged stream ended other than cleanly (sent to the client).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct End {
@@ -133,6 +183,10 @@ pub struct Wants {
     pub stream_read: bool,
     /// Room in the stream is awaited.
     pub stream_write: bool,
+    /// Pump again soon without waiting for anything (ring mode: the pump
+    /// stopped at its round limit with bytes or room in a ring, which no
+    /// doorbell will announce).
+    pub again: bool,
 }
 
 /// What a pump concluded.
@@ -189,6 +243,10 @@ pub struct Bridge {
     /// and the bytes) becomes link messages, and link messages become
     /// chunks for the client (see `xsock_attach::Msg::Connected`).
     framed: Option<Framing>,
+    /// The stream's shared rings (`None`: bytes cross the socketpair).
+    rings: Option<Rings>,
+    /// Doorbells rung to the client (ring mode).
+    pub bells: u64,
 }
 
 /// Where the bridge is in the client's current message.
@@ -209,7 +267,7 @@ const ROUNDS: usize = 8;
 impl Bridge {
     /// A bridge over `stream` and the engine's end `pair` (made
     /// non-blocking here).
-    pub fn new(client: u32, stream: Stream, pair: UnixStream) -> io::Result<Bridge> {
+    pub fn new(client: u32, stream: Stream, pair: UnixStream, rings: Option<Rings>) -> io::Result<Bridge> {
         pair.set_nonblocking(true)?;
         Ok(Bridge {
             client,
@@ -227,6 +285,8 @@ impl Bridge {
             framed: (stream.mode() == xsock::Mode::Message && stream.path() == xsock::Path::Link)
                 .then(|| Framing { max: stream.max_message() as u64, ..Framing::default() }),
             stream,
+            rings,
+            bells: 0,
         })
     }
 
@@ -244,8 +304,18 @@ impl Bridge {
                 }
             }
             if self.to_net.is_empty() && !self.app_eof {
-                let pair = &mut self.pair;
-                match self.to_net.fill(pool, |b| pair.read(b)) {
+                let r = match self.rings.as_mut() {
+                    None => {
+                        let pair = &mut self.pair;
+                        self.to_net.fill(pool, |b| pair.read(b))
+                    }
+                    Some(rings) => match take_from_ring(rings, &mut self.pair, &mut self.to_net, pool, &mut self.bells)
+                    {
+                        Ok(r) => r,
+                        Err(e) => return self.fail(&e, pool),
+                    },
+                };
+                match r {
                     Ok(0) => {
                         self.app_eof = true;
                         progress = true;
@@ -271,7 +341,14 @@ impl Bridge {
             }
             // Network -> client.
             if !self.to_app.is_empty() {
-                match xsock_nic::unix::send_nosignal(self.pair.as_fd(), self.to_app.pending()) {
+                let r = match self.rings.as_mut() {
+                    None => xsock_nic::unix::send_nosignal(self.pair.as_fd(), self.to_app.pending()),
+                    Some(rings) => match put_in_ring(rings, &self.pair, self.to_app.pending(), &mut self.bells) {
+                        Ok(r) => r,
+                        Err(e) => return self.fail(&e, pool),
+                    },
+                };
+                match r {
                     Ok(n) => {
                         self.moved.to_app += n as u64;
                         self.to_app.consume(n, pool);
@@ -320,7 +397,16 @@ impl Bridge {
             }
             if self.net_eof && self.to_app.is_empty() && !self.app_shut {
                 self.app_shut = true;
-                let _ = self.pair.shutdown(std::net::Shutdown::Write);
+                match self.rings.as_mut() {
+                    None => {
+                        let _ = self.pair.shutdown(std::net::Shutdown::Write);
+                    }
+                    Some(r) => {
+                        if r.to_app.finish() {
+                            ring_bell(&self.pair, &mut self.bells);
+                        }
+                    }
+                }
             }
             if self.net_eof && self.app_eof && self.to_app.is_empty() && self.to_net.is_empty() {
                 return Outcome::Done;
@@ -329,11 +415,39 @@ impl Bridge {
                 break;
             }
         }
+        if let Some(r) = &mut self.rings {
+            // The pair carries doorbells (both ways) and the hang-up. A
+            // ring this pump did not leave armed (it stopped at its round
+            // limit while bytes still moved) is armed now, so the client's
+            // next move rings; if it has moved already, pump again.
+            let mut again = false;
+            let armed = (|| -> Result<(), Corrupt> {
+                if !self.to_app.is_empty() && !r.hup {
+                    again |= r.to_app.prepare_sleep()?;
+                }
+                if self.to_net.is_empty() && !self.app_eof {
+                    again |= r.from_app.prepare_sleep()?;
+                }
+                Ok(())
+            })();
+            if let Err(c) = armed {
+                return self.fail(&corrupt(c), pool);
+            }
+            let Some(r) = &self.rings else { unreachable!() };
+            return Outcome::Running(Wants {
+                pair_read: !r.hup,
+                pair_write: false,
+                stream_read: !self.net_eof && self.to_app.is_empty(),
+                stream_write: !self.to_net.is_empty(),
+                again,
+            });
+        }
         Outcome::Running(Wants {
             pair_read: !self.app_eof && self.to_net.is_empty(),
             pair_write: !self.to_app.is_empty(),
             stream_read: !self.net_eof && self.to_app.is_empty(),
             stream_write: !self.to_net.is_empty(),
+            again: false,
         })
     }
 
@@ -409,6 +523,11 @@ impl Bridge {
         Outcome::Failed(End::of(e))
     }
 
+    /// Whether the stream's bytes cross shared rings.
+    pub fn has_rings(&self) -> bool {
+        self.rings.is_some()
+    }
+
     /// The bridge's state in words (for the engine's status).
     pub fn describe(&self) -> String {
         format!(
@@ -436,5 +555,176 @@ impl Bridge {
     pub fn release(&mut self, pool: &mut BufPool) {
         self.to_net.release(pool);
         self.to_app.release(pool);
+    }
+}
+
+/// Reads the doorbells waiting on the pair (ring mode) and notes a
+/// hang-up. Bounded, so a client that only rings cannot hold the loop.
+fn drain_bells(rings: &mut Rings, pair: &mut UnixStream) {
+    let mut b = [0u8; 256];
+    for _ in 0..16 {
+        match pair.read(&mut b) {
+            Ok(0) => {
+                rings.hup = true;
+                return;
+            }
+            Ok(n) if n < b.len() => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(_) => {
+                rings.hup = true;
+                return;
+            }
+        }
+    }
+}
+
+/// Tells the client to look at its rings. A full pair already holds a
+/// doorbell the client has not read, which is as good.
+fn ring_bell(pair: &UnixStream, bells: &mut u64) {
+    *bells += 1;
+    let _ = xsock_nic::unix::send_nosignal(pair.as_fd(), &[1]);
+}
+
+/// Client -> network, ring mode: what the client's ring holds into `buf`
+/// (as a read of the pair would: 0 is the client's end, after its last
+/// byte; `WouldBlock` with the ring armed, so the client's next write rings).
+fn take_from_ring(
+    rings: &mut Rings,
+    pair: &mut UnixStream,
+    buf: &mut Buf,
+    pool: &mut BufPool,
+    bells: &mut u64,
+) -> Result<io::Result<usize>, Error> {
+    drain_bells(rings, pair);
+    for _ in 0..2 {
+        let mut woke = false;
+        let r = buf.fill(pool, |b| {
+            let m = rings.from_app.pop(b)?;
+            woke = m.wake_peer;
+            Ok::<usize, Corrupt>(m.bytes)
+        });
+        let n = r.map_err(corrupt)?;
+        if woke {
+            ring_bell(pair, bells);
+        }
+        if n > 0 {
+            return Ok(Ok(n));
+        }
+        if rings.from_app.at_end().map_err(corrupt)? || rings.hup {
+            return Ok(Ok(0));
+        }
+        if !rings.from_app.prepare_sleep().map_err(corrupt)? {
+            break;
+        }
+    }
+    Ok(Err(io::ErrorKind::WouldBlock.into()))
+}
+
+/// Network -> client, ring mode: as much of `data` as the client's ring
+/// takes (`WouldBlock` with the ring armed when it takes nothing; a
+/// broken pipe once the client's descriptor is closed).
+fn put_in_ring(rings: &mut Rings, pair: &UnixStream, data: &[u8], bells: &mut u64) -> Result<io::Result<usize>, Error> {
+    if rings.hup {
+        return Ok(Err(io::ErrorKind::BrokenPipe.into()));
+    }
+    for _ in 0..2 {
+        let m = rings.to_app.push(data).map_err(corrupt)?;
+        if m.wake_peer {
+            ring_bell(pair, bells);
+        }
+        if m.bytes > 0 {
+            return Ok(Ok(m.bytes));
+        }
+        if !rings.to_app.prepare_sleep().map_err(corrupt)? {
+            break;
+        }
+    }
+    Ok(Err(io::ErrorKind::WouldBlock.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{os::unix::fs::FileExt, sync::Arc};
+
+    use super::*;
+
+    /// A client's view of a stream's rings, from the descriptor the engine
+    /// hands over: its producer (to the engine) and consumer (from it).
+    fn client_ends(fd: &std::os::fd::OwnedFd, cap: usize) -> (Producer, Consumer) {
+        let (a, b, len) = ring_layout(cap);
+        let region = Arc::new(Region::open(fd.try_clone().unwrap(), len).unwrap());
+        (Producer::attach(&region, a, cap).unwrap(), Consumer::attach(&region, b, cap).unwrap())
+    }
+
+    #[test]
+    fn bytes_doorbells_and_the_end_cross_the_rings() {
+        let cap = 4096;
+        let (mut rings, fd) = Rings::create(cap).unwrap();
+        let (mut ours, theirs) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        theirs.set_nonblocking(true).unwrap();
+        let (mut tx, mut rx) = client_ends(&fd, cap);
+        let (mut pool, mut buf, mut bells) = (BufPool::default(), Buf::default(), 0);
+
+        // Nothing yet: the engine arms the ring, so the client's push says
+        // to ring.
+        let r = take_from_ring(&mut rings, &mut ours, &mut buf, &mut pool, &mut bells).unwrap();
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        assert!(tx.push(b"hello").unwrap().wake_peer, "the engine waits: ring it");
+        assert_eq!(take_from_ring(&mut rings, &mut ours, &mut buf, &mut pool, &mut bells).unwrap().unwrap(), 5);
+        assert_eq!(buf.pending(), b"hello");
+        buf.consume(5, &mut pool);
+
+        // The engine fills the client's ring; the client, asleep, is rung.
+        assert!(!rx.prepare_sleep().unwrap());
+        let big = vec![7u8; cap + 100];
+        assert_eq!(put_in_ring(&mut rings, &ours, &big, &mut bells).unwrap().unwrap(), cap);
+        assert_eq!(bells, 1);
+        assert_eq!(
+            put_in_ring(&mut rings, &ours, &big, &mut bells).unwrap().unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        let mut out = vec![0u8; cap];
+        assert!(rx.pop(&mut out).unwrap().wake_peer, "the engine waits for room: the client rings it");
+
+        // The client's end of writing: after its last byte, 0.
+        tx.push(b"bye").unwrap();
+        tx.finish();
+        assert_eq!(take_from_ring(&mut rings, &mut ours, &mut buf, &mut pool, &mut bells).unwrap().unwrap(), 3);
+        buf.consume(3, &mut pool);
+        assert_eq!(take_from_ring(&mut rings, &mut ours, &mut buf, &mut pool, &mut bells).unwrap().unwrap(), 0);
+
+        // The client's descriptor closes: nobody reads any more.
+        drop(theirs);
+        let r = take_from_ring(&mut rings, &mut ours, &mut buf, &mut pool, &mut bells).unwrap();
+        assert_eq!(r.unwrap(), 0);
+        assert!(rings.hup);
+        assert_eq!(
+            put_in_ring(&mut rings, &ours, b"x", &mut bells).unwrap().unwrap_err().kind(),
+            io::ErrorKind::BrokenPipe
+        );
+    }
+
+    /// A client may write anything into the region (it is shared): counters
+    /// no correct client could publish reset that stream, never crash the
+    /// engine or reach outside the ring.
+    #[test]
+    fn a_client_that_breaks_its_rings_gets_its_stream_reset() {
+        let cap = 4096;
+        let (_, to_app_at, _) = ring_layout(cap);
+        for (offset, value) in [(0u64, u64::MAX), (0, cap as u64 + 1), (to_app_at as u64 + 64, 1 << 40)] {
+            let (mut rings, fd) = Rings::create(cap).unwrap();
+            let (mut ours, _theirs) = UnixStream::pair().unwrap();
+            ours.set_nonblocking(true).unwrap();
+            let file = std::fs::File::from(fd);
+            file.write_at(&value.to_le_bytes(), offset).unwrap();
+            let (mut pool, mut buf, mut bells) = (BufPool::default(), Buf::default(), 0);
+            let a = take_from_ring(&mut rings, &mut ours, &mut buf, &mut pool, &mut bells);
+            let b = put_in_ring(&mut rings, &ours, b"data", &mut bells);
+            let broke = matches!(a, Err(Error::Protocol(_))) || matches!(b, Err(Error::Protocol(_)));
+            assert!(broke, "counter {value} at {offset}: {a:?} / {b:?}");
+        }
     }
 }

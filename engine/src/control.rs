@@ -61,6 +61,7 @@ impl Engine {
                     pid: cred.pid,
                     uid: cred.uid,
                     hello: false,
+                    rings: false,
                     streams: Default::default(),
                     listens: Default::default(),
                 },
@@ -98,7 +99,7 @@ impl Engine {
     fn serve(&mut self, id: u32, m: Msg<'_>) -> Result<(), String> {
         let hello = self.clients.get(&id).is_some_and(|c| c.hello);
         match m {
-            Msg::Hello { version } if !hello => {
+            Msg::Hello { version, rings } if !hello => {
                 if version != VERSION {
                     let reason = format!(
                         "this engine speaks protocol version {VERSION}, the process {version}: run the same xsock \
@@ -118,6 +119,7 @@ impl Engine {
                 );
                 if let Some(c) = self.clients.get_mut(&id) {
                     c.hello = true;
+                    c.rings = rings;
                     self.totals.attached += 1;
                     log::debug!("engine: attached pid {} (uid {})", c.pid, c.uid);
                 }

@@ -50,7 +50,13 @@ pub struct EngineConfig {
     pub max_clients: usize,
     /// Streams (open or connecting) per process, at most.
     pub max_streams_per_client: usize,
+    /// Bytes of each of a stream's two shared rings (a power of two; for
+    /// clients that move bytes through rings).
+    pub ring_bytes: usize,
 }
+
+/// The smallest and largest ring a stream may have.
+pub const RING_BYTES: std::ops::RangeInclusive<usize> = 4096..=(16 << 20);
 
 impl EngineConfig {
     /// Defaults for `iface`.
@@ -63,6 +69,7 @@ impl EngineConfig {
             run_dir: None,
             max_clients: 1024,
             max_streams_per_client: 16_384,
+            ring_bytes: 128 * 1024,
         }
     }
 }
@@ -128,6 +135,8 @@ struct Client {
     pid: i32,
     uid: u32,
     hello: bool,
+    /// It asked for its streams' bytes in shared rings.
+    rings: bool,
     /// Streams open or connecting.
     streams: HashSet<u32>,
     listens: HashSet<u32>,
@@ -164,6 +173,8 @@ struct Totals {
     process_gone_resets: u64,
     failed_connects: u64,
     moved: Moved,
+    /// Doorbells rung to clients by streams that ended.
+    bells: u64,
 }
 
 /// A running engine.
@@ -188,6 +199,9 @@ pub struct Engine {
     buf: Vec<u8>,
     /// Passes of the loop (where a pass starts in its events).
     turn: usize,
+    /// Streams to pump on the next pass whatever the poller says (their
+    /// rings hold work no doorbell announces).
+    again: Vec<u32>,
 }
 
 impl Engine {
@@ -196,6 +210,14 @@ impl Engine {
     /// memory limit, TCP mode); the engine sets the interface, the poll
     /// mode and inline driving itself.
     pub fn open(cfg: EngineConfig, builder: xsock::RuntimeBuilder) -> Result<Engine, EngineError> {
+        if !cfg.ring_bytes.is_power_of_two() || !RING_BYTES.contains(&cfg.ring_bytes) {
+            return Err(EngineError::Config(format!(
+                "a stream's ring must be a power of two from {} KiB to {} MiB, not {} bytes",
+                RING_BYTES.start() >> 10,
+                RING_BYTES.end() >> 20,
+                cfg.ring_bytes
+            )));
+        }
         let netns = xsock_nic::sys::netns_id().map(|(_, ino)| ino).unwrap_or(0);
         let place = Place::new(cfg.run_dir.as_deref(), &cfg.iface, netns);
         create_dir(&place)?;
@@ -260,6 +282,7 @@ impl Engine {
             started: Instant::now(),
             buf: vec![0u8; xsock_attach::wire::MAX_MSG],
             turn: 0,
+            again: Vec::new(),
         })
     }
 
@@ -273,7 +296,8 @@ impl Engine {
     pub fn run(&mut self, stop: impl Fn() -> bool) -> Result<(), EngineError> {
         let mut events = Events::with_capacity(1024);
         while !stop() {
-            match self.poller.poll(&mut events, Some(Duration::from_millis(100))) {
+            let wait = if self.again.is_empty() { Duration::from_millis(100) } else { Duration::ZERO };
+            match self.poller.poll(&mut events, Some(wait)) {
                 Ok(_) => {}
                 Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(EngineError::Config(format!("the engine's poll loop failed: {e}"))),
@@ -288,6 +312,9 @@ impl Engine {
             }
             for t in tokens {
                 self.dispatch(t);
+            }
+            for id in std::mem::take(&mut self.again) {
+                self.pump(id);
             }
         }
         self.shutdown("the host engine is shutting down");
@@ -359,7 +386,8 @@ impl Engine {
     /// connects answered at once fill a seqpacket socket), up to
     /// [`OUT_QUEUE`] messages; a client that does not read its control
     /// socket at all is detached then. False if the client is gone.
-    fn send_to(&mut self, client: u32, m: &Msg<'_>, fd: Option<OwnedFd>) -> bool {
+    fn send_to(&mut self, client: u32, m: &Msg<'_>, fd: impl IntoIterator<Item = OwnedFd>) -> bool {
+        let fd: Vec<OwnedFd> = fd.into_iter().collect();
         let Some(c) = self.clients.get_mut(&client) else { return false };
         let bytes = m.emit();
         if c.outq.is_empty() {
@@ -380,7 +408,7 @@ impl Engine {
         }
         // The descriptor waits with its message (moved, not duplicated: a
         // queue of ten thousand answers must not double the descriptors).
-        c.outq.push_back((bytes, fd.into_iter().collect()));
+        c.outq.push_back((bytes, fd));
         self.set_interest(token(client, kind::CTL), Interest::READABLE | Interest::WRITABLE);
         true
     }
@@ -426,12 +454,12 @@ impl Engine {
         &mut self,
         client: u32,
         stream: Stream,
-        make: impl FnOnce(u32, xsock_attach::PathKind) -> Msg<'static>,
+        make: impl FnOnce(u32, xsock_attach::PathKind, u32) -> Msg<'static>,
         req: Option<u32>,
     ) {
         let id = self.new_id();
-        let (pid, ok) = match self.clients.get(&client) {
-            Some(c) => (c.pid, c.streams.len() < self.cfg.max_streams_per_client),
+        let (pid, ok, wants_rings) = match self.clients.get(&client) {
+            Some(c) => (c.pid, c.streams.len() < self.cfg.max_streams_per_client, c.rings),
             None => return stream.abort(),
         };
         if !ok {
@@ -445,7 +473,7 @@ impl Engine {
             Ok(sock) => {
                 self.totals.kernel_handed += 1;
                 // The client's is the socket now.
-                self.send_to(client, &make(id, xsock_attach::PathKind::Kernel), Some(OwnedFd::from(sock)));
+                self.send_to(client, &make(id, xsock_attach::PathKind::Kernel, 0), Some(OwnedFd::from(sock)));
             }
             Err(stream) => {
                 let path = match stream.path() {
@@ -470,10 +498,33 @@ impl Engine {
                         return stream.abort();
                     }
                 };
-                if !self.send_to(client, &make(id, path), Some(OwnedFd::from(theirs))) {
+                let mut fds = vec![OwnedFd::from(theirs)];
+                let mut rings = None;
+                if wants_rings {
+                    match bridge::Rings::create(self.cfg.ring_bytes) {
+                        Ok((r, fd)) => {
+                            rings = Some(r);
+                            fds.push(fd);
+                        }
+                        Err(e) => {
+                            log::warn!("engine: a stream's shared rings: {e}");
+                            if let Some(req) = req {
+                                let text = format!("the host engine could not make the stream's shared rings: {e}");
+                                self.send_to(
+                                    client,
+                                    &Msg::Failed { req, kind: xsock_attach::EndKind::Overloaded, text: &text },
+                                    None,
+                                );
+                            }
+                            return stream.abort();
+                        }
+                    }
+                }
+                let ring = if rings.is_some() { self.cfg.ring_bytes as u32 } else { 0 };
+                if !self.send_to(client, &make(id, path, ring), fds) {
                     return stream.abort();
                 }
-                let bridge = match Bridge::new(client, stream, ours) {
+                let bridge = match Bridge::new(client, stream, ours, rings) {
                     Ok(b) => b,
                     Err(e) => {
                         log::warn!("engine: {e}");
@@ -498,6 +549,9 @@ impl Engine {
             log::trace!("engine: pump {id}: {outcome:?} {}", c.bridge.describe());
             match outcome {
                 Outcome::Running(w) => {
+                    if w.again && !self.again.contains(&id) {
+                        self.again.push(id);
+                    }
                     let pair_i = interest(w.pair_read, w.pair_write);
                     let stream_i = interest(w.stream_read, w.stream_write);
                     // Field by field: the registrations borrow the bridge.
@@ -541,6 +595,7 @@ impl Engine {
         let m = c.bridge.moved;
         self.totals.moved.to_net += m.to_net;
         self.totals.moved.to_app += m.to_app;
+        self.totals.bells += c.bridge.bells;
         if let Some(cl) = self.clients.get_mut(&c.bridge.client) {
             cl.streams.remove(&id);
         }
@@ -566,7 +621,7 @@ impl Engine {
                 self.hand_over(
                     p.client,
                     p.stream,
-                    |stream, path| Msg::Connected { req, stream, path, local, peer },
+                    |stream, path, ring| Msg::Connected { req, stream, path, local, peer, ring },
                     Some(req),
                 );
             }
@@ -592,7 +647,7 @@ impl Engine {
                     self.hand_over(
                         client,
                         s,
-                        |stream, path| Msg::Accepted { listen: id, stream, path, local, peer },
+                        |stream, path, ring| Msg::Accepted { listen: id, stream, path, local, peer, ring },
                         None,
                     );
                 }

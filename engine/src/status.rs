@@ -10,10 +10,13 @@ impl Engine {
         let mut to_net = self.totals.moved.to_net;
         let mut to_app = self.totals.moved.to_app;
         let mut buffered = 0;
+        let (mut ring_streams, mut bells) = (0usize, self.totals.bells);
         for c in self.carried.values() {
             to_net += c.bridge.moved.to_net;
             to_app += c.bridge.moved.to_app;
             buffered += c.bridge.buffered();
+            ring_streams += usize::from(c.bridge.has_rings());
+            bells += c.bridge.bells;
         }
         let mem = self.rt.memory();
         let queues: Vec<Value> = self
@@ -61,6 +64,10 @@ impl Engine {
             "bytes_to_app": to_app,
             "bridge_buffered_bytes": buffered,
             "bridge_buffers_kept": self.pool.kept(),
+            "ring_streams": ring_streams,
+            "ring_bytes_each": self.cfg.ring_bytes,
+            "ring_memory_bytes": ring_streams * crate::bridge::ring_layout(self.cfg.ring_bytes).2,
+            "doorbells_to_clients_total": bells,
             "link_connections": mem.link_connections,
             "memory_reserved": mem.reserved,
             "memory_limit": mem.limit,

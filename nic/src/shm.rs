@@ -47,6 +47,7 @@ const HEAD: usize = 0; // producer's counter (bytes ever written)
 const TAIL: usize = 64; // consumer's counter (bytes ever read)
 const CONSUMER_ASLEEP: usize = 128;
 const PRODUCER_ASLEEP: usize = 132;
+const PRODUCER_DONE: usize = 136; // the producer will write no more
 
 /// Why a shared region or ring cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -253,6 +254,7 @@ pub const fn ring_bytes(capacity: usize) -> usize {
 pub struct Producer {
     ring: Ring,
     head: u64,
+    follow: bool,
 }
 
 /// The reading end of a ring.
@@ -260,6 +262,7 @@ pub struct Producer {
 pub struct Consumer {
     ring: Ring,
     tail: u64,
+    follow: bool,
 }
 
 /// Lays out a new, empty ring at `offset` of `region` and returns its two
@@ -270,7 +273,8 @@ pub fn ring(region: &Arc<Region>, offset: usize, capacity: usize) -> Result<(Pro
     r.word(TAIL).store(0, Ordering::SeqCst);
     r.flag(CONSUMER_ASLEEP).store(0, Ordering::SeqCst);
     r.flag(PRODUCER_ASLEEP).store(0, Ordering::SeqCst);
-    Ok((Producer { ring: r.clone(), head: 0 }, Consumer { ring: r, tail: 0 }))
+    r.flag(PRODUCER_DONE).store(0, Ordering::SeqCst);
+    Ok((Producer { ring: r.clone(), head: 0, follow: false }, Consumer { ring: r, tail: 0, follow: false }))
 }
 
 /// What one [`Producer::push`] or [`Consumer::pop`] did.
@@ -287,7 +291,35 @@ impl Producer {
     pub fn attach(region: &Arc<Region>, offset: usize, capacity: usize) -> Result<Producer, ShmError> {
         let ring = Ring::check(region.clone(), offset, capacity)?;
         let head = ring.word(HEAD).load(Ordering::Acquire);
-        Ok(Producer { ring, head })
+        Ok(Producer { ring, head, follow: false })
+    }
+
+    /// Takes this end's own counter from the ring before every operation
+    /// instead of keeping it privately: for an end that several processes
+    /// hold (a forked child and its parent, one after the other). The
+    /// counter is checked against the peer's as always, so a peer that
+    /// rewrites it can only garble its own bytes.
+    pub fn follow_shared_counter(&mut self) {
+        self.follow = true;
+    }
+
+    fn refresh(&mut self) {
+        if self.follow {
+            self.head = self.ring.word(HEAD).load(Ordering::Acquire);
+        }
+    }
+
+    /// Bytes that fit now.
+    pub fn room(&mut self) -> Result<usize, Corrupt> {
+        self.refresh();
+        self.free()
+    }
+
+    /// No more bytes will come: the consumer reads the end once it has
+    /// read everything. Says whether to ring the consumer's doorbell.
+    pub fn finish(&mut self) -> bool {
+        self.ring.flag(PRODUCER_DONE).store(1, Ordering::SeqCst);
+        self.ring.flag(CONSUMER_ASLEEP).swap(0, Ordering::SeqCst) != 0
     }
 
     fn free(&self) -> Result<usize, Corrupt> {
@@ -301,6 +333,7 @@ impl Producer {
 
     /// Writes as much of `src` as there is room for.
     pub fn push(&mut self, src: &[u8]) -> Result<Moved, Corrupt> {
+        self.refresh();
         let n = self.free()?.min(src.len());
         if n > 0 {
             self.ring.put(self.head, &src[..n]);
@@ -314,7 +347,8 @@ impl Producer {
     /// About to sleep until there is room: sets the flag the consumer
     /// checks, then says whether there is room after all (then do not
     /// sleep).
-    pub fn prepare_sleep(&self) -> Result<bool, Corrupt> {
+    pub fn prepare_sleep(&mut self) -> Result<bool, Corrupt> {
+        self.refresh();
         self.ring.flag(PRODUCER_ASLEEP).store(1, Ordering::SeqCst);
         let room = self.free()? > 0;
         if room {
@@ -329,7 +363,32 @@ impl Consumer {
     pub fn attach(region: &Arc<Region>, offset: usize, capacity: usize) -> Result<Consumer, ShmError> {
         let ring = Ring::check(region.clone(), offset, capacity)?;
         let tail = ring.word(TAIL).load(Ordering::Acquire);
-        Ok(Consumer { ring, tail })
+        Ok(Consumer { ring, tail, follow: false })
+    }
+
+    /// As [`Producer::follow_shared_counter`], for this end.
+    pub fn follow_shared_counter(&mut self) {
+        self.follow = true;
+    }
+
+    fn refresh(&mut self) {
+        if self.follow {
+            self.tail = self.ring.word(TAIL).load(Ordering::Acquire);
+        }
+    }
+
+    /// Bytes waiting now.
+    pub fn waiting(&mut self) -> Result<usize, Corrupt> {
+        self.refresh();
+        self.available()
+    }
+
+    /// The producer finished and every byte it wrote has been read.
+    pub fn at_end(&mut self) -> Result<bool, Corrupt> {
+        if self.ring.flag(PRODUCER_DONE).load(Ordering::SeqCst) == 0 {
+            return Ok(false);
+        }
+        Ok(self.waiting()? == 0)
     }
 
     fn available(&self) -> Result<usize, Corrupt> {
@@ -343,6 +402,7 @@ impl Consumer {
 
     /// Reads up to `dst.len()` bytes.
     pub fn pop(&mut self, dst: &mut [u8]) -> Result<Moved, Corrupt> {
+        self.refresh();
         let n = self.available()?.min(dst.len());
         if n > 0 {
             self.ring.get(self.tail, &mut dst[..n]);
@@ -356,9 +416,10 @@ impl Consumer {
     /// About to sleep until bytes arrive: sets the flag the producer
     /// checks, then says whether bytes arrived after all (then do not
     /// sleep).
-    pub fn prepare_sleep(&self) -> Result<bool, Corrupt> {
+    pub fn prepare_sleep(&mut self) -> Result<bool, Corrupt> {
+        self.refresh();
         self.ring.flag(CONSUMER_ASLEEP).store(1, Ordering::SeqCst);
-        let ready = self.available()? > 0;
+        let ready = self.available()? > 0 || self.ring.flag(PRODUCER_DONE).load(Ordering::SeqCst) != 0;
         if ready {
             self.ring.flag(CONSUMER_ASLEEP).store(0, Ordering::SeqCst);
         }

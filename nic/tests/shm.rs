@@ -212,3 +212,41 @@ fn a_child_process_streams_through_the_ring_to_a_sleeping_consumer() {
     eprintln!("{total} bytes through a {cap}-byte ring from another process, {sleeps} sleeps");
     assert!(sleeps > 0, "the consumer slept and was woken");
 }
+
+/// The end of a ring: the consumer reads every byte first, then the end;
+/// a consumer about to sleep does not sleep past it, and the finishing
+/// producer says to wake it.
+#[test]
+fn the_end_comes_after_every_byte() {
+    let cap = 1024;
+    let r = Arc::new(Region::create("xsock-test", ring_bytes(cap)).unwrap());
+    let (mut tx, mut rx) = ring(&r, 0, cap).unwrap();
+    assert!(!rx.at_end().unwrap());
+    assert!(!rx.prepare_sleep().unwrap(), "nothing yet: sleep");
+    assert!(tx.push(b"last words").unwrap().wake_peer);
+    assert!(!tx.finish(), "the consumer was woken by the push already");
+    assert!(!rx.at_end().unwrap(), "bytes first");
+    let mut b = [0u8; 64];
+    assert_eq!(rx.pop(&mut b).unwrap().bytes, 10);
+    assert!(rx.at_end().unwrap());
+    assert!(rx.prepare_sleep().unwrap(), "at the end: do not sleep");
+}
+
+/// Two holders of one end, one after the other (a parent and the child it
+/// forked): with the shared counter followed, the second continues where
+/// the first stopped instead of writing over its bytes.
+#[test]
+fn ends_that_follow_the_shared_counter_can_change_hands() {
+    let cap = 1024;
+    let r = Arc::new(Region::create("xsock-test", ring_bytes(cap)).unwrap());
+    let (mut parent, mut rx) = ring(&r, 0, cap).unwrap();
+    parent.follow_shared_counter();
+    let mut child = Producer::attach(&r, 0, cap).unwrap();
+    child.follow_shared_counter();
+    parent.push(b"abc").unwrap();
+    child.push(b"def").unwrap();
+    parent.push(b"ghi").unwrap();
+    let mut b = [0u8; 16];
+    let n = rx.pop(&mut b).unwrap().bytes;
+    assert_eq!(&b[..n], b"abcdefghi");
+}

@@ -34,6 +34,11 @@ pub struct EngineCmd {
     /// Streams per process, at most.
     #[arg(long, default_value_t = 16_384)]
     max_streams: usize,
+    /// KiB of each of a stream's two shared-memory rings (a power of two,
+    /// 4 to 16384): what one stream may have in flight between a process
+    /// and the engine each way.
+    #[arg(long, default_value_t = 128)]
+    ring_kib: usize,
     /// Print the running engine's status (JSON) and exit.
     #[arg(long)]
     status: bool,
@@ -57,6 +62,7 @@ impl EngineCmd {
             group: self.group.clone(),
             max_clients: self.max_clients,
             max_streams_per_client: self.max_streams,
+            ring_bytes: self.ring_kib.saturating_mul(1024),
             ..EngineConfig::new(&iface)
         };
         let builder = self.rt.builder(Driving::Inline, cfg.poll);

@@ -87,7 +87,13 @@ fn tool_processes_share_one_engine_per_host_and_sigterm_leaves_nothing() {
     let st = status(&a);
     assert!(st["streams_total"].as_u64().unwrap() >= 8, "{st}");
     assert_eq!(st["process_gone_resets_total"], 0, "{st}");
+    // The receiving side's bytes crossed the shared rings: the engine rang
+    // its sleeping receiver's doorbell.
+    let st = status(&b);
+    assert!(st["doorbells_to_clients_total"].as_u64().unwrap() > 0, "{st}");
 
+    // The file below: the server moves its bytes through the socketpair
+    // itself (XSOCK_ENGINE_RINGS=off), the client through rings.
     // A file both ways through the engine (cat on a), checked.
     let dir = xsock_testbed::overlay::scratch("engine-cat");
     let src = dir.join("src");
@@ -102,7 +108,11 @@ fn tool_processes_share_one_engine_per_host_and_sigterm_leaves_nothing() {
             "sh",
             &[
                 "-c",
-                &format!("{XSOCK} cat --iface eth0 --listen {cat_listen} < {} > {}", src.display(), got_b.display()),
+                &format!(
+                    "XSOCK_ENGINE_RINGS=off {XSOCK} cat --iface eth0 --listen {cat_listen} < {} > {}",
+                    src.display(),
+                    got_b.display()
+                ),
             ],
         )
         .unwrap();

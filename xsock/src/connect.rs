@@ -60,11 +60,15 @@ enum Stage {
 }
 
 /// Where a connection's readiness comes from, once it is established.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) enum Source {
     Link(u64),
     Tcp(smoltcp::iface::SocketHandle),
     Kernel(RawFd),
+    /// A host-engine stream over shared rings: its descriptor (doorbells,
+    /// hang-up) and the rings (weak: a poller must not keep the stream
+    /// open).
+    Rings(RawFd, std::sync::Weak<crate::path::rings::Rings>),
 }
 
 /// What a look at a connect found.
@@ -178,7 +182,7 @@ impl Pending {
                     return Progress::Ready(conn);
                 }
                 Stage::Taken(src) => {
-                    self.stage = Stage::Taken(src);
+                    self.stage = Stage::Taken(src.clone());
                     return Progress::Taken(src);
                 }
                 Stage::Failed(e) => {
@@ -408,10 +412,17 @@ fn tcp_unavailable() -> Error {
     )
 }
 
+fn s_fd(s: &std::os::unix::net::UnixStream) -> RawFd {
+    s.as_raw_fd()
+}
+
 pub(crate) fn source_of(conn: &Conn) -> Source {
     match conn {
         Conn::Link { cid, .. } => Source::Link(*cid),
         Conn::Tcp(c) => Source::Tcp(c.h),
+        Conn::Kernel(crate::path::kernel::Sock::Engine(e)) if e.rings.is_some() => {
+            Source::Rings(s_fd(&e.sock), Arc::downgrade(e.rings.as_ref().expect("rings")))
+        }
         Conn::Kernel(s) => Source::Kernel(s.as_raw_fd()),
         Conn::Connecting(_) | Conn::Failed { .. } => unreachable!("only established connections have a source"),
     }

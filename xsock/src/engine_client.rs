@@ -44,6 +44,8 @@ pub(crate) struct Handed {
     pub local: SocketAddrV4,
     pub peer: SocketAddrV4,
     pub fd: OwnedFd,
+    /// The region of the stream's shared rings and each ring's bytes.
+    pub ring: Option<(OwnedFd, u32)>,
 }
 
 #[derive(Default)]
@@ -127,6 +129,20 @@ impl EngineUse {
     }
 }
 
+/// Whether streams' bytes should cross shared rings (`XSOCK_ENGINE_RINGS`:
+/// `on`, the default, or `off`: through the socketpair itself, for a
+/// comparison or for code that reads the descriptor directly).
+fn rings_from_env() -> Result<bool, Error> {
+    match std::env::var("XSOCK_ENGINE_RINGS").as_deref() {
+        Err(_) | Ok("" | "on" | "1") => Ok(true),
+        Ok("off" | "0") => Ok(false),
+        Ok(other) => Err(Error::Config(format!(
+            "XSOCK_ENGINE_RINGS={other} is not a setting: use on (stream bytes cross shared rings) or off (they \
+             cross the socketpair)"
+        ))),
+    }
+}
+
 /// The engine's place for `iface` in this network namespace.
 pub(crate) fn place(iface: &str) -> Place {
     let netns = xsock_nic::sys::netns_id().map(|(_, ino)| ino).unwrap_or(0);
@@ -154,7 +170,7 @@ impl Client {
                 )));
             }
         };
-        send(&ctl, &Msg::Hello { version: VERSION })?;
+        send(&ctl, &Msg::Hello { version: VERSION, rings: rings_from_env()? })?;
         let mut buf = vec![0u8; MAX_MSG];
         let (n, fds) = recv_timeout(&ctl, &mut buf, Duration::from_secs(5))?;
         drop(fds);
@@ -218,7 +234,7 @@ fn recv_timeout(ctl: &OwnedFd, buf: &mut [u8], max: Duration) -> Result<(usize, 
 impl ClientShared {
     fn read_loop(self: Arc<Self>, mut buf: Vec<u8>) {
         let why = loop {
-            let (n, mut fds) = match unix::recv_with_fds(self.ctl.as_fd(), &mut buf, 1) {
+            let (n, mut fds) = match unix::recv_with_fds(self.ctl.as_fd(), &mut buf, 2) {
                 Ok((0, _)) => break "its socket closed".to_owned(),
                 Ok(r) => r,
                 Err(unix::FdPassError::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -233,9 +249,10 @@ impl ClientShared {
             }
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             match m {
-                Msg::Connected { req, stream, path, local, peer } => {
+                Msg::Connected { req, stream, path, local, peer, ring } => {
+                    let region = if ring > 0 { fds.pop().map(|f| (f, ring)) } else { None };
                     let fd = fds.pop().expect("counted");
-                    self.deliver(&mut st, req, Reply::Stream(Handed { stream, path, local, peer, fd }));
+                    self.deliver(&mut st, req, Reply::Stream(Handed { stream, path, local, peer, fd, ring: region }));
                 }
                 Msg::Failed { req, kind, text } => {
                     self.deliver(&mut st, req, Reply::Failed(kind, text.to_owned()));
@@ -249,10 +266,11 @@ impl ClientShared {
                 Msg::StatusReply { req, json } => {
                     self.deliver(&mut st, req, Reply::Status(json.to_owned()));
                 }
-                Msg::Accepted { listen, stream, path, local, peer } => {
+                Msg::Accepted { listen, stream, path, local, peer, ring } => {
+                    let region = if ring > 0 { fds.pop().map(|f| (f, ring)) } else { None };
                     let fd = fds.pop().expect("counted");
                     let q = st.listeners.entry(listen).or_default();
-                    q.waiting.push_back(Handed { stream, path, local, peer, fd });
+                    q.waiting.push_back(Handed { stream, path, local, peer, fd, ring: region });
                     if let Some(s) = &q.signal {
                         s.notify();
                     }

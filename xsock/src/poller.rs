@@ -308,8 +308,9 @@ impl Poller {
     }
 
     fn insert(&mut self, token: Token, mut reg: Registration) -> Result<(), Error> {
-        if let What::Stream(Source::Kernel(fd)) = reg.what {
-            self.epoll_add(fd, token.0, reg.interest)?;
+        if let What::Stream(src @ (Source::Kernel(_) | Source::Rings(..))) = &reg.what {
+            let (fd, interest) = epoll_interest(src, reg.interest);
+            self.epoll_add(fd, token.0, interest)?;
             reg.in_epoll = Some(fd);
             self.watched_fds += 1;
         }
@@ -330,6 +331,10 @@ impl Poller {
         let reg = self.regs.get_mut(&token.0).ok_or_else(|| not_registered(token))?;
         reg.interest = interest;
         if let Some(fd) = reg.in_epoll {
+            let interest = match &reg.what {
+                What::Stream(src) => epoll_interest(src, interest).1,
+                _ => interest,
+            };
             self.epoll.modify_raw(fd, token.0 as u64, interest.readable(), interest.writable()).map_err(Error::Io)?;
         }
         self.shared.push(token.0);
@@ -508,6 +513,11 @@ impl Poller {
             What::Failed => (true, true, true),
             What::Listener(l) => (l.waiting() > 0, false, false),
             What::Stream(Source::Kernel(_)) => kernel.get(&token).copied().unwrap_or_default(),
+            What::Stream(Source::Rings(_, rings)) => match rings.upgrade() {
+                Some(r) => r.readiness(reg.interest.readable(), reg.interest.writable()),
+                // The stream is gone (its owner dropped it while registered).
+                None => (true, true, true),
+            },
             What::Stream(Source::Link(cid)) => link_readiness(&self.rt, *cid),
             What::Stream(Source::Tcp(h)) => tcp_readiness(&self.rt, *h),
             What::Connecting(p) => {
@@ -570,14 +580,13 @@ impl Poller {
             self.epoll.delete(fd);
             self.watched_fds -= 1;
         }
-        reg.what = What::Stream(src);
-        if let Source::Kernel(fd) = src {
-            self.epoll
-                .add_raw(fd, token as u64, reg.interest.readable(), reg.interest.writable())
-                .map_err(Error::Io)?;
+        if let Source::Kernel(_) | Source::Rings(..) = src {
+            let (fd, i) = epoll_interest(&src, reg.interest);
+            self.epoll.add_raw(fd, token as u64, i.readable(), i.writable()).map_err(Error::Io)?;
             reg.in_epoll = Some(fd);
             self.watched_fds += 1;
         }
+        reg.what = What::Stream(src);
         Ok(())
     }
 }
@@ -594,6 +603,17 @@ impl AsFd for Poller {
             self.shared.doorbell.signal();
         }
         self.epoll.fd()
+    }
+}
+
+/// The descriptor epoll watches for a kernel-carried source, and for what:
+/// a ring stream's descriptor only ever says "look" (a doorbell or the
+/// hang-up), so it is watched for reading whatever the caller wants.
+fn epoll_interest(src: &Source, interest: Interest) -> (RawFd, Interest) {
+    match src {
+        Source::Rings(fd, _) => (*fd, Interest::READABLE),
+        Source::Kernel(fd) => (*fd, interest),
+        Source::Link(_) | Source::Tcp(_) => unreachable!("not in epoll"),
     }
 }
 

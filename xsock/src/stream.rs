@@ -311,10 +311,12 @@ impl Stream {
                 self.local = s.local;
                 self.conn = s.conn;
             }
-            Conn::Kernel(crate::path::kernel::Sock::Engine(e)) => {
-                e.sock.set_nonblocking(self.spin).map_err(Error::Io)?;
-                self.local = e.local;
-                self.conn = Conn::Kernel(crate::path::kernel::Sock::Engine(e));
+            Conn::Kernel(s @ crate::path::kernel::Sock::Engine(_)) => {
+                s.set_nonblocking(self.spin).map_err(Error::Io)?;
+                if let crate::path::kernel::Sock::Engine(e) = &s {
+                    self.local = e.local;
+                }
+                self.conn = Conn::Kernel(s);
             }
             other => self.conn = other,
         }
@@ -347,7 +349,7 @@ impl Stream {
         match &self.conn {
             Conn::Link { cid, handle } => PollSource::Ready(Source::Link(*cid), Some(handle.signal.clone())),
             Conn::Tcp(c) => PollSource::Ready(Source::Tcp(c.h), Some(c.handle.signal.clone())),
-            Conn::Kernel(s) => PollSource::Ready(Source::Kernel(std::os::fd::AsRawFd::as_raw_fd(s)), None),
+            Conn::Kernel(_) => PollSource::Ready(crate::connect::source_of(&self.conn), None),
             Conn::Connecting(p) => {
                 let signal = p.lock().unwrap_or_else(|e| e.into_inner()).signal.clone();
                 PollSource::Connecting(p.clone(), signal)
@@ -1034,7 +1036,15 @@ pub(crate) fn engine_conn(rt: &Runtime, h: crate::engine_client::Handed) -> Resu
     }
     let sock = std::os::unix::net::UnixStream::from(h.fd);
     let end = Arc::new(EndWatch { id: h.stream, client });
-    Ok(Conn::Kernel(Sock::Engine(EngineSock { sock, path, end, local: h.local })))
+    let rings = match h.ring {
+        Some((region, capacity)) => {
+            // The descriptor only carries doorbells: never block on it.
+            sock.set_nonblocking(true).map_err(Error::Io)?;
+            Some(Arc::new(crate::path::rings::Rings::open(region, capacity, &sock).map_err(Error::Io)?))
+        }
+        None => None,
+    };
+    Ok(Conn::Kernel(Sock::Engine(EngineSock { sock, path, end, local: h.local, rings })))
 }
 
 /// One message from the host engine's chunks (see `xsock_attach::Msg::Connected`).

@@ -16,4 +16,5 @@
 
 pub(crate) mod kernel;
 pub(crate) mod link;
+pub(crate) mod rings;
 pub(crate) mod tcp;
