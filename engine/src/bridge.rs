@@ -247,6 +247,11 @@ pub struct Bridge {
     rings: Option<Rings>,
     /// Doorbells rung to the client (ring mode).
     pub bells: u64,
+    /// Ring mode, busy engine: keep looking at the client's ring this long
+    /// after its last bytes instead of arming it.
+    spin: Option<std::time::Duration>,
+    /// When bytes last came from the client's ring.
+    last_from_app: Option<std::time::Instant>,
 }
 
 /// Where the bridge is in the client's current message.
@@ -267,7 +272,13 @@ const ROUNDS: usize = 8;
 impl Bridge {
     /// A bridge over `stream` and the engine's end `pair` (made
     /// non-blocking here).
-    pub fn new(client: u32, stream: Stream, pair: UnixStream, rings: Option<Rings>) -> io::Result<Bridge> {
+    pub fn new(
+        client: u32,
+        stream: Stream,
+        pair: UnixStream,
+        rings: Option<Rings>,
+        spin: Option<std::time::Duration>,
+    ) -> io::Result<Bridge> {
         pair.set_nonblocking(true)?;
         Ok(Bridge {
             client,
@@ -287,12 +298,22 @@ impl Bridge {
             stream,
             rings,
             bells: 0,
+            spin,
+            last_from_app: None,
         })
     }
 
-    /// Moves what can move now, both ways.
-    pub fn pump(&mut self, pool: &mut BufPool) -> Outcome {
+    /// Moves what can move now, both ways. `pair_event`: the socketpair
+    /// was reported readable (ring mode: doorbells or the hang-up to read;
+    /// otherwise it is not read, which keeps a spinning pump free of
+    /// system calls).
+    pub fn pump(&mut self, pool: &mut BufPool, pair_event: bool) -> Outcome {
         self.pumps += 1;
+        let now = std::time::Instant::now();
+        let hot = self.spin.is_some_and(|d| self.last_from_app.is_some_and(|t| now.duration_since(t) < d));
+        if let (Some(rings), true) = (self.rings.as_mut(), pair_event) {
+            drain_bells(rings, &mut self.pair);
+        }
         for _ in 0..ROUNDS {
             let mut progress = false;
             // Client -> network.
@@ -309,11 +330,17 @@ impl Bridge {
                         let pair = &mut self.pair;
                         self.to_net.fill(pool, |b| pair.read(b))
                     }
-                    Some(rings) => match take_from_ring(rings, &mut self.pair, &mut self.to_net, pool, &mut self.bells)
-                    {
-                        Ok(r) => r,
-                        Err(e) => return self.fail(&e, pool),
-                    },
+                    Some(rings) => {
+                        match take_from_ring(rings, &self.pair, &mut self.to_net, pool, &mut self.bells, !hot) {
+                            Ok(r) => {
+                                if matches!(r, Ok(n) if n > 0) {
+                                    self.last_from_app = Some(now);
+                                }
+                                r
+                            }
+                            Err(e) => return self.fail(&e, pool),
+                        }
+                    }
                 };
                 match r {
                     Ok(0) => {
@@ -426,7 +453,9 @@ impl Bridge {
                     again |= r.to_app.prepare_sleep()?;
                 }
                 if self.to_net.is_empty() && !self.app_eof {
-                    again |= r.from_app.prepare_sleep()?;
+                    // A busy engine keeps looking at a client that wrote
+                    // just now rather than have it ring.
+                    again |= hot || r.from_app.prepare_sleep()?;
                 }
                 Ok(())
             })();
@@ -589,15 +618,16 @@ fn ring_bell(pair: &UnixStream, bells: &mut u64) {
 
 /// Client -> network, ring mode: what the client's ring holds into `buf`
 /// (as a read of the pair would: 0 is the client's end, after its last
-/// byte; `WouldBlock` with the ring armed, so the client's next write rings).
+/// byte; `WouldBlock` with the ring armed if `arm`, so the client's next
+/// write rings).
 fn take_from_ring(
     rings: &mut Rings,
-    pair: &mut UnixStream,
+    pair: &UnixStream,
     buf: &mut Buf,
     pool: &mut BufPool,
     bells: &mut u64,
+    arm: bool,
 ) -> Result<io::Result<usize>, Error> {
-    drain_bells(rings, pair);
     for _ in 0..2 {
         let mut woke = false;
         let r = buf.fill(pool, |b| {
@@ -615,7 +645,7 @@ fn take_from_ring(
         if rings.from_app.at_end().map_err(corrupt)? || rings.hup {
             return Ok(Ok(0));
         }
-        if !rings.from_app.prepare_sleep().map_err(corrupt)? {
+        if !arm || !rings.from_app.prepare_sleep().map_err(corrupt)? {
             break;
         }
     }
@@ -670,10 +700,10 @@ mod tests {
 
         // Nothing yet: the engine arms the ring, so the client's push says
         // to ring.
-        let r = take_from_ring(&mut rings, &mut ours, &mut buf, &mut pool, &mut bells).unwrap();
+        let r = take_from_ring(&mut rings, &ours, &mut buf, &mut pool, &mut bells, true).unwrap();
         assert_eq!(r.unwrap_err().kind(), io::ErrorKind::WouldBlock);
         assert!(tx.push(b"hello").unwrap().wake_peer, "the engine waits: ring it");
-        assert_eq!(take_from_ring(&mut rings, &mut ours, &mut buf, &mut pool, &mut bells).unwrap().unwrap(), 5);
+        assert_eq!(take_from_ring(&mut rings, &ours, &mut buf, &mut pool, &mut bells, true).unwrap().unwrap(), 5);
         assert_eq!(buf.pending(), b"hello");
         buf.consume(5, &mut pool);
 
@@ -692,13 +722,14 @@ mod tests {
         // The client's end of writing: after its last byte, 0.
         tx.push(b"bye").unwrap();
         tx.finish();
-        assert_eq!(take_from_ring(&mut rings, &mut ours, &mut buf, &mut pool, &mut bells).unwrap().unwrap(), 3);
+        assert_eq!(take_from_ring(&mut rings, &ours, &mut buf, &mut pool, &mut bells, true).unwrap().unwrap(), 3);
         buf.consume(3, &mut pool);
-        assert_eq!(take_from_ring(&mut rings, &mut ours, &mut buf, &mut pool, &mut bells).unwrap().unwrap(), 0);
+        assert_eq!(take_from_ring(&mut rings, &ours, &mut buf, &mut pool, &mut bells, true).unwrap().unwrap(), 0);
 
         // The client's descriptor closes: nobody reads any more.
         drop(theirs);
-        let r = take_from_ring(&mut rings, &mut ours, &mut buf, &mut pool, &mut bells).unwrap();
+        drain_bells(&mut rings, &mut ours);
+        let r = take_from_ring(&mut rings, &ours, &mut buf, &mut pool, &mut bells, true).unwrap();
         assert_eq!(r.unwrap(), 0);
         assert!(rings.hup);
         assert_eq!(
@@ -716,12 +747,12 @@ mod tests {
         let (_, to_app_at, _) = ring_layout(cap);
         for (offset, value) in [(0u64, u64::MAX), (0, cap as u64 + 1), (to_app_at as u64 + 64, 1 << 40)] {
             let (mut rings, fd) = Rings::create(cap).unwrap();
-            let (mut ours, _theirs) = UnixStream::pair().unwrap();
+            let (ours, _theirs) = UnixStream::pair().unwrap();
             ours.set_nonblocking(true).unwrap();
             let file = std::fs::File::from(fd);
             file.write_at(&value.to_le_bytes(), offset).unwrap();
             let (mut pool, mut buf, mut bells) = (BufPool::default(), Buf::default(), 0);
-            let a = take_from_ring(&mut rings, &mut ours, &mut buf, &mut pool, &mut bells);
+            let a = take_from_ring(&mut rings, &ours, &mut buf, &mut pool, &mut bells, true);
             let b = put_in_ring(&mut rings, &ours, b"data", &mut bells);
             let broke = matches!(a, Err(Error::Protocol(_))) || matches!(b, Err(Error::Protocol(_)));
             assert!(broke, "counter {value} at {offset}: {a:?} / {b:?}");

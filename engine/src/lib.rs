@@ -111,6 +111,12 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> EngineError
     move |source| EngineError::Io { what, source }
 }
 
+/// How long a busy-polling engine keeps looking at a stream's ring after
+/// the client last wrote into it, before it arms the ring (so the client's
+/// next write rings a doorbell, a system call): a request-response client
+/// writes again within a round trip.
+const HOT: Duration = Duration::from_millis(1);
+
 /// Messages that may wait for one client's control socket.
 const OUT_QUEUE: usize = 1 << 16;
 
@@ -314,7 +320,7 @@ impl Engine {
                 self.dispatch(t);
             }
             for id in std::mem::take(&mut self.again) {
-                self.pump(id);
+                self.pump(id, false);
             }
         }
         self.shutdown("the host engine is shutting down");
@@ -333,7 +339,7 @@ impl Engine {
                 if self.connecting.contains_key(&id) {
                     self.advance_connect(id);
                 } else {
-                    self.pump(id);
+                    self.pump(id, t.0 & 7 == kind::PAIR);
                 }
             }
             kind::LISTEN => self.accept_streams(id),
@@ -524,7 +530,8 @@ impl Engine {
                 if !self.send_to(client, &make(id, path, ring), fds) {
                     return stream.abort();
                 }
-                let bridge = match Bridge::new(client, stream, ours, rings) {
+                let spin = (self.cfg.poll == PollMode::Busy).then_some(HOT);
+                let bridge = match Bridge::new(client, stream, ours, rings, spin) {
                     Ok(b) => b,
                     Err(e) => {
                         log::warn!("engine: {e}");
@@ -536,16 +543,19 @@ impl Engine {
                     c.streams.insert(id);
                 }
                 self.carried.insert(id, Carried { bridge, pid, released: false });
-                self.pump(id);
+                self.pump(id, false);
             }
         }
     }
 
     /// Moves a carried stream's bytes and acts on how it stands.
-    fn pump(&mut self, id: u32) {
+    /// `pair_event`: the poller reported the socketpair (doorbells or a
+    /// hang-up to read).
+    fn pump(&mut self, id: u32, pair_event: bool) {
+        let mut pair_event = pair_event;
         loop {
             let Some(c) = self.carried.get_mut(&id) else { return };
-            let outcome = c.bridge.pump(&mut self.pool);
+            let outcome = c.bridge.pump(&mut self.pool, std::mem::take(&mut pair_event));
             log::trace!("engine: pump {id}: {outcome:?} {}", c.bridge.describe());
             match outcome {
                 Outcome::Running(w) => {

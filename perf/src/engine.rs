@@ -40,6 +40,24 @@ fn xsock(bench: &Bench) -> &str {
     bench.xsock.to_str().expect("utf-8 path")
 }
 
+/// Runs `f` with every xsock process started as `XSOCK_ENGINE_RINGS=off
+/// xsock ...` (a wrapper script in front of the binary): attached
+/// processes then move their bytes through the socketpair itself, not the
+/// shared rings, for the comparison.
+fn with_socketpair_bytes<T>(bench: &mut Bench, f: impl FnOnce(&Bench) -> io::Result<T>) -> io::Result<T> {
+    let real = bench.xsock.clone();
+    let dir = std::env::temp_dir().join(format!("xsock-perf-pair-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let wrapper = dir.join("xsock");
+    std::fs::write(&wrapper, format!("#!/bin/sh\nXSOCK_ENGINE_RINGS=off exec {} \"$@\"\n", real.display()))?;
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    bench.xsock = wrapper;
+    let r = f(bench);
+    bench.xsock = real;
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
 /// An engine on `host`, once it listens.
 fn start_engine(bench: &Bench, host: &Host, poll: &str) -> io::Result<u32> {
     let pid = bench.bed.spawn(host, xsock(bench), &["engine", "--iface", "eth0", "--poll", poll])?;
@@ -212,11 +230,15 @@ fn processes(bench: &Bench, rounds: usize) -> io::Result<String> {
 fn rtt_once(bench: &Bench, mode: &str, count: u64) -> io::Result<Rtt> {
     let (engine_a, engine_b, server, client): (Option<&str>, Option<&str>, &[&str], &[&str]) = match mode {
         "kernel" => (None, None, &["--poll", "sleep"], &["--poll", "sleep"]),
-        "engines-busy" => (Some("busy"), Some("busy"), &["--poll", "sleep"], &["--poll", "sleep"]),
+        "engines-busy" | "engines-busy-pair" => {
+            (Some("busy"), Some("busy"), &["--poll", "sleep"], &["--poll", "sleep"])
+        }
         "engines-adaptive" => (Some("adaptive"), Some("adaptive"), &["--poll", "sleep"], &["--poll", "sleep"]),
         "inproc-busy" => (None, None, &["--poll", "busy"], &["--poll", "busy"]),
         "inproc-block-a" => (None, None, &["--poll", "busy"], &["--poll", "sleep"]),
         "engine-a-block" => (Some("busy"), None, &["--poll", "busy"], &["--poll", "sleep"]),
+        "engine-a-spin" => (Some("busy"), None, &["--poll", "sleep"], &["--poll", "busy"]),
+        "inproc-spin-a" => (None, None, &["--poll", "sleep"], &["--poll", "busy"]),
         other => return Err(io::Error::other(format!("no mode {other}"))),
     };
     let mut engines = Vec::new();
@@ -232,25 +254,35 @@ fn rtt_once(bench: &Bench, mode: &str, count: u64) -> io::Result<Rtt> {
     r
 }
 
-// Not measured: an application busy-polling its socket behind a busy
-// engine, with the peer busy-polling too: three spinning threads on this
-// 2-core machine time-slice (8 ms round trips in a trial run); it needs a
-// core per spinner.
-const MODES: [(&str, &str); 6] = [
+// Not measured: an application busy-polling behind a busy engine with the
+// peer busy-polling too: three spinning threads on this 2-core machine
+// time-slice (8 ms round trips in a trial run); it needs a core per
+// spinner. Measured instead: the spinning application and its busy engine
+// against a blocking peer (two spinners), beside the in-process runtime
+// spinning against the same blocking peer.
+const MODES: [(&str, &str); 9] = [
     ("kernel", "kernel TCP, both applications block"),
     ("engines-busy", "through engines on both hosts (busy-poll), applications block"),
+    ("engines-busy-pair", "the same, bytes through the socketpair instead of shared rings (XSOCK_ENGINE_RINGS=off)"),
     ("engines-adaptive", "through engines on both hosts (adaptive), applications block"),
     ("inproc-busy", "in-process runtimes, both busy-poll (issue 6's mode)"),
     ("inproc-block-a", "a: in-process, blocks; b: in-process, busy-polls"),
     ("engine-a-block", "a: engine (busy) + blocking application; b: in-process, busy-polls"),
+    ("engine-a-spin", "a: engine (busy) + application spinning on its rings; b: in-process, blocks"),
+    ("inproc-spin-a", "a: in-process, busy-polls; b: in-process, blocks"),
 ];
 
-fn rtt(bench: &Bench, rounds: usize) -> io::Result<String> {
+fn rtt(bench: &mut Bench, rounds: usize) -> io::Result<String> {
     let mut runs: Vec<Vec<Rtt>> = vec![vec![]; MODES.len()];
     for round in 1..=rounds {
         for (i, (mode, _)) in MODES.iter().enumerate() {
             progress(&format!("64 B ping {mode}, round {round}/{rounds}"));
-            runs[i].push(rtt_once(bench, mode, 20_000)?);
+            let r = if mode.ends_with("-pair") {
+                with_socketpair_bytes(bench, |b| rtt_once(b, mode, 20_000))?
+            } else {
+                rtt_once(bench, mode, 20_000)?
+            };
+            runs[i].push(r);
         }
     }
     let p50 = |v: &[Rtt]| v.iter().map(|r| r.rtt_p50_ns as f64).collect::<Vec<_>>();
@@ -269,27 +301,37 @@ fn rtt(bench: &Bench, rounds: usize) -> io::Result<String> {
     Ok(out)
 }
 
-/// One bulk stream through engines on both hosts against the same stream
-/// between in-process runtimes: what the socketpair crossings cost.
-fn one_stream(bench: &Bench, rounds: usize) -> io::Result<String> {
-    let (mut engine, mut inproc) = (vec![], vec![]);
+/// One bulk stream through engines on both hosts (bytes through the shared
+/// rings, and through the socketpair) against the same stream between
+/// in-process runtimes: what the crossings cost.
+fn one_stream(bench: &mut Bench, rounds: usize) -> io::Result<String> {
+    let through_engines = |b: &Bench| -> io::Result<f64> {
+        let e = vec![start_engine(b, &b.a, "adaptive")?, start_engine(b, &b.b, "adaptive")?];
+        let r = b.bw("link", 1 << 20, SECONDS, &["--poll", "sleep"], &["--poll", "sleep"]);
+        stop_engines(b, &e);
+        Ok(r?.gbit_per_s)
+    };
+    let (mut rings, mut pair, mut inproc) = (vec![], vec![], vec![]);
     for round in 1..=rounds {
         progress(&format!("one stream, round {round}/{rounds}"));
-        let e = vec![start_engine(bench, &bench.a, "adaptive")?, start_engine(bench, &bench.b, "adaptive")?];
-        let r = bench.bw("link", 1 << 20, SECONDS, &["--poll", "sleep"], &["--poll", "sleep"]);
-        stop_engines(bench, &e);
-        engine.push(r?.gbit_per_s);
+        rings.push(through_engines(bench)?);
+        pair.push(with_socketpair_bytes(bench, through_engines)?);
         inproc.push(bench.bw("link", 1 << 20, SECONDS, &["--poll", "sleep"], &["--poll", "sleep"])?.gbit_per_s);
     }
-    let ratio = median(engine.iter().zip(&inproc).map(|(e, i)| e / i).collect());
-    let mut t = Table::new(["one stream, 1 MiB sends, both ends sleep-poll", "Gbit/s", "through engines / in-process"]);
+    let ratio = |v: &[f64]| median(v.iter().zip(&inproc).map(|(e, i)| e / i).collect());
+    let mut t = Table::new(["one stream, 1 MiB sends, both ends sleep-poll", "Gbit/s", "/ in-process"]);
     t.row([
-        "through engines on both hosts (adaptive)".into(),
-        format!("{:.2}", median(engine)),
-        format!("{ratio:.2}x"),
+        "through engines on both hosts (adaptive), shared rings".into(),
+        format!("{:.2}", median(rings.clone())),
+        format!("{:.2}x", ratio(&rings)),
+    ]);
+    t.row([
+        "through engines on both hosts (adaptive), socketpair bytes".into(),
+        format!("{:.2}", median(pair.clone())),
+        format!("{:.2}x", ratio(&pair)),
     ]);
     t.row(["in-process runtimes".into(), format!("{:.2}", median(inproc)), "-".into()]);
-    let mut out = format!("### One stream (`xsock bw --seconds {SECONDS} --poll sleep`)\n\n");
+    let mut out = format!("### One stream (`xsock bw --seconds {SECONDS} --poll sleep`; interleaved per round)\n\n");
     out += &t.markdown();
     out += "\n";
     Ok(out)
@@ -298,16 +340,16 @@ fn one_stream(bench: &Bench, rounds: usize) -> io::Result<String> {
 pub fn run(xsock_bin: &Path, rounds: usize, only: Option<&str>) -> io::Result<()> {
     let started = Instant::now();
     let want = |part: &str| only.is_none_or(|o| o == part);
-    let bench = Bench::two_hosts(xsock_bin, 1500)?;
+    let mut bench = Bench::two_hosts(xsock_bin, 1500)?;
     let mut out = String::new();
     if want("procs") {
         out += &processes(&bench, rounds)?;
     }
     if want("one") {
-        out += &one_stream(&bench, rounds)?;
+        out += &one_stream(&mut bench, rounds)?;
     }
     if want("ping") {
-        out += &rtt(&bench, rounds)?;
+        out += &rtt(&mut bench, rounds)?;
     }
     out += &format!("Suite wall time: {:.0} s, {rounds} rounds.\n", started.elapsed().as_secs_f64());
     println!("{out}");

@@ -11,10 +11,12 @@
 //! sees the flag and writes a doorbell byte. Doorbells for both directions
 //! arrive on the one descriptor, so in this process only one thread at a
 //! time waits on it (the *leader*); it reads every doorbell there is and
-//! wakes the others, who look at their rings again. A look that finds
-//! nothing to do also reads the doorbells (when nobody leads), and bumps
-//! the same generation, so a waiter never sleeps on a doorbell somebody
-//! else consumed.
+//! wakes the others, who look at their rings again. A poller's look that
+//! finds nothing to do also reads the doorbells (when nobody leads), and
+//! bumps the same generation, so a waiter never sleeps on a doorbell
+//! somebody else consumed. A non-blocking call that finds nothing arms
+//! nothing: a caller that spins on the ring makes no system call and costs
+//! the engine no doorbells.
 //!
 //! The end of our writing is a flag in our ring, not a shutdown of the
 //! socket, so doorbells keep working both ways until both ends are done.
@@ -183,8 +185,8 @@ impl Rings {
 
     /// Reads what the engine sent: 0 at the stream's clean end (the engine
     /// finished its ring), `Ok(None)` once the engine hung up without
-    /// finishing (the caller asks why), `WouldBlock` if `nonblocking` and
-    /// nothing is there (the ring is then armed: the next byte rings).
+    /// finishing (the caller asks why), `WouldBlock` if non-blocking and
+    /// nothing is there.
     pub fn read(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
         let nonblocking = self.nonblocking.load(Ordering::Relaxed);
         loop {
@@ -205,12 +207,9 @@ impl Rings {
                 return Ok(None);
             }
             if nonblocking {
-                drop(rx);
-                self.drain_now();
-                let mut rx = lock(&self.rx);
-                if rx.prepare_sleep().map_err(corrupt)? || self.hup.load(Ordering::SeqCst) {
-                    continue;
-                }
+                // Not armed: a caller that spins on the ring costs the
+                // engine no doorbells; one that waits does so through a
+                // poller, which arms what it waits for.
                 return Err(io::ErrorKind::WouldBlock.into());
             }
             if rx.prepare_sleep().map_err(corrupt)? {
@@ -240,12 +239,6 @@ impl Rings {
                 return Ok(m.bytes);
             }
             if nonblocking {
-                drop(tx);
-                self.drain_now();
-                let mut tx = lock(&self.tx);
-                if tx.prepare_sleep().map_err(corrupt)? || self.hup.load(Ordering::SeqCst) {
-                    continue;
-                }
                 return Err(io::ErrorKind::WouldBlock.into());
             }
             if tx.prepare_sleep().map_err(corrupt)? {
