@@ -590,30 +590,15 @@ impl Bridge {
 /// Reads the doorbells waiting on the pair (ring mode) and notes a
 /// hang-up. Bounded, so a client that only rings cannot hold the loop.
 fn drain_bells(rings: &mut Rings, pair: &mut UnixStream) {
-    let mut b = [0u8; 256];
-    for _ in 0..16 {
-        match pair.read(&mut b) {
-            Ok(0) => {
-                rings.hup = true;
-                return;
-            }
-            Ok(n) if n < b.len() => return,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(_) => {
-                rings.hup = true;
-                return;
-            }
-        }
+    if !xsock_nic::unix::drain_doorbells(pair.as_fd(), 4096) {
+        rings.hup = true;
     }
 }
 
-/// Tells the client to look at its rings. A full pair already holds a
-/// doorbell the client has not read, which is as good.
+/// Tells the client to look at its rings.
 fn ring_bell(pair: &UnixStream, bells: &mut u64) {
     *bells += 1;
-    let _ = xsock_nic::unix::send_nosignal(pair.as_fd(), &[1]);
+    xsock_nic::unix::ring_doorbell(pair.as_fd());
 }
 
 /// Client -> network, ring mode: what the client's ring holds into `buf`

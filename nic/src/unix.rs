@@ -114,6 +114,36 @@ pub fn send_nosignal(sock: BorrowedFd<'_>, data: &[u8]) -> io::Result<usize> {
     nix::sys::socket::send(sock.as_raw_fd(), data, MsgFlags::MSG_NOSIGNAL).map_err(errno)
 }
 
+/// Doorbells: one byte on a stream socket says "look" to its peer.
+/// Rings `sock`'s peer; a full socket already holds a doorbell the peer has
+/// not read, which is as good. False once the peer is gone.
+pub fn ring_doorbell(sock: BorrowedFd<'_>) -> bool {
+    match send_nosignal(sock, &[1]) {
+        Ok(_) => true,
+        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+    }
+}
+
+/// Reads the doorbells waiting on the non-blocking stream socket `sock`
+/// (at most `max_bytes`, so a peer that only rings cannot hold the
+/// caller). False once the peer has hung up (the end of the stream or an
+/// error).
+pub fn drain_doorbells(sock: BorrowedFd<'_>, max_bytes: usize) -> bool {
+    let mut b = [0u8; 256];
+    let mut read = 0;
+    while read < max_bytes {
+        match nix::unistd::read(sock, &mut b) {
+            Ok(0) => return false,
+            Ok(n) if n < b.len() => return true,
+            Ok(n) => read += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(nix::errno::Errno::EAGAIN) => return true,
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
 fn seqpacket() -> io::Result<OwnedFd> {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
     socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).map_err(errno)

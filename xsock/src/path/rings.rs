@@ -26,7 +26,7 @@
 //! so it can change hands).
 
 use std::{
-    io::{self, Read},
+    io,
     os::{
         fd::{AsFd, OwnedFd},
         unix::net::UnixStream,
@@ -112,32 +112,15 @@ impl Rings {
     }
 
     fn bell(&self) {
-        match xsock_nic::unix::send_nosignal(self.sock.as_fd(), &[1]) {
-            // A full socket holds a doorbell the engine has not read yet.
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => self.hup.store(true, Ordering::SeqCst),
+        if !xsock_nic::unix::ring_doorbell(self.sock.as_fd()) {
+            self.hup.store(true, Ordering::SeqCst);
         }
     }
 
-    /// Reads the doorbells waiting on `fd` (notes a hang-up).
+    /// Reads the doorbells waiting (notes a hang-up).
     fn drain(&self) {
-        let mut b = [0u8; 256];
-        loop {
-            match (&self.sock).read(&mut b) {
-                Ok(0) => {
-                    self.hup.store(true, Ordering::SeqCst);
-                    return;
-                }
-                Ok(n) if n < b.len() => return,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => {
-                    self.hup.store(true, Ordering::SeqCst);
-                    return;
-                }
-            }
+        if !xsock_nic::unix::drain_doorbells(self.sock.as_fd(), usize::MAX) {
+            self.hup.store(true, Ordering::SeqCst);
         }
     }
 
