@@ -296,3 +296,42 @@ fn two_thousand_connects_at_once_from_one_process_through_engines() {
     assert_eq!(v["transport"], "link", "{v}");
     assert!(status(&a)["streams_total"].as_u64().unwrap() >= 2000);
 }
+
+/// Overlay endpoints (`xsock mesh` joined by --boot/--name) on hosts whose
+/// interface a host engine owns: they attach to it, and every exchange
+/// across the LANs (through relays) and inside one completes intact.
+#[test]
+fn overlay_endpoints_work_through_host_engines() {
+    use xsock_testbed::{
+        overlay::Overlay,
+        sites::{Policy, SiteSpec},
+    };
+    require_root!();
+    let specs = [
+        SiteSpec { name: "hub", policy: Policy::Open, relays: 1, hosts: 1 },
+        SiteSpec { name: "sp1", policy: Policy::HubOnly, relays: 1, hosts: 2 },
+    ];
+    let o = Overlay::start(XSOCK, "engine-ovl", &specs);
+    let relays = o.relay_names();
+    let refs: Vec<&str> = relays.iter().map(String::as_str).collect();
+    o.converge(&refs, Duration::from_secs(20));
+    let eps = o.endpoints();
+    let engines: Vec<u32> = eps.iter().map(|(_, h)| start_engine(&o.bed, h)).collect();
+    let reports = o.mesh(&eps, &eps, 64 * 1024);
+    let (mut ok, mut relayed) = (0, 0);
+    for r in &reports {
+        assert!(r["failed"].as_array().unwrap().is_empty(), "{r}\nrelays: {}", o.relay_logs());
+        ok += r["ok"].as_u64().unwrap();
+        relayed += r["relayed"].as_u64().unwrap();
+    }
+    assert_eq!(ok, 3 * 2, "{reports:?}");
+    assert_eq!(relayed, 4, "the hub host and each sp1 host talk through relays");
+    for (name, h) in &eps {
+        let st = status(h);
+        assert!(st["streams_total"].as_u64().unwrap() > 0, "{name}'s endpoint did not go through its engine: {st}");
+    }
+    for (pid, (_, h)) in engines.iter().zip(&eps) {
+        h.exec("kill", &["-TERM", &pid.to_string()]).unwrap();
+        o.bed.wait_exit(*pid, Duration::from_secs(5)).unwrap();
+    }
+}
