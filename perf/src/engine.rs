@@ -311,12 +311,13 @@ fn one_stream(bench: &mut Bench, rounds: usize) -> io::Result<String> {
         stop_engines(b, &e);
         Ok(r?.gbit_per_s)
     };
-    let (mut rings, mut pair, mut inproc) = (vec![], vec![], vec![]);
+    let (mut rings, mut pair, mut inproc, mut iperf) = (vec![], vec![], vec![], vec![]);
     for round in 1..=rounds {
         progress(&format!("one stream, round {round}/{rounds}"));
         rings.push(through_engines(bench)?);
         pair.push(with_socketpair_bytes(bench, through_engines)?);
         inproc.push(bench.bw("link", 1 << 20, SECONDS, &["--poll", "sleep"], &["--poll", "sleep"])?.gbit_per_s);
+        iperf.push(bench.iperf3_tcp(SECONDS)?.gbit_per_s);
     }
     let ratio = |v: &[f64]| median(v.iter().zip(&inproc).map(|(e, i)| e / i).collect());
     let mut t = Table::new(["one stream, 1 MiB sends, both ends sleep-poll", "Gbit/s", "/ in-process"]);
@@ -330,8 +331,109 @@ fn one_stream(bench: &mut Bench, rounds: usize) -> io::Result<String> {
         format!("{:.2}", median(pair.clone())),
         format!("{:.2}x", ratio(&pair)),
     ]);
-    t.row(["in-process runtimes".into(), format!("{:.2}", median(inproc)), "-".into()]);
+    t.row(["in-process runtimes".into(), format!("{:.2}", median(inproc.clone())), "-".into()]);
+    t.row([
+        "iperf3, kernel TCP (default offloads: GSO/GRO)".into(),
+        format!("{:.2}", median(iperf.clone())),
+        format!("{:.2}x", ratio(&iperf)),
+    ]);
     let mut out = format!("### One stream (`xsock bw --seconds {SECONDS} --poll sleep`; interleaved per round)\n\n");
+    out += &t.markdown();
+    out += "\n";
+    Ok(out)
+}
+
+/// Resident memory of process `pid`, KiB.
+fn rss_kib(pid: u32) -> io::Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| io::Error::other("no VmRSS"))
+}
+
+/// The engine's memory before and after 1,000 client processes attach,
+/// each open a stream to a ping server on b (through b's engine), do 10
+/// round trips and exit; 50 at a time, every process sleep-polling (the
+/// server answers one client at a time: the others wait blocked, not
+/// spinning).
+fn memory(bench: &Bench) -> io::Result<String> {
+    const CLIENTS: usize = 1000;
+    const AT_ONCE: usize = 50;
+    let ea = start_engine(bench, &bench.a, "adaptive")?;
+    let eb = start_engine(bench, &bench.b, "adaptive")?;
+    let listen = format!("{B_IP}:7008");
+    let server = bench.bed.spawn(
+        &bench.b,
+        xsock(bench),
+        &["ping", "--iface", "eth0", "--listen", &listen, "--poll", "sleep"],
+    )?;
+    wait_log(bench, server, "ping echo on", Duration::from_secs(10))?;
+    // One client first, so the engine's lazily made pools exist.
+    let one = |n: usize| -> io::Result<usize> {
+        let kids: Vec<_> = (0..n)
+            .map(|_| {
+                bench
+                    .a
+                    .command(
+                        xsock(bench),
+                        &[
+                            "ping",
+                            "--iface",
+                            "eth0",
+                            "--connect",
+                            &listen,
+                            "--count",
+                            "10",
+                            "--warmup",
+                            "0",
+                            "--size",
+                            "64",
+                            "--poll",
+                            "sleep",
+                            "--json",
+                        ],
+                    )
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+            })
+            .collect::<io::Result<_>>()?;
+        let mut ok = 0;
+        for mut k in kids {
+            ok += usize::from(k.wait()?.success());
+        }
+        Ok(ok)
+    };
+    one(1)?;
+    let before = rss_kib(ea)?;
+    let t0 = Instant::now();
+    let mut ok = 0;
+    for round in 0..CLIENTS / AT_ONCE {
+        if round % 5 == 0 {
+            progress(&format!("memory: clients {}..{}", round * AT_ONCE, (round + 5) * AT_ONCE));
+        }
+        ok += one(AT_ONCE)?;
+    }
+    let took = t0.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_kib(ea)?;
+    let st = bench.a.command(xsock(bench), &["engine", "--iface", "eth0", "--status"]).output()?;
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).map_err(|e| io::Error::other(e.to_string()))?;
+    let _ = bench.bed.finish(server);
+    stop_engines(bench, &[ea, eb]);
+    let mut t = Table::new(["engine on a", "value"]);
+    t.row([
+        "client processes (10 round trips each, 50 at a time)".into(),
+        format!("{ok} of {CLIENTS} ok in {took:.1} s"),
+    ]);
+    t.row(["resident memory after the first client".into(), format!("{:.1} MiB", before as f64 / 1024.0)]);
+    t.row(["resident memory after 1,000 more came and went".into(), format!("{:.1} MiB", after as f64 / 1024.0)]);
+    t.row([
+        "clients / streams left in the engine (status)".into(),
+        format!("{} / {} (attached_total {})", st["clients"], st["streams"], st["attached_total"]),
+    ]);
+    let mut out = String::from("### Engine memory as clients come and go (`xsock-perf engine --only memory`)\n\n");
     out += &t.markdown();
     out += "\n";
     Ok(out)
@@ -350,6 +452,9 @@ pub fn run(xsock_bin: &Path, rounds: usize, only: Option<&str>) -> io::Result<()
     }
     if want("ping") {
         out += &rtt(&mut bench, rounds)?;
+    }
+    if want("memory") {
+        out += &memory(&bench)?;
     }
     out += &format!("Suite wall time: {:.0} s, {rounds} rounds.\n", started.elapsed().as_secs_f64());
     println!("{out}");

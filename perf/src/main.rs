@@ -45,10 +45,10 @@ fn parse_args() -> Result<Opts, String> {
             "--xsock" => xsock = args.next().ok_or("--xsock needs a path")?.into(),
             "--out" => out = args.next().ok_or("--out needs a directory")?.into(),
             "--only" => {
-                only = Some(
-                    args.next()
-                        .ok_or("--only needs a part (scale: conns, bulk, ping, one; engine: procs, one, ping)")?,
-                )
+                only =
+                    Some(args.next().ok_or(
+                        "--only needs a part (scale: conns, bulk, ping, one; engine: procs, one, ping, memory)",
+                    )?)
             }
             other => return Err(format!("unknown flag {other}")),
         }
