@@ -125,10 +125,7 @@ pub struct Rings {
 
 /// Where a stream's two rings of `capacity` bytes lie in their region:
 /// (client -> network offset, network -> client offset, region length).
-pub fn ring_layout(capacity: usize) -> (usize, usize, usize) {
-    let one = shm::ring_bytes(capacity);
-    (0, one, 2 * one)
-}
+pub use shm::duplex_layout as ring_layout;
 
 impl Rings {
     /// A new region with two empty rings of `capacity` bytes (a power of

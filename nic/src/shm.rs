@@ -249,6 +249,13 @@ pub const fn ring_bytes(capacity: usize) -> usize {
     RING_HEADER + capacity
 }
 
+/// Where a duplex pair of rings of `capacity` bytes each lies in one
+/// region: (first ring's offset, second ring's offset, region length).
+pub const fn duplex_layout(capacity: usize) -> (usize, usize, usize) {
+    let one = ring_bytes(capacity);
+    (0, one, 2 * one)
+}
+
 /// The writing end of a ring.
 #[derive(Debug)]
 pub struct Producer {

@@ -412,16 +412,12 @@ fn tcp_unavailable() -> Error {
     )
 }
 
-fn s_fd(s: &std::os::unix::net::UnixStream) -> RawFd {
-    s.as_raw_fd()
-}
-
 pub(crate) fn source_of(conn: &Conn) -> Source {
     match conn {
         Conn::Link { cid, .. } => Source::Link(*cid),
         Conn::Tcp(c) => Source::Tcp(c.h),
         Conn::Kernel(crate::path::kernel::Sock::Engine(e)) if e.rings.is_some() => {
-            Source::Rings(s_fd(&e.sock), Arc::downgrade(e.rings.as_ref().expect("rings")))
+            Source::Rings(e.sock.as_raw_fd(), Arc::downgrade(e.rings.as_ref().expect("rings")))
         }
         Conn::Kernel(s) => Source::Kernel(s.as_raw_fd()),
         Conn::Connecting(_) | Conn::Failed { .. } => unreachable!("only established connections have a source"),

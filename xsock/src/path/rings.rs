@@ -92,11 +92,11 @@ impl Rings {
                 format!("the host engine offered a ring of {capacity} bytes (not a power of two up to {MAX_RING})"),
             ));
         }
-        let one = shm::ring_bytes(capacity);
+        let (to_engine, from_engine, len) = shm::duplex_layout(capacity);
         let map_err = |e: shm::ShmError| io::Error::other(format!("the host engine's shared ring: {e}"));
-        let region = Arc::new(Region::open(fd, 2 * one).map_err(map_err)?);
-        let mut tx = Producer::attach(&region, 0, capacity).map_err(map_err)?;
-        let mut rx = Consumer::attach(&region, one, capacity).map_err(map_err)?;
+        let region = Arc::new(Region::open(fd, len).map_err(map_err)?);
+        let mut tx = Producer::attach(&region, to_engine, capacity).map_err(map_err)?;
+        let mut rx = Consumer::attach(&region, from_engine, capacity).map_err(map_err)?;
         tx.follow_shared_counter();
         rx.follow_shared_counter();
         Ok(Rings {
@@ -173,7 +173,6 @@ impl Rings {
     pub fn read(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
         let nonblocking = self.nonblocking.load(Ordering::Relaxed);
         loop {
-            let seen = self.generation();
             let mut rx = lock(&self.rx);
             let m = rx.pop(buf).map_err(corrupt)?;
             if m.bytes > 0 || buf.is_empty() {
@@ -195,6 +194,9 @@ impl Rings {
                 // poller, which arms what it waits for.
                 return Err(io::ErrorKind::WouldBlock.into());
             }
+            // Noted before arming: a doorbell read by anyone after the arm
+            // moves the generation on, and the wait returns at once.
+            let seen = self.generation();
             if rx.prepare_sleep().map_err(corrupt)? {
                 continue;
             }
@@ -211,7 +213,6 @@ impl Rings {
             if self.hup.load(Ordering::SeqCst) {
                 return Err(io::ErrorKind::BrokenPipe.into());
             }
-            let seen = self.generation();
             let mut tx = lock(&self.tx);
             let m = tx.push(data).map_err(corrupt)?;
             if m.bytes > 0 || data.is_empty() {
@@ -224,6 +225,7 @@ impl Rings {
             if nonblocking {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
+            let seen = self.generation();
             if tx.prepare_sleep().map_err(corrupt)? {
                 continue;
             }
