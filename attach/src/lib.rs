@@ -11,6 +11,7 @@
 
 pub mod place;
 pub mod policy;
+pub mod preload;
 pub mod wire;
 
 pub use place::Place;

@@ -11,7 +11,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// The protocol version a client and an engine must share.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 
 /// The largest control message either side sends or accepts.
 pub const MAX_MSG: usize = 64 * 1024;
@@ -80,6 +80,11 @@ pub enum Msg<'a> {
         /// socketpair itself (a client that hands the descriptor to code
         /// that reads it directly asks for `false`).
         rings: bool,
+        /// Send [`Msg::Ended`] with the reason a stream ended abnormally (a
+        /// client that never reads them, such as the preload, whose
+        /// listener's descriptor must be readable only when a connection
+        /// waits, asks for `false`).
+        ends: bool,
     },
     /// Client: connect to `addr`.
     Connect {
@@ -244,6 +249,10 @@ pub enum ParseError {
     #[error("control message tag {0}: bad {1}")]
     BadField(u8, &'static str),
 }
+
+/// [`Msg::Hello`]'s flag bits.
+const HELLO_RINGS: u8 = 1;
+const HELLO_ENDS: u8 = 2;
 
 mod tag {
     pub const HELLO: u8 = 1;
@@ -435,7 +444,14 @@ impl<'a> Msg<'a> {
         let (&t, rest) = data.split_first().ok_or(ParseError::Empty)?;
         let mut r = Reader { tag: t, rest };
         let m = match t {
-            tag::HELLO => Msg::Hello { version: r.u16()?, rings: r.flag()? },
+            tag::HELLO => {
+                let version = r.u16()?;
+                let flags = r.u8()?;
+                if flags & !(HELLO_RINGS | HELLO_ENDS) != 0 {
+                    return Err(ParseError::BadField(tag::HELLO, "flags"));
+                }
+                Msg::Hello { version, rings: flags & HELLO_RINGS != 0, ends: flags & HELLO_ENDS != 0 }
+            }
             tag::CONNECT => Msg::Connect {
                 req: r.u32()?,
                 addr: r.addr()?,
@@ -496,7 +512,10 @@ impl<'a> Msg<'a> {
     pub fn emit(&self) -> Vec<u8> {
         let mut w = Writer(Vec::with_capacity(32));
         match *self {
-            Msg::Hello { version, rings } => w.u8(tag::HELLO).u16(version).u8(u8::from(rings)),
+            Msg::Hello { version, rings, ends } => {
+                let flags = if rings { HELLO_RINGS } else { 0 } | if ends { HELLO_ENDS } else { 0 };
+                w.u8(tag::HELLO).u16(version).u8(flags)
+            }
             Msg::Connect { req, addr, transport, messages, timeout_ms } => {
                 w.u8(tag::CONNECT).u32(req).addr(addr).u8(transport.code()).u8(u8::from(messages)).u32(timeout_ms)
             }
@@ -552,7 +571,8 @@ mod tests {
 
     fn every() -> Vec<Msg<'static>> {
         vec![
-            Msg::Hello { version: VERSION, rings: true },
+            Msg::Hello { version: VERSION, rings: true, ends: true },
+            Msg::Hello { version: VERSION, rings: false, ends: false },
             Msg::Connect {
                 req: 7,
                 addr: a("10.0.0.2:5000"),

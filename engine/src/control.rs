@@ -62,6 +62,7 @@ impl Engine {
                     uid: cred.uid,
                     hello: false,
                     rings: false,
+                    ends: true,
                     streams: Default::default(),
                     listens: Default::default(),
                 },
@@ -99,7 +100,7 @@ impl Engine {
     fn serve(&mut self, id: u32, m: Msg<'_>) -> Result<(), String> {
         let hello = self.clients.get(&id).is_some_and(|c| c.hello);
         match m {
-            Msg::Hello { version, rings } if !hello => {
+            Msg::Hello { version, rings, ends } if !hello => {
                 if version != VERSION {
                     let reason = format!(
                         "this engine speaks protocol version {VERSION}, the process {version}: run the same xsock \
@@ -120,6 +121,7 @@ impl Engine {
                 if let Some(c) = self.clients.get_mut(&id) {
                     c.hello = true;
                     c.rings = rings;
+                    c.ends = ends;
                     self.totals.attached += 1;
                     log::debug!("engine: attached pid {} (uid {})", c.pid, c.uid);
                 }
@@ -145,8 +147,12 @@ impl Engine {
                 Ok(())
             }
             Msg::Close { stream } => {
+                // From the client that made the stream, or another
+                // connection of the same process (the preload attaches once
+                // per connect and lets go of its streams on another).
+                let pid = self.clients.get(&id).map(|c| c.pid);
                 if let Some(c) = self.carried.get_mut(&stream)
-                    && c.bridge.client == id
+                    && (c.bridge.client == id || Some(c.pid) == pid)
                 {
                     c.released = true;
                 }

@@ -143,6 +143,8 @@ struct Client {
     hello: bool,
     /// It asked for its streams' bytes in shared rings.
     rings: bool,
+    /// It reads [`Msg::Ended`] (the preload does not).
+    ends: bool,
     /// Streams open or connecting.
     streams: HashSet<u32>,
     listens: HashSet<u32>,
@@ -395,6 +397,9 @@ impl Engine {
     fn send_to(&mut self, client: u32, m: &Msg<'_>, fd: impl IntoIterator<Item = OwnedFd>) -> bool {
         let fd: Vec<OwnedFd> = fd.into_iter().collect();
         let Some(c) = self.clients.get_mut(&client) else { return false };
+        if matches!(m, Msg::Ended { .. }) && !c.ends {
+            return true; // it asked not to be told
+        }
         let bytes = m.emit();
         if c.outq.is_empty() {
             let fds: Vec<std::os::fd::BorrowedFd<'_>> = fd.iter().map(|f| f.as_fd()).collect();

@@ -170,7 +170,7 @@ impl Client {
                 )));
             }
         };
-        send(&ctl, &Msg::Hello { version: VERSION, rings: rings_from_env()? })?;
+        send(&ctl, &Msg::Hello { version: VERSION, rings: rings_from_env()?, ends: true })?;
         let mut buf = vec![0u8; MAX_MSG];
         let (n, fds) = recv_timeout(&ctl, &mut buf, Duration::from_secs(5))?;
         drop(fds);

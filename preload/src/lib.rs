@@ -1,0 +1,517 @@
+//! `libxsock_preload.so`: `LD_PRELOAD=libxsock_preload.so program` puts an
+//! unmodified program's TCP/IPv4 sockets on xsock, through the host engine
+//! (`xsock engine`), as the Myrinet socket bypass ran unmodified socket
+//! programs.
+//!
+//! How, in one paragraph: `socket(AF_INET, SOCK_STREAM)` is still the
+//! kernel's socket, so bind and options before a connect behave exactly as
+//! Linux's. At `connect` to a peer on the engine's segment, the engine
+//! opens a reliable-link stream and hands back one end of a socketpair,
+//! which replaces the program's descriptor under the same number (dup3).
+//! From then on the descriptor *is* a kernel socket with the stream's
+//! bytes: read, write, send, recv, sendfile, poll, select, epoll, fcntl,
+//! ioctl, dup, fork, exec and close need nothing from this library and
+//! behave as the kernel makes them. At `listen`, the descriptor becomes a
+//! control connection to the engine, readable when a connection waits; the
+//! engine listens on both paths, so plain kernel TCP clients still connect
+//! (their sockets are handed over as they are). What the socketpair cannot
+//! answer as a TCP socket would is answered here: the names
+//! (getsockname/getpeername), TCP- and IP-level options, the socket's
+//! type, domain and protocol, and the address fields of
+//! recvfrom/recvmsg/sendto/sendmsg.
+//!
+//! Everything else passes to libc untouched: other families and types,
+//! loopback, destinations off the segment (unless XSOCK_TRANSPORT=tcp),
+//! and every socket when no engine runs (one warning; XSOCK_STRICT=1 makes
+//! that an error). The settings are in `xsock_attach::preload`.
+
+mod addr;
+mod connect;
+mod engine;
+mod listen;
+mod real;
+mod sockopt;
+mod table;
+
+use std::{
+    net::Ipv4Addr,
+    sync::{
+        OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use libc::{c_int, c_void, msghdr, size_t, sockaddr, socklen_t, ssize_t};
+use xsock_attach::{
+    EndKind, PathKind,
+    preload::{PreloadSettings, PreloadTransport},
+};
+
+use table::Kind;
+
+static SETTINGS: OnceLock<PreloadSettings> = OnceLock::new();
+
+fn settings() -> &'static PreloadSettings {
+    SETTINGS.get_or_init(|| PreloadSettings::from_env().unwrap_or_else(|e| die(&e)))
+}
+
+/// Reads the settings when the library loads, so a typo stops the program
+/// at once with the reason rather than at its first connect.
+extern "C" fn init() {
+    let _ = settings();
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static INIT: extern "C" fn() = init;
+
+/// At a normal exit, lets go of every stream still open, so their
+/// hang-ups are orderly closes for the peers (a killed process runs no
+/// such code, and its peers are reset).
+extern "C" fn fini() {
+    engine::let_go(&table::streams(), settings().iface.as_deref(), true);
+}
+
+#[used]
+#[unsafe(link_section = ".fini_array")]
+static FINI: extern "C" fn() = fini;
+
+/// Says why and exits (a setting that cannot be honoured).
+pub(crate) fn die(msg: &str) -> ! {
+    eprintln!("xsock preload: {msg}");
+    std::process::exit(2)
+}
+
+fn log(line: impl FnOnce() -> String) {
+    if settings().log {
+        eprintln!("xsock preload[{}]: {}", std::process::id(), line());
+    }
+}
+
+/// One warning per process, per reason.
+fn warn_once(flag: &AtomicBool, msg: &str) {
+    if !flag.swap(true, Ordering::Relaxed) {
+        eprintln!("xsock preload: {msg}");
+    }
+}
+
+static WARNED_NO_ENGINE: AtomicBool = AtomicBool::new(false);
+static WARNED_HIGH_FD: AtomicBool = AtomicBool::new(false);
+
+/// A destination (or bound address) the engine could serve.
+fn served(ip: Ipv4Addr) -> bool {
+    !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast())
+}
+
+fn fail(e: c_int) -> c_int {
+    real::set_errno(e);
+    -1
+}
+
+fn errno_of(kind: EndKind) -> c_int {
+    match kind {
+        EndKind::Refused => libc::ECONNREFUSED,
+        EndKind::TimedOut => libc::ETIMEDOUT,
+        EndKind::Reset => libc::ECONNRESET,
+        EndKind::Unreachable => libc::EHOSTUNREACH,
+        EndKind::Config => libc::EADDRNOTAVAIL,
+        EndKind::Shutdown => libc::ENETDOWN,
+        EndKind::Overloaded => libc::ENOBUFS,
+        EndKind::Other => libc::EIO,
+    }
+}
+
+fn path_name(p: PathKind) -> &'static str {
+    match p {
+        PathKind::Link => "reliable-link",
+        PathKind::Tcp => "tcp-mode",
+        PathKind::Kernel => "kernel",
+    }
+}
+
+/// What to do when no engine can be attached: stay on the kernel (after
+/// one warning) or, strict, fail with ENETDOWN.
+fn no_engine(why: &str) -> Option<c_int> {
+    if settings().strict {
+        eprintln!("xsock preload: {why} (XSOCK_STRICT=1: failing with ENETDOWN)");
+        return Some(fail(libc::ENETDOWN));
+    }
+    warn_once(&WARNED_NO_ENGINE, &format!("{why}; TCP stays on the kernel"));
+    None
+}
+
+fn attach() -> Result<engine::Ctl, Option<c_int>> {
+    match engine::attach(settings().iface.as_deref()) {
+        Ok(c) => Ok(c),
+        Err(engine::AttachError::None(why) | engine::AttachError::Broken(why)) => Err(no_engine(&why)),
+    }
+}
+
+/// Puts `new` (a descriptor the engine handed over) in place of `fd`,
+/// keeping `fd`'s number, blocking mode and close-on-exec flag, and the
+/// socket-level timeouts and keepalive the program set.
+fn install(fd: c_int, new: c_int) -> Result<(), c_int> {
+    let fl = real::fcntl(fd, libc::F_GETFL, 0);
+    let fdfl = real::fcntl(fd, libc::F_GETFD, 0);
+    sockopt::carry_over(fd, new);
+    let cloexec = if fdfl >= 0 && fdfl & libc::FD_CLOEXEC != 0 { libc::O_CLOEXEC } else { 0 };
+    let r = real::dup3(new, fd, cloexec);
+    let e = real::errno();
+    real::close(new);
+    if r < 0 {
+        return Err(e);
+    }
+    set_nonblocking(fd, fl >= 0 && fl & libc::O_NONBLOCK != 0);
+    Ok(())
+}
+
+fn set_nonblocking(fd: c_int, on: bool) {
+    let cur = real::fcntl(fd, libc::F_GETFL, 0);
+    if cur >= 0 {
+        let want = if on { cur | libc::O_NONBLOCK } else { cur & !libc::O_NONBLOCK };
+        if want != cur {
+            real::fcntl(fd, libc::F_SETFL, want as libc::c_ulong);
+        }
+    }
+}
+
+/// socket(2): a TCP socket (IPv4, or IPv6 that may carry IPv4-mapped
+/// addresses) is followed from here on.
+///
+/// # Safety
+/// As socket(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
+    let fd = real::socket(domain, ty, protocol);
+    let tcp = (domain == libc::AF_INET || domain == libc::AF_INET6)
+        && ty & 0xf == libc::SOCK_STREAM
+        && (protocol == 0 || protocol == libc::IPPROTO_TCP);
+    if fd >= 0 && tcp {
+        let s = settings();
+        if s.enabled && s.transport != PreloadTransport::Kernel && !table::mark_fresh(fd) {
+            warn_once(
+                &WARNED_HIGH_FD,
+                &format!("descriptor {fd} is above {}: such sockets stay on the kernel", table::MAX_FD),
+            );
+        }
+    }
+    fd
+}
+
+/// connect(2): through the engine when the destination is an xsock peer.
+///
+/// # Safety
+/// As connect(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    match table::kind(fd) {
+        Some(Kind::Fresh) => {}
+        Some(Kind::Stream) => return fail(libc::EISCONN),
+        Some(Kind::Listener) => return fail(libc::EINVAL),
+        None => return real::connect(fd, addr, len),
+    }
+    // SAFETY: the caller passes `len` readable bytes at `addr`.
+    let dest = unsafe { addr::read(addr, len) };
+    let Some((dest, v6)) = dest.filter(|(d, _)| served(*d.ip())) else {
+        table::forget(fd);
+        return real::connect(fd, addr, len);
+    };
+    match connect::through_engine(fd, dest, v6) {
+        Some(r) => r,
+        None => {
+            table::forget(fd);
+            real::connect(fd, addr, len)
+        }
+    }
+}
+
+/// listen(2): the engine listens (both paths) and the descriptor becomes
+/// the control connection it announces connections on.
+///
+/// # Safety
+/// As listen(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
+    match table::kind(fd) {
+        Some(Kind::Fresh) => listen::listen(fd, backlog),
+        Some(Kind::Listener) => 0,
+        Some(Kind::Stream) => fail(libc::EINVAL),
+        None => real::listen(fd, backlog),
+    }
+}
+
+/// accept4(2): the next connection the engine announces (either path).
+///
+/// # Safety
+/// As accept4(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
+    match table::kind(fd).filter(|k| *k == Kind::Listener).and_then(|_| table::info(fd)) {
+        // SAFETY: the caller's buffers, as accept4(2) takes them.
+        Some(info) => unsafe { listen::accept(fd, info, addr, len, flags) },
+        None => real::accept4(fd, addr, len, flags),
+    }
+}
+
+/// accept(2).
+///
+/// # Safety
+/// As accept(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    // SAFETY: passed on as given.
+    unsafe { accept4(fd, addr, len, 0) }
+}
+
+/// getsockname(2).
+///
+/// # Safety
+/// As getsockname(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    match table::kind(fd).filter(|k| *k != Kind::Fresh).and_then(|_| table::info(fd)) {
+        // SAFETY: the caller's buffers, as getsockname(2) takes them.
+        Some(i) => unsafe { addr::write(i.local, i.v6, addr, len) },
+        None => real::getsockname(fd, addr, len),
+    }
+}
+
+/// getpeername(2).
+///
+/// # Safety
+/// As getpeername(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    match table::kind(fd) {
+        Some(Kind::Stream) => match table::info(fd).and_then(|i| i.peer.map(|p| (p, i.v6))) {
+            // SAFETY: the caller's buffers, as getpeername(2) takes them.
+            Some((p, v6)) => unsafe { addr::write(p, v6, addr, len) },
+            None => fail(libc::ENOTCONN),
+        },
+        Some(Kind::Listener) => fail(libc::ENOTCONN),
+        _ => real::getpeername(fd, addr, len),
+    }
+}
+
+/// getsockopt(2).
+///
+/// # Safety
+/// As getsockopt(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn getsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *mut c_void,
+    len: *mut socklen_t,
+) -> c_int {
+    match table::kind(fd) {
+        // SAFETY: the caller's buffers, as getsockopt(2) takes them.
+        Some(k @ (Kind::Stream | Kind::Listener)) => unsafe { sockopt::get(fd, k, level, name, val, len) },
+        _ => real::getsockopt(fd, level, name, val, len),
+    }
+}
+
+/// setsockopt(2).
+///
+/// # Safety
+/// As setsockopt(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int {
+    match table::kind(fd) {
+        // SAFETY: the caller's buffer, as setsockopt(2) takes it.
+        Some(Kind::Stream | Kind::Listener) => unsafe { sockopt::set(fd, level, name, val, len) },
+        _ => real::setsockopt(fd, level, name, val, len),
+    }
+}
+
+/// close(2).
+///
+/// # Safety
+/// As close(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    let stream = match table::kind(fd) {
+        Some(Kind::Stream) => table::info(fd).map(|i| i.stream),
+        Some(_) => None,
+        None => {
+            engine::closer_closed(fd);
+            None
+        }
+    };
+    table::forget(fd);
+    if let Some(id) = stream.filter(|id| !table::names_stream(*id)) {
+        engine::let_go(&[id], settings().iface.as_deref(), false);
+    }
+    real::close(fd)
+}
+
+/// dup(2).
+///
+/// # Safety
+/// As dup(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
+    let r = real::dup(fd);
+    if r >= 0 {
+        table::copy(fd, r);
+    }
+    r
+}
+
+/// dup2(2).
+///
+/// # Safety
+/// As dup2(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
+    let r = real::dup2(old, new);
+    if r >= 0 && old != new {
+        table::copy(old, new);
+    }
+    r
+}
+
+/// dup3(2).
+///
+/// # Safety
+/// As dup3(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    let r = real::dup3(old, new, flags);
+    if r >= 0 {
+        table::copy(old, new);
+    }
+    r
+}
+
+fn fcntl_any(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
+    let r = real::fcntl(fd, cmd, arg);
+    if r >= 0 && (cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC) {
+        table::copy(fd, r);
+    }
+    r
+}
+
+/// fcntl(2) (its variadic argument is one register wide on every ABI
+/// glibc runs on, so it is taken as one).
+///
+/// # Safety
+/// As fcntl(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
+    fcntl_any(fd, cmd, arg)
+}
+
+/// fcntl64, which glibc's headers call fcntl by for 64-bit offsets.
+///
+/// # Safety
+/// As fcntl(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
+    fcntl_any(fd, cmd, arg)
+}
+
+/// recvfrom(2): a stream of ours has no sender address (as TCP).
+///
+/// # Safety
+/// As recvfrom(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn recvfrom(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    flags: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+) -> ssize_t {
+    if table::kind(fd) != Some(Kind::Stream) {
+        return real::recvfrom(fd, buf, n, flags, addr, len);
+    }
+    let r = real::recvfrom(fd, buf, n, flags, std::ptr::null_mut(), std::ptr::null_mut());
+    if r >= 0 && !addr.is_null() && !len.is_null() {
+        // SAFETY: `len` is the caller's valid socklen_t.
+        unsafe { *len = 0 };
+    }
+    r
+}
+
+/// glibc's checked recvfrom (-D_FORTIFY_SOURCE).
+///
+/// # Safety
+/// As recvfrom(2), with `buflen` the size of `buf`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __recvfrom_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    buflen: size_t,
+    flags: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+) -> ssize_t {
+    if n > buflen {
+        die("*** buffer overflow detected ***: recvfrom asked for more than its buffer holds");
+    }
+    // SAFETY: passed on as given, checked as glibc would.
+    unsafe { recvfrom(fd, buf, n, flags, addr, len) }
+}
+
+/// recvmsg(2): as recvfrom, no sender address on our streams.
+///
+/// # Safety
+/// As recvmsg(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
+    if table::kind(fd) != Some(Kind::Stream) || msg.is_null() {
+        return real::recvmsg(fd, msg, flags);
+    }
+    // SAFETY: the caller's msghdr, valid per recvmsg(2).
+    let mut m = unsafe { msg.read() };
+    let name = m.msg_name;
+    m.msg_name = std::ptr::null_mut();
+    m.msg_namelen = 0;
+    let r = real::recvmsg(fd, &raw mut m, flags);
+    if r >= 0 {
+        m.msg_name = name;
+        // SAFETY: writing back what the kernel set, into the caller's
+        // msghdr (name length 0: no address).
+        unsafe { msg.write(m) };
+    }
+    r
+}
+
+/// sendto(2): the address is ignored on a connected stream (as TCP).
+///
+/// # Safety
+/// As sendto(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendto(
+    fd: c_int,
+    buf: *const c_void,
+    n: size_t,
+    flags: c_int,
+    addr: *const sockaddr,
+    len: socklen_t,
+) -> ssize_t {
+    if table::kind(fd) == Some(Kind::Stream) {
+        return real::sendto(fd, buf, n, flags, std::ptr::null(), 0);
+    }
+    real::sendto(fd, buf, n, flags, addr, len)
+}
+
+/// sendmsg(2): as sendto.
+///
+/// # Safety
+/// As sendmsg(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
+    if table::kind(fd) != Some(Kind::Stream) || msg.is_null() {
+        return real::sendmsg(fd, msg, flags);
+    }
+    // SAFETY: the caller's msghdr, valid per sendmsg(2).
+    let mut m = unsafe { msg.read() };
+    m.msg_name = std::ptr::null_mut();
+    m.msg_namelen = 0;
+    real::sendmsg(fd, &raw const m, flags)
+}

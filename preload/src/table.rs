@@ -1,0 +1,159 @@
+//! Which of the program's descriptors are ours, and what each stands for.
+//!
+//! A kind per descriptor number in an array of atomics, so the calls that
+//! only need to know "is this one ours" (recvfrom, sendto, close) cost one
+//! load; the addresses and emulated options of the descriptors that are
+//! ours sit in one map behind a mutex, touched only by calls that need
+//! them. No lock is held across a call into the C library.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddrV4,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU8, Ordering},
+    },
+};
+
+/// Descriptor numbers this library can follow; a higher one stays a
+/// kernel socket (said once on stderr).
+pub const MAX_FD: usize = 1 << 16;
+
+/// What a descriptor of ours is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A TCP/IPv4 socket not yet connected or listening: still the kernel
+    /// socket the program created (bind and options go to it).
+    Fresh = 1,
+    /// A stream through the engine: one end of a socketpair.
+    Stream = 2,
+    /// A listener through the engine: its control connection, readable
+    /// when a connection waits.
+    Listener = 3,
+}
+
+/// What the program is told about a descriptor of ours.
+#[derive(Debug, Clone)]
+pub struct Info {
+    /// Our address (the listener's, or the stream's end).
+    pub local: SocketAddrV4,
+    /// The peer's (streams).
+    pub peer: Option<SocketAddrV4>,
+    /// The path, for TCP_CONGESTION and the log ("reliable-link", ...).
+    pub path: &'static str,
+    /// Options the program set that the socketpair cannot hold
+    /// ((level, name) -> bytes), returned as set.
+    pub opts: HashMap<(i32, i32), Vec<u8>>,
+    /// The engine's id of the stream (0 for a listener).
+    pub stream: u32,
+    /// The program made it AF_INET6: names are IPv4-mapped IPv6.
+    pub v6: bool,
+    /// A dual-stack listener's parts (the descriptor is then an epoll
+    /// instance over them).
+    pub dual: Option<Arc<Dual>>,
+}
+
+/// The two halves of a dual-stack (AF_INET6, not V6ONLY) listener: the
+/// engine's control connection (IPv4 on both paths) and a kernel IPv6-only
+/// listener. Closed when the last descriptor naming them is.
+#[derive(Debug)]
+pub struct Dual {
+    /// The control connection the engine announces connections on.
+    pub ctl: i32,
+    /// The kernel's IPv6 listener (-1 without IPv6 here).
+    pub v6: i32,
+}
+
+impl Drop for Dual {
+    fn drop(&mut self) {
+        crate::real::close(self.ctl);
+        if self.v6 >= 0 {
+            crate::real::close(self.v6);
+        }
+    }
+}
+
+static KIND: [AtomicU8; MAX_FD] = [const { AtomicU8::new(0) }; MAX_FD];
+static INFO: Mutex<Option<HashMap<i32, Info>>> = Mutex::new(None);
+
+fn slot(fd: i32) -> Option<&'static AtomicU8> {
+    usize::try_from(fd).ok().and_then(|i| KIND.get(i))
+}
+
+/// The kind of `fd`, if it is ours.
+pub fn kind(fd: i32) -> Option<Kind> {
+    match slot(fd)?.load(Ordering::Acquire) {
+        1 => Some(Kind::Fresh),
+        2 => Some(Kind::Stream),
+        3 => Some(Kind::Listener),
+        _ => None,
+    }
+}
+
+fn with_info<R>(f: impl FnOnce(&mut HashMap<i32, Info>) -> R) -> R {
+    let mut g = INFO.lock().unwrap_or_else(|p| p.into_inner());
+    f(g.get_or_insert_with(HashMap::new))
+}
+
+/// Follows `fd` as a fresh socket; false if its number is too high.
+pub fn mark_fresh(fd: i32) -> bool {
+    let Some(s) = slot(fd) else { return false };
+    let gone = with_info(|m| m.remove(&fd));
+    drop(gone);
+    s.store(Kind::Fresh as u8, Ordering::Release);
+    true
+}
+
+/// Follows `fd` as a stream or listener through the engine.
+pub fn mark(fd: i32, kind: Kind, info: Info) {
+    let Some(s) = slot(fd) else { return };
+    let gone = with_info(|m| m.insert(fd, info));
+    drop(gone);
+    s.store(kind as u8, Ordering::Release);
+}
+
+/// Forgets `fd` (closed, or left to the kernel).
+pub fn forget(fd: i32) {
+    let Some(s) = slot(fd) else { return };
+    if s.swap(0, Ordering::AcqRel) != 0 {
+        let gone = with_info(|m| m.remove(&fd));
+        drop(gone); // outside the lock: a dual listener's last name closes its parts
+    }
+}
+
+/// `new` now names what `old` does (dup and friends).
+pub fn copy(old: i32, new: i32) {
+    forget(new);
+    let Some(k) = kind(old) else { return };
+    let Some(s) = slot(new) else { return };
+    let info = with_info(|m| m.get(&old).cloned());
+    if let Some(i) = info {
+        let gone = with_info(|m| m.insert(new, i));
+        drop(gone);
+    }
+    s.store(k as u8, Ordering::Release);
+}
+
+/// A copy of what we know of `fd`.
+pub fn info(fd: i32) -> Option<Info> {
+    with_info(|m| m.get(&fd).cloned())
+}
+
+/// Records an option the program set on `fd`.
+pub fn set_opt(fd: i32, level: i32, name: i32, value: Vec<u8>) {
+    with_info(|m| {
+        if let Some(i) = m.get_mut(&fd) {
+            i.opts.insert((level, name), value);
+        }
+    });
+}
+
+/// Whether any descriptor still names engine stream `id`.
+pub fn names_stream(id: u32) -> bool {
+    with_info(|m| m.values().any(|i| i.stream == id))
+}
+
+/// Every engine stream a descriptor names.
+pub fn streams() -> Vec<u32> {
+    with_info(|m| m.values().map(|i| i.stream).filter(|s| *s != 0).collect())
+}
