@@ -17,6 +17,8 @@ step "clippy (warnings are errors)"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 
 step "tests"
+# The preload is a shared object the tests LD_PRELOAD: built first.
+cargo build --locked -p xsock-preload
 XSOCK_REQUIRE_ROOT=1 cargo test --locked --workspace
 
 step "fuzz (each target briefly, on the committed corpus)"

@@ -27,6 +27,12 @@ pub fn through_engine(fd: c_int, dest: SocketAddrV4, v6: bool) -> Option<c_int> 
         PreloadTransport::Tcp => TransportKind::Tcp,
         _ => TransportKind::Link,
     };
+    if *dest.ip() == ctl.addr {
+        // This host itself: the kernel's TCP is the short way (and the link
+        // has no path to itself).
+        log(|| format!("fd {fd}: {dest} is this host: kernel TCP"));
+        return None;
+    }
     if transport == TransportKind::Link && !ctl.on_subnet(*dest.ip()) {
         log(|| format!("fd {fd}: {dest} is off {}'s subnet: kernel TCP", ctl.iface));
         return None;

@@ -11,6 +11,7 @@ mod fail;
 mod latency;
 mod overlay;
 mod ping;
+mod preload;
 mod rawbw;
 mod rawping;
 mod transfer;
@@ -54,6 +55,8 @@ enum Cmd {
     Mesh(overlay::mesh::Mesh),
     /// The host engine: drives the interface for every xsock process on the host (they attach to it).
     Engine(engine::EngineCmd),
+    /// Run an unmodified program with its TCP sockets on xsock (LD_PRELOAD through the host engine).
+    Preload(preload::Preload),
     /// Long-fat-network emulator: an L2 bridge with delay, rate, buffer and loss per direction.
     Wanemu(wanemu::WanEmu),
 }
@@ -79,6 +82,7 @@ fn main() {
         Cmd::Boot(c) => c.run(),
         Cmd::Relay(c) => c.run(),
         Cmd::Mesh(c) => c.run(),
+        Cmd::Preload(c) => c.run(),
     };
     if let Err(e) = r {
         if xsock_nic::sys::interrupted() {

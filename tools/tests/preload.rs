@@ -1,0 +1,338 @@
+//! Unmodified programs on xsock through `libxsock_preload.so` (issue 13),
+//! in namespaces with a host engine on each host: nc moves a file both
+//! ways (sha256 checked), iperf3 runs with both ends preloaded and against
+//! a plain kernel peer each way, sockperf ping-pongs, Python's socket,
+//! selectors and asyncio echo, and MPICH runs a ping-pong and a checked
+//! all-to-all with ranks on both hosts. Each asserts where the bytes went:
+//! through the engine (its counters) and not the kernel's TCP (the
+//! namespace's TcpOutSegs), or, against a kernel peer, the kernel.
+//! Without an engine a program stays on the kernel after one warning, or
+//! fails with strict mode; a typo in a setting stops it with the fix.
+
+use std::time::Duration;
+
+use xsock_testbed::{Host, LinkOpts, Testbed, require_root};
+
+const XSOCK: &str = env!("CARGO_BIN_EXE_xsock");
+const ECHO_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/preload/echo.py");
+
+fn start_engine(bed: &Testbed, host: &Host) -> u32 {
+    let pid = bed.spawn(host, XSOCK, &["engine", "--iface", "eth0"]).unwrap();
+    wait_for("the engine to listen", Duration::from_secs(10), || bed.log_tail(pid, 20).contains("listening on"));
+    pid
+}
+
+fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < within, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn status(host: &Host) -> serde_json::Value {
+    let out = host.exec(XSOCK, &["engine", "--iface", "eth0", "--status"]).unwrap();
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("status: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The namespace's kernel TCP segments sent so far.
+fn tcp_out_segs(host: &Host) -> u64 {
+    let out = host.exec("cat", &["/proc/net/snmp"]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next().unwrap(), tcp.next().unwrap());
+    let i = names.split_whitespace().position(|n| n == "OutSegs").unwrap();
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+/// Engine bytes both ways and kernel segments on `host`, to diff.
+fn counters(host: &Host) -> (u64, u64) {
+    let st = status(host);
+    let engine = st["bytes_to_net"].as_u64().unwrap() + st["bytes_to_app"].as_u64().unwrap();
+    (engine, tcp_out_segs(host))
+}
+
+/// Runs `sh -c script` on `host` under `xsock preload`, to completion.
+fn preloaded(bed: &Testbed, host: &Host, script: &str, within: Duration) -> (bool, String) {
+    let pid = bed.spawn(host, "sh", &["-c", script]).unwrap();
+    let ok = bed.wait_exit(pid, within).map(|s| s.success()).unwrap_or(false);
+    (ok, bed.log_tail(pid, 1000))
+}
+
+fn sha256(path: &std::path::Path) -> String {
+    let out = std::process::Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn unmodified_programs_move_their_bytes_over_xsock() {
+    require_root!();
+    let bed = Testbed::new().unwrap();
+    let (a, b) = bed.pair(LinkOpts::default(), "10.91.0").unwrap();
+    let engine_a = start_engine(&bed, &a);
+    let _engine_b = start_engine(&bed, &b);
+    let dir = xsock_testbed::overlay::scratch("preload");
+    let src = dir.join("src");
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    std::fs::write(&src, &data).unwrap();
+    let want = sha256(&src);
+
+    // nc, a -> b: a listener and a client, both unmodified.
+    let (ea0, ka0) = counters(&a);
+    let got = dir.join("got_b");
+    let server = bed
+        .spawn(&b, "sh", &["-c", &format!("XSOCK_PRELOAD_LOG=1 {XSOCK} preload nc -l -N 7801 > {}", got.display())])
+        .unwrap();
+    wait_for("nc to listen", Duration::from_secs(10), || bed.log_tail(server, 5).contains("listening on"));
+    let (ok, log) = preloaded(
+        &bed,
+        &a,
+        &format!("XSOCK_PRELOAD_LOG=1 {XSOCK} preload nc -N 10.91.0.2 7801 < {}", src.display()),
+        Duration::from_secs(30),
+    );
+    assert!(ok, "nc client: {log}");
+    assert!(log.contains("over reliable-link"), "nc's connect went over reliable-link: {log}");
+    assert!(bed.wait_exit(server, Duration::from_secs(10)).unwrap().success(), "{}", bed.log_tail(server, 10));
+    assert_eq!(sha256(&got), want, "b received the file intact");
+    // nc, b -> a: the listener sends.
+    let got_a = dir.join("got_a");
+    let server = bed
+        .spawn(&b, "sh", &["-c", &format!("XSOCK_PRELOAD_LOG=1 {XSOCK} preload nc -l -N 7802 < {}", src.display())])
+        .unwrap();
+    wait_for("nc to listen", Duration::from_secs(10), || bed.log_tail(server, 5).contains("listening on"));
+    let (ok, log) = preloaded(
+        &bed,
+        &a,
+        &format!("{XSOCK} preload nc -d 10.91.0.2 7802 > {}", got_a.display()),
+        Duration::from_secs(30),
+    );
+    assert!(ok, "nc receiver: {log}");
+    assert!(bed.wait_exit(server, Duration::from_secs(10)).unwrap().success(), "{}", bed.log_tail(server, 10));
+    assert_eq!(sha256(&got_a), want, "a received the file intact");
+    let (ea1, ka1) = counters(&a);
+    assert!(ea1 - ea0 >= 2 * data.len() as u64, "both files crossed a's engine: {} bytes", ea1 - ea0);
+    // 6 MB over kernel TCP would be over 4,000 segments.
+    assert!(ka1 - ka0 < 100, "a's kernel TCP sent {} segments for the files", ka1 - ka0);
+
+    // iperf3, both ends preloaded; the server is dual-stack (AF_INET6 on
+    // `::`), as iperf3 makes it by default.
+    let iperf_server = |port: &str| {
+        let pid = bed.spawn(&b, XSOCK, &["preload", "iperf3", "-s", "-1", "-p", port]).unwrap();
+        wait_for("iperf3 to listen", Duration::from_secs(10), || b.listening(port.parse().unwrap()).unwrap_or(false));
+        pid
+    };
+    let iperf_client = |pre: &str, port: &str| -> serde_json::Value {
+        let out = dir.join(format!("iperf3-{port}.json"));
+        let (ok, log) = preloaded(
+            &bed,
+            &a,
+            &format!("{pre} iperf3 -c 10.91.0.2 -p {port} -t 2 -J > {}", out.display()),
+            Duration::from_secs(30),
+        );
+        let json = std::fs::read_to_string(&out).unwrap_or_default();
+        assert!(ok, "iperf3 client: {log}\n{json}");
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("iperf3 JSON: {e}: {json}"))
+    };
+    let (ea0, ka0) = counters(&a);
+    let srv = iperf_server("7803");
+    let report = iperf_client(&format!("{XSOCK} preload"), "7803");
+    let bytes = report["end"]["sum_received"]["bytes"].as_u64().unwrap();
+    assert!(bed.wait_exit(srv, Duration::from_secs(10)).unwrap().success(), "{}", bed.log_tail(srv, 10));
+    let (ea1, ka1) = counters(&a);
+    assert!(bytes > 10_000_000, "{report}");
+    assert!(ea1 - ea0 >= bytes, "iperf3's {bytes} bytes crossed the engine ({} counted)", ea1 - ea0);
+    assert!((ka1 - ka0) * 1448 < bytes / 100, "a's kernel TCP sent {} segments for {bytes} bytes", ka1 - ka0);
+    eprintln!(
+        "iperf3 preloaded both ends: {:.2} Gbit/s",
+        report["end"]["sum_received"]["bits_per_second"].as_f64().unwrap() / 1e9
+    );
+
+    // A preloaded client against a plain kernel iperf3 server, and a
+    // plain client against a preloaded server: both work, on the kernel.
+    for (client_pre, server_pre) in [(true, false), (false, true)] {
+        let port = if client_pre { "7804" } else { "7805" };
+        let srv = if server_pre {
+            iperf_server(port)
+        } else {
+            let pid = bed.spawn(&b, "iperf3", &["-s", "-1", "-p", port]).unwrap();
+            wait_for("iperf3 to listen", Duration::from_secs(10), || {
+                b.listening(port.parse().unwrap()).unwrap_or(false)
+            });
+            pid
+        };
+        let (_, ka0) = counters(&a);
+        let pre = if client_pre { format!("{XSOCK} preload") } else { String::new() };
+        let report = iperf_client(&pre, port);
+        assert!(bed.wait_exit(srv, Duration::from_secs(10)).unwrap().success(), "{}", bed.log_tail(srv, 10));
+        let bytes = report["end"]["sum_received"]["bytes"].as_u64().unwrap();
+        let (_, ka1) = counters(&a);
+        assert!(bytes > 10_000_000, "{report}");
+        assert!(ka1 - ka0 > 1000, "with a kernel peer the bytes went over the kernel's TCP ({} segments)", ka1 - ka0);
+    }
+
+    // sockperf ping-pong, both ends preloaded.
+    let srv =
+        bed.spawn(&b, XSOCK, &["preload", "sockperf", "server", "--tcp", "-i", "10.91.0.2", "-p", "7806"]).unwrap();
+    wait_for("sockperf to listen", Duration::from_secs(10), || b.listening(7806).unwrap_or(false));
+    let (ea0, _) = counters(&a);
+    let (ok, log) = preloaded(
+        &bed,
+        &a,
+        &format!("XSOCK_PRELOAD_LOG=1 {XSOCK} preload sockperf ping-pong --tcp -i 10.91.0.2 -p 7806 -t 1 -m 64"),
+        Duration::from_secs(30),
+    );
+    assert!(ok && log.contains("percentile 50.000"), "sockperf: {log}");
+    assert!(log.contains("over reliable-link"), "{log}");
+    let (ea1, _) = counters(&a);
+    assert!(ea1 - ea0 > 64 * 1000, "sockperf's round trips crossed the engine ({} bytes)", ea1 - ea0);
+    bed.kill9(srv).unwrap();
+
+    // Python: a selectors server; clients with socket and asyncio.
+    let srv = bed
+        .spawn(
+            &b,
+            "sh",
+            &["-c", &format!("XSOCK_PRELOAD_LOG=1 {XSOCK} preload python3 {ECHO_PY} server 10.91.0.2 7807")],
+        )
+        .unwrap();
+    wait_for("python to listen", Duration::from_secs(10), || bed.log_tail(srv, 5).contains("listening ("));
+    let (ok, log) = preloaded(
+        &bed,
+        &a,
+        &format!("XSOCK_PRELOAD_LOG=1 {XSOCK} preload python3 {ECHO_PY} client 10.91.0.2 7807"),
+        Duration::from_secs(60),
+    );
+    assert!(ok && log.contains("client ok"), "python client: {log}");
+    assert_eq!(log.matches("over reliable-link").count(), 5, "five streams over reliable-link: {log}");
+    assert!(bed.wait_exit(srv, Duration::from_secs(10)).unwrap().success(), "{}", bed.log_tail(srv, 10));
+
+    // Nothing left in either engine, and every end was orderly.
+    std::thread::sleep(Duration::from_millis(300));
+    for h in [&a, &b] {
+        let st = status(h);
+        assert_eq!(st["streams"], 0, "{st}");
+        assert_eq!(st["listeners"], 0, "{st}");
+        assert_eq!(st["process_gone_resets_total"], 0, "every program exited normally: {st}");
+    }
+    let _ = engine_a;
+}
+
+#[test]
+fn mpich_ranks_on_two_hosts_run_over_xsock() {
+    require_root!();
+    if std::process::Command::new("mpicc").arg("--version").output().is_err() {
+        panic!("mpicc is missing: scripts/setup.sh installs mpich");
+    }
+    let bed = Testbed::new().unwrap();
+    let (a, b) = bed.pair(LinkOpts::default(), "10.92.0").unwrap();
+    start_engine(&bed, &a);
+    start_engine(&bed, &b);
+    let dir = xsock_testbed::overlay::scratch("preload-mpi");
+    let prog = dir.join("mpi_check");
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/preload/mpi_check.c");
+    let out = std::process::Command::new("mpicc").args(["-O2", "-o"]).arg(&prog).arg(src).output().unwrap();
+    assert!(out.status.success(), "mpicc: {}", String::from_utf8_lossy(&out.stderr));
+    // hydra's ssh launcher, pointed at the namespaces: HOST -> its netns.
+    let launch = dir.join("launch.sh");
+    std::fs::write(
+        &launch,
+        format!(
+            "#!/bin/sh\nwhile [ \"${{1#-}}\" != \"$1\" ]; do shift; done\nhost=$1; shift\ncase $host in 10.92.0.1) \
+             ns={};; 10.92.0.2) ns={};; *) echo \"unknown host $host\" >&2; exit 1;; esac\nexec ip netns exec $ns sh \
+             -c \"$*\"\n",
+            a.ns(),
+            b.ns()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&launch, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let lib = std::path::Path::new(XSOCK).with_file_name("libxsock_preload.so");
+    let run = |preload: bool| -> (serde_json::Value, u64, u64) {
+        let (e0, k0) = counters(&a);
+        let pre = if preload {
+            format!("-genv LD_PRELOAD {} -genv XSOCK_PRELOAD_LOG 1", lib.display())
+        } else {
+            String::new()
+        };
+        let (ok, log) = preloaded(
+            &bed,
+            &a,
+            &format!(
+                "mpiexec -launcher ssh -launcher-exec {} -hosts 10.92.0.1:1,10.92.0.2:1 -n 2 -genv UCX_TLS \
+                 tcp,self -genv UCX_NET_DEVICES eth0 {pre} {}",
+                launch.display(),
+                prog.display()
+            ),
+            Duration::from_secs(120),
+        );
+        assert!(ok, "mpiexec: {log}");
+        let json = log.lines().rfind(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no result: {log}"));
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(v["bad"], 0, "every all-to-all element arrived intact: {v}");
+        if preload {
+            assert!(log.contains("over reliable-link"), "the ranks' connections went over reliable-link: {log}");
+        }
+        let (e1, k1) = counters(&a);
+        (v, e1 - e0, k1 - k0)
+    };
+    let (kernel, _, kernel_segs) = run(false);
+    let (xsock, engine_bytes, segs) = run(true);
+    eprintln!(
+        "MPICH, one rank on each of 2 hosts: kernel {kernel}, xsock {xsock} (engine {engine_bytes} B, kernel segments {segs} vs {kernel_segs})"
+    );
+    // One rank per host: UCX's shared-memory transports would join ranks
+    // in two namespaces of one machine (same hostname, same /dev/shm), so
+    // the ranks speak TCP only (UCX_TLS=tcp,self), as across real hosts.
+    // The ranks' data (ten all-to-alls, 256 KiB each way) crossed the
+    // engine, and the kernel's TCP carried only the launcher's traffic.
+    assert!(engine_bytes > 5_000_000, "{engine_bytes}");
+    assert!(segs * 5 < kernel_segs, "kernel TCP segments with the preload {segs}, without {kernel_segs}");
+}
+
+#[test]
+fn without_an_engine_programs_stay_on_the_kernel_or_fail_if_strict() {
+    require_root!();
+    let bed = Testbed::new().unwrap();
+    let (a, b) = bed.pair(LinkOpts::default(), "10.93.0").unwrap();
+    // No engine: one warning, and the bytes go over the kernel.
+    let server = bed.spawn(&b, "nc", &["-l", "-N", "7810"]).unwrap();
+    wait_for("nc to listen", Duration::from_secs(10), || b.listening(7810).unwrap_or(false));
+    let (ok, log) =
+        preloaded(&bed, &a, &format!("echo hello | {XSOCK} preload nc -N 10.93.0.2 7810"), Duration::from_secs(20));
+    assert!(ok, "{log}");
+    assert_eq!(log.matches("no host engine").count(), 1, "one warning: {log}");
+    assert!(log.contains("start one with `xsock engine --iface IF`"), "{log}");
+    assert!(bed.wait_exit(server, Duration::from_secs(10)).unwrap().success());
+    assert!(bed.log_tail(server, 5).contains("hello"), "{}", bed.log_tail(server, 5));
+    // Strict: connect fails with ENETDOWN, saying why.
+    let server = bed.spawn(&b, "nc", &["-l", "-N", "7811"]).unwrap();
+    wait_for("nc to listen", Duration::from_secs(10), || b.listening(7811).unwrap_or(false));
+    let (ok, log) = preloaded(
+        &bed,
+        &a,
+        &format!("echo hi | XSOCK_STRICT=1 {XSOCK} preload nc -N 10.93.0.2 7811"),
+        Duration::from_secs(20),
+    );
+    assert!(!ok, "strict mode without an engine must fail: {log}");
+    assert!(log.contains("(XSOCK_STRICT=1: failing with ENETDOWN)"), "{log}");
+    bed.kill9(server).unwrap();
+    // A typo stops the program before it runs, naming the fix; the same
+    // through LD_PRELOAD directly.
+    let (ok, log) = preloaded(&bed, &a, &format!("XSOCK_TRANSPORT=lnk {XSOCK} preload true"), Duration::from_secs(10));
+    assert!(!ok && log.contains("XSOCK_TRANSPORT=lnk is not a setting: use auto, link, tcp or kernel"), "{log}");
+    let lib = std::path::Path::new(XSOCK).with_file_name("libxsock_preload.so");
+    let (ok, log) = preloaded(
+        &bed,
+        &a,
+        &format!("XSOCK_TRANSPORT=lnk LD_PRELOAD={} /bin/true", lib.display()),
+        Duration::from_secs(10),
+    );
+    assert!(!ok && log.contains("XSOCK_TRANSPORT=lnk is not a setting"), "{log}");
+    // The settings are listed.
+    let out = a.exec(XSOCK, &["preload"]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for v in ["XSOCK_PRELOAD", "XSOCK_TRANSPORT", "XSOCK_STRICT", "XSOCK_IFACE", "XSOCK_CONNECT_TIMEOUT_MS"] {
+        assert!(text.contains(v), "{v} listed: {text}");
+    }
+}
