@@ -341,7 +341,11 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     };
     table::forget(fd);
     if let Some(id) = stream.filter(|id| !table::names_stream(*id)) {
-        engine::let_go(&[id], settings().iface.as_deref(), false);
+        // Waiting for the engine to have read it: the hang-up follows on
+        // another socket, and a program that exits right after (and is
+        // reaped) would otherwise look killed to an engine that sees the
+        // hang-up first (a CI run reset a peer that way).
+        engine::let_go(&[id], settings().iface.as_deref(), true);
     }
     real::close(fd)
 }

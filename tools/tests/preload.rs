@@ -186,7 +186,10 @@ fn unmodified_programs_move_their_bytes_over_xsock() {
     assert!(log.contains("over reliable-link"), "{log}");
     let (ea1, _) = counters(&a);
     assert!(ea1 - ea0 > 64 * 1000, "sockperf's round trips crossed the engine ({} bytes)", ea1 - ea0);
-    bed.kill9(srv).unwrap();
+    // SIGINT: sockperf's own way to stop (it exits normally; kill -9 would
+    // rightly reset its peers).
+    std::process::Command::new("kill").args(["-INT", &srv.to_string()]).status().unwrap();
+    assert!(bed.wait_exit(srv, Duration::from_secs(10)).is_ok(), "{}", bed.log_tail(srv, 5));
 
     // Python: a selectors server; clients with socket and asyncio.
     let srv = bed

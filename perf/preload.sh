@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Unmodified programs under libxsock_preload.so vs the same programs on
+# kernel TCP, interleaved in one run (issue 13): sockperf ping-pong, iperf3
+# at MTU 1500 and 9000, and an MPICH (UCX over TCP) ping-pong and
+# all-to-all with one rank on each of two namespaced hosts.
+#
+#   cargo build --release -p xsock-tools -p xsock-preload
+#   sudo perf/preload.sh [ROUNDS]      (ENGINE_POLL=adaptive|busy|sleep)
+#
+# Prints one line per measurement and a markdown table of medians.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-3}
+poll=${ENGINE_POLL:-adaptive}
+X=$PWD/target/release/xsock
+LIB=$PWD/target/release/libxsock_preload.so
+[ -x "$X" ] && [ -f "$LIB" ] || { echo "build first: cargo build --release -p xsock-tools -p xsock-preload" >&2; exit 1; }
+A=xpa; B=xpb; IPA=10.97.0.1; IPB=10.97.0.2
+work=$(mktemp -d)
+engines=()
+cleanup() {
+    for p in "${engines[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    pkill -f "sockperf server --tcp -i $IPB" 2>/dev/null || true
+    ip netns del $A 2>/dev/null || true; ip netns del $B 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+ip netns del $A 2>/dev/null || true; ip netns del $B 2>/dev/null || true
+ip netns add $A; ip netns add $B
+ip link add eth0 netns $A type veth peer name eth0 netns $B
+ip -n $A addr add $IPA/24 dev eth0; ip -n $B addr add $IPB/24 dev eth0
+for n in $A $B; do ip -n $n link set lo up; ip -n $n link set eth0 up; done
+
+start_engines() {
+    for p in "${engines[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${engines[@]}"; do while kill -0 "$p" 2>/dev/null; do sleep 0.1; done; done
+    engines=()
+    for n in $A $B; do
+        ip netns exec $n "$X" engine --iface eth0 --poll "$poll" > "$work/engine-$n.log" 2>&1 &
+        engines+=($!)
+    done
+    for n in $A $B; do
+        for _ in $(seq 100); do grep -q "listening on" "$work/engine-$n.log" && break; sleep 0.1; done
+    done
+}
+pre() { if [ "$1" = xsock ]; then echo "env LD_PRELOAD=$LIB"; else echo "env XSOCK_PRELOAD=off"; fi; }
+
+sockperf_p50() { # mode -> one-way latency p50 (half the round trip), us
+    local e; e=$(pre "$1")
+    ip netns exec $B $e sockperf server --tcp -i $IPB -p 11111 > /dev/null 2>&1 &
+    local s=$!; sleep 0.5
+    ip netns exec $A $e sockperf ping-pong --tcp -i $IPB -p 11111 -t 4 -m 64 2>&1 \
+        | awk '/percentile 50.000/ {print $NF}'
+    kill $s 2>/dev/null || true; wait $s 2>/dev/null || true
+}
+iperf_gbps() { # mode -> Gbit/s received
+    local e; e=$(pre "$1")
+    ip netns exec $B $e iperf3 -s -1 -p 5201 > /dev/null 2>&1 &
+    local s=$!; sleep 0.5
+    ip netns exec $A $e iperf3 -c $IPB -p 5201 -t 5 -J > "$work/iperf.json" 2>/dev/null || true
+    wait $s 2>/dev/null || true
+    python3 -c "import json,sys; print('%.2f' % (json.load(open('$work/iperf.json'))['end']['sum_received']['bits_per_second']/1e9))"
+}
+mpi_run() { # mode -> "rtt_us alltoall_ms"
+    local g=""; [ "$1" = xsock ] && g="-genv LD_PRELOAD $LIB"
+    ip netns exec $A mpiexec -launcher ssh -launcher-exec "$work/launch.sh" -hosts $IPA:1,$IPB:1 -n 2 \
+        -genv UCX_TLS tcp,self -genv UCX_NET_DEVICES eth0 $g "$work/mpi_check" 2>/dev/null | tail -1 \
+        | python3 -c "import json,sys; v=json.loads(sys.stdin.read()); assert v['bad']==0; print(v['pingpong_rtt_us'], v['alltoall_ms'])"
+}
+mpicc -O2 -o "$work/mpi_check" tools/tests/preload/mpi_check.c
+cat > "$work/launch.sh" <<EOS
+#!/bin/sh
+while [ "\${1#-}" != "\$1" ]; do shift; done
+host=\$1; shift
+case \$host in $IPA) ns=$A;; $IPB) ns=$B;; *) exit 1;; esac
+exec ip netns exec \$ns sh -c "\$*"
+EOS
+chmod +x "$work/launch.sh"
+
+declare -A results
+add() { results[$1]="${results[$1]:-} $2"; echo "$1: $2"; }
+start_engines
+for r in $(seq "$rounds"); do
+    for m in kernel xsock; do add "sockperf-$m" "$(sockperf_p50 $m)"; done
+    for m in kernel xsock; do add "iperf1500-$m" "$(iperf_gbps $m)"; done
+    for m in kernel xsock; do read -r rtt a2a <<< "$(mpi_run $m)"; add "mpirtt-$m" "$rtt"; add "mpia2a-$m" "$a2a"; done
+done
+for n in $A $B; do ip -n $n link set eth0 mtu 9000; done
+start_engines
+for r in $(seq "$rounds"); do
+    for m in kernel xsock; do add "iperf9000-$m" "$(iperf_gbps $m)"; done
+done
+med() { tr ' ' '\n' <<< "$1" | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+echo
+echo "engines: --poll $poll; $rounds rounds, interleaved; medians"
+echo
+echo "| measurement | kernel TCP | xsock preload | ratio |"
+echo "|---|---|---|---|"
+for k in sockperf:"sockperf ping-pong p50, one way (us)" iperf1500:"iperf3 MTU 1500 (Gbit/s)" iperf9000:"iperf3 MTU 9000 (Gbit/s)" mpirtt:"MPI 64 B ping-pong RTT (us)" mpia2a:"MPI all-to-all, 2 ranks, 256 KiB each way (ms)"; do
+    key=${k%%:*}; label=${k#*:}
+    kv=$(med "${results[$key-kernel]}"); xv=$(med "${results[$key-xsock]}")
+    echo "| $label | $kv | $xv | $(python3 -c "print('%.2fx' % ($xv/$kv))") |"
+done
