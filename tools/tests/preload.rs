@@ -2,7 +2,7 @@
 //! in namespaces with a host engine on each host: nc moves a file both
 //! ways (sha256 checked), iperf3 runs with both ends preloaded and against
 //! a plain kernel peer each way, sockperf ping-pongs, Python's socket,
-//! selectors and asyncio echo, and MPICH runs a ping-pong and a checked
+//! selectors and asyncio echo (and fork and spawn children), and MPICH runs a ping-pong and a checked
 //! all-to-all with ranks on both hosts. Each asserts where the bytes went:
 //! through the engine (its counters) and not the kernel's TCP (the
 //! namespace's TcpOutSegs), or, against a kernel peer, the kernel.
@@ -208,6 +208,26 @@ fn unmodified_programs_move_their_bytes_over_xsock() {
     );
     assert!(ok && log.contains("client ok"), "python client: {log}");
     assert_eq!(log.matches("over reliable-link").count(), 5, "five streams over reliable-link: {log}");
+    assert!(bed.wait_exit(srv, Duration::from_secs(10)).unwrap().success(), "{}", bed.log_tail(srv, 10));
+
+    // fork, and children started by subprocess: an inherited stream works
+    // in the child, the child's own connects attach afresh, the spawned
+    // child runs under the preload, and the parent's stream carries on.
+    let srv =
+        bed.spawn(&b, "sh", &["-c", &format!("{XSOCK} preload python3 {ECHO_PY} server 10.91.0.2 7808 3")]).unwrap();
+    wait_for("python to listen", Duration::from_secs(10), || bed.log_tail(srv, 5).contains("listening ("));
+    let (ok, log) = preloaded(
+        &bed,
+        &a,
+        &format!("XSOCK_PRELOAD_LOG=1 {XSOCK} preload python3 {ECHO_PY} forks 10.91.0.2 7808"),
+        Duration::from_secs(60),
+    );
+    assert!(ok && log.contains("forks ok"), "python forks: {log}");
+    assert_eq!(
+        log.matches("over reliable-link").count(),
+        3,
+        "parent, child and spawned child over reliable-link: {log}"
+    );
     assert!(bed.wait_exit(srv, Duration::from_secs(10)).unwrap().success(), "{}", bed.log_tail(srv, 10));
 
     // Nothing left in either engine, and every end was orderly.

@@ -88,9 +88,50 @@ def client(host, port):
     print("client ok", flush=True)
 
 
+def forks(host, port):
+    """An inherited stream keeps working in a forked child; the child opens
+    streams of its own; a child started with subprocess (posix_spawn or
+    vfork) runs under the preload too; the parent's stream still works
+    after all of them."""
+    import os
+    import subprocess
+
+    def echo(s, msg):
+        s.sendall(msg)
+        got = b""
+        while len(got) < len(msg):
+            part = s.recv(65536)
+            assert part, "the stream ended early"
+            got += part
+        assert got == msg, (got, msg)
+
+    s = socket.create_connection((host, port), timeout=10)
+    echo(s, b"parent before fork")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            echo(s, b"child on the inherited stream")
+            own = socket.create_connection((host, port), timeout=10)
+            echo(own, b"child on its own stream")
+            own.close()
+            os._exit(0)
+        except BaseException as e:  # noqa: BLE001 - any failure fails the child
+            print("child failed:", repr(e), flush=True)
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0, status
+    code = "import socket; s = socket.create_connection(('%s', %d)); s.sendall(b'spawned'); assert s.recv(7) == b'spawned'" % (host, port)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=20)
+    echo(s, b"parent after the children")
+    s.close()
+    print("forks ok", flush=True)
+
+
 if __name__ == "__main__":
     role, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     if role == "server":
-        server(host, port, 5)
+        server(host, port, int(sys.argv[4]) if len(sys.argv) > 4 else 5)
+    elif role == "forks":
+        forks(host, port)
     else:
         client(host, port)
