@@ -110,3 +110,49 @@ pub fn bound(fd: c_int) -> Option<(SocketAddrV4, bool)> {
     }
     get()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_and_mapped_ipv6_round_trip() {
+        for v6 in [false, true] {
+            let a: SocketAddrV4 = "10.1.2.3:5201".parse().unwrap();
+            let (ss, len) = to_kernel(a, v6);
+            // SAFETY: `ss` holds `len` bytes written by to_kernel.
+            let back = unsafe { read((&raw const ss).cast(), len) };
+            assert_eq!(back, Some((a, v6)));
+            let any = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80);
+            let (ss, len) = to_kernel(any, v6);
+            // SAFETY: as above.
+            assert_eq!(unsafe { read((&raw const ss).cast(), len) }, Some((any, v6)), "0.0.0.0 and ::");
+        }
+    }
+
+    #[test]
+    fn short_foreign_and_real_ipv6_addresses_are_not_ours() {
+        let (ss, len) = to_kernel("10.1.2.3:1".parse().unwrap(), false);
+        // SAFETY: fewer bytes than the buffer holds.
+        assert_eq!(unsafe { read((&raw const ss).cast(), len - 1) }, None, "truncated");
+        // SAFETY: a null pointer is refused before any read.
+        assert_eq!(unsafe { read(std::ptr::null(), len) }, None);
+        // SAFETY: sockaddr_in6 is plain data.
+        let mut sin6: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+        sin6.sin6_addr.s6_addr = "2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap().octets();
+        let n = std::mem::size_of_val(&sin6) as socklen_t;
+        // SAFETY: a whole sockaddr_in6.
+        assert_eq!(unsafe { read((&raw const sin6).cast(), n) }, None, "a real IPv6 address stays the kernel's");
+    }
+
+    #[test]
+    fn writing_truncates_like_the_kernel_and_reports_the_full_size() {
+        let mut buf = [0u8; 4];
+        let mut len = buf.len() as socklen_t;
+        // SAFETY: `buf` holds `len` bytes.
+        unsafe { write("10.1.2.3:7".parse().unwrap(), false, buf.as_mut_ptr().cast(), &raw mut len) };
+        assert_eq!(len as usize, std::mem::size_of::<libc::sockaddr_in>());
+        assert_eq!(u16::from_ne_bytes([buf[0], buf[1]]), libc::AF_INET as u16);
+    }
+}

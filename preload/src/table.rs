@@ -157,3 +157,43 @@ pub fn names_stream(id: u32) -> bool {
 pub fn streams() -> Vec<u32> {
     with_info(|m| m.values().map(|i| i.stream).filter(|s| *s != 0).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(id: u32) -> Info {
+        let a = "10.0.0.1:40000".parse().unwrap();
+        Info { local: a, peer: Some(a), path: "reliable-link", opts: HashMap::new(), stream: id, v6: false, dual: None }
+    }
+
+    #[test]
+    fn dup_copies_and_close_forgets_one_name_at_a_time() {
+        // Numbers no real descriptor of this test process uses.
+        let (fd, dup) = (60_001, 60_002);
+        mark(fd, Kind::Stream, stream(77));
+        copy(fd, dup);
+        assert_eq!(kind(dup), Some(Kind::Stream));
+        assert_eq!(info(dup).unwrap().stream, 77);
+        forget(fd);
+        assert_eq!(kind(fd), None);
+        assert!(names_stream(77), "the dup still names the stream");
+        forget(dup);
+        assert!(!names_stream(77), "the last name is gone");
+        // A dup onto a number of ours replaces what it named.
+        mark(fd, Kind::Stream, stream(78));
+        mark_fresh(dup);
+        copy(fd, dup);
+        assert_eq!(info(dup).unwrap().stream, 78);
+        forget(fd);
+        forget(dup);
+    }
+
+    #[test]
+    fn numbers_past_the_table_are_never_ours() {
+        assert!(!mark_fresh(MAX_FD as i32));
+        assert!(!mark_fresh(-1));
+        assert_eq!(kind(MAX_FD as i32), None);
+        set_opt(-1, 6, 1, vec![1, 0, 0, 0]); // no entry: nothing happens
+    }
+}
