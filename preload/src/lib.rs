@@ -69,7 +69,10 @@ static INIT: extern "C" fn() = init;
 /// hang-ups are orderly closes for the peers (a killed process runs no
 /// such code, and its peers are reset).
 extern "C" fn fini() {
-    engine::let_go(&table::streams(), settings().iface.as_deref(), true);
+    // Not through settings(): an exit from inside its first reading (a
+    // typo) must not read them again.
+    let Some(s) = SETTINGS.get() else { return };
+    engine::let_go(&table::streams(), s.iface.as_deref(), true);
 }
 
 #[used]
