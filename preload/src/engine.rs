@@ -12,9 +12,14 @@ use std::{
 };
 
 use libc::{c_int, c_void};
-use xsock_attach::{Msg, Place, VERSION, place::default_dir, wire::MAX_MSG};
+use xsock_attach::{Msg, Place, VERSION, place::default_dir, wire::MAX_STR};
 
 use crate::real;
+
+/// Room for every message the preload asks for or accepts (the longest,
+/// a failure, carries at most MAX_STR bytes of text); a longer one is a
+/// protocol error (truncated), not a reason to take 64 KiB per call.
+pub const ANSWER_MAX: usize = MAX_STR + 64;
 
 /// An attached control connection (closed on drop).
 pub struct Ctl {
@@ -120,7 +125,7 @@ pub fn attach(iface: Option<&str>) -> Result<Ctl, AttachError> {
         });
     }
     send(fd, &Msg::Hello { version: VERSION, rings: false, ends: false }).map_err(AttachError::Broken)?;
-    let mut buf = vec![0u8; MAX_MSG];
+    let mut buf = [0u8; ANSWER_MAX];
     let deadline = Instant::now() + Duration::from_secs(5);
     let (n, fds) = recv(fd, &mut buf, Some(deadline), false).map_err(|e| AttachError::Broken(e.to_string()))?;
     close_all(&fds);
@@ -282,7 +287,7 @@ pub enum Answer {
 /// skipping anything else the engine says meanwhile.
 pub fn request(fd: c_int, m: &Msg<'_>, deadline: Instant) -> Result<Answer, String> {
     send(fd, m)?;
-    let mut buf = vec![0u8; MAX_MSG];
+    let mut buf = [0u8; ANSWER_MAX];
     loop {
         let (n, fds) = match recv(fd, &mut buf, Some(deadline), true) {
             Ok(r) => r,
@@ -313,6 +318,15 @@ pub fn request(fd: c_int, m: &Msg<'_>, deadline: Instant) -> Result<Answer, Stri
 /// program closed and reused is never written to).
 static CLOSER: std::sync::Mutex<Option<(u32, c_int, u64, u64)>> = std::sync::Mutex::new(None);
 
+/// Its descriptor number (-1: none), so that every other close the program
+/// makes costs one load, not the mutex.
+static CLOSER_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+fn set_closer(g: &mut Option<(u32, c_int, u64, u64)>, v: Option<(u32, c_int, u64, u64)>) {
+    CLOSER_FD.store(v.map_or(-1, |(_, fd, _, _)| fd), std::sync::atomic::Ordering::Relaxed);
+    *g = v;
+}
+
 fn identity(fd: c_int) -> Option<(u64, u64)> {
     // SAFETY: stat is plain data; all zeroes is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -322,9 +336,12 @@ fn identity(fd: c_int) -> Option<(u64, u64)> {
 
 /// Forgets the closing connection if `fd` is it (the program closed it).
 pub fn closer_closed(fd: c_int) {
+    if CLOSER_FD.load(std::sync::atomic::Ordering::Relaxed) != fd {
+        return;
+    }
     let mut g = CLOSER.lock().unwrap_or_else(|p| p.into_inner());
     if g.is_some_and(|(_, c, _, _)| c == fd) {
-        *g = None;
+        set_closer(&mut g, None);
     }
 }
 
@@ -345,23 +362,23 @@ pub fn let_go(streams: &[u32], iface: Option<&str>, sync: bool) {
         {
             real::close(fd);
         }
-        *g = None;
+        set_closer(&mut g, None);
         let Ok(ctl) = attach(iface) else { return };
         let fd = ctl.into_fd();
         let Some((dev, ino)) = identity(fd) else { return };
-        *g = Some((pid, fd, dev, ino));
+        set_closer(&mut g, Some((pid, fd, dev, ino)));
     }
     let Some((_, fd, _, _)) = *g else { return };
     for &stream in streams {
         if send(fd, &Msg::Close { stream }).is_err() {
             real::close(fd);
-            *g = None;
+            set_closer(&mut g, None);
             return;
         }
     }
     if sync {
         let _ = send(fd, &Msg::Sync { req: 1 });
-        let mut buf = vec![0u8; MAX_MSG];
+        let mut buf = [0u8; ANSWER_MAX];
         let deadline = Instant::now() + Duration::from_secs(1);
         while let Ok((n, fds)) = recv(fd, &mut buf, Some(deadline), true) {
             close_all(&fds);

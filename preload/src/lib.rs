@@ -150,22 +150,42 @@ fn attach() -> Result<engine::Ctl, Option<c_int>> {
     }
 }
 
-/// Puts `new` (a descriptor the engine handed over) in place of `fd`,
-/// keeping `fd`'s number, blocking mode and close-on-exec flag, and the
-/// socket-level timeouts and keepalive the program set.
-fn install(fd: c_int, new: c_int) -> Result<(), c_int> {
-    let fl = real::fcntl(fd, libc::F_GETFL, 0);
-    let fdfl = real::fcntl(fd, libc::F_GETFD, 0);
-    sockopt::carry_over(fd, new);
-    let cloexec = if fdfl >= 0 && fdfl & libc::FD_CLOEXEC != 0 { libc::O_CLOEXEC } else { 0 };
-    let r = real::dup3(new, fd, cloexec);
-    let e = real::errno();
-    real::close(new);
-    if r < 0 {
-        return Err(e);
+/// A descriptor's blocking mode and close-on-exec flag, kept when another
+/// descriptor takes its number.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Modes {
+    nonblocking: bool,
+    cloexec: bool,
+}
+
+impl Modes {
+    /// `fd`'s.
+    pub(crate) fn of(fd: c_int) -> Modes {
+        let (fl, fdfl) = (real::fcntl(fd, libc::F_GETFL, 0), real::fcntl(fd, libc::F_GETFD, 0));
+        Modes { nonblocking: fl >= 0 && fl & libc::O_NONBLOCK != 0, cloexec: fdfl >= 0 && fdfl & libc::FD_CLOEXEC != 0 }
     }
-    set_nonblocking(fd, fl >= 0 && fl & libc::O_NONBLOCK != 0);
-    Ok(())
+
+    /// Puts `new` under `fd`'s number with these modes (what `fd` was
+    /// closes) and closes `new`'s own number; `Err(errno)` if dup3 failed.
+    pub(crate) fn replace(self, new: c_int, fd: c_int) -> Result<(), c_int> {
+        let r = real::dup3(new, fd, if self.cloexec { libc::O_CLOEXEC } else { 0 });
+        let e = real::errno();
+        real::close(new);
+        if r < 0 {
+            return Err(e);
+        }
+        set_nonblocking(fd, self.nonblocking);
+        Ok(())
+    }
+}
+
+/// Puts `new` (a descriptor the engine handed over) in place of `fd`,
+/// keeping `fd`'s number and modes, and the socket-level timeouts and
+/// keepalive the program set.
+fn install(fd: c_int, new: c_int) -> Result<(), c_int> {
+    let modes = Modes::of(fd);
+    sockopt::carry_over(fd, new);
+    modes.replace(new, fd)
 }
 
 fn set_nonblocking(fd: c_int, on: bool) {

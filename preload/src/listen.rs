@@ -16,16 +16,12 @@ use std::{
 };
 
 use libc::{c_int, sockaddr, socklen_t};
-use xsock_attach::{Msg, PathKind, wire::MAX_MSG};
+use xsock_attach::{Msg, PathKind};
 
 use crate::{
-    addr, attach, engine, fail, log, path_name, real, set_nonblocking,
+    Modes, addr, attach, engine, fail, log, path_name, real, set_nonblocking,
     table::{self, Dual, Info, Kind},
 };
-
-fn cloexec_of(fdfl: c_int) -> c_int {
-    if fdfl >= 0 && fdfl & libc::FD_CLOEXEC != 0 { libc::O_CLOEXEC } else { 0 }
-}
 
 fn v6only(fd: c_int) -> bool {
     let mut v: c_int = 0;
@@ -54,8 +50,7 @@ pub fn listen(fd: c_int, backlog: c_int) -> c_int {
         log(|| format!("fd {fd}: {addr} is not {}'s address: kernel listener", ctl.iface));
         return leave();
     }
-    let (fl, fdfl) = (real::fcntl(fd, libc::F_GETFL, 0), real::fcntl(fd, libc::F_GETFD, 0));
-    let nonblocking = fl >= 0 && fl & libc::O_NONBLOCK != 0;
+    let modes = Modes::of(fd);
     let iface = ctl.iface.clone();
     // The program's socket goes (freeing its port) and its number names
     // the listener from here on: the control connection itself, or (dual)
@@ -71,16 +66,13 @@ pub fn listen(fd: c_int, backlog: c_int) -> c_int {
         let c = ctl.into_fd();
         (c, None)
     };
-    let takes_number = epoll.unwrap_or(ctl_fd);
-    if real::dup3(takes_number, fd, cloexec_of(fdfl)) < 0 {
-        real::close(takes_number);
+    if modes.replace(epoll.unwrap_or(ctl_fd), fd).is_err() {
         if epoll.is_some() {
             real::close(ctl_fd);
         }
         table::forget(fd);
         return real::listen(fd, backlog);
     }
-    real::close(takes_number);
     let ctl_fd = if epoll.is_some() { ctl_fd } else { fd };
     let deadline = Instant::now() + Duration::from_secs(5);
     let local = match engine::request(ctl_fd, &Msg::Listen { req: 1, addr, messages: false }, deadline) {
@@ -94,7 +86,7 @@ pub fn listen(fd: c_int, backlog: c_int) -> c_int {
                 real::close(ctl_fd);
             }
             eprintln!("xsock preload: the engine cannot listen on {addr} ({why}); listening on the kernel only");
-            return relisten_on_kernel(fd, addr, v6, backlog, fl, fdfl);
+            return relisten_on_kernel(fd, addr, v6, backlog, modes);
         }
     };
     let dual = if v6 {
@@ -112,7 +104,6 @@ pub fn listen(fd: c_int, backlog: c_int) -> c_int {
     } else {
         None
     };
-    set_nonblocking(fd, nonblocking);
     let both = if dual.as_ref().is_some_and(|d| d.v6 >= 0) { " and IPv6 on the kernel" } else { "" };
     table::mark(
         fd,
@@ -142,7 +133,7 @@ fn kernel_v6_only(port: u16, backlog: c_int) -> c_int {
 }
 
 /// A kernel listener again on `fd` after the engine refused `addr`.
-fn relisten_on_kernel(fd: c_int, a: SocketAddrV4, v6: bool, backlog: c_int, fl: c_int, fdfl: c_int) -> c_int {
+fn relisten_on_kernel(fd: c_int, a: SocketAddrV4, v6: bool, backlog: c_int, modes: Modes) -> c_int {
     let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
     let s = real::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
     if s < 0 {
@@ -156,9 +147,7 @@ fn relisten_on_kernel(fd: c_int, a: SocketAddrV4, v6: bool, backlog: c_int, fl: 
         r = real::listen(s, backlog);
     }
     let e = real::errno();
-    real::dup3(s, fd, cloexec_of(fdfl));
-    real::close(s);
-    set_nonblocking(fd, fl >= 0 && fl & libc::O_NONBLOCK != 0);
+    let _ = modes.replace(s, fd);
     table::forget(fd);
     if r < 0 {
         real::set_errno(e);
@@ -176,7 +165,7 @@ fn take_accepted(
     addr: *mut sockaddr,
     len: *mut socklen_t,
 ) -> Result<Option<c_int>, c_int> {
-    let mut buf = vec![0u8; MAX_MSG];
+    let mut buf = [0u8; engine::ANSWER_MAX];
     let (n, fds) = match engine::recv(ctl, &mut buf, None, flags & libc::SOCK_CLOEXEC != 0) {
         Ok(r) => r,
         Err(engine::RecvError::Errno(e)) => return Err(e),

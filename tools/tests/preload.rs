@@ -78,37 +78,26 @@ fn unmodified_programs_move_their_bytes_over_xsock() {
     std::fs::write(&src, &data).unwrap();
     let want = sha256(&src);
 
-    // nc, a -> b: a listener and a client, both unmodified.
+    // nc, both unmodified: a preloaded listener on b (its shell
+    // redirection given), then a preloaded client on a; both must succeed.
+    let nc = |server: &str, client: &str| -> String {
+        let pid = bed.spawn(&b, "sh", &["-c", &format!("XSOCK_PRELOAD_LOG=1 {XSOCK} preload nc {server}")]).unwrap();
+        wait_for("nc to listen", Duration::from_secs(10), || bed.log_tail(pid, 5).contains("listening on"));
+        let (ok, log) =
+            preloaded(&bed, &a, &format!("XSOCK_PRELOAD_LOG=1 {XSOCK} preload nc {client}"), Duration::from_secs(30));
+        assert!(ok, "nc {client}: {log}");
+        assert!(bed.wait_exit(pid, Duration::from_secs(10)).unwrap().success(), "{}", bed.log_tail(pid, 10));
+        log
+    };
     let (ea0, ka0) = counters(&a);
+    // a -> b.
     let got = dir.join("got_b");
-    let server = bed
-        .spawn(&b, "sh", &["-c", &format!("XSOCK_PRELOAD_LOG=1 {XSOCK} preload nc -l -N 7801 > {}", got.display())])
-        .unwrap();
-    wait_for("nc to listen", Duration::from_secs(10), || bed.log_tail(server, 5).contains("listening on"));
-    let (ok, log) = preloaded(
-        &bed,
-        &a,
-        &format!("XSOCK_PRELOAD_LOG=1 {XSOCK} preload nc -N 10.91.0.2 7801 < {}", src.display()),
-        Duration::from_secs(30),
-    );
-    assert!(ok, "nc client: {log}");
+    let log = nc(&format!("-l -N 7801 > {}", got.display()), &format!("-N 10.91.0.2 7801 < {}", src.display()));
     assert!(log.contains("over reliable-link"), "nc's connect went over reliable-link: {log}");
-    assert!(bed.wait_exit(server, Duration::from_secs(10)).unwrap().success(), "{}", bed.log_tail(server, 10));
     assert_eq!(sha256(&got), want, "b received the file intact");
-    // nc, b -> a: the listener sends.
+    // b -> a: the listener sends.
     let got_a = dir.join("got_a");
-    let server = bed
-        .spawn(&b, "sh", &["-c", &format!("XSOCK_PRELOAD_LOG=1 {XSOCK} preload nc -l -N 7802 < {}", src.display())])
-        .unwrap();
-    wait_for("nc to listen", Duration::from_secs(10), || bed.log_tail(server, 5).contains("listening on"));
-    let (ok, log) = preloaded(
-        &bed,
-        &a,
-        &format!("{XSOCK} preload nc -d 10.91.0.2 7802 > {}", got_a.display()),
-        Duration::from_secs(30),
-    );
-    assert!(ok, "nc receiver: {log}");
-    assert!(bed.wait_exit(server, Duration::from_secs(10)).unwrap().success(), "{}", bed.log_tail(server, 10));
+    nc(&format!("-l -N 7802 < {}", src.display()), &format!("-d 10.91.0.2 7802 > {}", got_a.display()));
     assert_eq!(sha256(&got_a), want, "a received the file intact");
     let (ea1, ka1) = counters(&a);
     assert!(ea1 - ea0 >= 2 * data.len() as u64, "both files crossed a's engine: {} bytes", ea1 - ea0);
