@@ -500,6 +500,46 @@ impl Connection {
         self.mode
     }
 
+    /// One line of the connection's inner state, for diagnosing a stall
+    /// (the format is for people, not for parsing).
+    pub fn describe(&self, now: Instant) -> String {
+        let ago = |t: Option<Instant>| t.map(|t| format!("{:?} ago", now.saturating_duration_since(t)));
+        format!(
+            "{:?} cid {}/{}: send [{}, {}) next {} sent_hi {} peer_limit {} repair {:?} fin {}/{}; recv [{}, {}) \
+             window {} limit_sent {} limit_hi {} shrink {:?} exhausted {} peer_fin {:?} hole {:?} reorder {}; rto {:?} \
+             backoff {} retry {:?} heard {:?} probe {:?}/{:?} suspect {:?}; {:?}",
+            self.state,
+            self.local_cid,
+            self.remote_cid,
+            self.send.start(),
+            self.send.end(),
+            self.next,
+            self.sent_hi,
+            self.peer_limit,
+            self.repair,
+            self.fin_sent,
+            self.fin_acked,
+            self.recv.start(),
+            self.recv.end(),
+            self.window,
+            self.limit_sent,
+            self.limit_hi,
+            self.shrink_to,
+            self.credit_exhausted,
+            self.peer_fin,
+            ago(self.hole_at),
+            self.reorder.bytes(),
+            self.rto,
+            self.backoff,
+            ago(Some(self.retry_base)),
+            ago(Some(self.last_heard)),
+            ago(self.probe_sent_at),
+            self.probe_hi,
+            self.tail_suspect,
+            self.stats,
+        )
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> ConnStats {
         self.stats
@@ -1205,8 +1245,31 @@ impl Connection {
         if !self.waiting_for_peer() {
             return None;
         }
-        let wait = self.rto.saturating_mul(1 << self.backoff.min(16)).min(self.config.max_rto);
+        // The peer node answers others (or keepalives) but not us: it is
+        // loaded, not gone. Past a few retries, back off further, so that
+        // thousands of waiting connections do not each probe it four times
+        // a second and keep it overloaded (10,000 connections at once sent
+        // 1.6 million probes, a third of all frames).
+        let loaded = self.peer_alive_at > self.last_heard && self.backoff > 4;
+        let cap = if loaded { self.config.max_rto * 8 } else { self.config.max_rto };
+        let wait = self.rto.saturating_mul(1 << self.backoff.min(16)).min(cap);
+        // Spread retries over [wait, 1.5 wait): connections whose frames
+        // were lost in one burst would otherwise retry in step and meet the
+        // same full ring every time (one of 10,000 starved for 30 s so).
+        let wait = wait + wait.mul_f64(self.retry_spread() / 2.0);
         Some((self.retry_base + wait).min(self.give_up_at()))
+    }
+
+    /// A fraction in [0, 1), fixed for one retry of this connection and
+    /// different for the next (from the random connection id: no clock or
+    /// generator in the sans-IO core).
+    fn retry_spread(&self) -> f64 {
+        let mut z = self.local_cid ^ (u64::from(self.backoff) << 48) ^ self.stats.probes.rotate_left(24);
+        // splitmix64's finaliser.
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// When [`Connection::handle_timeout`] must be called, if at all: a

@@ -226,6 +226,25 @@ impl Conns {
         };
         while settled < self.count {
             if Instant::now() > deadline {
+                // What the stuck ones are doing: the line a bug report needs.
+                for (i, c) in conns
+                    .iter()
+                    .filter(|c| matches!(c.phase, Phase::Connecting | Phase::Exchanging))
+                    .take(4)
+                    .enumerate()
+                {
+                    log::warn!(
+                        "stuck {i}: {:?}, sent {} got {}, ready {:?}, {} -> {}: {}",
+                        c.phase,
+                        c.sent,
+                        c.got,
+                        c.s.ready_now(),
+                        c.s.local_addr(),
+                        c.s.peer_addr(),
+                        c.s.describe()
+                    );
+                }
+                log::warn!("the link: {}", rt.describe_link());
                 return Err(Fail::msg(format!(
                     "timed out after {:?} with {settled} of {} connections done",
                     self.timeout, self.count

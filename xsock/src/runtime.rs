@@ -743,6 +743,36 @@ impl Runtime {
         m
     }
 
+    /// One line of the reliable-link endpoint's and the queues' counters,
+    /// with what all its connections sent (for diagnosing a stall: for
+    /// people, not for parsing).
+    pub fn describe_link(&self) -> String {
+        let Some(l) = &self.inner.link else { return "no link runtime".into() };
+        let (stats, conns, pool, sent) = {
+            let ep = l.shared.lock();
+            let mut sent = xsock_reliable_link::connection::ConnStats::default();
+            for c in ep.connection_ids().filter_map(|id| ep.connection(id)) {
+                let s = c.stats();
+                sent.data_frames += s.data_frames;
+                sent.resent_bytes += s.resent_bytes;
+                sent.probes += s.probes;
+                sent.naks_sent += s.naks_sent;
+                sent.credit_frames += s.credit_frames;
+            }
+            (ep.stats(), ep.connections(), ep.pool_stats(), sent)
+        };
+        format!(
+            "{conns} connections, {stats:?}, {pool:?}; their data frames {}, resent bytes {}, probes {}, NAKs {}, credit \
+             frames {}; queues {:?}",
+            sent.data_frames,
+            sent.resent_bytes,
+            sent.probes,
+            sent.naks_sent,
+            sent.credit_frames,
+            self.queue_stats()
+        )
+    }
+
     /// Our IPv4 addresses on the driven interface.
     pub fn local_addrs(&self) -> Vec<Ipv4Addr> {
         if let Some(c) = self.client() {

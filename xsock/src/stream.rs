@@ -466,6 +466,22 @@ impl Stream {
         }
     }
 
+    /// One line of the connection's inner state, for diagnosing a stall
+    /// (reliable-link connections; other paths name the path). For people,
+    /// not for parsing.
+    pub fn describe(&self) -> String {
+        match &self.conn {
+            Conn::Link { cid, .. } => match self.rt.link() {
+                Some(link) => match link.shared.lock().connection(*cid) {
+                    Some(c) => c.describe(std::time::Instant::now()),
+                    None => format!("link cid {cid}: gone from the endpoint"),
+                },
+                None => "link: no link runtime".into(),
+            },
+            _ => format!("{:?}", self.path()),
+        }
+    }
+
     /// The runtime this connection belongs to.
     pub fn runtime(&self) -> &Runtime {
         &self.rt
