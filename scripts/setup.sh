@@ -12,7 +12,7 @@ packages=(
     clang llvm libelf-dev zlib1g-dev m4 libpcap-dev pkg-config  # xsk-rs builds libxdp/libbpf; our XDP program
     iproute2 nftables procps iputils-ping ethtool netcat-openbsd # the namespace test bed, peers
     iperf3 sockperf                                              # kernel baselines
-    mpich python3                                                # programs run unmodified under the preload
+    mpich libmpich-dev python3                                   # programs run unmodified under the preload (mpicc needs mpi.h)
 )
 missing=()
 for p in "${packages[@]}"; do

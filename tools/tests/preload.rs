@@ -230,6 +230,42 @@ fn unmodified_programs_move_their_bytes_over_xsock() {
     let _ = engine_a;
 }
 
+/// Runs `script` (an mpiexec of `prog`) on `host` to its end; its output.
+///
+/// Debian's MPICH 4.0.2 (ch4:ucx) sometimes never returns from
+/// MPI_Finalize, on plain kernel TCP too (1 run in 30 here, no preload):
+/// one rank spins in ucp_worker_progress flushing its endpoint while the
+/// other waits in the PMI barrier (the class of UCX finalize races
+/// upstream knows). A run that printed its result and then hangs there is
+/// stopped and run again, at most three times; any other failure fails.
+fn mpiexec(bed: &Testbed, host: &Host, script: &str, prog: &std::path::Path) -> String {
+    for attempt in 1..=3 {
+        let pid = bed.spawn(host, "sh", &["-c", script]).unwrap();
+        let t0 = std::time::Instant::now();
+        let mut result_at = None;
+        loop {
+            if let Some(st) = bed.try_wait(pid).unwrap() {
+                let log = bed.log_tail(pid, 1000);
+                assert!(st.success(), "mpiexec: {log}");
+                return log;
+            }
+            let printed = bed.log_tail(pid, 1000).lines().any(|l| l.starts_with('{'));
+            if printed && result_at.is_none() {
+                result_at = Some(std::time::Instant::now());
+            }
+            if result_at.is_some_and(|t| t.elapsed() > Duration::from_secs(20)) {
+                eprintln!("attempt {attempt}: MPI_Finalize hangs after the result (MPICH/UCX); stopping the ranks");
+                let _ = std::process::Command::new("pkill").arg("-KILL").arg("-f").arg(prog).status();
+                let _ = bed.finish(pid);
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(120), "mpiexec: {}", bed.log_tail(pid, 1000));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    panic!("MPI_Finalize hung three times running {script}");
+}
+
 #[test]
 fn mpich_ranks_on_two_hosts_run_over_xsock() {
     require_root!();
@@ -267,18 +303,13 @@ fn mpich_ranks_on_two_hosts_run_over_xsock() {
         } else {
             String::new()
         };
-        let (ok, log) = preloaded(
-            &bed,
-            &a,
-            &format!(
-                "mpiexec -launcher ssh -launcher-exec {} -hosts 10.92.0.1:1,10.92.0.2:1 -n 2 -genv UCX_TLS \
-                 tcp,self -genv UCX_NET_DEVICES eth0 {pre} {}",
-                launch.display(),
-                prog.display()
-            ),
-            Duration::from_secs(120),
+        let script = format!(
+            "mpiexec -launcher ssh -launcher-exec {} -hosts 10.92.0.1:1,10.92.0.2:1 -n 2 -genv UCX_TLS tcp,self -genv \
+             UCX_NET_DEVICES eth0 {pre} {}",
+            launch.display(),
+            prog.display()
         );
-        assert!(ok, "mpiexec: {log}");
+        let log = mpiexec(&bed, &a, &script, &prog);
         let json = log.lines().rfind(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no result: {log}"));
         let v: serde_json::Value = serde_json::from_str(json).unwrap();
         assert_eq!(v["bad"], 0, "every all-to-all element arrived intact: {v}");
