@@ -290,6 +290,12 @@ struct Pending {
     /// Confirm a window shrink: the limit we now keep to.
     shrink_ack: Option<u64>,
     rst: Option<RstReason>,
+    /// The RST once more, at this time: a lone RST lost in a full receive
+    /// ring left a passive peer (a receiver, with nothing to send) waiting
+    /// on a connection that no longer existed.
+    rst_again: Option<(RstReason, Instant)>,
+    /// The RST went out twice (or needs not).
+    rst_repeated: bool,
 }
 
 /// One connection.
@@ -565,7 +571,7 @@ impl Connection {
     pub fn is_finished(&self, now: Instant) -> bool {
         match (self.state, self.closed_at) {
             (State::Closed(CloseReason::Graceful), Some(at)) => now.duration_since(at) >= self.linger(),
-            (State::Closed(_), _) => self.pending.rst.is_none(),
+            (State::Closed(_), _) => self.pending.rst.is_none() && self.pending.rst_again.is_none(),
             _ => false,
         }
     }
@@ -1280,12 +1286,19 @@ impl Connection {
     /// retry while waiting for the peer, or shrinking a grown window that
     /// has gone idle.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.retry_due(), self.shrink_due(), self.hole_due()].into_iter().flatten().min()
+        let rst = self.pending.rst_again.map(|(_, at)| at);
+        [self.retry_due(), self.shrink_due(), self.hole_due(), rst].into_iter().flatten().min()
     }
 
     /// The timer fired (at or after [`Connection::poll_timeout`]); a shrink
     /// gives budget back to `pool`.
     pub fn handle_timeout(&mut self, now: Instant, pool: &mut BufferPool) {
+        if let Some((reason, at)) = self.pending.rst_again
+            && at <= now
+        {
+            self.pending.rst_again = None;
+            self.pending.rst = Some(reason);
+        }
         if self.shrink_due().is_some_and(|t| t <= now) {
             self.shrink(now, pool);
         }
@@ -1395,6 +1408,9 @@ impl Connection {
     /// Returns its length, or `None` if there is nothing to send now.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
         if let Some(reason) = self.pending.rst.take() {
+            if !std::mem::replace(&mut self.pending.rst_repeated, true) {
+                self.pending.rst_again = Some((reason, now + self.config.max_rto / 2));
+            }
             let r = self.header(0, 0, Body::Rst(RstBody { reason }));
             return Some(Self::emit(&r, buf));
         }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use proptest::prelude::*;
-use xsock_reliable_link::{CloseReason, EndpointEvent, Event, Lookup, Mode, Peer, wire::RstReason};
+use xsock_reliable_link::{CloseReason, Config, EndpointEvent, Event, Lookup, Mode, Peer, wire::RstReason};
 
 const PORT: u16 = 7000;
 
@@ -232,6 +232,28 @@ fn abort_resets_the_peer() {
         event: Event::Closed(CloseReason::Reset(RstReason::Aborted))
     })));
     assert!(sim.b.write(b, b"x", false).is_err());
+}
+
+/// A receiver has nothing to send, so nothing of its would ever draw an
+/// answer from the aborted side: a lost RST must be sent again (a killed
+/// process's peer in a loaded namespace test waited on for good).
+#[test]
+fn a_lost_rst_is_sent_again_and_a_passive_peer_still_learns() {
+    let mut sim = Sim::pair(8, Faults::default());
+    let (a, b) = connect(&mut sim, Mode::Stream);
+    sim.faults.loss = 1.0;
+    sim.a.abort(a);
+    sim.flush();
+    assert_eq!(sim.link_stats.lost, 1, "the first RST is lost");
+    sim.faults.loss = 0.0;
+    let t0 = sim.now;
+    assert!(sim.run_until(1000, |s| s.b_events.contains(&EndpointEvent::Connection {
+        cid: b,
+        event: Event::Closed(CloseReason::Reset(RstReason::Aborted))
+    })));
+    assert!(sim.now - t0 <= Config::default().max_rto, "the second RST came {:?} later", sim.now - t0);
+    sim.run_until(100, |_| false);
+    assert!(sim.a.connection(a).is_none_or(|c| c.is_finished(sim.now)), "and then the aborted side is done with it");
 }
 
 #[test]
