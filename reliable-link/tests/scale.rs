@@ -57,6 +57,33 @@ fn open_many(sim: &mut Sim, n: usize) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// One pass over `pairs`: a writes on each connection until it has sent
+/// `total` bytes (`data` over and over) or has no space; b reads what came.
+fn pump(
+    s: &mut Sim,
+    pairs: &[(u64, u64)],
+    data: &[u8],
+    total: usize,
+    sent: &mut [usize],
+    got: &mut [usize],
+    buf: &mut [u8],
+) {
+    for (i, &(a, b)) in pairs.iter().enumerate() {
+        while sent[i] < total {
+            match s.a.write(a, &data[..(total - sent[i]).min(data.len())], false) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => sent[i] += n,
+            }
+        }
+        while let Ok(r) = s.b.read(b, buf, false) {
+            if r.len == 0 {
+                break;
+            }
+            got[i] += r.len;
+        }
+    }
+}
+
 /// Streams `total` bytes a -> b, reading everything as it comes.
 fn stream(sim: &mut Sim, a: u64, b: u64, total: usize) {
     let data = message(9, 256 << 10);
@@ -119,20 +146,7 @@ fn parallel_streams_share_one_allowance_for_window_growth() {
     let mut buf = vec![0u8; 256 << 10];
     let mut most = 0;
     assert!(sim.run_until(100_000_000, |s| {
-        for (i, &(a, b)) in pairs.iter().enumerate() {
-            while sent[i] < total {
-                match s.a.write(a, &data[..(total - sent[i]).min(data.len())], false) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => sent[i] += n,
-                }
-            }
-            while let Ok(r) = s.b.read(b, &mut buf, false) {
-                if r.len == 0 {
-                    break;
-                }
-                got[i] += r.len;
-            }
-        }
+        pump(s, &pairs, &data, total, &mut sent, &mut got, &mut buf);
         let grown: usize = pairs.iter().map(|&(_, b)| s.b.connection(b).unwrap().window() - cfg.initial_window).sum();
         assert_eq!(grown, s.b.pool_stats().window_growth, "the pool counts what the windows grew");
         most = most.max(grown);
@@ -507,20 +521,7 @@ fn a_burst_of_connections_into_a_full_ring_all_complete_without_a_probe_storm() 
     let mut buf = vec![0u8; 64 << 10];
     let t0 = sim.now;
     let done = sim.run_until(50_000_000, |s| {
-        for (i, &(a, b)) in pairs.iter().enumerate() {
-            while sent[i] < data.len() {
-                match s.a.write(a, &data[sent[i]..], false) {
-                    Ok(0) | Err(_) => break,
-                    Ok(k) => sent[i] += k,
-                }
-            }
-            while let Ok(r) = s.b.read(b, &mut buf, false) {
-                if r.len == 0 {
-                    break;
-                }
-                got[i] += r.len;
-            }
-        }
+        pump(s, &pairs, &data, data.len(), &mut sent, &mut got, &mut buf);
         got.iter().all(|&g| g == data.len()) || s.now - t0 > Duration::from_secs(60)
     });
     let complete = got.iter().filter(|&&g| g == data.len()).count();
