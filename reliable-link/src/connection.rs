@@ -1251,17 +1251,7 @@ impl Connection {
         if !self.waiting_for_peer() {
             return None;
         }
-        // The peer node answers others (or keepalives) but has not answered
-        // us for eight longest waits: it is overloaded, not gone. Back off
-        // further, so that thousands of waiting connections do not each
-        // probe it four times a second and keep it so (10,000 connections
-        // at once sent 1.6 million probes, a third of all frames). Sooner
-        // than that, a connection waiting behind a burst of 512 would wait
-        // seconds for a tail the peer had answered in milliseconds.
-        let long = self.config.max_rto * 8;
-        let loaded = self.peer_alive_at > self.last_heard && self.retry_base.duration_since(self.last_heard) >= long;
-        let cap = if loaded { long } else { self.config.max_rto };
-        let wait = self.rto.saturating_mul(1 << self.backoff.min(16)).min(cap);
+        let wait = self.rto.saturating_mul(1 << self.backoff.min(16)).min(self.config.max_rto);
         // Spread retries over [0.75 wait, 1.25 wait): connections whose
         // frames were lost in one burst would otherwise retry in step and
         // meet the same full ring every time (one of 10,000 starved for
