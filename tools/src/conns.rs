@@ -118,8 +118,36 @@ fn serve(rt: &Runtime, addr: SocketAddrV4, transport: xsock::Transport) -> Resul
     let mut next = 0usize;
     let mut events = Events::with_capacity(4096);
     let mut buf = vec![0u8; 256 << 10];
+    // Connections still open once every event has gone quiet for this
+    // long are described (once per quiet stretch): the server's half of
+    // a bug report when a client says it is stuck.
+    const QUIET: Duration = Duration::from_secs(5);
+    let mut told = false;
+    let mut failures = 0u64;
     loop {
-        poller.poll(&mut events, None)?;
+        poller.poll(&mut events, Some(QUIET))?;
+        if events.is_empty() {
+            if !told && !conns.is_empty() {
+                told = true;
+                log::info!(
+                    "quiet for {QUIET:?} with {} connections open ({failures} failed); the link: {}",
+                    conns.len(),
+                    rt.describe_link()
+                );
+                for (t, (s, pending)) in conns.iter().take(4) {
+                    log::info!(
+                        "open {t}: {} bytes to echo, ready {:?}, {} -> {}: {}",
+                        pending.len(),
+                        s.ready_now(),
+                        s.peer_addr(),
+                        s.local_addr(),
+                        s.describe()
+                    );
+                }
+            }
+            continue;
+        }
+        told = false;
         for e in events.iter() {
             if e.token() == LISTENER {
                 loop {
@@ -143,7 +171,7 @@ fn serve(rt: &Runtime, addr: SocketAddrV4, transport: xsock::Transport) -> Resul
             // Echo what came; what does not fit the send buffer now waits
             // for the stream to be writable.
             let mut end = false;
-            let mut failed = false;
+            let mut failed: Option<Error> = None;
             if pending.is_empty() {
                 loop {
                     match s.try_recv(&mut buf) {
@@ -153,8 +181,8 @@ fn serve(rt: &Runtime, addr: SocketAddrV4, transport: xsock::Transport) -> Resul
                         }
                         Ok(n) => pending.extend_from_slice(&buf[..n]),
                         Err(Error::WouldBlock) => break,
-                        Err(_) => {
-                            failed = true;
+                        Err(e) => {
+                            failed = Some(e);
                             break;
                         }
                     }
@@ -163,13 +191,13 @@ fn serve(rt: &Runtime, addr: SocketAddrV4, transport: xsock::Transport) -> Resul
                     }
                 }
             }
-            while !pending.is_empty() && !failed {
+            while !pending.is_empty() && failed.is_none() {
                 match s.try_send(pending) {
                     Ok(n) => {
                         pending.drain(..n);
                     }
                     Err(Error::WouldBlock) => break,
-                    Err(_) => failed = true,
+                    Err(e) => failed = Some(e),
                 }
             }
             if pending.is_empty() && pending.capacity() > 0 {
@@ -177,11 +205,25 @@ fn serve(rt: &Runtime, addr: SocketAddrV4, transport: xsock::Transport) -> Resul
                 *pending = Vec::new();
             }
             let want = if pending.is_empty() { Interest::READABLE } else { Interest::WRITABLE };
-            if end && pending.is_empty() || failed {
+            if end && pending.is_empty() || failed.is_some() {
                 poller.deregister(t)?;
-                let (s, _) = conns.remove(&t.0).expect("listed");
-                if !failed {
-                    let _ = s.close(Duration::from_secs(5));
+                let (s, pending) = conns.remove(&t.0).expect("listed");
+                match failed {
+                    Some(e) => {
+                        failures += 1;
+                        if failures <= 4 {
+                            log::warn!(
+                                "connection {} from {} failed ({failures} so far), {} bytes not echoed: {e}; {}",
+                                t.0,
+                                s.peer_addr(),
+                                pending.len(),
+                                s.describe()
+                            );
+                        }
+                    }
+                    None => {
+                        let _ = s.close(Duration::from_secs(5));
+                    }
                 }
             } else {
                 poller.reregister(t, want)?;
@@ -337,6 +379,8 @@ impl Conns {
         }
         let seconds = t0.elapsed().as_secs_f64();
         let ok = conns.iter().filter(|c| c.phase == Phase::Done).count();
+        // Frames lost and sent again on the way (RUST_LOG=xsock::conns=debug).
+        log::debug!("the link: {}", rt.describe_link());
         // Idle, open: what they cost now (the line lets a harness read the
         // peer's memory meanwhile).
         if self.hold > Duration::ZERO {
