@@ -318,6 +318,9 @@ pub struct Connection {
     next: u64,
     sent_hi: u64,
     peer_limit: u64,
+    /// How far new data may go by the endpoint's leave (its share of what
+    /// one peer node may have in flight from us); no bound by default.
+    node_limit: u64,
     write_closed: bool,
     fin_sent: bool,
     fin_acked: bool,
@@ -372,6 +375,11 @@ pub struct Connection {
     // The rare-path timer.
     rto: Duration,
     srtt: Option<Duration>,
+    /// The latest round-trip sample, until the endpoint takes it.
+    rtt_sample: Option<Duration>,
+    /// The shortest retry wait the endpoint sets from what all connections
+    /// with this peer node measured (a loaded peer answers late for all).
+    rto_floor: Duration,
     backoff: u32,
     /// Retries are timed from here: the last progress or the last retry.
     retry_base: Instant,
@@ -412,6 +420,7 @@ impl Connection {
             next: 0,
             sent_hi: 0,
             peer_limit: 0,
+            node_limit: u64::MAX,
             write_closed: false,
             fin_sent: false,
             fin_acked: false,
@@ -437,6 +446,8 @@ impl Connection {
             reorder: Reorder::default(),
             rto: config.initial_rto,
             srtt: None,
+            rtt_sample: None,
+            rto_floor: Duration::ZERO,
             backoff: 0,
             retry_base: now,
             last_heard: now,
@@ -868,6 +879,7 @@ impl Connection {
     }
 
     fn sample_rtt(&mut self, sample: Duration) {
+        self.rtt_sample = Some(sample);
         let srtt = match self.srtt {
             None => sample,
             Some(s) => (s * 7 + sample) / 8,
@@ -1251,7 +1263,7 @@ impl Connection {
         if !self.waiting_for_peer() {
             return None;
         }
-        let wait = self.rto.saturating_mul(1 << self.backoff.min(16)).min(self.config.max_rto);
+        let wait = self.rto.max(self.rto_floor).saturating_mul(1 << self.backoff.min(16)).min(self.config.max_rto);
         // Spread retries over [0.75 wait, 1.25 wait): connections whose
         // frames were lost in one burst would otherwise retry in step and
         // meet the same full ring every time (one of 10,000 starved for
@@ -1511,7 +1523,7 @@ impl Connection {
             None => None,
         };
         self.repair = repair;
-        let (offset, end) = repair.unwrap_or((self.next, self.send.end().min(self.peer_limit)));
+        let (offset, end) = repair.unwrap_or((self.next, self.send.end().min(self.data_limit())));
         if offset >= end {
             return None;
         }
@@ -1549,13 +1561,69 @@ impl Connection {
         Some(n)
     }
 
+    /// How far data may be sent now: the peer's credit, and new data (past
+    /// `sent_hi`) no further than the endpoint allows.
+    fn data_limit(&self) -> u64 {
+        self.peer_limit.min(self.node_limit.max(self.sent_hi))
+    }
+
+    /// The round-trip time measured since the last call, if any (the
+    /// endpoint pools them per peer node).
+    pub fn take_rtt_sample(&mut self) -> Option<Duration> {
+        self.rtt_sample.take()
+    }
+
+    /// Retries wait at least `floor` (the endpoint's estimate from every
+    /// connection with the same peer node: one whose own samples are old
+    /// or few would otherwise probe a loaded peer every millisecond).
+    pub fn set_rto_floor(&mut self, floor: Duration) {
+        self.rto_floor = floor;
+    }
+
+    /// Lets new data go up to send offset `limit` (the endpoint's share of
+    /// what its peer node may have in flight; see [`Connection::in_flight`]).
+    pub fn set_node_limit(&mut self, limit: u64) {
+        self.node_limit = limit;
+    }
+
+    /// The bound [`Connection::set_node_limit`] set (`u64::MAX`: none).
+    pub fn node_limit(&self) -> u64 {
+        self.node_limit
+    }
+
+    /// Bytes of new data (never sent before) the peer's credit lets go now,
+    /// whatever the node limit.
+    pub fn new_data_ready(&self) -> u64 {
+        if !matches!(self.state, State::Established | State::SynReceived) {
+            return 0;
+        }
+        self.send.end().min(self.peer_limit).saturating_sub(self.sent_hi)
+    }
+
+    /// The highest send offset sent so far: where a grant of new data
+    /// starts ([`Connection::set_node_limit`]).
+    pub fn in_flight_base(&self) -> u64 {
+        self.sent_hi
+    }
+
+    /// What this connection holds of its peer node's in-flight allowance:
+    /// bytes sent and not yet acknowledged, and whatever more the node
+    /// limit lets it send; nothing once it has ended.
+    pub fn in_flight(&self) -> u64 {
+        if matches!(self.state, State::Closed(_)) {
+            return 0;
+        }
+        let granted = if self.node_limit == u64::MAX { self.sent_hi } else { self.node_limit };
+        self.sent_hi.max(granted).saturating_sub(self.send.start())
+    }
+
     /// Whether [`Connection::poll_transmit`] may have a frame now.
     pub fn wants_transmit(&self) -> bool {
         let p = &self.pending;
         p.rst.is_some()
             || (p.syn || p.syn_ack || p.nak || p.fin || p.credit || p.probe)
             || (matches!(self.state, State::Established | State::SynReceived)
-                && (self.next < self.send.end().min(self.peer_limit)
+                && (self.next < self.send.end().min(self.data_limit())
                     || (self.write_closed && !self.fin_sent && self.next >= self.send.end())))
     }
 }
