@@ -1602,7 +1602,7 @@ impl Connection {
 
     /// The highest send offset sent so far: where a grant of new data
     /// starts ([`Connection::set_node_limit`]).
-    pub fn in_flight_base(&self) -> u64 {
+    pub fn sent_hi(&self) -> u64 {
         self.sent_hi
     }
 

@@ -480,12 +480,8 @@ impl Endpoint {
     /// connections.
     fn account(&mut self, cid: u64) {
         let Some(s) = self.slots.get_mut(&cid) else { return };
-        let now_in = s.conn.in_flight();
-        let before = std::mem::replace(&mut s.in_flight, now_in);
-        let idx = s.peer;
-        let Some(Some(p)) = self.peers.get_mut(idx) else { return };
-        p.in_flight = (p.in_flight + now_in).saturating_sub(before);
-        if now_in < before {
+        if recount(s, &mut self.peers) {
+            let idx = s.peer;
             self.wake_parked(idx);
         }
     }
@@ -495,28 +491,6 @@ impl Endpoint {
     /// first window), small enough that many connections share the room.
     fn grant_size(&self) -> u64 {
         (self.config.connection.first_window() as u64 / 2).max(u64::from(self.config.max_payload))
-    }
-
-    /// Before `cid` is asked for a frame: if it has new data and no leave
-    /// left, a grant from its peer's room. Returns false if it has new data
-    /// and there is no room (it will be parked if it has nothing else).
-    fn grant(&mut self, cid: u64) -> bool {
-        let cap = self.config.node_in_flight as u64;
-        let q = self.grant_size();
-        let Some(s) = self.slots.get_mut(&cid) else { return true };
-        let ready = s.conn.new_data_ready();
-        let sent_hi = s.conn.in_flight_base();
-        if cap == 0 || ready == 0 || s.conn.node_limit() > sent_hi {
-            return true;
-        }
-        let Some(Some(p)) = self.peers.get(s.peer) else { return true };
-        let room = cap.saturating_sub(p.in_flight);
-        if room == 0 {
-            return false;
-        }
-        s.conn.set_node_limit(sent_hi + ready.min(q).min(room));
-        self.account(cid);
-        true
     }
 
     /// `cid` has new data and its peer no room: it waits in line.
@@ -542,15 +516,16 @@ impl Endpoint {
         while room > 0
             && let Some(cid) = p.parked.pop_front()
         {
-            woken.push(cid);
-            room = room.saturating_sub(q);
-        }
-        for cid in woken {
+            // A connection forgotten meanwhile left its entry: skipped.
             if let Some(s) = self.slots.get_mut(&cid)
                 && std::mem::take(&mut s.parked)
             {
-                self.mark_ready(cid);
+                woken.push(cid);
+                room = room.saturating_sub(q);
             }
+        }
+        for cid in woken {
+            self.mark_ready(cid);
         }
     }
 
@@ -945,15 +920,16 @@ impl Endpoint {
         let was_connecting = s.conn.remote_cid() == 0;
         s.conn.handle_input(now, repr, payload, &mut self.pool);
         let (peer, mac, remote) = (s.peer, s.conn.addressing().remote_mac, s.conn.remote_cid());
-        if let Some(sample) = s.conn.take_rtt_sample()
-            && let Some(Some(p)) = self.peers.get_mut(peer)
-        {
-            let srtt = p.srtt.map_or(sample, |old| (old * 7 + sample) / 8);
-            p.srtt = Some(srtt);
-        }
-        self.account(cid);
+        let freed = recount(s, &mut self.peers);
+        let sample = s.conn.take_rtt_sample();
         if let Some(Some(p)) = self.peers.get_mut(peer) {
             p.last_heard = now;
+            if let Some(sample) = sample {
+                p.srtt = Some(p.srtt.map_or(sample, |old| (old * 7 + sample) / 8));
+            }
+        }
+        if freed {
+            self.wake_parked(peer);
         }
         if was_connecting && remote != 0 {
             self.by_remote.insert((mac, remote), cid);
@@ -1148,11 +1124,9 @@ impl Endpoint {
         }
         if let Some(mut s) = self.slots.remove(&cid) {
             self.by_remote.remove(&(s.conn.addressing().remote_mac, s.conn.remote_cid()));
+            // (An entry it left in the peer's queue is skipped when met.)
             if let Some(Some(p)) = self.peers.get_mut(s.peer) {
                 p.in_flight = p.in_flight.saturating_sub(s.in_flight);
-                if s.parked {
-                    p.parked.retain(|&c| c != cid);
-                }
             }
             if s.in_flight > 0 {
                 self.wake_parked(s.peer);
@@ -1184,11 +1158,12 @@ impl Endpoint {
             repr.emit(&mut Packet::new_unchecked(&mut *buf));
             return Some(Transmit { dst_mac: BROADCAST, len: repr.buffer_len() });
         }
+        let (cap, q) = (self.config.node_in_flight as u64, self.grant_size());
         while let Some(cid) = self.ready.pop_front() {
-            let room = self.grant(cid);
             let Some(s) = self.slots.get_mut(&cid) else {
                 continue;
             };
+            let room = cap == 0 || grant(s, &mut self.peers, cap, q);
             match s.conn.poll_transmit(now, buf) {
                 Some(len) => {
                     let dst_mac = s.conn.addressing().remote_mac;
@@ -1244,6 +1219,37 @@ impl Endpoint {
             l => Some(l),
         }
     }
+}
+
+/// Counts the slot's in-flight bytes anew in its peer's total (after
+/// anything that may have moved them); true if that made room.
+fn recount(s: &mut Slot, peers: &mut [Option<PeerNode>]) -> bool {
+    let now_in = s.conn.in_flight();
+    let before = std::mem::replace(&mut s.in_flight, now_in);
+    if let Some(Some(p)) = peers.get_mut(s.peer) {
+        p.in_flight = (p.in_flight + now_in).saturating_sub(before);
+    }
+    now_in < before
+}
+
+/// Before the slot is asked for a frame: if it has new data and no leave
+/// left, a grant of up to `q` bytes from its peer's room under `cap`.
+/// False if it has new data and there is no room (it is parked if it has
+/// nothing else to send).
+fn grant(s: &mut Slot, peers: &mut [Option<PeerNode>], cap: u64, q: u64) -> bool {
+    let ready = s.conn.new_data_ready();
+    let sent_hi = s.conn.sent_hi();
+    if ready == 0 || s.conn.node_limit() > sent_hi {
+        return true;
+    }
+    let Some(Some(p)) = peers.get(s.peer) else { return true };
+    let room = cap.saturating_sub(p.in_flight);
+    if room == 0 {
+        return false;
+    }
+    s.conn.set_node_limit(sent_hi + ready.min(q).min(room));
+    recount(s, peers);
+    true
 }
 
 fn control_repr(dst_cid: u64, body: Body) -> Repr {
