@@ -6,12 +6,15 @@
 #
 #   cargo build --release -p xsock-tools -p xsock-preload
 #   sudo perf/preload.sh [ROUNDS]      (ENGINE_POLL=adaptive|busy|sleep)
+#   ONLY="mpi sockperf" sudo perf/preload.sh 5   (a subset: sockperf iperf mpi)
 #
 # Prints one line per measurement and a markdown table of medians.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 poll=${ENGINE_POLL:-adaptive}
+only=${ONLY:-sockperf iperf mpi}
+want() { [[ " $only " == *" $1 "* ]]; }
 X=$PWD/target/release/xsock
 LIB=$PWD/target/release/libxsock_preload.so
 [ -x "$X" ] && [ -f "$LIB" ] || { echo "build first: cargo build --release -p xsock-tools -p xsock-preload" >&2; exit 1; }
@@ -82,15 +85,19 @@ declare -A results
 add() { results[$1]="${results[$1]:-} $2"; echo "$1: $2"; }
 start_engines
 for r in $(seq "$rounds"); do
-    for m in kernel xsock; do add "sockperf-$m" "$(sockperf_p50 $m)"; done
-    for m in kernel xsock; do add "iperf1500-$m" "$(iperf_gbps $m)"; done
-    for m in kernel xsock; do read -r rtt a2a <<< "$(mpi_run $m)"; add "mpirtt-$m" "$rtt"; add "mpia2a-$m" "$a2a"; done
+    if want sockperf; then for m in kernel xsock; do add "sockperf-$m" "$(sockperf_p50 $m)"; done; fi
+    if want iperf; then for m in kernel xsock; do add "iperf1500-$m" "$(iperf_gbps $m)"; done; fi
+    if want mpi; then
+        for m in kernel xsock; do read -r rtt a2a <<< "$(mpi_run $m)"; add "mpirtt-$m" "$rtt"; add "mpia2a-$m" "$a2a"; done
+    fi
 done
-for n in $A $B; do ip -n $n link set eth0 mtu 9000; done
-start_engines
-for r in $(seq "$rounds"); do
-    for m in kernel xsock; do add "iperf9000-$m" "$(iperf_gbps $m)"; done
-done
+if want iperf; then
+    for n in $A $B; do ip -n $n link set eth0 mtu 9000; done
+    start_engines
+    for r in $(seq "$rounds"); do
+        for m in kernel xsock; do add "iperf9000-$m" "$(iperf_gbps $m)"; done
+    done
+fi
 med() { tr ' ' '\n' <<< "$1" | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo
 echo "engines: --poll $poll; $rounds rounds, interleaved; medians"
@@ -99,6 +106,7 @@ echo "| measurement | kernel TCP | xsock preload | ratio |"
 echo "|---|---|---|---|"
 for k in sockperf:"sockperf ping-pong p50, one way (us)" iperf1500:"iperf3 MTU 1500 (Gbit/s)" iperf9000:"iperf3 MTU 9000 (Gbit/s)" mpirtt:"MPI 64 B ping-pong RTT (us)" mpia2a:"MPI all-to-all, 2 ranks, 256 KiB each way (ms)"; do
     key=${k%%:*}; label=${k#*:}
+    [ -n "${results[$key-kernel]:-}" ] || continue
     kv=$(med "${results[$key-kernel]}"); xv=$(med "${results[$key-xsock]}")
     echo "| $label | $kv | $xv | $(python3 -c "print('%.2fx' % ($xv/$kv))") |"
 done

@@ -19,14 +19,12 @@ use clap::Args;
 use serde::Serialize;
 use std::collections::HashMap;
 
-use xsock::{
-    ConnectOptions, Driving, Error, Events, Interest, ListenOptions, Listener, Mode, Poller, Runtime, Stream, Token,
-};
+use xsock::{ConnectOptions, Driving, Error, Events, Interest, Mode, Poller, Runtime, Stream, Token};
 
 use crate::{
     args::{Poll, RuntimeArgs, parse_duration},
     fail::Fail,
-    overlay::{Dest, JoinArgs},
+    overlay::{Accepting, Dest, JoinArgs},
 };
 use xsock::overlay::Node;
 
@@ -123,46 +121,16 @@ struct Incoming {
     first: Option<Instant>,
 }
 
-/// Plain or overlay listener.
-enum Accepting {
-    Plain(Listener),
-    Overlay(xsock::overlay::NodeListener),
-}
-
-impl Accepting {
-    fn try_accept(&self) -> Result<Stream, Error> {
-        match self {
-            Accepting::Plain(l) => l.try_accept(),
-            Accepting::Overlay(l) => l.try_accept().map(|(s, _)| s),
-        }
-    }
-
-    /// The address listened on (plain listeners: with the port the kernel
-    /// chose for port 0).
-    fn local_addr(&self) -> Option<SocketAddrV4> {
-        match self {
-            Accepting::Plain(l) => Some(l.local_addr()),
-            Accepting::Overlay(_) => None,
-        }
-    }
-}
-
 fn serve(rt: &Runtime, addr: SocketAddrV4, transport: xsock::Transport, node: Option<Node>) -> Result<(), Fail> {
-    let l = match node {
-        Some(n) => {
-            log::info!("bw receiver on the overlay as {}:{}", n.name(), addr.port());
-            Accepting::Overlay(n.listen(addr.port())?)
-        }
-        None => Accepting::Plain(Listener::bind_with(rt, addr, ListenOptions { transport, mode: Mode::Stream })?),
-    };
-    log::info!("bw receiver on {}", l.local_addr().unwrap_or(addr));
+    let l = Accepting::bind(rt, addr, transport, node.as_ref())?;
+    log::info!("bw receiver on {l}");
     let mut buf = vec![0u8; 1 << 20];
     let expect = pattern(buf.len());
     // One poller for the listener and every stream: kernel sockets and
     // xsock streams wake it alike, whether the loop busy-polls or sleeps.
     let mut poller = Poller::new(rt)?;
     const LISTENER: Token = Token(usize::MAX);
-    if let Accepting::Plain(pl) = &l {
+    if let Some(pl) = l.plain() {
         poller.register_listener(pl, LISTENER)?;
     }
     let mut conns: HashMap<usize, Incoming> = HashMap::new();
@@ -170,7 +138,7 @@ fn serve(rt: &Runtime, addr: SocketAddrV4, transport: xsock::Transport, node: Op
     let mut events = Events::with_capacity(1024);
     loop {
         // An overlay listener has no poller registration: look every 10 ms.
-        let wait = if matches!(l, Accepting::Overlay(_)) { Some(Duration::from_millis(10)) } else { None };
+        let wait = if l.plain().is_none() { Some(Duration::from_millis(10)) } else { None };
         poller.poll(&mut events, wait)?;
         loop {
             match l.try_accept() {

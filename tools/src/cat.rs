@@ -1,7 +1,9 @@
 //! `xsock cat`: netcat over the socket API. Plain bytes, no framing, so with
 //! the kernel transport any TCP program can be the other end. Standard input
 //! goes to the peer (a half-close follows its end); what the peer sends goes
-//! to standard output. Exits when both directions are done.
+//! to standard output. Exits when both directions are done. With
+//! `--boot/--name/--key-file` it joins the overlay, and `--connect NAME:PORT`
+//! reaches a node in another LAN through the relays.
 
 use std::{
     io::{Read, Write},
@@ -10,11 +12,12 @@ use std::{
 };
 
 use clap::Args;
-use xsock::{ConnectOptions, Driving, Error, ListenOptions, Listener, Mode, Stream};
+use xsock::{ConnectOptions, Driving, Error, Mode};
 
 use crate::{
     args::{Poll, RuntimeArgs},
     fail::Fail,
+    overlay::{Accepting, Dest, JoinArgs},
 };
 
 /// Flags of `xsock cat`.
@@ -25,9 +28,12 @@ pub struct Cat {
     /// Accept one connection on this address (like `nc -l`).
     #[arg(long, conflicts_with = "connect")]
     listen: Option<SocketAddrV4>,
-    /// Connect to this address (like `nc`).
+    /// Connect to this address (like `nc`), or to NAME:PORT on the overlay
+    /// (with --boot).
     #[arg(long, required_unless_present = "listen")]
-    connect: Option<SocketAddrV4>,
+    connect: Option<String>,
+    #[command(flatten)]
+    join: JoinArgs,
 }
 
 impl Cat {
@@ -36,20 +42,20 @@ impl Cat {
         let rt = self.rt.build(Driving::Thread, Poll::Adaptive.into())?;
         let opts =
             ConnectOptions { transport: self.rt.transport(), mode: Mode::Stream, timeout: Duration::from_secs(10) };
-        let stream = match (self.listen, self.connect) {
+        let node = if self.join.wanted() { Some(self.join.join(&rt)?) } else { None };
+        let stream = match (self.listen, self.connect.as_deref()) {
             (Some(addr), _) => {
-                let l = Listener::bind_with(
-                    &rt,
-                    addr,
-                    ListenOptions { transport: self.rt.transport(), mode: Mode::Stream },
-                )?;
-                log::info!("cat listening on {}", l.local_addr());
+                let l = Accepting::bind(&rt, addr, self.rt.transport(), node.as_ref())?;
+                log::info!("cat listening on {l}");
                 l.accept()?
             }
-            (None, Some(addr)) => Stream::connect_with(&rt, addr, opts).map_err(|e| match e {
-                Error::ConnectionRefused(_) => Fail::msg(format!("{e}")),
-                e => Fail::from(e),
-            })?,
+            (None, Some(to)) => {
+                let dest = Dest::parse(to, node.is_some())?;
+                dest.connect(&rt, node.as_ref(), opts).map_err(|e| match e {
+                    Error::ConnectionRefused(_) => Fail::msg(format!("{e}")),
+                    e => Fail::from(e),
+                })?
+            }
             (None, None) => unreachable!("clap requires one"),
         };
         log::info!("connected to {} over {:?}", stream.peer_addr(), stream.path());

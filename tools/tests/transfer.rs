@@ -84,7 +84,7 @@ fn a_file_arrives_intact_over_parallel_streams_and_an_interrupted_one_resumes() 
     let want = sha(&a, &src);
 
     // Whole, over 4 streams, odd chunk size so the last chunk is short.
-    let r = json(&send(&a, &src, 7701, &["--streams", "4", "--chunk", "3MiB", "--name", "whole.bin"]));
+    let r = json(&send(&a, &src, 7701, &["--streams", "4", "--chunk", "3MiB", "--save-as", "whole.bin"]));
     assert_eq!(r["resumed_chunks"], 0);
     assert_eq!(r["sha256"], want.as_str());
     assert_eq!(sha(&b, &dir.join("rx/whole.bin")), want, "sha256sum of the received file");
@@ -120,7 +120,7 @@ fn a_file_arrives_intact_over_parallel_streams_and_an_interrupted_one_resumes() 
     assert_eq!(names, ["src.bin", "whole.bin"]);
 
     // Sending a name that exists is refused, clearly, and changes nothing.
-    let o = send(&a, &src, 7701, &["--name", "whole.bin"]);
+    let o = send(&a, &src, 7701, &["--save-as", "whole.bin"]);
     assert!(!o.status.success());
     assert!(last_line(&o).contains("already exists") && last_line(&o).contains("--overwrite"), "{}", last_line(&o));
     let _ = bed.finish(pid);

@@ -12,7 +12,10 @@ use std::{
 };
 
 use clap::Args;
-use xsock::overlay::{Key, Node, OverlayConfig, load_key};
+use xsock::{
+    Error, ListenOptions, Listener, Mode, Runtime, Stream,
+    overlay::{Key, Node, NodeListener, OverlayConfig, load_key},
+};
 
 use crate::fail::Fail;
 
@@ -53,6 +56,65 @@ pub fn key_from(path: Option<&Path>) -> Result<Key, Fail> {
         Fail::msg("--key-file F is needed: every node of the overlay must hold the cluster key (make one with `head -c 32 /dev/urandom | base64 > F`)")
     })?;
     Ok(load_key(path)?)
+}
+
+/// What `--listen` opens: a listener on the address, or (joined to the
+/// overlay) on its port of this node, which relays forward to.
+pub enum Accepting {
+    /// `--listen IP:PORT`.
+    Plain(Listener),
+    /// `--listen IP:PORT --boot ...`: the port, on the overlay.
+    Overlay(NodeListener),
+}
+
+impl Accepting {
+    /// Listens on `addr` with `transport`, or on its port of `node`.
+    pub fn bind(
+        rt: &Runtime,
+        addr: SocketAddrV4,
+        transport: xsock::Transport,
+        node: Option<&Node>,
+    ) -> Result<Accepting, Error> {
+        Ok(match node {
+            Some(n) => Accepting::Overlay(n.listen(addr.port())?),
+            None => Accepting::Plain(Listener::bind_with(rt, addr, ListenOptions { transport, mode: Mode::Stream })?),
+        })
+    }
+
+    /// The next connection (waits for it).
+    pub fn accept(&self) -> Result<Stream, Error> {
+        match self {
+            Accepting::Plain(l) => l.accept(),
+            Accepting::Overlay(l) => l.accept().map(|(s, _)| s),
+        }
+    }
+
+    /// A connection if one waits ([`Error::WouldBlock`] if not).
+    pub fn try_accept(&self) -> Result<Stream, Error> {
+        match self {
+            Accepting::Plain(l) => l.try_accept(),
+            Accepting::Overlay(l) => l.try_accept().map(|(s, _)| s),
+        }
+    }
+
+    /// The plain listener, for a poller to watch (an overlay listener has
+    /// no registration: look at it now and then).
+    pub fn plain(&self) -> Option<&Listener> {
+        match self {
+            Accepting::Plain(l) => Some(l),
+            Accepting::Overlay(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Accepting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // With the port the kernel chose for port 0.
+            Accepting::Plain(l) => write!(f, "{}", l.local_addr()),
+            Accepting::Overlay(l) => write!(f, "the overlay as {}:{} ({})", l.node().name(), l.port(), l.node().id()),
+        }
+    }
 }
 
 /// Where `--connect` points: an address, or a node of the overlay.

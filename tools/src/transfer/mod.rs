@@ -11,12 +11,14 @@ pub mod wire;
 use crate::args::{RuntimeArgs, TransportArg};
 
 /// Transfers default to the TCP mode where an interface is given (paced
-/// parallel streams are what they are for), else to kernel TCP.
-fn default_transport(rt: &RuntimeArgs) -> RuntimeArgs {
+/// parallel streams are what they are for), else to kernel TCP; on the
+/// overlay (`overlay`), to what the overlay picks (reliable-link to the
+/// relays, whatever inside the LAN).
+fn default_transport(rt: &RuntimeArgs, overlay: bool) -> RuntimeArgs {
     let mut rt = rt.clone();
     // Bulk: the receiver pauses to hash and write; keep every buffer posted.
     rt.deep_fill = true;
-    if rt.transport.is_none() {
+    if rt.transport.is_none() && !overlay {
         rt.transport = Some(if rt.iface.is_some() { TransportArg::Tcp } else { TransportArg::Kernel });
     }
     rt

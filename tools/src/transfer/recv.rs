@@ -19,7 +19,7 @@ use std::{
 
 use clap::Args;
 use sha2::{Digest, Sha256};
-use xsock::{Driving, Error, ListenOptions, Listener, Mode, Stream};
+use xsock::{Driving, Error, Stream};
 use xsock_nic::filemap::{self, ReadMap, WriteMap};
 
 use super::{
@@ -32,6 +32,7 @@ use super::{
 use crate::{
     args::{Poll, RuntimeArgs},
     fail::Fail,
+    overlay::{Accepting, JoinArgs},
 };
 
 /// Flags of `xsock recv`.
@@ -39,9 +40,12 @@ use crate::{
 pub struct Recv {
     #[command(flatten)]
     rt: RuntimeArgs,
-    /// Address to receive on (the interface's IPv4 address).
+    /// Address to receive on (the interface's IPv4 address; on the overlay,
+    /// with --boot, senders name this node and the port).
     #[arg(long)]
     listen: SocketAddrV4,
+    #[command(flatten)]
+    join: JoinArgs,
     /// Directory the files go to.
     #[arg(value_name = "DIR")]
     dir: PathBuf,
@@ -121,15 +125,12 @@ impl Recv {
         if !meta.is_dir() {
             return Err(Fail::msg(format!("{} is not a directory", self.dir.display())));
         }
-        let rt_args = default_transport(&self.rt);
+        let rt_args = default_transport(&self.rt, self.join.wanted());
         let rt = rt_args.build(Driving::Inline, self.poll.into())?;
-        let l = Listener::bind_with(
-            &rt,
-            self.listen,
-            ListenOptions { transport: rt_args.transport(), mode: Mode::Stream },
-        )?;
+        let node = if self.join.wanted() { Some(self.join.join(&rt)?) } else { None };
+        let l = Accepting::bind(&rt, self.listen, rt_args.transport(), node.as_ref())?;
         xsock_nic::sys::catch_interrupts()?;
-        log::info!("receiving files into {} on {}", self.dir.display(), l.local_addr());
+        log::info!("receiving files into {} on {l}", self.dir.display());
         let mut conns: Vec<Conn> = Vec::new();
         let mut transfers: HashMap<u64, Transfer> = HashMap::new();
         let mut buf = vec![0u8; 64 << 10];

@@ -4,12 +4,13 @@
 //! streams carry more; each chunk travels with its SHA-256, and the whole
 //! file's SHA-256 is compared with the receiver's at the end. Chunks the
 //! receiver already holds (an earlier, interrupted run) are not sent again.
+//! With `--boot/--name/--key-file` the sender joins the overlay and
+//! `--connect NAME:PORT` is a receiver in another LAN, through the relays.
 
 use std::{
     collections::VecDeque,
     fs::File,
     io::{IsTerminal, Write},
-    net::SocketAddrV4,
     path::PathBuf,
     time::{Duration, Instant, UNIX_EPOCH},
 };
@@ -29,6 +30,7 @@ use super::{
 use crate::{
     args::{Poll, RuntimeArgs},
     fail::Fail,
+    overlay::{Dest, JoinArgs},
     wanemu::parse_bytes,
 };
 
@@ -37,9 +39,12 @@ use crate::{
 pub struct Send {
     #[command(flatten)]
     rt: RuntimeArgs,
-    /// The receiver (`xsock recv --listen` there).
+    /// The receiver (`xsock recv --listen` there): IP:PORT, or NAME:PORT on
+    /// the overlay (with --boot).
     #[arg(long)]
-    connect: SocketAddrV4,
+    connect: String,
+    #[command(flatten)]
+    join: JoinArgs,
     /// The file to send.
     #[arg(value_name = "FILE")]
     file: PathBuf,
@@ -51,7 +56,7 @@ pub struct Send {
     chunk: u64,
     /// Name on the receiver (default: the file's own name).
     #[arg(long)]
-    name: Option<String>,
+    save_as: Option<String>,
     /// Busy-poll, or sleep (default) while waiting.
     #[arg(long, value_enum, default_value = "sleep")]
     poll: Poll,
@@ -97,12 +102,12 @@ impl Send {
         if !meta.is_file() {
             return Err(Fail::msg(format!("{} is not a regular file", path.display())));
         }
-        let name = match &self.name {
+        let name = match &self.save_as {
             Some(n) => n.clone(),
             None => path.file_name().and_then(|n| n.to_str()).map(str::to_owned).unwrap_or_default(),
         };
         if !wire::valid_name(&name) {
-            return Err(Fail::msg(format!("{name:?} is not a plain file name; give one with --name")));
+            return Err(Fail::msg(format!("{name:?} is not a plain file name; give one with --save-as")));
         }
         let chunk_size = u32::try_from(self.chunk)
             .ok()
@@ -121,17 +126,24 @@ impl Send {
         id.update(mtime.as_nanos().to_le_bytes());
         let file_id = u64::from_le_bytes(id.finalize()[..8].try_into().expect("8"));
 
-        let rt_args = default_transport(&self.rt);
+        let rt_args = default_transport(&self.rt, self.join.wanted());
         let rt = rt_args.build(Driving::Inline, self.poll.into())?;
+        let node = if self.join.wanted() { Some(self.join.join(&rt)?) } else { None };
+        let addr = Dest::parse(&self.connect, node.is_some())?;
         let opts =
             ConnectOptions { transport: rt_args.transport(), mode: Mode::Stream, timeout: Duration::from_secs(10) };
-        let addr = self.connect;
         let mut lanes = Vec::new();
         for _ in 0..self.streams {
-            let s = Stream::connect_with(&rt, addr, opts).map_err(|e| match e {
-                Error::ConnectionRefused(_) => Fail::msg(format!(
-                    "connection refused by {addr}: nothing receives there; start `xsock recv --listen {addr} DIR` on the peer first"
-                )),
+            let s = addr.connect(&rt, node.as_ref(), opts).map_err(|e| match e {
+                Error::ConnectionRefused(_) => {
+                    let start = match &addr {
+                        Dest::Addr(a) => format!("xsock recv --listen {a} DIR"),
+                        Dest::Node(n, p) => format!("xsock recv --listen ITS-IP:{p} DIR --boot ... --name {n}"),
+                    };
+                    Fail::msg(format!(
+                        "connection refused by {addr}: nothing receives there; start `{start}` on the peer first"
+                    ))
+                }
                 e => Fail::from(e),
             })?;
             lanes.push(Lane { s, out: Vec::new(), data: None });

@@ -83,11 +83,12 @@ impl Node {
     /// tell the server which LAN we are in.
     pub fn join(rt: &Runtime, cfg: OverlayConfig) -> Result<Node, Error> {
         let Some(&(lan_ip, prefix)) = rt.local_subnets().first() else {
-            return Err(Error::Overlay(
-                "the runtime drives no interface with an IPv4 address: build it with .interface(\"eth0\") on the LAN \
-                 the relays serve"
-                    .into(),
-            ));
+            return Err(Error::Overlay(match rt.link_status() {
+                crate::LinkStatus::KernelOnly { reason } => {
+                    format!("the overlay needs the LAN interface the relays serve, and this runtime has none: {reason}")
+                }
+                _ => "the runtime's interface has no IPv4 address: give it the LAN address the relays serve".into(),
+            }));
         };
         let deadline = Instant::now() + cfg.timeout;
         let mut boot = TcpStream::connect_timeout(&cfg.boot.into(), cfg.timeout).map_err(|e| {

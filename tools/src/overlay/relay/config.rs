@@ -1,104 +1,193 @@
 //! Flags and the `--config` file merged into [`Settings`].
+//!
+//! A key of the file is a long flag without its dashes, and its value is
+//! parsed by the flag's own parser (each line is handed to clap as
+//! `--key value`), so every flag is a key, parses the same way and fails
+//! with the same reason; nothing here lists the flags a second time.
 
-use std::{collections::HashMap, path::PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Command, FromArgMatches};
 
 use super::{Relay, Settings};
 use crate::fail::Fail;
 
-const KEYS: &[&str] = &[
-    "boot",
-    "key-file",
-    "name",
-    "lan-iface",
-    "wan-listen",
-    "wan-advertise",
-    "serve-port",
-    "status-file",
-    "status-interval",
-    "window",
-];
+/// The relay's flags as clap knows them (no binary name: the argument list
+/// is built from the file).
+fn command() -> Command {
+    Relay::augment_args(Command::new("relay").no_binary_name(true))
+}
 
-/// Parses `key = value` lines (`#` starts a comment); an unknown key or a
-/// line without `=` is an error naming the line and the valid keys.
-pub fn parse(text: &str, file: &str) -> Result<HashMap<String, String>, Fail> {
-    let mut out = HashMap::new();
+/// Every key a config file may hold: the long flags but `config` itself.
+pub fn keys() -> Vec<String> {
+    command().get_arguments().filter_map(|a| a.get_long()).filter(|l| *l != "config").map(str::to_owned).collect()
+}
+
+/// Parses `key = value` lines (`#` starts a comment, `_` may stand for
+/// `-`) into the relay's flags. An unknown key, a line without `=`, a key
+/// given twice or a value the flag refuses is an error naming the file,
+/// the line and what to write instead.
+pub fn parse(text: &str, file: &str) -> Result<Relay, Fail> {
+    let keys = keys();
+    let mut argv: Vec<String> = Vec::new();
     for (i, line) in text.lines().enumerate() {
+        let at = format!("{file}:{}", i + 1);
         let line = line.split('#').next().unwrap_or("").trim();
         if line.is_empty() {
             continue;
         }
         let Some((k, v)) = line.split_once('=') else {
-            return Err(Fail::msg(format!("{file}:{}: expected `key = value`, found {line:?}", i + 1)));
+            return Err(Fail::msg(format!("{at}: expected `key = value`, found {line:?}")));
         };
         let k = k.trim().replace('_', "-");
-        if !KEYS.contains(&k.as_str()) {
-            return Err(Fail::msg(format!("{file}:{}: unknown key {k:?} (valid: {})", i + 1, KEYS.join(", "))));
+        if !keys.contains(&k) {
+            return Err(Fail::msg(format!("{at}: unknown key {k:?} (valid: {})", keys.join(", "))));
         }
-        out.insert(k, v.trim().trim_matches('"').to_owned());
+        let flag = format!("--{k}");
+        if argv.contains(&flag) {
+            return Err(Fail::msg(format!("{at}: {k} is set a second time in the file")));
+        }
+        let v = v.trim().trim_matches('"').to_owned();
+        // The flag's own parser judges the value, one line at a time so the
+        // error can name the line.
+        if let Err(e) = command().try_get_matches_from([flag.clone(), v.clone()]) {
+            let why = e.render().to_string();
+            let why = why.lines().next().unwrap_or("").trim_start_matches("error: ");
+            return Err(Fail::msg(format!("{at}: {k} = {v:?}: {why}")));
+        }
+        argv.extend([flag, v]);
     }
-    Ok(out)
+    let m = command().try_get_matches_from(argv).map_err(|e| Fail::msg(format!("{file}: {}", e.render())))?;
+    Relay::from_arg_matches(&m).map_err(|e| Fail::msg(format!("{file}: {}", e.render())))
 }
 
-fn value<T: std::str::FromStr>(file: &HashMap<String, String>, key: &str, flag: Option<T>) -> Result<Option<T>, Fail> {
-    if flag.is_some() {
-        return Ok(flag);
-    }
-    match file.get(key) {
-        None => Ok(None),
-        Some(v) => v.parse().map(Some).map_err(|_| Fail::msg(format!("config key {key}: {v:?} is not a valid value"))),
+/// The flags given, each filled from `file` where the flag was not given.
+fn merge(flags: &Relay, file: Relay) -> Relay {
+    let f = flags.clone();
+    Relay {
+        config: f.config,
+        boot: f.boot.or(file.boot),
+        key_file: f.key_file.or(file.key_file),
+        name: f.name.or(file.name),
+        lan_iface: f.lan_iface.or(file.lan_iface),
+        wan_listen: f.wan_listen.or(file.wan_listen),
+        wan_advertise: f.wan_advertise.or(file.wan_advertise),
+        serve_port: f.serve_port.or(file.serve_port),
+        status_file: f.status_file.or(file.status_file),
+        lan_buffer: f.lan_buffer.or(file.lan_buffer),
+        status_interval: f.status_interval.or(file.status_interval),
+        window: f.window.or(file.window),
+        spin: f.spin.or(file.spin),
     }
 }
 
-/// The relay's settings.
+/// The relay's settings: flags over the config file over defaults.
 pub fn settings(r: &Relay) -> Result<Settings, Fail> {
-    let file = match &r.config {
+    let r = match &r.config {
         Some(p) => {
             let text =
                 std::fs::read_to_string(p).map_err(|e| Fail::msg(format!("cannot read {}: {e}", p.display())))?;
-            parse(&text, &p.display().to_string())?
+            merge(r, parse(&text, &p.display().to_string())?)
         }
-        None => HashMap::new(),
+        None => r.clone(),
     };
     let need = |what: &str| Fail::msg(format!("--{what} is needed (as a flag or `{what} = ...` in --config)"));
     Ok(Settings {
-        boot: value(&file, "boot", r.boot)?.ok_or_else(|| need("boot"))?,
-        key_file: value::<PathBuf>(&file, "key-file", r.key_file.clone())?.ok_or_else(|| need("key-file"))?,
-        name: value(&file, "name", r.name.clone())?.ok_or_else(|| need("name"))?,
-        lan_iface: value(&file, "lan-iface", r.lan_iface.clone())?.ok_or_else(|| need("lan-iface"))?,
-        wan_listen: value(&file, "wan-listen", r.wan_listen)?,
-        wan_advertise: value(&file, "wan-advertise", r.wan_advertise)?,
-        serve_port: value(&file, "serve-port", r.serve_port)?.unwrap_or(7401),
-        status_file: value(&file, "status-file", r.status_file.clone())?,
-        status_interval: match (r.status_interval, file.get("status-interval")) {
-            (Some(d), _) => d,
-            (None, Some(v)) => {
-                crate::args::parse_duration(v).map_err(|e| Fail::msg(format!("config key status-interval: {e}")))?
-            }
-            (None, None) => std::time::Duration::from_millis(500),
-        },
-        lan_buffer: value(&file, "lan-buffer", r.lan_buffer)?.unwrap_or(256 << 10),
-        window: value(&file, "window", r.window)?.unwrap_or(1 << 20),
-        spin: match (r.spin, file.get("spin")) {
-            (Some(d), _) => d,
-            (None, Some(v)) => {
-                crate::args::parse_duration(v).map_err(|e| Fail::msg(format!("config key spin: {e}")))?
-            }
-            (None, None) => std::time::Duration::ZERO,
-        },
+        boot: r.boot.ok_or_else(|| need("boot"))?,
+        key_file: r.key_file.ok_or_else(|| need("key-file"))?,
+        name: r.name.ok_or_else(|| need("name"))?,
+        lan_iface: r.lan_iface.ok_or_else(|| need("lan-iface"))?,
+        wan_listen: r.wan_listen,
+        wan_advertise: r.wan_advertise,
+        serve_port: r.serve_port.unwrap_or(7401),
+        status_file: r.status_file,
+        status_interval: r.status_interval.unwrap_or(Duration::from_millis(500)),
+        lan_buffer: usize::try_from(r.lan_buffer.unwrap_or(256 << 10))
+            .map_err(|_| Fail::msg("--lan-buffer is larger than this machine's memory"))?,
+        window: u32::try_from(r.window.unwrap_or(1 << 20))
+            .map_err(|_| Fail::msg("--window must be below 4GiB (a virtual connection's credit is 32 bits)"))?,
+        spin: r.spin.unwrap_or(Duration::ZERO),
     })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
+
+    fn flags(argv: &[&str]) -> Relay {
+        Relay::from_arg_matches(&command().try_get_matches_from(argv).unwrap()).unwrap()
+    }
 
     #[test]
     fn parses_keys_and_refuses_typos_with_the_valid_list() {
-        let m = parse("# relay a\nboot = 10.0.0.1:7400\nlan_iface = eth0 # the LAN\n", "r.conf").unwrap();
-        assert_eq!(m["boot"], "10.0.0.1:7400");
-        assert_eq!(m["lan-iface"], "eth0");
+        let r = parse("# relay a\nboot = 10.0.0.1:7400\nlan_iface = eth0 # the LAN\n", "r.conf").unwrap();
+        assert_eq!(r.boot, Some("10.0.0.1:7400".parse().unwrap()));
+        assert_eq!(r.lan_iface.as_deref(), Some("eth0"));
         let e = parse("bot = 1.2.3.4:5\n", "r.conf").unwrap_err().to_string();
         assert!(e.contains("r.conf:1") && e.contains("unknown key \"bot\"") && e.contains("valid: boot"), "{e}");
         assert!(parse("just words\n", "r.conf").is_err());
+        let e = parse("name = a\nname = b\n", "r.conf").unwrap_err().to_string();
+        assert!(e.contains("r.conf:2") && e.contains("second time"), "{e}");
+        assert!(parse("config = other.conf\n", "r.conf").is_err(), "a config file names no other");
+    }
+
+    /// Every flag of `xsock relay` (but --config) is a key of the file,
+    /// parsed as the flag is: a value for each, different from its
+    /// default, comes out in the settings. A new flag fails this test
+    /// until it has a line here.
+    #[test]
+    fn every_flag_parses_from_the_file() {
+        let lines = [
+            ("boot", "10.0.0.1:7400"),
+            ("key-file", "/etc/xsock/cluster.key"),
+            ("name", "site-a"),
+            ("lan-iface", "eth1"),
+            ("wan-listen", "198.18.0.5:7402"),
+            ("wan-advertise", "203.0.113.7:17402"),
+            ("serve-port", "7411"),
+            ("status-file", "/run/xsock-relay.json"),
+            ("lan-buffer", "128KiB"),
+            ("status-interval", "2s"),
+            ("window", "4194304"),
+            ("spin", "1ms"),
+        ];
+        let mut covered: Vec<&str> = lines.iter().map(|(k, _)| *k).collect();
+        covered.sort_unstable();
+        let mut all = keys();
+        all.sort_unstable();
+        assert_eq!(covered, all, "every relay flag needs a line in this test");
+        let text: String = lines.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+        let s = settings(&merge(&flags(&[]), parse(&text, "all.conf").unwrap())).unwrap();
+        assert_eq!(s.boot, "10.0.0.1:7400".parse().unwrap());
+        assert_eq!(s.key_file, PathBuf::from("/etc/xsock/cluster.key"));
+        assert_eq!(s.name, "site-a");
+        assert_eq!(s.lan_iface, "eth1");
+        assert_eq!(s.wan_listen, Some("198.18.0.5:7402".parse().unwrap()));
+        assert_eq!(s.wan_advertise, Some("203.0.113.7:17402".parse().unwrap()));
+        assert_eq!(s.serve_port, 7411);
+        assert_eq!(s.status_file, Some(PathBuf::from("/run/xsock-relay.json")));
+        assert_eq!(s.lan_buffer, 131072);
+        assert_eq!(s.status_interval, Duration::from_secs(2));
+        assert_eq!(s.window, 4 << 20);
+        assert_eq!(s.spin, Duration::from_millis(1));
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_bad_values_name_the_line() {
+        let file = parse("name = from-file\nspin = 1ms\nwindow = 65536\n", "r.conf").unwrap();
+        let r = merge(
+            &flags(&["--name", "from-flag", "--boot", "10.0.0.1:1", "--key-file", "k", "--lan-iface", "e"]),
+            file,
+        );
+        let s = settings(&r).unwrap();
+        assert_eq!((s.name.as_str(), s.spin, s.window), ("from-flag", Duration::from_millis(1), 65536));
+        let e = parse("boot = 10.0.0.1\n", "r.conf").unwrap_err().to_string();
+        assert!(e.contains("r.conf:1") && e.contains("boot = \"10.0.0.1\""), "{e}");
+        let e = parse("\nspin = fast\n", "r.conf").unwrap_err().to_string();
+        assert!(e.contains("r.conf:2") && e.contains("spin"), "{e}");
+        let e = settings(&flags(&["--name", "x"])).unwrap_err().to_string();
+        assert!(e.contains("--boot is needed"), "{e}");
     }
 }

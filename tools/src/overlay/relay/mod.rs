@@ -31,12 +31,11 @@ use super::key_from;
 use crate::fail::Fail;
 
 /// `xsock relay`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct Relay {
-    /// A config file of `key = value` lines (keys as the long flags without
-    /// dashes: boot, key-file, name, lan-iface, wan-listen, wan-advertise,
-    /// serve-port, status-file, status-interval, lan-buffer, window, spin); flags
-    /// override it.
+    /// A config file of `key = value` lines: every flag but this one, named
+    /// without its dashes (`lan-iface = eth0`, `spin = 1ms`), values as the
+    /// flag takes them; flags given on the command line win.
     #[arg(long)]
     config: Option<PathBuf>,
     /// The bootstrap server.
@@ -66,15 +65,17 @@ pub struct Relay {
     /// (the status endpoint: `cat` it, or `jq`).
     #[arg(long)]
     status_file: Option<PathBuf>,
-    /// Send and receive buffer of each endpoint stream, bytes.
-    #[arg(long)]
-    lan_buffer: Option<usize>,
+    /// Send and receive buffer of each endpoint stream (bytes; 256KiB,
+    /// 1MiB also do).
+    #[arg(long, value_parser = crate::wanemu::parse_bytes)]
+    lan_buffer: Option<u64>,
     /// How often the status file is rewritten (e.g. 500ms).
     #[arg(long, value_parser = crate::args::parse_duration)]
     status_interval: Option<Duration>,
-    /// End-to-end credit window per virtual connection, bytes.
-    #[arg(long)]
-    window: Option<u32>,
+    /// End-to-end credit window per virtual connection (bytes; 4MiB also
+    /// does; at most 4GiB - 1).
+    #[arg(long, value_parser = crate::wanemu::parse_bytes)]
+    window: Option<u64>,
     /// Poll after work for this long before sleeping (0: sleep at once,
     /// kind to a machine with few cores; more: lower latency when the relay
     /// has a core to itself).
