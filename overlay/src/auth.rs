@@ -45,6 +45,11 @@ impl Key {
         Ok(Key(s.to_vec()))
     }
 
+    /// The key's bytes (for deriving other keys from it).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     /// HMAC-SHA256 (RFC 2104) of `parts` concatenated.
     pub fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
         const BLOCK: usize = 64;
@@ -88,6 +93,10 @@ pub enum AuthError {
     Unexpected(&'static str),
     /// Unparseable bytes.
     Parse(ParseError),
+    /// The peer speaks the plaintext handshake of an older release.
+    OldProtocol,
+    /// The Noise handshake failed (its reason).
+    Noise(String),
 }
 
 impl std::fmt::Display for AuthError {
@@ -105,6 +114,11 @@ impl std::fmt::Display for AuthError {
                 write!(f, "unexpected message during the handshake (wanted {what}): not an xsock overlay peer?")
             }
             AuthError::Parse(e) => write!(f, "{e}"),
+            AuthError::OldProtocol => write!(
+                f,
+                "the peer does not speak the encrypted overlay protocol (an older xsock, or not xsock): upgrade it"
+            ),
+            AuthError::Noise(e) => write!(f, "the encrypted handshake failed: {e}"),
         }
     }
 }

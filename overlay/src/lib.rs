@@ -9,7 +9,9 @@
 //! - [`wire`]: the length-prefixed message format of every overlay
 //!   connection (bootstrap sessions, relay links, the preamble of a LAN
 //!   connection);
-//! - [`auth`]: mutual challenge-response over a cluster key;
+//! - [`auth`]: mutual challenge-response over a cluster key (inside a LAN);
+//! - [`secure`]: Noise sessions (the cluster key as psk) for everything
+//!   that crosses a LAN boundary;
 //! - [`registry`]: the bootstrap server's directory (names, ranks, sites);
 //! - [`lsdb`] and [`route`]: link-state advertisements with sequence
 //!   numbers and ageing, routing behind the [`route::Routing`] trait
@@ -30,6 +32,7 @@ pub mod lsdb;
 pub mod registry;
 pub mod relay;
 pub mod route;
+pub mod secure;
 pub mod wire;
 
 pub use id::{NodeId, SiteId};

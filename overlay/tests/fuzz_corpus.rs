@@ -1,5 +1,6 @@
-//! Replays the committed fuzz corpus of the overlay frame parser on stable
-//! Rust, so every test run checks the inputs the fuzzer found.
+//! Replays the committed fuzz corpora of the overlay frame parser and of
+//! the encrypted sessions on stable Rust, so every test run checks the
+//! inputs the fuzzer found.
 
 use xsock_overlay::wire::Msg;
 
@@ -19,4 +20,15 @@ fn every_overlay_frame_corpus_input_parses_or_fails_cleanly() {
     }
     assert!(n > 10, "the corpus has {n} inputs");
     assert!(parsed > 5, "only {parsed} corpus inputs parse: the corpus lost its valid frames");
+}
+
+#[test]
+fn every_secure_session_corpus_input_is_survived() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/secure_session");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).expect("fuzz/corpus/secure_session is committed") {
+        xsock_overlay::secure::hostile_bytes(&std::fs::read(entry.unwrap().path()).unwrap());
+        n += 1;
+    }
+    assert!(n > 10, "the corpus has {n} inputs");
 }

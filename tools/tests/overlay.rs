@@ -223,12 +223,23 @@ fn a_node_with_a_wrong_key_is_refused() {
     let key = xsock::overlay::load_key(&wrong).unwrap();
     let r = sp1.hosts[0]
         .run(move || {
-            let mut s = std::net::TcpStream::connect(&wan).unwrap();
+            let s = std::net::TcpStream::connect(&wan).unwrap();
             let deadline = Instant::now() + Duration::from_secs(3);
-            xsock::overlay::authenticate(&mut s, &key, xsock::overlay::Role::Relay, "intruder", deadline)
+            xsock::overlay::SecureTcp::connect(s, &key, xsock::overlay::Role::Relay, "intruder", deadline).map(|_| ())
         })
         .unwrap();
     assert!(r.unwrap_err().to_string().contains("another cluster key"));
+    // And one speaking the old plaintext handshake is told to upgrade.
+    let wan = format!("{}:{WAN_PORT}", o.sites.sites[0].relay_ip(0));
+    let key = xsock::overlay::load_key(&o.key).unwrap();
+    let r = sp1.hosts[0]
+        .run(move || {
+            let mut s = std::net::TcpStream::connect(&wan).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(3);
+            xsock::overlay::authenticate(&mut s, &key, xsock::overlay::Role::Relay, "old", deadline)
+        })
+        .unwrap();
+    assert!(r.is_err(), "a plaintext handshake was taken on a WAN port");
     let relay = o.relays.iter().find(|(n, _, _)| n == "hub-x0").unwrap();
     let t = Instant::now();
     while !o.bed.log_tail(relay.2, 20).contains("refused a relay link from") {
@@ -236,6 +247,31 @@ fn a_node_with_a_wrong_key_is_refused() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A packet capture (AF_PACKET) on the interface `argv[1]`, until SIGTERM:
+/// prints {"packets", "bytes", "hits"}, hits = packets holding `argv[2]`.
+const CAPTURE: &str = r#"
+import json, signal, socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(3))
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+s.bind((sys.argv[1], 0))
+s.settimeout(0.1)
+want = sys.argv[2].encode()
+seen = {"packets": 0, "bytes": 0, "hits": 0}
+def stop(*_):
+    print(json.dumps(seen), flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+while True:
+    try:
+        p = s.recv(262144)
+    except socket.timeout:
+        continue
+    seen["packets"] += 1
+    seen["bytes"] += len(p)
+    if want in p:
+        seen["hits"] += 1
+"#;
 
 /// Pseudo-random bytes (xorshift), for files whose damage would show.
 fn noise(len: usize, seed: u64) -> Vec<u8> {
@@ -299,6 +335,22 @@ fn a_file_and_a_byte_stream_cross_between_two_lans_behind_nat() {
     let rate = r["gbit_per_s"].as_f64().unwrap();
     let forwarded: u64 = refs.iter().map(|r| o.status(r)["counters"]["bytes_forwarded"].as_u64().unwrap_or(0)).sum();
     assert!(forwarded >= 2 * (8 << 20), "the file did not go through the relays ({forwarded} bytes forwarded)");
+
+    // Nothing of it crosses the WAN in plaintext: a file of one repeated
+    // line, sent while a capture on nat1's router reads every packet on its
+    // WAN side, and no packet holds the line.
+    let marker = b"xsock-plaintext-marker-0123456789\n";
+    let lined = o.dir.join("lined.bin");
+    std::fs::write(&lined, marker.repeat((4 << 20) / marker.len())).unwrap();
+    let cap = o.bed.spawn(&nat1.router, "python3", &["-c", CAPTURE, "wan0", "xsock-plaintext-marker"]).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    json(send(&lined, "nat1h0", &["--json"]).output().unwrap());
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = o.bed.finish(cap);
+    let seen: serde_json::Value = serde_json::from_str(&o.bed.log_tail(cap, 1)).expect("the capture's report");
+    assert!(seen["bytes"].as_u64().unwrap() >= 2 << 20, "the capture saw too little to judge: {seen}");
+    assert_eq!(seen["hits"], 0, "plaintext on the WAN: {seen}");
+    eprintln!("WAN capture during a 4 MiB send: {seen}");
 
     // Interrupted: a file that takes ~4 s at the rate just seen, the sender
     // killed once the receiver has saved its first resume state, then the

@@ -1,7 +1,8 @@
 //! `xsock boot --listen IP:PORT --key-file F`: the rendezvous point. Nodes
-//! authenticate with the cluster key and register; relays get the
-//! directory pushed on every change; endpoints resolve names and ranks.
-//! One thread per session reads; one thread owns the registry and writes.
+//! open an encrypted session (Noise, the cluster key as psk) and register;
+//! relays get the directory pushed on every change; endpoints resolve
+//! names and ranks. One thread per session reads and opens; one thread
+//! owns the registry and seals and writes.
 
 use std::{
     collections::HashMap,
@@ -13,9 +14,10 @@ use std::{
 
 use clap::Args;
 use crossbeam_channel::{Receiver, Sender, unbounded};
-use xsock::overlay::{Key, Role, authenticate};
+use xsock::overlay::{Key, Role, SecureParts, SecureTcp, session_clock};
 use xsock_overlay::{
     registry::{Registry, SessionId},
+    secure::Sealer,
     wire::{FrameReader, Msg},
 };
 
@@ -34,7 +36,7 @@ pub struct Boot {
 }
 
 enum Event {
-    Joined(SessionId, TcpStream, Ipv4Addr, String),
+    Joined(SessionId, TcpStream, Sealer, Ipv4Addr, String),
     Frame(SessionId, Vec<u8>),
     Closed(SessionId),
 }
@@ -67,44 +69,53 @@ fn accept_loop(listener: TcpListener, key: Key, tx: Sender<Event>) {
     }
 }
 
-fn session_loop(session: SessionId, mut s: TcpStream, key: Key, tx: Sender<Event>) {
+fn session_loop(session: SessionId, s: TcpStream, key: Key, tx: Sender<Event>) {
     let from = match s.peer_addr() {
         Ok(SocketAddr::V4(a)) => a,
         _ => return,
     };
     let _ = s.set_nodelay(true);
-    let peer = match authenticate(&mut s, &key, Role::Boot, "boot", Instant::now() + Duration::from_secs(5)) {
-        Ok(p) => p,
+    let st = match SecureTcp::accept(s, &key, Role::Boot, "boot", Instant::now() + Duration::from_secs(5)) {
+        Ok(st) => st,
         Err(e) => {
             log::warn!("refused {from}: {e}");
             return;
         }
     };
+    let peer = st.peer().clone();
+    log::debug!("{from} ({}) holds key {}", peer.name, st.peer_key());
+    let SecureParts { stream: mut s, sealer, mut opener, plain } = st.into_parts();
     let Ok(writer) = s.try_clone() else { return };
-    if tx.send(Event::Joined(session, writer, *from.ip(), peer.name.clone())).is_err() {
+    if tx.send(Event::Joined(session, writer, sealer, *from.ip(), peer.name.clone())).is_err() {
         return;
     }
     let mut rd = FrameReader::default();
     let mut buf = vec![0u8; 64 * 1024];
+    let mut opened = plain;
     loop {
+        rd.push(&opened);
+        opened.clear();
+        loop {
+            match rd.next_frame() {
+                Ok(Some(f)) => {
+                    if tx.send(Event::Frame(session, f.to_vec())).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    log::warn!("{from} ({}): {e}; closing its session", peer.name);
+                    let _ = tx.send(Event::Closed(session));
+                    return;
+                }
+            }
+        }
         match s.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                rd.push(&buf[..n]);
-                loop {
-                    match rd.next_frame() {
-                        Ok(Some(f)) => {
-                            if tx.send(Event::Frame(session, f.to_vec())).is_err() {
-                                return;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            log::warn!("{from} ({}): {e}; closing its session", peer.name);
-                            let _ = tx.send(Event::Closed(session));
-                            return;
-                        }
-                    }
+                if let Err(e) = opener.open(&buf[..n], &mut opened) {
+                    log::warn!("{from} ({}): {e}; closing its session", peer.name);
+                    break;
                 }
             }
         }
@@ -114,17 +125,20 @@ fn session_loop(session: SessionId, mut s: TcpStream, key: Key, tx: Sender<Event
 
 fn serve(rx: Receiver<Event>) {
     let mut reg = Registry::new(u64::from_le_bytes(xsock::overlay::fresh_nonce()[..8].try_into().expect("8 bytes")));
-    let mut sessions: HashMap<SessionId, (TcpStream, Ipv4Addr, String)> = HashMap::new();
+    let mut sessions: HashMap<SessionId, (TcpStream, Sealer, Ipv4Addr, String)> = HashMap::new();
+    let mut out = Vec::new();
     while let Ok(ev) = rx.recv() {
         match ev {
-            Event::Joined(id, w, ip, name) => {
-                sessions.insert(id, (w, ip, name));
+            Event::Joined(id, w, sealer, ip, name) => {
+                sessions.insert(id, (w, sealer, ip, name));
             }
             Event::Frame(id, f) => {
-                let Some((w, ip, name)) = sessions.get_mut(&id) else { continue };
+                let Some((w, sealer, ip, name)) = sessions.get_mut(&id) else { continue };
                 if let Err(reason) = reg.handle_message(id, *ip, &f) {
                     log::warn!("refused {ip} ({name}): {reason}");
-                    let _ = w.write_all(&Msg::Refused { reason: &reason }.to_frame());
+                    out.clear();
+                    sealer.seal(session_clock(), &Msg::Refused { reason: &reason }.to_frame(), &mut out);
+                    let _ = w.write_all(&out);
                     let _ = w.shutdown(std::net::Shutdown::Both);
                 } else if let Ok(Msg::Register { role, name, .. }) = Msg::parse(&f) {
                     log::info!("{role:?} {name} registered from {ip}");
@@ -138,10 +152,12 @@ fn serve(rx: Receiver<Event>) {
             }
         }
         while let Some((id, frame)) = reg.poll_transmit() {
-            if let Some((w, ip, name)) = sessions.get_mut(&id)
-                && let Err(e) = w.write_all(&frame)
-            {
-                log::warn!("{ip} ({name}): {e}");
+            if let Some((w, sealer, ip, name)) = sessions.get_mut(&id) {
+                out.clear();
+                sealer.seal(session_clock(), &frame, &mut out);
+                if let Err(e) = w.write_all(&out) {
+                    log::warn!("{ip} ({name}): {e}");
+                }
             }
         }
     }

@@ -6,16 +6,21 @@
 //! directly (reliable-link, or kernel TCP where the peer has no xsock);
 //! a node of another LAN through a relay of this LAN, which opens a virtual
 //! connection hop by hop to the destination's LAN. Either way the
-//! application gets a plain [`crate::Stream`]. Every connection starts with
-//! the mutual key handshake of [`xsock_overlay::auth`], then one `Open`
-//! (who, to whom, which port) answered by `Accept` or `Refuse`; after that
-//! the stream carries the application's bytes only.
+//! application gets a plain [`crate::Stream`]. Every connection inside a
+//! LAN starts with the mutual key handshake of [`xsock_overlay::auth`],
+//! then one `Open` (who, to whom, which port) answered by `Accept` or
+//! `Refuse`; after that the stream carries the application's bytes only.
+//! Sessions that cross a LAN boundary (with the bootstrap server, between
+//! relays) are Noise sessions ([`SecureTcp`]): encrypted, with the cluster
+//! key as the pre-shared key.
 
 mod io;
 mod node;
+mod secure;
 
 pub use io::{FrameIo, authenticate, fresh_nonce, recv_frame, send_msg};
 pub use node::{Node, NodeListener, OverlayConfig, load_key};
+pub use secure::{SecureParts, SecureTcp, process_key, session_clock};
 pub use xsock_overlay::{
     NodeId, SiteId,
     auth::Key,

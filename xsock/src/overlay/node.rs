@@ -14,7 +14,10 @@ use xsock_overlay::{
     wire::{Entry, Msg, Role},
 };
 
-use super::io::{authenticate, recv_frame, send_msg};
+use super::{
+    io::{authenticate, recv_frame, send_msg},
+    secure::SecureTcp,
+};
 use crate::{Error, Listener, Runtime, Stream};
 
 /// How to join the overlay.
@@ -58,7 +61,7 @@ struct Inner {
     site: SiteId,
     timeout: Duration,
     boot_addr: SocketAddrV4,
-    boot: Mutex<TcpStream>,
+    boot: Mutex<SecureTcp>,
     cache: Mutex<HashMap<String, Entry>>,
     relays: Mutex<(Vec<Entry>, Option<Instant>)>,
     ports: Mutex<BTreeSet<u16>>,
@@ -91,12 +94,13 @@ impl Node {
             }));
         };
         let deadline = Instant::now() + cfg.timeout;
-        let mut boot = TcpStream::connect_timeout(&cfg.boot.into(), cfg.timeout).map_err(|e| {
+        let tcp = TcpStream::connect_timeout(&cfg.boot.into(), cfg.timeout).map_err(|e| {
             Error::Overlay(format!("cannot reach the bootstrap server at {}: {e} (is `xsock boot` running?)", cfg.boot))
         })?;
-        boot.set_nodelay(true).map_err(Error::Io)?;
-        let peer = authenticate(&mut boot, &cfg.key, Role::Endpoint, &cfg.name, deadline)
+        tcp.set_nodelay(true).map_err(Error::Io)?;
+        let mut boot = SecureTcp::connect(tcp, &cfg.key, Role::Endpoint, &cfg.name, deadline)
             .map_err(|e| Error::Overlay(format!("bootstrap server {}: {e}", cfg.boot)))?;
+        let peer = boot.peer().clone();
         if peer.role != Role::Boot {
             return Err(Error::Overlay(format!("{} is a {:?}, not the bootstrap server", cfg.boot, peer.role)));
         }

@@ -24,7 +24,10 @@ use std::{
 };
 
 use clap::Args;
-use xsock::{Runtime, overlay::Role};
+use xsock::{
+    Runtime,
+    overlay::{Role, SecureTcp},
+};
 use xsock_overlay::wire::Msg;
 
 use super::key_from;
@@ -141,11 +144,11 @@ impl Relay {
         };
         // Register: our id and site come from the bootstrap server.
         let deadline = Instant::now() + Duration::from_secs(5);
-        let mut boot = TcpStream::connect_timeout(&s.boot.into(), Duration::from_secs(5)).map_err(|e| {
+        let tcp = TcpStream::connect_timeout(&s.boot.into(), Duration::from_secs(5)).map_err(|e| {
             Fail::msg(format!("cannot reach the bootstrap server at {}: {e} (is `xsock boot` running there?)", s.boot))
         })?;
-        boot.set_nodelay(true)?;
-        xsock::overlay::authenticate(&mut boot, &key, Role::Relay, &s.name, deadline)
+        tcp.set_nodelay(true)?;
+        let mut boot = SecureTcp::connect(tcp, &key, Role::Relay, &s.name, deadline)
             .map_err(|e| Fail::msg(format!("bootstrap server {}: {e}", s.boot)))?;
         let wan = s.wan_advertise.or(s.wan_listen);
         let reg = Msg::Register {
@@ -171,6 +174,7 @@ impl Relay {
             s.lan_iface,
             wan.map_or("outbound only".to_owned(), |a| format!("accepted on {a}"))
         );
+        let boot = boot.into_parts();
         shell::run(shell::Setup { settings: s, key, rt, me, site, boot, lan_listener, wan_listener })
     }
 }

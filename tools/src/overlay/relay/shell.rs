@@ -12,11 +12,15 @@ use std::{
 use std::os::fd::AsFd;
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
-use xsock::{Error, Listener, Runtime, Stream, overlay::Key};
+use xsock::{
+    Error, Listener, Runtime, Stream,
+    overlay::{Key, SecureParts, session_clock},
+};
 use xsock_overlay::{
     NodeId, SiteId,
     relay::{Action, LinkId, LocalId, RelayConfig, RelayCore},
     route::ShortestPath,
+    secure::{Opener, Sealer},
     wire::{Entry, FrameReader, Msg, Role},
 };
 
@@ -28,8 +32,8 @@ use crate::{
 
 /// What helpers report to the core loop.
 pub enum Event {
-    /// A relay link is authenticated.
-    LinkUp { stream: TcpStream, peer: NodeId, name: String, initiated: bool },
+    /// A relay link is up: its encrypted session, and who is at the end.
+    LinkUp { session: SecureParts, peer: NodeId, name: String, initiated: bool },
     /// Dialling a relay failed.
     DialFailed { peer: NodeId, why: String },
     /// The bootstrap server's directory.
@@ -62,13 +66,16 @@ pub struct Setup {
     pub rt: Runtime,
     pub me: NodeId,
     pub site: SiteId,
-    pub boot: TcpStream,
+    pub boot: SecureParts,
     pub lan_listener: Listener,
     pub wan_listener: Option<TcpListener>,
 }
 
 struct Link {
     w: TcpStream,
+    seal: Sealer,
+    open: Opener,
+    /// Sealed records waiting for the socket.
     out: Vec<u8>,
     rd: FrameReader,
     peer: NodeId,
@@ -168,22 +175,30 @@ pub fn run(setup: Setup) -> Result<(), Fail> {
     }
 }
 
-fn spawn_boot_reader(mut boot: TcpStream, tx: Notify) {
+fn spawn_boot_reader(boot: SecureParts, tx: Notify) {
+    let SecureParts { stream: mut boot, mut opener, plain, .. } = boot;
     let _ = std::thread::Builder::new().name("boot-rd".into()).spawn(move || {
         let mut rd = FrameReader::default();
         let mut buf = vec![0u8; 64 * 1024];
+        // What the session had opened already comes first (the directory
+        // may have come with the registration's answer).
+        let mut opened = plain;
         let why = loop {
+            rd.push(&opened);
+            opened.clear();
+            while let Ok(Some(f)) = rd.next_frame() {
+                match Msg::parse(f) {
+                    Ok(Msg::Directory { entries }) => tx.send(Event::Directory(entries)),
+                    Ok(Msg::Refused { reason }) => log::error!("the bootstrap server: {reason}"),
+                    _ => {}
+                }
+            }
             match boot.read(&mut buf) {
                 Ok(0) => break "the bootstrap server closed the session".to_owned(),
                 Err(e) => break e.to_string(),
                 Ok(n) => {
-                    rd.push(&buf[..n]);
-                    while let Ok(Some(f)) = rd.next_frame() {
-                        match Msg::parse(f) {
-                            Ok(Msg::Directory { entries }) => tx.send(Event::Directory(entries)),
-                            Ok(Msg::Refused { reason }) => log::error!("the bootstrap server: {reason}"),
-                            _ => {}
-                        }
+                    if let Err(e) = opener.open(&buf[..n], &mut opened) {
+                        break format!("the session broke: {e}");
                     }
                 }
             }
@@ -289,6 +304,7 @@ impl State {
         let now = self.clock.now();
         let mut any = false;
         let mut gone = Vec::new();
+        let mut plain = Vec::new();
         for (&link, l) in self.links.iter_mut() {
             loop {
                 match l.w.read(buf) {
@@ -299,7 +315,13 @@ impl State {
                     Ok(n) => {
                         any = true;
                         l.bytes_in += n as u64;
-                        l.rd.push(&buf[..n]);
+                        plain.clear();
+                        if let Err(e) = l.open.open(&buf[..n], &mut plain) {
+                            log::warn!("relay {}: {e}; closing the link", l.name);
+                            gone.push(link);
+                            break;
+                        }
+                        l.rd.push(&plain);
                         if !feed(&mut self.core, now, link, l) {
                             gone.push(link);
                             break;
@@ -340,11 +362,12 @@ impl State {
     fn event(&mut self, ev: Event) {
         let now = self.clock.now();
         match ev {
-            Event::LinkUp { stream, peer, name, initiated } => {
+            Event::LinkUp { session, peer, name, initiated } => {
                 if let Some(d) = self.dials.get_mut(&peer) {
                     d.busy = false;
                     d.backoff = Duration::from_secs(1);
                 }
+                let SecureParts { stream, sealer, opener, plain } = session;
                 if stream.set_nonblocking(true).is_err() {
                     return;
                 }
@@ -358,6 +381,8 @@ impl State {
                     link,
                     Link {
                         w: stream,
+                        seal: sealer,
+                        open: opener,
                         out: Vec::new(),
                         rd: FrameReader::default(),
                         peer,
@@ -367,6 +392,16 @@ impl State {
                     },
                 );
                 self.core.handle_link_up(now, link, peer, initiated);
+                // Frames that came with the handshake's last bytes.
+                if let Some(l) = self.links.get_mut(&link)
+                    && !plain.is_empty()
+                {
+                    l.rd.push(&plain);
+                    if !feed(&mut self.core, now, link, l) {
+                        self.links.remove(&link);
+                        self.core.handle_link_down(now, link);
+                    }
+                }
             }
             Event::DialFailed { peer, why } => {
                 if let Some(d) = self.dials.get_mut(&peer) {
@@ -541,9 +576,10 @@ impl State {
 
     fn transmit(&mut self) -> bool {
         let mut any = false;
+        let now = session_clock();
         while let Some((link, bytes)) = self.core.poll_transmit() {
             if let Some(l) = self.links.get_mut(&link) {
-                l.out.extend_from_slice(&bytes);
+                l.seal.seal(now, &bytes, &mut l.out);
             }
         }
         for l in self.links.values_mut() {

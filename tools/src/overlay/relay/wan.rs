@@ -1,13 +1,13 @@
-//! Relay links: kernel TCP between relays. Dialling, accepting, the
-//! handshake (key proof, then each side's `Registered{node, site}` as its
-//! identity), and one reader thread per link.
+//! Relay links: kernel TCP between relays, each an encrypted Noise session
+//! (`SecureTcp`). Dialling, accepting, the handshake (the session, then
+//! each side's `Registered{node, site}` as its identity inside it).
 
 use std::{
     net::{SocketAddrV4, TcpListener, TcpStream},
     time::{Duration, Instant},
 };
 
-use xsock::overlay::{Key, Role, authenticate, recv_frame, send_msg};
+use xsock::overlay::{Key, Role, SecureParts, SecureTcp, recv_frame, send_msg};
 use xsock_overlay::{NodeId, SiteId, wire::Msg};
 
 use super::shell::{Event, Notify};
@@ -21,17 +21,27 @@ pub struct Ident {
     pub name: String,
 }
 
-fn handshake(s: &mut TcpStream, id: &Ident) -> Result<(NodeId, String), String> {
+/// The session on `s`, then the identities: the peer relay's id and name.
+fn handshake(s: TcpStream, id: &Ident, dialled: bool) -> Result<(SecureParts, NodeId, String), String> {
     let deadline = Instant::now() + Duration::from_secs(3);
     s.set_nodelay(true).map_err(|e| e.to_string())?;
-    let peer = authenticate(s, &id.key, Role::Relay, &id.name, deadline).map_err(|e| e.to_string())?;
+    let mut st = if dialled {
+        SecureTcp::connect(s, &id.key, Role::Relay, &id.name, deadline)
+    } else {
+        SecureTcp::accept(s, &id.key, Role::Relay, &id.name, deadline)
+    }
+    .map_err(|e| e.to_string())?;
+    let peer = st.peer().clone();
     if peer.role != Role::Relay {
         return Err(format!("{} is a {:?}, not a relay", peer.name, peer.role));
     }
-    send_msg(s, &Msg::Registered { node: id.me, site: id.site }).map_err(|e| e.to_string())?;
-    let f = recv_frame(s, deadline).map_err(|e| e.to_string())?;
+    send_msg(&mut st, &Msg::Registered { node: id.me, site: id.site }).map_err(|e| e.to_string())?;
+    let f = recv_frame(&mut st, deadline).map_err(|e| e.to_string())?;
     match Msg::parse(&f) {
-        Ok(Msg::Registered { node, .. }) if node != id.me => Ok((node, peer.name)),
+        Ok(Msg::Registered { node, .. }) if node != id.me => {
+            log::debug!("relay {} ({node}) holds key {}", peer.name, st.peer_key());
+            Ok((st.into_parts(), node, peer.name))
+        }
         _ => Err("no identity after the handshake".into()),
     }
 }
@@ -40,12 +50,12 @@ fn handshake(s: &mut TcpStream, id: &Ident) -> Result<(NodeId, String), String> 
 pub fn spawn_accept(listener: TcpListener, id: Ident, tx: Notify) {
     let _ = std::thread::Builder::new().name("wan-accept".into()).spawn(move || {
         for conn in listener.incoming() {
-            let Ok(mut s) = conn else { continue };
+            let Ok(s) = conn else { continue };
             let (id, tx) = (id.clone(), tx.clone());
             let _ = std::thread::Builder::new().name("wan-hs".into()).spawn(move || {
                 let from = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-                match handshake(&mut s, &id) {
-                    Ok((peer, name)) => tx.send(Event::LinkUp { stream: s, peer, name, initiated: false }),
+                match handshake(s, &id, false) {
+                    Ok((session, peer, name)) => tx.send(Event::LinkUp { session, peer, name, initiated: false }),
                     Err(e) => log::warn!("refused a relay link from {from}: {e}"),
                 }
             });
@@ -58,9 +68,9 @@ pub fn spawn_dial(addr: SocketAddrV4, peer: NodeId, id: Ident, tx: Notify) {
     let _ = std::thread::Builder::new().name("wan-dial".into()).spawn(move || {
         let r = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(1))
             .map_err(|e| format!("cannot reach {addr}: {e}"))
-            .and_then(|mut s| handshake(&mut s, &id).map(|(p, name)| (s, p, name)));
+            .and_then(|s| handshake(s, &id, true));
         match r {
-            Ok((stream, p, name)) if p == peer => tx.send(Event::LinkUp { stream, peer: p, name, initiated: true }),
+            Ok((session, p, name)) if p == peer => tx.send(Event::LinkUp { session, peer: p, name, initiated: true }),
             Ok((_, p, name)) => {
                 tx.send(Event::DialFailed { peer, why: format!("{addr} is relay {name} ({p}), not {peer}") })
             }
