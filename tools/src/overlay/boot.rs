@@ -36,7 +36,7 @@ pub struct Boot {
 }
 
 enum Event {
-    Joined(SessionId, TcpStream, Sealer, Ipv4Addr, String),
+    Joined(SessionId, TcpStream, Box<Sealer>, Ipv4Addr, String),
     Frame(SessionId, Vec<u8>),
     Closed(SessionId),
 }
@@ -86,7 +86,7 @@ fn session_loop(session: SessionId, s: TcpStream, key: Key, tx: Sender<Event>) {
     log::debug!("{from} ({}) holds key {}", peer.name, st.peer_key());
     let SecureParts { stream: mut s, sealer, mut opener, plain } = st.into_parts();
     let Ok(writer) = s.try_clone() else { return };
-    if tx.send(Event::Joined(session, writer, sealer, *from.ip(), peer.name.clone())).is_err() {
+    if tx.send(Event::Joined(session, writer, Box::new(sealer), *from.ip(), peer.name.clone())).is_err() {
         return;
     }
     let mut rd = FrameReader::default();
@@ -125,7 +125,7 @@ fn session_loop(session: SessionId, s: TcpStream, key: Key, tx: Sender<Event>) {
 
 fn serve(rx: Receiver<Event>) {
     let mut reg = Registry::new(u64::from_le_bytes(xsock::overlay::fresh_nonce()[..8].try_into().expect("8 bytes")));
-    let mut sessions: HashMap<SessionId, (TcpStream, Sealer, Ipv4Addr, String)> = HashMap::new();
+    let mut sessions: HashMap<SessionId, (TcpStream, Box<Sealer>, Ipv4Addr, String)> = HashMap::new();
     let mut out = Vec::new();
     while let Ok(ev) = rx.recv() {
         match ev {

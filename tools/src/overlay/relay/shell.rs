@@ -33,7 +33,7 @@ use crate::{
 /// What helpers report to the core loop.
 pub enum Event {
     /// A relay link is up: its encrypted session, and who is at the end.
-    LinkUp { session: SecureParts, peer: NodeId, name: String, initiated: bool },
+    LinkUp { session: Box<SecureParts>, peer: NodeId, name: String, initiated: bool },
     /// Dialling a relay failed.
     DialFailed { peer: NodeId, why: String },
     /// The bootstrap server's directory.
@@ -367,7 +367,7 @@ impl State {
                     d.busy = false;
                     d.backoff = Duration::from_secs(1);
                 }
-                let SecureParts { stream, sealer, opener, plain } = session;
+                let SecureParts { stream, sealer, opener, plain } = *session;
                 if stream.set_nonblocking(true).is_err() {
                     return;
                 }

@@ -55,7 +55,9 @@ pub fn spawn_accept(listener: TcpListener, id: Ident, tx: Notify) {
             let _ = std::thread::Builder::new().name("wan-hs".into()).spawn(move || {
                 let from = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
                 match handshake(s, &id, false) {
-                    Ok((session, peer, name)) => tx.send(Event::LinkUp { session, peer, name, initiated: false }),
+                    Ok((session, peer, name)) => {
+                        tx.send(Event::LinkUp { session: Box::new(session), peer, name, initiated: false })
+                    }
                     Err(e) => log::warn!("refused a relay link from {from}: {e}"),
                 }
             });
@@ -70,7 +72,9 @@ pub fn spawn_dial(addr: SocketAddrV4, peer: NodeId, id: Ident, tx: Notify) {
             .map_err(|e| format!("cannot reach {addr}: {e}"))
             .and_then(|s| handshake(s, &id, true));
         match r {
-            Ok((session, p, name)) if p == peer => tx.send(Event::LinkUp { session, peer: p, name, initiated: true }),
+            Ok((session, p, name)) if p == peer => {
+                tx.send(Event::LinkUp { session: Box::new(session), peer: p, name, initiated: true })
+            }
             Ok((_, p, name)) => {
                 tx.send(Event::DialFailed { peer, why: format!("{addr} is relay {name} ({p}), not {peer}") })
             }
