@@ -171,6 +171,8 @@ pub struct RelayCore {
     endpoints: HashMap<NodeId, (SiteId, HashSet<u16>, String)>,
     counters: Counters,
     routes_changed: Option<Duration>,
+    /// Shutting down: new VCs are refused with this reason.
+    draining: Option<String>,
 }
 
 impl RelayCore {
@@ -198,9 +200,23 @@ impl RelayCore {
             endpoints: HashMap::new(),
             counters: Counters::default(),
             routes_changed: None,
+            draining: None,
         };
         core.originate(now);
         core
+    }
+
+    /// Starts draining: every new VC through this relay (from its LAN, or
+    /// arriving on a link) is refused with `reason`; the VCs already open
+    /// keep running until they end. [`RelayCore::vc_count`] says when none
+    /// is left.
+    pub fn set_draining(&mut self, reason: impl Into<String>) {
+        self.draining = Some(reason.into());
+    }
+
+    /// Whether [`RelayCore::set_draining`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_some()
     }
 
     /// This relay's id.
@@ -597,6 +613,10 @@ impl RelayCore {
         };
         if let End::Local(l) = from {
             self.locals.insert(l, LocalEnd { vc: id, credit: 0, owed: 0 });
+        }
+        if let Some(reason) = self.draining.clone() {
+            self.locals.retain(|_, l| l.vc != id);
+            return refuse(self, reason);
         }
         let local_dst = self.endpoints.get(&dst).is_some_and(|(s, _, _)| Some(*s) == self.my_site);
         let to = if local_dst {

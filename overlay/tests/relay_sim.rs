@@ -279,6 +279,32 @@ fn opens_are_refused_with_reasons() {
 }
 
 #[test]
+fn a_draining_relay_refuses_new_vcs_and_keeps_the_open_ones_to_their_end() {
+    let mut s = Sim::new(&[1, 2, 3], 1 << 20);
+    s.connect(1, 2);
+    s.connect(2, 3);
+    s.settle();
+    let (src, _, dst) = s.open(1, 3, 80).unwrap();
+    s.core(2).set_draining("relay-2 is shutting down (draining): connect again");
+    // New VCs through it fail with the reason, from either side.
+    for (a, b) in [(1, 3), (3, 1)] {
+        let e = s.open(a, b, 80).unwrap_err();
+        assert!(e.contains("shutting down"), "{e}");
+    }
+    let e = s.open(2, 1, 80).unwrap_err();
+    assert!(e.contains("shutting down"), "its own LAN's opens too: {e}");
+    // The open one still carries data both ways and ends normally.
+    s.core(1).handle_local_data(src, b"still here");
+    assert!(s.settle().contains(&(3, Action::Write { local: dst, bytes: b"still here".to_vec() })));
+    s.core(1).handle_local_eof(src);
+    s.settle();
+    s.core(3).handle_local_eof(dst);
+    s.settle();
+    assert_eq!(s.core(2).vc_count(), 0, "nothing left: the relay may exit");
+    assert!(s.core(2).counters().vcs_refused >= 3);
+}
+
+#[test]
 fn killing_the_middle_relay_aborts_its_vcs_and_reroutes_new_ones() {
     // 1 reaches 4 via 2 (cheaper id tie-break) or 3.
     let mut s = Sim::new(&[1, 2, 3, 4], 1 << 20);

@@ -143,6 +143,11 @@ impl Overlay {
         if let Some(w) = wan {
             args.extend(["--wan-listen", w]);
         }
+        // A relay drains its VCs on SIGTERM (30 s by default); the test bed's
+        // clean-up signals every relay, and waits for none of that.
+        if !self.relay_flags.iter().any(|f| f == "--drain-timeout") {
+            args.extend(["--drain-timeout", "200ms"]);
+        }
         args.extend(self.relay_flags.iter().map(String::as_str));
         self.bed.spawn_ready(host, &self.xsock, &args, || Ok(status.exists())).unwrap()
     }

@@ -6,7 +6,8 @@
 //! recomputed and new connections go around it while connections through it
 //! fail with a clear error; a wrong key is refused; a file goes from one
 //! LAN behind NAT to another with `xsock send`/`recv` (checked by
-//! sha256sum, interrupted and resumed) and bytes with `xsock cat`.
+//! sha256sum, interrupted and resumed) and bytes with `xsock cat`; a
+//! relay serves Prometheus metrics and drains on SIGTERM.
 
 use std::time::{Duration, Instant};
 
@@ -411,4 +412,96 @@ fn a_file_and_a_byte_stream_cross_between_two_lans_behind_nat() {
     assert!(out.status.success(), "cat failed: {}", String::from_utf8_lossy(&out.stderr));
     assert!(out.stdout == std::fs::read(&text).unwrap(), "cat delivered {} bytes, not the file", out.stdout.len());
     assert!(o.bed.wait_exit(server, Duration::from_secs(10)).unwrap().success(), "cat --listen failed");
+}
+
+#[test]
+fn a_relay_serves_metrics_and_drains_its_connections_on_sigterm() {
+    require_root!();
+    let specs = [
+        SiteSpec { name: "hub", policy: Policy::Open, relays: 1, hosts: 0 },
+        SiteSpec { name: "a", policy: Policy::HubOnly, relays: 1, hosts: 2 },
+        SiteSpec { name: "b", policy: Policy::HubOnly, relays: 1, hosts: 1 },
+    ];
+    // Every relay in its own namespace: one address for all of them.
+    let o =
+        Overlay::start_with(XSOCK, "drain", &specs, &["--metrics-listen", "0.0.0.0:9401", "--drain-timeout", "20s"]);
+    let relays = o.relay_names();
+    let refs: Vec<&str> = relays.iter().map(String::as_str).collect();
+    o.converge(&refs, Duration::from_secs(20));
+    let (a, b) = (&o.sites.sites[1], &o.sites.sites[2]);
+    // A cat session a -> hub-x0 -> b, held open from here.
+    let at = format!("{}:7002", b.host_ip(0));
+    let mut args = vec!["cat".to_owned()];
+    args.extend(o.join_flags("bh0"));
+    args.extend(["--listen", &at].map(String::from));
+    let server = o.bed.spawn_ready(&b.hosts[0], XSOCK, &strs(&args), || b.hosts[0].listening(7002)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut args = vec!["cat".to_owned()];
+    args.extend(o.join_flags("ah0"));
+    args.extend(["--connect", "bh0:7002"].map(String::from));
+    let mut client = a.hosts[0]
+        .command(XSOCK, &strs(&args))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = client.stdin.take().unwrap();
+    use std::io::Write;
+    pipe.write_all(b"before the drain\n").unwrap();
+    let wait_for = |what: &str, f: &dyn Fn() -> bool| {
+        let t = Instant::now();
+        while !f() {
+            assert!(t.elapsed() < Duration::from_secs(10), "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for("the first line never arrived", &|| o.bed.log_tail(server, 5).contains("before the drain"));
+
+    // Metrics, scraped as Prometheus would.
+    let scrape = |path: &str| {
+        let url = format!("http://{}:9401{path}", a.relay_ip(0));
+        let out = a.relays[0].exec("curl", &["-s", "-w", "\n%{http_code}", &url]).unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    wait_for("a-x0 never counted the VC", &|| scrape("/metrics").contains("xsock_relay_vcs{relay=\"a-x0\"} 1"));
+    let text = scrape("/metrics");
+    assert!(text.ends_with("\n200"), "{text}");
+    for want in [
+        "xsock_relay_up{relay=\"a-x0\"} 1",
+        "xsock_relay_links{relay=\"a-x0\"} 1",
+        "# TYPE xsock_relay_bytes_forwarded_total counter",
+        "xsock_relay_link_tx_bytes_total{relay=\"a-x0\",peer=\"hub-x0\"}",
+        "xsock_relay_auth_refused_total{relay=\"a-x0\",side=\"wan\"} 0",
+        "xsock_relay_lan_drops_total{relay=\"a-x0\",queue=\"0\",reason=\"rx_ring_full\"}",
+    ] {
+        assert!(text.contains(want), "no {want:?} in\n{text}");
+    }
+    assert!(scrape("/").ends_with("\n404"));
+
+    // SIGTERM to the hub relay, the only way from a to b: it drains.
+    let hub = o.relays.iter().find(|(n, _, _)| n == "hub-x0").unwrap().2;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(hub as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    wait_for("hub-x0 never said it drains", &|| o.status("hub-x0")["draining"] == true);
+    // New connections through it are refused, with the reason.
+    let mut args = vec!["ping".to_owned()];
+    args.extend(o.join_flags("ah1"));
+    args.extend(["--connect", "bh0:7002", "--count", "10"].map(String::from));
+    let out = a.hosts[1].command(XSOCK, &strs(&args)).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("shutting down (draining)"), "{err}");
+    // The open one still carries bytes.
+    pipe.write_all(b"during the drain\n").unwrap();
+    wait_for("the open VC stopped during the drain", &|| o.bed.log_tail(server, 5).contains("during the drain"));
+    assert!(o.bed.try_wait(hub).unwrap().is_none(), "hub-x0 exited with a VC open");
+    // It ends normally; then the hub relay exits by itself, long before
+    // its 20 s drain timeout, and leaves no XDP program.
+    drop(pipe);
+    let t = Instant::now();
+    let st = o.bed.wait_exit(hub, Duration::from_secs(10)).unwrap();
+    assert!(st.success(), "{st}: {}", o.bed.log_tail(hub, 5));
+    assert!(o.bed.log_tail(hub, 5).contains("drained"), "{}", o.bed.log_tail(hub, 5));
+    assert!(!o.sites.sites[0].relays[0].has_xdp("eth0").unwrap(), "the drained relay left its XDP program");
+    assert!(client.wait().unwrap().success(), "cat through the drained relay failed");
+    eprintln!("hub-x0 exited {:?} after its last VC ended", t.elapsed());
 }

@@ -78,6 +78,8 @@ fn merge(flags: &Relay, file: Relay) -> Relay {
         status_interval: f.status_interval.or(file.status_interval),
         window: f.window.or(file.window),
         spin: f.spin.or(file.spin),
+        metrics_listen: f.metrics_listen.or(file.metrics_listen),
+        drain_timeout: f.drain_timeout.or(file.drain_timeout),
     }
 }
 
@@ -107,6 +109,8 @@ pub fn settings(r: &Relay) -> Result<Settings, Fail> {
         window: u32::try_from(r.window.unwrap_or(1 << 20))
             .map_err(|_| Fail::msg("--window must be below 4GiB (a virtual connection's credit is 32 bits)"))?,
         spin: r.spin.unwrap_or(Duration::ZERO),
+        metrics_listen: r.metrics_listen,
+        drain_timeout: r.drain_timeout.unwrap_or(Duration::from_secs(30)),
     })
 }
 
@@ -152,6 +156,8 @@ mod tests {
             ("status-interval", "2s"),
             ("window", "4194304"),
             ("spin", "1ms"),
+            ("metrics-listen", "10.1.0.2:9401"),
+            ("drain-timeout", "5s"),
         ];
         let mut covered: Vec<&str> = lines.iter().map(|(k, _)| *k).collect();
         covered.sort_unstable();
@@ -172,6 +178,8 @@ mod tests {
         assert_eq!(s.status_interval, Duration::from_secs(2));
         assert_eq!(s.window, 4 << 20);
         assert_eq!(s.spin, Duration::from_millis(1));
+        assert_eq!(s.metrics_listen, Some("10.1.0.2:9401".parse().unwrap()));
+        assert_eq!(s.drain_timeout, Duration::from_secs(5));
     }
 
     #[test]
@@ -189,5 +197,24 @@ mod tests {
         assert!(e.contains("r.conf:2") && e.contains("spin"), "{e}");
         let e = settings(&flags(&["--name", "x"])).unwrap_err().to_string();
         assert!(e.contains("--boot is needed"), "{e}");
+    }
+
+    /// The example config and the systemd unit shipped in tools/systemd
+    /// stay in step with the flags.
+    #[test]
+    fn the_shipped_example_config_and_unit_parse() {
+        let text = include_str!("../../../systemd/relay-example.conf");
+        let r = parse(text, "relay-example.conf").unwrap();
+        let s = settings(&r).unwrap();
+        assert_eq!((s.name.as_str(), s.drain_timeout), ("site-a", Duration::from_secs(30)));
+        assert!(s.metrics_listen.is_some());
+        let unit = include_str!("../../../systemd/xsock-relay@.service");
+        let exec = unit.lines().find(|l| l.starts_with("ExecStart=")).unwrap();
+        let argv: Vec<&str> = exec.trim_start_matches("ExecStart=").split_whitespace().skip(1).collect();
+        assert_eq!(&argv[..2], ["relay", "--config"], "{exec}");
+        // The stop timeout leaves room for the default drain.
+        let stop = unit.lines().find_map(|l| l.strip_prefix("TimeoutStopSec=")).unwrap();
+        let stop = crate::args::parse_duration(stop).unwrap();
+        assert!(stop > Duration::from_secs(30), "{stop:?}");
     }
 }

@@ -14,6 +14,7 @@
 
 mod config;
 mod lan;
+mod metrics;
 mod shell;
 mod wan;
 
@@ -84,6 +85,13 @@ pub struct Relay {
     /// has a core to itself).
     #[arg(long, value_parser = crate::args::parse_duration)]
     spin: Option<Duration>,
+    /// Serve Prometheus metrics over HTTP here (`GET /metrics`).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddrV4>,
+    /// On SIGTERM or SIGINT, refuse new virtual connections and wait this
+    /// long at most for the open ones to end before exiting (default 30s).
+    #[arg(long, value_parser = crate::args::parse_duration)]
+    drain_timeout: Option<Duration>,
 }
 
 /// Everything the relay runs with, flags and config file merged.
@@ -101,6 +109,8 @@ pub struct Settings {
     pub lan_buffer: usize,
     pub window: u32,
     pub spin: Duration,
+    pub metrics_listen: Option<SocketAddrV4>,
+    pub drain_timeout: Duration,
 }
 
 impl Relay {

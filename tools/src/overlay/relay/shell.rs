@@ -24,7 +24,7 @@ use xsock_overlay::{
     wire::{Entry, FrameReader, Msg, Role},
 };
 
-use super::{Settings, lan, wan};
+use super::{Settings, lan, metrics, wan};
 use crate::{
     fail::Fail,
     overlay::{Clock, epoch_micros},
@@ -111,7 +111,10 @@ pub fn run(setup: Setup) -> Result<(), Fail> {
     let (tx, rx) = unbounded();
     let notify = Notify { tx, rt: rt.clone() };
     spawn_boot_reader(boot, notify.clone());
-    let ident = wan::Ident { key: key.clone(), me, site, name: settings.name.clone() };
+    let ident = wan::Ident { key: key.clone(), me, site, name: settings.name.clone(), refused: Default::default() };
+    let metrics = settings.metrics_listen.map(metrics::Metrics::serve).transpose()?;
+    xsock_nic::sys::catch_interrupts()?;
+    let mut drain_until: Option<Instant> = None;
     if let Some(l) = wan_listener {
         wan::spawn_accept(l, ident.clone(), notify.clone());
     }
@@ -134,6 +137,7 @@ pub fn run(setup: Setup) -> Result<(), Fail> {
         directory: Vec::new(),
         dials: HashMap::new(),
         clock,
+        auth_refused_lan: 0,
     };
     let mut last_work = Instant::now();
     let spin = settings.spin;
@@ -154,10 +158,35 @@ pub fn run(setup: Setup) -> Result<(), Fail> {
             st.dial();
             work = true;
         }
+        if xsock_nic::sys::interrupted() && drain_until.is_none() {
+            drain_until = Some(Instant::now() + settings.drain_timeout);
+            st.core.set_draining(format!("relay {} is shutting down (draining): connect again", settings.name));
+            log::info!(
+                "draining: new virtual connections are refused; waiting up to {:?} for {} open ones",
+                settings.drain_timeout,
+                st.core.vc_count()
+            );
+            last_status = Instant::now() - settings.status_interval;
+        }
         if last_status.elapsed() >= settings.status_interval {
             last_status = Instant::now();
+            let v = st.status(&settings, site);
             if let Some(p) = &settings.status_file {
-                st.write_status(p, &settings, site);
+                write_status(p, &v);
+            }
+            if let Some(m) = &metrics {
+                m.publish(metrics::render(&v));
+            }
+        }
+        if let Some(until) = drain_until {
+            let left = st.core.vc_count();
+            if left == 0 || Instant::now() >= until {
+                if left == 0 {
+                    log::info!("drained: no virtual connection left; exiting");
+                } else {
+                    log::warn!("drain timeout: exiting with {left} virtual connections still open (they are reset)");
+                }
+                return Ok(());
             }
         }
         if work {
@@ -227,6 +256,8 @@ struct State {
     directory: Vec<Entry>,
     dials: HashMap<NodeId, Dial>,
     clock: Clock,
+    /// Endpoints refused at the LAN handshake.
+    auth_refused_lan: u64,
 }
 
 impl State {
@@ -272,6 +303,7 @@ impl State {
                     }
                 }
                 lan::Outcome::Failed { purpose: lan::Purpose::Admit, reason } => {
+                    self.auth_refused_lan += 1;
                     log::warn!("refused an endpoint at {from}: {reason}")
                 }
                 lan::Outcome::Failed { purpose: lan::Purpose::Deliver { local, .. }, reason } => {
@@ -624,7 +656,8 @@ impl State {
         }
     }
 
-    fn write_status(&self, path: &std::path::Path, s: &Settings, site: SiteId) {
+    /// The status file's JSON (the metrics are rendered from it too).
+    fn status(&self, s: &Settings, site: SiteId) -> serde_json::Value {
         let name_of = |n: NodeId| {
             self.directory.iter().find(|e| e.node == n).map(|e| e.name.clone()).unwrap_or_else(|| n.to_string())
         };
@@ -668,7 +701,8 @@ impl State {
                     "polls": q.polls, "sleeps": q.sleeps})
             })
             .collect();
-        let v = serde_json::json!({
+        serde_json::json!({
+            "draining": self.core.is_draining(),
             "lan_queues": queues,
             "routes_changed_unix_ns": changed,
             "name": s.name, "id": self.me.to_string(), "site": site.to_string(),
@@ -676,15 +710,20 @@ impl State {
             "vcs": self.core.vc_count(), "endpoint_streams": self.locals.len(),
             "counters": {"vcs_opened": c.vcs_opened, "vcs_refused": c.vcs_refused, "vcs_aborted": c.vcs_aborted,
                 "vcs_closed": c.vcs_closed, "bytes_forwarded": c.bytes_forwarded, "lsas_in": c.lsas_in,
-                "route_runs": c.route_runs},
-        });
-        let tmp = path.with_extension("tmp");
-        let ok = std::fs::File::create(&tmp)
-            .and_then(|mut f| f.write_all(serde_json::to_string_pretty(&v).unwrap_or_default().as_bytes()))
-            .and_then(|_| std::fs::rename(&tmp, path));
-        if let Err(e) = ok {
-            log::warn!("cannot write the status file {}: {e}", path.display());
-        }
+                "route_runs": c.route_runs, "auth_refused_lan": self.auth_refused_lan,
+                "auth_refused_wan": self.ident.refused.load(std::sync::atomic::Ordering::Relaxed)},
+        })
+    }
+}
+
+/// Writes the status file whole (a reader never sees half of it).
+fn write_status(path: &std::path::Path, v: &serde_json::Value) {
+    let tmp = path.with_extension("tmp");
+    let ok = std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(serde_json::to_string_pretty(v).unwrap_or_default().as_bytes()))
+        .and_then(|_| std::fs::rename(&tmp, path));
+    if let Err(e) = ok {
+        log::warn!("cannot write the status file {}: {e}", path.display());
     }
 }
 

@@ -4,6 +4,10 @@
 
 use std::{
     net::{SocketAddrV4, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -19,6 +23,9 @@ pub struct Ident {
     pub me: NodeId,
     pub site: SiteId,
     pub name: String,
+    /// Relay links refused at the handshake (wrong key, stranger, old
+    /// protocol), for the metrics.
+    pub refused: Arc<AtomicU64>,
 }
 
 /// The session on `s`, then the identities: the peer relay's id and name.
@@ -58,7 +65,10 @@ pub fn spawn_accept(listener: TcpListener, id: Ident, tx: Notify) {
                     Ok((session, peer, name)) => {
                         tx.send(Event::LinkUp { session: Box::new(session), peer, name, initiated: false })
                     }
-                    Err(e) => log::warn!("refused a relay link from {from}: {e}"),
+                    Err(e) => {
+                        id.refused.fetch_add(1, Ordering::Relaxed);
+                        log::warn!("refused a relay link from {from}: {e}")
+                    }
                 }
             });
         }
