@@ -1,6 +1,11 @@
 //! The bootstrap server's directory, sans-IO: who is registered (relays
 //! and endpoints), their sites, names, ranks and ports. Relays get the
 //! whole directory pushed on every change; endpoints ask.
+//!
+//! Several servers may run side by side (no single point of failure):
+//! every node registers with each of them under the id it drew for itself,
+//! so they all hold the same ids, and sites are derived from what each
+//! server sees, the same way everywhere.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -16,42 +21,19 @@ use crate::{
 pub type SessionId = u64;
 
 /// See the module documentation.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Registry {
     entries: HashMap<NodeId, Entry>,
     by_name: HashMap<String, NodeId>,
     session_node: HashMap<SessionId, NodeId>,
     relays: Vec<SessionId>,
-    seed: u64,
     out: VecDeque<(SessionId, Vec<u8>)>,
 }
 
 impl Registry {
-    /// An empty directory; node ids are drawn from `seed` (give it fresh
-    /// randomness, so ids of a restarted server do not repeat).
-    pub fn new(seed: u64) -> Self {
-        Self {
-            entries: HashMap::new(),
-            by_name: HashMap::new(),
-            session_node: HashMap::new(),
-            relays: Vec::new(),
-            seed,
-            out: VecDeque::new(),
-        }
-    }
-
-    fn fresh_id(&mut self) -> NodeId {
-        loop {
-            // splitmix64
-            self.seed = self.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.seed;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            if z != 0 && !self.entries.contains_key(&NodeId(z)) {
-                return NodeId(z);
-            }
-        }
+    /// An empty directory.
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// A message (type + body) from an authenticated session whose TCP
@@ -60,7 +42,7 @@ impl Registry {
     pub fn handle_message(&mut self, session: SessionId, seen_from: Ipv4Addr, frame: &[u8]) -> Result<(), String> {
         let msg = Msg::parse(frame).map_err(|e| e.to_string())?;
         match msg {
-            Msg::Register { role, name, lan_ip, prefix, wan, serve_port, rank } => {
+            Msg::Register { node, role, name, lan_ip, prefix, wan, serve_port, rank } => {
                 if self.session_node.contains_key(&session) {
                     return Err("this session has registered already".into());
                 }
@@ -77,7 +59,11 @@ impl Registry {
                 if role == Role::Boot {
                     return Err("a bootstrap server cannot register with another".into());
                 }
-                let node = self.fresh_id();
+                if let Some(other) = self.entries.get(&node) {
+                    // 64 random bits: a second node drawing the same id is
+                    // not worth planning for; a replayed registration is.
+                    return Err(format!("node id {node} is taken by {} at {}", other.name, other.lan_ip));
+                }
                 let site = SiteId::derive(lan_ip, prefix, seen_from);
                 let entry =
                     Entry { node, role, name: name.to_owned(), site, lan_ip, wan, serve_port, rank, ports: Vec::new() };
@@ -184,6 +170,7 @@ mod tests {
 
     fn reg(r: &mut Registry, s: SessionId, role: Role, name: &str, lan: [u8; 4], seen: [u8; 4]) -> Result<(), String> {
         let f = Msg::Register {
+            node: NodeId(1000 + s),
             role,
             name,
             lan_ip: lan.into(),
@@ -202,7 +189,7 @@ mod tests {
 
     #[test]
     fn resolves_names_and_ranks_with_the_askers_relays() {
-        let mut r = Registry::new(1);
+        let mut r = Registry::new();
         reg(&mut r, 1, Role::Relay, "relay-a", [10, 0, 0, 1], [192, 0, 2, 1]).unwrap();
         reg(&mut r, 2, Role::Endpoint, "h1", [10, 0, 0, 2], [192, 0, 2, 1]).unwrap();
         reg(&mut r, 3, Role::Endpoint, "h2", [10, 0, 0, 2], [192, 0, 2, 9]).unwrap(); // same subnet, other NAT
@@ -220,7 +207,7 @@ mod tests {
 
     #[test]
     fn a_taken_name_is_refused_until_its_session_ends() {
-        let mut r = Registry::new(1);
+        let mut r = Registry::new();
         reg(&mut r, 1, Role::Endpoint, "h1", [10, 0, 0, 2], [10, 0, 0, 2]).unwrap();
         let e = reg(&mut r, 2, Role::Endpoint, "h1", [10, 0, 0, 3], [10, 0, 0, 3]).unwrap_err();
         assert!(e.contains("taken"), "{e}");
@@ -230,7 +217,7 @@ mod tests {
 
     #[test]
     fn relays_get_the_directory_on_every_change() {
-        let mut r = Registry::new(1);
+        let mut r = Registry::new();
         reg(&mut r, 1, Role::Relay, "relay-a", [10, 0, 0, 1], [10, 0, 0, 1]).unwrap();
         drain(&mut r);
         reg(&mut r, 2, Role::Endpoint, "h1", [10, 0, 0, 2], [10, 0, 0, 2]).unwrap();
@@ -244,9 +231,42 @@ mod tests {
         assert_eq!(entries.len(), 1);
     }
 
+    fn register_as(node: u64, name: &str) -> Vec<u8> {
+        Msg::Register {
+            node: NodeId(node),
+            role: Role::Endpoint,
+            name,
+            lan_ip: [10, 0, 0, 2].into(),
+            prefix: 24,
+            wan: None,
+            serve_port: 0,
+            rank: None,
+        }
+        .to_frame()
+    }
+
+    #[test]
+    fn two_servers_give_a_node_the_same_id_and_site() {
+        let (mut a, mut b) = (Registry::new(), Registry::new());
+        // Different sessions at each server; one node.
+        a.handle_message(1, [192, 0, 2, 1].into(), &register_as(77, "h1")[4..]).unwrap();
+        b.handle_message(9, [192, 0, 2, 1].into(), &register_as(77, "h1")[4..]).unwrap();
+        let (fa, fb) = (drain(&mut a).remove(0).1, drain(&mut b).remove(0).1);
+        assert_eq!(Msg::parse(&fa[4..]).unwrap(), Msg::parse(&fb[4..]).unwrap());
+        assert!(matches!(Msg::parse(&fa[4..]).unwrap(), Msg::Registered { node: NodeId(77), .. }));
+    }
+
+    #[test]
+    fn a_second_registration_under_a_live_id_is_refused() {
+        let mut r = Registry::new();
+        r.handle_message(1, [10, 0, 0, 2].into(), &register_as(42, "h1")[4..]).unwrap();
+        let e = r.handle_message(2, [10, 0, 0, 3].into(), &register_as(42, "h2")[4..]).unwrap_err();
+        assert!(e.contains("taken by h1"), "{e}");
+    }
+
     #[test]
     fn nothing_before_registering() {
-        let mut r = Registry::new(1);
+        let mut r = Registry::new();
         assert!(r.handle_message(5, Ipv4Addr::LOCALHOST, &Msg::GetDirectory.to_frame()[4..]).is_err());
     }
 }

@@ -20,7 +20,7 @@ pub const MAX_FRAME: usize = 1 << 20;
 /// Largest data payload one `Data` message carries.
 pub const MAX_DATA: usize = 64 * 1024;
 /// Protocol version in `Hello`.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 /// What a node is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -78,8 +78,11 @@ pub enum Msg<'a> {
     Proof { mac: [u8; 32] },
     /// The connection is refused; the text says why and what to do.
     Refused { reason: &'a str },
-    /// To the bootstrap server: here I am.
+    /// To a bootstrap server: here I am. `node` is the id the node drew
+    /// for itself (random, once per process), the same at every bootstrap
+    /// server it registers with.
     Register {
+        node: NodeId,
         role: Role,
         name: &'a str,
         lan_ip: Ipv4Addr,
@@ -334,6 +337,7 @@ impl<'a> Msg<'a> {
                 wan: r.opt_addr()?,
                 serve_port: r.u16()?,
                 rank: r.opt_rank()?,
+                node: r.node()?,
             },
             ty::REGISTERED => Msg::Registered { node: r.node()?, site: SiteId(r.u64()?) },
             ty::PORTS => Msg::Ports { ports: r.list(|r| r.u16())? },
@@ -394,7 +398,7 @@ impl<'a> Msg<'a> {
                 w.u8(ty::REFUSED);
                 w.str(reason);
             }
-            Msg::Register { role, name, lan_ip, prefix, wan, serve_port, rank } => {
+            Msg::Register { node, role, name, lan_ip, prefix, wan, serve_port, rank } => {
                 w.u8(ty::REGISTER);
                 w.u8(*role as u8);
                 w.str(name);
@@ -403,6 +407,7 @@ impl<'a> Msg<'a> {
                 w.opt_addr(*wan);
                 w.u16(*serve_port);
                 w.u32(rank.unwrap_or(u32::MAX));
+                w.u64(node.0);
             }
             Msg::Registered { node, site } => {
                 w.u8(ty::REGISTERED);
@@ -580,6 +585,7 @@ mod tests {
             Msg::Proof { mac: [3; 32] },
             Msg::Refused { reason: "wrong key" },
             Msg::Register {
+                node: NodeId(7),
                 role: Role::Relay,
                 name: "r",
                 lan_ip: Ipv4Addr::new(10, 0, 0, 1),

@@ -17,6 +17,14 @@ use crate::{
 
 /// Port of the bootstrap server.
 pub const BOOT_PORT: u16 = 7400;
+fn start_boot(bed: &Testbed, host: &Host, xsock: &str, addr: &str, key: &std::path::Path) -> u32 {
+    let port: u16 = addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("IP:PORT");
+    bed.spawn_ready(host, xsock, &["boot", "--listen", addr, "--key-file", key.to_str().unwrap()], || {
+        host.listening(port)
+    })
+    .unwrap()
+}
+
 /// Port relays accept relay links on.
 pub const WAN_PORT: u16 = 7402;
 /// First port of `xsock mesh` endpoints.
@@ -36,6 +44,9 @@ pub struct Overlay {
     pub boot: String,
     /// See the type.
     pub boot_pid: u32,
+    /// Every bootstrap server: address and pid (the first is `boot_pid`);
+    /// `boot` lists them all, comma-separated.
+    pub boots: Vec<(String, u32)>,
     xsock: String,
     relay_flags: Vec<String>,
     /// (relay name, host, pid)
@@ -71,19 +82,33 @@ impl Overlay {
         relay_flags: &[&str],
         prepare: impl FnOnce(&Sites) -> std::io::Result<()>,
     ) -> Overlay {
+        Self::start_full(xsock, name, specs, relay_flags, 1, prepare)
+    }
+
+    /// [`Overlay::start_after`] with `servers` bootstrap servers (ports
+    /// 7400, 7410, ... on the WAN's boot host); every node is given all.
+    pub fn start_full(
+        xsock: &str,
+        name: &str,
+        specs: &[SiteSpec],
+        relay_flags: &[&str],
+        servers: usize,
+        prepare: impl FnOnce(&Sites) -> std::io::Result<()>,
+    ) -> Overlay {
         let bed = Testbed::new().unwrap();
         let sites = Sites::build(&bed, specs).unwrap();
         prepare(&sites).unwrap();
         let dir = scratch(name);
         let key = dir.join("cluster.key");
         std::fs::write(&key, "test-cluster-key-0123456789abcdef\n").unwrap();
-        let boot = format!("{BOOT_IP}:{BOOT_PORT}");
-        let b = sites.boot.clone();
-        let boot_pid = bed
-            .spawn_ready(&b, xsock, &["boot", "--listen", &boot, "--key-file", key.to_str().unwrap()], || {
-                b.listening(BOOT_PORT)
-            })
-            .unwrap();
+        let mut boots = Vec::new();
+        for k in 0..servers.max(1) {
+            let addr = format!("{BOOT_IP}:{}", BOOT_PORT + 10 * k as u16);
+            let pid = start_boot(&bed, &sites.boot, xsock, &addr, &key);
+            boots.push((addr, pid));
+        }
+        let boot = boots.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>().join(",");
+        let boot_pid = boots[0].1;
         let mut o = Overlay {
             bed,
             sites,
@@ -91,6 +116,7 @@ impl Overlay {
             key,
             boot,
             boot_pid,
+            boots,
             relays: Vec::new(),
             xsock: xsock.to_owned(),
             relay_flags: relay_flags.iter().map(|f| f.to_string()).collect(),
@@ -115,6 +141,15 @@ impl Overlay {
             o.relays.push((name, host, pid));
         }
         o
+    }
+
+    /// Starts bootstrap server `k` again (after a test killed it), on its
+    /// address; returns its new pid.
+    pub fn restart_boot(&mut self, k: usize) -> u32 {
+        let addr = self.boots[k].0.clone();
+        let pid = start_boot(&self.bed, &self.sites.boot, &self.xsock, &addr, &self.key);
+        self.boots[k].1 = pid;
+        pid
     }
 
     /// See the module documentation.
@@ -148,6 +183,8 @@ impl Overlay {
         if !self.relay_flags.iter().any(|f| f == "--drain-timeout") {
             args.extend(["--drain-timeout", "200ms"]);
         }
+        let cache = self.dir.join(format!("{name}.dir"));
+        args.extend(["--directory-cache", cache.to_str().unwrap()]);
         args.extend(self.relay_flags.iter().map(String::as_str));
         self.bed.spawn_ready(host, &self.xsock, &args, || Ok(status.exists())).unwrap()
     }

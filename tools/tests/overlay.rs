@@ -7,7 +7,8 @@
 //! fail with a clear error; a wrong key is refused; a file goes from one
 //! LAN behind NAT to another with `xsock send`/`recv` (checked by
 //! sha256sum, interrupted and resumed) and bytes with `xsock cat`; a
-//! relay serves Prometheus metrics and drains on SIGTERM.
+//! relay serves Prometheus metrics and drains on SIGTERM; traffic outlives
+//! every bootstrap server, and new connections resume when one returns.
 
 use std::time::{Duration, Instant};
 
@@ -504,4 +505,103 @@ fn a_relay_serves_metrics_and_drains_its_connections_on_sigterm() {
     assert!(!o.sites.sites[0].relays[0].has_xdp("eth0").unwrap(), "the drained relay left its XDP program");
     assert!(client.wait().unwrap().success(), "cat through the drained relay failed");
     eprintln!("hub-x0 exited {:?} after its last VC ended", t.elapsed());
+}
+
+#[test]
+fn traffic_outlives_every_bootstrap_server_and_new_connections_resume_when_one_returns() {
+    require_root!();
+    let specs = [
+        SiteSpec { name: "hub", policy: Policy::Open, relays: 1, hosts: 0 },
+        SiteSpec { name: "a", policy: Policy::HubOnly, relays: 1, hosts: 2 },
+        SiteSpec { name: "b", policy: Policy::HubOnly, relays: 1, hosts: 2 },
+    ];
+    let mut o = Overlay::start_full(XSOCK, "boots", &specs, &[], 2, |_| Ok(()));
+    assert!(o.boot.contains(','), "two servers: {}", o.boot);
+    let relays = o.relay_names();
+    let refs: Vec<&str> = relays.iter().map(String::as_str).collect();
+    o.converge(&refs, Duration::from_secs(20));
+    let (a, b) = (o.sites.sites[1].clone(), o.sites.sites[2].clone());
+    let echo_at = format!("{}:7600", b.host_ip(0));
+    let server = &b.hosts[0];
+    o.bed
+        .spawn_ready(server, XSOCK, &strs(&ping_as(&o, "bh0", &["--listen", &echo_at])), || server.listening(7600))
+        .unwrap();
+    // A second echo server (an echo serves one client at a time), for the
+    // connections made after the servers die.
+    let echo2 = format!("{}:7600", b.host_ip(1));
+    let server2 = &b.hosts[1];
+    o.bed
+        .spawn_ready(server2, XSOCK, &strs(&ping_as(&o, "bh1", &["--listen", &echo2])), || server2.listening(7600))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let long = ["--connect", "bh0:7600", "--count", "100000000", "--warmup", "0", "--poll", "sleep"];
+    let client = o.bed.spawn(&a.hosts[0], XSOCK, &strs(&ping_as(&o, "ah0", &long))).unwrap();
+    let forwarded = |o: &Overlay| o.status("hub-x0")["counters"]["bytes_forwarded"].as_u64().unwrap_or(0);
+    let t = Instant::now();
+    while forwarded(&o) == 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "the ping never ran: {}", o.bed.log_tail(client, 5));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Every bootstrap server dies.
+    for (_, pid) in o.boots.clone() {
+        o.bed.kill9(pid).unwrap();
+    }
+    let before = forwarded(&o);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(o.bed.try_wait(client).unwrap().is_none(), "the ping died with the servers: {}", o.bed.log_tail(client, 5));
+    assert!(forwarded(&o) > before, "the running VC stopped carrying bytes");
+    for r in &refs {
+        assert!(o.status(r)["boot_servers"].as_array().unwrap().iter().all(|s| s["up"] == false), "{r}");
+    }
+    // Nobody new can join meanwhile: a clear error, at once.
+    let probe = ["--connect", "bh1:7600", "--count", "20", "--warmup", "0"];
+    let t = Instant::now();
+    let out = a.hosts[1].command(XSOCK, &strs(&ping_as(&o, "ah1", &probe))).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no bootstrap server took us"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(15), "joining with no server took {:?}", t.elapsed());
+    // One server comes back (empty: it knows nobody): relays and endpoints
+    // register with it again, and new connections work.
+    o.restart_boot(1);
+    let t = Instant::now();
+    while !refs.iter().all(|r| o.status(r)["boot_servers"][1]["up"] == true) {
+        assert!(t.elapsed() < Duration::from_secs(15), "relays did not register again: {}", o.relay_logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let relays_back = t.elapsed();
+    let out = loop {
+        let out = a.hosts[1].command(XSOCK, &strs(&ping_as(&o, "ah1", &probe))).output().unwrap();
+        if out.status.success() || t.elapsed() > Duration::from_secs(15) {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        out.status.success(),
+        "no new connection after a server returned: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "relays registered again {relays_back:?} after the restart; a new connection worked after {:?}",
+        t.elapsed()
+    );
+    assert!(o.bed.try_wait(client).unwrap().is_none(), "the long ping ended");
+
+    // A relay restarted while every server is down starts from its
+    // directory cache: it links to the hub again.
+    let _ = o.bed.finish(client);
+    for (_, pid) in o.boots.clone() {
+        let _ = o.bed.kill9(pid);
+    }
+    let (name, host, pid) = o.relays.iter().find(|(n, _, _)| n == "b-x0").cloned().unwrap();
+    o.bed.kill9(pid).unwrap();
+    std::fs::remove_file(o.status_path(&name)).unwrap();
+    let pid = o.start_relay(&name, &host, None);
+    assert!(o.bed.log_tail(pid, 20).contains("starting from the directory cache"), "{}", o.bed.log_tail(pid, 20));
+    let t = Instant::now();
+    while o.status(&name)["links"].as_array().is_none_or(|l| l.is_empty()) {
+        assert!(t.elapsed() < Duration::from_secs(10), "no link from the cache: {}", o.bed.log_tail(pid, 20));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("b-x0 restarted with no bootstrap server: linked to the hub after {:?}", t.elapsed());
 }

@@ -124,7 +124,7 @@ fn session_loop(session: SessionId, s: TcpStream, key: Key, tx: Sender<Event>) {
 }
 
 fn serve(rx: Receiver<Event>) {
-    let mut reg = Registry::new(u64::from_le_bytes(xsock::overlay::fresh_nonce()[..8].try_into().expect("8 bytes")));
+    let mut reg = Registry::new();
     let mut sessions: HashMap<SessionId, (TcpStream, Box<Sealer>, Ipv4Addr, String)> = HashMap::new();
     let mut out = Vec::new();
     while let Ok(ev) = rx.recv() {

@@ -184,7 +184,10 @@ impl Mesh {
         } else {
             let iface =
                 self.iface.clone().ok_or_else(|| Fail::msg("--iface IF is needed (the LAN the relays serve)"))?;
-            let boot = self.join.boot.ok_or_else(|| Fail::msg("--boot IP:PORT is needed (or --plain)"))?;
+            if self.join.boot.is_empty() {
+                return Err(Fail::msg("--boot IP:PORT is needed (or --plain)"));
+            }
+            let boots = self.join.boot.clone();
             let key = key_from(self.join.key_file.as_deref())?;
             let rt = Runtime::builder()
                 .interface(&iface)
@@ -195,7 +198,7 @@ impl Mesh {
                 .recv_buffer((self.bytes.max(4096) * 2).min(1 << 20))
                 .build()?;
             for (k, name) in names.iter().enumerate() {
-                let node = Node::join(&rt, OverlayConfig::new(boot, name.clone(), key.clone()))?;
+                let node = Node::join(&rt, OverlayConfig::with_boots(boots.clone(), name.clone(), key.clone()))?;
                 let l = node.listen(self.port + k as u16)?;
                 let bytes = self.bytes;
                 std::thread::spawn(move || serve(Acceptor::Overlay(l), bytes));

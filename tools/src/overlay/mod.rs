@@ -23,10 +23,11 @@ use crate::fail::Fail;
 /// `--boot IP:PORT --name NAME --key-file F`).
 #[derive(Debug, Clone, Args)]
 pub struct JoinArgs {
-    /// The bootstrap server (`xsock boot`); with it, `--connect NAME:PORT`
-    /// names a node of the overlay.
-    #[arg(long)]
-    pub boot: Option<SocketAddrV4>,
+    /// The bootstrap servers (`xsock boot`), IP:PORT[,IP:PORT...]: the node
+    /// registers with each (no single point of failure); with them,
+    /// `--connect NAME:PORT` names a node of the overlay.
+    #[arg(long, value_delimiter = ',')]
+    pub boot: Vec<SocketAddrV4>,
     /// This node's unique name on the overlay.
     #[arg(long)]
     pub name: Option<String>,
@@ -38,15 +39,17 @@ pub struct JoinArgs {
 impl JoinArgs {
     /// Whether the overlay is asked for.
     pub fn wanted(&self) -> bool {
-        self.boot.is_some()
+        !self.boot.is_empty()
     }
 
     /// Joins the overlay on `rt`.
     pub fn join(&self, rt: &xsock::Runtime) -> Result<Node, Fail> {
-        let boot = self.boot.ok_or_else(|| Fail::msg("--boot IP:PORT is needed to join the overlay"))?;
+        if self.boot.is_empty() {
+            return Err(Fail::msg("--boot IP:PORT is needed to join the overlay"));
+        }
         let name = self.name.clone().ok_or_else(|| Fail::msg("--name NAME is needed with --boot"))?;
         let key = key_from(self.key_file.as_deref())?;
-        Ok(Node::join(rt, OverlayConfig::new(boot, name, key))?)
+        Ok(Node::join(rt, OverlayConfig::with_boots(self.boot.clone(), name, key))?)
     }
 }
 

@@ -14,10 +14,12 @@
 //! relays) are Noise sessions ([`SecureTcp`]): encrypted, with the cluster
 //! key as the pre-shared key.
 
+mod boots;
 mod io;
 mod node;
 mod secure;
 
+pub use boots::{Registration, register};
 pub use io::{FrameIo, authenticate, fresh_nonce, recv_frame, send_msg};
 pub use node::{Node, NodeListener, OverlayConfig, load_key};
 pub use secure::{SecureParts, SecureTcp, process_key, session_clock};

@@ -3,8 +3,8 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    net::{SocketAddrV4, TcpStream},
-    sync::{Arc, Mutex},
+    net::SocketAddrV4,
+    sync::{Arc, Mutex, Weak},
     time::{Duration, Instant},
 };
 
@@ -15,16 +15,17 @@ use xsock_overlay::{
 };
 
 use super::{
+    boots::{Boots, Registration},
     io::{authenticate, recv_frame, send_msg},
-    secure::SecureTcp,
 };
 use crate::{Error, Listener, Runtime, Stream};
 
 /// How to join the overlay.
 #[derive(Debug, Clone)]
 pub struct OverlayConfig {
-    /// The bootstrap server.
-    pub boot: SocketAddrV4,
+    /// The bootstrap servers (one or more: the node registers with each,
+    /// asks the first that answers).
+    pub boots: Vec<SocketAddrV4>,
     /// This node's unique name.
     pub name: String,
     /// The cluster key.
@@ -38,7 +39,12 @@ pub struct OverlayConfig {
 impl OverlayConfig {
     /// `name` joining through `boot` with `key`.
     pub fn new(boot: SocketAddrV4, name: impl Into<String>, key: Key) -> Self {
-        Self { boot, name: name.into(), key, rank: None, timeout: Duration::from_secs(5) }
+        Self::with_boots(vec![boot], name, key)
+    }
+
+    /// `name` joining through every server of `boots` with `key`.
+    pub fn with_boots(boots: Vec<SocketAddrV4>, name: impl Into<String>, key: Key) -> Self {
+        Self { boots, name: name.into(), key, rank: None, timeout: Duration::from_secs(5) }
     }
 }
 
@@ -60,8 +66,7 @@ struct Inner {
     id: NodeId,
     site: SiteId,
     timeout: Duration,
-    boot_addr: SocketAddrV4,
-    boot: Mutex<SecureTcp>,
+    boot: Mutex<Boots>,
     cache: Mutex<HashMap<String, Entry>>,
     relays: Mutex<(Vec<Entry>, Option<Instant>)>,
     ports: Mutex<BTreeSet<u16>>,
@@ -93,30 +98,22 @@ impl Node {
                 _ => "the runtime's interface has no IPv4 address: give it the LAN address the relays serve".into(),
             }));
         };
-        let deadline = Instant::now() + cfg.timeout;
-        let tcp = TcpStream::connect_timeout(&cfg.boot.into(), cfg.timeout).map_err(|e| {
-            Error::Overlay(format!("cannot reach the bootstrap server at {}: {e} (is `xsock boot` running?)", cfg.boot))
-        })?;
-        tcp.set_nodelay(true).map_err(Error::Io)?;
-        let mut boot = SecureTcp::connect(tcp, &cfg.key, Role::Endpoint, &cfg.name, deadline)
-            .map_err(|e| Error::Overlay(format!("bootstrap server {}: {e}", cfg.boot)))?;
-        let peer = boot.peer().clone();
-        if peer.role != Role::Boot {
-            return Err(Error::Overlay(format!("{} is a {:?}, not the bootstrap server", cfg.boot, peer.role)));
-        }
         let rank = cfg.rank.or(rt.launch().map(|l| l.rank));
-        send_msg(
-            &mut boot,
-            &Msg::Register { role: Role::Endpoint, name: &cfg.name, lan_ip, prefix, wan: None, serve_port: 0, rank },
-        )?;
-        let reply = recv_frame(&mut boot, deadline)?;
-        let (id, site) = match parse(&reply)? {
-            Msg::Registered { node, site } => (node, site),
-            Msg::Refused { reason } => return Err(Error::Overlay(format!("bootstrap server refused us: {reason}"))),
-            _ => return Err(Error::Protocol("unexpected answer to Register".into())),
+        let reg = Registration {
+            node: Registration::fresh_id(),
+            role: Role::Endpoint,
+            name: cfg.name.clone(),
+            lan_ip,
+            prefix,
+            wan: None,
+            serve_port: 0,
+            rank,
         };
-        log::info!("joined the overlay as {} ({id}, {site}) through {}", cfg.name, cfg.boot);
-        Ok(Node {
+        let (boot, site) = Boots::register_all(&cfg.boots, &cfg.key, reg, cfg.timeout)?;
+        let id = boot.node();
+        let up: Vec<String> = boot.servers().iter().filter(|(_, up)| *up).map(|(a, _)| a.to_string()).collect();
+        log::info!("joined the overlay as {} ({id}, {site}) through {}", cfg.name, up.join(", "));
+        let node = Node {
             inner: Arc::new(Inner {
                 rt: rt.clone(),
                 key: cfg.key,
@@ -124,13 +121,33 @@ impl Node {
                 id,
                 site,
                 timeout: cfg.timeout,
-                boot_addr: cfg.boot,
                 boot: Mutex::new(boot),
                 cache: Mutex::new(HashMap::new()),
                 relays: Mutex::new((Vec::new(), None)),
                 ports: Mutex::new(BTreeSet::new()),
             }),
-        })
+        };
+        node.keep_registered();
+        Ok(node)
+    }
+
+    /// A helper thread that registers again with servers that come back
+    /// (and tells them our ports), as long as the node lives.
+    fn keep_registered(&self) {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let _ = std::thread::Builder::new().name("xsock-boots".into()).spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_millis(200));
+                let Some(inner) = weak.upgrade() else { return };
+                let ports: Vec<u16> = inner.ports.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
+                inner.boot.lock().unwrap_or_else(|p| p.into_inner()).revive(&ports);
+            }
+        });
+    }
+
+    /// The bootstrap servers, and which of them we have a session with.
+    pub fn boot_servers(&self) -> Vec<(SocketAddrV4, bool)> {
+        self.inner.boot.lock().unwrap_or_else(|p| p.into_inner()).servers()
     }
 
     /// Our id.
@@ -154,11 +171,7 @@ impl Node {
     }
 
     fn request(&self, msg: &Msg<'_>) -> Result<Vec<u8>, Error> {
-        let mut boot = self.inner.boot.lock().unwrap_or_else(|p| p.into_inner());
-        let deadline = Instant::now() + self.inner.timeout;
-        send_msg(&mut *boot, msg)
-            .and_then(|_| recv_frame(&mut *boot, deadline))
-            .map_err(|e| Error::Overlay(format!("bootstrap server {}: {e}", self.inner.boot_addr)))
+        self.inner.boot.lock().unwrap_or_else(|p| p.into_inner()).request(msg)
     }
 
     fn remember(&self, entry: Entry, my_relays: Vec<Entry>) -> Entry {
@@ -228,8 +241,7 @@ impl Node {
 
     fn publish_ports(&self) -> Result<(), Error> {
         let ports: Vec<u16> = self.inner.ports.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
-        let mut boot = self.inner.boot.lock().unwrap_or_else(|p| p.into_inner());
-        send_msg(&mut *boot, &Msg::Ports { ports })
+        self.inner.boot.lock().unwrap_or_else(|p| p.into_inner()).tell_all(&Msg::Ports { ports })
     }
 
     /// Connects to `name`:`port`: directly inside our LAN, through a relay

@@ -66,7 +66,7 @@ fn merge(flags: &Relay, file: Relay) -> Relay {
     let f = flags.clone();
     Relay {
         config: f.config,
-        boot: f.boot.or(file.boot),
+        boot: if f.boot.is_empty() { file.boot } else { f.boot },
         key_file: f.key_file.or(file.key_file),
         name: f.name.or(file.name),
         lan_iface: f.lan_iface.or(file.lan_iface),
@@ -80,6 +80,7 @@ fn merge(flags: &Relay, file: Relay) -> Relay {
         spin: f.spin.or(file.spin),
         metrics_listen: f.metrics_listen.or(file.metrics_listen),
         drain_timeout: f.drain_timeout.or(file.drain_timeout),
+        directory_cache: f.directory_cache.or(file.directory_cache),
     }
 }
 
@@ -95,7 +96,7 @@ pub fn settings(r: &Relay) -> Result<Settings, Fail> {
     };
     let need = |what: &str| Fail::msg(format!("--{what} is needed (as a flag or `{what} = ...` in --config)"));
     Ok(Settings {
-        boot: r.boot.ok_or_else(|| need("boot"))?,
+        boot: if r.boot.is_empty() { return Err(need("boot")) } else { r.boot },
         key_file: r.key_file.ok_or_else(|| need("key-file"))?,
         name: r.name.ok_or_else(|| need("name"))?,
         lan_iface: r.lan_iface.ok_or_else(|| need("lan-iface"))?,
@@ -111,6 +112,7 @@ pub fn settings(r: &Relay) -> Result<Settings, Fail> {
         spin: r.spin.unwrap_or(Duration::ZERO),
         metrics_listen: r.metrics_listen,
         drain_timeout: r.drain_timeout.unwrap_or(Duration::from_secs(30)),
+        directory_cache: r.directory_cache,
     })
 }
 
@@ -127,7 +129,7 @@ mod tests {
     #[test]
     fn parses_keys_and_refuses_typos_with_the_valid_list() {
         let r = parse("# relay a\nboot = 10.0.0.1:7400\nlan_iface = eth0 # the LAN\n", "r.conf").unwrap();
-        assert_eq!(r.boot, Some("10.0.0.1:7400".parse().unwrap()));
+        assert_eq!(r.boot, vec!["10.0.0.1:7400".parse().unwrap()]);
         assert_eq!(r.lan_iface.as_deref(), Some("eth0"));
         let e = parse("bot = 1.2.3.4:5\n", "r.conf").unwrap_err().to_string();
         assert!(e.contains("r.conf:1") && e.contains("unknown key \"bot\"") && e.contains("valid: boot"), "{e}");
@@ -144,7 +146,7 @@ mod tests {
     #[test]
     fn every_flag_parses_from_the_file() {
         let lines = [
-            ("boot", "10.0.0.1:7400"),
+            ("boot", "10.0.0.1:7400,10.0.0.9:7400"),
             ("key-file", "/etc/xsock/cluster.key"),
             ("name", "site-a"),
             ("lan-iface", "eth1"),
@@ -158,6 +160,7 @@ mod tests {
             ("spin", "1ms"),
             ("metrics-listen", "10.1.0.2:9401"),
             ("drain-timeout", "5s"),
+            ("directory-cache", "/var/lib/xsock/site-a.dir"),
         ];
         let mut covered: Vec<&str> = lines.iter().map(|(k, _)| *k).collect();
         covered.sort_unstable();
@@ -166,7 +169,7 @@ mod tests {
         assert_eq!(covered, all, "every relay flag needs a line in this test");
         let text: String = lines.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
         let s = settings(&merge(&flags(&[]), parse(&text, "all.conf").unwrap())).unwrap();
-        assert_eq!(s.boot, "10.0.0.1:7400".parse().unwrap());
+        assert_eq!(s.boot, ["10.0.0.1:7400".parse().unwrap(), "10.0.0.9:7400".parse().unwrap()]);
         assert_eq!(s.key_file, PathBuf::from("/etc/xsock/cluster.key"));
         assert_eq!(s.name, "site-a");
         assert_eq!(s.lan_iface, "eth1");
@@ -180,6 +183,7 @@ mod tests {
         assert_eq!(s.spin, Duration::from_millis(1));
         assert_eq!(s.metrics_listen, Some("10.1.0.2:9401".parse().unwrap()));
         assert_eq!(s.drain_timeout, Duration::from_secs(5));
+        assert_eq!(s.directory_cache, Some(PathBuf::from("/var/lib/xsock/site-a.dir")));
     }
 
     #[test]

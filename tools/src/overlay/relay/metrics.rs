@@ -116,6 +116,25 @@ pub fn render(status: &Value) -> String {
         "1 while the relay runs (0.5 while it drains)",
         &[(relay.clone(), if status["draining"] == true { 0.5 } else { 1.0 })],
     );
+    let servers: Vec<(String, f64)> = status["boot_servers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|b| {
+            (
+                format!("{relay},server=\"{}\"", label(b["addr"].as_str().unwrap_or(""))),
+                f64::from(u8::from(b["up"] == true)),
+            )
+        })
+        .collect();
+    family(
+        &mut out,
+        "xsock_relay_boot_server_up",
+        "gauge",
+        "1 while the session with a bootstrap server is up",
+        &servers,
+    );
     family(&mut out, "xsock_relay_links", "gauge", "Relay links up", &[(relay.clone(), links.len() as f64)]);
     let per_link = |key: &str| -> Vec<(String, f64)> {
         links

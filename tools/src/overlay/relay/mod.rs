@@ -12,24 +12,20 @@
 //! them. Helper threads only do what blocks (dialling and accepting relay
 //! links, opening delivery streams) and hand their results to it.
 
+mod boots;
 mod config;
 mod lan;
 mod metrics;
 mod shell;
 mod wan;
 
-use std::{
-    net::{SocketAddrV4, TcpStream},
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddrV4, path::PathBuf, time::Duration};
 
 use clap::Args;
 use xsock::{
     Runtime,
-    overlay::{Role, SecureTcp},
+    overlay::{Registration, Role, register},
 };
-use xsock_overlay::wire::Msg;
 
 use super::key_from;
 use crate::fail::Fail;
@@ -42,9 +38,10 @@ pub struct Relay {
     /// flag takes them; flags given on the command line win.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// The bootstrap server.
-    #[arg(long)]
-    boot: Option<SocketAddrV4>,
+    /// The bootstrap servers, IP:PORT[,IP:PORT...] (the relay registers
+    /// with each; directories are merged; running VCs survive them all).
+    #[arg(long, value_delimiter = ',')]
+    boot: Vec<SocketAddrV4>,
     /// The cluster key file.
     #[arg(long)]
     key_file: Option<PathBuf>,
@@ -85,6 +82,11 @@ pub struct Relay {
     /// has a core to itself).
     #[arg(long, value_parser = crate::args::parse_duration)]
     spin: Option<Duration>,
+    /// Keep the directory (and this relay's id and site) in this file,
+    /// rewritten on every change: started while every bootstrap server is
+    /// down, the relay runs on it.
+    #[arg(long)]
+    directory_cache: Option<PathBuf>,
     /// Serve Prometheus metrics over HTTP here (`GET /metrics`).
     #[arg(long)]
     metrics_listen: Option<SocketAddrV4>,
@@ -97,7 +99,7 @@ pub struct Relay {
 /// Everything the relay runs with, flags and config file merged.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub boot: SocketAddrV4,
+    pub boot: Vec<SocketAddrV4>,
     pub key_file: PathBuf,
     pub name: String,
     pub lan_iface: String,
@@ -111,6 +113,7 @@ pub struct Settings {
     pub spin: Duration,
     pub metrics_listen: Option<SocketAddrV4>,
     pub drain_timeout: Duration,
+    pub directory_cache: Option<PathBuf>,
 }
 
 impl Relay {
@@ -152,31 +155,71 @@ impl Relay {
             })?),
             None => None,
         };
-        // Register: our id and site come from the bootstrap server.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let tcp = TcpStream::connect_timeout(&s.boot.into(), Duration::from_secs(5)).map_err(|e| {
-            Fail::msg(format!("cannot reach the bootstrap server at {}: {e} (is `xsock boot` running there?)", s.boot))
-        })?;
-        tcp.set_nodelay(true)?;
-        let mut boot = SecureTcp::connect(tcp, &key, Role::Relay, &s.name, deadline)
-            .map_err(|e| Fail::msg(format!("bootstrap server {}: {e}", s.boot)))?;
+        // Register with every bootstrap server under one id we draw; the
+        // site comes from the first that answers.
         let wan = s.wan_advertise.or(s.wan_listen);
-        let reg = Msg::Register {
+        let reg = Registration {
+            node: Registration::fresh_id(),
             role: Role::Relay,
-            name: &s.name,
+            name: s.name.clone(),
             lan_ip,
             prefix,
             wan,
             serve_port: s.serve_port,
             rank: None,
         };
-        xsock::overlay::send_msg(&mut boot, &reg)?;
-        let reply = xsock::overlay::recv_frame(&mut boot, deadline)?;
-        let (me, site) = match Msg::parse(&reply) {
-            Ok(Msg::Registered { node, site }) => (node, site),
-            Ok(Msg::Refused { reason }) => return Err(Fail::msg(format!("the bootstrap server refused us: {reason}"))),
-            _ => return Err(Fail::msg("unexpected answer from the bootstrap server")),
+        let mut site = None;
+        let mut boots = Vec::new();
+        let mut whys = Vec::new();
+        for &addr in &s.boot {
+            match register(addr, &key, &reg, Duration::from_secs(5)) {
+                Ok((session, got)) => {
+                    site.get_or_insert(got);
+                    boots.push((addr, Some(session.into_parts())));
+                }
+                // A refusal (a wrong key, a taken name) is the same at
+                // every server: stop with it.
+                Err(e @ xsock::Error::Overlay(_)) if e.to_string().contains("refused us") => return Err(e.into()),
+                Err(e) if e.to_string().contains("cluster key") => return Err(e.into()),
+                Err(e) => {
+                    log::warn!("{e}; registering there when it answers");
+                    whys.push(e.to_string());
+                    boots.push((addr, None));
+                }
+            }
+        }
+        let mut reg = reg;
+        let mut initial = Vec::new();
+        let site = match (site, &s.directory_cache) {
+            (Some(site), _) => site,
+            (None, Some(path)) => match boots::cache::load(path) {
+                Ok((me, site, entries)) => {
+                    // Register later under the id the other relays know.
+                    reg.node = me;
+                    log::warn!(
+                        "no bootstrap server answers ({}); starting from the directory cache {} ({} nodes)",
+                        whys.join("; "),
+                        path.display(),
+                        entries.len()
+                    );
+                    initial = entries;
+                    site
+                }
+                Err(e) => {
+                    return Err(Fail::msg(format!(
+                        "no bootstrap server took us ({}), and the directory cache cannot stand in: {e}",
+                        whys.join("; ")
+                    )));
+                }
+            },
+            (None, None) => {
+                return Err(Fail::msg(format!(
+                    "no bootstrap server took us: {} (with --directory-cache FILE a relay can start without one)",
+                    whys.join("; ")
+                )));
+            }
         };
+        let me = reg.node;
         log::info!(
             "relay {} is {me} in {site}; LAN {lan_ip}/{prefix} port {} on {}; relay links: {}",
             s.name,
@@ -184,7 +227,6 @@ impl Relay {
             s.lan_iface,
             wan.map_or("outbound only".to_owned(), |a| format!("accepted on {a}"))
         );
-        let boot = boot.into_parts();
-        shell::run(shell::Setup { settings: s, key, rt, me, site, boot, lan_listener, wan_listener })
+        shell::run(shell::Setup { settings: s, key, rt, me, site, reg, boots, initial, lan_listener, wan_listener })
     }
 }

@@ -14,7 +14,7 @@ use std::os::fd::AsFd;
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use xsock::{
     Error, Listener, Runtime, Stream,
-    overlay::{Key, SecureParts, session_clock},
+    overlay::{Key, Registration, SecureParts, session_clock},
 };
 use xsock_overlay::{
     NodeId, SiteId,
@@ -36,10 +36,10 @@ pub enum Event {
     LinkUp { session: Box<SecureParts>, peer: NodeId, name: String, initiated: bool },
     /// Dialling a relay failed.
     DialFailed { peer: NodeId, why: String },
-    /// The bootstrap server's directory.
-    Directory(Vec<Entry>),
+    /// Bootstrap server `index`'s directory.
+    Directory { index: usize, entries: Vec<Entry> },
     /// The bootstrap session ended.
-    BootLost(String),
+    BootLost { index: usize, why: String },
     /// A delivery stream is connected (its handshake is next), or not.
     Dialed { local: LocalId, ip: std::net::Ipv4Addr, port: u16, stream: Result<Stream, Error> },
 }
@@ -66,7 +66,14 @@ pub struct Setup {
     pub rt: Runtime,
     pub me: NodeId,
     pub site: SiteId,
-    pub boot: SecureParts,
+    /// What we registered as (to register again).
+    pub reg: Registration,
+    /// Each bootstrap server, with the session made at start (if it
+    /// answered).
+    pub boots: Vec<(std::net::SocketAddrV4, Option<SecureParts>)>,
+    /// The directory to start with (from the cache; empty when a server
+    /// answered: its push comes first).
+    pub initial: Vec<Entry>,
     pub lan_listener: Listener,
     pub wan_listener: Option<TcpListener>,
 }
@@ -103,14 +110,17 @@ struct Dial {
 
 /// The loop. Returns only on a fatal error.
 pub fn run(setup: Setup) -> Result<(), Fail> {
-    let Setup { settings, key, rt, me, site, boot, lan_listener, wan_listener } = setup;
+    let Setup { settings, key, rt, me, site, reg, boots, initial, lan_listener, wan_listener } = setup;
     let clock = Clock::start();
     let mut cfg = RelayConfig::new(me, epoch_micros());
     cfg.window = settings.window;
     let core = RelayCore::new(cfg, Box::new(ShortestPath), clock.now());
     let (tx, rx) = unbounded();
     let notify = Notify { tx, rt: rt.clone() };
-    spawn_boot_reader(boot, notify.clone());
+    let servers: Vec<(std::net::SocketAddrV4, bool)> = boots.iter().map(|(a, s)| (*a, s.is_some())).collect();
+    for (index, (addr, session)) in boots.into_iter().enumerate() {
+        super::boots::spawn(index, addr, session, reg.clone(), key.clone(), notify.clone());
+    }
     let ident = wan::Ident { key: key.clone(), me, site, name: settings.name.clone(), refused: Default::default() };
     let metrics = settings.metrics_listen.map(metrics::Metrics::serve).transpose()?;
     xsock_nic::sys::catch_interrupts()?;
@@ -138,7 +148,15 @@ pub fn run(setup: Setup) -> Result<(), Fail> {
         dials: HashMap::new(),
         clock,
         auth_refused_lan: 0,
+        server_dirs: vec![Vec::new(); servers.len()],
+        servers,
+        cache: settings.directory_cache.clone().map(|p| (p, site)),
     };
+    if !initial.is_empty() {
+        st.core.set_directory(&initial);
+        st.directory = initial;
+        st.dial();
+    }
     let mut last_work = Instant::now();
     let spin = settings.spin;
     let mut last_status = Instant::now();
@@ -204,38 +222,6 @@ pub fn run(setup: Setup) -> Result<(), Fail> {
     }
 }
 
-fn spawn_boot_reader(boot: SecureParts, tx: Notify) {
-    let SecureParts { stream: mut boot, mut opener, plain, .. } = boot;
-    let _ = std::thread::Builder::new().name("boot-rd".into()).spawn(move || {
-        let mut rd = FrameReader::default();
-        let mut buf = vec![0u8; 64 * 1024];
-        // What the session had opened already comes first (the directory
-        // may have come with the registration's answer).
-        let mut opened = plain;
-        let why = loop {
-            rd.push(&opened);
-            opened.clear();
-            while let Ok(Some(f)) = rd.next_frame() {
-                match Msg::parse(f) {
-                    Ok(Msg::Directory { entries }) => tx.send(Event::Directory(entries)),
-                    Ok(Msg::Refused { reason }) => log::error!("the bootstrap server: {reason}"),
-                    _ => {}
-                }
-            }
-            match boot.read(&mut buf) {
-                Ok(0) => break "the bootstrap server closed the session".to_owned(),
-                Err(e) => break e.to_string(),
-                Ok(n) => {
-                    if let Err(e) = opener.open(&buf[..n], &mut opened) {
-                        break format!("the session broke: {e}");
-                    }
-                }
-            }
-        };
-        tx.send(Event::BootLost(why));
-    });
-}
-
 struct State {
     lan_listener: Listener,
     connect_jobs: crossbeam_channel::Sender<lan::ConnectJob>,
@@ -258,6 +244,12 @@ struct State {
     clock: Clock,
     /// Endpoints refused at the LAN handshake.
     auth_refused_lan: u64,
+    /// What each bootstrap server last said (kept while it is down).
+    server_dirs: Vec<Vec<Entry>>,
+    /// Each bootstrap server and whether its session is up.
+    servers: Vec<(std::net::SocketAddrV4, bool)>,
+    /// `--directory-cache`, and our site to write in it.
+    cache: Option<(std::path::PathBuf, SiteId)>,
 }
 
 impl State {
@@ -444,13 +436,33 @@ impl State {
                     d.why = why;
                 }
             }
-            Event::Directory(entries) => {
-                self.core.set_directory(&entries);
-                self.directory = entries;
+            Event::Directory { index, entries } => {
+                if let Some(d) = self.server_dirs.get_mut(index) {
+                    *d = entries;
+                }
+                if let Some(s) = self.servers.get_mut(index) {
+                    s.1 = true;
+                }
+                let merged = super::boots::merge(&self.server_dirs);
+                if let Some((path, site)) = &self.cache
+                    && merged != self.directory
+                    && let Err(e) = super::boots::cache::save(path, self.me, *site, &merged)
+                {
+                    log::warn!("cannot write the directory cache {}: {e}", path.display());
+                }
+                self.core.set_directory(&merged);
+                self.directory = merged;
                 self.dial();
             }
-            Event::BootLost(why) => {
-                log::error!("lost the bootstrap server ({why}); relaying on with the last directory")
+            Event::BootLost { index, why } => {
+                if let Some(s) = self.servers.get_mut(index) {
+                    s.1 = false;
+                    log::error!(
+                        "lost the bootstrap server {} ({why}); relaying on with the last directory, registering again \
+                         when it answers",
+                        s.0
+                    );
+                }
             }
             Event::Dialed { local, ip, port, stream } => {
                 let Some(&(src, dst, p)) = self.pending.get(&local) else {
@@ -703,6 +715,8 @@ impl State {
             .collect();
         serde_json::json!({
             "draining": self.core.is_draining(),
+            "boot_servers": self.servers.iter().map(|(a, up)| serde_json::json!({"addr": a.to_string(), "up": up}))
+                .collect::<Vec<_>>(),
             "lan_queues": queues,
             "routes_changed_unix_ns": changed,
             "name": s.name, "id": self.me.to_string(), "site": site.to_string(),
