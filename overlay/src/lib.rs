@@ -17,7 +17,9 @@
 //!   numbers and ageing, routing behind the [`route::Routing`] trait
 //!   (Dijkstra now);
 //! - [`relay`]: the relay's core: links, flooding, virtual connections
-//!   (open, data, end-to-end credit, close, abort) multiplexed over links.
+//!   (open, data, end-to-end credit, close, abort) multiplexed over links;
+//! - [`sim`]: relay cores on in-memory links and virtual time (the tests'
+//!   harness and the many-relay benchmark's).
 //!
 //! Nothing here does I/O or reads a clock: time comes in as a `Duration`
 //! since an epoch the caller picks, randomness (nonces) from the caller.
@@ -33,6 +35,7 @@ pub mod registry;
 pub mod relay;
 pub mod route;
 pub mod secure;
+pub mod sim;
 pub mod wire;
 
 pub use id::{NodeId, SiteId};

@@ -47,8 +47,16 @@ pub struct RelayConfig {
     pub me: NodeId,
     /// Bytes a local end can take before the sender must wait for credit.
     pub window: u32,
-    /// How often our advertisement is re-flooded (it doubles as keepalive).
+    /// How often our advertisement is re-flooded when nothing changed (a
+    /// refresh costs every relay of the overlay a message, so it is rare:
+    /// link liveness comes from keepalives).
     pub refresh: Duration,
+    /// A link with nothing else sent for this long carries a keepalive.
+    pub keepalive: Duration,
+    /// Routes are recomputed this long after the first change of a burst
+    /// (one computation for the burst of advertisements a change floods;
+    /// a VC opened meanwhile computes them at once).
+    pub spf_delay: Duration,
     /// Advertisements not refreshed for this long are dropped.
     pub max_age: Duration,
     /// A link that has been silent this long is closed.
@@ -64,8 +72,10 @@ impl RelayConfig {
         Self {
             me,
             window: 4 << 20,
-            refresh: Duration::from_millis(500),
-            max_age: Duration::from_secs(3),
+            refresh: Duration::from_secs(30),
+            keepalive: Duration::from_millis(500),
+            spf_delay: Duration::from_millis(2),
+            max_age: Duration::from_secs(120),
             link_timeout: Duration::from_millis(2000),
             seq_start,
         }
@@ -144,6 +154,10 @@ struct LinkState {
     peer: NodeId,
     next_vc: u32,
     last_heard: Duration,
+    /// When we last sent on it (as of the last timeout).
+    last_sent: Duration,
+    /// Something was sent since then.
+    sent: bool,
     initiated_by_me: bool,
 }
 
@@ -173,6 +187,8 @@ pub struct RelayCore {
     routes_changed: Option<Duration>,
     /// Shutting down: new VCs are refused with this reason.
     draining: Option<String>,
+    /// Routes are stale since this time (see [`RelayConfig::spf_delay`]).
+    routes_dirty: Option<Duration>,
 }
 
 impl RelayCore {
@@ -201,6 +217,7 @@ impl RelayCore {
             counters: Counters::default(),
             routes_changed: None,
             draining: None,
+            routes_dirty: None,
         };
         core.originate(now);
         core
@@ -264,7 +281,8 @@ impl RelayCore {
             self.drop_link(now, old, "replaced by a newer link");
         }
         let next_vc = if self.cfg.me < peer { 2 } else { 1 };
-        self.links.insert(link, LinkState { peer, next_vc, last_heard: now, initiated_by_me });
+        self.links
+            .insert(link, LinkState { peer, next_vc, last_heard: now, last_sent: now, sent: false, initiated_by_me });
         self.link_to.insert(peer, link);
         // Full sync: everything we know, then our new advertisement.
         let all: Vec<Vec<u8>> = self
@@ -335,7 +353,7 @@ impl RelayCore {
                         self.send_raw(l, frame_with_len(frame).as_slice());
                     }
                     if !same_links {
-                        self.recompute(now);
+                        self.routes_stale(now);
                     }
                 }
             }
@@ -355,6 +373,7 @@ impl RelayCore {
             Msg::Data { vc, bytes } => self.on_data(End::Link(link, vc), bytes),
             Msg::Credit { vc, bytes } => self.on_credit(End::Link(link, vc), bytes),
             Msg::Close { vc } => self.on_close(End::Link(link, vc)),
+            Msg::Keepalive => {}
             Msg::Abort { vc, reason } => {
                 if let Some(id) = self.by_end.get(&End::Link(link, vc)).copied() {
                     self.abort_vc(id, Some(End::Link(link, vc)), reason);
@@ -436,8 +455,14 @@ impl RelayCore {
             self.originate(now);
         }
         if !self.db.expire(now).is_empty() {
+            self.routes_stale(now);
+        }
+        if let Some(since) = self.routes_dirty
+            && now >= since + self.cfg.spf_delay
+        {
             self.recompute(now);
         }
+        self.keep_links_alive(now);
         let timeout = self.cfg.link_timeout;
         let silent: Vec<LinkId> =
             self.links.iter().filter(|(_, s)| now.saturating_sub(s.last_heard) > timeout).map(|(l, _)| *l).collect();
@@ -455,6 +480,10 @@ impl RelayCore {
         }
         for s in self.links.values() {
             t = t.min(s.last_heard + self.cfg.link_timeout + Duration::from_millis(1));
+            t = t.min(s.last_sent + self.cfg.keepalive);
+        }
+        if let Some(since) = self.routes_dirty {
+            t = t.min(since + self.cfg.spf_delay);
         }
         t
     }
@@ -531,11 +560,49 @@ impl RelayCore {
         }
         self.next_refresh = now + self.cfg.refresh;
         if !same_links {
+            self.routes_stale(now);
+        }
+    }
+
+    /// The link-state database changed: routes are recomputed after the
+    /// burst (see [`RelayConfig::spf_delay`]).
+    fn routes_stale(&mut self, now: Duration) {
+        self.routes_dirty.get_or_insert(now);
+    }
+
+    /// Computes routes now if they are stale (a harness at a quiet point,
+    /// or a shell before it reads them).
+    pub fn flush_routes(&mut self, now: Duration) {
+        if self.routes_dirty.is_some() {
             self.recompute(now);
         }
     }
 
+    /// A keepalive on every link nothing was sent on for a keepalive
+    /// interval.
+    fn keep_links_alive(&mut self, now: Duration) {
+        let every = self.cfg.keepalive;
+        let quiet: Vec<LinkId> = self
+            .links
+            .iter_mut()
+            .filter_map(|(l, s)| {
+                if std::mem::take(&mut s.sent) {
+                    s.last_sent = now;
+                }
+                (now.saturating_sub(s.last_sent) >= every).then_some(*l)
+            })
+            .collect();
+        for l in quiet {
+            self.send_msg(l, &Msg::Keepalive);
+            if let Some(s) = self.links.get_mut(&l) {
+                s.last_sent = now;
+                s.sent = false;
+            }
+        }
+    }
+
     fn recompute(&mut self, now: Duration) {
+        self.routes_dirty = None;
         let routes = self.routing.compute(self.cfg.me, &self.db);
         self.counters.route_runs += 1;
         if routes != self.routes {
@@ -550,9 +617,8 @@ impl RelayCore {
     }
 
     fn send_raw(&mut self, link: LinkId, frame: &[u8]) {
-        if !self.links.contains_key(&link) {
-            return;
-        }
+        let Some(st) = self.links.get_mut(&link) else { return };
+        st.sent = true;
         let buf = self.out.entry(link).or_default();
         if buf.is_empty() {
             self.dirty.push(link);
@@ -561,9 +627,8 @@ impl RelayCore {
     }
 
     fn send_msg(&mut self, link: LinkId, msg: &Msg<'_>) {
-        if !self.links.contains_key(&link) {
-            return;
-        }
+        let Some(st) = self.links.get_mut(&link) else { return };
+        st.sent = true;
         let buf = self.out.entry(link).or_default();
         if buf.is_empty() {
             self.dirty.push(link);
@@ -601,7 +666,9 @@ impl RelayCore {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn open(&mut self, _now: Duration, from: End, src: NodeId, dst: NodeId, port: u16, ttl: u8, credit: u32) {
+    fn open(&mut self, now: Duration, from: End, src: NodeId, dst: NodeId, port: u16, ttl: u8, credit: u32) {
+        // A VC takes the routes as they are now, not as of the last burst.
+        self.flush_routes(now);
         let id = self.next_vc;
         self.next_vc += 1;
         let refuse = |core: &mut Self, reason: String| {

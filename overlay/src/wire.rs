@@ -107,6 +107,9 @@ pub enum Msg<'a> {
     GetDirectory,
     /// Every registered node (pushed to relays on every change).
     Directory { entries: Vec<Entry> },
+    /// On a relay link that has been quiet for a keepalive interval: the
+    /// link is alive (advertisements are refreshed far less often).
+    Keepalive,
     /// A relay's link-state advertisement.
     Lsa { origin: NodeId, seq: u64, neighbors: Vec<(NodeId, u32)> },
     /// Opens virtual connection `vc` on this hop from `src` to `dst`:`port`;
@@ -170,6 +173,7 @@ mod ty {
     pub const GET_DIRECTORY: u8 = 17;
     pub const DIRECTORY: u8 = 18;
     pub const LSA: u8 = 20;
+    pub const KEEPALIVE: u8 = 21;
     pub const OPEN: u8 = 30;
     pub const ACCEPT: u8 = 31;
     pub const REFUSE: u8 = 32;
@@ -347,6 +351,7 @@ impl<'a> Msg<'a> {
             ty::NOT_FOUND => Msg::NotFound { what: r.str()? },
             ty::GET_DIRECTORY => Msg::GetDirectory,
             ty::DIRECTORY => Msg::Directory { entries: r.list(|r| r.entry())? },
+            ty::KEEPALIVE => Msg::Keepalive,
             ty::LSA => Msg::Lsa { origin: r.node()?, seq: r.u64()?, neighbors: r.list(|r| Ok((r.node()?, r.u32()?)))? },
             ty::OPEN => Msg::Open {
                 vc: r.u32()?,
@@ -442,6 +447,7 @@ impl<'a> Msg<'a> {
                 w.str(what);
             }
             Msg::GetDirectory => w.u8(ty::GET_DIRECTORY),
+            Msg::Keepalive => w.u8(ty::KEEPALIVE),
             Msg::Directory { entries } => {
                 w.u8(ty::DIRECTORY);
                 w.count(entries.len());
@@ -595,6 +601,7 @@ mod tests {
                 rank: None,
             },
             Msg::Registered { node: NodeId(1), site: SiteId(2) },
+            Msg::Keepalive,
             Msg::Ports { ports: vec![1, 2, 3] },
             Msg::Resolve { name: "x" },
             Msg::ResolveRank { rank: 5 },

@@ -3,186 +3,11 @@
 //! `xsock relay`.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
-    net::Ipv4Addr,
+    collections::{HashMap, VecDeque},
     time::Duration,
 };
 
-use xsock_overlay::{
-    NodeId, SiteId,
-    relay::{Action, LinkId, LocalId, RelayConfig, RelayCore},
-    route::ShortestPath,
-    wire::{Entry, FrameReader, Role},
-};
-
-struct Sim {
-    now: Duration,
-    relays: BTreeMap<u64, RelayCore>,
-    /// link id -> (relay a, relay b); both ends use the same id.
-    links: HashMap<LinkId, (u64, u64)>,
-    wires: HashMap<(LinkId, u64), FrameReader>,
-    in_flight: VecDeque<(LinkId, u64, Vec<u8>)>,
-    actions: Vec<(u64, Action)>,
-    next_link: LinkId,
-}
-
-fn relay_entry(id: u64) -> Entry {
-    Entry {
-        node: NodeId(id),
-        role: Role::Relay,
-        name: format!("relay-{id}"),
-        site: SiteId(id),
-        lan_ip: Ipv4Addr::new(10, 0, 0, 1),
-        wan: None,
-        serve_port: 1,
-        rank: None,
-        ports: vec![],
-    }
-}
-
-/// Endpoint `100 * site + k`, listening on port 80, in site `site`.
-fn endpoint_entry(site: u64, k: u64) -> Entry {
-    Entry {
-        node: NodeId(100 * site + k),
-        role: Role::Endpoint,
-        name: format!("h{site}-{k}"),
-        site: SiteId(site),
-        lan_ip: Ipv4Addr::new(10, 0, 0, 2),
-        wan: None,
-        serve_port: 0,
-        rank: None,
-        ports: vec![80],
-    }
-}
-
-impl Sim {
-    fn new(ids: &[u64], window: u32) -> Sim {
-        let mut dir: Vec<Entry> = ids.iter().map(|&i| relay_entry(i)).collect();
-        dir.extend(ids.iter().flat_map(|&i| [endpoint_entry(i, 1), endpoint_entry(i, 2)]));
-        let relays = ids
-            .iter()
-            .map(|&i| {
-                let mut cfg = RelayConfig::new(NodeId(i), 1000 * i);
-                cfg.window = window;
-                let mut c = RelayCore::new(cfg, Box::new(ShortestPath), Duration::ZERO);
-                c.set_directory(&dir);
-                (i, c)
-            })
-            .collect();
-        Sim {
-            now: Duration::ZERO,
-            relays,
-            links: HashMap::new(),
-            wires: HashMap::new(),
-            in_flight: VecDeque::new(),
-            actions: vec![],
-            next_link: 1,
-        }
-    }
-
-    fn connect(&mut self, a: u64, b: u64) -> LinkId {
-        let l = self.next_link;
-        self.next_link += 1;
-        self.links.insert(l, (a, b));
-        let now = self.now;
-        self.relays.get_mut(&a).unwrap().handle_link_up(now, l, NodeId(b), true);
-        self.relays.get_mut(&b).unwrap().handle_link_up(now, l, NodeId(a), false);
-        l
-    }
-
-    fn cut(&mut self, l: LinkId) {
-        let (a, b) = self.links.remove(&l).unwrap();
-        let now = self.now;
-        for r in [a, b] {
-            if let Some(c) = self.relays.get_mut(&r) {
-                c.handle_link_down(now, l);
-            }
-        }
-    }
-
-    /// A relay dies: its neighbours see its links go down.
-    fn kill(&mut self, r: u64) {
-        self.relays.remove(&r);
-        let dead: Vec<LinkId> = self.links.iter().filter(|(_, (a, b))| *a == r || *b == r).map(|(l, _)| *l).collect();
-        for l in dead {
-            self.cut(l);
-        }
-    }
-
-    /// Moves frames until nothing is in flight; returns the actions.
-    fn settle(&mut self) -> Vec<(u64, Action)> {
-        for _ in 0..10_000 {
-            let mut moved = false;
-            for (&id, core) in self.relays.iter_mut() {
-                while let Some((link, bytes)) = core.poll_transmit() {
-                    if let Some(&(a, b)) = self.links.get(&link) {
-                        let to = if a == id { b } else { a };
-                        self.in_flight.push_back((link, to, bytes));
-                    }
-                }
-                while let Some(a) = core.poll_action() {
-                    self.actions.push((id, a));
-                }
-            }
-            while let Some((link, to, bytes)) = self.in_flight.pop_front() {
-                moved = true;
-                let Some(core) = self.relays.get_mut(&to) else { continue };
-                let rd = self.wires.entry((link, to)).or_default();
-                rd.push(&bytes);
-                while let Some(f) = rd.next_frame().unwrap() {
-                    core.handle_link_frame(self.now, link, f).unwrap();
-                }
-            }
-            if !moved {
-                return std::mem::take(&mut self.actions);
-            }
-        }
-        panic!("the overlay never went quiet");
-    }
-
-    fn advance(&mut self, d: Duration) {
-        let end = self.now + d;
-        while self.now < end {
-            let next = self.relays.values().map(|c| c.poll_timeout()).min().unwrap().min(end);
-            self.now = next.max(self.now);
-            let now = self.now;
-            for c in self.relays.values_mut() {
-                if c.poll_timeout() <= now {
-                    c.handle_timeout(now);
-                }
-            }
-            self.settle();
-            if next >= end {
-                break;
-            }
-        }
-    }
-
-    fn core(&mut self, r: u64) -> &mut RelayCore {
-        self.relays.get_mut(&r).unwrap()
-    }
-
-    /// Opens a VC from endpoint h`from`-1 to h`to`-1:port; answers the
-    /// Connect at the far relay. Returns (source local, destination relay
-    /// and local), or the failure reason.
-    fn open(&mut self, from: u64, to: u64, port: u16) -> Result<(LocalId, u64, LocalId), String> {
-        let now = self.now;
-        let src = self.core(from).handle_local_open(now, NodeId(100 * from + 1), NodeId(100 * to + 1), port);
-        let mut far = None;
-        for (r, a) in self.settle() {
-            match a {
-                Action::Connect { local, .. } => far = Some((r, local)),
-                Action::Failed { local, reason } if local == src && r == from => return Err(reason),
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-        let (r, local) = far.expect("a Connect at the far relay");
-        self.core(r).handle_local_connected(local);
-        let acts = self.settle();
-        assert!(acts.contains(&(from, Action::Opened { local: src })), "{acts:?}");
-        Ok((src, r, local))
-    }
-}
+use xsock_overlay::{NodeId, relay::Action, sim::Sim};
 
 fn next_hop_path(sim: &Sim, from: u64, to: u64) -> Vec<u64> {
     let mut path = vec![from];
@@ -411,4 +236,27 @@ proptest::proptest! {
             }
         }
     }
+}
+
+#[test]
+fn idle_links_live_on_keepalives_and_a_burst_computes_routes_once() {
+    let ids: Vec<u64> = (1..=12).collect();
+    let mut s = Sim::new(&ids, 1 << 20);
+    for i in 1..=12u64 {
+        s.connect(i, i % 12 + 1);
+    }
+    s.settle();
+    for r in s.relays.values() {
+        // 12 advertisements reached every relay; one computation for them.
+        assert!(r.counters().route_runs <= 2, "{} route runs", r.counters().route_runs);
+        assert_eq!(r.routes().len(), 11);
+    }
+    let lsas: u64 = s.relays.values().map(|r| r.counters().lsas_in).sum();
+    // Ten idle seconds: keepalives hold every link, no advertisement floods.
+    s.advance(Duration::from_secs(10));
+    for r in s.relays.values() {
+        assert_eq!(r.links().len(), 2, "an idle link was taken for dead");
+    }
+    let after: u64 = s.relays.values().map(|r| r.counters().lsas_in).sum();
+    assert_eq!(after, lsas, "idle seconds flooded advertisements");
 }

@@ -9,12 +9,14 @@
 //!
 //! ```text
 //! xsock-perf foundation|link|relay|scale|engine [--rounds N] [--xsock PATH] [--out DIR] [--only PART]
+//! xsock-perf relaysim [--only 100,1000,10000]      (no root, no xsock binary: cores in this process)
 //! ```
 
 mod engine;
 mod foundation;
 mod link;
 mod relay;
+mod relaysim;
 mod scale;
 mod suites_common;
 
@@ -63,6 +65,14 @@ fn parse_args() -> Result<Opts, String> {
 }
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("relaysim") {
+        let only = std::env::args().skip(2).skip_while(|a| a != "--only").nth(1);
+        if let Err(e) = relaysim::run(only.as_deref()) {
+            eprintln!("xsock-perf: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let opts = match parse_args() {
         Ok(o) => o,
         Err(e) => {
@@ -80,9 +90,9 @@ fn main() {
         "relay" => relay::run(&opts.xsock, opts.rounds),
         "scale" => scale::run(&opts.xsock, opts.rounds, opts.only.as_deref()),
         "engine" => engine::run(&opts.xsock, opts.rounds, opts.only.as_deref()),
-        other => {
-            Err(io::Error::other(format!("unknown suite {other}; suites: foundation, link, relay, scale, engine")))
-        }
+        other => Err(io::Error::other(format!(
+            "unknown suite {other}; suites: foundation, link, relay, relaysim, scale, engine"
+        ))),
     };
     if let Err(e) = r {
         eprintln!("xsock-perf: {e}");
