@@ -6,7 +6,7 @@
 
 use std::{
     collections::HashMap,
-    io::{Read, Write},
+    io::Write,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     path::PathBuf,
     time::{Duration, Instant},
@@ -14,11 +14,11 @@ use std::{
 
 use clap::Args;
 use crossbeam_channel::{Receiver, Sender, unbounded};
-use xsock::overlay::{Key, Role, SecureParts, SecureTcp, session_clock};
+use xsock::overlay::{Key, Role, SecureParts, SecureTcp, read_frames, session_clock};
 use xsock_overlay::{
     registry::{Registry, SessionId},
     secure::Sealer,
-    wire::{FrameReader, Msg},
+    wire::Msg,
 };
 
 use super::key_from;
@@ -84,41 +84,16 @@ fn session_loop(session: SessionId, s: TcpStream, key: Key, tx: Sender<Event>) {
     };
     let peer = st.peer().clone();
     log::debug!("{from} ({}) holds key {}", peer.name, st.peer_key());
-    let SecureParts { stream: mut s, sealer, mut opener, plain } = st.into_parts();
-    let Ok(writer) = s.try_clone() else { return };
+    let SecureParts { mut stream, sealer, mut opener, plain } = st.into_parts();
+    let Ok(writer) = stream.try_clone() else { return };
     if tx.send(Event::Joined(session, writer, Box::new(sealer), *from.ip(), peer.name.clone())).is_err() {
         return;
     }
-    let mut rd = FrameReader::default();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut opened = plain;
-    loop {
-        rd.push(&opened);
-        opened.clear();
-        loop {
-            match rd.next_frame() {
-                Ok(Some(f)) => {
-                    if tx.send(Event::Frame(session, f.to_vec())).is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    log::warn!("{from} ({}): {e}; closing its session", peer.name);
-                    let _ = tx.send(Event::Closed(session));
-                    return;
-                }
-            }
-        }
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if let Err(e) = opener.open(&buf[..n], &mut opened) {
-                    log::warn!("{from} ({}): {e}; closing its session", peer.name);
-                    break;
-                }
-            }
-        }
+    let why = read_frames(&mut stream, &mut opener, plain, |f| tx.send(Event::Frame(session, f.to_vec())).is_ok());
+    if why.contains("broke") {
+        log::warn!("{from} ({}): {why}; closing its session", peer.name);
+    } else {
+        log::debug!("{from} ({}): {why}", peer.name);
     }
     let _ = tx.send(Event::Closed(session));
 }

@@ -22,7 +22,7 @@ mod secure;
 pub use boots::{Registration, register};
 pub use io::{FrameIo, authenticate, fresh_nonce, recv_frame, send_msg};
 pub use node::{Node, NodeListener, OverlayConfig, load_key};
-pub use secure::{SecureParts, SecureTcp, process_key, session_clock};
+pub use secure::{SecureParts, SecureTcp, process_key, read_frames, session_clock};
 pub use xsock_overlay::{
     NodeId, SiteId,
     auth::Key,

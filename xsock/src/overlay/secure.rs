@@ -15,7 +15,7 @@ use std::{
 use xsock_overlay::{
     auth::{AuthError, Key, Peer},
     secure::{Opener, Sealer, SecureHandshake, StaticKey, fingerprint},
-    wire::Role,
+    wire::{FrameReader, Role},
 };
 
 use super::io::FrameIo;
@@ -66,6 +66,46 @@ pub struct SecureParts {
     pub opener: Opener,
     /// Bytes already opened and not yet taken: they come first.
     pub plain: Vec<u8>,
+}
+
+/// Reads a session's frames (type + body) in order from `stream`, opened
+/// by `opener` (`plain`: what was opened already, first), handing each to
+/// `each` (false stops), until the session ends; why it ended. Blocking:
+/// for a reader thread of its own, while another thread seals and writes.
+pub fn read_frames(
+    stream: &mut TcpStream,
+    opener: &mut Opener,
+    plain: Vec<u8>,
+    mut each: impl FnMut(&[u8]) -> bool,
+) -> String {
+    let mut rd = FrameReader::default();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut opened = plain;
+    loop {
+        rd.push(&opened);
+        opened.clear();
+        loop {
+            match rd.next_frame() {
+                Ok(Some(f)) => {
+                    if !each(f) {
+                        return "stopped".into();
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return format!("the peer broke the protocol: {e}"),
+            }
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => return "the peer closed the session".into(),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return e.to_string(),
+            Ok(n) => {
+                if let Err(e) = opener.open(&buf[..n], &mut opened) {
+                    return format!("the session broke: {e}");
+                }
+            }
+        }
+    }
 }
 
 impl SecureTcp {

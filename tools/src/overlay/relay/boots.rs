@@ -4,10 +4,10 @@
 //! The loop merges what every server last said, so a relay keeps relaying
 //! with the last directory while every server is down.
 
-use std::{io::Read, net::SocketAddrV4, time::Duration};
+use std::{net::SocketAddrV4, time::Duration};
 
-use xsock::overlay::{Key, Registration, SecureParts, register};
-use xsock_overlay::wire::{Entry, FrameReader, Msg};
+use xsock::overlay::{Key, Registration, SecureParts, read_frames, register};
+use xsock_overlay::wire::{Entry, Msg};
 
 use super::shell::{Event, Notify};
 
@@ -46,32 +46,15 @@ pub fn spawn(index: usize, addr: SocketAddrV4, first: Option<SecureParts>, reg: 
 
 /// Hands every directory to the loop until the session ends; why it did.
 fn read(index: usize, parts: SecureParts, tx: &Notify) -> String {
-    let SecureParts { stream: mut boot, mut opener, plain, .. } = parts;
-    let mut rd = FrameReader::default();
-    let mut buf = vec![0u8; 64 * 1024];
-    // What the session had opened already comes first (the directory may
-    // have come with the registration's answer).
-    let mut opened = plain;
-    loop {
-        rd.push(&opened);
-        opened.clear();
-        while let Ok(Some(f)) = rd.next_frame() {
-            match Msg::parse(f) {
-                Ok(Msg::Directory { entries }) => tx.send(Event::Directory { index, entries }),
-                Ok(Msg::Refused { reason }) => log::error!("the bootstrap server: {reason}"),
-                _ => {}
-            }
+    let SecureParts { mut stream, mut opener, plain, .. } = parts;
+    read_frames(&mut stream, &mut opener, plain, |f| {
+        match Msg::parse(f) {
+            Ok(Msg::Directory { entries }) => tx.send(Event::Directory { index, entries }),
+            Ok(Msg::Refused { reason }) => log::error!("the bootstrap server: {reason}"),
+            _ => {}
         }
-        match boot.read(&mut buf) {
-            Ok(0) => return "the bootstrap server closed the session".to_owned(),
-            Err(e) => return e.to_string(),
-            Ok(n) => {
-                if let Err(e) = opener.open(&buf[..n], &mut opened) {
-                    return format!("the session broke: {e}");
-                }
-            }
-        }
-    }
+        true
+    })
 }
 
 /// One directory from what each server last said: every node any of them
