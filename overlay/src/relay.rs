@@ -53,6 +53,10 @@ pub struct RelayConfig {
     pub refresh: Duration,
     /// A link with nothing else sent for this long carries a keepalive.
     pub keepalive: Duration,
+    /// Our links changed within this long of our last advertisement: the
+    /// next one waits for the rest of the interval, so the links of a start
+    /// (or a flap) go out in one advertisement, not one per link.
+    pub min_originate: Duration,
     /// Routes are recomputed this long after the first change of a burst
     /// (one computation for the burst of advertisements a change floods;
     /// a VC opened meanwhile computes them at once).
@@ -75,6 +79,7 @@ impl RelayConfig {
             refresh: Duration::from_secs(30),
             keepalive: Duration::from_millis(500),
             spf_delay: Duration::from_millis(2),
+            min_originate: Duration::from_millis(50),
             max_age: Duration::from_secs(120),
             link_timeout: Duration::from_millis(2000),
             seq_start,
@@ -189,6 +194,11 @@ pub struct RelayCore {
     draining: Option<String>,
     /// Routes are stale since this time (see [`RelayConfig::spf_delay`]).
     routes_dirty: Option<Duration>,
+    /// When we last advertised our links.
+    last_originated: Duration,
+    /// An advertisement waits for this time (see
+    /// [`RelayConfig::min_originate`]).
+    originate_at: Option<Duration>,
 }
 
 impl RelayCore {
@@ -218,6 +228,8 @@ impl RelayCore {
             routes_changed: None,
             draining: None,
             routes_dirty: None,
+            last_originated: now,
+            originate_at: None,
         };
         core.originate(now);
         core
@@ -226,9 +238,11 @@ impl RelayCore {
     /// Starts draining: every new VC through this relay (from its LAN, or
     /// arriving on a link) is refused with `reason`; the VCs already open
     /// keep running until they end. [`RelayCore::vc_count`] says when none
-    /// is left.
-    pub fn set_draining(&mut self, reason: impl Into<String>) {
+    /// is left. The relay advertises no links from now on, so the others
+    /// route new VCs around it while its links still carry the old ones.
+    pub fn set_draining(&mut self, now: Duration, reason: impl Into<String>) {
         self.draining = Some(reason.into());
+        self.originate(now);
     }
 
     /// Whether [`RelayCore::set_draining`] was called.
@@ -294,7 +308,7 @@ impl RelayCore {
         for f in all {
             self.send_raw(link, &f);
         }
-        self.originate(now);
+        self.links_changed(now);
     }
 
     /// The link is gone (closed, reset, or the shell gave up on it).
@@ -323,7 +337,7 @@ impl RelayCore {
         for (end, vc) in affected {
             self.abort_vc(vc, Some(end), &reason);
         }
-        self.originate(now);
+        self.links_changed(now);
     }
 
     /// One frame (type + body) from `link`. An error means the peer broke
@@ -451,7 +465,7 @@ impl RelayCore {
 
     /// Refreshes our advertisement, ages the database, closes silent links.
     pub fn handle_timeout(&mut self, now: Duration) {
-        if now >= self.next_refresh {
+        if now >= self.next_refresh || self.originate_at.is_some_and(|t| now >= t) {
             self.originate(now);
         }
         if !self.db.expire(now).is_empty() {
@@ -484,6 +498,9 @@ impl RelayCore {
         }
         if let Some(since) = self.routes_dirty {
             t = t.min(since + self.cfg.spf_delay);
+        }
+        if let Some(at) = self.originate_at {
+            t = t.min(at);
         }
         t
     }
@@ -546,9 +563,24 @@ impl RelayCore {
         l
     }
 
+    /// Our links changed: advertise them now, or at the end of the
+    /// interval after the last advertisement.
+    fn links_changed(&mut self, now: Duration) {
+        let next = self.last_originated + self.cfg.min_originate;
+        if now >= next {
+            self.originate(now);
+        } else {
+            self.originate_at.get_or_insert(next);
+        }
+    }
+
     fn originate(&mut self, now: Duration) {
+        self.last_originated = now;
+        self.originate_at = None;
         self.seq += 1;
-        let mut neighbors: Vec<(NodeId, u32)> = self.link_to.keys().map(|n| (*n, 1)).collect();
+        // A draining relay offers no path through it.
+        let mut neighbors: Vec<(NodeId, u32)> =
+            if self.draining.is_some() { Vec::new() } else { self.link_to.keys().map(|n| (*n, 1)).collect() };
         neighbors.sort();
         let same_links = self.db.get(self.cfg.me).is_some_and(|old| old.neighbors == neighbors);
         let lsa = Lsa { origin: self.cfg.me, seq: self.seq, neighbors };
@@ -570,12 +602,21 @@ impl RelayCore {
         self.routes_dirty.get_or_insert(now);
     }
 
-    /// Computes routes now if they are stale (a harness at a quiet point,
-    /// or a shell before it reads them).
-    pub fn flush_routes(&mut self, now: Duration) {
+    /// Computes routes now if they are stale (a VC about to open).
+    fn flush_routes(&mut self, now: Duration) {
         if self.routes_dirty.is_some() {
             self.recompute(now);
         }
+    }
+
+    /// Fires the waiting timers of a burst now: a held-back advertisement,
+    /// then the route computation (a harness at a quiet point, where its
+    /// virtual time need not pass).
+    pub fn flush(&mut self, now: Duration) {
+        if self.originate_at.is_some() {
+            self.originate(now);
+        }
+        self.flush_routes(now);
     }
 
     /// A keepalive on every link nothing was sent on for a keepalive

@@ -145,10 +145,11 @@ impl Sim {
         }
     }
 
-    /// Moves frames until nothing is in flight; returns the actions.
+    /// Moves frames until nothing is in flight and no burst timer waits
+    /// (they fire at once: see [`RelayCore::flush`]); returns the actions.
     pub fn settle(&mut self) -> Vec<(u64, Action)> {
+        let mut flushed = false;
         for _ in 0..10_000 {
-            let mut moved = false;
             for (&id, core) in self.relays.iter_mut() {
                 while let Some((link, bytes)) = core.poll_transmit() {
                     if let Some(&(a, b)) = self.links.get(&link) {
@@ -160,8 +161,21 @@ impl Sim {
                     self.actions.push((id, a));
                 }
             }
+            if self.in_flight.is_empty() {
+                if flushed {
+                    return std::mem::take(&mut self.actions);
+                }
+                // Quiet: the timers of the burst fire.
+                let now = self.now;
+                for c in self.relays.values_mut() {
+                    c.flush(now);
+                }
+                flushed = true;
+                continue;
+            }
+            flushed = false;
+            self.rounds += 1;
             while let Some((link, to, bytes)) = self.in_flight.pop_front() {
-                moved = true;
                 self.delivered += 1;
                 self.delivered_bytes += bytes.len() as u64;
                 let Some(core) = self.relays.get_mut(&to) else { continue };
@@ -170,17 +184,6 @@ impl Sim {
                 while let Some(f) = rd.next_frame().unwrap() {
                     core.handle_link_frame(self.now, link, f).unwrap();
                 }
-            }
-            if moved {
-                self.rounds += 1;
-            }
-            if !moved {
-                // Quiet: the route timers of the burst fire.
-                let now = self.now;
-                for c in self.relays.values_mut() {
-                    c.flush_routes(now);
-                }
-                return std::mem::take(&mut self.actions);
             }
         }
         panic!("the overlay never went quiet");

@@ -110,15 +110,13 @@ fn a_draining_relay_refuses_new_vcs_and_keeps_the_open_ones_to_their_end() {
     s.connect(2, 3);
     s.settle();
     let (src, _, dst) = s.open(1, 3, 80).unwrap();
-    s.core(2).set_draining("relay-2 is shutting down (draining): connect again");
-    // New VCs through it fail with the reason, from either side.
-    for (a, b) in [(1, 3), (3, 1)] {
-        let e = s.open(a, b, 80).unwrap_err();
-        assert!(e.contains("shutting down"), "{e}");
-    }
+    let now = s.now;
+    s.core(2).set_draining(now, "relay-2 is shutting down (draining): connect again");
+    s.settle();
+    // The only way from 1 to 3 is gone: new VCs fail, the open one runs on.
+    assert!(s.open(1, 3, 80).is_err());
     let e = s.open(2, 1, 80).unwrap_err();
-    assert!(e.contains("shutting down"), "its own LAN's opens too: {e}");
-    // The open one still carries data both ways and ends normally.
+    assert!(e.contains("shutting down"), "its own LAN's opens: {e}");
     s.core(1).handle_local_data(src, b"still here");
     assert!(s.settle().contains(&(3, Action::Write { local: dst, bytes: b"still here".to_vec() })));
     s.core(1).handle_local_eof(src);
@@ -126,7 +124,27 @@ fn a_draining_relay_refuses_new_vcs_and_keeps_the_open_ones_to_their_end() {
     s.core(3).handle_local_eof(dst);
     s.settle();
     assert_eq!(s.core(2).vc_count(), 0, "nothing left: the relay may exit");
-    assert!(s.core(2).counters().vcs_refused >= 3);
+}
+
+#[test]
+fn new_vcs_go_around_a_draining_relay_while_its_own_keep_running() {
+    // 1 reaches 3 via 2 (smaller id) or via 4.
+    let mut s = Sim::new(&[1, 2, 3, 4], 1 << 20);
+    for (a, b) in [(1, 2), (2, 3), (1, 4), (4, 3)] {
+        s.connect(a, b);
+    }
+    s.settle();
+    assert_eq!(next_hop_path(&s, 1, 3), vec![1, 2, 3]);
+    let (src, _, dst) = s.open(1, 3, 80).unwrap();
+    let now = s.now;
+    s.core(2).set_draining(now, "relay-2 is shutting down (draining): connect again");
+    s.settle();
+    assert_eq!(next_hop_path(&s, 1, 3), vec![1, 4, 3], "routes leave the draining relay");
+    s.open(1, 3, 80).expect("a new VC goes around it, not refused");
+    assert!(s.core(2).counters().vcs_refused == 0, "nothing was sent its way");
+    s.core(1).handle_local_data(src, b"via 2");
+    assert!(s.settle().contains(&(3, Action::Write { local: dst, bytes: b"via 2".to_vec() })));
+    assert_eq!(s.core(2).vc_count(), 1, "the old VC still runs through the draining relay");
 }
 
 #[test]

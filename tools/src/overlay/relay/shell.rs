@@ -178,7 +178,8 @@ pub fn run(setup: Setup) -> Result<(), Fail> {
         }
         if xsock_nic::sys::interrupted() && drain_until.is_none() {
             drain_until = Some(Instant::now() + settings.drain_timeout);
-            st.core.set_draining(format!("relay {} is shutting down (draining): connect again", settings.name));
+            let now = st.clock.now();
+            st.core.set_draining(now, format!("relay {} is shutting down (draining): connect again", settings.name));
             log::info!(
                 "draining: new virtual connections are refused; waiting up to {:?} for {} open ones",
                 settings.drain_timeout,
