@@ -17,9 +17,10 @@ step "clippy (warnings are errors)"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 
 step "tests"
-# The preload is a shared object the tests LD_PRELOAD: built first.
-cargo build --locked -p xsock-preload
-XSOCK_REQUIRE_ROOT=1 cargo test --locked --workspace
+# The preload is a shared object the tests LD_PRELOAD, and the C library
+# the C programs link: built first, into the same target.
+cargo build --locked -p xsock-preload -p xsock-capi
+XSOCK_CAPI_LIB_DIR="$PWD/target/debug" XSOCK_REQUIRE_ROOT=1 cargo test --locked --workspace
 
 step "fuzz (each target briefly, on the committed corpus)"
 if cargo +nightly --version >/dev/null 2>&1; then
