@@ -357,19 +357,28 @@ fn a_file_and_a_byte_stream_cross_between_two_lans_behind_nat() {
     // Interrupted: a file that takes ~4 s at the rate just seen, the sender
     // killed once the receiver has saved its first resume state, then the
     // same command again.
-    let len = ((rate * 1e9 / 8.0 * 4.0) as usize).clamp(24 << 20, 768 << 20);
+    // At least 256 MiB: the 8 MiB send's rate is mostly its start-up, and a
+    // CI run once finished the whole file before the receiver's first
+    // save (after 1 s).
+    let len = ((rate * 1e9 / 8.0 * 4.0) as usize).clamp(256 << 20, 768 << 20);
     let big = o.dir.join("big.bin");
     std::fs::write(&big, noise(len, 11)).unwrap();
+    let err_log = o.dir.join("interrupted-send.err");
     let mut child = send(&big, "nat1h0", &["--streams", "2"])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err_log).unwrap())
         .spawn()
         .unwrap();
     let state = rx_dir.join(".xsock-big.bin.state");
     let t = Instant::now();
     while !state.exists() {
         assert!(t.elapsed() < Duration::from_secs(30), "no resume state: {}", o.bed.log_tail(recv, 10));
-        assert!(child.try_wait().unwrap().is_none(), "the transfer ended before it could be interrupted");
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!(
+                "the transfer of {len} bytes ended ({st}) before it could be interrupted: {}",
+                std::fs::read_to_string(&err_log).unwrap_or_default()
+            );
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     child.kill().unwrap();
