@@ -151,6 +151,7 @@ pub fn run(setup: Setup) -> Result<(), Fail> {
         server_dirs: vec![Vec::new(); servers.len()],
         servers,
         cache: settings.directory_cache.clone().map(|p| (p, site)),
+        early: Vec::new(),
     };
     if !initial.is_empty() {
         st.core.set_directory(&initial);
@@ -169,6 +170,9 @@ pub fn run(setup: Setup) -> Result<(), Fail> {
         work |= st.drain_events(&rx);
         work |= st.serve_locals(&mut buf);
         work |= st.run_actions();
+        if !st.early.is_empty() {
+            work |= st.retry_early();
+        }
         work |= st.transmit();
         let now = st.clock.now();
         if now >= st.core.poll_timeout() {
@@ -251,7 +255,15 @@ struct State {
     servers: Vec<(std::net::SocketAddrV4, bool)>,
     /// `--directory-cache`, and our site to write in it.
     cache: Option<(std::path::PathBuf, SiteId)>,
+    /// Opens from nodes the directory does not list yet, with a deadline.
+    early: Vec<(Instant, Stream, String, NodeId, NodeId, u16)>,
 }
+
+/// How long an open from a node the directory does not list yet waits for
+/// the directory that lists it.
+const EARLY_WAIT: Duration = Duration::from_secs(2);
+/// The most such opens held at once.
+const MAX_EARLY: usize = 256;
 
 impl State {
     /// Takes endpoints' new streams; each one's handshake runs on a helper.
@@ -286,7 +298,9 @@ impl State {
             let from = self.handshakes.swap_remove(i).from();
             match outcome {
                 lan::Outcome::Pending => {}
-                lan::Outcome::Open { stream, name, src, dst, port } => self.local_open(stream, name, src, dst, port),
+                lan::Outcome::Open { stream, name, src, dst, port } => {
+                    self.local_open(stream, name, src, dst, port, true)
+                }
                 lan::Outcome::Accepted { stream, local } => {
                     if self.pending.remove(&local).is_some() {
                         self.locals.insert(local, Local::new(stream, true));
@@ -310,10 +324,16 @@ impl State {
     }
 
     /// An endpoint, authenticated, asks for a VC.
-    fn local_open(&mut self, mut stream: Stream, name: String, src: NodeId, dst: NodeId, port: u16) {
+    fn local_open(&mut self, mut stream: Stream, name: String, src: NodeId, dst: NodeId, port: u16, may_wait: bool) {
         // A key holder could claim another's id; the directory says which
         // name owns `src`.
         let owner = self.directory.iter().find(|e| e.node == src).map(|e| e.name.as_str());
+        if owner.is_none() && may_wait && self.early.len() < MAX_EARLY {
+            // A node that has just joined can open before the server's push
+            // of the directory that lists it reaches us: wait a little.
+            self.early.push((Instant::now() + EARLY_WAIT, stream, name, src, dst, port));
+            return;
+        }
         if owner != Some(name.as_str()) {
             let reason = format!("{name} opened as node {src}, which is not its registered id");
             log::warn!("refused: {reason}");
@@ -322,6 +342,22 @@ impl State {
         }
         let local = self.core.handle_local_open(self.clock.now(), src, dst, port);
         self.locals.insert(local, Local::new(stream, false));
+    }
+
+    /// Held opens whose node the directory now lists, or whose wait is
+    /// over, are decided.
+    fn retry_early(&mut self) -> bool {
+        let now = Instant::now();
+        let mut any = false;
+        for (deadline, stream, name, src, dst, port) in std::mem::take(&mut self.early) {
+            if now >= deadline || self.directory.iter().any(|e| e.node == src) {
+                any = true;
+                self.local_open(stream, name, src, dst, port, false);
+            } else {
+                self.early.push((deadline, stream, name, src, dst, port));
+            }
+        }
+        any
     }
 
     /// Reads what the relay links have (non-blocking sockets).
@@ -454,6 +490,7 @@ impl State {
                 self.core.set_directory(&merged);
                 self.directory = merged;
                 self.dial();
+                self.retry_early();
             }
             Event::BootLost { index, why } => {
                 if let Some(s) = self.servers.get_mut(index) {
