@@ -9,7 +9,8 @@ up)
   ip link add eth0 netns la type veth peer name wa netns lw
   ip link add eth0 netns lb type veth peer name wb netns lw
   ip -n la addr add 10.9.0.1/24 dev eth0; ip -n lb addr add 10.9.0.2/24 dev eth0
-  for n in la lb; do ip -n $n link set eth0 up; ip -n $n link set lo up; ip netns exec $n ethtool -K eth0 tx off >/dev/null
+  # The hosts keep veth's default offloads (TSO, partial checksums): wanemu finishes and cuts their frames as a NIC would.
+  for n in la lb; do ip -n $n link set eth0 up; ip -n $n link set lo up
     ip netns exec $n sysctl -qw net.ipv4.tcp_wmem="4096 16384 134217728" net.ipv4.tcp_rmem="4096 131072 134217728"; done
   ip -n lw link set wa up; ip -n lw link set wb up
   ip netns exec lw $X wanemu --a wa --b wb --delay $2 --rate $3 --buffer $4 > /tmp/wanemu.out 2> /tmp/wanemu.err &

@@ -40,6 +40,7 @@ pub mod filemap;
 pub mod lockfile;
 pub mod mem;
 pub mod neigh;
+pub mod offload;
 pub mod packet;
 pub mod pcap;
 pub mod shm;

@@ -489,6 +489,15 @@ pub fn if_driver(name: &str) -> io::Result<Option<String>> {
     }
 }
 
+/// Whether the running kernel's release is at least `major.minor`
+/// (false when it cannot be read).
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else { return false };
+    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}
+
 /// The IPv4 addresses of interface `name` with their prefix lengths.
 pub fn if_ipv4_addrs(name: &str) -> io::Result<Vec<(std::net::Ipv4Addr, u8)>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();

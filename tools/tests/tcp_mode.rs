@@ -3,9 +3,11 @@
 //! 1 GiB each way with SHA-256 compared; refusal, reset and a peer that
 //! vanishes mid-transfer, each a clear error.
 //!
-//! The kernel peer's interface runs with `tx off`: on veth the sending
-//! kernel otherwise leaves TCP segmentation to an offload that never happens
-//! for frames XDP takes (a real NIC segments in hardware; veth does not).
+//! The kernel peers keep veth's default offloads, as every container has
+//! them: their TCP checksums arrive unfinished and their bulk arrives in
+//! segmentation-offload frames of up to 64 KiB (a real NIC would have
+//! finished and cut them; a veth does neither). One test also runs with
+//! `tx off` on both ends (finished checksums, MTU-sized frames).
 
 use std::time::{Duration, Instant};
 
@@ -14,11 +16,27 @@ use xsock_testbed::{Host, LinkOpts, Testbed, require_root};
 const XSOCK: &str = env!("CARGO_BIN_EXE_xsock");
 const GIB: u64 = 1 << 30;
 
+/// Two hosts on a veth pair with its default offloads, which this checks
+/// (so that no change to the test bed makes the kernel peers easier).
 fn pair() -> (Testbed, Host, Host) {
     let bed = Testbed::new().unwrap();
     let (a, b) = bed.pair(LinkOpts::default(), "10.68.0").unwrap();
     for h in [&a, &b] {
-        h.exec("ethtool", &["-K", "eth0", "tx", "off"]).unwrap();
+        let k = h.exec("ethtool", &["-k", "eth0"]).unwrap();
+        let k = String::from_utf8_lossy(&k.stdout);
+        for feature in ["tx-checksumming: on", "tcp-segmentation-offload: on"] {
+            assert!(k.lines().any(|l| l.trim() == feature), "the veth has not {feature:?}: {k}");
+        }
+    }
+    (bed, a, b)
+}
+
+/// The same with `tx off` on both ends.
+fn pair_tx_off() -> (Testbed, Host, Host) {
+    let (bed, a, b) = pair();
+    for h in [&a, &b] {
+        let out = h.exec("ethtool", &["-K", "eth0", "tx", "off"]).unwrap();
+        assert!(out.status.success(), "ethtool: {}", String::from_utf8_lossy(&out.stderr));
     }
     (bed, a, b)
 }
@@ -90,7 +108,18 @@ fn one_gib_to_a_kernel_server_and_from_a_kernel_client_with_matching_sha256() {
 fn python_client_and_server_both_directions() {
     require_root!();
     let (bed, a, b) = pair();
-    let dir = scratch("py");
+    python_both_ways(&bed, &a, &b, "py");
+}
+
+#[test]
+fn python_client_and_server_both_directions_with_tx_offloads_off() {
+    require_root!();
+    let (bed, a, b) = pair_tx_off();
+    python_both_ways(&bed, &a, &b, "py-tx-off");
+}
+
+fn python_both_ways(bed: &Testbed, a: &Host, b: &Host, name: &str) {
+    let dir = scratch(name);
     let input = dir.join("in.bin");
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
     std::fs::write(&input, &data).unwrap();
@@ -98,7 +127,7 @@ fn python_client_and_server_both_directions() {
     let out = dir.join("out.bin");
     let srv =
         format!("echo -n pong | {XSOCK} cat --iface eth0 --transport tcp --listen 10.68.0.2:7603 > {}", out.display());
-    let pid = bed.spawn_ready(&b, "sh", &["-c", &srv], || b.listening(7603)).unwrap();
+    let pid = bed.spawn_ready(b, "sh", &["-c", &srv], || b.listening(7603)).unwrap();
     let py = format!(
         "import socket,sys\ns=socket.create_connection(('10.68.0.2',7603))\ns.sendall(open('{}','rb').read())\n\
          s.shutdown(socket.SHUT_WR)\nb=b''\nwhile True:\n    c=s.recv(65536)\n    if not c: break\n    b+=c\nsys.stdout.write(b.decode())\n",
@@ -116,10 +145,10 @@ fn python_client_and_server_both_directions() {
     // Our client -> Python server that echoes everything back.
     let py_srv = "import socket\nl=socket.socket()\nl.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
                   l.bind(('10.68.0.2',7604))\nl.listen()\nc,_=l.accept()\nwhile True:\n    d=c.recv(65536)\n    if not d: break\n    c.sendall(d)\nc.close()\n";
-    let pid = bed.spawn_ready(&b, "python3", &["-c", py_srv], || b.listening(7604)).unwrap();
+    let pid = bed.spawn_ready(b, "python3", &["-c", py_srv], || b.listening(7604)).unwrap();
     let echoed = dir.join("echoed.bin");
     let r = bash(
-        &a,
+        a,
         &format!(
             "{XSOCK} cat --iface eth0 --transport tcp --connect 10.68.0.2:7604 < {} > {}",
             input.display(),

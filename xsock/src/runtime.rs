@@ -560,14 +560,13 @@ impl RuntimeBuilder {
         let info = dp.device_info(0).clone();
         let Some(addr) = addrs.first() else { return Ok(None) };
         let filter = dp.ipv4_filter();
-        let (neighbors, gateway, is_veth) = match info.backend {
+        let (neighbors, gateway) = match info.backend {
             Backend::AfXdp { .. } if filter.is_some() => (
                 crate::path::tcp::NeighborSource::Kernel { iface: info.name.clone(), ifindex: info.ifindex },
                 neigh::default_gateway(&info.name),
-                sys::if_driver(&info.name).ok().flatten().as_deref() == Some("veth"),
             ),
             Backend::Memory => {
-                (crate::path::tcp::NeighborSource::Static(self.tcp_neighbors.clone().unwrap_or_default()), None, false)
+                (crate::path::tcp::NeighborSource::Static(self.tcp_neighbors.clone().unwrap_or_default()), None)
             }
             _ => {
                 log::info!("TCP mode unavailable on {}: needs AF_XDP to take ports from the kernel", info.backend);
@@ -581,7 +580,6 @@ impl RuntimeBuilder {
             gateway,
             neighbors,
             filter,
-            is_veth,
             mtu: (info.mtu as usize + xsock_nic::ETH_HEADER_LEN).min(info.max_frame),
             seed: sys::random_u64().map_err(Error::Io)?,
             budget: budget.clone(),

@@ -203,8 +203,28 @@ impl AfXdpDevice {
                 );
                 true
             }
+            None if veth_takes_whole_segments(iface) => {
+                log::info!(
+                    "{iface} is a veth: kernel TCP peers on it hand over segmentation-offload frames of up to 64 KiB \
+                     whole (a veth does not segment them), so multi-buffer AF_XDP (XDP_USE_SG) is on, chosen \
+                     automatically"
+                );
+                true
+            }
             None => false,
         };
+        if !multi_buffer && sys::if_driver(iface).ok().flatten().as_deref() == Some("veth") {
+            log::warn!(
+                "{iface} is a veth and this socket is single-buffer ({}): a kernel TCP peer's bulk to the TCP mode \
+                 arrives in 64 KiB segmentation-offload frames that it cannot take, and stalls. Run on Linux 6.6 or \
+                 newer with multi-buffer on, or have the peer run `ethtool -K <its interface> tso off gso off`",
+                if sys::kernel_at_least(6, 6) {
+                    "multi-buffer was turned off"
+                } else {
+                    "this kernel is older than 6.6"
+                }
+            );
+        }
         let config = &AfXdpConfig { multi_buffer: Some(multi_buffer), ..config.clone() };
         let max_frame = if multi_buffer { frame.min(capacity * MAX_SEGMENTS) } else { capacity.min(frame) };
         if frame > capacity && !multi_buffer {
@@ -292,6 +312,19 @@ impl AfXdpDevice {
 }
 
 type SocketParts = (TxQueue, RxQueue, Option<(FillQueue, CompQueue)>);
+
+/// Whether `iface` is a veth on a kernel with multi-buffer AF_XDP (6.6).
+///
+/// A Linux sender whose interface offers TCP segmentation offload (a veth
+/// does, by default) passes segments of up to 64 KiB down whole, and a veth
+/// hands them to its peer as they are: on a real NIC the hardware cuts them
+/// into MTU-sized frames before XDP sees anything, on a veth nothing does.
+/// A single-buffer socket cannot take such a frame, and the kernel drops it
+/// where XDP redirects it to us, so a kernel peer's bulk TCP to the TCP
+/// mode would stall. A multi-buffer socket takes it in chunks.
+fn veth_takes_whole_segments(iface: &str) -> bool {
+    sys::if_driver(iface).ok().flatten().as_deref() == Some("veth") && sys::kernel_at_least(6, 6)
+}
 
 /// Creates a UMEM and binds a socket to it, trying zero-copy first in Auto
 /// mode. A failed bind poisons libxdp's UMEM state, so each attempt gets a

@@ -4,13 +4,16 @@
 //! drop-tail buffer in bytes and random loss ([`hop`]). This kernel has no
 //! netem; run it in a namespace between two hosts.
 //!
-//! Hosts that reach the emulator over veth must turn transmit checksum
-//! offload off (`ethtool -K eth0 tx off`): a veth hands TCP and UDP frames
-//! over with the checksum left for the receiving stack to finish, and a
-//! bridge outside the kernel forwards them as they are, so the far host
-//! would drop them (ICMP, which is always summed in software, still works,
-//! which makes the symptom confusing). A physical NIC computes the checksum
-//! on the wire and needs nothing.
+//! Hosts keep their interfaces' default offloads. A Linux host on a veth
+//! leaves its TCP and UDP checksums and the cutting of its TCP segments
+//! into MTU-sized frames to an offload that a veth never runs (a physical
+//! NIC runs them on the way to the wire). A bridge outside the kernel would
+//! pass such frames on as they are, and the far host would drop them, so
+//! the emulator does what a NIC would have done before a frame enters the
+//! emulated path ([`xsock_nic::offload`]): it finishes partial checksums
+//! and cuts segments of up to 64 KiB into frames that fit the far
+//! interface. The bottleneck, the queue and the loss then see wire-sized
+//! frames, as on a real path.
 //!
 //! One thread drives both interfaces, in ticks: while frames flow it wakes
 //! once per `--tick` (100 µs by default), takes everything that arrived,
@@ -32,7 +35,7 @@ use std::{
 use clap::Args;
 use serde::Serialize;
 use xsock_nic::{
-    BackendChoice, ETHERTYPE_ALL, FrameDevice, TxError,
+    BackendChoice, ETHERTYPE_ALL, FrameDevice, RxFrame, TxError, offload,
     sys::{self, Interest},
     xdp::AfXdpConfig,
 };
@@ -90,6 +93,8 @@ struct Report {
     b_to_a: HopStats,
     /// Frames the transmit side refused outright (too large for the far interface).
     tx_errors: u64,
+    /// Work done for the hosts' offloads.
+    offload: Offload,
     /// Frames the kernel dropped before the emulator saw them, per port
     /// (non-zero means the emulator did not keep up, not the emulated path).
     kernel_dropped_a: u64,
@@ -124,6 +129,9 @@ impl WanEmu {
             self.loss
         );
         let mut tx_errors = 0u64;
+        let (max_a, max_b) = (dev_a.info().max_frame, dev_b.info().max_frame);
+        let mut scratch = (Vec::new(), Vec::new());
+        let mut offload = Offload::default();
         let mut next_report = self.report.map(|r| Instant::now() + r);
         while !sys::interrupted() {
             let now = Instant::now();
@@ -132,13 +140,9 @@ impl WanEmu {
             // flood cannot starve transmission).
             for _ in 0..16 {
                 let got = dev_a.receive(RX_BATCH, &mut |f, _| {
-                    ab.handle_frame(now, f.len(), |buf| {
-                        f.copy_out(0, buf);
-                    });
+                    arrive(&mut ab, now, &f, max_b, &mut scratch, &mut offload);
                 })? + dev_b.receive(RX_BATCH, &mut |f, _| {
-                    ba.handle_frame(now, f.len(), |buf| {
-                        f.copy_out(0, buf);
-                    });
+                    arrive(&mut ba, now, &f, max_a, &mut scratch, &mut offload);
                 })?;
                 work += got;
                 if got < RX_BATCH {
@@ -153,7 +157,7 @@ impl WanEmu {
             if let Some(at) = next_report
                 && now >= at
             {
-                eprintln!("{}", report_json(&mut ab, &mut ba, tx_errors, [&*dev_a, &*dev_b], now));
+                eprintln!("{}", report_json(&mut ab, &mut ba, tx_errors, offload, [&*dev_a, &*dev_b], now));
                 next_report = self.report.map(|r| now + r);
             }
             let deadline = [ab.poll_timeout(), ba.poll_timeout()].into_iter().flatten().min();
@@ -177,16 +181,71 @@ impl WanEmu {
             let sleep = next_report.map_or(sleep, |r| sleep.min(r.saturating_duration_since(now)));
             wait_either(dev_a.readiness_fd(), dev_b.readiness_fd(), sleep)?;
         }
-        println!("{}", report_json(&mut ab, &mut ba, tx_errors, [&*dev_a, &*dev_b], Instant::now()));
+        println!("{}", report_json(&mut ab, &mut ba, tx_errors, offload, [&*dev_a, &*dev_b], Instant::now()));
         Ok(())
     }
 }
 
-fn report_json(ab: &mut Hop, ba: &mut Hop, tx_errors: u64, ports: [&dyn FrameDevice; 2], now: Instant) -> String {
+/// Frames from the hosts that needed a NIC's work done (see the module
+/// documentation).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+struct Offload {
+    /// Frames whose TCP or UDP checksum the sender left partial.
+    checksums_finished: u64,
+    /// TCP segments longer than the far interface's frames, cut to fit.
+    segments_cut: u64,
+    /// The frames they were cut into.
+    frames_from_cuts: u64,
+    /// Frames too long for the far interface that were not TCP (dropped,
+    /// and counted in `tx_errors` as the far interface would refuse them).
+    too_long: u64,
+}
+
+/// A frame arrives at one direction's hop: finished and, if it is a TCP
+/// segment longer than the far side takes, cut first.
+fn arrive(
+    hop: &mut Hop,
+    now: Instant,
+    f: &RxFrame<'_>,
+    max_out: usize,
+    scratch: &mut (Vec<u8>, Vec<u8>),
+    n: &mut Offload,
+) {
+    if f.len() <= max_out {
+        hop.handle_frame(now, f.len(), |buf| {
+            f.copy_out(0, buf);
+            n.checksums_finished += u64::from(offload::finish_checksum(buf));
+        });
+        return;
+    }
+    let (whole, piece) = scratch;
+    whole.resize(f.len(), 0);
+    f.copy_out(0, whole);
+    match offload::segment_tcp(whole, max_out, piece, |p| {
+        n.frames_from_cuts += 1;
+        hop.handle_frame(now, p.len(), |buf| buf.copy_from_slice(p));
+    }) {
+        Ok(_) => n.segments_cut += 1,
+        Err(_) => {
+            n.too_long += 1;
+            hop.handle_frame(now, whole.len(), |buf| buf.copy_from_slice(whole));
+        }
+    }
+}
+
+fn report_json(
+    ab: &mut Hop,
+    ba: &mut Hop,
+    tx_errors: u64,
+    offload: Offload,
+    ports: [&dyn FrameDevice; 2],
+    now: Instant,
+) -> String {
     let r = Report {
         a_to_b: ab.stats(now),
         b_to_a: ba.stats(now),
         tx_errors,
+        offload,
         kernel_dropped_a: ports[0].stats().rx_dropped,
         kernel_dropped_b: ports[1].stats().rx_dropped,
     };
@@ -204,11 +263,12 @@ fn open_bridge_port(iface: &str, backend: BackendChoice) -> Result<Box<dyn Frame
     // let the kernel drop 2.7% of the frames before the emulator saw them.)
     config.ring_size = 8192;
     config.frame_count = 16384;
-    let mtu = sys::if_mtu(iface).map_err(|e| {
+    // Multi-buffer is chosen automatically: where the MTU needs it, and on
+    // a veth, whose hosts hand over 64 KiB segments whole.
+    sys::if_mtu(iface).map_err(|e| {
         let known = sys::if_names().join(", ");
         Fail::msg(format!("interface {iface}: {e}; interfaces here: {known}"))
     })?;
-    config.multi_buffer = Some(mtu as usize + xsock_nic::ETH_HEADER_LEN > config.chunk_capacity());
     Ok(xsock_nic::open(&config, backend)?)
 }
 

@@ -161,7 +161,6 @@ pub(crate) struct TcpCore {
     pub epoch: Instant,
     /// Frames to feed smoltcp on the next pass (synthesized ARP replies).
     pub injected: VecDeque<Vec<u8>>,
-    pub verify_checksum: bool,
     pub mtu: usize,
     next_port: u16,
     /// The earliest `dead_after` deadline of a connection with data in flight.
@@ -185,7 +184,6 @@ pub(crate) struct TcpSetup {
     pub gateway: Option<Ipv4Addr>,
     pub neighbors: NeighborSource,
     pub filter: Option<Arc<XdpFilter>>,
-    pub is_veth: bool,
     pub mtu: usize,
     pub seed: u64,
     /// The runtime's memory budget (shared with reliable-link).
@@ -197,7 +195,7 @@ impl TcpCore {
         let epoch = Instant::now();
         let mut cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(setup.mac.0)));
         cfg.random_seed = setup.seed;
-        let mut dev = NullDevice(setup.mtu);
+        let mut dev = NullDevice(setup.mtu, config.verify_checksum);
         let mut iface = Interface::new(cfg, &mut dev, smoltcp::time::Instant::from_micros(0));
         iface.update_ip_addrs(|a| {
             let _ = a.push(IpCidr::new(setup.ip.into(), setup.prefix));
@@ -227,7 +225,6 @@ impl TcpCore {
             arp: ArpProxy::new(setup.neighbors, setup.mac, setup.ip),
             pacer,
             caps,
-            verify_checksum: config.verify_checksum.unwrap_or(!setup.is_veth),
             config,
             epoch,
             injected: VecDeque::new(),
@@ -829,8 +826,10 @@ impl Drop for TcpCore {
     }
 }
 
-/// A device with no frames, for creating the interface.
-struct NullDevice(usize);
+/// A device with no frames, for creating the interface (smoltcp keeps the
+/// capabilities it reports then: the MTU, and whether to verify TCP
+/// checksums on receive).
+struct NullDevice(usize, bool);
 
 impl smoltcp::phy::Device for NullDevice {
     type RxToken<'a> = NullToken;
@@ -845,6 +844,9 @@ impl smoltcp::phy::Device for NullDevice {
         let mut c = smoltcp::phy::DeviceCapabilities::default();
         c.medium = smoltcp::phy::Medium::Ethernet;
         c.max_transmission_unit = self.0;
+        if !self.1 {
+            c.checksum.tcp = smoltcp::phy::Checksum::Tx;
+        }
         c
     }
 }

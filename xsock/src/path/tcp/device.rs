@@ -2,7 +2,11 @@
 //! IPv4 frames the XDP filter steered to us, and whose transmit side builds
 //! each frame in place in the NIC's transmit buffer.
 //!
-//! Two things happen here that smoltcp does not know about:
+//! Three things happen here that smoltcp does not know about:
+//! - **Checksums a kernel left unfinished.** A Linux peer on veth (every
+//!   container's interface) leaves its TCP checksums to an offload that
+//!   never runs for frames XDP hands to us; they are finished on receive
+//!   ([`finish_checksum`]), and smoltcp then checks every frame.
 //! - **ARP belongs to the kernel.** The interface is shared with it, and the
 //!   XDP filter leaves ARP to it, so smoltcp's ARP requests never reach the
 //!   wire: they are taken out of the transmit path and answered from the
@@ -15,9 +19,11 @@
 
 use std::{collections::VecDeque, net::Ipv4Addr, time::Instant};
 
-use smoltcp::phy::{self, Checksum, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
+use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use xsock_nic::TxError;
 use xsock_pacer::GapPacer;
+
+use xsock_nic::offload::finish_checksum;
 
 use super::{flows::FlowTracker, sack::SackRecovery, segment::Segment};
 
@@ -43,7 +49,6 @@ pub(crate) struct FrameIo<'a, 'c> {
     /// Set when the transmit ring was full.
     pub ring_full: bool,
     pub mtu: usize,
-    pub verify_tcp_checksum: bool,
     pub tracker: &'a mut FlowTracker,
     pub sack: &'a mut SackRecovery,
 }
@@ -178,7 +183,8 @@ impl<'a, 'c> Device for FrameIo<'a, 'c> {
         Self: 't;
 
     fn receive(&mut self, _ts: smoltcp::time::Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
-        let frame = self.rx.pop_front()?;
+        let mut frame = self.rx.pop_front()?;
+        finish_checksum(&mut frame);
         if let Some(seg) = Segment::parse(&frame) {
             self.tracker.on_received(&seg, self.cx.now());
             self.sack.on_received(&seg);
@@ -219,11 +225,6 @@ impl<'a, 'c> Device for FrameIo<'a, 'c> {
         caps.medium = Medium::Ethernet;
         caps.max_transmission_unit = self.mtu;
         caps.max_burst_size = None;
-        let mut checksum = ChecksumCapabilities::default();
-        if !self.verify_tcp_checksum {
-            checksum.tcp = Checksum::Tx;
-        }
-        caps.checksum = checksum;
         caps
     }
 }

@@ -83,7 +83,7 @@ impl FrameHandler for TcpHandler {
         let snow = core.smol_now(now);
         self.rx.extend(core.injected.drain(..));
         let had_input = !self.rx.is_empty();
-        let (mtu, verify) = (core.mtu, core.verify_checksum);
+        let mtu = core.mtu;
         let mut io = FrameIo {
             rx: &mut self.rx,
             cx,
@@ -94,7 +94,6 @@ impl FrameHandler for TcpHandler {
             burst_open: false,
             ring_full: false,
             mtu,
-            verify_tcp_checksum: verify,
             tracker: &mut core.tracker,
             sack: &mut core.sack,
         };

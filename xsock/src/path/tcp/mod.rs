@@ -118,10 +118,9 @@ pub struct TcpConfig {
     pub dead_after: Duration,
     /// Listening sockets kept ready per port (SYNs beyond are refused).
     pub backlog: usize,
-    /// Verify TCP checksums on receive. `None` = yes, except on veth, where
-    /// the sending kernel leaves the checksum to an offload that never runs
-    /// for frames taken by XDP.
-    pub verify_checksum: Option<bool>,
+    /// Verify TCP checksums on receive (a checksum the sending kernel left
+    /// to an offload, as on veth, is finished first). On by default.
+    pub verify_checksum: bool,
 }
 
 impl Default for TcpConfig {
@@ -139,7 +138,7 @@ impl Default for TcpConfig {
             window_caps: false,
             dead_after: Duration::from_secs(10),
             backlog: 8,
-            verify_checksum: None,
+            verify_checksum: true,
         }
     }
 }

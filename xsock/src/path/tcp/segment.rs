@@ -60,6 +60,11 @@ pub(crate) fn after(a: u32, b: u32) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
+    use smoltcp::wire::{IpProtocol, checksum};
+    use xsock_nic::offload::finish_checksum;
+
     use super::*;
 
     #[test]
@@ -78,9 +83,89 @@ mod tests {
             f[23] = 6;
             let cut = (x % 121) as usize;
             let _ = Segment::parse(&f[..cut]);
+            let _ = finish_checksum(&mut f[..cut]);
         }
         assert!(after(5, u32::MAX - 5));
         assert!(!after(u32::MAX - 5, 5));
         assert!(!after(7, 7));
+    }
+
+    /// An Ethernet/IPv4/TCP frame with `payload`, its checksums complete.
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        use smoltcp::{
+            phy::ChecksumCapabilities,
+            wire::{IpAddress, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber},
+        };
+        let (src, dst) = (Ipv4Addr::new(10, 1, 0, 1), Ipv4Addr::new(10, 1, 0, 2));
+        let tcp = TcpRepr {
+            src_port: 40000,
+            dst_port: 7601,
+            control: TcpControl::Psh,
+            seq_number: TcpSeqNumber(7),
+            ack_number: Some(TcpSeqNumber(9)),
+            window_len: 512,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload,
+        };
+        let ip = Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
+        let mut f = vec![0u8; 14 + ip.buffer_len() + tcp.buffer_len()];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        let caps = ChecksumCapabilities::default();
+        let mut p = Ipv4Packet::new_unchecked(&mut f[14..]);
+        ip.emit(&mut p, &caps);
+        let mut t = TcpPacket::new_unchecked(p.payload_mut());
+        tcp.emit(&mut t, &IpAddress::Ipv4(src), &IpAddress::Ipv4(dst), &caps);
+        f
+    }
+
+    fn tcp_checksum_ok(f: &[u8]) -> bool {
+        use smoltcp::wire::{IpAddress, TcpPacket};
+        let t = TcpPacket::new_checked(&f[34..]).unwrap();
+        t.verify_checksum(&IpAddress::v4(10, 1, 0, 1), &IpAddress::v4(10, 1, 0, 2))
+    }
+
+    /// The offload's finishing, checked by smoltcp's own checksum code.
+    #[test]
+    fn a_checksum_a_kernel_left_partial_is_finished_as_smoltcp_checks_it() {
+        for len in [0usize, 1, 2, 1447, 1448, 65_000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            let full = frame(&payload);
+            assert!(tcp_checksum_ok(&full));
+            // What Linux writes with CHECKSUM_PARTIAL: the pseudo-header sum.
+            let mut partial = full.clone();
+            let ip = |i: usize| Ipv4Addr::new(full[i], full[i + 1], full[i + 2], full[i + 3]);
+            let pseudo = checksum::pseudo_header_v4(&ip(26), &ip(30), IpProtocol::Tcp, (full.len() - 34) as u32);
+            partial[50..52].copy_from_slice(&pseudo.to_be_bytes());
+            assert!(!tcp_checksum_ok(&partial) || partial == full, "len {len}");
+            assert!(finish_checksum(&mut partial), "len {len}");
+            assert_eq!(partial, full, "len {len}: finished checksum");
+            // A complete checksum is not touched.
+            let mut again = full.clone();
+            finish_checksum(&mut again);
+            assert_eq!(again, full);
+            // A damaged frame with a complete checksum stays damaged.
+            if len > 0 {
+                let mut bad = full.clone();
+                let last = bad.len() - 1;
+                bad[last] ^= 0x40;
+                assert!(!finish_checksum(&mut bad));
+                assert!(!tcp_checksum_ok(&bad));
+            }
+            // A frame whose IP length claims more than it holds is left alone.
+            let mut cut = partial.clone();
+            cut.truncate(cut.len() - 1);
+            cut[50..52].copy_from_slice(&pseudo.to_be_bytes());
+            assert!(!finish_checksum(&mut cut));
+        }
     }
 }
