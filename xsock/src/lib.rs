@@ -25,6 +25,12 @@ mod framing;
 mod listener;
 mod notify;
 pub mod overlay;
+/// Entry points of the fuzz targets (`fuzz/`), replayed by the tests on the
+/// committed corpus. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::path::tcp::hostile::tcp_segment;
+}
 mod path;
 mod poller;
 mod runtime;

@@ -143,22 +143,13 @@ impl Flow {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{
+        super::segment::{Spec, build},
+        *,
+    };
 
-    /// An Ethernet/IPv4/TCP frame from `sport` to `dport` with `len` bytes.
     fn segment(sport: u16, dport: u16, seq: u32, ack: u32, len: usize) -> Vec<u8> {
-        let mut f = vec![0u8; 54 + len];
-        f[12..14].copy_from_slice(&[0x08, 0x00]);
-        f[14] = 0x45;
-        f[16..18].copy_from_slice(&((40 + len) as u16).to_be_bytes());
-        f[23] = 6;
-        f[34..36].copy_from_slice(&sport.to_be_bytes());
-        f[36..38].copy_from_slice(&dport.to_be_bytes());
-        f[38..42].copy_from_slice(&seq.to_be_bytes());
-        f[42..46].copy_from_slice(&ack.to_be_bytes());
-        f[46] = 5 << 4;
-        f[47] = 0x10;
-        f
+        build(Spec { from_b: sport < dport, sport, dport, seq, ack: Some(ack), payload: &vec![0; len], sack: &[] })
     }
 
     /// Feeds an outgoing / incoming frame, as the device does.

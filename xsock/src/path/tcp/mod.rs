@@ -24,6 +24,7 @@ pub(crate) mod core;
 mod device;
 mod flows;
 pub(crate) mod handler;
+pub(crate) mod hostile;
 mod sack;
 mod segment;
 

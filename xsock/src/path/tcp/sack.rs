@@ -66,31 +66,6 @@ pub(crate) struct SackRecovery {
     pub resent: u64,
 }
 
-/// The SACK blocks (RFC 2018, option kind 5) among TCP `options`.
-fn sack_blocks(mut o: &[u8]) -> impl Iterator<Item = (u32, u32)> + '_ {
-    let mut blocks: &[u8] = &[];
-    while let [kind, rest @ ..] = o {
-        match kind {
-            0 => break,
-            1 => o = rest,
-            _ => {
-                let Some(&len) = rest.first() else { break };
-                let len = usize::from(len);
-                if len < 2 || len > o.len() {
-                    break;
-                }
-                if *kind == 5 {
-                    blocks = &o[2..len];
-                }
-                o = &o[len..];
-            }
-        }
-    }
-    blocks
-        .chunks_exact(8)
-        .map(|b| (u32::from_be_bytes([b[0], b[1], b[2], b[3]]), u32::from_be_bytes([b[4], b[5], b[6], b[7]])))
-}
-
 impl SackRecovery {
     /// Looks at an outgoing segment: new data segments are copied.
     pub fn on_sent(&mut self, s: &Segment<'_>) {
@@ -124,7 +99,7 @@ impl SackRecovery {
         }
         flow.next_check = flow.next_check.saturating_sub(popped);
         let Some(front) = flow.segs.front().map(|g| g.seq) else { return };
-        for (l, r) in sack_blocks(s.options) {
+        for (l, r) in s.sack_ranges() {
             if !after(r, l) || !after(r, front) {
                 continue;
             }
@@ -186,6 +161,11 @@ impl SackRecovery {
         self.flows.values().any(|f| f.high_sacked.is_some() && !f.segs.is_empty())
     }
 
+    /// Segment copies held, over all flows.
+    pub fn held(&self) -> usize {
+        self.flows.values().map(|f| f.segs.len()).sum()
+    }
+
     /// Drops the copies of every connection from local `port` (they are gone).
     pub fn forget(&mut self, port: u16) {
         let keys: Vec<Key> = self.flows.keys().filter(|k| k.0 == port).copied().collect();
@@ -199,35 +179,13 @@ impl SackRecovery {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{
+        super::segment::{Spec, build},
+        *,
+    };
 
-    /// An Ethernet/IPv4/TCP frame with `len` payload bytes and optional SACK blocks.
     fn frame(sport: u16, dport: u16, seq: u32, ack: u32, len: usize, sack: &[(u32, u32)]) -> Vec<u8> {
-        let opt_len = if sack.is_empty() { 0 } else { 4 + 8 * sack.len() };
-        let doff = 20 + opt_len;
-        let mut f = vec![0u8; 34 + doff + len];
-        f[12..14].copy_from_slice(&[0x08, 0x00]);
-        f[14] = 0x45;
-        f[16..18].copy_from_slice(&((20 + doff + len) as u16).to_be_bytes());
-        f[23] = 6;
-        f[34..36].copy_from_slice(&sport.to_be_bytes());
-        f[36..38].copy_from_slice(&dport.to_be_bytes());
-        f[38..42].copy_from_slice(&seq.to_be_bytes());
-        f[42..46].copy_from_slice(&ack.to_be_bytes());
-        f[46] = ((doff / 4) as u8) << 4;
-        f[47] = 0x10;
-        if !sack.is_empty() {
-            let o = &mut f[54..54 + opt_len];
-            o[0] = 1;
-            o[1] = 1;
-            o[2] = 5;
-            o[3] = (2 + 8 * sack.len()) as u8;
-            for (i, (l, r)) in sack.iter().enumerate() {
-                o[4 + 8 * i..8 + 8 * i].copy_from_slice(&l.to_be_bytes());
-                o[8 + 8 * i..12 + 8 * i].copy_from_slice(&r.to_be_bytes());
-            }
-        }
-        f
+        build(Spec { from_b: sport < dport, sport, dport, seq, ack: Some(ack), payload: &vec![0; len], sack })
     }
 
     const MSS: u32 = 1000;
@@ -295,13 +253,16 @@ mod tests {
         let mut r = SackRecovery::default();
         send(&mut r, 0, 3);
         send(&mut r, 0, 1);
-        assert_eq!(r.flows.values().map(|f| f.segs.len()).sum::<usize>(), 3);
+        assert_eq!(r.held(), 3);
         assert!(Segment::parse(&[0u8; 30]).is_none());
         let mut bad = frame(80, 5000, 0, 0, 0, &[(1, 2)]);
-        bad[57] = 200; // a SACK option longer than the header
-        r.on_received(&Segment::parse(&bad).unwrap());
-        assert_eq!(sack_blocks(&[5, 10, 0, 0, 0, 1, 0, 0, 0, 2]).collect::<Vec<_>>(), vec![(1, 2)]);
-        assert_eq!(sack_blocks(&[5, 1]).count(), 0);
-        assert_eq!(sack_blocks(&[2, 4, 5, 180, 1, 1]).count(), 0);
+        bad[55] = 200; // a SACK option longer than the header
+        let seg = Segment::parse(&bad).unwrap();
+        assert_eq!(seg.sack_ranges().count(), 0);
+        r.on_received(&seg);
+        assert_eq!(
+            Segment::parse(&frame(80, 5000, 0, 0, 0, &[(1, 2)])).unwrap().sack_ranges().collect::<Vec<_>>(),
+            vec![(1, 2)]
+        );
     }
 }

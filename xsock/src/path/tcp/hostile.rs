@@ -1,0 +1,128 @@
+//! What the fuzz target `tcp_segment` runs, and the tests replay on its
+//! committed corpus (`xsock/tests/fuzz_corpus.rs`): the TCP mode's frame
+//! bookkeeping fed whatever a peer could send.
+//!
+//! Two uses of the same bytes:
+//! - **as one frame**: [`Segment::parse`] never panics, and whenever
+//!   smoltcp's own full parse ([`TcpRepr::parse`]) accepts the segment, the
+//!   fields agree with it; the flow tracker and SACK scoreboard take it in
+//!   both directions;
+//! - **as a script of hostile acknowledgements** against a sender's SACK
+//!   scoreboard (cumulative ACKs and SACK blocks anywhere in sequence space,
+//!   time moving on): every frame it sends again is byte for byte a frame
+//!   the sender sent, it never holds more than was sent, and an ACK of
+//!   everything empties it.
+
+use std::time::{Duration, Instant};
+
+use smoltcp::{
+    phy::ChecksumCapabilities,
+    wire::{IpAddress, Ipv4Packet, TcpPacket, TcpRepr},
+};
+
+use super::{
+    flows::FlowTracker,
+    sack::SackRecovery,
+    segment::{Segment, Spec, build},
+};
+
+/// Runs one fuzz input; panics on a broken invariant.
+pub fn tcp_segment(data: &[u8]) {
+    as_one_frame(data);
+    as_an_ack_script(data);
+}
+
+fn as_one_frame(data: &[u8]) {
+    let Some(seg) = Segment::parse(data) else { return };
+    assert!(seg.len as usize + 54 <= data.len(), "payload {} in a {}-byte frame", seg.len, data.len());
+    assert!(seg.sack_ranges().count() <= 3);
+    let ip = Ipv4Packet::new_checked(&data[14..]).expect("Segment::parse checked the IPv4 header");
+    let tcp = TcpPacket::new_checked(ip.payload()).expect("Segment::parse checked the TCP header");
+    let (src, dst) = (IpAddress::Ipv4(ip.src_addr()), IpAddress::Ipv4(ip.dst_addr()));
+    if let Ok(repr) = TcpRepr::parse(&tcp, &src, &dst, &ChecksumCapabilities::ignored()) {
+        assert_eq!((repr.src_port, repr.dst_port), (seg.sport, seg.dport));
+        assert_eq!(repr.seq_number.0 as u32, seg.seq);
+        assert_eq!(repr.ack_number.map(|a| a.0 as u32), seg.ack_flag.then_some(seg.ack));
+        assert_eq!(repr.payload.len(), seg.len as usize);
+    }
+    let now = Instant::now();
+    let (mut flows, mut sack) = (FlowTracker::default(), SackRecovery::default());
+    flows.on_sent(&seg, now);
+    sack.on_sent(&seg);
+    flows.on_received(&seg, now);
+    sack.on_received(&seg);
+    while sack.poll_resend(now + Duration::from_secs(1), &|_| None).is_some() {}
+}
+
+/// Bytes per scripted step: an op, then its arguments.
+const STEP: usize = 9;
+const MSS: u32 = 1000;
+
+/// The sending side of the script: its scoreboard and every frame it sent.
+struct Sender {
+    sack: SackRecovery,
+    sent: Vec<Vec<u8>>,
+    /// Sequence number of the next new byte.
+    next: u32,
+}
+
+impl Sender {
+    fn send(&mut self, n: u32) {
+        for _ in 0..n {
+            let payload = [self.sent.len() as u8; MSS as usize];
+            let f = build(Spec {
+                from_b: false,
+                sport: 5000,
+                dport: 80,
+                seq: self.next,
+                ack: Some(1),
+                payload: &payload,
+                sack: &[],
+            });
+            self.sack.on_sent(&Segment::parse(&f).expect("a built frame parses"));
+            self.sent.push(f);
+            self.next = self.next.wrapping_add(MSS);
+        }
+    }
+
+    /// The peer's ACK of `ack` with one SACK block.
+    fn acked(&mut self, ack: u32, block: (u32, u32)) {
+        let sack: &[(u32, u32)] = if block.0 == block.1 { &[] } else { &[block] };
+        let f = build(Spec { from_b: true, sport: 80, dport: 5000, seq: 1, ack: Some(ack), payload: &[], sack });
+        self.sack.on_received(&Segment::parse(&f).expect("a built frame parses"));
+    }
+}
+
+fn as_an_ack_script(data: &[u8]) {
+    let Some((head, script)) = data.split_first_chunk::<4>() else { return };
+    let base = u32::from_be_bytes(*head);
+    let mut now = Instant::now();
+    let mut s = Sender { sack: SackRecovery::default(), sent: Vec::new(), next: base };
+    s.send(16);
+    for step in script.chunks_exact(STEP) {
+        let word = |i: usize| u32::from_be_bytes([step[i], step[i + 1], step[i + 2], step[i + 3]]);
+        match step[0] % 4 {
+            // An ACK with one SACK block, both anywhere near what was sent.
+            0 | 1 => {
+                let ack = base.wrapping_add(word(1) % (s.next.wrapping_sub(base) + 2 * MSS));
+                let left = base.wrapping_add(word(5) >> 8);
+                s.acked(ack, (left, left.wrapping_add(u32::from(step[8]) * 257)));
+            }
+            // An ACK whose numbers are raw words: anywhere in sequence space.
+            2 => s.acked(word(1), (word(5), word(1))),
+            // More data, then time moves on and whatever is lost goes again.
+            _ => {
+                s.send(u32::from(step[1] % 8));
+                now += Duration::from_millis(u64::from(step[2]));
+                while let Some(f) = s.sack.poll_resend(now, &|_| Some(Duration::from_millis(20))) {
+                    assert!(s.sent.iter().any(|x| x == f), "a resent frame that was never sent");
+                }
+            }
+        }
+        assert!(s.sack.held() <= s.sent.len(), "holds {} of {} sent", s.sack.held(), s.sent.len());
+    }
+    // The peer acknowledges everything: nothing is held or sent again.
+    s.acked(s.next, (0, 0));
+    assert_eq!(s.sack.held(), 0, "an ACK of everything leaves copies");
+    assert!(s.sack.poll_resend(now + Duration::from_secs(5), &|_| None).is_none());
+}
