@@ -15,6 +15,10 @@
 //!   fairly by bytes.
 //! - [`CapCoordinator`]: cooperative window caps across the parallel
 //!   streams of one transfer (cap the fast ones so the slow ones catch up).
+//! - [`ModelCc`]: congestion control that needs no reserved rate, from a
+//!   model of the path (bottleneck rate and propagation RTT, BBR-style),
+//!   fed delivery-rate samples ([`DeliverySampler`]); tested against a model
+//!   bottleneck on virtual time (`tests/model_sim.rs`).
 //!
 //! Everything here is a pure function of the `now` it is given: it answers
 //! "when may the next frame leave" and never sleeps or reads a clock, so it
@@ -24,12 +28,14 @@
 
 mod caps;
 mod gap;
+pub mod model;
 mod rate;
 mod shaper;
 mod window_rate;
 
 pub use caps::{CapConfig, CapCoordinator, StreamId, StreamSample};
 pub use gap::{GapPacer, MIN_BURST_BYTES, Wait, plan_wait};
+pub use model::{DeliverySampler, ModelCc, ModelState, Phase, SendStamp};
 pub use rate::{ParseRateError, Rate};
 pub use shaper::{FlowId, Shaper};
 pub use window_rate::{CYCLE_GAIN_PERCENT, GROWING_GAIN_PERCENT, STEADY_GAIN_PERCENT, WindowRate};
