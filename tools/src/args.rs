@@ -189,8 +189,10 @@ pub struct RuntimeArgs {
     /// pause; the default keeps 256 warm and deepens under load).
     #[arg(long)]
     pub deep_fill: bool,
-    /// TCP mode: congestion control (cubic, reno or none).
-    #[arg(long, default_value = "cubic")]
+    /// TCP mode: congestion control: model (the default: BBR-style, paces at
+    /// the measured bottleneck rate; no rate needed), cubic, reno, or none
+    /// (for a reserved path with --pace RATE).
+    #[arg(long, default_value = "model")]
     pub cc: xsock::Congestion,
     /// TCP mode: aggregate pacing rate (e.g. 950mbit), auto (from the
     /// congestion window: gain × window / RTT), or off.

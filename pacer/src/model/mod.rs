@@ -17,7 +17,9 @@
 //!   queue. **Drain** then empties the queue start-up built.
 //! - **Probe-bandwidth** paces at the bottleneck rate with a cycle of eight
 //!   phases of one min-RTT each (gain 1.25 to find more, 0.75 to drain what
-//!   that queued, then six at 1), in-flight capped at 2 × BDP.
+//!   that queued, then six at 1), in-flight capped at 2 × BDP plus the
+//!   largest burst of ACKs beyond the rate in the last 10 rounds (BBR's
+//!   `extra_acked`: hosts that batch would otherwise idle the sender).
 //! - **Losses** do not move the model: random loss (a dirty fibre, 0.1 %)
 //!   says nothing about the bottleneck. A round that loses more than 2 %
 //!   does say the sender is too much for the buffer, or for the flows it
@@ -30,8 +32,10 @@
 //!   a lone flow's probes from overflowing it every cycle.
 //! - **Probing ends at the queue**: a probe that makes a segment wait a
 //!   twentieth of the min RTT (a buffer of a tenth of the BDP is half
-//!   full) has found the path's capacity; the cap becomes what was in flight
-//!   when that segment left, and the probe ends before the buffer overflows.
+//!   full) has found the path's capacity; the cap becomes 95 % of what was
+//!   in flight when that segment left, and the probe ends before the buffer
+//!   overflows. (Only on paths of 5 ms and more: below that, delay is the
+//!   hosts' batching, not a queue.)
 //! - **Probe-RTT**: a min RTT not seen again for 10 s is re-measured by
 //!   holding in-flight to half the BDP for 200 ms (and a round), so that a
 //!   queue of its own making does not become the path's RTT.
@@ -65,6 +69,9 @@ const LOSS_PER_MILLE: u64 = 20;
 /// Queueing delay below this is noise, not a queue (probing ends at a
 /// queue of a twentieth of the min RTT, or this).
 const QUEUE_MIN: Duration = Duration::from_micros(500);
+/// Below this min RTT, delay is the hosts' batching and polling, not a
+/// queue: probing ends on loss only.
+const DELAY_SIGNAL_MIN_RTT: Duration = Duration::from_millis(5);
 /// What the cap keeps of the in-flight level where probing found a queue, percent.
 const QUEUE_BETA_PERCENT: u64 = 95;
 /// What the cap keeps of the in-flight level where losses began, percent.
@@ -128,6 +135,8 @@ pub struct ModelCc {
     inflight_hi: Option<u64>,
     /// Segments the cap grows by in the next round of probing.
     probe_growth: u64,
+    /// The last probe ended with neither queue nor loss while the cap held it.
+    clean_probe: bool,
     /// Lowest RTT in the current phase, and in the one before it.
     phase_rtt: Option<Duration>,
     probe_base_rtt: Option<Duration>,
@@ -137,6 +146,12 @@ pub struct ModelCc {
     prior_cwnd: u64,
     pacing: Rate,
     cwnd: u64,
+    /// ACK aggregation (BBR's `extra_acked`): the epoch's start and bytes
+    /// delivered in it, and per-round maxima of the excess over the model's
+    /// rate (round, bytes), newest last.
+    agg_since: Option<Instant>,
+    agg_delivered: u64,
+    extra_acked: VecDeque<(u64, u64)>,
 }
 
 impl ModelCc {
@@ -162,6 +177,7 @@ impl ModelCc {
             round_reacted: false,
             inflight_hi: None,
             probe_growth: 1,
+            clean_probe: false,
             phase_rtt: None,
             probe_base_rtt: None,
             probe_rtt_until: None,
@@ -169,6 +185,9 @@ impl ModelCc {
             prior_cwnd: cwnd,
             pacing,
             cwnd,
+            agg_since: None,
+            agg_delivered: 0,
+            extra_acked: VecDeque::new(),
         }
     }
 
@@ -228,12 +247,14 @@ impl ModelCc {
             // than that in flight only fills the buffer.
             self.phase_rtt = Some(self.phase_rtt.map_or(rtt, |r| r.min(rtt)));
             if let (Phase::ProbeBw(0), Some((m, _))) = (self.phase, self.min_rtt)
+                && m >= DELAY_SIGNAL_MIN_RTT
                 && rtt > self.probe_base_rtt.unwrap_or(m).max(m) + (m / 20).max(QUEUE_MIN)
                 && stamp.sent_at >= self.phase_since
             {
                 let level = stamp.in_flight * QUEUE_BETA_PERCENT / 100;
                 self.inflight_hi = Some(self.inflight_hi.map_or(level, |h| h.max(level)));
                 self.probe_growth = 1;
+                self.clean_probe = false;
                 self.enter(Phase::ProbeBw(1), now);
             }
         }
@@ -257,6 +278,7 @@ impl ModelCc {
     fn inflight_too_high(&mut self, now: Instant, level: u64) {
         let bdp = self.bdp().unwrap_or(0);
         self.probe_growth = 1;
+        self.clean_probe = false;
         if self.phase == Phase::Startup {
             // Start-up overflows by rate (it paces at 2.89 x), not by the
             // level in flight: the pipe holds at least the model's BDP.
@@ -274,6 +296,12 @@ impl ModelCc {
     }
 
     fn rtt_sample(&mut self, now: Instant, rtt: Duration) {
+        if self.min_rtt.is_none() && !self.filled_pipe {
+            // The first round trip: start-up's rate from it, not from the
+            // 1 ms guess (which at 2.89 x ten segments is 334 Mbit/s, more
+            // than many paths, and overflowed a shallow buffer in start-up).
+            self.pacing = Rate::from_window(self.cwnd, rtt, STARTUP_GAIN as u32).unwrap_or(self.pacing);
+        }
         match self.min_rtt {
             Some((m, at)) if rtt > m && now.saturating_duration_since(at) < MIN_RTT_WINDOW => {
                 // Seen again (within 1/64): the estimate still stands.
@@ -289,7 +317,9 @@ impl ModelCc {
     /// acknowledged `acked` bytes cumulatively, with `in_flight` still out:
     /// the model and its outputs move.
     pub fn on_ack(&mut self, now: Instant, in_flight: u64, acked: u64) {
+        let delivered_before = self.sampler.delivered_at_last_sample();
         if let Some(s) = self.sampler.take_sample(now) {
+            self.aggregation(now, self.sampler.delivered() - delivered_before);
             if let Some(rate) = s.rate {
                 let round = self.sampler.round();
                 let bps = rate.bits_per_sec();
@@ -310,6 +340,32 @@ impl ModelCc {
         }
         self.advance_phase(now, in_flight);
         self.set_outputs(acked);
+    }
+
+    /// ACKs that come in bursts (a receiver or a link that batches, a
+    /// poll loop that wakes late) deliver more in a stretch than the rate
+    /// says: the cap keeps room for the largest such excess of the last
+    /// rounds, or the sender idles between bursts.
+    fn aggregation(&mut self, now: Instant, delivered: u64) {
+        let Some(bw) = self.bottleneck() else { return };
+        let since = *self.agg_since.get_or_insert(now);
+        let expected = bw.bytes_in(now.saturating_duration_since(since));
+        if self.agg_delivered <= expected {
+            // Delivery is at or below the rate: a new epoch.
+            self.agg_since = Some(now);
+            self.agg_delivered = 0;
+        }
+        self.agg_delivered += delivered;
+        let expected = bw.bytes_in(now.saturating_duration_since(self.agg_since.unwrap_or(now)));
+        let extra = self.agg_delivered.saturating_sub(expected).min(self.cwnd);
+        let round = self.sampler.round();
+        match self.extra_acked.back_mut() {
+            Some((r, e)) if *r == round => *e = (*e).max(extra),
+            _ => self.extra_acked.push_back((round, extra)),
+        }
+        while self.extra_acked.front().is_some_and(|(r, _)| r + BW_ROUNDS <= round) {
+            self.extra_acked.pop_front();
+        }
     }
 
     /// A round ended: start-up's full-pipe check, and the cap's growth
@@ -373,10 +429,19 @@ impl ModelCc {
                     _ => elapsed >= min_rtt,
                 };
                 if done {
-                    if i == 0 {
-                        self.probe_growth = 1;
-                    }
-                    self.enter(Phase::ProbeBw((i + 1) % PROBE_CYCLE.len()), now);
+                    // A probe that ended cleanly (neither queue nor loss
+                    // found) with the loss cap holding it back probes again
+                    // right after its drain phase, its growth carried on:
+                    // the cap is below what the path holds.
+                    let next = match i {
+                        0 => {
+                            self.clean_probe = self.inflight_hi.is_some();
+                            1
+                        }
+                        1 if self.clean_probe => 0,
+                        _ => (i + 1) % PROBE_CYCLE.len(),
+                    };
+                    self.enter(Phase::ProbeBw(next), now);
                 }
             }
             Phase::ProbeRtt => {
@@ -428,7 +493,8 @@ impl ModelCc {
             }
         }
         let floor = MIN_CWND_SEGMENTS * self.mss;
-        let target = self.bdp().map(|b| b * cwnd_gain / 100 + 3 * self.mss);
+        let extra = if self.filled_pipe { self.extra_acked.iter().map(|e| e.1).max().unwrap_or(0) } else { 0 };
+        let target = self.bdp().map(|b| b * cwnd_gain / 100 + 3 * self.mss + extra);
         self.cwnd = match (self.phase, target) {
             (Phase::ProbeRtt, _) => self.probe_rtt_cwnd(),
             (_, None) => self.cwnd + acked,

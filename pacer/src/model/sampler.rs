@@ -61,6 +61,8 @@ pub struct DeliverySampler {
     round: u64,
     /// `delivered` at the start of the current round.
     round_ends_at: u64,
+    /// `delivered` when the last sample was taken.
+    sampled: u64,
 }
 
 impl Default for DeliverySampler {
@@ -80,12 +82,18 @@ impl DeliverySampler {
             newest: None,
             round: 0,
             round_ends_at: 0,
+            sampled: 0,
         }
     }
 
     /// Total bytes delivered.
     pub fn delivered(&self) -> u64 {
         self.delivered
+    }
+
+    /// `delivered` when the last sample was taken.
+    pub fn delivered_at_last_sample(&self) -> u64 {
+        self.sampled
     }
 
     /// Rounds completed.
@@ -134,6 +142,7 @@ impl DeliverySampler {
     /// gives, if it delivered anything.
     pub fn take_sample(&mut self, now: Instant) -> Option<RateSample> {
         let s = self.newest.take()?;
+        self.sampled = self.delivered;
         let round_start = s.delivered >= self.round_ends_at;
         if round_start {
             self.round += 1;

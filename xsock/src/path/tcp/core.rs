@@ -206,11 +206,16 @@ impl TcpCore {
                 .add_default_ipv4_route(gw)
                 .map_err(|_| Error::Config("the TCP mode's route table is full".into()))?;
         }
+        let model = config.congestion == Congestion::Model;
         let pacer = match config.pace {
-            Pace::Off => None,
             Pace::Rate(r) => Some(GapPacer::with_quantum(r, config.pace_quantum)),
+            // The model paces at its own rate (set in housekeeping).
+            _ if model => Some(GapPacer::with_quantum(UNPACED, config.pace_quantum)),
+            Pace::Off => None,
             Pace::Auto => Some(GapPacer::with_quantum(super::flows::AUTO_PACE_FLOOR, config.pace_quantum)),
         };
+        let mss = setup.mtu.saturating_sub(40).max(536) as u32;
+        let sack = if model { super::sack::SackRecovery::with_models(mss) } else { Default::default() };
         let caps = config.window_caps.then(|| CapCoordinator::new(cap_config(config.pace.fixed())));
         Ok(TcpCore {
             iface,
@@ -232,7 +237,7 @@ impl TcpCore {
             next_port: 0,
             give_up_at: None,
             tracker: Default::default(),
-            sack: Default::default(),
+            sack,
             budget: setup.budget,
             changed: Vec::new(),
             acceptable: Vec::new(),
@@ -271,7 +276,8 @@ impl TcpCore {
         s.set_congestion_control(match c.congestion {
             Congestion::Cubic => CongestionControl::Cubic,
             Congestion::Reno => CongestionControl::Reno,
-            Congestion::None => CongestionControl::None,
+            // The model steers smoltcp from outside (pacing, in-flight cap).
+            Congestion::None | Congestion::Model => CongestionControl::None,
         });
         s.set_ack_delay(c.ack_delay.map(|d| smoltcp::time::Duration::from_micros(d.as_micros() as u64)));
         s.set_nagle_enabled(false);
@@ -505,9 +511,25 @@ impl TcpCore {
             return 0;
         }
         let free = s.send_capacity() - s.send_queue();
-        match cap {
-            Some(c) => free.min((c as usize).saturating_sub(s.send_queue())),
+        let queued = s.send_queue();
+        let (local, remote) = (s.local_endpoint(), s.remote_endpoint());
+        let free = match cap {
+            Some(c) => free.min((c as usize).saturating_sub(queued)),
             None => free,
+        };
+        // The congestion model's in-flight cap, split over the connections
+        // to the same host; SACKed bytes sit in smoltcp's send queue but
+        // are no longer in flight.
+        match (&self.sack.models, local, remote) {
+            (Some(models), Some(l), Some(r)) => {
+                let smoltcp::wire::IpAddress::Ipv4(addr) = r.addr;
+                let host = addr.octets();
+                let key = (l.port, host, r.port);
+                let share = models.cwnd(host) / self.sack.flows_to_with(key) as u64;
+                let cap = share + self.sack.sacked_bytes(key);
+                free.min((cap as usize).saturating_sub(queued))
+            }
+            _ => free,
         }
     }
 
@@ -681,6 +703,17 @@ impl TcpCore {
             }
             let s = self.sockets.get::<tcp::Socket<'_>>(h);
             let q = (s.send_queue(), s.recv_queue());
+            if let (true, Some(l), Some(r)) = (self.sack.models.is_some(), s.local_endpoint(), s.remote_endpoint()) {
+                // Nothing queued beyond what is in flight: the connection
+                // sends what it is given, and its samples may understate the path.
+                let smoltcp::wire::IpAddress::Ipv4(addr) = r.addr;
+                let key = (l.port, addr.octets(), r.port);
+                if q.0 as u64 <= self.sack.unacked(key)
+                    && let Some(models) = &mut self.sack.models
+                {
+                    models.on_app_limited(key.1);
+                }
+            }
             let mut moved = state != m.last_state;
             m.last_state = state;
             let flow = (m.written - q.0 as u64, m.read + q.1 as u64);
@@ -753,9 +786,16 @@ impl TcpCore {
             });
         }
         if self.config.pace == Pace::Auto
+            && self.sack.models.is_none()
             && let Some(p) = &mut self.pacer
         {
             p.set_rate(now, self.tracker.auto_rate().unwrap_or(super::flows::AUTO_PACE_FLOOR));
+        }
+        if let (Some(models), Some(p), None) = (&self.sack.models, &mut self.pacer, self.config.pace.fixed()) {
+            // The models' rates are payload; the pacer counts whole frames.
+            let frame = (self.mtu + 14) as u64;
+            let rate = models.rate(now).and_then(|r| r.scaled(frame, frame - 54)).unwrap_or(UNPACED);
+            p.set_rate(now, rate);
         }
         if let Some(c) = &mut self.caps
             && c.poll_timeout().is_none_or(|t| t <= now)
@@ -864,6 +904,10 @@ impl smoltcp::phy::TxToken for NullToken {
 }
 
 /// Window caps for the TCP mode. With a pacing rate (a reserved path) the
+/// The pacer's rate when the congestion model has no path in use (frames
+/// are not held: pure ACKs and handshakes leave at once).
+const UNPACED: xsock_pacer::Rate = xsock_pacer::Rate::gbit(100);
+
 /// caps split it evenly with 2% to spare: the aggregate pacer already holds
 /// the transfer to the rate, so the fluid model's 10% headroom (for Reno
 /// streams recovering from loss) would only let the streams the pacer

@@ -82,7 +82,7 @@ impl phy::TxToken for Tx<'_, '_> {
             out = Some(f(&mut buf[..len]));
             if let Some(seg) = Segment::parse(&buf[..len]) {
                 self.tracker.on_sent(&seg, now);
-                self.sack.on_sent(&seg);
+                self.sack.on_sent(&seg, now);
             }
             if u16::from_be_bytes([buf[12], buf[13]]) == ETHERTYPE_ARP {
                 // Target protocol address of an ARP request: bytes 38..42.
@@ -186,8 +186,9 @@ impl<'a, 'c> Device for FrameIo<'a, 'c> {
         let mut frame = self.rx.pop_front()?;
         finish_checksum(&mut frame);
         if let Some(seg) = Segment::parse(&frame) {
-            self.tracker.on_received(&seg, self.cx.now());
-            self.sack.on_received(&seg);
+            let now = self.cx.now();
+            self.tracker.on_received(&seg, now);
+            self.sack.on_received(&seg, now);
         }
         // Responses to received frames are never paced (smoltcp would drop them).
         let tx = Tx {

@@ -23,7 +23,7 @@ use smoltcp::{
 use super::{
     flows::FlowTracker,
     sack::SackRecovery,
-    segment::{Segment, Spec, build},
+    segment::{HOST_B, Segment, Spec, build},
 };
 
 /// Runs one fuzz input; panics on a broken invariant.
@@ -46,11 +46,11 @@ fn as_one_frame(data: &[u8]) {
         assert_eq!(repr.payload.len(), seg.len as usize);
     }
     let now = Instant::now();
-    let (mut flows, mut sack) = (FlowTracker::default(), SackRecovery::default());
+    let (mut flows, mut sack) = (FlowTracker::default(), SackRecovery::with_models(1448));
     flows.on_sent(&seg, now);
-    sack.on_sent(&seg);
+    sack.on_sent(&seg, now);
     flows.on_received(&seg, now);
-    sack.on_received(&seg);
+    sack.on_received(&seg, now);
     while sack.poll_resend(now + Duration::from_secs(1), &|_| None).is_some() {}
 }
 
@@ -67,7 +67,7 @@ struct Sender {
 }
 
 impl Sender {
-    fn send(&mut self, n: u32) {
+    fn send(&mut self, n: u32, now: Instant) {
         for _ in 0..n {
             let payload = [self.sent.len() as u8; MSS as usize];
             let f = build(Spec {
@@ -79,17 +79,17 @@ impl Sender {
                 payload: &payload,
                 sack: &[],
             });
-            self.sack.on_sent(&Segment::parse(&f).expect("a built frame parses"));
+            self.sack.on_sent(&Segment::parse(&f).expect("a built frame parses"), now);
             self.sent.push(f);
             self.next = self.next.wrapping_add(MSS);
         }
     }
 
     /// The peer's ACK of `ack` with one SACK block.
-    fn acked(&mut self, ack: u32, block: (u32, u32)) {
+    fn acked(&mut self, ack: u32, block: (u32, u32), now: Instant) {
         let sack: &[(u32, u32)] = if block.0 == block.1 { &[] } else { &[block] };
         let f = build(Spec { from_b: true, sport: 80, dport: 5000, seq: 1, ack: Some(ack), payload: &[], sack });
-        self.sack.on_received(&Segment::parse(&f).expect("a built frame parses"));
+        self.sack.on_received(&Segment::parse(&f).expect("a built frame parses"), now);
     }
 }
 
@@ -97,8 +97,9 @@ fn as_an_ack_script(data: &[u8]) {
     let Some((head, script)) = data.split_first_chunk::<4>() else { return };
     let base = u32::from_be_bytes(*head);
     let mut now = Instant::now();
-    let mut s = Sender { sack: SackRecovery::default(), sent: Vec::new(), next: base };
-    s.send(16);
+    // The scoreboard feeds a congestion model, so hostile ACKs reach it too.
+    let mut s = Sender { sack: SackRecovery::with_models(MSS), sent: Vec::new(), next: base };
+    s.send(16, now);
     for step in script.chunks_exact(STEP) {
         let word = |i: usize| u32::from_be_bytes([step[i], step[i + 1], step[i + 2], step[i + 3]]);
         match step[0] % 4 {
@@ -106,13 +107,13 @@ fn as_an_ack_script(data: &[u8]) {
             0 | 1 => {
                 let ack = base.wrapping_add(word(1) % (s.next.wrapping_sub(base) + 2 * MSS));
                 let left = base.wrapping_add(word(5) >> 8);
-                s.acked(ack, (left, left.wrapping_add(u32::from(step[8]) * 257)));
+                s.acked(ack, (left, left.wrapping_add(u32::from(step[8]) * 257)), now);
             }
             // An ACK whose numbers are raw words: anywhere in sequence space.
-            2 => s.acked(word(1), (word(5), word(1))),
+            2 => s.acked(word(1), (word(5), word(1)), now),
             // More data, then time moves on and whatever is lost goes again.
             _ => {
-                s.send(u32::from(step[1] % 8));
+                s.send(u32::from(step[1] % 8), now);
                 now += Duration::from_millis(u64::from(step[2]));
                 while let Some(f) = s.sack.poll_resend(now, &|_| Some(Duration::from_millis(20))) {
                     assert!(s.sent.iter().any(|x| x == f), "a resent frame that was never sent");
@@ -120,9 +121,11 @@ fn as_an_ack_script(data: &[u8]) {
             }
         }
         assert!(s.sack.held() <= s.sent.len(), "holds {} of {} sent", s.sack.held(), s.sent.len());
+        let models = s.sack.models.as_ref().expect("built with models");
+        assert!(models.cwnd(HOST_B) >= 4 * u64::from(MSS), "the in-flight cap fell below four segments");
     }
     // The peer acknowledges everything: nothing is held or sent again.
-    s.acked(s.next, (0, 0));
+    s.acked(s.next, (0, 0), now);
     assert_eq!(s.sack.held(), 0, "an ACK of everything leaves copies");
     assert!(s.sack.poll_resend(now + Duration::from_secs(5), &|_| None).is_none());
 }

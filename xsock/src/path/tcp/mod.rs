@@ -25,6 +25,7 @@ mod device;
 mod flows;
 pub(crate) mod handler;
 pub(crate) mod hostile;
+mod model;
 mod sack;
 mod segment;
 
@@ -39,14 +40,19 @@ pub const ETHERTYPE_IPV4: u16 = 0x0800;
 /// smoltcp's congestion controllers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Congestion {
-    /// CUBIC (RFC 8312).
-    #[default]
+    /// CUBIC (RFC 8312), smoltcp's.
     Cubic,
     /// NewReno-style additive increase.
     Reno,
     /// None: the window is the peer's receive window only (for a reserved
     /// path paced at its rate).
     None,
+    /// The TCP mode's own model-based control (BBR-style, `xsock_pacer::ModelCc`,
+    /// one model per destination host shared by its connections): paces at
+    /// the measured bottleneck rate and caps in-flight near the path's BDP,
+    /// so it needs no rate given and does not collapse on random loss. The default.
+    #[default]
+    Model,
 }
 
 impl std::str::FromStr for Congestion {
@@ -56,7 +62,8 @@ impl std::str::FromStr for Congestion {
             "cubic" => Ok(Congestion::Cubic),
             "reno" => Ok(Congestion::Reno),
             "none" => Ok(Congestion::None),
-            _ => Err(format!("unknown congestion control {s:?}: use cubic, reno or none")),
+            "model" => Ok(Congestion::Model),
+            _ => Err(format!("unknown congestion control {s:?}: use model, cubic, reno or none")),
         }
     }
 }
@@ -132,7 +139,7 @@ impl Default for TcpConfig {
             // full rate; long fat paths size them with `for_path`.
             send_buffer: 1 << 20,
             recv_buffer: 1 << 20,
-            congestion: Congestion::Cubic,
+            congestion: Congestion::Model,
             ack_delay: None,
             pace: Pace::Off,
             pace_quantum: Duration::from_micros(200),

@@ -23,7 +23,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::segment::{Segment, after};
+use xsock_pacer::SendStamp;
+
+use super::{
+    model::PathModels,
+    segment::{Segment, after},
+};
 
 /// Segments' worth of SACKed data above a hole before it counts as lost
 /// (RFC 6675's DupThresh).
@@ -40,6 +45,8 @@ struct Sent {
     frame: Vec<u8>,
     sacked: bool,
     resent_at: Option<Instant>,
+    /// Its stamp for the congestion model, when there is one.
+    stamp: Option<SendStamp>,
 }
 
 #[derive(Debug, Default)]
@@ -50,6 +57,10 @@ struct Flow {
     /// Segments before this index have been dealt with (SACKed or sent again).
     next_check: usize,
     mss: u32,
+    /// Payload bytes SACKed and not yet cumulatively acknowledged.
+    sacked_bytes: u64,
+    /// Payload bytes of the segments held.
+    unacked_bytes: u64,
 }
 
 /// A connection as its frames name it: (local port, remote address, remote port).
@@ -64,11 +75,19 @@ pub(crate) struct SackRecovery {
     spare: Vec<Vec<u8>>,
     /// Segments sent again by this recovery.
     pub resent: u64,
+    /// The congestion models the segments feed (`Congestion::Model`).
+    pub models: Option<PathModels>,
 }
 
 impl SackRecovery {
-    /// Looks at an outgoing segment: new data segments are copied.
-    pub fn on_sent(&mut self, s: &Segment<'_>) {
+    /// A scoreboard that also feeds per-host congestion models for
+    /// segments of up to `mss` bytes.
+    pub fn with_models(mss: u32) -> SackRecovery {
+        SackRecovery { models: Some(PathModels::new(mss)), ..Default::default() }
+    }
+
+    /// Looks at an outgoing segment at `now`: new data segments are copied.
+    pub fn on_sent(&mut self, s: &Segment<'_>, now: Instant) {
         if s.len == 0 {
             return;
         }
@@ -81,41 +100,85 @@ impl SackRecovery {
         let mut frame = self.spare.pop().unwrap_or_default();
         frame.clear();
         frame.extend_from_slice(s.frame);
-        flow.segs.push_back(Sent { seq: s.seq, end, frame, sacked: false, resent_at: None });
+        let stamp = self.models.as_mut().map(|m| m.on_sent(s.dst, now, u64::from(s.len)));
+        flow.unacked_bytes += u64::from(s.len);
+        flow.segs.push_back(Sent { seq: s.seq, end, frame, sacked: false, resent_at: None, stamp });
     }
 
-    /// Looks at an incoming segment: its cumulative ACK frees copies, its
-    /// SACK blocks mark them.
-    pub fn on_received(&mut self, s: &Segment<'_>) {
+    /// Looks at an incoming segment at `now`: its cumulative ACK frees
+    /// copies, its SACK blocks mark them (each newly delivered segment
+    /// feeds the congestion model of its host).
+    pub fn on_received(&mut self, s: &Segment<'_>, now: Instant) {
         if !s.ack_flag {
             return;
         }
-        let Some(flow) = self.flows.get_mut(&(s.dport, s.src, s.sport)) else { return };
+        let host = s.src;
+        let Some(flow) = self.flows.get_mut(&(s.dport, host, s.sport)) else { return };
+        let mut models = self.models.as_mut();
         let mut popped = 0;
+        let mut acked = 0u64;
         while flow.segs.front().is_some_and(|g| !after(g.end, s.ack)) {
             let g = flow.segs.pop_front().expect("checked");
+            let len = u64::from(g.end.wrapping_sub(g.seq));
+            acked += len;
+            flow.unacked_bytes = flow.unacked_bytes.saturating_sub(len);
+            if g.sacked {
+                flow.sacked_bytes = flow.sacked_bytes.saturating_sub(len);
+            } else if let (Some(m), Some(st)) = (models.as_deref_mut(), &g.stamp) {
+                m.on_delivered(host, now, st, len, g.resent_at.is_none());
+            }
             self.spare.push(g.frame);
             popped += 1;
         }
         flow.next_check = flow.next_check.saturating_sub(popped);
-        let Some(front) = flow.segs.front().map(|g| g.seq) else { return };
-        for (l, r) in s.sack_ranges() {
-            if !after(r, l) || !after(r, front) {
-                continue;
-            }
-            flow.high_sacked = Some(match flow.high_sacked {
-                Some(h) if !after(r, h) => h,
-                _ => r,
-            });
-            let rel = |x: u32| x.wrapping_sub(front);
-            let start = flow.segs.partition_point(|g| rel(g.seq) < rel(l));
-            for g in flow.segs.range_mut(start..) {
-                if after(g.end, r) {
-                    break;
+        if let Some(front) = flow.segs.front().map(|g| g.seq) {
+            for (l, r) in s.sack_ranges() {
+                if !after(r, l) || !after(r, front) {
+                    continue;
                 }
-                g.sacked = true;
+                flow.high_sacked = Some(match flow.high_sacked {
+                    Some(h) if !after(r, h) => h,
+                    _ => r,
+                });
+                let rel = |x: u32| x.wrapping_sub(front);
+                let start = flow.segs.partition_point(|g| rel(g.seq) < rel(l));
+                for g in flow.segs.range_mut(start..) {
+                    if after(g.end, r) {
+                        break;
+                    }
+                    if !g.sacked {
+                        g.sacked = true;
+                        let len = u64::from(g.end.wrapping_sub(g.seq));
+                        flow.sacked_bytes += len;
+                        if let (Some(m), Some(st)) = (models.as_deref_mut(), &g.stamp) {
+                            m.on_delivered(host, now, st, len, g.resent_at.is_none());
+                        }
+                    }
+                }
             }
         }
+        if let Some(m) = models {
+            m.on_ack(host, now, acked);
+        }
+    }
+
+    /// Payload bytes of the connection `key` the peer holds beyond a hole
+    /// (SACKed, not yet cumulatively acknowledged): in its send queue, no
+    /// longer in flight.
+    pub fn sacked_bytes(&self, key: Key) -> u64 {
+        self.flows.get(&key).map_or(0, |f| f.sacked_bytes)
+    }
+
+    /// Payload bytes of the connection `key` sent and not cumulatively acknowledged.
+    pub fn unacked(&self, key: Key) -> u64 {
+        self.flows.get(&key).map_or(0, |f| f.unacked_bytes)
+    }
+
+    /// Connections with unacknowledged data to the host of `key`, counting
+    /// `key` itself whatever it has (at least one).
+    pub fn flows_to_with(&self, key: Key) -> usize {
+        let others = self.flows.iter().filter(|(k, f)| k.1 == key.1 && **k != key && !f.segs.is_empty()).count();
+        others + 1
     }
 
     /// The next segment to send again, if one is lost: its frame, which the
@@ -151,6 +214,9 @@ impl SackRecovery {
         let flow = self.flows.get_mut(&key).expect("found");
         flow.next_check = i + 1;
         let g = &mut flow.segs[i];
+        if let (Some(m), Some(st)) = (self.models.as_mut(), &g.stamp) {
+            m.on_lost(key.1, now, st, u64::from(g.end.wrapping_sub(g.seq)));
+        }
         g.resent_at = Some(now);
         self.resent += 1;
         Some(&g.frame)
@@ -171,6 +237,11 @@ impl SackRecovery {
         let keys: Vec<Key> = self.flows.keys().filter(|k| k.0 == port).copied().collect();
         for k in keys {
             let f = self.flows.remove(&k).expect("listed");
+            if let Some(m) = self.models.as_mut() {
+                let unsacked: u64 =
+                    f.segs.iter().filter(|g| !g.sacked).map(|g| u64::from(g.end.wrapping_sub(g.seq))).sum();
+                m.gone(k.1, unsacked);
+            }
             self.spare.extend(f.segs.into_iter().map(|g| g.frame));
         }
         self.spare.truncate(1024);
@@ -194,13 +265,13 @@ mod tests {
     fn send(r: &mut SackRecovery, start: u32, n: u32) {
         for i in 0..n {
             let f = frame(5000, 80, start.wrapping_add(i * MSS), 0, MSS as usize, &[]);
-            r.on_sent(&Segment::parse(&f).unwrap());
+            r.on_sent(&Segment::parse(&f).unwrap(), Instant::now());
         }
     }
 
     fn ack(r: &mut SackRecovery, ack: u32, sack: &[(u32, u32)]) {
         let f = frame(80, 5000, 0, ack, 0, sack);
-        r.on_received(&Segment::parse(&f).unwrap());
+        r.on_received(&Segment::parse(&f).unwrap(), Instant::now());
     }
 
     fn resend_seqs(r: &mut SackRecovery, now: Instant) -> Vec<u32> {
@@ -259,7 +330,7 @@ mod tests {
         bad[55] = 200; // a SACK option longer than the header
         let seg = Segment::parse(&bad).unwrap();
         assert_eq!(seg.sack_ranges().count(), 0);
-        r.on_received(&seg);
+        r.on_received(&seg, Instant::now());
         assert_eq!(
             Segment::parse(&frame(80, 5000, 0, 0, 0, &[(1, 2)])).unwrap().sack_ranges().collect::<Vec<_>>(),
             vec![(1, 2)]
