@@ -121,6 +121,21 @@ fn a_bottleneck_that_slows_down_is_followed_within_seconds() {
     assert_eq!(s.timeouts, 0);
 }
 
+#[test]
+fn a_sender_that_falls_short_of_its_pacing_does_not_spiral_down() {
+    // Pacing by a poll loop that sleeps: 70 % of the rate leaves. Pacing
+    // at what was delivered would then slow down round after round.
+    let p = path(1000, 100, 0);
+    let mut s = model(Duration::ZERO);
+    s.pacing_achieved_percent = 70;
+    let mut sim = Sim::new(p, vec![s], 7);
+    sim.run(secs(30), Duration::from_millis(500));
+    let last = share(&sim.senders[0], &p, 20, 30);
+    eprintln!("pacing achieved at 70 %: {:.1} % of the path over the last 10 s", last * 100.0);
+    assert!(last >= 0.6, "{last:.3} of the path in the last 10 s");
+    snapshot("1gbit-100ms-pacing-70", &render(&sim.trace));
+}
+
 /// Two flows on one bottleneck: (share of the first, of the second).
 fn pair(name: &str, p: Path, first: Sender, second: Sender, len: u64) -> (f64, f64) {
     let mut sim = Sim::new(p, vec![first, second], 11);

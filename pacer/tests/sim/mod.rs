@@ -133,6 +133,9 @@ pub struct Sender {
     pub sent: u64,
     pub retransmitted: u64,
     pub timeouts: u64,
+    /// Percent of its pacing rate the sender achieves (a poll loop that
+    /// wakes late sends less than its pacer allows; 100 = exact).
+    pub pacing_achieved_percent: u64,
 }
 
 impl Sender {
@@ -156,6 +159,7 @@ impl Sender {
             sent: 0,
             retransmitted: 0,
             timeouts: 0,
+            pacing_achieved_percent: 100,
         }
     }
 
@@ -412,7 +416,7 @@ impl Sim {
             let stamp = match &mut s.cc {
                 Cc::Model(m, p) => {
                     // The model paces payload (its rates are delivered payload).
-                    p.on_sent(instant, MSS);
+                    p.on_sent(instant, MSS * 100 / s.pacing_achieved_percent.max(1));
                     Some(m.on_sent(instant, in_flight, MSS))
                 }
                 Cc::Cubic(_) => None,
