@@ -136,6 +136,29 @@ fn a_sender_that_falls_short_of_its_pacing_does_not_spiral_down() {
     snapshot("1gbit-100ms-pacing-70", &render(&sim.trace));
 }
 
+#[test]
+fn a_sender_that_sees_acks_in_batches_from_a_sleeping_poll_loop_still_fills_the_path() {
+    // The TCP mode's default endpoints sleep between polls; on a busy host
+    // their ACKs are read every few milliseconds, late by as much again:
+    // RTT samples carry milliseconds of noise that is not a queue, and
+    // deliveries come in bursts.
+    let p = path(500, 100, 0);
+    let mut s = model(Duration::ZERO);
+    s.ack_batch = Some(Duration::from_millis(3));
+    let mut sim = Sim::new(p, vec![s], 7);
+    sim.run(secs(30), Duration::from_millis(500));
+    let s = &sim.senders[0];
+    let steady = share(s, &p, 10, 30);
+    eprintln!(
+        "ACKs in batches every 3-6 ms: {:.1} % of the path over the last 20 s, {} retransmissions, {} timeouts",
+        steady * 100.0,
+        s.retransmitted,
+        s.timeouts
+    );
+    snapshot("500mbit-100ms-ack-batches", &render(&sim.trace));
+    assert!(steady >= 0.85, "{steady:.3} of the path in the last 20 s");
+}
+
 /// Two flows on one bottleneck: (share of the first, of the second).
 fn pair(name: &str, p: Path, first: Sender, second: Sender, len: u64) -> (f64, f64) {
     let mut sim = Sim::new(p, vec![first, second], 11);

@@ -192,6 +192,9 @@ fn serve(rt: &Runtime, addr: SocketAddrV4, transport: xsock::Transport, node: Op
             if done {
                 poller.deregister(t)?;
                 conns.remove(&t.0);
+                // What the interface lost before xsock saw it (a full ring
+                // while the loop slept) is loss the sender has to repair.
+                log::debug!("interface counters after a stream: {:?}", rt.queue_stats());
             }
         }
     }

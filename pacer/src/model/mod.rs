@@ -24,16 +24,21 @@
 //!   says nothing about the bottleneck. A round that loses more than 2 %
 //!   does say the sender is too much for the buffer, or for the flows it
 //!   shares it with (after BBRv2's `inflight_hi`): the moment it does, the
-//!   in-flight cap becomes 85 % of what was in flight when the segment that
-//!   crossed the line was sent (at least 70 % of the BDP), and probing for
-//!   more stops. The probing phase then grows the cap again, by 1, 2, 4, ...
-//!   segments a round for as long as it stays clean. That is what leaves a
+//!   in-flight cap becomes 90 % of what was in flight when the segment that
+//!   crossed the line was sent (at least 90 % of the BDP), and probing for
+//!   more stops. One cut per episode: losses of segments sent before the
+//!   last cut are that cut's. The probing phase then grows the cap again,
+//!   by 1, 2, 4, ... segments a round (at most a sixteenth of it) for as
+//!   long as it stays clean. That is what leaves a
 //!   loss-based flow (kernel Cubic) its share of a shallow buffer, and keeps
 //!   a lone flow's probes from overflowing it every cycle.
-//! - **Probing ends at the queue**: a probe that makes a segment wait a
-//!   twentieth of the min RTT (a buffer of a tenth of the BDP is half
-//!   full) has found the path's capacity; the cap becomes 95 % of what was
-//!   in flight when that segment left, and the probe ends before the buffer
+//! - **Probing ends at the queue**: a probe that makes every segment of a
+//!   stretch of an eighth of the min RTT wait a twentieth of it (the lowest
+//!   RTT of the stretch counts: a host that reads ACKs late, a sleeping poll
+//!   loop on a busy core, delays some by milliseconds, a queue all; a
+//!   buffer of a tenth of the BDP is then half full) has found the path's
+//!   capacity; the cap becomes 95 % of what was in flight when the least
+//!   delayed of them left, and the probe ends before the buffer
 //!   overflows. (Only on paths of 5 ms and more: below that, delay is the
 //!   hosts' batching, not a queue.)
 //! - **The rate holds without a reason to fall**: the bottleneck
@@ -73,13 +78,17 @@ const LOSS_PER_MILLE: u64 = 20;
 /// Queueing delay below this is noise, not a queue (probing ends at a
 /// queue of a twentieth of the min RTT, or this).
 const QUEUE_MIN: Duration = Duration::from_micros(500);
+/// Delay is judged by the lowest RTT over stretches of an eighth of the
+/// min RTT, within these bounds.
+const QUEUE_WINDOW_MIN: Duration = Duration::from_millis(2);
+const QUEUE_WINDOW_MAX: Duration = Duration::from_millis(25);
 /// Below this min RTT, delay is the hosts' batching and polling, not a
 /// queue: probing ends on loss only.
 const DELAY_SIGNAL_MIN_RTT: Duration = Duration::from_millis(5);
 /// What the cap keeps of the in-flight level where probing found a queue, percent.
 const QUEUE_BETA_PERCENT: u64 = 95;
 /// What the cap keeps of the in-flight level where losses began, percent.
-const LOSS_BETA_PERCENT: u64 = 85;
+const LOSS_BETA_PERCENT: u64 = 90;
 /// Segments a cap never goes below.
 const MIN_CWND_SEGMENTS: u64 = 4;
 /// Segments in flight before the first round trip.
@@ -115,6 +124,21 @@ pub struct ModelState {
     pub inflight_hi: Option<u64>,
     /// Rounds completed.
     pub round: u64,
+    /// Times the cap was cut for losses.
+    pub loss_cuts: u64,
+    /// Times probing ended at a queue.
+    pub queue_cuts: u64,
+    /// Segments reported lost.
+    pub lost: u64,
+}
+
+/// A stretch of RTT samples: when it began, its lowest sample, and its
+/// lowest of segments sent while probing (with what was in flight then).
+#[derive(Debug, Clone, Default)]
+struct RttSlot {
+    since: Option<Instant>,
+    lowest: Option<Duration>,
+    lowest_probing: Option<(Duration, u64)>,
 }
 
 /// One connection's controller.
@@ -144,6 +168,8 @@ pub struct ModelCc {
     /// This round saw a loss or a queue (a reason the bottleneck rate may
     /// have fallen).
     round_congested: bool,
+    /// The current stretch of RTT samples ([`ModelCc::queue_sample`]).
+    slot: RttSlot,
     /// Lowest RTT in the current phase, and in the one before it.
     phase_rtt: Option<Duration>,
     probe_base_rtt: Option<Duration>,
@@ -159,6 +185,11 @@ pub struct ModelCc {
     agg_since: Option<Instant>,
     agg_delivered: u64,
     extra_acked: VecDeque<(u64, u64)>,
+    /// When the cap was last cut for losses.
+    last_cut: Option<Instant>,
+    loss_cuts: u64,
+    queue_cuts: u64,
+    lost: u64,
 }
 
 impl ModelCc {
@@ -186,6 +217,7 @@ impl ModelCc {
             probe_growth: 1,
             clean_probe: false,
             round_congested: false,
+            slot: RttSlot::default(),
             phase_rtt: None,
             probe_base_rtt: None,
             probe_rtt_until: None,
@@ -196,6 +228,10 @@ impl ModelCc {
             agg_since: None,
             agg_delivered: 0,
             extra_acked: VecDeque::new(),
+            last_cut: None,
+            loss_cuts: 0,
+            queue_cuts: 0,
+            lost: 0,
         }
     }
 
@@ -219,6 +255,9 @@ impl ModelCc {
             cwnd: self.cwnd,
             inflight_hi: self.inflight_hi,
             round: self.sampler.round(),
+            loss_cuts: self.loss_cuts,
+            queue_cuts: self.queue_cuts,
+            lost: self.lost,
         }
     }
 
@@ -250,38 +289,64 @@ impl ModelCc {
         if first_transmission {
             let rtt = now.saturating_duration_since(stamp.sent_at);
             self.rtt_sample(now, rtt);
-            // Probing has found the queue: this segment, sent with
-            // `stamp.in_flight` out, waited a twentieth of the RTT. More
-            // than that in flight only fills the buffer.
             self.phase_rtt = Some(self.phase_rtt.map_or(rtt, |r| r.min(rtt)));
-            if let Some((m, _)) = self.min_rtt
-                && rtt > m + (m / 10).max(Duration::from_millis(1))
-            {
+            self.queue_sample(now, stamp, rtt);
+        }
+    }
+
+    /// Judges delay by the lowest RTT of each stretch of a few milliseconds
+    /// (an eighth of the min RTT, 2 to 25 ms): a host that reads its ACKs
+    /// late (a sleeping poll loop, a busy core) delays some samples by
+    /// milliseconds, a queue delays every one.
+    fn queue_sample(&mut self, now: Instant, stamp: &SendStamp, rtt: Duration) {
+        let Some((m, _)) = self.min_rtt else { return };
+        let window = (m / 8).clamp(QUEUE_WINDOW_MIN, QUEUE_WINDOW_MAX);
+        let since = *self.slot.since.get_or_insert(now);
+        if now.saturating_duration_since(since) >= window {
+            let slot = std::mem::take(&mut self.slot);
+            self.slot.since = Some(now);
+            if slot.lowest.is_some_and(|r| r > m + (m / 10).max(Duration::from_millis(1))) {
                 self.round_congested = true;
             }
-            if let (Phase::ProbeBw(0), Some((m, _))) = (self.phase, self.min_rtt)
+            // Probing has found the queue: every segment sent in it for a
+            // stretch waited a twentieth of the RTT. More than was in flight
+            // when the least delayed of them left only fills the buffer.
+            if let (Phase::ProbeBw(0), Some((rtt, in_flight))) = (self.phase, slot.lowest_probing)
                 && m >= DELAY_SIGNAL_MIN_RTT
                 && rtt > self.probe_base_rtt.unwrap_or(m).max(m) + (m / 20).max(QUEUE_MIN)
-                && stamp.sent_at >= self.phase_since
             {
-                let level = stamp.in_flight * QUEUE_BETA_PERCENT / 100;
+                let level = in_flight * QUEUE_BETA_PERCENT / 100;
+                self.queue_cuts += 1;
                 self.inflight_hi = Some(self.inflight_hi.map_or(level, |h| h.max(level)));
                 self.probe_growth = 1;
                 self.clean_probe = false;
                 self.enter(Phase::ProbeBw(1), now);
             }
         }
+        self.slot.lowest = Some(self.slot.lowest.map_or(rtt, |r| r.min(rtt)));
+        if self.phase == Phase::ProbeBw(0) && stamp.sent_at >= self.phase_since {
+            self.slot.lowest_probing = Some(match self.slot.lowest_probing {
+                Some((r, f)) if r <= rtt => (r, f),
+                _ => (rtt, stamp.in_flight),
+            });
+        }
     }
 
     /// The segment stamped `stamp`, `bytes` long, is deemed lost at `now`.
     pub fn on_lost(&mut self, now: Instant, stamp: &SendStamp, bytes: u64) {
         self.round_lost += bytes;
+        self.lost += 1;
         self.round_congested = true;
         let delivered = self.sampler.delivered() - self.round_base;
         let too_much =
             self.round_lost * 1000 > (delivered + self.round_lost) * LOSS_PER_MILLE && self.round_lost >= 3 * self.mss;
-        if too_much && !self.round_reacted {
+        // One cut per episode: the losses of what was sent before the last
+        // cut are that cut's (a burst of drops is found over two rounds).
+        let fresh = self.last_cut.is_none_or(|at| stamp.sent_at >= at);
+        if too_much && fresh && !self.round_reacted {
             self.round_reacted = true;
+            self.last_cut = Some(now);
+            self.loss_cuts += 1;
             self.inflight_too_high(now, stamp.in_flight);
         }
     }
@@ -301,7 +366,7 @@ impl ModelCc {
             self.enter(Phase::Drain, now);
             return;
         }
-        let floor = (bdp * 7 / 10).max(MIN_CWND_SEGMENTS * self.mss);
+        let floor = (bdp * 9 / 10).max(MIN_CWND_SEGMENTS * self.mss);
         let level = self.inflight_hi.map_or(level, |hi| hi.min(level));
         self.inflight_hi = Some((level * LOSS_BETA_PERCENT / 100).max(floor));
         if self.phase == Phase::ProbeBw(0) {

@@ -136,6 +136,13 @@ pub struct Sender {
     /// Percent of its pacing rate the sender achieves (a poll loop that
     /// wakes late sends less than its pacer allows; 100 = exact).
     pub pacing_achieved_percent: u64,
+    /// A sender whose poll loop sleeps: ACKs are seen only when it wakes,
+    /// every this long plus up to as much again of scheduling delay (on a
+    /// busy 2-core host, several milliseconds), so they arrive in batches
+    /// and their RTTs carry up to twice this of noise.
+    pub ack_batch: Option<Duration>,
+    /// When the sender's poll loop next wakes for ACKs.
+    next_poll: Duration,
 }
 
 impl Sender {
@@ -160,6 +167,8 @@ impl Sender {
             retransmitted: 0,
             timeouts: 0,
             pacing_achieved_percent: 100,
+            ack_batch: None,
+            next_poll: Duration::ZERO,
         }
     }
 
@@ -298,7 +307,14 @@ impl Sim {
                     self.try_send(i);
                 }
                 Ev::Arrive(i, seg, tx) => {
-                    let back = self.now + self.path.rtt / 2;
+                    let mut back = self.now + self.path.rtt / 2;
+                    if let Some(p) = self.senders[i].ack_batch {
+                        while self.senders[i].next_poll < back {
+                            let late = Duration::from_micros(self.random() % (p.as_micros() as u64 + 1));
+                            self.senders[i].next_poll += p + late;
+                        }
+                        back = self.senders[i].next_poll;
+                    }
                     self.push(back, Ev::Ack(i, seg, tx));
                 }
                 Ev::Ack(i, seg, tx) => {

@@ -168,6 +168,8 @@ pub(crate) struct TcpCore {
     pub tracker: super::flows::FlowTracker,
     /// Copies of unacknowledged segments, sent again from SACK information.
     pub sack: super::sack::SackRecovery,
+    /// Out-of-order segments held beside smoltcp's receivers.
+    pub reorder: super::reorder::Reorder,
     /// Every socket's buffers are reserved here while it exists.
     budget: Arc<Budget>,
     /// Connections whose state changed in the last housekeeping (to wake).
@@ -238,6 +240,7 @@ impl TcpCore {
             give_up_at: None,
             tracker: Default::default(),
             sack,
+            reorder: Default::default(),
             budget: setup.budget,
             changed: Vec::new(),
             acceptable: Vec::new(),
@@ -812,6 +815,7 @@ impl TcpCore {
             {
                 self.tracker.forget(e.port);
                 self.sack.forget(e.port);
+                self.reorder.forget(e.port);
             }
             self.unsteer(m.rule);
             if let (Some(c), Some(id)) = (&mut self.caps, m.cap) {

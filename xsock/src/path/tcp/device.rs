@@ -25,7 +25,12 @@ use xsock_pacer::GapPacer;
 
 use xsock_nic::offload::finish_checksum;
 
-use super::{flows::FlowTracker, sack::SackRecovery, segment::Segment};
+use super::{
+    flows::FlowTracker,
+    reorder::{Arrival, Reorder, Verdict},
+    sack::SackRecovery,
+    segment::Segment,
+};
 
 use crate::Context;
 
@@ -51,6 +56,9 @@ pub(crate) struct FrameIo<'a, 'c> {
     pub mtu: usize,
     pub tracker: &'a mut FlowTracker,
     pub sack: &'a mut SackRecovery,
+    pub reorder: &'a mut Reorder,
+    /// Held frames put back in order, for smoltcp next (scratch).
+    pub ready: Vec<Vec<u8>>,
 }
 
 pub(crate) struct Rx {
@@ -61,6 +69,7 @@ pub(crate) struct Tx<'b, 'c> {
     cx: &'b mut Context<'c>,
     tracker: &'b mut FlowTracker,
     sack: &'b mut SackRecovery,
+    reorder: &'b mut Reorder,
     arp_asks: &'b mut Vec<Ipv4Addr>,
     pacer: Option<&'b mut GapPacer>,
     ring_full: &'b mut bool,
@@ -83,6 +92,7 @@ impl phy::TxToken for Tx<'_, '_> {
             if let Some(seg) = Segment::parse(&buf[..len]) {
                 self.tracker.on_sent(&seg, now);
                 self.sack.on_sent(&seg, now);
+                self.reorder.on_sent(&seg);
             }
             if u16::from_be_bytes([buf[12], buf[13]]) == ETHERTYPE_ARP {
                 // Target protocol address of an ARP request: bytes 38..42.
@@ -129,6 +139,19 @@ impl FrameIo<'_, '_> {
         }
         self.burst_open = true;
         true
+    }
+
+    /// Sends a frame of our own in answer to one received (unpaced).
+    fn send_response(&mut self, frame: &[u8]) {
+        let len = frame.len();
+        match self.cx.transmit_with(len, &mut |buf| {
+            buf[..len].copy_from_slice(frame);
+            len
+        }) {
+            Ok(_) => {}
+            Err(TxError::RingFull) => self.ring_full = true,
+            Err(e) => log::warn!("TCP-mode ACK not sent: {e}"),
+        }
     }
 
     /// Sends again, paced, the segments the SACK scoreboard says are lost
@@ -183,18 +206,34 @@ impl<'a, 'c> Device for FrameIo<'a, 'c> {
         Self: 't;
 
     fn receive(&mut self, _ts: smoltcp::time::Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
-        let mut frame = self.rx.pop_front()?;
-        finish_checksum(&mut frame);
-        if let Some(seg) = Segment::parse(&frame) {
+        let frame = loop {
+            let mut frame = self.rx.pop_front()?;
+            finish_checksum(&mut frame);
+            let Some(seg) = Segment::parse(&frame) else { break frame };
             let now = self.cx.now();
             self.tracker.on_received(&seg, now);
             self.sack.on_received(&seg, now);
-        }
+            let arrival = Arrival::of(&seg);
+            match self.reorder.on_received(arrival, frame, &mut self.ready) {
+                Verdict::Pass(f) => {
+                    for f in self.ready.drain(..).rev() {
+                        self.rx.push_front(f);
+                    }
+                    break f;
+                }
+                Verdict::Held(ack) => {
+                    if let Some(a) = ack {
+                        self.send_response(&a);
+                    }
+                }
+            }
+        };
         // Responses to received frames are never paced (smoltcp would drop them).
         let tx = Tx {
             cx: self.cx,
             tracker: self.tracker,
             sack: self.sack,
+            reorder: self.reorder,
             arp_asks: self.arp_asks,
             pacer: None,
             ring_full: &mut self.ring_full,
@@ -215,6 +254,7 @@ impl<'a, 'c> Device for FrameIo<'a, 'c> {
             cx: self.cx,
             tracker: self.tracker,
             sack: self.sack,
+            reorder: self.reorder,
             arp_asks: self.arp_asks,
             pacer,
             ring_full: &mut self.ring_full,

@@ -96,6 +96,8 @@ impl FrameHandler for TcpHandler {
             mtu,
             tracker: &mut core.tracker,
             sack: &mut core.sack,
+            reorder: &mut core.reorder,
+            ready: Vec::new(),
         };
         let mut work = had_input;
         core.iface.poll_maintenance(snow);

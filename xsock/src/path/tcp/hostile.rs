@@ -11,7 +11,11 @@
 //!   scoreboard (cumulative ACKs and SACK blocks anywhere in sequence space,
 //!   time moving on): every frame it sends again is byte for byte a frame
 //!   the sender sent, it never holds more than was sent, and an ACK of
-//!   everything empties it.
+//!   everything empties it;
+//! - **as a script of data segments** arriving out of order, again and
+//!   overlapping at a receiver's reorder buffer ([`Reorder`]): what it gives
+//!   smoltcp is what arrived, in sequence order, and its ACKs never
+//!   acknowledge more than smoltcp did.
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +26,7 @@ use smoltcp::{
 
 use super::{
     flows::FlowTracker,
+    reorder::{Arrival, Reorder, Verdict},
     sack::SackRecovery,
     segment::{HOST_B, Segment, Spec, build},
 };
@@ -30,6 +35,56 @@ use super::{
 pub fn tcp_segment(data: &[u8]) {
     as_one_frame(data);
     as_an_ack_script(data);
+    as_a_data_script(data);
+}
+
+/// Data segments from HOST_A:5000 to our HOST_B:80, by 5-byte steps: an op
+/// (smoltcp acknowledges all it was given, or a segment arrives at a
+/// scripted offset and length), then its argument.
+fn as_a_data_script(data: &[u8]) {
+    let mut r = Reorder::default();
+    let base = u32::from_le_bytes(data.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]));
+    let mut smoltcp_next = base; // what smoltcp has in order
+    let mut acked = base;
+    let ours = |ack: u32| {
+        build(Spec { from_b: true, sport: 80, dport: 5000, seq: 1, ack: Some(ack), payload: &[], sack: &[] })
+    };
+    r.on_sent(&Segment::parse(&ours(acked)).expect("built"));
+    let mut ready = Vec::new();
+    for step in data.get(4..).unwrap_or_default().chunks_exact(5) {
+        let arg = u32::from_le_bytes(step[1..].try_into().expect("four bytes"));
+        if step[0] % 4 == 0 {
+            acked = smoltcp_next;
+            r.on_sent(&Segment::parse(&ours(acked)).expect("built"));
+            continue;
+        }
+        let seq = base.wrapping_add((arg & 0xffff) * 37);
+        let payload = vec![0u8; 1 + (arg >> 16) as usize % 3000];
+        let f = build(Spec { from_b: false, sport: 5000, dport: 80, seq, ack: Some(1), payload: &payload, sack: &[] });
+        let seg = Segment::parse(&f).expect("built");
+        match r.on_received(Arrival::of(&seg), f.clone(), &mut ready) {
+            Verdict::Pass(given) => {
+                assert_eq!(given, f, "smoltcp gets the frame that arrived");
+                for g in std::iter::once(given).chain(ready.drain(..)) {
+                    let s = Segment::parse(&g).expect("a frame that arrived");
+                    // smoltcp (modelled) takes what starts at or before its next byte.
+                    if !super::segment::after(s.seq, smoltcp_next) {
+                        let end = s.seq.wrapping_add(s.len);
+                        if super::segment::after(end, smoltcp_next) {
+                            smoltcp_next = end;
+                        }
+                    }
+                }
+            }
+            Verdict::Held(ack) => {
+                assert!(ready.is_empty());
+                let ack = ack.expect("a flow smoltcp has spoken on");
+                let a = Segment::parse(&ack).expect("our ACK parses");
+                assert_eq!(a.ack, acked, "our ACK is smoltcp's");
+                assert!(a.sack_ranges().count() <= 3);
+            }
+        }
+    }
 }
 
 fn as_one_frame(data: &[u8]) {

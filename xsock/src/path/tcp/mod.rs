@@ -26,6 +26,7 @@ mod flows;
 pub(crate) mod handler;
 pub(crate) mod hostile;
 mod model;
+mod reorder;
 mod sack;
 mod segment;
 

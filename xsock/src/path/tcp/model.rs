@@ -89,7 +89,7 @@ impl PathModels {
             p.logged = now;
             let s = p.cc.state();
             log::debug!(
-                "TCP mode model for {}: {:?}, bottleneck {}, min RTT {:?}, pacing {}, cap {} B (loss cap {:?}), {} B in flight, round {}",
+                "TCP mode model for {}: {:?}, bottleneck {}, min RTT {:?}, pacing {}, cap {} B (loss cap {:?}), {} B in flight, round {}, cuts: {} for loss, {} at a queue; {} segments lost",
                 std::net::Ipv4Addr::from(host),
                 s.phase,
                 s.bottleneck.map_or("-".into(), |r| r.to_string()),
@@ -98,7 +98,10 @@ impl PathModels {
                 s.cwnd,
                 s.inflight_hi,
                 p.pipe,
-                s.round
+                s.round,
+                s.loss_cuts,
+                s.queue_cuts,
+                s.lost
             );
         }
     }

@@ -24,6 +24,9 @@ pub(crate) struct Segment<'f> {
     pub seq: u32,
     pub ack: u32,
     pub ack_flag: bool,
+    pub syn: bool,
+    pub fin: bool,
+    pub rst: bool,
     /// Payload bytes (Ethernet padding after the IPv4 total length excluded).
     pub len: u32,
     /// The TCP header and payload, length-checked by [`TcpPacket::new_checked`].
@@ -52,6 +55,9 @@ impl<'f> Segment<'f> {
             seq: tcp.seq_number().0 as u32,
             ack: tcp.ack_number().0 as u32,
             ack_flag: tcp.ack(),
+            syn: tcp.syn(),
+            fin: tcp.fin(),
+            rst: tcp.rst(),
             len: tcp.payload().len() as u32,
             tcp: tcp.into_inner(),
         })
