@@ -27,7 +27,7 @@ use smoltcp::{
     phy::ChecksumCapabilities,
     wire::{
         EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol, Ipv4Address, Ipv4Packet,
-        Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, TcpTimestampRepr,
+        Ipv4Repr, TcpControl, TcpOption, TcpPacket, TcpRepr, TcpSeqNumber, TcpTimestampRepr,
     },
 };
 
@@ -287,8 +287,16 @@ fn views(f: &[u8]) -> Option<Views> {
     let eth = EthernetFrame::new_checked(f).ok()?;
     let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
     let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
-    let (src, dst) = (IpAddress::Ipv4(ip.src_addr()), IpAddress::Ipv4(ip.dst_addr()));
-    let ts = TcpRepr::parse(&tcp, &src, &dst, &ChecksumCapabilities::ignored()).ok()?.timestamp;
+    // Only the timestamp option: this runs on every segment smoltcp sends.
+    let (mut options, mut ts) = (tcp.options(), None);
+    while let Ok((rest, option)) = TcpOption::parse(options) {
+        match option {
+            TcpOption::EndOfList => break,
+            TcpOption::TimeStamp { tsval, tsecr } => ts = Some(TcpTimestampRepr::new(tsval, tsecr)),
+            _ => {}
+        }
+        options = rest;
+    }
     Some(((eth.src_addr(), eth.dst_addr()), (ip.src_addr(), ip.dst_addr(), ip.hop_limit()), (tcp.window_len(), ts)))
 }
 
