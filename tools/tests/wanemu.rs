@@ -265,8 +265,11 @@ fn the_tcp_mode_fills_a_long_path_with_a_shallow_buffer_without_a_rate_given() {
     bed.finish(srv).unwrap();
     let counters = stop(&bed, pid);
     // Start-up takes about a second of the eight; the path carries about
-    // 191 Mbit/s of payload (measured: 130-170 Mbit/s release, 112-140
-    // debug; before the model, `--pace auto` held a fifth of such a path).
-    assert!(mbit > 90.0, "{mbit:.1} Mbit/s of a 200 Mbit/s path: {counters}");
+    // 191 Mbit/s of payload (measured: 130-170 Mbit/s release, 112-167
+    // debug idle, 88-123 debug with two `yes` loops on the 2 cores). The
+    // failures this guards against sit far below: before the model,
+    // `--pace auto` held a fifth of such a path (40 Mbit/s), and a receiver
+    // SACKing data its window had dropped stalled the flow (33 Mbit/s).
+    assert!(mbit > 60.0, "{mbit:.1} Mbit/s of a 200 Mbit/s path: {counters}");
     assert!(retx < segments * 0.03, "{retx} of {segments} segments sent again: {counters}");
 }

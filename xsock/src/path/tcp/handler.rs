@@ -82,6 +82,13 @@ impl FrameHandler for TcpHandler {
         let now = cx.now();
         let snow = core.smol_now(now);
         self.rx.extend(core.injected.drain(..));
+        // Held segments smoltcp's window had no room for, now that it has
+        // (its application read): before what arrived since, in order.
+        let mut opened = Vec::new();
+        core.reorder.release_open(&mut opened);
+        for f in opened.into_iter().rev() {
+            self.rx.push_front(f);
+        }
         let had_input = !self.rx.is_empty();
         let mtu = core.mtu;
         let mut io = FrameIo {
@@ -131,6 +138,9 @@ impl FrameHandler for TcpHandler {
             }
         }
         let held = io.held_until;
+        // smoltcp acknowledged or opened its window where segments wait:
+        // another pass gives them.
+        work |= core.reorder.is_due();
         if had_input {
             core.replenish(now);
         }

@@ -14,8 +14,9 @@
 //!   everything empties it;
 //! - **as a script of data segments** arriving out of order, again and
 //!   overlapping at a receiver's reorder buffer ([`Reorder`]): what it gives
-//!   smoltcp is what arrived, in sequence order, and its ACKs never
-//!   acknowledge more than smoltcp did.
+//!   smoltcp is what arrived, in sequence order, its ACKs never
+//!   acknowledge more than smoltcp did, and never SACK data smoltcp's
+//!   window made it drop.
 
 use std::time::{Duration, Instant};
 
@@ -39,23 +40,53 @@ pub fn tcp_segment(data: &[u8]) {
 }
 
 /// Data segments from HOST_A:5000 to our HOST_B:80, by 5-byte steps: an op
-/// (smoltcp acknowledges all it was given, or a segment arrives at a
-/// scripted offset and length), then its argument.
+/// (smoltcp acknowledges all it has and announces a scripted window, or a
+/// segment arrives at a scripted offset and length), then its argument.
+/// smoltcp is modelled as RFC 9293 and smoltcp 0.14 take data: in order,
+/// trimmed to the right edge of the window last announced.
 fn as_a_data_script(data: &[u8]) {
+    use super::segment::{after, build_with};
+    const SHIFT: u8 = 6;
     let mut r = Reorder::default();
     let base = u32::from_le_bytes(data.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]));
+    let syn =
+        Spec { from_b: false, sport: 5000, dport: 80, seq: base.wrapping_sub(1), ack: None, payload: &[], sack: &[] };
+    let f = build_with(syn, Some(7), 512);
+    let _ = r.on_received(Arrival::of(&Segment::parse(&f).expect("built")), f, &mut Vec::new());
+    let syn_ack = Spec { from_b: true, sport: 80, dport: 5000, seq: 0, ack: Some(base), payload: &[], sack: &[] };
+    r.on_sent(&Segment::parse(&build_with(syn_ack, Some(SHIFT), 512)).expect("built"));
     let mut smoltcp_next = base; // what smoltcp has in order
-    let mut acked = base;
-    let ours = |ack: u32| {
-        build(Spec { from_b: true, sport: 80, dport: 5000, seq: 1, ack: Some(ack), payload: &[], sack: &[] })
+    let (mut acked, mut window) = (base, u16::MAX);
+    let mut furthest_edge = base.wrapping_add(u32::from(window) << SHIFT);
+    let ours = |ack: u32, window: u16| {
+        let spec = Spec { from_b: true, sport: 80, dport: 5000, seq: 1, ack: Some(ack), payload: &[], sack: &[] };
+        build_with(spec, None, window)
     };
-    r.on_sent(&Segment::parse(&ours(acked)).expect("built"));
+    r.on_sent(&Segment::parse(&ours(acked, window)).expect("built"));
     let mut ready = Vec::new();
+    // smoltcp (modelled) takes what starts at or before its next byte, up
+    // to the edge of its window.
+    let take = |g: &[u8], next: &mut u32, edge: u32| {
+        let s = Segment::parse(g).expect("a frame that arrived");
+        let end = s.seq.wrapping_add(s.len);
+        if !after(s.seq, *next) && after(end, *next) && after(edge, *next) {
+            *next = if after(end, edge) { edge } else { end };
+        }
+    };
     for step in data.get(4..).unwrap_or_default().chunks_exact(5) {
         let arg = u32::from_le_bytes(step[1..].try_into().expect("four bytes"));
+        let edge = acked.wrapping_add(u32::from(window) << SHIFT);
         if step[0] % 4 == 0 {
-            acked = smoltcp_next;
-            r.on_sent(&Segment::parse(&ours(acked)).expect("built"));
+            (acked, window) = (smoltcp_next, arg as u16);
+            let edge = acked.wrapping_add(u32::from(window) << SHIFT);
+            if after(edge, furthest_edge) {
+                furthest_edge = edge;
+            }
+            r.on_sent(&Segment::parse(&ours(acked, window)).expect("built"));
+            r.release_open(&mut ready);
+            for g in ready.drain(..) {
+                take(&g, &mut smoltcp_next, edge);
+            }
             continue;
         }
         let seq = base.wrapping_add((arg & 0xffff) * 37);
@@ -66,14 +97,7 @@ fn as_a_data_script(data: &[u8]) {
             Verdict::Pass(given) => {
                 assert_eq!(given, f, "smoltcp gets the frame that arrived");
                 for g in std::iter::once(given).chain(ready.drain(..)) {
-                    let s = Segment::parse(&g).expect("a frame that arrived");
-                    // smoltcp (modelled) takes what starts at or before its next byte.
-                    if !super::segment::after(s.seq, smoltcp_next) {
-                        let end = s.seq.wrapping_add(s.len);
-                        if super::segment::after(end, smoltcp_next) {
-                            smoltcp_next = end;
-                        }
-                    }
+                    take(&g, &mut smoltcp_next, edge);
                 }
             }
             Verdict::Held(ack) => {
@@ -82,6 +106,15 @@ fn as_a_data_script(data: &[u8]) {
                 let a = Segment::parse(&ack).expect("our ACK parses");
                 assert_eq!(a.ack, acked, "our ACK is smoltcp's");
                 assert!(a.sack_ranges().count() <= 3);
+                for (left, right) in a.sack_ranges() {
+                    // What smoltcp was given beyond its ACK, or data held
+                    // within a window it offered: never data it dropped.
+                    if left == acked {
+                        assert!(!after(right, smoltcp_next), "SACKed {left}..{right}: smoltcp has to {smoltcp_next}");
+                    } else {
+                        assert!(!after(right, furthest_edge), "SACKed {left}..{right} beyond every window");
+                    }
+                }
             }
         }
     }

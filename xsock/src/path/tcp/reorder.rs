@@ -77,6 +77,10 @@ struct Flow {
     ranges: VecDeque<(u32, u32)>,
     held_bytes: usize,
     template: Option<Template>,
+    /// The window scale smoltcp announced in its SYN, and whether the
+    /// peer's SYN had the option too (else neither side scales).
+    our_shift: Option<u8>,
+    peer_scales: bool,
 }
 
 /// The fields of a received segment the decision needs.
@@ -88,11 +92,14 @@ pub(crate) struct Arrival {
     syn: bool,
     fin: bool,
     rst: bool,
+    /// A SYN with the window scale option.
+    scales: bool,
 }
 
 impl Arrival {
     pub fn of(s: &Segment<'_>) -> Arrival {
-        Arrival { key: (s.dport, s.src, s.sport), seq: s.seq, len: s.len, syn: s.syn, fin: s.fin, rst: s.rst }
+        let scales = s.syn && s.window_scale().is_some();
+        Arrival { key: (s.dport, s.src, s.sport), seq: s.seq, len: s.len, syn: s.syn, fin: s.fin, rst: s.rst, scales }
     }
 }
 
@@ -111,16 +118,24 @@ pub(crate) struct Reorder {
     flows: HashMap<Key, Flow>,
     /// Segments held out of order, over the process's life.
     pub held_total: u64,
+    /// smoltcp acknowledged or opened its window on a flow that holds
+    /// segments: [`Reorder::release_open`] may have some to give.
+    due: bool,
 }
 
 impl Reorder {
     /// Looks at a segment smoltcp sends: its ACK, window and addresses.
     pub fn on_sent(&mut self, s: &Segment<'_>) {
+        let key = (s.sport, s.dst, s.dport);
+        if s.syn {
+            self.flows.entry(key).or_default().our_shift = Some(s.window_scale().unwrap_or(0));
+        }
         if !s.ack_flag || s.syn || s.rst {
             return;
         }
         let Some((eth, ip, tcp)) = views(s.frame) else { return };
-        let flow = self.flows.entry((s.sport, s.dst, s.dport)).or_default();
+        let flow = self.flows.entry(key).or_default();
+        self.due |= !flow.held.is_empty();
         if flow.acked.is_none_or(|a| after(s.ack, a)) {
             flow.acked = Some(s.ack);
         }
@@ -152,22 +167,35 @@ impl Reorder {
     pub fn on_received(&mut self, s: Arrival, frame: Vec<u8>, ready: &mut Vec<Vec<u8>>) -> Verdict {
         let key = s.key;
         if s.syn || s.rst {
-            // A new connection on the same ports, or the end of this one.
-            self.flows.remove(&key);
+            // A new connection on the same ports, or the end of this one
+            // (what smoltcp's own SYN said is kept for its SYN-ACK).
+            let our_shift = self.flows.remove(&key).and_then(|f| f.our_shift);
+            if s.syn {
+                self.flows.insert(key, Flow { our_shift, peer_scales: s.scales, ..Flow::default() });
+            }
             return Verdict::Pass(frame);
         }
         let Some(flow) = self.flows.get_mut(&key) else { return Verdict::Pass(frame) };
-        let (Some(given), Some(acked)) = (flow.given, flow.acked) else { return Verdict::Pass(frame) };
+        let (Some(given), Some(acked), Some(window_end)) = (flow.given, flow.acked, flow.window_end()) else {
+            return Verdict::Pass(frame);
+        };
         let end = s.seq.wrapping_add(s.len);
         if s.len == 0 || !after(s.seq, given) {
-            // In order (or old): smoltcp takes it, then what it unblocks.
-            if after(end, given) {
+            // In order (or old): smoltcp takes it if its window has room,
+            // then what it unblocks. Data beyond the window smoltcp drops,
+            // so it is not counted as given (nor SACKed by our ACKs).
+            if after(end, given) && !after(end, window_end) {
                 flow.given = Some(end);
                 flow.release(ready);
             }
             return Verdict::Pass(frame);
         }
-        if s.fin || end.wrapping_sub(acked) > MAX_AHEAD || flow.held_bytes + frame.len() > MAX_HELD_BYTES {
+        if s.fin
+            || after(end, window_end)
+            || end.wrapping_sub(acked) > MAX_AHEAD
+            || flow.held_bytes + frame.len() > MAX_HELD_BYTES
+        {
+            // Data smoltcp's window has no room for is not ours to promise.
             return Verdict::Pass(frame);
         }
         // Out of order: keep it (once), in sequence order.
@@ -182,6 +210,24 @@ impl Reorder {
             self.held_total += 1;
         }
         Verdict::Held(flow.sack_ack(s.seq))
+    }
+
+    /// Moves to `ready` the held segments that smoltcp can now take, in
+    /// order (after its window opened: the application read).
+    pub fn release_open(&mut self, ready: &mut Vec<Vec<u8>>) {
+        if !std::mem::take(&mut self.due) {
+            return;
+        }
+        for flow in self.flows.values_mut() {
+            if !flow.held.is_empty() {
+                flow.release(ready);
+            }
+        }
+    }
+
+    /// Whether [`Reorder::release_open`] may have segments to give.
+    pub fn is_due(&self) -> bool {
+        self.due
     }
 
     /// Drops what is held for the connections of local `port` (gone).
@@ -199,9 +245,9 @@ impl Reorder {
 impl Flow {
     /// Moves the held segments that are now in order to `ready`.
     fn release(&mut self, ready: &mut Vec<Vec<u8>>) {
-        let Some(mut given) = self.given else { return };
+        let (Some(mut given), Some(window_end)) = (self.given, self.window_end()) else { return };
         while let Some(h) = self.held.front() {
-            if after(h.seq, given) {
+            if after(h.seq, given) || after(h.end, window_end) {
                 break;
             }
             let h = self.held.pop_front().expect("checked");
@@ -220,6 +266,14 @@ impl Flow {
         {
             r.0 = given;
         }
+    }
+
+    /// The right edge of smoltcp's receive window, as it last announced
+    /// it: it drops data beyond (RFC 9293's acceptability test).
+    fn window_end(&self) -> Option<u32> {
+        let (acked, t) = (self.acked?, self.template?);
+        let shift = if self.peer_scales { self.our_shift.unwrap_or(0) } else { 0 };
+        Some(acked.wrapping_add(u32::from(t.window) << shift))
     }
 
     /// Records held data `[seq, end)` in the merged ranges (sequence
@@ -339,15 +393,45 @@ fn ack_frame(t: &Template, ack: u32, sack_ranges: [Option<(u32, u32)>; 3]) -> Ve
 #[cfg(test)]
 mod tests {
     use super::{
-        super::segment::{Spec, build},
+        super::segment::{Spec, build, build_with},
         *,
     };
 
     const MSS: u32 = 1000;
 
-    /// Our side (HOST_B:80) acknowledges `ack` (smoltcp's ACK).
+    /// The handshake: the peer's SYN (scaling, if `peer_scales`), then
+    /// smoltcp's SYN-ACK announcing window scale `shift`.
+    fn handshake(r: &mut Reorder, peer_scales: bool, shift: u8) {
+        let syn = Spec { from_b: false, sport: 5000, dport: 80, seq: u32::MAX, ack: None, payload: &[], sack: &[] };
+        let f = build_with(syn, peer_scales.then_some(7), 512);
+        assert_eq!(Segment::parse(&f).unwrap().window_scale(), peer_scales.then_some(7));
+        assert!(matches!(
+            r.on_received(Arrival::of(&Segment::parse(&f).unwrap()), f, &mut Vec::new()),
+            Verdict::Pass(_)
+        ));
+        let syn_ack = Spec { from_b: true, sport: 80, dport: 5000, seq: 76, ack: Some(0), payload: &[], sack: &[] };
+        r.on_sent(&Segment::parse(&build_with(syn_ack, Some(shift), 512)).unwrap());
+    }
+
+    /// A connection whose window (64 MiB) holds all the tests send.
+    fn opened() -> Reorder {
+        let mut r = Reorder::default();
+        handshake(&mut r, true, 10);
+        r
+    }
+
+    /// Our side (HOST_B:80) acknowledges `ack` (smoltcp's ACK), with a
+    /// window of 65535 << 10 bytes.
     fn smoltcp_acks(r: &mut Reorder, ack: u32) {
-        let f = build(Spec { from_b: true, sport: 80, dport: 5000, seq: 77, ack: Some(ack), payload: &[], sack: &[] });
+        smoltcp_acks_window(r, ack, u16::MAX);
+    }
+
+    fn smoltcp_acks_window(r: &mut Reorder, ack: u32, window: u16) {
+        let f = build_with(
+            Spec { from_b: true, sport: 80, dport: 5000, seq: 77, ack: Some(ack), payload: &[], sack: &[] },
+            None,
+            window,
+        );
         r.on_sent(&Segment::parse(&f).unwrap());
     }
 
@@ -379,7 +463,7 @@ mod tests {
 
     #[test]
     fn out_of_order_data_is_held_and_sacked_then_given_in_order_when_the_hole_fills() {
-        let mut r = Reorder::default();
+        let mut r = opened();
         smoltcp_acks(&mut r, 0);
         assert!(matches!(arrives(&mut r, 0), (Verdict::Pass(_), ref ready) if ready.is_empty()));
         // Segment 1 is lost; 2, 3 and 5 arrive: held, each answered with
@@ -408,6 +492,7 @@ mod tests {
         let mut r = Reorder::default();
         // Nothing known of the flow yet (smoltcp has not spoken): pass.
         assert!(matches!(arrives(&mut r, 3).0, Verdict::Pass(_)));
+        handshake(&mut r, true, 10);
         smoltcp_acks(&mut r, 0);
         for i in 0..4 {
             assert!(matches!(arrives(&mut r, i).0, Verdict::Pass(_)));
@@ -425,7 +510,7 @@ mod tests {
 
     #[test]
     fn what_a_peer_can_make_us_hold_is_bounded() {
-        let mut r = Reorder::default();
+        let mut r = opened();
         smoltcp_acks(&mut r, 0);
         // Far ahead of the ACK: not ours to keep.
         let (v, _) = arrives(&mut r, (MAX_AHEAD / MSS) + 2);
@@ -439,5 +524,54 @@ mod tests {
         }
         let frame = 14 + 20 + 20 + MSS as usize;
         assert_eq!(held, MAX_HELD_BYTES / frame);
+    }
+
+    /// smoltcp drops data beyond the right edge of the window it last
+    /// announced; what it dropped must not be SACKed (the sender would
+    /// never send it again) nor held for a window it has not offered.
+    #[test]
+    fn data_beyond_smoltcps_window_is_neither_sacked_nor_held_and_waits_for_the_window_to_open() {
+        let mut r = Reorder::default();
+        handshake(&mut r, true, 0);
+        smoltcp_acks_window(&mut r, 0, 4000); // room for segments 0-3
+        for i in 0..4 {
+            assert!(matches!(arrives(&mut r, i).0, Verdict::Pass(_)));
+        }
+        // In order but beyond the edge: smoltcp drops it, so it is not
+        // counted as given; out of order beyond the edge: not held.
+        assert!(matches!(arrives(&mut r, 4).0, Verdict::Pass(_)));
+        assert!(matches!(arrives(&mut r, 6).0, Verdict::Pass(_)));
+        assert_eq!(r.held(), 0);
+        // smoltcp took 0-3 and offers 4000 more: 6 is held, and SACKed
+        // alone (smoltcp has nothing beyond its ACK).
+        smoltcp_acks_window(&mut r, 4000, 4000);
+        assert_eq!(ack_of(&arrives(&mut r, 6).0), (4000, vec![(6000, 7000)]));
+        assert_eq!(ack_of(&arrives(&mut r, 5).0), (4000, vec![(5000, 7000)]));
+        // The edge moves back (a scaled window rounds down): 4 goes to
+        // smoltcp, 5 fits after it, 6 no longer does and waits.
+        smoltcp_acks_window(&mut r, 4000, 2500);
+        assert_eq!(arrives(&mut r, 4).1, vec![5]);
+        assert_eq!(r.held(), 1);
+        let mut ready = Vec::new();
+        r.release_open(&mut ready);
+        assert!(ready.is_empty() && !r.is_due());
+        // The application read: smoltcp's window opens, 6 is given.
+        smoltcp_acks_window(&mut r, 6000, 2000);
+        assert!(r.is_due());
+        r.release_open(&mut ready);
+        assert_eq!(ready.iter().map(|f| Segment::parse(f).unwrap().seq / MSS).collect::<Vec<_>>(), vec![6]);
+        assert_eq!(r.held(), 0);
+    }
+
+    /// Window scaling counts only when both SYNs carried the option.
+    #[test]
+    fn the_window_is_scaled_only_if_both_ends_said_so() {
+        for (peer_scales, holds) in [(true, true), (false, false)] {
+            let mut r = Reorder::default();
+            handshake(&mut r, peer_scales, 4);
+            smoltcp_acks_window(&mut r, 0, 1000); // 16,000 bytes if scaled
+            assert!(matches!(arrives(&mut r, 0).0, Verdict::Pass(_)));
+            assert_eq!(matches!(arrives(&mut r, 5).0, Verdict::Held(_)), holds, "peer scales: {peer_scales}");
+        }
     }
 }

@@ -10,7 +10,7 @@
 //! `tcp_segment` checks it, and the fields against smoltcp's own
 //! [`TcpRepr`](smoltcp::wire::TcpRepr) ([`crate::fuzzing::tcp_segment`]).
 
-use smoltcp::wire::{EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, TcpPacket};
+use smoltcp::wire::{EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, TcpOption, TcpPacket};
 
 /// The fields of a TCP segment that the bookkeeping reads.
 #[derive(Debug, Clone, Copy)]
@@ -68,6 +68,21 @@ impl<'f> Segment<'f> {
     pub fn sack_ranges(&self) -> impl Iterator<Item = (u32, u32)> + use<> {
         TcpPacket::new_unchecked(self.tcp).selective_ack_ranges().unwrap_or_default().into_iter().flatten()
     }
+
+    /// The window scale option's shift (RFC 7323), if the segment has one
+    /// (only a SYN may; smoltcp caps it at 14 as the RFC says).
+    pub fn window_scale(&self) -> Option<u8> {
+        let mut options = TcpPacket::new_unchecked(self.tcp).options();
+        while let Ok((rest, option)) = TcpOption::parse(options) {
+            match option {
+                TcpOption::EndOfList => break,
+                TcpOption::WindowScale(shift) => return Some(shift.min(14)),
+                _ => {}
+            }
+            options = rest;
+        }
+        None
+    }
 }
 
 /// What [`build`] puts in a segment.
@@ -91,6 +106,12 @@ pub(crate) const HOST_B: [u8; 4] = [10, 1, 0, 2];
 /// smoltcp with complete checksums: the frames of the unit tests and of the
 /// fuzz entry's sender.
 pub(crate) fn build(s: Spec<'_>) -> Vec<u8> {
+    build_with(s, None, 512)
+}
+
+/// As [`build`], announcing receive window field `window`, and a SYN (or
+/// SYN-ACK, with `s.ack`) with window scale option `syn_shift` if given.
+pub(crate) fn build_with(s: Spec<'_>, syn_shift: Option<u8>, window: u16) -> Vec<u8> {
     use smoltcp::{
         phy::ChecksumCapabilities,
         wire::{IpAddress, Ipv4Address, Ipv4Repr, TcpControl, TcpRepr, TcpSeqNumber},
@@ -104,11 +125,15 @@ pub(crate) fn build(s: Spec<'_>) -> Vec<u8> {
     let tcp = TcpRepr {
         src_port: s.sport,
         dst_port: s.dport,
-        control: if s.payload.is_empty() { TcpControl::None } else { TcpControl::Psh },
+        control: match (syn_shift, s.payload.is_empty()) {
+            (Some(_), _) => TcpControl::Syn,
+            (None, true) => TcpControl::None,
+            (None, false) => TcpControl::Psh,
+        },
         seq_number: TcpSeqNumber(s.seq as i32),
         ack_number: s.ack.map(|a| TcpSeqNumber(a as i32)),
-        window_len: 512,
-        window_scale: None,
+        window_len: window,
+        window_scale: syn_shift,
         max_seg_size: None,
         sack_permitted: false,
         sack_ranges,
