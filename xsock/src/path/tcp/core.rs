@@ -813,6 +813,14 @@ impl TcpCore {
                 && let Some(e) = t.local_endpoint()
                 && m.port_guard.as_ref().is_some_and(|g| Arc::strong_count(g) == 1)
             {
+                let (segments, retransmits) = self.tracker.counts(e.port);
+                log::debug!(
+                    "TCP mode connection from port {} gone: {segments} segments sent, {retransmits} again; over this process's life the SACK scoreboard sent {} again and kept back {} copies of SACKed data, the reorder buffer held {} segments",
+                    e.port,
+                    self.sack.resent,
+                    self.sack.not_sent,
+                    self.reorder.held_total
+                );
                 self.tracker.forget(e.port);
                 self.sack.forget(e.port);
                 self.reorder.forget(e.port);

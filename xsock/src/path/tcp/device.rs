@@ -90,6 +90,10 @@ impl phy::TxToken for Tx<'_, '_> {
             let Some(f) = f.take() else { return 0 };
             out = Some(f(&mut buf[..len]));
             if let Some(seg) = Segment::parse(&buf[..len]) {
+                if self.sack.sends_only_sacked(&seg) {
+                    self.sack.not_sent += 1;
+                    return 0; // the peer has it all
+                }
                 self.tracker.on_sent(&seg, now);
                 self.sack.on_sent(&seg, now);
                 self.reorder.on_sent(&seg);

@@ -10,8 +10,12 @@
 //! until the peer acknowledges it, reads the SACK blocks of the peer's ACKs,
 //! and sends again, itself, each segment that the SACK scoreboard says is
 //! lost (RFC 6675: three segments' worth of data SACKed above it), once per
-//! round trip at most. smoltcp sees the cumulative ACK jump and carries on;
-//! a segment it also resends is a harmless duplicate.
+//! round trip at most; a repair not SACKed a round trip later was lost too
+//! and goes again. smoltcp sees the cumulative ACK jump and carries on; a
+//! segment it also resends is a harmless duplicate, except that after its
+//! retransmission timeout it resends everything from the cumulative ACK
+//! (go-back-N, a whole window at 1 Gbit/s and 350 ms): copies of data the
+//! peer SACKed do not leave ([`SackRecovery::sends_only_sacked`]).
 //!
 //! A copy sent again carries the ACK number and window of its first
 //! transmission: a peer takes an old ACK for what it is (RFC 9293: an ACK
@@ -61,6 +65,9 @@ struct Flow {
     sacked_bytes: u64,
     /// Payload bytes of the segments held.
     unacked_bytes: u64,
+    /// The segments sent again, by sequence number, oldest repair first:
+    /// a repair not SACKed within the resend gap was lost too.
+    repairs: VecDeque<(Instant, u32)>,
 }
 
 /// A connection as its frames name it: (local port, remote address, remote port).
@@ -75,6 +82,8 @@ pub(crate) struct SackRecovery {
     spare: Vec<Vec<u8>>,
     /// Segments sent again by this recovery.
     pub resent: u64,
+    /// Copies smoltcp sent again of data the peer had SACKed, not sent.
+    pub not_sent: u64,
     /// The congestion models the segments feed (`Congestion::Model`).
     pub models: Option<PathModels>,
 }
@@ -188,12 +197,25 @@ impl SackRecovery {
         for (&key, flow) in &mut self.flows {
             let gap = srtt(key.0).map_or(Duration::from_millis(200), |r| r + r / 4).max(MIN_RESEND_GAP);
             let Some(high) = flow.high_sacked else { continue };
-            // The oldest hole again if its repair was lost too.
-            if let Some(front) = flow.segs.front_mut()
-                && front.resent_at.is_some_and(|t| now.saturating_duration_since(t) >= gap)
-            {
-                front.resent_at = None;
-                flow.next_check = 0;
+            // Every hole again whose repair was lost too (not only the
+            // oldest: after a burst of lost repairs that would mend one a
+            // round trip, measured as a 1 Gbit/s, 350 ms flow stuck at
+            // three segments a second).
+            while let Some(&(at, seq)) = flow.repairs.front() {
+                if now.saturating_duration_since(at) < gap {
+                    break;
+                }
+                flow.repairs.pop_front();
+                let Some(front) = flow.segs.front().map(|g| g.seq) else { continue };
+                let i = flow.segs.partition_point(|g| g.seq.wrapping_sub(front) < seq.wrapping_sub(front));
+                if let Some(g) = flow.segs.get_mut(i)
+                    && g.seq == seq
+                    && !g.sacked
+                    && g.resent_at == Some(at)
+                {
+                    g.resent_at = None;
+                    flow.next_check = flow.next_check.min(i);
+                }
             }
             let thresh = DUP_THRESH * flow.mss.max(1);
             while let Some(g) = flow.segs.get(flow.next_check) {
@@ -218,8 +240,35 @@ impl SackRecovery {
             m.on_lost(key.1, now, st, u64::from(g.end.wrapping_sub(g.seq)));
         }
         g.resent_at = Some(now);
+        flow.repairs.push_back((now, g.seq));
         self.resent += 1;
         Some(&g.frame)
+    }
+
+    /// Whether `s`, from smoltcp, sends again only data the peer has
+    /// SACKed (after its retransmission timeout smoltcp sends everything
+    /// from the cumulative ACK on, knowing nothing of SACK): such a copy
+    /// need not leave. The segment at the cumulative ACK always leaves, so
+    /// a peer that dropped SACKed data (RFC 2018 lets it) still gets it.
+    pub fn sends_only_sacked(&self, s: &Segment<'_>) -> bool {
+        let Some(flow) = self.flows.get(&(s.sport, s.dst, s.dport)) else { return false };
+        let (Some(front), Some(last)) = (flow.segs.front(), flow.segs.back()) else { return false };
+        let end = s.seq.wrapping_add(s.len);
+        if s.len == 0 || s.syn || s.fin || !after(s.seq, front.seq) || after(end, last.end) {
+            return false;
+        }
+        let rel = |x: u32| x.wrapping_sub(front.seq);
+        let mut at = s.seq;
+        for g in flow.segs.range(flow.segs.partition_point(|g| rel(g.end) <= rel(s.seq))..) {
+            if !after(end, at) {
+                break;
+            }
+            if !g.sacked || after(g.seq, at) {
+                return false;
+            }
+            at = g.end;
+        }
+        !after(end, at)
     }
 
     /// Whether any flow has a segment it may have to send again.
@@ -295,13 +344,50 @@ mod tests {
         assert_eq!(resend_seqs(&mut r, t0), vec![s(2), s(5)]);
         // Not again within the round trip...
         assert!(resend_seqs(&mut r, t0 + Duration::from_millis(50)).is_empty());
-        // ...but the oldest hole again once its repair is overdue.
-        assert_eq!(resend_seqs(&mut r, t0 + Duration::from_millis(130)), vec![s(2)]);
+        // ...but again once their repairs are overdue.
+        assert_eq!(resend_seqs(&mut r, t0 + Duration::from_millis(130)), vec![s(2), s(5)]);
         // The repairs arrive: everything is acknowledged, nothing is held.
         ack(&mut r, s(20), &[]);
         assert!(r.flows.values().all(|f| f.segs.is_empty()));
         assert!(resend_seqs(&mut r, t0 + Duration::from_secs(1)).is_empty());
-        assert_eq!(r.resent, 3);
+        assert_eq!(r.resent, 4);
+    }
+
+    #[test]
+    fn every_repair_that_was_lost_too_is_sent_again_within_a_round_trip() {
+        let t0 = Instant::now();
+        let mut r = SackRecovery::default();
+        send(&mut r, 0, 20);
+        // 2, 5 and 8 lost; their repairs are lost as well.
+        let s = |i: u32| i * MSS;
+        ack(&mut r, s(2), &[(s(9), s(20)), (s(6), s(8)), (s(3), s(5))]);
+        assert_eq!(resend_seqs(&mut r, t0), vec![s(2), s(5), s(8)]);
+        assert!(resend_seqs(&mut r, t0 + Duration::from_millis(50)).is_empty());
+        // Once overdue, every one of them goes again, not only the oldest.
+        assert_eq!(resend_seqs(&mut r, t0 + Duration::from_millis(130)), vec![s(2), s(5), s(8)]);
+        // The second repair of 5 arrives: only 2 and 8 go a third time.
+        ack(&mut r, s(2), &[(s(5), s(8))]);
+        assert_eq!(resend_seqs(&mut r, t0 + Duration::from_millis(260)), vec![s(2), s(8)]);
+        assert_eq!(r.resent, 8);
+    }
+
+    #[test]
+    fn smoltcp_sending_sacked_data_again_after_a_timeout_need_not_leave() {
+        let mut r = SackRecovery::default();
+        send(&mut r, 0, 10);
+        ack(&mut r, 2 * MSS, &[(3 * MSS, 6 * MSS), (7 * MSS, 10 * MSS)]);
+        let again = |seq: u32, len: usize| frame(5000, 80, seq, 0, len, &[]);
+        let only_sacked = |r: &SackRecovery, f: &[u8]| r.sends_only_sacked(&Segment::parse(f).unwrap());
+        // The segment at the cumulative ACK always goes; so do holes.
+        assert!(!only_sacked(&r, &again(2 * MSS, MSS as usize)));
+        assert!(!only_sacked(&r, &again(6 * MSS, MSS as usize)));
+        // SACKed, even cut differently from the first copies: not sent.
+        assert!(only_sacked(&r, &again(3 * MSS, MSS as usize)));
+        assert!(only_sacked(&r, &again(3 * MSS + 500, 2 * MSS as usize)));
+        // Across a hole, or beyond what was sent: sent.
+        assert!(!only_sacked(&r, &again(5 * MSS, 2 * MSS as usize)));
+        assert!(!only_sacked(&r, &again(9 * MSS, 2 * MSS as usize)));
+        assert!(!only_sacked(&r, &again(10 * MSS, MSS as usize)));
     }
 
     #[test]
