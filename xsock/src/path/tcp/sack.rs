@@ -58,6 +58,12 @@ struct Flow {
     segs: VecDeque<Sent>,
     /// Highest right edge SACKed.
     high_sacked: Option<u32>,
+    /// The sequence ranges SACK blocks have covered, merged, in order, all
+    /// above the cumulative ACK: a block is walked only where it is new
+    /// (each ACK repeats its blocks, and walking a block of thousands of
+    /// segments again on every ACK took a quarter of a sender's CPU at
+    /// 1 Gbit/s with 0.1 % loss).
+    covered: Vec<(u32, u32)>,
     /// Segments before this index have been dealt with (SACKed or sent again).
     next_check: usize,
     mss: u32,
@@ -148,22 +154,51 @@ impl SackRecovery {
         if flow.high_sacked.is_some_and(|h| flow.segs.front().is_none_or(|g| !after(h, g.seq))) {
             flow.high_sacked = None;
         }
-        if let Some(front) = flow.segs.front().map(|g| g.seq) {
-            for (l, r) in s.sack_ranges() {
-                if !after(r, l) || !after(r, front) {
-                    continue;
-                }
-                flow.high_sacked = Some(match flow.high_sacked {
-                    Some(h) if !after(r, h) => h,
-                    _ => r,
-                });
-                let rel = |x: u32| x.wrapping_sub(front);
-                let start = flow.segs.partition_point(|g| rel(g.seq) < rel(l));
+        let Some(front) = flow.segs.front().map(|g| g.seq) else {
+            flow.covered.clear();
+            if let Some(m) = models {
+                m.on_ack(host, now, acked);
+            }
+            return;
+        };
+        let rel = |x: u32| x.wrapping_sub(front);
+        // Ranges at or below the cumulative ACK are done with; one that
+        // straddles it keeps its part above.
+        flow.covered.retain_mut(|c| {
+            if !after(c.1, front) {
+                return false;
+            }
+            if after(front, c.0) {
+                c.0 = front;
+            }
+            true
+        });
+        for (l, r) in s.sack_ranges() {
+            if !after(r, l) || !after(r, front) {
+                continue;
+            }
+            flow.high_sacked = Some(match flow.high_sacked {
+                Some(h) if !after(r, h) => h,
+                _ => r,
+            });
+            if after(front, l) {
+                continue; // reaches below the cumulative ACK: a D-SACK (RFC 2883) or stale
+            }
+            // A segment is SACKed once the blocks seen, together, hold all
+            // of it (RFC 6675's scoreboard counts octets). Every segment
+            // inside the ranges covered before is marked already: walk only
+            // the parts of [l, r) they did not cover, and mark what lies
+            // whole in the range [l, r) joins.
+            let (ml, mr) = merged(&flow.covered, (l, r), front).1;
+            let mut walk = |a: u32, b: u32| {
+                // A segment may straddle a covered edge: start at the first
+                // one ending past `a`.
+                let start = flow.segs.partition_point(|g| rel(g.end) <= rel(a));
                 for g in flow.segs.range_mut(start..) {
-                    if after(g.end, r) {
+                    if !after(b, g.seq) || after(g.end, mr) {
                         break;
                     }
-                    if !g.sacked {
+                    if !g.sacked && !after(ml, g.seq) {
                         g.sacked = true;
                         let len = u64::from(g.end.wrapping_sub(g.seq));
                         flow.sacked_bytes += len;
@@ -172,7 +207,27 @@ impl SackRecovery {
                         }
                     }
                 }
+            };
+            let mut at = l;
+            for &(cl, cr) in &flow.covered {
+                if !after(cr, at) {
+                    continue;
+                }
+                if !after(r, cl) {
+                    break;
+                }
+                if after(cl, at) {
+                    walk(at, cl);
+                }
+                at = cr;
+                if !after(r, at) {
+                    break;
+                }
             }
+            if after(r, at) {
+                walk(at, r);
+            }
+            cover(&mut flow.covered, (l, r), front);
         }
         if let Some(m) = models {
             m.on_ack(host, now, acked);
@@ -303,6 +358,27 @@ impl SackRecovery {
         }
         self.spare.truncate(1024);
     }
+}
+
+/// The ranges of the merged, ordered `covered` (all above `front`) that
+/// `[l, r)` overlaps or touches (indices `i..j`), and the range they make with it.
+fn merged(covered: &[(u32, u32)], (l, r): (u32, u32), front: u32) -> ((usize, usize), (u32, u32)) {
+    let rel = |x: u32| x.wrapping_sub(front);
+    // The first range that ends at or after `l`, and the first that starts after `r`.
+    let i = covered.partition_point(|c| rel(c.1) < rel(l));
+    let j = covered.partition_point(|c| rel(c.0) <= rel(r));
+    if i == j {
+        return ((i, j), (l, r));
+    }
+    let lo = if rel(covered[i].0) < rel(l) { covered[i].0 } else { l };
+    let hi = if rel(covered[j - 1].1) > rel(r) { covered[j - 1].1 } else { r };
+    ((i, j), (lo, hi))
+}
+
+/// Adds `[l, r)` to the merged, ordered ranges `covered` (all above `front`).
+fn cover(covered: &mut Vec<(u32, u32)>, block: (u32, u32), front: u32) {
+    let ((i, j), range) = merged(covered, block, front);
+    covered.splice(i..j, [range]);
 }
 
 #[cfg(test)]
@@ -447,5 +523,51 @@ mod tests {
             Segment::parse(&frame(80, 5000, 0, 0, 0, &[(1, 2)])).unwrap().sack_ranges().collect::<Vec<_>>(),
             vec![(1, 2)]
         );
+    }
+
+    proptest::proptest! {
+        /// Walking only the new parts of each SACK block marks exactly the
+        /// segments whose every byte some block seen has held, whatever the
+        /// order, overlap and alignment of the blocks, across the sequence
+        /// wrap.
+        #[test]
+        fn marking_only_new_sack_coverage_equals_marking_every_block(
+            base in proptest::prelude::any::<u32>(),
+            acks in proptest::collection::vec(
+                (0u32..4, proptest::collection::vec((0u32..60_000, 1u32..20_000), 0..4)),
+                1..40,
+            ),
+        ) {
+            let mut r = SackRecovery::default();
+            send(&mut r, base, 60);
+            let mut cum = 0u32;
+            let mut held: Vec<(u32, u32)> = (0..60).map(|i| (i * MSS, (i + 1) * MSS)).collect();
+            let mut marked = [false; 60];
+            // The bytes some block has held (blocks end below 200,000).
+            let mut seen = vec![false; 200_000];
+            for (step, blocks) in acks {
+                cum = (cum + step * MSS).min(60 * MSS);
+                let blocks: Vec<(u32, u32)> = blocks.iter().map(|&(l, n)| (cum + l, cum + l + n)).collect();
+                let wire: Vec<(u32, u32)> =
+                    blocks.iter().map(|&(l, r)| (base.wrapping_add(l), base.wrapping_add(r))).collect();
+                ack(&mut r, base.wrapping_add(cum), &wire);
+                held.retain(|&(_, e)| e > cum);
+                for &(l, r) in &blocks {
+                    seen[l as usize..r as usize].fill(true);
+                }
+                for (i, m) in marked.iter_mut().enumerate() {
+                    let (a, b) = (i as u32 * MSS, (i as u32 + 1) * MSS);
+                    if a >= cum && seen[a as usize..b as usize].iter().all(|&x| x) {
+                        *m = true;
+                    }
+                }
+                let flow = r.flows.values().next().unwrap();
+                let got: Vec<bool> = flow.segs.iter().map(|g| g.sacked).collect();
+                let want: Vec<bool> = held.iter().map(|&(a, _)| marked[(a / MSS) as usize]).collect();
+                proptest::prop_assert_eq!(&got, &want);
+                let bytes = want.iter().filter(|&&m| m).count() as u64 * u64::from(MSS);
+                proptest::prop_assert_eq!(flow.sacked_bytes, bytes);
+            }
+        }
     }
 }
