@@ -21,13 +21,19 @@
 //!   largest burst of ACKs beyond the rate in the last 10 rounds (BBR's
 //!   `extra_acked`: hosts that batch would otherwise idle the sender).
 //! - **Losses** do not move the model: random loss (a dirty fibre, 0.1 %)
-//!   says nothing about the bottleneck. A round that loses more than 2 %
-//!   does say the sender is too much for the buffer, or for the flows it
-//!   shares it with (after BBRv2's `inflight_hi`): the moment it does, the
-//!   in-flight cap becomes 90 % of what was in flight when the segment that
-//!   crossed the line was sent (at least 90 % of the BDP), and probing for
-//!   more stops. One cut per episode: losses of segments sent before the
-//!   last cut are that cut's. The probing phase then grows the cap again,
+//!   says nothing about the bottleneck. Losing more than 2 % of what was in
+//!   flight (when the lost segment left) in a round does say the sender is
+//!   too much for the buffer, or for the flows it shares it with (after
+//!   BBRv2's `inflight_hi`): the moment it does, the in-flight cap becomes
+//!   90 % of what was in flight when the segment that crossed the line was
+//!   sent, and probing for more stops. How low it may go depends on the
+//!   queue: with one standing through the last round, the buffer is shared
+//!   and the cap may go to 90 % of the BDP (the flow's delivery rate, then
+//!   its model, fall with it, which leaves the others room); with none, the
+//!   losses were a burst (a host that paused, then caught up) and the cap
+//!   stays at the BDP plus the ACK-aggregation allowance, which fills the
+//!   pipe without a queue. One cut per episode: losses of segments sent
+//!   before the last cut are that cut's. The probing phase then grows the cap again,
 //!   by 1, 2, 4, ... segments a round (at most a sixteenth of it) for as
 //!   long as it stays clean. That is what leaves a
 //!   loss-based flow (kernel Cubic) its share of a shallow buffer, and keeps
@@ -172,6 +178,9 @@ pub struct ModelCc {
     slot: RttSlot,
     /// Lowest RTT in the current phase, and in the one before it.
     phase_rtt: Option<Duration>,
+    /// Lowest RTT in the current round, and in the one before it.
+    round_rtt: Option<Duration>,
+    last_round_rtt: Option<Duration>,
     probe_base_rtt: Option<Duration>,
     /// Probe-RTT: when it may end (once in-flight is down), the cap to restore.
     probe_rtt_until: Option<Instant>,
@@ -219,6 +228,8 @@ impl ModelCc {
             round_congested: false,
             slot: RttSlot::default(),
             phase_rtt: None,
+            round_rtt: None,
+            last_round_rtt: None,
             probe_base_rtt: None,
             probe_rtt_until: None,
             probe_rtt_round: 0,
@@ -290,6 +301,7 @@ impl ModelCc {
             let rtt = now.saturating_duration_since(stamp.sent_at);
             self.rtt_sample(now, rtt);
             self.phase_rtt = Some(self.phase_rtt.map_or(rtt, |r| r.min(rtt)));
+            self.round_rtt = Some(self.round_rtt.map_or(rtt, |r| r.min(rtt)));
             self.queue_sample(now, stamp, rtt);
         }
     }
@@ -336,10 +348,19 @@ impl ModelCc {
     pub fn on_lost(&mut self, now: Instant, stamp: &SendStamp, bytes: u64) {
         self.round_lost += bytes;
         self.lost += 1;
-        self.round_congested = true;
+        // The share is of what was in flight when the lost segment left (as
+        // BBRv2's `inflight_hi` has it), or of the round so far if that is
+        // more: early in a round, what it has delivered is a few segments,
+        // and three random losses among them (0.1 % of a gigabit path
+        // loses eight a round) would read as 2 % and cut the cap.
         let delivered = self.sampler.delivered() - self.round_base;
-        let too_much =
-            self.round_lost * 1000 > (delivered + self.round_lost) * LOSS_PER_MILLE && self.round_lost >= 3 * self.mss;
+        let sent = (delivered + self.round_lost).max(stamp.in_flight);
+        let too_much = self.round_lost * 1000 > sent * LOSS_PER_MILLE && self.round_lost >= 3 * self.mss;
+        // Losses of a quarter of that are a reason the bottleneck rate may
+        // have fallen; random loss below them is not.
+        if self.round_lost * 1000 > sent * LOSS_PER_MILLE / 4 {
+            self.round_congested = true;
+        }
         // One cut per episode: the losses of what was sent before the last
         // cut are that cut's (a burst of drops is found over two rounds).
         let fresh = self.last_cut.is_none_or(|at| stamp.sent_at >= at);
@@ -366,7 +387,25 @@ impl ModelCc {
             self.enter(Phase::Drain, now);
             return;
         }
-        let floor = (bdp * 9 / 10).max(MIN_CWND_SEGMENTS * self.mss);
+        // Losses with a queue standing through the last round (every
+        // segment of it waited) come from sharing the buffer: the cap goes
+        // below the BDP, and the flow's delivery rate, and then its model,
+        // with it, which leaves the others room. Losses with no queue
+        // standing are a burst (a host that paused and caught up, a link
+        // that hiccupped): in-flight at the BDP fills the pipe without a
+        // queue (hosts that batch ACKs hold the aggregation allowance more
+        // without one), and a cap below it only costs rate: measured on
+        // wanemu at 1 Gbit/s, 100 ms, bursts of 150 drops every second or
+        // two held the cap at 90 % of the BDP and the flow at 77 %.
+        let m = self.min_rtt.map_or(Duration::ZERO, |m| m.0);
+        let lowest = match (self.round_rtt, self.last_round_rtt) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let standing = lowest.is_some_and(|r| r > m + (m / 40).max(QUEUE_MIN));
+        let extra = self.extra_acked.iter().map(|e| e.1).max().unwrap_or(0);
+        let floor = if standing { bdp * 9 / 10 } else { bdp + extra };
+        let floor = floor.max(MIN_CWND_SEGMENTS * self.mss);
         let level = self.inflight_hi.map_or(level, |hi| hi.min(level));
         self.inflight_hi = Some((level * LOSS_BETA_PERCENT / 100).max(floor));
         if self.phase == Phase::ProbeBw(0) {
@@ -484,6 +523,7 @@ impl ModelCc {
             let roomy = self.bdp().is_some_and(|b| hi >= b * CWND_GAIN / 100);
             self.inflight_hi = (!roomy).then_some(hi);
         }
+        self.last_round_rtt = self.round_rtt.take();
         self.round_lost = 0;
         self.round_base = self.sampler.delivered();
         self.round_reacted = false;
