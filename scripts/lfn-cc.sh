@@ -8,6 +8,9 @@
 # usage: sudo scripts/lfn-cc.sh [SECS] [OUTDIR] [RTTS] [RATES_MBIT] [LOSSES]
 #        (after cargo build --release -p xsock-tools)
 # Each run appends "rtt rate loss name goodput_mbit retransmits" to OUTDIR/summary.txt.
+# TCP-mode buffers are 2.5 x the BDP each way (split over the streams): smoltcp's
+# are fixed, and a loss holds the send buffer for the round trip of its repair
+# (the mode warns below 2 x); the kernel runs autotune up to 128 MiB.
 set -u
 SECS=${1:-60}; OUT=${2:-/tmp/lfn-cc}; RTTS=${3:-"100 350"}; RATES=${4:-"500 1000"}; LOSSES=${5:-"0 0.0001 0.001"}
 mkdir -p "$OUT"
@@ -17,7 +20,7 @@ for RTT in $RTTS; do for MBIT in $RATES; do for LOSS in $LOSSES; do
   bash "$HERE/lfn-baseline.sh" up $((RTT / 2))ms ${MBIT}mbit $BUF $LOSS > /dev/null
   xrun() { # name streams sndbuf [bw flags...]
     local name=$1 p=$2 sb=$3; shift 3
-    ip netns exec lb "$X" bw --iface eth0 --transport tcp --listen 10.9.0.2:7000 --buffer $((BDP * 3 / 2)) \
+    ip netns exec lb "$X" bw --iface eth0 --transport tcp --listen 10.9.0.2:7000 --buffer $((BDP * 5 / 2)) \
       --poll sleep > "$OUT/${TAG}_$name.srv" 2>&1 &
     sleep 1.5
     # The figures come from what was acknowledged within SECS (.csv.sender.json).
@@ -36,9 +39,9 @@ except Exception as e:
 PY
     tail -1 "$OUT/summary.txt"
   }
-  xrun model_p1 1 $((BDP * 5 / 4)) --cc model
-  xrun model_p8 8 $((BDP * 5 / 32)) --cc model
-  xrun reserved_p1 1 $((BDP * 5 / 4)) --cc none --pace $((MBIT * 99 / 100))mbit
+  xrun model_p1 1 $((BDP * 5 / 2)) --cc model
+  xrun model_p8 8 $((BDP * 5 / 16)) --cc model
+  xrun reserved_p1 1 $((BDP * 5 / 2)) --cc none --pace $((MBIT * 99 / 100))mbit
   for CC in cubic bbr; do for P in 1 8; do
     ip netns exec la iperf3 -c 10.9.0.2 -C $CC -t $SECS -P $P -J > "$OUT/${TAG}_kernel_${CC}_p$P.json"
     python3 - "$OUT/${TAG}_kernel_${CC}_p$P.json" "$RTT $MBIT $LOSS kernel_${CC}_p$P" >> "$OUT/summary.txt" <<'PY'

@@ -77,6 +77,11 @@ impl TcpShared {
     }
 }
 
+/// Bytes in MiB, for people.
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1 << 20)
+}
+
 /// Per connection, beside smoltcp's socket.
 struct ConnMeta {
     /// A kernel socket bound to our port, so the kernel gives it to no one
@@ -105,6 +110,8 @@ struct ConnMeta {
     /// Our FIN waits for the send queue to drain (see [`TcpCore::shutdown`]).
     fin_deferred: bool,
     cap: Option<StreamId>,
+    /// The warning that the send buffer is too small for the path was given.
+    buffer_warned: bool,
 }
 
 struct ListenMeta {
@@ -393,6 +400,7 @@ impl TcpCore {
             read: 0,
             last_moved: (0, 0),
             fin_deferred: false,
+            buffer_warned: false,
             cap: None,
         }
     }
@@ -715,6 +723,23 @@ impl TcpCore {
                     && let Some(models) = &mut self.sack.models
                 {
                     models.on_app_limited(key.1);
+                }
+                if !m.buffer_warned
+                    && q.0 >= s.send_capacity()
+                    && let Some((bdp, rate, rtt)) = self.sack.models.as_ref().and_then(|ms| ms.path_of(key.1))
+                {
+                    let share = bdp / self.sack.flows_to_with(key) as u64;
+                    if (s.send_capacity() as u64) < 2 * share {
+                        m.buffer_warned = true;
+                        log::warn!(
+                            "TCP mode to {}: the path holds {:.1} MiB ({rate} x {rtt:?}), this connection's share {:.1} MiB, and its send buffer of {:.1} MiB is under twice that: a lost segment holds the buffer for a round trip while it is repaired, so the connection stalls on every loss. Give the TCP mode buffers of 2.5 x the path's BDP, {:.0} MiB or more (--buffer on the tools; TcpConfig::send_buffer and recv_buffer, or TcpConfig::for_path)",
+                            std::net::Ipv4Addr::from(key.1),
+                            mib(bdp),
+                            mib(share),
+                            mib(s.send_capacity() as u64),
+                            mib(share * 5 / 2).ceil()
+                        );
+                    }
                 }
             }
             let mut moved = state != m.last_state;

@@ -120,6 +120,17 @@ impl PathModels {
         }
     }
 
+    /// The model's BDP of the path to `host`, with the bottleneck rate and
+    /// the propagation RTT it comes from (once start-up has filled the pipe).
+    pub fn path_of(&self, host: [u8; 4]) -> Option<(u64, Rate, Duration)> {
+        let s = self.paths.get(&host)?.cc.state();
+        if s.phase == xsock_pacer::Phase::Startup {
+            return None;
+        }
+        let (rate, rtt) = (s.bottleneck?, s.min_rtt?);
+        Some((rate.bytes_in(rtt), rate, rtt))
+    }
+
     /// The in-flight cap of the path to `host`.
     pub fn cwnd(&self, host: [u8; 4]) -> u64 {
         self.paths.get(&host).map_or(10 * u64::from(self.mss), |p| p.cc.cwnd())
