@@ -528,6 +528,19 @@ impl TcpCore {
             Some(c) => free.min((c as usize).saturating_sub(queued)),
             None => free,
         };
+        // No more unsent data than the SACK scoreboard has room to copy.
+        let free = match (local, remote) {
+            (Some(l), Some(r)) => {
+                let smoltcp::wire::IpAddress::Ipv4(addr) = r.addr;
+                let key = (l.port, addr.octets(), r.port);
+                let unsent = (queued as u64).saturating_sub(self.sack.unacked(key));
+                match self.sack.room(key) {
+                    Some(room) => free.min(room.saturating_sub(unsent) as usize),
+                    None => free,
+                }
+            }
+            _ => free,
+        };
         // The congestion model's in-flight cap, split over the connections
         // to the same host; SACKed bytes sit in smoltcp's send queue but
         // are no longer in flight.
