@@ -7,6 +7,7 @@
 #   kernel Cubic and BBR (iperf3 -P 1 and -P 8).
 # usage: sudo scripts/lfn-cc.sh [SECS] [OUTDIR] [RTTS] [RATES_MBIT] [LOSSES]
 #        (after cargo build --release -p xsock-tools)
+# ONLY="model_p1 kernel_bbr_p1 ..." runs only the runs named (default: all).
 # Each run appends "rtt rate loss name goodput_mbit retransmits" to OUTDIR/summary.txt.
 # TCP-mode buffers are 2.5 x the BDP each way (split over the streams): smoltcp's
 # are fixed, and a loss holds the send buffer for the round trip of its repair
@@ -18,8 +19,10 @@ HERE="$(cd "$(dirname "$0")" && pwd)"; X="$HERE/../target/release/xsock"
 for RTT in $RTTS; do for MBIT in $RATES; do for LOSS in $LOSSES; do
   BDP=$((MBIT * 125000 * RTT / 1000)); BUF=$((BDP / 10)); TAG="${RTT}ms_${MBIT}mbit_loss$LOSS"
   bash "$HERE/lfn-baseline.sh" up $((RTT / 2))ms ${MBIT}mbit $BUF $LOSS > /dev/null
+  wanted() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
   xrun() { # name streams sndbuf [bw flags...]
     local name=$1 p=$2 sb=$3; shift 3
+    wanted "$name" || return 0
     ip netns exec lb "$X" bw --iface eth0 --transport tcp --listen 10.9.0.2:7000 --buffer $((BDP * 5 / 2)) \
       --poll sleep > "$OUT/${TAG}_$name.srv" 2>&1 &
     sleep 1.5
@@ -43,6 +46,7 @@ PY
   xrun model_p8 8 $((BDP * 5 / 16)) --cc model
   xrun reserved_p1 1 $((BDP * 5 / 2)) --cc none --pace $((MBIT * 99 / 100))mbit
   for CC in cubic bbr; do for P in 1 8; do
+    wanted "kernel_${CC}_p$P" || continue
     ip netns exec la iperf3 -c 10.9.0.2 -C $CC -t $SECS -P $P -J > "$OUT/${TAG}_kernel_${CC}_p$P.json"
     python3 - "$OUT/${TAG}_kernel_${CC}_p$P.json" "$RTT $MBIT $LOSS kernel_${CC}_p$P" >> "$OUT/summary.txt" <<'PY'
 import json, sys
