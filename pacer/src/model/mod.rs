@@ -398,13 +398,9 @@ impl ModelCc {
         // wanemu at 1 Gbit/s, 100 ms, bursts of 150 drops every second or
         // two held the cap at 90 % of the BDP and the flow at 77 %.
         let m = self.min_rtt.map_or(Duration::ZERO, |m| m.0);
-        let lowest = match (self.round_rtt, self.last_round_rtt) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let lowest = self.round_rtt.into_iter().chain(self.last_round_rtt).min();
         let standing = lowest.is_some_and(|r| r > m + (m / 40).max(QUEUE_MIN));
-        let extra = self.extra_acked.iter().map(|e| e.1).max().unwrap_or(0);
-        let floor = if standing { bdp * 9 / 10 } else { bdp + extra };
+        let floor = if standing { bdp * 9 / 10 } else { bdp + self.extra_acked() };
         let floor = floor.max(MIN_CWND_SEGMENTS * self.mss);
         let level = self.inflight_hi.map_or(level, |hi| hi.min(level));
         self.inflight_hi = Some((level * LOSS_BETA_PERCENT / 100).max(floor));
@@ -605,6 +601,11 @@ impl ModelCc {
         }
     }
 
+    /// The largest ACK-aggregation excess of the last rounds.
+    fn extra_acked(&self) -> u64 {
+        self.extra_acked.iter().map(|e| e.1).max().unwrap_or(0)
+    }
+
     fn probe_rtt_cwnd(&self) -> u64 {
         (self.bdp().unwrap_or(self.cwnd) / 2).max(MIN_CWND_SEGMENTS * self.mss)
     }
@@ -625,7 +626,7 @@ impl ModelCc {
             }
         }
         let floor = MIN_CWND_SEGMENTS * self.mss;
-        let extra = if self.filled_pipe { self.extra_acked.iter().map(|e| e.1).max().unwrap_or(0) } else { 0 };
+        let extra = if self.filled_pipe { self.extra_acked() } else { 0 };
         let target = self.bdp().map(|b| b * cwnd_gain / 100 + 3 * self.mss + extra);
         self.cwnd = match (self.phase, target) {
             (Phase::ProbeRtt, _) => self.probe_rtt_cwnd(),

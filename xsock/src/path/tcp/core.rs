@@ -528,32 +528,25 @@ impl TcpCore {
             Some(c) => free.min((c as usize).saturating_sub(queued)),
             None => free,
         };
+        let (Some(l), Some(r)) = (local, remote) else { return free };
+        let smoltcp::wire::IpAddress::Ipv4(addr) = r.addr;
+        let key = (l.port, addr.octets(), r.port);
         // No more unsent data than the SACK scoreboard has room to copy.
-        let free = match (local, remote) {
-            (Some(l), Some(r)) => {
-                let smoltcp::wire::IpAddress::Ipv4(addr) = r.addr;
-                let key = (l.port, addr.octets(), r.port);
-                let unsent = (queued as u64).saturating_sub(self.sack.unacked(key));
-                match self.sack.room(key) {
-                    Some(room) => free.min(room.saturating_sub(unsent) as usize),
-                    None => free,
-                }
-            }
-            _ => free,
+        let unsent = (queued as u64).saturating_sub(self.sack.unacked(key));
+        let free = match self.sack.room(key) {
+            Some(room) => free.min(room.saturating_sub(unsent) as usize),
+            None => free,
         };
         // The congestion model's in-flight cap, split over the connections
         // to the same host; SACKed bytes sit in smoltcp's send queue but
         // are no longer in flight.
-        match (&self.sack.models, local, remote) {
-            (Some(models), Some(l), Some(r)) => {
-                let smoltcp::wire::IpAddress::Ipv4(addr) = r.addr;
-                let host = addr.octets();
-                let key = (l.port, host, r.port);
-                let share = models.cwnd(host) / self.sack.flows_to_with(key) as u64;
+        match &self.sack.models {
+            Some(models) => {
+                let share = models.cwnd(key.1) / self.sack.flows_to_with(key) as u64;
                 let cap = share + self.sack.sacked_bytes(key);
                 free.min((cap as usize).saturating_sub(queued))
             }
-            _ => free,
+            None => free,
         }
     }
 

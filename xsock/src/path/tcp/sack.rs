@@ -172,80 +172,71 @@ impl SackRecovery {
         if flow.high_sacked.is_some_and(|h| flow.segs.front().is_none_or(|g| !after(h, g.seq))) {
             flow.high_sacked = None;
         }
-        let Some(front) = flow.segs.front().map(|g| g.seq) else {
-            flow.covered.clear();
-            if let Some(m) = models {
-                m.on_ack(host, now, acked);
-            }
-            return;
-        };
-        let rel = |x: u32| x.wrapping_sub(front);
-        // Ranges at or below the cumulative ACK are done with; one that
-        // straddles it keeps its part above.
-        flow.covered.retain_mut(|c| {
-            if !after(c.1, front) {
-                return false;
-            }
-            if after(front, c.0) {
-                c.0 = front;
-            }
-            true
-        });
-        for (l, r) in s.sack_ranges() {
-            if !after(r, l) || !after(r, front) {
-                continue;
-            }
-            flow.high_sacked = Some(match flow.high_sacked {
-                Some(h) if !after(r, h) => h,
-                _ => r,
-            });
-            if after(front, l) {
-                continue; // reaches below the cumulative ACK: a D-SACK (RFC 2883) or stale
-            }
-            // A segment is SACKed once the blocks seen, together, hold all
-            // of it (RFC 6675's scoreboard counts octets). Every segment
-            // inside the ranges covered before is marked already: walk only
-            // the parts of [l, r) they did not cover, and mark what lies
-            // whole in the range [l, r) joins.
-            let (ml, mr) = merged(&flow.covered, (l, r), front).1;
-            let mut walk = |a: u32, b: u32| {
-                // A segment may straddle a covered edge: start at the first
-                // one ending past `a`.
-                let start = flow.segs.partition_point(|g| rel(g.end) <= rel(a));
-                for g in flow.segs.range_mut(start..) {
-                    if !after(b, g.seq) || after(g.end, mr) {
-                        break;
-                    }
-                    if !g.sacked && !after(ml, g.seq) {
-                        g.sacked = true;
-                        let len = u64::from(g.end.wrapping_sub(g.seq));
-                        flow.sacked_bytes += len;
-                        if let (Some(m), Some(st)) = (models.as_deref_mut(), &g.stamp) {
-                            m.on_delivered(host, now, st, len, g.resent_at.is_none());
-                        }
-                    }
+        if let Some(front) = flow.segs.front().map(|g| g.seq) {
+            let rel = |x: u32| x.wrapping_sub(front);
+            // Ranges at or below the cumulative ACK are done with; one that
+            // straddles it keeps its part above.
+            flow.covered.retain_mut(|c| {
+                if !after(c.1, front) {
+                    return false;
                 }
-            };
-            let mut at = l;
-            for &(cl, cr) in &flow.covered {
-                if !after(cr, at) {
+                if after(front, c.0) {
+                    c.0 = front;
+                }
+                true
+            });
+            for (l, r) in s.sack_ranges() {
+                if !after(r, l) || !after(r, front) {
                     continue;
                 }
-                if !after(r, cl) {
-                    break;
+                flow.high_sacked = Some(match flow.high_sacked {
+                    Some(h) if !after(r, h) => h,
+                    _ => r,
+                });
+                if after(front, l) {
+                    continue; // reaches below the cumulative ACK: a D-SACK (RFC 2883) or stale
                 }
-                if after(cl, at) {
-                    walk(at, cl);
+                // A segment is SACKed once the blocks seen, together, hold all
+                // of it (RFC 6675's scoreboard counts octets). Every segment
+                // inside the ranges covered before is marked already: walk only
+                // the parts of [l, r) they did not cover, and mark what lies
+                // whole in the range [l, r) joins.
+                let ((i, j), (ml, mr)) = merged(&flow.covered, (l, r), front);
+                let mut walk = |a: u32, b: u32| {
+                    // A segment may straddle a covered edge: start at the first
+                    // one ending past `a`.
+                    let start = flow.segs.partition_point(|g| rel(g.end) <= rel(a));
+                    for g in flow.segs.range_mut(start..) {
+                        if !after(b, g.seq) || after(g.end, mr) {
+                            break;
+                        }
+                        if !g.sacked && !after(ml, g.seq) {
+                            g.sacked = true;
+                            let len = u64::from(g.end.wrapping_sub(g.seq));
+                            flow.sacked_bytes += len;
+                            if let (Some(m), Some(st)) = (models.as_deref_mut(), &g.stamp) {
+                                m.on_delivered(host, now, st, len, g.resent_at.is_none());
+                            }
+                        }
+                    }
+                };
+                // Ranges i..j overlap or touch [l, r), in order.
+                let mut at = l;
+                for &(cl, cr) in &flow.covered[i..j] {
+                    if after(cl, at) {
+                        walk(at, cl);
+                    }
+                    if after(cr, at) {
+                        at = cr;
+                    }
                 }
-                at = cr;
-                if !after(r, at) {
-                    break;
+                if after(r, at) {
+                    walk(at, r);
                 }
+                flow.covered.splice(i..j, [(ml, mr)]);
             }
-            if after(r, at) {
-                walk(at, r);
-            }
-            cover(&mut flow.covered, (l, r), front);
+        } else {
+            flow.covered.clear();
         }
         if let Some(m) = models {
             m.on_ack(host, now, acked);
@@ -398,12 +389,6 @@ fn merged(covered: &[(u32, u32)], (l, r): (u32, u32), front: u32) -> ((usize, us
     let lo = if rel(covered[i].0) < rel(l) { covered[i].0 } else { l };
     let hi = if rel(covered[j - 1].1) > rel(r) { covered[j - 1].1 } else { r };
     ((i, j), (lo, hi))
-}
-
-/// Adds `[l, r)` to the merged, ordered ranges `covered` (all above `front`).
-fn cover(covered: &mut Vec<(u32, u32)>, block: (u32, u32), front: u32) {
-    let ((i, j), range) = merged(covered, block, front);
-    covered.splice(i..j, [range]);
 }
 
 #[cfg(test)]
