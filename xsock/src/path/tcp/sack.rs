@@ -185,7 +185,11 @@ impl SackRecovery {
                 }
                 true
             });
+            let sent_end = flow.segs.back().map_or(front, |g| g.end);
             for (l, r) in s.sack_ranges() {
+                // Nothing beyond what was sent is held, whatever the block
+                // says: covered, it would hide segments sent there later.
+                let r = if after(r, sent_end) { sent_end } else { r };
                 if !after(r, l) || !after(r, front) {
                     continue;
                 }
@@ -533,6 +537,20 @@ mod tests {
             Segment::parse(&frame(80, 5000, 0, 0, 0, &[(1, 2)])).unwrap().sack_ranges().collect::<Vec<_>>(),
             vec![(1, 2)]
         );
+    }
+
+    #[test]
+    fn a_block_beyond_what_was_sent_does_not_hide_segments_sent_later() {
+        let mut r = SackRecovery::default();
+        send(&mut r, 0, 4);
+        // A block that runs past the last segment sent (a peer's mistake,
+        // or a lie) covers only what was sent...
+        ack(&mut r, 0, &[(2 * MSS, 10 * MSS)]);
+        assert_eq!(r.sacked_bytes((5000, super::super::segment::HOST_B, 80)), 2 * u64::from(MSS));
+        // ...so segments sent into it later are marked when a block holds them.
+        send(&mut r, 4 * MSS, 4);
+        ack(&mut r, 0, &[(2 * MSS, 8 * MSS)]);
+        assert_eq!(r.sacked_bytes((5000, super::super::segment::HOST_B, 80)), 6 * u64::from(MSS));
     }
 
     #[test]
