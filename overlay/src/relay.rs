@@ -338,6 +338,18 @@ impl RelayCore {
             self.abort_vc(vc, Some(end), &reason);
         }
         self.links_changed(now);
+        // Our own routes follow a lost link at once: its VCs have just
+        // failed and their ends reconnect now, so neither the hold on our
+        // next advertisement (the link-state database still listed the
+        // link until it went out, up to `min_originate` later) nor the wait
+        // for a burst of others' (`spf_delay`) may route them into it.
+        if self.originate_at.is_some() {
+            let lsa = self.own_lsa(self.seq + 1);
+            self.seq += 1;
+            self.db.install(lsa, now);
+        }
+        self.routes_stale(now);
+        self.flush_routes(now);
     }
 
     /// One frame (type + body) from `link`. An error means the peer broke
@@ -578,12 +590,8 @@ impl RelayCore {
         self.last_originated = now;
         self.originate_at = None;
         self.seq += 1;
-        // A draining relay offers no path through it.
-        let mut neighbors: Vec<(NodeId, u32)> =
-            if self.draining.is_some() { Vec::new() } else { self.link_to.keys().map(|n| (*n, 1)).collect() };
-        neighbors.sort();
-        let same_links = self.db.get(self.cfg.me).is_some_and(|old| old.neighbors == neighbors);
-        let lsa = Lsa { origin: self.cfg.me, seq: self.seq, neighbors };
+        let lsa = self.own_lsa(self.seq);
+        let same_links = self.db.get(self.cfg.me).is_some_and(|old| old.neighbors == lsa.neighbors);
         let frame = Msg::Lsa { origin: lsa.origin, seq: lsa.seq, neighbors: lsa.neighbors.clone() }.to_frame();
         self.db.install(lsa, now);
         let links: Vec<LinkId> = self.links.keys().copied().collect();
@@ -594,6 +602,15 @@ impl RelayCore {
         if !same_links {
             self.routes_stale(now);
         }
+    }
+
+    /// Our advertisement as of now, numbered `seq`.
+    fn own_lsa(&self, seq: u64) -> Lsa {
+        // A draining relay offers no path through it.
+        let mut neighbors: Vec<(NodeId, u32)> =
+            if self.draining.is_some() { Vec::new() } else { self.link_to.keys().map(|n| (*n, 1)).collect() };
+        neighbors.sort();
+        Lsa { origin: self.cfg.me, seq, neighbors }
     }
 
     /// The link-state database changed: routes are recomputed after the

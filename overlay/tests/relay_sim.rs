@@ -171,6 +171,25 @@ fn killing_the_middle_relay_aborts_its_vcs_and_reroutes_new_ones() {
 }
 
 #[test]
+fn a_relay_that_loses_a_link_routes_around_it_at_once_even_while_its_advertisement_waits() {
+    // 1 reaches 4 via 2 or 3; 1 advertised its links a moment ago, so the
+    // advertisement of the lost one is held back (min_originate).
+    let mut s = Sim::new(&[1, 2, 3, 4], 1 << 20);
+    for (a, b) in [(1, 2), (2, 4), (1, 3), (3, 4)] {
+        s.connect(a, b);
+    }
+    s.settle();
+    assert_eq!(next_hop_path(&s, 1, 4), vec![1, 2, 4]);
+    s.kill(2);
+    // No frame moved, no timer fired: 1's own table already goes around.
+    let hop = s.relays[&1].routes().into_iter().find(|(n, _)| n.0 == 4).map(|(_, r)| r.next_hop.0);
+    assert_eq!(hop, Some(3));
+    s.settle();
+    assert_eq!(next_hop_path(&s, 1, 4), vec![1, 3, 4]);
+    assert_eq!(next_hop_path(&s, 4, 1), vec![4, 3, 1]);
+}
+
+#[test]
 fn a_relay_that_vanishes_silently_ages_out() {
     let mut s = Sim::new(&[1, 2, 3], 1 << 20);
     s.connect(1, 2);

@@ -3,6 +3,10 @@
 //! hop, all-to-all connect of 64 endpoints over 8 LANs against plain
 //! kernel TCP (with the TCP connections that cross LAN boundaries counted
 //! by the routers), and recovery after a relay is killed.
+//!
+//! One part alone: `XSOCK_PERF_RELAY=probe` (an isolated relayed connect),
+//! `=mesh` (the all-to-all), `=kill` (the relay kill), or
+//! `XSOCK_PERF_RELAY_BULK="FLAGS"` (relayed bulk with the relays' flags).
 
 use std::{
     io,
@@ -570,6 +574,11 @@ pub fn run(xsock: &Path, rounds: usize) -> io::Result<()> {
     if let Ok(flags) = std::env::var("XSOCK_PERF_RELAY_BULK") {
         let flags: Vec<&str> = flags.split_whitespace().collect();
         bulk_only(xsock, rounds, &mut out, &flags)?;
+        println!("{out}");
+        return Ok(());
+    }
+    if std::env::var("XSOCK_PERF_RELAY").as_deref() == Ok("kill") {
+        recovery(xsock, rounds, &mut out)?;
         println!("{out}");
         return Ok(());
     }
