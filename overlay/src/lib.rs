@@ -10,6 +10,9 @@
 //!   connection (bootstrap sessions, relay links, the preamble of a LAN
 //!   connection);
 //! - [`auth`]: mutual challenge-response over a cluster key (inside a LAN);
+//! - [`preamble`]: what a LAN stream carries before it is a virtual
+//!   connection's (the handshake, then `Open` and `Accept`), one state
+//!   machine for the endpoints' blocking library and the relay's event loop;
 //! - [`secure`]: Noise sessions (the cluster key as psk) for everything
 //!   that crosses a LAN boundary;
 //! - [`registry`]: the bootstrap server's directory (names, ranks, sites);
@@ -31,6 +34,7 @@
 pub mod auth;
 pub mod id;
 pub mod lsdb;
+pub mod preamble;
 pub mod registry;
 pub mod relay;
 pub mod route;

@@ -1,6 +1,6 @@
-//! Replays the committed fuzz corpora of the overlay frame parser and of
-//! the encrypted sessions on stable Rust, so every test run checks the
-//! inputs the fuzzer found.
+//! Replays the committed fuzz corpora of the overlay frame parser, the
+//! encrypted sessions and the LAN preamble on stable Rust, so every test
+//! run checks the inputs the fuzzer found.
 
 use xsock_overlay::wire::Msg;
 
@@ -31,4 +31,18 @@ fn every_secure_session_corpus_input_is_survived() {
         n += 1;
     }
     assert!(n > 10, "the corpus has {n} inputs");
+}
+
+#[test]
+fn every_lan_preamble_corpus_input_is_survived_and_whole_transcripts_finish() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/lan_preamble");
+    let (mut n, mut finished) = (0, 0);
+    for entry in std::fs::read_dir(dir).expect("fuzz/corpus/lan_preamble is committed") {
+        finished += xsock_overlay::preamble::hostile_bytes(&std::fs::read(entry.unwrap().path()).unwrap());
+        n += 1;
+    }
+    assert!(n >= 9, "the corpus has {n} inputs");
+    // The seed transcripts (an opener's, an answerer's) run a preamble to
+    // its end: a corpus without them no longer reaches past the handshake.
+    assert!(finished >= 4, "only {finished} preambles finished on the corpus");
 }

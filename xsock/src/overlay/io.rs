@@ -11,6 +11,7 @@ use std::{
 
 use xsock_overlay::{
     auth::{Handshake, Key, Peer},
+    preamble::{Done, Preamble, PreambleError},
     wire::{MAX_FRAME, Msg, Role},
 };
 
@@ -110,6 +111,36 @@ pub fn fresh_nonce() -> [u8; 16] {
     }
 }
 
+/// Runs a LAN preamble ([`xsock_overlay::preamble`]) to its end over a
+/// blocking stream: its frames out as it gives them, one frame in at a
+/// time. The outer error is the stream's (or the deadline's), the inner
+/// the preamble's (whose refusal, if it has one for the peer, was sent).
+pub fn run_preamble(
+    io: &mut impl FrameIo,
+    mut pre: Preamble,
+    deadline: Instant,
+) -> Result<Result<Done, PreambleError>, Error> {
+    loop {
+        while let Some(f) = pre.poll_transmit() {
+            io.put(&f)?;
+        }
+        let frame = recv_frame(io, deadline)?;
+        match pre.handle_frame(&frame) {
+            Ok(None) => {}
+            end => {
+                while let Some(f) = pre.poll_transmit() {
+                    if end.is_ok() {
+                        io.put(&f)?;
+                    } else {
+                        let _ = io.put(&f);
+                    }
+                }
+                return Ok(end.map(|d| d.expect("matched above")));
+            }
+        }
+    }
+}
+
 /// Runs the mutual key handshake as `role` named `name`; returns the
 /// proven peer. A wrong key on either side fails both with
 /// [`Error::Overlay`] naming it.
@@ -120,16 +151,10 @@ pub fn authenticate(
     name: &str,
     deadline: Instant,
 ) -> Result<Peer, Error> {
-    let mut hs = Handshake::new(key.clone(), role, name, fresh_nonce());
-    io.put(hs.hello())?;
-    let hello = recv_frame(io, deadline)?;
-    let proof = hs.on_hello(&hello).map_err(|e| Error::Overlay(e.to_string()))?;
-    io.put(&proof)?;
-    let theirs = recv_frame(io, deadline)?;
-    hs.on_proof(&theirs).map_err(|e| {
-        if e == xsock_overlay::auth::AuthError::WrongKey {
-            let _ = send_msg(io, &Msg::Refused { reason: "wrong cluster key" });
-        }
-        Error::Overlay(e.to_string())
-    })
+    let pre = Preamble::authenticate(Handshake::new(key.clone(), role, name, fresh_nonce()));
+    match run_preamble(io, pre, deadline)? {
+        Ok(Done::Authenticated(peer)) => Ok(peer),
+        Ok(_) => Err(Error::Protocol("the handshake ended with a virtual connection's step".into())),
+        Err(e) => Err(Error::Overlay(e.to_string())),
+    }
 }

@@ -10,13 +10,14 @@ use std::{
 
 use xsock_overlay::{
     NodeId, SiteId,
-    auth::Key,
+    auth::{Handshake, Key},
+    preamble::{Done, Preamble, PreambleError},
     wire::{Entry, Msg, Role},
 };
 
 use super::{
     boots::{Boots, Registration},
-    io::{authenticate, recv_frame, send_msg},
+    io::{fresh_nonce, run_preamble, send_msg},
 };
 use crate::{Error, Listener, Runtime, Stream};
 
@@ -328,18 +329,26 @@ impl Node {
     /// Handshake, then `Open`, then `Accept` or the refusal's reason.
     fn open_on(&self, mut s: Stream, dst: &Entry, port: u16) -> Result<Stream, Error> {
         let t = Instant::now();
-        let deadline = t + self.inner.timeout;
-        authenticate(&mut s, &self.inner.key, Role::Endpoint, &self.inner.name, deadline)?;
-        log::debug!("authenticated with {} in {:?}", s.peer_addr(), t.elapsed());
-        send_msg(&mut s, &Msg::Open { vc: 0, src: self.inner.id, dst: dst.node, port, ttl: 0, credit: 0 })?;
-        let reply = recv_frame(&mut s, deadline)?;
-        match parse(&reply)? {
-            Msg::Accept { .. } => Ok(s),
-            Msg::Refuse { reason, .. } | Msg::Refused { reason } => {
+        let n = &self.inner;
+        let hs = Handshake::new(n.key.clone(), Role::Endpoint, &n.name, fresh_nonce());
+        match run_preamble(&mut s, Preamble::open(hs, n.id, dst.node, port), t + n.timeout)? {
+            Ok(_) => {
+                log::debug!("opened through {} in {:?}", s.peer_addr(), t.elapsed());
+                Ok(s)
+            }
+            Err(PreambleError::Refused(reason)) => {
                 Err(Error::Overlay(format!("{}:{port} refused: {reason}", dst.name)))
             }
-            _ => Err(Error::Protocol("unexpected answer to Open".into())),
+            Err(e) => Err(preamble_error(e)),
         }
+    }
+}
+
+/// A failed preamble as the library's error.
+fn preamble_error(e: PreambleError) -> Error {
+    match e {
+        PreambleError::Auth(_) | PreambleError::Refused(_) => Error::Overlay(e.to_string()),
+        PreambleError::Unexpected(_) | PreambleError::Parse(_) => Error::Protocol(e.to_string()),
     }
 }
 
@@ -405,20 +414,19 @@ impl NodeListener {
 
     fn admit(&self, mut s: Stream) -> Result<(Stream, NodeId), Error> {
         let n = &self.node.inner;
-        let deadline = Instant::now() + n.timeout;
-        authenticate(&mut s, &n.key, Role::Endpoint, &n.name, deadline)?;
-        let frame = recv_frame(&mut s, deadline)?;
-        match parse(&frame)? {
-            Msg::Open { src, dst, port, .. } if dst == n.id && port == self.port => {
+        let hs = Handshake::new(n.key.clone(), Role::Endpoint, &n.name, fresh_nonce());
+        match run_preamble(&mut s, Preamble::answer(hs), Instant::now() + n.timeout)? {
+            Ok(Done::Asked { src, dst, port, .. }) if dst == n.id && port == self.port => {
                 send_msg(&mut s, &Msg::Accept { vc: 0, credit: 0 })?;
                 Ok((s, src))
             }
-            Msg::Open { dst, port, .. } => {
+            Ok(Done::Asked { dst, port, .. }) => {
                 let reason = format!("this is {} ({}) port {}, not {dst} port {port}", n.name, n.id, self.port);
                 let _ = send_msg(&mut s, &Msg::Refuse { vc: 0, reason: &reason });
                 Err(Error::Overlay(reason))
             }
-            _ => Err(Error::Protocol("expected Open after the handshake".into())),
+            Ok(_) => Err(Error::Protocol("expected Open after the handshake".into())),
+            Err(e) => Err(preamble_error(e)),
         }
     }
 

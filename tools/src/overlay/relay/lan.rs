@@ -14,9 +14,10 @@ use crossbeam_channel::{Receiver, Sender, unbounded};
 use xsock::{ConnectOptions, Error, Runtime, Stream, Transport, overlay::Key};
 use xsock_overlay::{
     NodeId,
-    auth::{AuthError, Handshake},
+    auth::Handshake,
+    preamble::{Done, ExactReader, Preamble},
     relay::LocalId,
-    wire::{MAX_FRAME, Msg, Role},
+    wire::Role,
 };
 
 use super::shell::{Event, Notify};
@@ -49,43 +50,6 @@ pub fn spawn_connectors(rt: &Runtime, tx: &Notify) -> Sender<ConnectJob> {
     jobs
 }
 
-/// Reads one frame exactly (length, then body), never past it: what
-/// follows belongs to the virtual connection.
-#[derive(Debug, Default)]
-struct ExactFrame {
-    buf: Vec<u8>,
-    got: usize,
-}
-
-impl ExactFrame {
-    /// Reads what is there; `Ok(Some(frame))` once complete.
-    fn poll(&mut self, s: &mut Stream) -> Result<Option<Vec<u8>>, String> {
-        loop {
-            let need = if self.got < 4 {
-                4
-            } else {
-                let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
-                if len == 0 || len > MAX_FRAME {
-                    return Err(format!("a {len}-byte frame: not an xsock overlay peer"));
-                }
-                4 + len
-            };
-            if self.got == need && need > 4 {
-                let frame = self.buf[4..need].to_vec();
-                *self = ExactFrame::default();
-                return Ok(Some(frame));
-            }
-            self.buf.resize(need, 0);
-            match s.try_recv(&mut self.buf[self.got..need]) {
-                Ok(0) => return Err("the peer closed the stream".into()),
-                Ok(n) => self.got += n,
-                Err(Error::WouldBlock) => return Ok(None),
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-    }
-}
-
 /// What a handshake is for.
 #[derive(Debug, Clone, Copy)]
 pub enum Purpose {
@@ -93,14 +57,6 @@ pub enum Purpose {
     Admit,
     /// Our stream to an endpoint, delivering VC `local` from `src`.
     Deliver { local: LocalId, src: NodeId, dst: NodeId, port: u16 },
-}
-
-#[derive(Debug)]
-enum Stage {
-    Hello,
-    Proof,
-    /// Admit: the endpoint's `Open`. Deliver: its `Accept`.
-    Request,
 }
 
 /// How a handshake ended.
@@ -115,33 +71,46 @@ pub enum Outcome {
     Failed { purpose: Purpose, reason: String },
 }
 
-/// One stream's handshake, driven by [`Pending::poll`].
+/// One stream's preamble ([`xsock_overlay::preamble`]), driven by
+/// [`Pending::poll`] without blocking.
 pub struct Pending {
     stream: Option<Stream>,
-    hs: Handshake,
-    rd: ExactFrame,
-    stage: Stage,
+    pre: Preamble,
+    rd: ExactReader,
     purpose: Purpose,
-    peer: String,
     deadline: Instant,
 }
 
 impl Pending {
     /// Starts a handshake on `stream` (our hello goes out now).
-    pub fn start(mut stream: Stream, key: &Key, name: &str, purpose: Purpose) -> Result<Pending, String> {
+    pub fn start(stream: Stream, key: &Key, name: &str, purpose: Purpose) -> Result<Pending, String> {
         let hs = Handshake::new(key.clone(), Role::Relay, name, xsock::overlay::fresh_nonce());
-        if !send_now(&mut stream, hs.hello()) {
+        let pre = match purpose {
+            Purpose::Admit => Preamble::answer(hs),
+            Purpose::Deliver { src, dst, port, .. } => Preamble::open(hs, src, dst, port),
+        };
+        let mut p = Pending {
+            stream: Some(stream),
+            pre,
+            rd: ExactReader::default(),
+            purpose,
+            deadline: Instant::now() + HANDSHAKE,
+        };
+        if !p.flush() {
             return Err("could not send the hello".into());
         }
-        Ok(Pending {
-            stream: Some(stream),
-            hs,
-            rd: ExactFrame::default(),
-            stage: Stage::Hello,
-            purpose,
-            peer: String::new(),
-            deadline: Instant::now() + HANDSHAKE,
-        })
+        Ok(p)
+    }
+
+    /// Sends what the preamble has to send; false if the stream took less.
+    fn flush(&mut self) -> bool {
+        let Some(s) = self.stream.as_mut() else { return false };
+        while let Some(f) = self.pre.poll_transmit() {
+            if !send_now(s, &f) {
+                return false;
+            }
+        }
+        true
     }
 
     /// Who is on the other side (the stream's address).
@@ -162,46 +131,35 @@ impl Pending {
         if now > self.deadline {
             return Err(format!("no answer within {HANDSHAKE:?} (is it an xsock overlay node?)"));
         }
-        let s = self.stream.as_mut().expect("pending until it ends");
         loop {
-            let Some(frame) = self.rd.poll(s)? else { return Ok(None) };
-            match self.stage {
-                Stage::Hello => {
-                    let proof = self.hs.on_hello(&frame).map_err(|e| e.to_string())?;
-                    if !send_now(s, &proof) {
-                        return Err("could not send the proof".into());
-                    }
-                    self.stage = Stage::Proof;
-                }
-                Stage::Proof => {
-                    let peer = self.hs.on_proof(&frame).map_err(|e| {
-                        if e == AuthError::WrongKey {
-                            send_now(s, &Msg::Refused { reason: "wrong cluster key" }.to_frame());
-                        }
-                        e.to_string()
-                    })?;
-                    self.peer = peer.name;
-                    if let Purpose::Deliver { src, dst, port, .. } = self.purpose
-                        && !send_now(s, &Msg::Open { vc: 0, src, dst, port, ttl: 0, credit: 0 }.to_frame())
-                    {
-                        return Err("could not send Open".into());
-                    }
-                    self.stage = Stage::Request;
-                }
-                Stage::Request => {
-                    let msg = Msg::parse(&frame).map_err(|e| e.to_string())?;
+            let s = self.stream.as_mut().expect("pending until it ends");
+            let n = match s.try_recv(self.rd.space()) {
+                Ok(0) => return Err("the peer closed the stream".into()),
+                Ok(n) => n,
+                Err(Error::WouldBlock) => return Ok(None),
+                Err(e) => return Err(e.to_string()),
+            };
+            let Some(frame) = self.rd.filled(n).map_err(|e| format!("{e}: not an xsock overlay peer?"))? else {
+                continue;
+            };
+            let r = self.pre.handle_frame(&frame);
+            let sent = self.flush();
+            match r {
+                Ok(None) if sent => {}
+                Ok(None) => return Err("could not send the next handshake step".into()),
+                Ok(Some(done)) => {
                     let stream = self.stream.take().expect("still pending");
-                    return match (self.purpose, msg) {
-                        (Purpose::Admit, Msg::Open { src, dst, port, .. }) => {
-                            Ok(Some(Outcome::Open { stream, name: std::mem::take(&mut self.peer), src, dst, port }))
+                    return match (self.purpose, done) {
+                        (Purpose::Admit, Done::Asked { peer, src, dst, port }) => {
+                            Ok(Some(Outcome::Open { stream, name: peer.name, src, dst, port }))
                         }
-                        (Purpose::Deliver { local, .. }, Msg::Accept { .. }) => {
+                        (Purpose::Deliver { local, .. }, Done::Accepted(_)) => {
                             Ok(Some(Outcome::Accepted { stream, local }))
                         }
-                        (_, Msg::Refuse { reason, .. } | Msg::Refused { reason }) => Err(reason.to_owned()),
-                        _ => Err("unexpected message after the handshake".into()),
+                        _ => Err("the handshake ended in the wrong step".into()),
                     };
                 }
+                Err(e) => return Err(e.to_string()),
             }
         }
     }
