@@ -5,4 +5,6 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| xsock_overlay::preamble::hostile_bytes(data));
+fuzz_target!(|data: &[u8]| {
+    xsock_overlay::preamble::hostile_bytes(data);
+});
