@@ -330,7 +330,13 @@ impl Sim {
                 }
                 Ev::Ack(i, seg, tx) => {
                     self.on_ack(i, seg, tx);
-                    self.try_send(i);
+                    // A poll loop reads its batch of ACKs, then sends (as
+                    // smoltcp does: ingress, then egress), not in between.
+                    let more =
+                        matches!(self.events.peek(), Some(Reverse((t, _, Ev::Ack(j, ..)))) if *t == at && *j == i);
+                    if !more {
+                        self.try_send(i);
+                    }
                 }
             }
         }
