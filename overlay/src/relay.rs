@@ -344,9 +344,8 @@ impl RelayCore {
         // link until it went out, up to `min_originate` later) nor the wait
         // for a burst of others' (`spf_delay`) may route them into it.
         if self.originate_at.is_some() {
-            let lsa = self.own_lsa(self.seq + 1);
             self.seq += 1;
-            self.db.install(lsa, now);
+            self.db.install(self.own_lsa(self.seq), now);
         }
         self.routes_stale(now);
         self.flush_routes(now);

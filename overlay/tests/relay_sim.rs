@@ -26,6 +26,17 @@ fn next_hop_path(sim: &Sim, from: u64, to: u64) -> Vec<u64> {
     path
 }
 
+/// 1 reaches 4 via 2 (the cheaper id breaks the tie) or via 3, settled.
+fn diamond() -> Sim {
+    let mut s = Sim::new(&[1, 2, 3, 4], 1 << 20);
+    for (a, b) in [(1, 2), (2, 4), (1, 3), (3, 4)] {
+        s.connect(a, b);
+    }
+    s.settle();
+    assert_eq!(next_hop_path(&s, 1, 4), vec![1, 2, 4]);
+    s
+}
+
 #[test]
 fn a_hub_and_a_mesh_converge_to_shortest_paths() {
     // 1-2-3 meshed; 4, 5, 6 reach only the hub 1.
@@ -149,13 +160,7 @@ fn new_vcs_go_around_a_draining_relay_while_its_own_keep_running() {
 
 #[test]
 fn killing_the_middle_relay_aborts_its_vcs_and_reroutes_new_ones() {
-    // 1 reaches 4 via 2 (cheaper id tie-break) or 3.
-    let mut s = Sim::new(&[1, 2, 3, 4], 1 << 20);
-    for (a, b) in [(1, 2), (2, 4), (1, 3), (3, 4)] {
-        s.connect(a, b);
-    }
-    s.settle();
-    assert_eq!(next_hop_path(&s, 1, 4), vec![1, 2, 4]);
+    let mut s = diamond();
     let (src, _, dst) = s.open(1, 4, 80).unwrap();
     s.kill(2);
     let acts = s.settle();
@@ -172,14 +177,9 @@ fn killing_the_middle_relay_aborts_its_vcs_and_reroutes_new_ones() {
 
 #[test]
 fn a_relay_that_loses_a_link_routes_around_it_at_once_even_while_its_advertisement_waits() {
-    // 1 reaches 4 via 2 or 3; 1 advertised its links a moment ago, so the
-    // advertisement of the lost one is held back (min_originate).
-    let mut s = Sim::new(&[1, 2, 3, 4], 1 << 20);
-    for (a, b) in [(1, 2), (2, 4), (1, 3), (3, 4)] {
-        s.connect(a, b);
-    }
-    s.settle();
-    assert_eq!(next_hop_path(&s, 1, 4), vec![1, 2, 4]);
+    // 1 advertised its links a moment ago, so the advertisement of the
+    // lost one is held back (min_originate).
+    let mut s = diamond();
     s.kill(2);
     // No frame moved, no timer fired: 1's own table already goes around.
     let hop = s.relays[&1].routes().into_iter().find(|(n, _)| n.0 == 4).map(|(_, r)| r.next_hop.0);

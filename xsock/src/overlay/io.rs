@@ -11,8 +11,8 @@ use std::{
 
 use xsock_overlay::{
     auth::{Handshake, Key, Peer},
-    preamble::{Done, Preamble, PreambleError},
-    wire::{MAX_FRAME, Msg, Role},
+    preamble::{Done, ExactReader, Preamble, PreambleError},
+    wire::{Msg, Role},
 };
 
 use crate::{Error, Stream};
@@ -89,17 +89,19 @@ pub fn send_msg(io: &mut impl FrameIo, msg: &Msg<'_>) -> Result<(), Error> {
     io.put(&msg.to_frame())
 }
 
-/// Receives one frame (type + body).
+/// Receives one frame (type + body), exactly: not a byte past it.
 pub fn recv_frame(io: &mut impl FrameIo, deadline: Instant) -> Result<Vec<u8>, Error> {
-    let mut len = [0u8; 4];
-    io.get_exact(&mut len, deadline)?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len == 0 || len > MAX_FRAME {
-        return Err(Error::Protocol(format!("overlay frame of {len} bytes: not an xsock overlay peer?")));
+    let mut rd = ExactReader::default();
+    loop {
+        let space = rd.space();
+        let n = space.len();
+        io.get_exact(space, deadline)?;
+        match rd.filled(n) {
+            Ok(Some(frame)) => return Ok(frame),
+            Ok(None) => {}
+            Err(e) => return Err(Error::Protocol(format!("{e}: not an xsock overlay peer?"))),
+        }
     }
-    let mut frame = vec![0u8; len];
-    io.get_exact(&mut frame, deadline)?;
-    Ok(frame)
 }
 
 /// 16 fresh random bytes (from the kernel's random pool).
@@ -124,20 +126,20 @@ pub fn run_preamble(
         while let Some(f) = pre.poll_transmit() {
             io.put(&f)?;
         }
-        let frame = recv_frame(io, deadline)?;
-        match pre.handle_frame(&frame) {
-            Ok(None) => {}
-            end => {
-                while let Some(f) = pre.poll_transmit() {
-                    if end.is_ok() {
-                        io.put(&f)?;
-                    } else {
-                        let _ = io.put(&f);
-                    }
-                }
-                return Ok(end.map(|d| d.expect("matched above")));
+        let end = match pre.handle_frame(&recv_frame(io, deadline)?) {
+            Ok(None) => continue,
+            Ok(Some(done)) => Ok(done),
+            Err(e) => Err(e),
+        };
+        // What is left to send goes out; after a failure (a refusal for
+        // the peer) the stream's own error no longer matters.
+        while let Some(f) = pre.poll_transmit() {
+            let sent = io.put(&f);
+            if end.is_ok() {
+                sent?;
             }
         }
+        return Ok(end);
     }
 }
 
