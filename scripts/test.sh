@@ -25,7 +25,7 @@ XSOCK_CAPI_LIB_DIR="$PWD/target/debug" XSOCK_REQUIRE_ROOT=1 cargo test --locked 
 step "fuzz (each target briefly, on the committed corpus)"
 if cargo +nightly --version >/dev/null 2>&1; then
     command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
-    for target in link_frame link_endpoint diag_frame overlay_frame attach_msg secure_session lan_preamble offload_frame tcp_segment; do
+    for target in link_frame link_endpoint diag_frame overlay_frame attach_msg secure_session lan_preamble node_cert offload_frame tcp_segment; do
         (cd fuzz && cargo +nightly fuzz run "$target" -- -max_total_time="${XSOCK_FUZZ_SECONDS:-12}" 2>&1 | tail -2)
     done
 else

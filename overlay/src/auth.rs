@@ -97,6 +97,8 @@ pub enum AuthError {
     OldProtocol,
     /// The Noise handshake failed (its reason).
     Noise(String),
+    /// The peer's node certificate is not accepted.
+    Cert(crate::cert::CertError),
 }
 
 impl std::fmt::Display for AuthError {
@@ -119,6 +121,7 @@ impl std::fmt::Display for AuthError {
                 "the peer does not speak the encrypted overlay protocol (an older xsock, or not xsock): upgrade it"
             ),
             AuthError::Noise(e) => write!(f, "the encrypted handshake failed: {e}"),
+            AuthError::Cert(e) => write!(f, "the peer's certificate: {e}"),
         }
     }
 }

@@ -13,6 +13,7 @@
 //! - [`preamble`]: what a LAN stream carries before it is a virtual
 //!   connection's (the handshake, then `Open` and `Accept`), one state
 //!   machine for the endpoints' blocking library and the relay's event loop;
+//! - [`cert`]: node certificates from a cluster CA, revocation lists;
 //! - [`secure`]: Noise sessions (the cluster key as psk) for everything
 //!   that crosses a LAN boundary;
 //! - [`registry`]: the bootstrap server's directory (names, ranks, sites);
@@ -32,6 +33,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod cert;
 pub mod id;
 pub mod lsdb;
 pub mod preamble;

@@ -44,6 +44,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     auth::{AuthError, Key, Peer},
+    cert::{Cert, Trust},
     wire::{Msg, Role, VERSION},
 };
 
@@ -65,6 +66,9 @@ const KIND_NOISE: u8 = b'N';
 const KIND_REFUSE: u8 = b'R';
 const DATA: u8 = 0;
 const REKEY: u8 = 1;
+/// The responder's verdict on the initiator's certificate, when it refuses
+/// it (the handshake is over by then, so the refusal is sealed).
+const REFUSE: u8 = 2;
 
 /// A node's static X25519 key pair.
 #[derive(Clone)]
@@ -86,9 +90,46 @@ impl StaticKey {
         Ok(StaticKey { private: kp.private, public: kp.public })
     }
 
+    /// The key pair of a saved private key.
+    pub fn from_private(private: &[u8; 32]) -> StaticKey {
+        use snow::resolvers::CryptoResolver;
+        let mut dh = snow::resolvers::DefaultResolver
+            .resolve_dh(&snow::params::DHChoice::Curve25519)
+            .expect("the default resolver has X25519");
+        dh.set(private);
+        StaticKey { private: private.to_vec(), public: dh.pubkey().to_vec() }
+    }
+
     /// The public half.
     pub fn public(&self) -> &[u8] {
         &self.public
+    }
+
+    /// The private half (to save it; keep it secret).
+    pub fn private(&self) -> &[u8] {
+        &self.private
+    }
+}
+
+/// Who a node is at the Noise handshake: its static key, the certificate
+/// the cluster CA gave that key (if the cluster uses certificates), and
+/// the CA it checks peers against (if it does: then a peer without a valid
+/// certificate is refused).
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The static key.
+    pub key: StaticKey,
+    /// Its certificate.
+    pub cert: Option<Cert>,
+    /// What peers' certificates are checked against.
+    pub trust: Option<Trust>,
+}
+
+impl Identity {
+    /// A node without certificates: `key`, and no peer is checked beyond
+    /// the cluster key.
+    pub fn plain(key: StaticKey) -> Identity {
+        Identity { key, cert: None, trust: None }
     }
 }
 
@@ -127,6 +168,13 @@ pub struct SecureHandshake {
     magic_seen: bool,
     peer: Option<Peer>,
     failed: bool,
+    /// Our certificate's bytes (empty without one).
+    cert: Vec<u8>,
+    trust: Option<Trust>,
+    /// Unix seconds, for the peer certificate's validity.
+    unix_now: u64,
+    /// The peer's certificate, once checked.
+    peer_cert: Option<Cert>,
 }
 
 impl std::fmt::Debug for SecureHandshake {
@@ -148,6 +196,8 @@ pub struct Established {
     /// Bytes that arrived after the handshake: the first transport records
     /// (feed them to the opener).
     pub leftover: Vec<u8>,
+    /// Its certificate, when we check certificates.
+    pub cert: Option<Cert>,
 }
 
 impl std::fmt::Debug for Established {
@@ -160,16 +210,23 @@ impl std::fmt::Debug for Established {
 }
 
 impl SecureHandshake {
-    /// Starts as the side that connected.
-    pub fn initiator(key: &Key, me: &StaticKey, role: Role, name: &str) -> Result<SecureHandshake, AuthError> {
+    /// Starts as the side that connected, as `role` named `name`, at
+    /// `unix_now` (seconds, for the peer certificate's validity).
+    pub fn initiator(
+        key: &Key,
+        me: &Identity,
+        role: Role,
+        name: &str,
+        unix_now: u64,
+    ) -> Result<SecureHandshake, AuthError> {
         let hs = builder()
-            .local_private_key(&me.private)
+            .local_private_key(&me.key.private)
             .map_err(noise)?
             .psk(0, &psk(key))
             .map_err(noise)?
             .build_initiator()
             .map_err(noise)?;
-        let mut h = Self::new(hs, role, name);
+        let mut h = Self::new(hs, me, role, name, unix_now);
         h.out.extend_from_slice(MAGIC);
         h.magic_seen = true; // only the initiator sends it
         let hello = std::mem::take(&mut h.hello);
@@ -179,20 +236,38 @@ impl SecureHandshake {
     }
 
     /// Starts as the side that accepted.
-    pub fn responder(key: &Key, me: &StaticKey, role: Role, name: &str) -> Result<SecureHandshake, AuthError> {
+    pub fn responder(
+        key: &Key,
+        me: &Identity,
+        role: Role,
+        name: &str,
+        unix_now: u64,
+    ) -> Result<SecureHandshake, AuthError> {
         let hs = builder()
-            .local_private_key(&me.private)
+            .local_private_key(&me.key.private)
             .map_err(noise)?
             .psk(0, &psk(key))
             .map_err(noise)?
             .build_responder()
             .map_err(noise)?;
-        Ok(Self::new(hs, role, name))
+        Ok(Self::new(hs, me, role, name, unix_now))
     }
 
-    fn new(hs: snow::HandshakeState, role: Role, name: &str) -> SecureHandshake {
+    fn new(hs: snow::HandshakeState, me: &Identity, role: Role, name: &str, unix_now: u64) -> SecureHandshake {
         let hello = Msg::Hello { version: VERSION, role, name, nonce: [0; 16] }.to_frame()[4..].to_vec();
-        SecureHandshake { hs, out: Vec::new(), inbuf: Vec::new(), hello, magic_seen: false, peer: None, failed: false }
+        SecureHandshake {
+            hs,
+            out: Vec::new(),
+            inbuf: Vec::new(),
+            hello,
+            magic_seen: false,
+            peer: None,
+            failed: false,
+            cert: me.cert.as_ref().map(Cert::to_bytes).unwrap_or_default(),
+            trust: me.trust.clone(),
+            unix_now,
+            peer_cert: None,
+        }
     }
 
     /// Bytes to send now, if any.
@@ -275,8 +350,23 @@ impl SecureHandshake {
                 }
                 Err(e) => return Err(noise(e)),
             };
+            let payload = &payload[..n];
+            // The responder's message: its Hello (length first), then its
+            // certificate; the initiator's last: its certificate.
+            let (hello, cert) = match (first, self.hs.is_initiator()) {
+                (true, false) => (payload, &[][..]),
+                (true, true) => {
+                    let len = payload
+                        .get(..4)
+                        .map_or(usize::MAX, |b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize);
+                    let hello = payload.get(4..4usize.saturating_add(len));
+                    let hello = hello.ok_or(AuthError::Parse(crate::wire::ParseError::Truncated))?;
+                    (hello, &payload[4 + len..])
+                }
+                (false, _) => (&[][..], payload),
+            };
             if first {
-                self.peer = Some(match Msg::parse(&payload[..n]).map_err(AuthError::Parse)? {
+                self.peer = Some(match Msg::parse(hello).map_err(AuthError::Parse)? {
                     Msg::Hello { version, .. } if version != VERSION => {
                         self.refuse(&format!("overlay protocol version {VERSION} here: upgrade the older one"));
                         return Err(AuthError::Version(version));
@@ -285,14 +375,49 @@ impl SecureHandshake {
                     _ => return Err(AuthError::Unexpected("Hello")),
                 });
             }
+            if self.hs.get_remote_static().is_some() && self.peer_cert.is_none() {
+                self.check_cert(cert.to_vec())?;
+            }
             if !self.hs.is_handshake_finished() && self.hs.is_my_turn() {
-                // The responder's message carries its Hello; the
-                // initiator's last one carries nothing.
-                let payload = if self.hs.is_initiator() { Vec::new() } else { self.hello.clone() };
+                let payload = if self.hs.is_initiator() {
+                    self.cert.clone()
+                } else {
+                    let mut p = (self.hello.len() as u32).to_be_bytes().to_vec();
+                    p.extend_from_slice(&self.hello);
+                    p.extend_from_slice(&self.cert);
+                    p
+                };
                 self.write(&payload)?;
             }
         }
         Ok(())
+    }
+
+    /// Checks the certificate the peer sent with its static key (if we
+    /// check certificates); on a refusal, queues the reason for the peer:
+    /// in the clear while the handshake runs, sealed once it is over.
+    fn check_cert(&mut self, cert: Vec<u8>) -> Result<(), AuthError> {
+        let Some(trust) = &self.trust else { return Ok(()) };
+        let peer = self.peer.as_ref().ok_or(AuthError::Unexpected("Hello"))?;
+        let key = self.hs.get_remote_static().unwrap_or_default();
+        match trust.check(&cert, key, peer.role, &peer.name, self.unix_now) {
+            Ok(c) => {
+                self.peer_cert = Some(c);
+                Ok(())
+            }
+            Err(e) => {
+                let reason = format!("your certificate: {e}");
+                if self.hs.is_handshake_finished() {
+                    let (k1, k2) = self.hs.dangerously_get_raw_split();
+                    let send = if self.hs.is_initiator() { k1 } else { k2 };
+                    let mut s = Sealer { dir: Direction::new(send), sealed: 0, since: None, rekeys: 0 };
+                    s.record(REFUSE, &reason.as_bytes()[..reason.len().min(512)], &mut self.out);
+                } else {
+                    self.refuse(&reason);
+                }
+                Err(AuthError::Cert(e))
+            }
+        }
     }
 
     /// The session, once [`SecureHandshake::is_finished`].
@@ -311,6 +436,7 @@ impl SecureHandshake {
             sealer: Sealer { dir: Direction::new(send), sealed: 0, since: None, rekeys: 0 },
             opener: Opener { dir: Direction::new(recv), buf: Vec::new() },
             leftover: self.inbuf,
+            cert: self.peer_cert,
         })
     }
 }
@@ -410,6 +536,8 @@ pub enum OpenError {
     UnknownType(u8),
     /// A record too short to hold its type and tag.
     Short(usize),
+    /// The peer refused our certificate, with its reason.
+    Refused(String),
 }
 
 impl std::fmt::Display for OpenError {
@@ -420,6 +548,7 @@ impl std::fmt::Display for OpenError {
             }
             OpenError::UnknownType(t) => write!(f, "an encrypted record of unknown type {t}"),
             OpenError::Short(n) => write!(f, "an encrypted record of {n} bytes is too short"),
+            OpenError::Refused(r) => write!(f, "the peer refused us: {r}"),
         }
     }
 }
@@ -463,6 +592,7 @@ impl Opener {
             match body[0] {
                 DATA => plain.extend_from_slice(&body[1..]),
                 REKEY => self.dir.rekey(),
+                REFUSE => break Err(OpenError::Refused(String::from_utf8_lossy(&body[1..]).into_owned())),
                 t => break Err(OpenError::UnknownType(t)),
             }
             at += 2 + len;
@@ -484,17 +614,19 @@ impl Opener {
 /// `secure_session` runs this; `tests/fuzz_corpus.rs` replays its corpus.
 pub fn hostile_bytes(data: &[u8]) {
     use std::sync::OnceLock;
-    static ME: OnceLock<(Key, StaticKey)> = OnceLock::new();
-    let (key, me) = ME.get_or_init(|| {
+    static ME: OnceLock<(Key, Identity)> = OnceLock::new();
+    let (key, plain) = ME.get_or_init(|| {
         let key = Key::from_file_contents(b"fuzzing-cluster-key-0123456789").expect("a long key");
-        (key, StaticKey::generate().expect("a key pair"))
+        (key, Identity::plain(StaticKey::generate().expect("a key pair")))
     });
+    // The same, checking certificates against a CA.
+    let checking = Identity { trust: Some(Trust::new(crate::cert::CaPublic([7; 32]))), ..plain.clone() };
     let cut = data.first().map_or(0, |b| usize::from(*b)).min(data.len());
-    for initiator in [false, true] {
+    for (initiator, me) in [(false, plain), (true, plain), (false, &checking), (true, &checking)] {
         let hs = if initiator {
-            SecureHandshake::initiator(key, me, Role::Relay, "fuzz")
+            SecureHandshake::initiator(key, me, Role::Relay, "fuzz", 0)
         } else {
-            SecureHandshake::responder(key, me, Role::Boot, "boot")
+            SecureHandshake::responder(key, me, Role::Boot, "boot", 0)
         };
         let Ok(mut hs) = hs else { return };
         let _ = hs.poll_transmit();
@@ -520,16 +652,110 @@ pub fn hostile_bytes(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cert::{CaKey, CertBody, CertError};
+
+    const NOW: u64 = 1_800_000_000;
+    const K: &str = "cluster-key-0123456789";
 
     fn key(s: &str) -> Key {
         Key::from_file_contents(s.as_bytes()).unwrap()
     }
 
+    /// A node certified by `ca` as `name` in `role` until `until`.
+    fn certified(ca: &CaKey, role: Role, name: &str, until: u64) -> Identity {
+        let key = StaticKey::generate().unwrap();
+        let body = CertBody {
+            name: name.into(),
+            role,
+            key: key.public().try_into().unwrap(),
+            serial: 1,
+            not_before: 0,
+            not_after: until,
+        };
+        Identity { key, cert: Some(ca.issue(body).unwrap()), trust: Some(Trust::new(ca.public())) }
+    }
+
+    #[test]
+    fn certified_nodes_meet_and_each_learns_the_others_certificate() {
+        let ca = CaKey::generate().unwrap();
+        let (ia, ib) = (certified(&ca, Role::Relay, "relay-a", NOW + 1), certified(&ca, Role::Boot, "boot", NOW + 1));
+        for step in [1, 5, 4096] {
+            let (a, b) = pair_of(K, K, &ia, &ib, step);
+            let (a, b) = (a.unwrap(), b.unwrap());
+            assert_eq!(a.cert.unwrap().body.name, "boot");
+            assert_eq!(b.cert.unwrap().body.name, "relay-a");
+        }
+        // The saved private key gives the same key pair.
+        let again = StaticKey::from_private(ia.key.private().try_into().unwrap());
+        assert_eq!(again.public(), ia.key.public());
+    }
+
+    /// The responder's verdict on the initiator comes sealed after the
+    /// handshake: the initiator reads it as its first record.
+    fn verdict(a: Result<Established, AuthError>) -> String {
+        let mut a = a.expect("the initiator is through when the responder judges it");
+        let mut sink = Vec::new();
+        match a.opener.open(&a.leftover, &mut sink) {
+            Err(OpenError::Refused(r)) => r,
+            r => panic!("no refusal: {r:?}"),
+        }
+    }
+
+    #[test]
+    fn a_node_without_a_good_certificate_is_refused_and_hears_why() {
+        let ca = CaKey::generate().unwrap();
+        let boot = certified(&ca, Role::Boot, "boot", NOW + 1);
+        // No certificate at all.
+        let bare = Identity::plain(StaticKey::generate().unwrap());
+        let (a, b) = pair_of(K, K, &bare, &boot, 4096);
+        assert_eq!(b.unwrap_err(), AuthError::Cert(CertError::Missing));
+        assert!(verdict(a).contains("requires one"));
+        // Expired.
+        let old = certified(&ca, Role::Relay, "relay-a", NOW - 1);
+        let (a, b) = pair_of(K, K, &old, &boot, 7);
+        assert!(matches!(b.unwrap_err(), AuthError::Cert(CertError::Expired(_))));
+        assert!(verdict(a).contains("expired"));
+        // Another CA's, and another name's.
+        let stranger =
+            Identity { trust: None, ..certified(&CaKey::generate().unwrap(), Role::Relay, "relay-a", NOW + 1) };
+        let (a, b) = pair_of(K, K, &stranger, &boot, 4096);
+        assert!(matches!(b.unwrap_err(), AuthError::Cert(CertError::OtherCa(_))));
+        assert!(verdict(a).contains("another CA"));
+        let renamed = certified(&ca, Role::Relay, "relay-z", NOW + 1);
+        assert!(matches!(pair_of(K, K, &renamed, &boot, 4096).1, Err(AuthError::Cert(CertError::Name { .. }))));
+        // Revoked: after the CA's list reaches the responder.
+        let a_ok = certified(&ca, Role::Relay, "relay-a", NOW + 1);
+        let mut judge = boot.clone();
+        let list = ca.revoke(None, &[a_ok.key.public().try_into().unwrap()], NOW).unwrap();
+        judge.trust.as_mut().unwrap().adopt(list).unwrap();
+        let (a, b) = pair_of(K, K, &a_ok, &judge, 4096);
+        assert!(matches!(b.unwrap_err(), AuthError::Cert(CertError::Revoked(_))));
+        assert!(verdict(a).contains("revoked"));
+        // The initiator refuses a responder whose certificate is bad, in
+        // the handshake, and the responder hears why.
+        let old_boot = certified(&ca, Role::Boot, "boot", NOW - 1);
+        let (a, b) = pair_of(K, K, &a_ok, &old_boot, 4096);
+        assert!(matches!(a.unwrap_err(), AuthError::Cert(CertError::Expired(_))));
+        assert!(matches!(b.unwrap_err(), AuthError::Refused(r) if r.contains("expired")));
+        // A certified node that checks nothing meets one without a
+        // certificate (a cluster not using certificates yet).
+        let a_lax = Identity { trust: None, ..a_ok };
+        let (a, b) = pair_of(K, K, &a_lax, &Identity::plain(StaticKey::generate().unwrap()), 4096);
+        assert!(a.is_ok() && b.is_ok());
+    }
+
+    type Ends = (Result<Established, AuthError>, Result<Established, AuthError>);
+
     /// Runs a handshake to its end, delivering bytes in pieces of `step`.
-    fn pair(ka: &str, kb: &str, step: usize) -> (Result<Established, AuthError>, Result<Established, AuthError>) {
+    fn pair(ka: &str, kb: &str, step: usize) -> Ends {
         let (sa, sb) = (StaticKey::generate().unwrap(), StaticKey::generate().unwrap());
-        let mut a = SecureHandshake::initiator(&key(ka), &sa, Role::Relay, "relay-a").unwrap();
-        let mut b = SecureHandshake::responder(&key(kb), &sb, Role::Boot, "boot").unwrap();
+        pair_of(ka, kb, &Identity::plain(sa), &Identity::plain(sb), step)
+    }
+
+    /// The same between `ia` ("relay-a") and `ib` ("boot"), at [`NOW`].
+    fn pair_of(ka: &str, kb: &str, ia: &Identity, ib: &Identity, step: usize) -> Ends {
+        let mut a = SecureHandshake::initiator(&key(ka), ia, Role::Relay, "relay-a", NOW).unwrap();
+        let mut b = SecureHandshake::responder(&key(kb), ib, Role::Boot, "boot", NOW).unwrap();
         let (mut ea, mut eb) = (None, None);
         for _ in 0..20 {
             if let Some(bytes) = a.poll_transmit() {
@@ -547,6 +773,14 @@ mod tests {
                         break;
                     }
                 }
+            }
+            // A side that failed says why (a refusal) before it hangs up.
+            if ea.is_some()
+                && eb.is_none()
+                && let Some(bytes) = a.poll_transmit()
+                && let Err(e) = b.handle_bytes(&bytes)
+            {
+                eb = Some(e);
             }
             if (a.is_finished() && b.is_finished()) || ea.is_some() || eb.is_some() {
                 break;
@@ -603,8 +837,8 @@ mod tests {
 
     #[test]
     fn an_old_plaintext_peer_is_told_to_upgrade() {
-        let sb = StaticKey::generate().unwrap();
-        let mut b = SecureHandshake::responder(&key("cluster-key-0123456789"), &sb, Role::Boot, "boot").unwrap();
+        let sb = Identity::plain(StaticKey::generate().unwrap());
+        let mut b = SecureHandshake::responder(&key("cluster-key-0123456789"), &sb, Role::Boot, "boot", NOW).unwrap();
         let old_hello = Msg::Hello { version: 1, role: Role::Relay, name: "r", nonce: [1; 16] }.to_frame();
         assert_eq!(b.handle_bytes(&old_hello), Err(AuthError::OldProtocol));
         assert_eq!(b.poll_transmit().unwrap()[0], KIND_REFUSE);

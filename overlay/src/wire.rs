@@ -34,7 +34,7 @@ pub enum Role {
 }
 
 impl Role {
-    fn from_u8(v: u8) -> Result<Role, ParseError> {
+    pub(crate) fn from_u8(v: u8) -> Result<Role, ParseError> {
         Ok(match v {
             1 => Role::Boot,
             2 => Role::Relay,
@@ -183,12 +183,12 @@ mod ty {
     pub const ABORT: u8 = 36;
 }
 
-struct Reader<'a> {
-    buf: &'a [u8],
+pub(crate) struct Reader<'a> {
+    pub(crate) buf: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], ParseError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], ParseError> {
         if self.buf.len() < n {
             return Err(ParseError::Truncated);
         }
@@ -196,53 +196,56 @@ impl<'a> Reader<'a> {
         self.buf = b;
         Ok(a)
     }
-    fn u8(&mut self) -> Result<u8, ParseError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, ParseError> {
         Ok(self.take(1)?[0])
     }
-    fn u16(&mut self) -> Result<u16, ParseError> {
+    pub(crate) fn u16(&mut self) -> Result<u16, ParseError> {
         let b = self.take(2)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))
     }
-    fn u32(&mut self) -> Result<u32, ParseError> {
+    pub(crate) fn u32(&mut self) -> Result<u32, ParseError> {
         let b = self.take(4)?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
-    fn u64(&mut self) -> Result<u64, ParseError> {
+    pub(crate) fn u64(&mut self) -> Result<u64, ParseError> {
         let b = self.take(8)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
         Ok(u64::from_be_bytes(a))
     }
-    fn node(&mut self) -> Result<NodeId, ParseError> {
+    pub(crate) fn node(&mut self) -> Result<NodeId, ParseError> {
         match self.u64()? {
             0 => Err(ParseError::BadValue("node id 0")),
             v => Ok(NodeId(v)),
         }
     }
-    fn str(&mut self) -> Result<&'a str, ParseError> {
+    pub(crate) fn str(&mut self) -> Result<&'a str, ParseError> {
         let n = usize::from(self.u16()?);
         std::str::from_utf8(self.take(n)?).map_err(|_| ParseError::BadValue("utf-8 string"))
     }
-    fn ip(&mut self) -> Result<Ipv4Addr, ParseError> {
+    pub(crate) fn ip(&mut self) -> Result<Ipv4Addr, ParseError> {
         Ok(Ipv4Addr::from(self.u32()?))
     }
-    fn opt_addr(&mut self) -> Result<Option<SocketAddrV4>, ParseError> {
+    pub(crate) fn opt_addr(&mut self) -> Result<Option<SocketAddrV4>, ParseError> {
         let ip = self.ip()?;
         let port = self.u16()?;
         Ok((port != 0).then(|| SocketAddrV4::new(ip, port)))
     }
-    fn opt_rank(&mut self) -> Result<Option<u32>, ParseError> {
+    pub(crate) fn opt_rank(&mut self) -> Result<Option<u32>, ParseError> {
         Ok(match self.u32()? {
             u32::MAX => None,
             r => Some(r),
         })
     }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], ParseError> {
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], ParseError> {
         let mut a = [0u8; N];
         a.copy_from_slice(self.take(N)?);
         Ok(a)
     }
-    fn list<T>(&mut self, mut item: impl FnMut(&mut Self) -> Result<T, ParseError>) -> Result<Vec<T>, ParseError> {
+    pub(crate) fn list<T>(
+        &mut self,
+        mut item: impl FnMut(&mut Self) -> Result<T, ParseError>,
+    ) -> Result<Vec<T>, ParseError> {
         let n = usize::from(self.u16()?);
         // Each item is at least one byte: a count beyond what is left is a lie.
         if n > self.buf.len() {
@@ -250,7 +253,7 @@ impl<'a> Reader<'a> {
         }
         (0..n).map(|_| item(self)).collect()
     }
-    fn entry(&mut self) -> Result<Entry, ParseError> {
+    pub(crate) fn entry(&mut self) -> Result<Entry, ParseError> {
         Ok(Entry {
             node: self.node()?,
             role: Role::from_u8(self.u8()?)?,
@@ -265,24 +268,24 @@ impl<'a> Reader<'a> {
     }
 }
 
-struct Writer<'b> {
-    out: &'b mut Vec<u8>,
+pub(crate) struct Writer<'b> {
+    pub(crate) out: &'b mut Vec<u8>,
 }
 
 impl Writer<'_> {
-    fn u8(&mut self, v: u8) {
+    pub(crate) fn u8(&mut self, v: u8) {
         self.out.push(v);
     }
-    fn u16(&mut self, v: u16) {
+    pub(crate) fn u16(&mut self, v: u16) {
         self.out.extend_from_slice(&v.to_be_bytes());
     }
-    fn u32(&mut self, v: u32) {
+    pub(crate) fn u32(&mut self, v: u32) {
         self.out.extend_from_slice(&v.to_be_bytes());
     }
-    fn u64(&mut self, v: u64) {
+    pub(crate) fn u64(&mut self, v: u64) {
         self.out.extend_from_slice(&v.to_be_bytes());
     }
-    fn str(&mut self, s: &str) {
+    pub(crate) fn str(&mut self, s: &str) {
         // Longer strings are cut at a character boundary (names and reasons
         // are short; a cut reason is still a reason).
         let mut n = s.len().min(usize::from(u16::MAX));
@@ -292,15 +295,15 @@ impl Writer<'_> {
         self.u16(n as u16);
         self.out.extend_from_slice(&s.as_bytes()[..n]);
     }
-    fn opt_addr(&mut self, a: Option<SocketAddrV4>) {
+    pub(crate) fn opt_addr(&mut self, a: Option<SocketAddrV4>) {
         let a = a.unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
         self.u32(u32::from(*a.ip()));
         self.u16(a.port());
     }
-    fn count(&mut self, n: usize) {
+    pub(crate) fn count(&mut self, n: usize) {
         self.u16(u16::try_from(n).expect("lists hold at most 65535 items"));
     }
-    fn entry(&mut self, e: &Entry) {
+    pub(crate) fn entry(&mut self, e: &Entry) {
         self.u64(e.node.0);
         self.u8(e.role as u8);
         self.str(&e.name);

@@ -46,3 +46,14 @@ fn every_lan_preamble_corpus_input_is_survived_and_whole_transcripts_finish() {
     // its end: a corpus without them no longer reaches past the handshake.
     assert!(finished >= 4, "only {finished} preambles finished on the corpus");
 }
+
+#[test]
+fn every_node_cert_corpus_input_is_survived() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/node_cert");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).expect("fuzz/corpus/node_cert is committed") {
+        xsock_overlay::cert::hostile_bytes(&std::fs::read(entry.unwrap().path()).unwrap());
+        n += 1;
+    }
+    assert!(n > 10, "the corpus has {n} inputs");
+}

@@ -17,12 +17,11 @@ use crate::{
 
 /// Port of the bootstrap server.
 pub const BOOT_PORT: u16 = 7400;
-fn start_boot(bed: &Testbed, host: &Host, xsock: &str, addr: &str, key: &std::path::Path) -> u32 {
+fn start_boot(bed: &Testbed, host: &Host, xsock: &str, addr: &str, key: &std::path::Path, extra: &[String]) -> u32 {
     let port: u16 = addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("IP:PORT");
-    bed.spawn_ready(host, xsock, &["boot", "--listen", addr, "--key-file", key.to_str().unwrap()], || {
-        host.listening(port)
-    })
-    .unwrap()
+    let mut args = vec!["boot", "--listen", addr, "--key-file", key.to_str().unwrap()];
+    args.extend(extra.iter().map(String::as_str));
+    bed.spawn_ready(host, xsock, &args, || host.listening(port)).unwrap()
 }
 
 /// Port relays accept relay links on.
@@ -47,10 +46,29 @@ pub struct Overlay {
     /// Every bootstrap server: address and pid (the first is `boot_pid`);
     /// `boot` lists them all, comma-separated.
     pub boots: Vec<(String, u32)>,
+    /// The CA key file, in a cluster with node certificates (every node
+    /// gets its own credentials file, `NAME.node` in `dir`).
+    pub ca: Option<PathBuf>,
     xsock: String,
     relay_flags: Vec<String>,
     /// (relay name, host, pid)
     pub relays: Vec<(String, Host, u32)>,
+}
+
+/// Runs `xsock keys ARGS`; panics with its error.
+pub fn keys(xsock: &str, args: &[&str]) {
+    let out = std::process::Command::new(xsock).arg("keys").args(args).output().unwrap();
+    assert!(out.status.success(), "xsock keys {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `dir/NAME.node`, issued by `ca` for `role` unless it exists.
+pub fn issue(xsock: &str, ca: &std::path::Path, dir: &std::path::Path, name: &str, role: &str) -> PathBuf {
+    let out = dir.join(format!("{name}.node"));
+    if !out.exists() {
+        let (ca, o) = (ca.to_str().unwrap(), out.to_str().unwrap());
+        keys(xsock, &["issue", "--ca", ca, "--name", name, "--role", role, "--out", o]);
+    }
+    out
 }
 
 /// A fresh scratch directory.
@@ -95,16 +113,60 @@ impl Overlay {
         servers: usize,
         prepare: impl FnOnce(&Sites) -> std::io::Result<()>,
     ) -> Overlay {
+        Self::build(xsock, name, specs, relay_flags, servers, None, prepare)
+    }
+
+    /// [`Overlay::start`] in a cluster with node certificates: a CA made
+    /// with `xsock keys ca`, a credentials file for every node, and every
+    /// relay and bootstrap server given the revocation list that names
+    /// `revoked` (credentials issued for them first).
+    pub fn start_certified(xsock: &str, name: &str, specs: &[SiteSpec], revoked: &[(&str, &str)]) -> Overlay {
+        Self::build(xsock, name, specs, &[], 1, Some(revoked), |_| Ok(()))
+    }
+
+    fn build(
+        xsock: &str,
+        name: &str,
+        specs: &[SiteSpec],
+        relay_flags: &[&str],
+        servers: usize,
+        certified: Option<&[(&str, &str)]>,
+        prepare: impl FnOnce(&Sites) -> std::io::Result<()>,
+    ) -> Overlay {
         let bed = Testbed::new().unwrap();
         let sites = Sites::build(&bed, specs).unwrap();
         prepare(&sites).unwrap();
         let dir = scratch(name);
         let key = dir.join("cluster.key");
         std::fs::write(&key, "test-cluster-key-0123456789abcdef\n").unwrap();
+        let ca = certified.map(|revoked| {
+            let ca = dir.join("ca.key");
+            keys(xsock, &["ca", "--out", ca.to_str().unwrap()]);
+            let list = dir.join("revoked.list");
+            for (n, role) in revoked {
+                let node = issue(xsock, &ca, &dir, n, role);
+                keys(
+                    xsock,
+                    &["revoke", "--ca", ca.to_str().unwrap(), "--list", list.to_str().unwrap(), node.to_str().unwrap()],
+                );
+            }
+            ca
+        });
+        let mut relay_flags: Vec<String> = relay_flags.iter().map(|f| f.to_string()).collect();
+        let mut boot_flags = Vec::new();
+        if let Some(ca) = &ca {
+            let list = dir.join("revoked.list");
+            boot_flags.extend(["--cert".to_owned(), issue(xsock, ca, &dir, "boot", "boot").display().to_string()]);
+            if list.exists() {
+                for flags in [&mut boot_flags, &mut relay_flags] {
+                    flags.extend(["--revoked".to_owned(), list.display().to_string()]);
+                }
+            }
+        }
         let mut boots = Vec::new();
         for k in 0..servers.max(1) {
             let addr = format!("{BOOT_IP}:{}", BOOT_PORT + 10 * k as u16);
-            let pid = start_boot(&bed, &sites.boot, xsock, &addr, &key);
+            let pid = start_boot(&bed, &sites.boot, xsock, &addr, &key, &boot_flags);
             boots.push((addr, pid));
         }
         let boot = boots.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>().join(",");
@@ -118,8 +180,9 @@ impl Overlay {
             boot_pid,
             boots,
             relays: Vec::new(),
+            ca,
             xsock: xsock.to_owned(),
-            relay_flags: relay_flags.iter().map(|f| f.to_string()).collect(),
+            relay_flags,
         };
         let all: Vec<(String, Host, Option<String>)> = o
             .sites
@@ -147,7 +210,7 @@ impl Overlay {
     /// address; returns its new pid.
     pub fn restart_boot(&mut self, k: usize) -> u32 {
         let addr = self.boots[k].0.clone();
-        let pid = start_boot(&self.bed, &self.sites.boot, &self.xsock, &addr, &self.key);
+        let pid = start_boot(&self.bed, &self.sites.boot, &self.xsock, &addr, &self.key, &[]);
         self.boots[k].1 = pid;
         pid
     }
@@ -185,6 +248,10 @@ impl Overlay {
         }
         let cache = self.dir.join(format!("{name}.dir"));
         args.extend(["--directory-cache", cache.to_str().unwrap()]);
+        let cert = self.cert(name, "relay");
+        if let Some(c) = &cert {
+            args.extend(["--cert", c.to_str().unwrap()]);
+        }
         args.extend(self.relay_flags.iter().map(String::as_str));
         self.bed.spawn_ready(host, &self.xsock, &args, || Ok(status.exists())).unwrap()
     }
@@ -248,7 +315,18 @@ impl Overlay {
     /// `--boot IP:PORT --name NAME --key-file F`, on `eth0`).
     pub fn join_flags(&self, name: &str) -> Vec<String> {
         let key = self.key.to_str().expect("utf-8 path");
-        ["--iface", "eth0", "--boot", &self.boot, "--key-file", key, "--name", name].map(String::from).to_vec()
+        let mut f: Vec<String> =
+            ["--iface", "eth0", "--boot", &self.boot, "--key-file", key, "--name", name].map(String::from).to_vec();
+        if let Some(c) = self.cert(name, "endpoint") {
+            f.extend(["--cert".to_owned(), c.display().to_string()]);
+        }
+        f
+    }
+
+    /// Node `name`'s credentials file as `role` (issued on first use), in
+    /// a cluster with node certificates.
+    pub fn cert(&self, name: &str, role: &str) -> Option<PathBuf> {
+        self.ca.as_ref().map(|ca| issue(&self.xsock, ca, &self.dir, name, role))
     }
 
     /// Runs `xsock mesh` (one endpoint each) on `hosts` at once against

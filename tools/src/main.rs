@@ -51,6 +51,8 @@ enum Cmd {
     Boot(overlay::boot::Boot),
     /// The relay appliance: joins this LAN to the others over relay links.
     Relay(overlay::relay::Relay),
+    /// The overlay's cluster CA and node certificates: make, issue, revoke, show.
+    Keys(overlay::keys::Keys),
     /// All-to-all connect: every endpoint connects to every peer at once and exchanges one message.
     Mesh(overlay::mesh::Mesh),
     /// The host engine: drives the interface for every xsock process on the host (they attach to it).
@@ -81,6 +83,7 @@ fn main() {
         Cmd::Demo(c) => c.run(),
         Cmd::Boot(c) => c.run(),
         Cmd::Relay(c) => c.run(),
+        Cmd::Keys(c) => c.run(),
         Cmd::Mesh(c) => c.run(),
         Cmd::Preload(c) => c.run(),
     };

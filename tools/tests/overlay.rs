@@ -227,7 +227,9 @@ fn a_node_with_a_wrong_key_is_refused() {
         .run(move || {
             let s = std::net::TcpStream::connect(&wan).unwrap();
             let deadline = Instant::now() + Duration::from_secs(3);
-            xsock::overlay::SecureTcp::connect(s, &key, xsock::overlay::Role::Relay, "intruder", deadline).map(|_| ())
+            let me = xsock::overlay::Identity::plain(xsock::overlay::process_key().clone());
+            xsock::overlay::SecureTcp::connect(s, &key, &me, xsock::overlay::Role::Relay, "intruder", deadline)
+                .map(|_| ())
         })
         .unwrap();
     assert!(r.unwrap_err().to_string().contains("another cluster key"));

@@ -2,6 +2,7 @@
 //! relay appliance (I/O shells around `xsock-overlay`'s sans-IO cores).
 
 pub mod boot;
+pub mod keys;
 pub mod mesh;
 pub mod relay;
 
@@ -14,7 +15,7 @@ use std::{
 use clap::Args;
 use xsock::{
     Error, ListenOptions, Listener, Mode, Runtime, Stream,
-    overlay::{Key, Node, NodeListener, OverlayConfig, load_key},
+    overlay::{Key, Node, NodeListener, OverlayConfig, load_identity, load_key},
 };
 
 use crate::fail::Fail;
@@ -34,6 +35,10 @@ pub struct JoinArgs {
     /// The cluster key file.
     #[arg(long)]
     pub key_file: Option<PathBuf>,
+    /// This node's credentials file (`xsock keys issue --role endpoint`),
+    /// in a cluster with node certificates.
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
 }
 
 impl JoinArgs {
@@ -49,7 +54,9 @@ impl JoinArgs {
         }
         let name = self.name.clone().ok_or_else(|| Fail::msg("--name NAME is needed with --boot"))?;
         let key = key_from(self.key_file.as_deref())?;
-        Ok(Node::join(rt, OverlayConfig::with_boots(self.boot.clone(), name, key))?)
+        let mut cfg = OverlayConfig::with_boots(self.boot.clone(), name.clone(), key);
+        cfg.identity = load_identity(self.cert.as_deref(), None, xsock::overlay::Role::Endpoint, Some(&name))?;
+        Ok(Node::join(rt, cfg)?)
     }
 }
 

@@ -12,6 +12,7 @@ use std::{
 use xsock_overlay::{
     NodeId, SiteId,
     auth::Key,
+    secure::Identity,
     wire::{Msg, Role},
 };
 
@@ -60,6 +61,7 @@ impl Registration {
 pub fn register(
     addr: SocketAddrV4,
     key: &Key,
+    me: &Identity,
     reg: &Registration,
     timeout: Duration,
 ) -> Result<(SecureTcp, SiteId), Error> {
@@ -68,7 +70,7 @@ pub fn register(
         Error::Overlay(format!("cannot reach the bootstrap server at {addr}: {e} (is `xsock boot` running there?)"))
     })?;
     tcp.set_nodelay(true).map_err(Error::Io)?;
-    let mut s = SecureTcp::connect(tcp, key, reg.role, &reg.name, deadline)
+    let mut s = SecureTcp::connect(tcp, key, me, reg.role, &reg.name, deadline)
         .map_err(|e| Error::Overlay(format!("bootstrap server {addr}: {e}")))?;
     if s.peer().role != Role::Boot {
         return Err(Error::Overlay(format!("{addr} is a {:?}, not a bootstrap server", s.peer().role)));
@@ -84,7 +86,11 @@ pub fn register(
         rank: reg.rank,
     };
     send_msg(&mut s, &msg)?;
-    let reply = recv_frame(&mut s, deadline)?;
+    // Its verdict on our certificate comes first, if it refuses it.
+    let reply = recv_frame(&mut s, deadline).map_err(|e| match e {
+        Error::Overlay(m) => Error::Overlay(format!("bootstrap server {addr}: {m}")),
+        e => e,
+    })?;
     match Msg::parse(&reply).map_err(|e| Error::Protocol(e.to_string()))? {
         Msg::Registered { node, site } if node == reg.node => Ok((s, site)),
         Msg::Registered { node, .. } => {
@@ -107,6 +113,7 @@ struct Session {
 /// The sessions of an endpoint, one per server.
 pub struct Boots {
     key: Key,
+    me: Identity,
     reg: Registration,
     timeout: Duration,
     sessions: Vec<Session>,
@@ -128,6 +135,7 @@ impl Boots {
     pub fn register_all(
         addrs: &[SocketAddrV4],
         key: &Key,
+        me: &Identity,
         reg: Registration,
         timeout: Duration,
     ) -> Result<(Boots, SiteId), Error> {
@@ -138,7 +146,7 @@ impl Boots {
         let mut sessions = Vec::new();
         let mut refused = None;
         for &addr in addrs {
-            let (conn, why) = match register(addr, key, &reg, timeout) {
+            let (conn, why) = match register(addr, key, me, &reg, timeout) {
                 Ok((s, got)) => {
                     match site {
                         None => site = Some(got),
@@ -151,9 +159,10 @@ impl Boots {
                     (Some(s), String::new())
                 }
                 Err(e) => {
-                    if matches!(&e, Error::Overlay(m) if m.contains("refused us") || m.contains("cluster key")) {
-                        // A refusal (a taken name, a wrong key) is the same
-                        // at every server: say it, do not fail over.
+                    if is_refusal(&e) {
+                        // A refusal (a taken name, a wrong key, a bad
+                        // certificate) is the same at every server: say
+                        // it, do not fail over.
                         refused.get_or_insert(e.to_string());
                     }
                     log::warn!("{e}; registering there again when it answers");
@@ -175,7 +184,7 @@ impl Boots {
             let whys: Vec<String> = sessions.iter().map(|s| s.why.clone()).collect();
             return Err(Error::Overlay(format!("no bootstrap server took us: {}", whys.join("; "))));
         };
-        Ok((Boots { key: key.clone(), reg, timeout, sessions }, site))
+        Ok((Boots { key: key.clone(), me: me.clone(), reg, timeout, sessions }, site))
     }
 
     /// Our id.
@@ -241,7 +250,7 @@ impl Boots {
             if s.conn.is_some() || Instant::now() < s.next_try {
                 continue;
             }
-            match register(s.addr, &self.key, &self.reg, self.timeout.min(Duration::from_secs(1))) {
+            match register(s.addr, &self.key, &self.me, &self.reg, self.timeout.min(Duration::from_secs(1))) {
                 Ok((mut conn, _)) => {
                     if !ports.is_empty() && send_msg(&mut conn, &Msg::Ports { ports: ports.to_vec() }).is_err() {
                         continue;
@@ -260,6 +269,12 @@ impl Boots {
         }
         back
     }
+}
+
+/// Whether `e` is a server's refusal of us (the same at every server, and
+/// again on a retry): a taken name, another cluster key, a certificate.
+pub fn is_refusal(e: &Error) -> bool {
+    matches!(e, Error::Overlay(m) if m.contains("refused us") || m.contains("cluster key") || m.contains("certificate"))
 }
 
 /// Whether the peer closed `s` (EOF or an error pending), without waiting.

@@ -12,19 +12,24 @@
 //! `Refuse`; after that the stream carries the application's bytes only.
 //! Sessions that cross a LAN boundary (with the bootstrap server, between
 //! relays) are Noise sessions ([`SecureTcp`]): encrypted, with the cluster
-//! key as the pre-shared key.
+//! key as the pre-shared key; in a cluster with node certificates
+//! ([`keys`], `xsock keys`), each node's own key, certified by the
+//! cluster CA and checked by every peer.
 
 mod boots;
 mod io;
+pub mod keys;
 mod node;
 mod secure;
 
-pub use boots::{Registration, register};
+pub use boots::{Registration, is_refusal, register};
 pub use io::{FrameIo, authenticate, fresh_nonce, recv_frame, send_msg};
+pub use keys::{load_identity, unix_now};
 pub use node::{Node, NodeListener, OverlayConfig, load_key};
 pub use secure::{SecureParts, SecureTcp, process_key, read_frames, session_clock};
 pub use xsock_overlay::{
     NodeId, SiteId,
-    auth::Key,
+    auth::{Key, Peer},
+    secure::Identity,
     wire::{Entry, Role},
 };

@@ -35,6 +35,10 @@ pub struct OverlayConfig {
     pub rank: Option<u32>,
     /// Bound on each handshake and on each request to the server.
     pub timeout: Duration,
+    /// Who the node is at the encrypted handshakes: by default this
+    /// process's key without a certificate; in a cluster with node
+    /// certificates, [`super::load_identity`] of its credentials file.
+    pub identity: super::Identity,
 }
 
 impl OverlayConfig {
@@ -45,7 +49,8 @@ impl OverlayConfig {
 
     /// `name` joining through every server of `boots` with `key`.
     pub fn with_boots(boots: Vec<SocketAddrV4>, name: impl Into<String>, key: Key) -> Self {
-        Self { boots, name: name.into(), key, rank: None, timeout: Duration::from_secs(5) }
+        let identity = super::Identity::plain(super::process_key().clone());
+        Self { boots, name: name.into(), key, rank: None, timeout: Duration::from_secs(5), identity }
     }
 }
 
@@ -110,7 +115,7 @@ impl Node {
             serve_port: 0,
             rank,
         };
-        let (boot, site) = Boots::register_all(&cfg.boots, &cfg.key, reg, cfg.timeout)?;
+        let (boot, site) = Boots::register_all(&cfg.boots, &cfg.key, &cfg.identity, reg, cfg.timeout)?;
         let id = boot.node();
         let up: Vec<String> = boot.servers().iter().filter(|(_, up)| *up).map(|(a, _)| a.to_string()).collect();
         log::info!("joined the overlay as {} ({id}, {site}) through {}", cfg.name, up.join(", "));

@@ -14,15 +14,16 @@ use std::{
 
 use xsock_overlay::{
     auth::{AuthError, Key, Peer},
-    secure::{Opener, Sealer, SecureHandshake, StaticKey, fingerprint},
+    cert::Cert,
+    secure::{Identity, OpenError, Opener, Sealer, SecureHandshake, StaticKey, fingerprint},
     wire::{FrameReader, Role},
 };
 
 use super::io::FrameIo;
 use crate::Error;
 
-/// This process's static key: one per process for now (node keys that a
-/// cluster CA certifies will replace it).
+/// This process's static key, for nodes without a certificate (a node
+/// with one uses its certified key: [`super::load_identity`]).
 pub fn process_key() -> &'static StaticKey {
     static KEY: OnceLock<StaticKey> = OnceLock::new();
     KEY.get_or_init(|| StaticKey::generate().unwrap_or_else(|e| panic!("cannot make a Noise static key: {e}")))
@@ -38,6 +39,15 @@ fn overlay_err(e: AuthError) -> Error {
     Error::Overlay(e.to_string())
 }
 
+/// A refusal (of our certificate) is the peer's word, not a broken
+/// session: callers tell it apart to stop retrying.
+fn open_err(e: OpenError) -> Error {
+    match e {
+        OpenError::Refused(_) => Error::Overlay(e.to_string()),
+        e => Error::Protocol(e.to_string()),
+    }
+}
+
 /// An encrypted, authenticated session on a kernel TCP connection.
 pub struct SecureTcp {
     s: TcpStream,
@@ -47,6 +57,7 @@ pub struct SecureTcp {
     plain: Vec<u8>,
     peer: Peer,
     remote_static: Vec<u8>,
+    cert: Option<Cert>,
 }
 
 impl std::fmt::Debug for SecureTcp {
@@ -109,16 +120,31 @@ pub fn read_frames(
 }
 
 impl SecureTcp {
-    /// Runs the handshake as the side that connected, as `role` named
-    /// `name`; the peer is proven to hold `key`.
-    pub fn connect(s: TcpStream, key: &Key, role: Role, name: &str, deadline: Instant) -> Result<SecureTcp, Error> {
-        let hs = SecureHandshake::initiator(key, process_key(), role, name).map_err(overlay_err)?;
+    /// Runs the handshake as the side that connected, as `me` in `role`
+    /// named `name`; the peer is proven to hold `key` (and, if `me` checks
+    /// certificates, a valid certificate of its own key).
+    pub fn connect(
+        s: TcpStream,
+        key: &Key,
+        me: &Identity,
+        role: Role,
+        name: &str,
+        deadline: Instant,
+    ) -> Result<SecureTcp, Error> {
+        let hs = SecureHandshake::initiator(key, me, role, name, super::keys::unix_now()).map_err(overlay_err)?;
         Self::handshake(s, hs, deadline)
     }
 
     /// Runs the handshake as the side that accepted.
-    pub fn accept(s: TcpStream, key: &Key, role: Role, name: &str, deadline: Instant) -> Result<SecureTcp, Error> {
-        let hs = SecureHandshake::responder(key, process_key(), role, name).map_err(overlay_err)?;
+    pub fn accept(
+        s: TcpStream,
+        key: &Key,
+        me: &Identity,
+        role: Role,
+        name: &str,
+        deadline: Instant,
+    ) -> Result<SecureTcp, Error> {
+        let hs = SecureHandshake::responder(key, me, role, name, super::keys::unix_now()).map_err(overlay_err)?;
         Self::handshake(s, hs, deadline)
     }
 
@@ -160,8 +186,26 @@ impl SecureTcp {
         let est = hs.finish().map_err(overlay_err)?;
         let mut opener = est.opener;
         let mut plain = Vec::new();
-        opener.open(&est.leftover, &mut plain).map_err(|e| Error::Protocol(e.to_string()))?;
-        Ok(SecureTcp { s, sealer: est.sealer, opener, plain, peer: est.peer, remote_static: est.remote_static })
+        opener.open(&est.leftover, &mut plain).map_err(open_err)?;
+        Ok(SecureTcp {
+            s,
+            sealer: est.sealer,
+            opener,
+            plain,
+            peer: est.peer,
+            remote_static: est.remote_static,
+            cert: est.cert,
+        })
+    }
+
+    /// The peer's certificate, when we check certificates.
+    pub fn peer_cert(&self) -> Option<&Cert> {
+        self.cert.as_ref()
+    }
+
+    /// The peer's static public key.
+    pub fn peer_static(&self) -> &[u8] {
+        &self.remote_static
     }
 
     /// Who the peer said it is (proven to hold the cluster key).
@@ -201,7 +245,7 @@ impl FrameIo for SecureTcp {
             self.s.set_read_timeout(None).map_err(Error::Io)?;
             match r {
                 Ok(0) => return Err(Error::ConnectionReset("the peer closed the connection".into())),
-                Ok(n) => self.opener.open(&wire[..n], &mut self.plain).map_err(|e| Error::Protocol(e.to_string()))?,
+                Ok(n) => self.opener.open(&wire[..n], &mut self.plain).map_err(open_err)?,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
                     return Err(Error::TimedOut("overlay peer: no answer within the deadline".into()));

@@ -6,7 +6,7 @@
 
 use std::{net::SocketAddrV4, time::Duration};
 
-use xsock::overlay::{Key, Registration, SecureParts, read_frames, register};
+use xsock::overlay::{Identity, Key, Registration, SecureParts, read_frames, register};
 use xsock_overlay::wire::{Entry, Msg};
 
 use super::shell::{Event, Notify};
@@ -16,14 +16,21 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 
 /// Reads server `index` at `addr` for the life of the process, starting on
 /// `first` (the session made at start) or registering anew.
-pub fn spawn(index: usize, addr: SocketAddrV4, first: Option<SecureParts>, reg: Registration, key: Key, tx: Notify) {
+pub fn spawn(
+    index: usize,
+    addr: SocketAddrV4,
+    first: Option<SecureParts>,
+    reg: Registration,
+    (key, me): (Key, Identity),
+    tx: Notify,
+) {
     let _ = std::thread::Builder::new().name(format!("boot-{index}")).spawn(move || {
         let mut session = first;
         let mut backoff = FIRST_BACKOFF;
         loop {
             let parts = match session.take() {
                 Some(p) => p,
-                None => match register(addr, &key, &reg, Duration::from_secs(2)) {
+                None => match register(addr, &key, &me, &reg, Duration::from_secs(2)) {
                     Ok((s, _)) => {
                         log::info!("registered again with the bootstrap server {addr}");
                         backoff = FIRST_BACKOFF;

@@ -68,6 +68,8 @@ fn merge(flags: &Relay, file: Relay) -> Relay {
         config: f.config,
         boot: if f.boot.is_empty() { file.boot } else { f.boot },
         key_file: f.key_file.or(file.key_file),
+        cert: f.cert.or(file.cert),
+        revoked: f.revoked.or(file.revoked),
         name: f.name.or(file.name),
         lan_iface: f.lan_iface.or(file.lan_iface),
         wan_listen: f.wan_listen.or(file.wan_listen),
@@ -98,6 +100,8 @@ pub fn settings(r: &Relay) -> Result<Settings, Fail> {
     Ok(Settings {
         boot: if r.boot.is_empty() { return Err(need("boot")) } else { r.boot },
         key_file: r.key_file.ok_or_else(|| need("key-file"))?,
+        cert: r.cert,
+        revoked: r.revoked,
         name: r.name.ok_or_else(|| need("name"))?,
         lan_iface: r.lan_iface.ok_or_else(|| need("lan-iface"))?,
         wan_listen: r.wan_listen,
@@ -148,6 +152,8 @@ mod tests {
         let lines = [
             ("boot", "10.0.0.1:7400,10.0.0.9:7400"),
             ("key-file", "/etc/xsock/cluster.key"),
+            ("cert", "/etc/xsock/site-a.node"),
+            ("revoked", "/etc/xsock/revoked.list"),
             ("name", "site-a"),
             ("lan-iface", "eth1"),
             ("wan-listen", "198.18.0.5:7402"),
@@ -171,6 +177,8 @@ mod tests {
         let s = settings(&merge(&flags(&[]), parse(&text, "all.conf").unwrap())).unwrap();
         assert_eq!(s.boot, ["10.0.0.1:7400".parse().unwrap(), "10.0.0.9:7400".parse().unwrap()]);
         assert_eq!(s.key_file, PathBuf::from("/etc/xsock/cluster.key"));
+        assert_eq!(s.cert, Some(PathBuf::from("/etc/xsock/site-a.node")));
+        assert_eq!(s.revoked, Some(PathBuf::from("/etc/xsock/revoked.list")));
         assert_eq!(s.name, "site-a");
         assert_eq!(s.lan_iface, "eth1");
         assert_eq!(s.wan_listen, Some("198.18.0.5:7402".parse().unwrap()));

@@ -24,7 +24,7 @@ use std::{net::SocketAddrV4, path::PathBuf, time::Duration};
 use clap::Args;
 use xsock::{
     Runtime,
-    overlay::{Registration, Role, register},
+    overlay::{Registration, Role, is_refusal, load_identity, register},
 };
 
 use super::key_from;
@@ -45,6 +45,15 @@ pub struct Relay {
     /// The cluster key file.
     #[arg(long)]
     key_file: Option<PathBuf>,
+    /// This relay's credentials file (`xsock keys issue --role relay`): in
+    /// a cluster with node certificates, its certified key, and every peer
+    /// is checked against the cluster CA.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// The CA's revocation list (`xsock keys revoke`): keys refused
+    /// however valid their certificate (needs --cert).
+    #[arg(long)]
+    revoked: Option<PathBuf>,
     /// This relay's unique name.
     #[arg(long)]
     name: Option<String>,
@@ -101,6 +110,8 @@ pub struct Relay {
 pub struct Settings {
     pub boot: Vec<SocketAddrV4>,
     pub key_file: PathBuf,
+    pub cert: Option<PathBuf>,
+    pub revoked: Option<PathBuf>,
     pub name: String,
     pub lan_iface: String,
     pub wan_listen: Option<SocketAddrV4>,
@@ -121,6 +132,7 @@ impl Relay {
     pub fn run(self) -> Result<(), Fail> {
         let s = config::settings(&self)?;
         let key = key_from(Some(&s.key_file))?;
+        let identity = load_identity(s.cert.as_deref(), s.revoked.as_deref(), Role::Relay, Some(&s.name))?;
         let rt = Runtime::builder()
             .interface(&s.lan_iface)
             .driving(xsock::Driving::Loop)
@@ -172,15 +184,14 @@ impl Relay {
         let mut boots = Vec::new();
         let mut whys = Vec::new();
         for &addr in &s.boot {
-            match register(addr, &key, &reg, Duration::from_secs(5)) {
+            match register(addr, &key, &identity, &reg, Duration::from_secs(5)) {
                 Ok((session, got)) => {
                     site.get_or_insert(got);
                     boots.push((addr, Some(session.into_parts())));
                 }
-                // A refusal (a wrong key, a taken name) is the same at
-                // every server: stop with it.
-                Err(e @ xsock::Error::Overlay(_)) if e.to_string().contains("refused us") => return Err(e.into()),
-                Err(e) if e.to_string().contains("cluster key") => return Err(e.into()),
+                // A refusal (a wrong key, a taken name, a certificate) is
+                // the same at every server: stop with it.
+                Err(e) if is_refusal(&e) => return Err(e.into()),
                 Err(e) => {
                     log::warn!("{e}; registering there when it answers");
                     whys.push(e.to_string());
@@ -227,6 +238,18 @@ impl Relay {
             s.lan_iface,
             wan.map_or("outbound only".to_owned(), |a| format!("accepted on {a}"))
         );
-        shell::run(shell::Setup { settings: s, key, rt, me, site, reg, boots, initial, lan_listener, wan_listener })
+        shell::run(shell::Setup {
+            settings: s,
+            key,
+            identity,
+            rt,
+            me,
+            site,
+            reg,
+            boots,
+            initial,
+            lan_listener,
+            wan_listener,
+        })
     }
 }

@@ -14,7 +14,7 @@ use std::os::fd::AsFd;
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use xsock::{
     Error, Listener, Runtime, Stream,
-    overlay::{Key, Registration, SecureParts, session_clock},
+    overlay::{Identity, Key, Registration, SecureParts, session_clock},
 };
 use xsock_overlay::{
     NodeId, SiteId,
@@ -63,6 +63,7 @@ impl Notify {
 pub struct Setup {
     pub settings: Settings,
     pub key: Key,
+    pub identity: Identity,
     pub rt: Runtime,
     pub me: NodeId,
     pub site: SiteId,
@@ -110,7 +111,7 @@ struct Dial {
 
 /// The loop. Returns only on a fatal error.
 pub fn run(setup: Setup) -> Result<(), Fail> {
-    let Setup { settings, key, rt, me, site, reg, boots, initial, lan_listener, wan_listener } = setup;
+    let Setup { settings, key, identity, rt, me, site, reg, boots, initial, lan_listener, wan_listener } = setup;
     let clock = Clock::start();
     let mut cfg = RelayConfig::new(me, epoch_micros());
     cfg.window = settings.window;
@@ -119,9 +120,10 @@ pub fn run(setup: Setup) -> Result<(), Fail> {
     let notify = Notify { tx, rt: rt.clone() };
     let servers: Vec<(std::net::SocketAddrV4, bool)> = boots.iter().map(|(a, s)| (*a, s.is_some())).collect();
     for (index, (addr, session)) in boots.into_iter().enumerate() {
-        super::boots::spawn(index, addr, session, reg.clone(), key.clone(), notify.clone());
+        super::boots::spawn(index, addr, session, reg.clone(), (key.clone(), identity.clone()), notify.clone());
     }
-    let ident = wan::Ident { key: key.clone(), me, site, name: settings.name.clone(), refused: Default::default() };
+    let ident =
+        wan::Ident { key: key.clone(), identity, me, site, name: settings.name.clone(), refused: Default::default() };
     let metrics = settings.metrics_listen.map(metrics::Metrics::serve).transpose()?;
     xsock_nic::sys::catch_interrupts()?;
     let mut drain_until: Option<Instant> = None;

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xsock::overlay::{Key, Role, SecureParts, SecureTcp, recv_frame, send_msg};
+use xsock::overlay::{Identity, Key, Role, SecureParts, SecureTcp, recv_frame, send_msg};
 use xsock_overlay::{NodeId, SiteId, wire::Msg};
 
 use super::shell::{Event, Notify};
@@ -20,6 +20,9 @@ use super::shell::{Event, Notify};
 #[derive(Debug, Clone)]
 pub struct Ident {
     pub key: Key,
+    /// Our certified key, and the CA peers are checked against (or this
+    /// process's key, without certificates).
+    pub identity: Identity,
     pub me: NodeId,
     pub site: SiteId,
     pub name: String,
@@ -33,9 +36,9 @@ fn handshake(s: TcpStream, id: &Ident, dialled: bool) -> Result<(SecureParts, No
     let deadline = Instant::now() + Duration::from_secs(3);
     s.set_nodelay(true).map_err(|e| e.to_string())?;
     let mut st = if dialled {
-        SecureTcp::connect(s, &id.key, Role::Relay, &id.name, deadline)
+        SecureTcp::connect(s, &id.key, &id.identity, Role::Relay, &id.name, deadline)
     } else {
-        SecureTcp::accept(s, &id.key, Role::Relay, &id.name, deadline)
+        SecureTcp::accept(s, &id.key, &id.identity, Role::Relay, &id.name, deadline)
     }
     .map_err(|e| e.to_string())?;
     let peer = st.peer().clone();
