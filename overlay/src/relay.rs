@@ -23,6 +23,7 @@ use std::{
 
 use crate::{
     NodeId, SiteId,
+    cert::{CertError, Revocations, Trust},
     lsdb::{Install, LinkStateDb, Lsa},
     route::{Route, Routing},
     wire::{Entry, MAX_DATA, Msg, ParseError, Role},
@@ -110,6 +111,10 @@ pub enum Action {
     Finished { local: LocalId },
     /// Close this link (a duplicate, or it went silent).
     CloseLink { link: LinkId },
+    /// A newer revocation list was taken (from a link or the shell) and
+    /// flooded on: refuse these keys from now on, close the links and
+    /// sessions of nodes that hold one, tell the bootstrap servers.
+    Revoked { list: Revocations },
 }
 
 /// Counters for the status report.
@@ -129,6 +134,9 @@ pub struct Counters {
     pub lsas_in: u64,
     /// Route computations.
     pub route_runs: u64,
+    /// Revocation lists from links that were not taken (another CA's, a
+    /// bad signature, older than ours).
+    pub revocations_refused: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -199,6 +207,9 @@ pub struct RelayCore {
     /// An advertisement waits for this time (see
     /// [`RelayConfig::min_originate`]).
     originate_at: Option<Duration>,
+    /// The cluster CA and the newest revocation list, in a cluster with
+    /// node certificates.
+    trust: Option<Trust>,
 }
 
 impl RelayCore {
@@ -230,6 +241,7 @@ impl RelayCore {
             routes_dirty: None,
             last_originated: now,
             originate_at: None,
+            trust: None,
         };
         core.originate(now);
         core
@@ -308,7 +320,43 @@ impl RelayCore {
         for f in all {
             self.send_raw(link, &f);
         }
+        if let Some(list) = self.trust.as_ref().and_then(Trust::revocations).map(Revocations::to_bytes) {
+            self.send_msg(link, &Msg::Revocations { list: &list });
+        }
         self.links_changed(now);
+    }
+
+    /// Checks certificates against `trust` (its CA, its list): lists that
+    /// CA signed are taken and flooded from now on.
+    pub fn set_trust(&mut self, trust: Trust) {
+        self.trust = Some(trust);
+    }
+
+    /// What this relay trusts, with the newest list taken.
+    pub fn trust(&self) -> Option<&Trust> {
+        self.trust.as_ref()
+    }
+
+    /// A revocation list from outside the links (a bootstrap server, the
+    /// file): taken and flooded to every link if it is newer (true).
+    pub fn handle_revocations(&mut self, list: &[u8]) -> Result<bool, CertError> {
+        self.take_revocations(None, list)
+    }
+
+    /// Takes `bytes` if they are a newer list of our CA, and floods it on
+    /// every link but `from`.
+    fn take_revocations(&mut self, from: Option<LinkId>, bytes: &[u8]) -> Result<bool, CertError> {
+        let Some(trust) = &mut self.trust else { return Ok(false) };
+        let list = Revocations::parse(bytes)?;
+        if !trust.adopt(list.clone())? {
+            return Ok(false);
+        }
+        let links: Vec<LinkId> = self.links.keys().copied().filter(|l| Some(*l) != from).collect();
+        for l in links {
+            self.send_msg(l, &Msg::Revocations { list: bytes });
+        }
+        self.actions.push_back(Action::Revoked { list });
+        Ok(true)
     }
 
     /// The link is gone (closed, reset, or the shell gave up on it).
@@ -399,6 +447,13 @@ impl RelayCore {
             Msg::Credit { vc, bytes } => self.on_credit(End::Link(link, vc), bytes),
             Msg::Close { vc } => self.on_close(End::Link(link, vc)),
             Msg::Keepalive => {}
+            Msg::Revocations { list } => {
+                // A list that is not our CA's, or older, is not flooded on.
+                match self.take_revocations(Some(link), list) {
+                    Ok(_) | Err(CertError::Stale(_)) => {}
+                    Err(_) => self.counters.revocations_refused += 1,
+                }
+            }
             Msg::Abort { vc, reason } => {
                 if let Some(id) = self.by_end.get(&End::Link(link, vc)).copied() {
                     self.abort_vc(id, Some(End::Link(link, vc)), reason);

@@ -110,6 +110,9 @@ pub enum Msg<'a> {
     /// On a relay link that has been quiet for a keepalive interval: the
     /// link is alive (advertisements are refreshed far less often).
     Keepalive,
+    /// The cluster CA's revocation list (its bytes, [`crate::cert`]),
+    /// flooded with the link state and pushed by bootstrap servers.
+    Revocations { list: &'a [u8] },
     /// A relay's link-state advertisement.
     Lsa { origin: NodeId, seq: u64, neighbors: Vec<(NodeId, u32)> },
     /// Opens virtual connection `vc` on this hop from `src` to `dst`:`port`;
@@ -174,6 +177,7 @@ mod ty {
     pub const DIRECTORY: u8 = 18;
     pub const LSA: u8 = 20;
     pub const KEEPALIVE: u8 = 21;
+    pub const REVOCATIONS: u8 = 22;
     pub const OPEN: u8 = 30;
     pub const ACCEPT: u8 = 31;
     pub const REFUSE: u8 = 32;
@@ -355,6 +359,7 @@ impl<'a> Msg<'a> {
             ty::GET_DIRECTORY => Msg::GetDirectory,
             ty::DIRECTORY => Msg::Directory { entries: r.list(|r| r.entry())? },
             ty::KEEPALIVE => Msg::Keepalive,
+            ty::REVOCATIONS => Msg::Revocations { list: std::mem::take(&mut r.buf) },
             ty::LSA => Msg::Lsa { origin: r.node()?, seq: r.u64()?, neighbors: r.list(|r| Ok((r.node()?, r.u32()?)))? },
             ty::OPEN => Msg::Open {
                 vc: r.u32()?,
@@ -451,6 +456,10 @@ impl<'a> Msg<'a> {
             }
             Msg::GetDirectory => w.u8(ty::GET_DIRECTORY),
             Msg::Keepalive => w.u8(ty::KEEPALIVE),
+            Msg::Revocations { list } => {
+                w.u8(ty::REVOCATIONS);
+                w.out.extend_from_slice(list);
+            }
             Msg::Directory { entries } => {
                 w.u8(ty::DIRECTORY);
                 w.count(entries.len());
@@ -605,6 +614,7 @@ mod tests {
             },
             Msg::Registered { node: NodeId(1), site: SiteId(2) },
             Msg::Keepalive,
+            Msg::Revocations { list: b"XSR1..." },
             Msg::Ports { ports: vec![1, 2, 3] },
             Msg::Resolve { name: "x" },
             Msg::ResolveRank { rank: 5 },
@@ -649,14 +659,14 @@ mod tests {
         for m in all() {
             let f = m.to_frame();
             for n in 0..f.len() - 4 {
-                if matches!(m, Msg::Data { .. }) && n >= 5 {
-                    continue; // a shorter payload is still a Data message
+                if (matches!(m, Msg::Data { .. }) && n >= 5) || (matches!(m, Msg::Revocations { .. }) && n >= 1) {
+                    continue; // a shorter payload is still a message (its reader judges the bytes)
                 }
                 assert!(Msg::parse(&f[4..4 + n]).is_err(), "{m:?} cut to {n}");
             }
             let mut long = f[4..].to_vec();
             long.push(0);
-            if !matches!(m, Msg::Data { .. }) {
+            if !matches!(m, Msg::Data { .. } | Msg::Revocations { .. }) {
                 assert_eq!(Msg::parse(&long), Err(ParseError::Trailing), "{m:?}");
             }
         }

@@ -297,3 +297,39 @@ fn idle_links_live_on_keepalives_and_a_burst_computes_routes_once() {
     let after: u64 = s.relays.values().map(|r| r.counters().lsas_in).sum();
     assert_eq!(after, lsas, "idle seconds flooded advertisements");
 }
+
+#[test]
+fn a_revocation_list_floods_to_every_relay_once_and_reaches_a_relay_that_joins_later() {
+    use xsock_overlay::cert::{CaKey, Trust};
+    let ca = CaKey::generate().unwrap();
+    let mut s = Sim::new(&[1, 2, 3, 4, 5], 1 << 20);
+    for r in 1..=5 {
+        s.core(r).set_trust(Trust::new(ca.public()));
+    }
+    for (a, b) in [(1, 2), (2, 3), (3, 4), (1, 3)] {
+        s.connect(a, b);
+    }
+    s.settle();
+    let list = ca.revoke(None, &[[9; 32]], 0).unwrap();
+    assert_eq!(s.core(1).handle_revocations(&list.to_bytes()), Ok(true));
+    let revoked = |acts: &[(u64, Action)]| {
+        let mut who: Vec<u64> =
+            acts.iter().filter(|(_, a)| matches!(a, Action::Revoked { .. })).map(|(r, _)| *r).collect();
+        who.sort_unstable();
+        who
+    };
+    // Each relay takes it once (relay 3 hears it from 1 and from 2).
+    assert_eq!(revoked(&s.settle()), vec![1, 2, 3, 4]);
+    for r in 1..=4 {
+        assert!(s.core(r).trust().unwrap().is_revoked(&[9; 32]), "relay {r}");
+    }
+    // A relay linked later gets it in the link's first sync.
+    s.connect(4, 5);
+    assert_eq!(revoked(&s.settle()), vec![5]);
+    // A list of another CA, or an older one, is not taken nor flooded on.
+    let other = CaKey::generate().unwrap().revoke(None, &[[8; 32]], 0).unwrap();
+    assert!(s.core(1).handle_revocations(&other.to_bytes()).is_err());
+    assert!(s.core(1).handle_revocations(&list.to_bytes()) == Ok(false));
+    assert_eq!(revoked(&s.settle()), Vec::<u64>::new());
+    assert!(!s.core(5).trust().unwrap().is_revoked(&[8; 32]));
+}

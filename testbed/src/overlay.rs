@@ -117,9 +117,9 @@ impl Overlay {
     }
 
     /// [`Overlay::start`] in a cluster with node certificates: a CA made
-    /// with `xsock keys ca`, a credentials file for every node, and every
-    /// relay and bootstrap server given the revocation list that names
-    /// `revoked` (credentials issued for them first).
+    /// with `xsock keys ca`, a credentials file for every node, and the
+    /// bootstrap server given the revocation list (`dir/revoked.list`) that
+    /// names `revoked` (credentials issued for them first).
     pub fn start_certified(xsock: &str, name: &str, specs: &[SiteSpec], revoked: &[(&str, &str)]) -> Overlay {
         Self::build(xsock, name, specs, &[], 1, Some(revoked), |_| Ok(()))
     }
@@ -152,15 +152,15 @@ impl Overlay {
             }
             ca
         });
-        let mut relay_flags: Vec<String> = relay_flags.iter().map(|f| f.to_string()).collect();
+        let relay_flags: Vec<String> = relay_flags.iter().map(|f| f.to_string()).collect();
         let mut boot_flags = Vec::new();
         if let Some(ca) = &ca {
             let list = dir.join("revoked.list");
             boot_flags.extend(["--cert".to_owned(), issue(xsock, ca, &dir, "boot", "boot").display().to_string()]);
+            // Only the server reads the list: relays learn it from the
+            // server when they register, and flood it on.
             if list.exists() {
-                for flags in [&mut boot_flags, &mut relay_flags] {
-                    flags.extend(["--revoked".to_owned(), list.display().to_string()]);
-                }
+                boot_flags.extend(["--revoked".to_owned(), list.display().to_string()]);
             }
         }
         let mut boots = Vec::new();

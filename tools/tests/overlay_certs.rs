@@ -172,4 +172,44 @@ fn certified_nodes_connect_and_revoked_expired_or_foreign_ones_are_refused_every
     assert!(!e.as_ref().is_err_and(|e| e.contains("certificate")), "{e:?}");
     let log = o.bed.log_tail(o.relays[0].2, 80);
     assert!(log.contains("revoked") && log.contains("expired") && log.contains(&sp1.host_ip(1).to_string()), "{log}");
+
+    // Revoking a running relay: `xsock keys revoke` rewrites the server's
+    // list; the server takes it, ends the relay's session and tells the
+    // other relays, which close their links to it and refuse it when it
+    // dials again.
+    let late_pid = o.start_relay("sp1-x1", &sp1.hosts[1], None);
+    o.converge(&["hub-x0", "sp1-x0", "sp1-x1"], Duration::from_secs(20));
+    let linked = |r: &str| {
+        o.status(r)["links"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|l| l["relay"] == "sp1-x1" || l["name"] == "sp1-x1"))
+    };
+    assert!(linked("hub-x0"), "{}", o.status("hub-x0"));
+    let late = o.dir.join("sp1-x1.node");
+    let list = o.dir.join("revoked.list");
+    xsock_testbed::overlay::keys(
+        XSOCK,
+        &["revoke", "--ca", ca.to_str().unwrap(), "--list", list.to_str().unwrap(), late.to_str().unwrap()],
+    );
+    let t = Instant::now();
+    while linked("hub-x0") || linked("sp1-x0") {
+        assert!(t.elapsed() < Duration::from_secs(10), "links to the revoked relay stay up:\n{}", o.relay_logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = t.elapsed();
+    // It stays out: its dials are refused for the revoked key.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!linked("hub-x0") && !linked("sp1-x0"), "the revoked relay came back");
+    let log = o.relay_logs();
+    assert!(log.contains("the CA revoked its key"), "{log}");
+    // The revoked relay itself stops with the reason, and takes its XDP
+    // program with it.
+    let t = Instant::now();
+    while o.bed.try_wait(late_pid).unwrap().is_none() {
+        assert!(t.elapsed() < Duration::from_secs(10), "the revoked relay runs on: {}", o.bed.log_tail(late_pid, 10));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(o.bed.log_tail(late_pid, 10).contains("revoked"), "{}", o.bed.log_tail(late_pid, 10));
+    assert!(!sp1.hosts[1].has_xdp("eth0").unwrap(), "the revoked relay left its XDP program");
+    eprintln!("links to a revoked relay closed {took:?} after `xsock keys revoke`");
 }

@@ -9,12 +9,15 @@ use std::{
     io::Write,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     path::PathBuf,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use clap::Args;
 use crossbeam_channel::{Receiver, Sender, unbounded};
-use xsock::overlay::{Identity, Key, Peer, Role, SecureParts, SecureTcp, load_identity, read_frames, session_clock};
+use xsock::overlay::{
+    Identity, Key, Peer, Role, SecureParts, SecureTcp, keys::WatchedList, load_identity, read_frames, session_clock,
+};
 use xsock_overlay::{
     registry::{Registry, SessionId},
     secure::Sealer,
@@ -44,7 +47,10 @@ pub struct Boot {
 }
 
 enum Event {
-    Joined(SessionId, TcpStream, Box<Sealer>, Ipv4Addr, Peer),
+    /// A session is up: its writer, sealer, address, peer and static key.
+    Joined(SessionId, TcpStream, Box<Sealer>, Ipv4Addr, Peer, Vec<u8>),
+    /// The revocation list file changed: its bytes.
+    Revocations(Vec<u8>),
     Frame(SessionId, Vec<u8>),
     Closed(SessionId),
 }
@@ -59,13 +65,29 @@ impl Boot {
         })?;
         log::info!("bootstrap server listening on {}", self.listen);
         let (tx, rx) = unbounded();
+        let me = Arc::new(Mutex::new(me));
+        if let Some(path) = self.revoked.clone() {
+            let tx = tx.clone();
+            std::thread::Builder::new().name("boot-revoked".into()).spawn(move || {
+                let mut w = WatchedList::new(&path);
+                loop {
+                    std::thread::sleep(Duration::from_millis(200));
+                    match w.changed() {
+                        Some(Ok(list)) if tx.send(Event::Revocations(list.clone())).is_err() => return,
+                        Some(Err(e)) => log::warn!("{e}"),
+                        _ => {}
+                    }
+                }
+            })?;
+        }
+        let shared = me.clone();
         std::thread::Builder::new().name("boot-accept".into()).spawn(move || accept_loop(listener, (key, me), tx))?;
-        serve(rx);
+        serve(rx, &shared);
         Ok(())
     }
 }
 
-fn accept_loop(listener: TcpListener, cred: (Key, Identity), tx: Sender<Event>) {
+fn accept_loop(listener: TcpListener, cred: (Key, Arc<Mutex<Identity>>), tx: Sender<Event>) {
     let mut next: SessionId = 1;
     for conn in listener.incoming() {
         let Ok(s) = conn else { continue };
@@ -78,7 +100,9 @@ fn accept_loop(listener: TcpListener, cred: (Key, Identity), tx: Sender<Event>) 
     }
 }
 
-fn session_loop(session: SessionId, s: TcpStream, (key, me): (Key, Identity), tx: Sender<Event>) {
+fn session_loop(session: SessionId, s: TcpStream, (key, me): (Key, Arc<Mutex<Identity>>), tx: Sender<Event>) {
+    // The newest revocation list taken applies.
+    let Ok(me) = me.lock().map(|m| m.clone()) else { return };
     let from = match s.peer_addr() {
         Ok(SocketAddr::V4(a)) => a,
         _ => return,
@@ -95,9 +119,9 @@ fn session_loop(session: SessionId, s: TcpStream, (key, me): (Key, Identity), tx
     };
     let peer = st.peer().clone();
     log::debug!("{from} ({}) holds key {}", peer.name, st.peer_key());
-    let SecureParts { mut stream, sealer, mut opener, plain } = st.into_parts();
+    let SecureParts { mut stream, sealer, mut opener, plain, remote_static } = st.into_parts();
     let Ok(writer) = stream.try_clone() else { return };
-    if tx.send(Event::Joined(session, writer, Box::new(sealer), *from.ip(), peer.clone())).is_err() {
+    if tx.send(Event::Joined(session, writer, Box::new(sealer), *from.ip(), peer.clone(), remote_static)).is_err() {
         return;
     }
     let why = read_frames(&mut stream, &mut opener, plain, |f| tx.send(Event::Frame(session, f.to_vec())).is_ok());
@@ -109,35 +133,87 @@ fn session_loop(session: SessionId, s: TcpStream, (key, me): (Key, Identity), tx
     let _ = tx.send(Event::Closed(session));
 }
 
-fn serve(rx: Receiver<Event>) {
+/// A node's session, as the registry loop holds it.
+struct Session {
+    w: TcpStream,
+    sealer: Box<Sealer>,
+    ip: Ipv4Addr,
+    peer: Peer,
+    key: Vec<u8>,
+}
+
+impl Session {
+    fn send(&mut self, frame: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+        out.clear();
+        self.sealer.seal(session_clock(), frame, out);
+        self.w.write_all(out)
+    }
+
+    /// Tells the node why, and ends its session (its reader reports it
+    /// closed, and the registry forgets it).
+    fn refuse(&mut self, reason: &str, out: &mut Vec<u8>) {
+        log::warn!("refused {} ({}): {reason}", self.ip, self.peer.name);
+        let _ = self.send(&Msg::Refused { reason }.to_frame(), out);
+        let _ = self.w.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+fn serve(rx: Receiver<Event>, me: &Mutex<Identity>) {
     let mut reg = Registry::new();
-    let mut sessions: HashMap<SessionId, (TcpStream, Box<Sealer>, Ipv4Addr, Peer)> = HashMap::new();
+    let mut sessions: HashMap<SessionId, Session> = HashMap::new();
     let mut out = Vec::new();
+    // The list relays get (the newest taken), as bytes.
+    let list_of = |me: &Mutex<Identity>| {
+        me.lock().ok().and_then(|m| m.trust.as_ref().and_then(|t| t.revocations()).map(|l| l.to_bytes()))
+    };
     while let Ok(ev) = rx.recv() {
+        // A relay that just registered gets the list after its answer.
+        let mut tell = None;
         match ev {
-            Event::Joined(id, w, sealer, ip, peer) => {
-                sessions.insert(id, (w, sealer, ip, peer));
+            Event::Joined(id, w, sealer, ip, peer, key) => {
+                sessions.insert(id, Session { w, sealer, ip, peer, key });
+            }
+            Event::Revocations(list) => {
+                let taken = match me.lock() {
+                    Ok(mut m) => match &mut m.trust {
+                        Some(t) => xsock_overlay::cert::Revocations::parse(&list).and_then(|l| t.adopt(l)),
+                        None => Ok(false),
+                    },
+                    Err(_) => Ok(false),
+                };
+                match taken {
+                    Ok(true) => {
+                        let frame = Msg::Revocations { list: &list }.to_frame();
+                        let me = me.lock().ok().and_then(|m| m.trust.clone());
+                        log::info!("took a new revocation list; telling the relays");
+                        for s in sessions.values_mut() {
+                            if me.as_ref().is_some_and(|t| t.is_revoked(&s.key)) {
+                                s.refuse("the CA revoked your key", &mut out);
+                            } else if s.peer.role == Role::Relay {
+                                let _ = s.send(&frame, &mut out);
+                            }
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => log::warn!("the revocation list was not taken: {e}"),
+                }
             }
             Event::Frame(id, f) => {
-                let Some((w, sealer, ip, peer)) = sessions.get_mut(&id) else { continue };
-                let name = &peer.name;
+                let Some(s) = sessions.get_mut(&id) else { continue };
                 // A node registers as what it proved at the handshake (its
                 // certificate's name and role, where there are certificates).
                 let as_proved = match Msg::parse(&f) {
-                    Ok(Msg::Register { role, name, .. }) if role != peer.role || name != peer.name => Err(format!(
+                    Ok(Msg::Register { role, name, .. }) if role != s.peer.role || name != s.peer.name => Err(format!(
                         "registering as the {role:?} {name:?} after the handshake as the {:?} {:?}",
-                        peer.role, peer.name
+                        s.peer.role, s.peer.name
                     )),
                     _ => Ok(()),
                 };
-                if let Err(reason) = as_proved.and_then(|()| reg.handle_message(id, *ip, &f)) {
-                    log::warn!("refused {ip} ({name}): {reason}");
-                    out.clear();
-                    sealer.seal(session_clock(), &Msg::Refused { reason: &reason }.to_frame(), &mut out);
-                    let _ = w.write_all(&out);
-                    let _ = w.shutdown(std::net::Shutdown::Both);
+                if let Err(reason) = as_proved.and_then(|()| reg.handle_message(id, s.ip, &f)) {
+                    s.refuse(&reason, &mut out);
                 } else if let Ok(Msg::Register { role, name, .. }) = Msg::parse(&f) {
-                    log::info!("{role:?} {name} registered from {ip}");
+                    log::info!("{role:?} {name} registered from {}", s.ip);
+                    tell = (role == Role::Relay).then_some(id);
                 }
             }
             Event::Closed(id) => {
@@ -148,13 +224,16 @@ fn serve(rx: Receiver<Event>) {
             }
         }
         while let Some((id, frame)) = reg.poll_transmit() {
-            if let Some((w, sealer, ip, Peer { name, .. })) = sessions.get_mut(&id) {
-                out.clear();
-                sealer.seal(session_clock(), &frame, &mut out);
-                if let Err(e) = w.write_all(&out) {
-                    log::warn!("{ip} ({name}): {e}");
-                }
+            if let Some(s) = sessions.get_mut(&id)
+                && let Err(e) = s.send(&frame, &mut out)
+            {
+                log::warn!("{} ({}): {e}", s.ip, s.peer.name);
             }
+        }
+        if let Some(s) = tell.and_then(|id| sessions.get_mut(&id))
+            && let Some(list) = list_of(me)
+        {
+            let _ = s.send(&Msg::Revocations { list: &list }.to_frame(), &mut out);
         }
     }
 }

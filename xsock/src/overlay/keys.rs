@@ -155,3 +155,30 @@ pub fn load_identity(
     }
     Ok(Identity { key, cert: Some(c), trust: Some(trust) })
 }
+
+/// A revocation list file watched for changes (`xsock keys revoke`
+/// rewrites it whole): a relay or bootstrap server takes the new list
+/// without a restart.
+#[derive(Debug)]
+pub struct WatchedList {
+    path: std::path::PathBuf,
+    seen: Option<std::time::SystemTime>,
+}
+
+impl WatchedList {
+    /// Watches `path` (read already at start: the next change counts).
+    pub fn new(path: &Path) -> WatchedList {
+        let seen = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        WatchedList { path: path.to_owned(), seen }
+    }
+
+    /// The list's bytes if the file changed since the last call.
+    pub fn changed(&mut self) -> Option<Result<Vec<u8>, Error>> {
+        let m = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok()?;
+        if self.seen == Some(m) {
+            return None;
+        }
+        self.seen = Some(m);
+        Some(load_revocations(&self.path).map(|l| l.to_bytes()))
+    }
+}

@@ -77,6 +77,8 @@ pub struct SecureParts {
     pub opener: Opener,
     /// Bytes already opened and not yet taken: they come first.
     pub plain: Vec<u8>,
+    /// The peer's static public key (what a revocation names).
+    pub remote_static: Vec<u8>,
 }
 
 /// Reads a session's frames (type + body) in order from `stream`, opened
@@ -225,7 +227,13 @@ impl SecureTcp {
 
     /// Takes the session apart (see [`SecureParts`]).
     pub fn into_parts(self) -> SecureParts {
-        SecureParts { stream: self.s, sealer: self.sealer, opener: self.opener, plain: self.plain }
+        SecureParts {
+            stream: self.s,
+            sealer: self.sealer,
+            opener: self.opener,
+            plain: self.plain,
+            remote_static: self.remote_static,
+        }
     }
 }
 

@@ -4,7 +4,11 @@
 //! The loop merges what every server last said, so a relay keeps relaying
 //! with the last directory while every server is down.
 
-use std::{net::SocketAddrV4, time::Duration};
+use std::{
+    net::SocketAddrV4,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use xsock::overlay::{Identity, Key, Registration, SecureParts, read_frames, register};
 use xsock_overlay::wire::{Entry, Msg};
@@ -21,7 +25,7 @@ pub fn spawn(
     addr: SocketAddrV4,
     first: Option<SecureParts>,
     reg: Registration,
-    (key, me): (Key, Identity),
+    (key, me): (Key, Arc<Mutex<Identity>>),
     tx: Notify,
 ) {
     let _ = std::thread::Builder::new().name(format!("boot-{index}")).spawn(move || {
@@ -30,11 +34,18 @@ pub fn spawn(
         loop {
             let parts = match session.take() {
                 Some(p) => p,
-                None => match register(addr, &key, &me, &reg, Duration::from_secs(2)) {
+                // (A copy: the lock must not be held across the match.)
+                None => match register(addr, &key, &identity(&me), &reg, Duration::from_secs(2)) {
                     Ok((s, _)) => {
                         log::info!("registered again with the bootstrap server {addr}");
                         backoff = FIRST_BACKOFF;
                         s.into_parts()
+                    }
+                    // Our certificate refused (revoked, expired): every
+                    // server and relay will say the same; stop.
+                    Err(e) if e.to_string().contains("your certificate") => {
+                        tx.send(Event::Fatal { why: e.to_string() });
+                        return;
                     }
                     Err(e) => {
                         log::debug!("bootstrap server {addr}: {e}; next try in {backoff:?}");
@@ -51,6 +62,11 @@ pub fn spawn(
     });
 }
 
+/// A copy of the shared identity (with the newest revocation list).
+fn identity(me: &Mutex<Identity>) -> Identity {
+    me.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
 /// Hands every directory to the loop until the session ends; why it did.
 fn read(index: usize, parts: SecureParts, tx: &Notify) -> String {
     let SecureParts { mut stream, mut opener, plain, .. } = parts;
@@ -58,6 +74,7 @@ fn read(index: usize, parts: SecureParts, tx: &Notify) -> String {
         match Msg::parse(f) {
             Ok(Msg::Directory { entries }) => tx.send(Event::Directory { index, entries }),
             Ok(Msg::Refused { reason }) => log::error!("the bootstrap server: {reason}"),
+            Ok(Msg::Revocations { list }) => tx.send(Event::Revocations { list: list.to_vec() }),
             _ => {}
         }
         true

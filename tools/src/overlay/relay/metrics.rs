@@ -183,6 +183,7 @@ pub fn render(status: &Value) -> String {
         ("bytes_forwarded", "Data bytes forwarded"),
         ("lsas_in", "Link-state advertisements received"),
         ("route_runs", "Route computations"),
+        ("revocations_refused", "Revocation lists from links not taken (another CA, bad signature)"),
     ] {
         family(&mut out, &format!("xsock_relay_{key}_total"), "counter", help, &one(&c[key]));
     }
@@ -248,7 +249,7 @@ mod tests {
             "routes": [{"relay": "hub", "hops": 1}],
             "lan_queues": [{"queue": 0, "rx_frames": 5, "tx_frames": 6, "rx_dropped": 1, "fill_ring_empty": 0, "tx_ring_full": 0}],
             "counters": {"vcs_opened": 4, "vcs_refused": 1, "vcs_aborted": 0, "vcs_closed": 3, "bytes_forwarded": 99,
-                "lsas_in": 7, "route_runs": 2, "auth_refused_wan": 1, "auth_refused_lan": 0},
+                "lsas_in": 7, "route_runs": 2, "auth_refused_wan": 1, "auth_refused_lan": 0, "revocations_refused": 0},
         });
         let t = render(&st);
         assert!(t.contains("xsock_relay_vcs{relay=\"site-\\\"a\\\"\"} 3"), "{t}");

@@ -6,6 +6,7 @@ use std::{
     collections::{HashMap, HashSet},
     io::{Read, Write},
     net::{TcpListener, TcpStream},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -40,6 +41,10 @@ pub enum Event {
     Directory { index: usize, entries: Vec<Entry> },
     /// The bootstrap session ended.
     BootLost { index: usize, why: String },
+    /// A bootstrap server pushed the CA's revocation list.
+    Revocations { list: Vec<u8> },
+    /// The relay cannot go on (its certificate is refused): exit with this.
+    Fatal { why: String },
     /// A delivery stream is connected (its handshake is next), or not.
     Dialed { local: LocalId, ip: std::net::Ipv4Addr, port: u16, stream: Result<Stream, Error> },
 }
@@ -88,6 +93,8 @@ struct Link {
     rd: FrameReader,
     peer: NodeId,
     name: String,
+    /// The peer's static key (a revocation may name it).
+    key: Vec<u8>,
     bytes_in: u64,
     bytes_out: u64,
 }
@@ -115,10 +122,14 @@ pub fn run(setup: Setup) -> Result<(), Fail> {
     let clock = Clock::start();
     let mut cfg = RelayConfig::new(me, epoch_micros());
     cfg.window = settings.window;
-    let core = RelayCore::new(cfg, Box::new(ShortestPath), clock.now());
+    let mut core = RelayCore::new(cfg, Box::new(ShortestPath), clock.now());
     let (tx, rx) = unbounded();
     let notify = Notify { tx, rt: rt.clone() };
     let servers: Vec<(std::net::SocketAddrV4, bool)> = boots.iter().map(|(a, s)| (*a, s.is_some())).collect();
+    if let Some(t) = &identity.trust {
+        core.set_trust(t.clone());
+    }
+    let identity = Arc::new(Mutex::new(identity));
     for (index, (addr, session)) in boots.into_iter().enumerate() {
         super::boots::spawn(index, addr, session, reg.clone(), (key.clone(), identity.clone()), notify.clone());
     }
@@ -154,6 +165,7 @@ pub fn run(setup: Setup) -> Result<(), Fail> {
         servers,
         cache: settings.directory_cache.clone().map(|p| (p, site)),
         early: Vec::new(),
+        fatal: None,
     };
     if !initial.is_empty() {
         st.core.set_directory(&initial);
@@ -163,6 +175,7 @@ pub fn run(setup: Setup) -> Result<(), Fail> {
     let mut last_work = Instant::now();
     let spin = settings.spin;
     let mut last_status = Instant::now();
+    let mut list_file = settings.revoked.as_deref().map(xsock::overlay::keys::WatchedList::new);
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let mut work = st.rt.poll()? > 0;
@@ -182,6 +195,9 @@ pub fn run(setup: Setup) -> Result<(), Fail> {
             st.dial();
             work = true;
         }
+        if let Some(why) = st.fatal.take() {
+            return Err(Fail::msg(why));
+        }
         if xsock_nic::sys::interrupted() && drain_until.is_none() {
             drain_until = Some(Instant::now() + settings.drain_timeout);
             let now = st.clock.now();
@@ -195,6 +211,11 @@ pub fn run(setup: Setup) -> Result<(), Fail> {
         }
         if last_status.elapsed() >= settings.status_interval {
             last_status = Instant::now();
+            match list_file.as_mut().and_then(|w| w.changed()) {
+                Some(Ok(list)) => st.take_revocations(&list, "--revoked"),
+                Some(Err(e)) => log::warn!("{e}"),
+                None => {}
+            }
             let v = st.status(&settings, site);
             if let Some(p) = &settings.status_file {
                 write_status(p, &v);
@@ -259,6 +280,8 @@ struct State {
     cache: Option<(std::path::PathBuf, SiteId)>,
     /// Opens from nodes the directory does not list yet, with a deadline.
     early: Vec<(Instant, Stream, String, NodeId, NodeId, u16)>,
+    /// Why the relay must stop, once it must.
+    fatal: Option<String>,
 }
 
 /// How long an open from a node the directory does not list yet waits for
@@ -430,7 +453,7 @@ impl State {
                     d.busy = false;
                     d.backoff = Duration::from_secs(1);
                 }
-                let SecureParts { stream, sealer, opener, plain } = *session;
+                let SecureParts { stream, sealer, opener, plain, remote_static } = *session;
                 if stream.set_nonblocking(true).is_err() {
                     return;
                 }
@@ -450,6 +473,7 @@ impl State {
                         rd: FrameReader::default(),
                         peer,
                         name,
+                        key: remote_static,
                         bytes_in: 0,
                         bytes_out: 0,
                     },
@@ -475,6 +499,8 @@ impl State {
                     d.why = why;
                 }
             }
+            Event::Revocations { list } => self.take_revocations(&list, "a bootstrap server"),
+            Event::Fatal { why } => self.fatal = Some(why),
             Event::Directory { index, entries } => {
                 if let Some(d) = self.server_dirs.get_mut(index) {
                     *d = entries;
@@ -653,9 +679,43 @@ impl State {
                         let _ = l.w.shutdown(std::net::Shutdown::Both);
                     }
                 }
+                Action::Revoked { list } => self.revoked(list),
             }
         }
         any
+    }
+
+    /// A revocation list from `whence`: taken (and flooded) if newer.
+    fn take_revocations(&mut self, list: &[u8], whence: &str) {
+        match self.core.handle_revocations(list) {
+            Ok(_) => {}
+            Err(e) => log::warn!("a revocation list from {whence} was not taken: {e}"),
+        }
+    }
+
+    /// The core took a newer revocation list: new handshakes check it, and
+    /// links to relays whose key it names close now.
+    fn revoked(&mut self, list: xsock_overlay::cert::Revocations) {
+        log::info!("revocation list number {} taken: {} keys revoked", list.seq, list.keys.len());
+        if let Ok(mut id) = self.ident.identity.lock()
+            && let Some(t) = &mut id.trust
+        {
+            let _ = t.adopt(list.clone());
+        }
+        let now = self.clock.now();
+        let gone: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| list.keys.iter().any(|k| k[..] == l.key[..]))
+            .map(|(id, _)| *id)
+            .collect();
+        for link in gone {
+            if let Some(l) = self.links.remove(&link) {
+                log::warn!("closed the link to relay {} ({}): the CA revoked its key", l.name, l.peer);
+                let _ = l.w.shutdown(std::net::Shutdown::Both);
+                self.core.handle_link_down(now, link);
+            }
+        }
     }
 
     fn transmit(&mut self) -> bool {
@@ -765,6 +825,8 @@ impl State {
             "counters": {"vcs_opened": c.vcs_opened, "vcs_refused": c.vcs_refused, "vcs_aborted": c.vcs_aborted,
                 "vcs_closed": c.vcs_closed, "bytes_forwarded": c.bytes_forwarded, "lsas_in": c.lsas_in,
                 "route_runs": c.route_runs, "auth_refused_lan": self.auth_refused_lan,
+                "revocations_refused": c.revocations_refused,
+                "revocation_list": self.core.trust().and_then(|t| t.revocations()).map_or(0, |l| l.seq),
                 "auth_refused_wan": self.ident.refused.load(std::sync::atomic::Ordering::Relaxed)},
         })
     }

@@ -5,7 +5,7 @@
 use std::{
     net::{SocketAddrV4, TcpListener, TcpStream},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -22,7 +22,7 @@ pub struct Ident {
     pub key: Key,
     /// Our certified key, and the CA peers are checked against (or this
     /// process's key, without certificates).
-    pub identity: Identity,
+    pub identity: Arc<Mutex<Identity>>,
     pub me: NodeId,
     pub site: SiteId,
     pub name: String,
@@ -35,10 +35,12 @@ pub struct Ident {
 fn handshake(s: TcpStream, id: &Ident, dialled: bool) -> Result<(SecureParts, NodeId, String), String> {
     let deadline = Instant::now() + Duration::from_secs(3);
     s.set_nodelay(true).map_err(|e| e.to_string())?;
+    // The newest revocation list the loop took applies.
+    let me = id.identity.lock().map_err(|_| "the identity lock is poisoned".to_owned())?.clone();
     let mut st = if dialled {
-        SecureTcp::connect(s, &id.key, &id.identity, Role::Relay, &id.name, deadline)
+        SecureTcp::connect(s, &id.key, &me, Role::Relay, &id.name, deadline)
     } else {
-        SecureTcp::accept(s, &id.key, &id.identity, Role::Relay, &id.name, deadline)
+        SecureTcp::accept(s, &id.key, &me, Role::Relay, &id.name, deadline)
     }
     .map_err(|e| e.to_string())?;
     let peer = st.peer().clone();
