@@ -219,14 +219,7 @@ impl SecureHandshake {
         name: &str,
         unix_now: u64,
     ) -> Result<SecureHandshake, AuthError> {
-        let hs = builder()
-            .local_private_key(&me.key.private)
-            .map_err(noise)?
-            .psk(0, &psk(key))
-            .map_err(noise)?
-            .build_initiator()
-            .map_err(noise)?;
-        let mut h = Self::new(hs, me, role, name, unix_now);
+        let mut h = Self::new(Self::state(key, me, true)?, me, role, name, unix_now);
         h.out.extend_from_slice(MAGIC);
         h.magic_seen = true; // only the initiator sends it
         let hello = std::mem::take(&mut h.hello);
@@ -243,14 +236,14 @@ impl SecureHandshake {
         name: &str,
         unix_now: u64,
     ) -> Result<SecureHandshake, AuthError> {
-        let hs = builder()
-            .local_private_key(&me.key.private)
-            .map_err(noise)?
-            .psk(0, &psk(key))
-            .map_err(noise)?
-            .build_responder()
-            .map_err(noise)?;
-        Ok(Self::new(hs, me, role, name, unix_now))
+        Ok(Self::new(Self::state(key, me, false)?, me, role, name, unix_now))
+    }
+
+    /// Noise's state for one side: our static key, the cluster key as psk.
+    fn state(key: &Key, me: &Identity, initiator: bool) -> Result<snow::HandshakeState, AuthError> {
+        let psk = psk(key);
+        let b = builder().local_private_key(&me.key.private).map_err(noise)?.psk(0, &psk).map_err(noise)?;
+        if initiator { b.build_initiator() } else { b.build_responder() }.map_err(noise)
     }
 
     fn new(hs: snow::HandshakeState, me: &Identity, role: Role, name: &str, unix_now: u64) -> SecureHandshake {

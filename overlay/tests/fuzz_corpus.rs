@@ -22,14 +22,20 @@ fn every_overlay_frame_corpus_input_parses_or_fails_cleanly() {
     assert!(parsed > 5, "only {parsed} corpus inputs parse: the corpus lost its valid frames");
 }
 
-#[test]
-fn every_secure_session_corpus_input_is_survived() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/secure_session");
+/// Runs `each` on every input of the committed corpus `target`; how many.
+fn replay(target: &str, mut each: impl FnMut(&[u8])) -> usize {
+    let dir = format!("{}/../fuzz/corpus/{target}", env!("CARGO_MANIFEST_DIR"));
     let mut n = 0;
-    for entry in std::fs::read_dir(dir).expect("fuzz/corpus/secure_session is committed") {
-        xsock_overlay::secure::hostile_bytes(&std::fs::read(entry.unwrap().path()).unwrap());
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir} is committed: {e}")) {
+        each(&std::fs::read(entry.unwrap().path()).unwrap());
         n += 1;
     }
+    n
+}
+
+#[test]
+fn every_secure_session_corpus_input_is_survived() {
+    let n = replay("secure_session", xsock_overlay::secure::hostile_bytes);
     assert!(n > 10, "the corpus has {n} inputs");
 }
 
@@ -49,11 +55,6 @@ fn every_lan_preamble_corpus_input_is_survived_and_whole_transcripts_finish() {
 
 #[test]
 fn every_node_cert_corpus_input_is_survived() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/node_cert");
-    let mut n = 0;
-    for entry in std::fs::read_dir(dir).expect("fuzz/corpus/node_cert is committed") {
-        xsock_overlay::cert::hostile_bytes(&std::fs::read(entry.unwrap().path()).unwrap());
-        n += 1;
-    }
+    let n = replay("node_cert", xsock_overlay::cert::hostile_bytes);
     assert!(n > 10, "the corpus has {n} inputs");
 }

@@ -10,10 +10,12 @@
 //! ```text
 //! xsock-perf foundation|link|relay|scale|engine [--rounds N] [--xsock PATH] [--out DIR] [--only PART]
 //! xsock-perf relaysim [--only 100,1000,10000]      (no root, no xsock binary: cores in this process)
+//! xsock-perf handshake [--rounds 2000]             (no root: what node certificates cost a Noise handshake)
 //! ```
 
 mod engine;
 mod foundation;
+mod handshake;
 mod link;
 mod relay;
 mod relaysim;
@@ -65,6 +67,15 @@ fn parse_args() -> Result<Opts, String> {
 }
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("handshake") {
+        let rounds = std::env::args().skip(2).skip_while(|a| a != "--rounds").nth(1);
+        let rounds = rounds.and_then(|r| r.parse().ok()).unwrap_or(2000);
+        if let Err(e) = handshake::run(rounds) {
+            eprintln!("xsock-perf: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if std::env::args().nth(1).as_deref() == Some("relaysim") {
         let only = std::env::args().skip(2).skip_while(|a| a != "--only").nth(1);
         if let Err(e) = relaysim::run(only.as_deref()) {
