@@ -20,7 +20,7 @@ pub const MAX_FRAME: usize = 1 << 20;
 /// Largest data payload one `Data` message carries.
 pub const MAX_DATA: usize = 64 * 1024;
 /// Protocol version in `Hello`.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 
 /// What a node is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
