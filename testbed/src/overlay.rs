@@ -49,6 +49,9 @@ pub struct Overlay {
     /// The CA key file, in a cluster with node certificates (every node
     /// gets its own credentials file, `NAME.node` in `dir`).
     pub ca: Option<PathBuf>,
+    /// The bootstrap server's `--cert` and `--revoked` flags, and the
+    /// `--cert` flags alone.
+    boot_flags: (Vec<String>, Vec<String>),
     xsock: String,
     relay_flags: Vec<String>,
     /// (relay name, host, pid)
@@ -154,9 +157,11 @@ impl Overlay {
         });
         let relay_flags: Vec<String> = relay_flags.iter().map(|f| f.to_string()).collect();
         let mut boot_flags = Vec::new();
+        let mut boot_cert = Vec::new();
         if let Some(ca) = &ca {
             let list = dir.join("revoked.list");
             boot_flags.extend(["--cert".to_owned(), issue(xsock, ca, &dir, "boot", "boot").display().to_string()]);
+            boot_cert = boot_flags.clone();
             // Only the server reads the list: relays learn it from the
             // server when they register, and flood it on.
             if list.exists() {
@@ -181,6 +186,7 @@ impl Overlay {
             boots,
             relays: Vec::new(),
             ca,
+            boot_flags: (boot_flags, boot_cert),
             xsock: xsock.to_owned(),
             relay_flags,
         };
@@ -207,10 +213,17 @@ impl Overlay {
     }
 
     /// Starts bootstrap server `k` again (after a test killed it), on its
-    /// address; returns its new pid.
+    /// address, with the flags it started with; returns its new pid.
     pub fn restart_boot(&mut self, k: usize) -> u32 {
+        self.restart_boot_with(k, false)
+    }
+
+    /// [`Overlay::restart_boot`], without its revocation list if
+    /// `forget_list` (the relays hand it back).
+    pub fn restart_boot_with(&mut self, k: usize, forget_list: bool) -> u32 {
         let addr = self.boots[k].0.clone();
-        let pid = start_boot(&self.bed, &self.sites.boot, &self.xsock, &addr, &self.key, &[]);
+        let flags = if forget_list { &self.boot_flags.1 } else { &self.boot_flags.0 };
+        let pid = start_boot(&self.bed, &self.sites.boot, &self.xsock, &addr, &self.key, flags);
         self.boots[k].1 = pid;
         pid
     }

@@ -59,9 +59,9 @@ fn run(host: &xsock_testbed::Host, args: &[&str]) -> (bool, String, Duration) {
 #[test]
 fn certified_nodes_connect_and_revoked_expired_or_foreign_ones_are_refused_everywhere() {
     require_root!();
-    let o = Overlay::start_certified(XSOCK, "certs", &two_lans(), &[("rogue", "relay"), ("rogue-ep", "endpoint")]);
+    let mut o = Overlay::start_certified(XSOCK, "certs", &two_lans(), &[("rogue", "relay"), ("rogue-ep", "endpoint")]);
     o.converge(&["hub-x0", "sp1-x0"], Duration::from_secs(20));
-    let (hub, sp1) = (&o.sites.sites[0], &o.sites.sites[1]);
+    let (hub, sp1) = (&o.sites.sites[0].clone(), &o.sites.sites[1].clone());
     let ca = o.ca.clone().unwrap();
 
     // Certified endpoints ping each other across the LANs.
@@ -80,12 +80,14 @@ fn certified_nodes_connect_and_revoked_expired_or_foreign_ones_are_refused_every
     // A revoked relay: the bootstrap server refuses it, it exits with the
     // reason at once (no retrying), and leaves no XDP program behind.
     let rogue = o.dir.join("rogue.node");
-    let key = o.key.to_str().unwrap();
+    let key_path = o.key.to_str().unwrap().to_owned();
+    let key = key_path.as_str();
+    let boot_addr = o.boot.clone();
     let relay_as = |cert: &str, name: &str| {
         [
             "relay",
             "--boot",
-            &o.boot,
+            &boot_addr,
             "--key-file",
             key,
             "--name",
@@ -106,10 +108,25 @@ fn certified_nodes_connect_and_revoked_expired_or_foreign_ones_are_refused_every
     // A revoked endpoint: the same.
     let mut ep = vec!["ping".to_owned()];
     ep.extend(
-        ["--iface", "eth0", "--boot", &o.boot, "--key-file", key, "--name", "rogue-ep", "--connect", "hubh0:7600"]
+        ["--iface", "eth0", "--boot", &boot_addr, "--key-file", key, "--name", "rogue-ep", "--connect", "hubh0:7600"]
             .map(String::from),
     );
     ep.extend(["--cert".to_owned(), o.dir.join("rogue-ep.node").display().to_string()]);
+    let (ok, err, _) = run(&sp1.hosts[1], &strs(&ep));
+    assert!(!ok && err.contains("revoked"), "{err}");
+    // A bootstrap server restarted without its list learns it back from
+    // the relays that register again, and refuses the revoked endpoint.
+    o.bed.kill9(o.boot_pid).unwrap();
+    let boot_pid = o.restart_boot_with(0, true);
+    let t = Instant::now();
+    while !o.bed.log_tail(boot_pid, 50).contains("took a new revocation list from relay") {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "no relay told the restarted server: {}",
+            o.bed.log_tail(boot_pid, 50)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (ok, err, _) = run(&sp1.hosts[1], &strs(&ep));
     assert!(!ok && err.contains("revoked"), "{err}");
     // An endpoint without a certificate: told how to get one.
@@ -121,10 +138,11 @@ fn certified_nodes_connect_and_revoked_expired_or_foreign_ones_are_refused_every
     let sp1h1 = issue(XSOCK, &ca, &o.dir, "sp1h1", "endpoint");
     let (ok, err, _) = run(&sp1.hosts[1], &strs(&relay_as(sp1h1.to_str().unwrap(), "sp1h1")));
     assert!(!ok && err.contains("not the Relay"), "{err}");
-    // The bootstrap server logged each refusal with the address.
-    let log = o.bed.log_tail(o.boot_pid, 80);
+    // The (restarted) bootstrap server logged each refusal since, with the
+    // address: the revoked endpoint and the one without a certificate.
+    let log = o.bed.log_tail(o.boots[0].1, 80);
     let from = format!("refused {}", sp1.host_ip(1));
-    assert!(log.matches(&from).count() >= 3 && log.contains("revoked"), "{log}");
+    assert!(log.matches(&from).count() >= 2 && log.contains("revoked"), "{log}");
 
     // Dialling a relay's WAN port: a revoked key, an expired certificate,
     // another CA's certificate, and none at all are refused there, and the
@@ -177,6 +195,9 @@ fn certified_nodes_connect_and_revoked_expired_or_foreign_ones_are_refused_every
     // list; the server takes it, ends the relay's session and tells the
     // other relays, which close their links to it and refuse it when it
     // dials again.
+    // (The server again with its list file, which it watches.)
+    o.bed.kill9(o.boots[0].1).unwrap();
+    o.restart_boot(0);
     let late_pid = o.start_relay("sp1-x1", &sp1.hosts[1], None);
     o.converge(&["hub-x0", "sp1-x0", "sp1-x1"], Duration::from_secs(20));
     let linked = |r: &str| {

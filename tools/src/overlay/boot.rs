@@ -158,6 +158,40 @@ impl Session {
     }
 }
 
+/// Takes `list` (from `whence`) if it is a newer list of our CA: ends the
+/// sessions of the keys it names and hands it to every relay.
+fn take_revocations(
+    list: &[u8],
+    whence: &str,
+    me: &Mutex<Identity>,
+    sessions: &mut HashMap<SessionId, Session>,
+    out: &mut Vec<u8>,
+) {
+    let taken = match me.lock() {
+        Ok(mut m) => match &mut m.trust {
+            Some(t) => xsock_overlay::cert::Revocations::parse(list).and_then(|l| t.adopt(l)),
+            None => Ok(false),
+        },
+        Err(_) => Ok(false),
+    };
+    match taken {
+        Ok(true) => {
+            let frame = Msg::Revocations { list }.to_frame();
+            let trust = me.lock().ok().and_then(|m| m.trust.clone());
+            log::info!("took a new revocation list from {whence}; telling the relays");
+            for s in sessions.values_mut() {
+                if trust.as_ref().is_some_and(|t| t.is_revoked(&s.key)) {
+                    s.refuse("the CA revoked your key", out);
+                } else if s.peer.role == Role::Relay {
+                    let _ = s.send(&frame, out);
+                }
+            }
+        }
+        Ok(false) => {}
+        Err(e) => log::warn!("the revocation list from {whence} was not taken: {e}"),
+    }
+}
+
 fn serve(rx: Receiver<Event>, me: &Mutex<Identity>) {
     let mut reg = Registry::new();
     let mut sessions: HashMap<SessionId, Session> = HashMap::new();
@@ -173,32 +207,14 @@ fn serve(rx: Receiver<Event>, me: &Mutex<Identity>) {
             Event::Joined(id, w, sealer, ip, peer, key) => {
                 sessions.insert(id, Session { w, sealer, ip, peer, key });
             }
-            Event::Revocations(list) => {
-                let taken = match me.lock() {
-                    Ok(mut m) => match &mut m.trust {
-                        Some(t) => xsock_overlay::cert::Revocations::parse(&list).and_then(|l| t.adopt(l)),
-                        None => Ok(false),
-                    },
-                    Err(_) => Ok(false),
-                };
-                match taken {
-                    Ok(true) => {
-                        let frame = Msg::Revocations { list: &list }.to_frame();
-                        let me = me.lock().ok().and_then(|m| m.trust.clone());
-                        log::info!("took a new revocation list; telling the relays");
-                        for s in sessions.values_mut() {
-                            if me.as_ref().is_some_and(|t| t.is_revoked(&s.key)) {
-                                s.refuse("the CA revoked your key", &mut out);
-                            } else if s.peer.role == Role::Relay {
-                                let _ = s.send(&frame, &mut out);
-                            }
-                        }
-                    }
-                    Ok(false) => {}
-                    Err(e) => log::warn!("the revocation list was not taken: {e}"),
-                }
-            }
+            Event::Revocations(list) => take_revocations(&list, "--revoked", me, &mut sessions, &mut out),
             Event::Frame(id, f) => {
+                // A relay passes on a list it took (from its links or file).
+                if let Ok(Msg::Revocations { list }) = Msg::parse(&f) {
+                    let whence = sessions.get(&id).map(|s| format!("relay {}", s.peer.name)).unwrap_or_default();
+                    take_revocations(list, &whence, me, &mut sessions, &mut out);
+                    continue;
+                }
                 let Some(s) = sessions.get_mut(&id) else { continue };
                 // A node registers as what it proved at the handshake (its
                 // certificate's name and role, where there are certificates).

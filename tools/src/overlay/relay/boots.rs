@@ -5,12 +5,14 @@
 //! with the last directory while every server is down.
 
 use std::{
-    net::SocketAddrV4,
+    io::Write,
+    net::{SocketAddrV4, TcpStream},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use xsock::overlay::{Identity, Key, Registration, SecureParts, read_frames, register};
+use xsock::overlay::{Identity, Key, Registration, SecureParts, read_frames, register, session_clock};
+use xsock_overlay::secure::{Opener, Sealer};
 use xsock_overlay::wire::{Entry, Msg};
 
 use super::shell::{Event, Notify};
@@ -19,13 +21,15 @@ use super::shell::{Event, Notify};
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 
 /// Reads server `index` at `addr` for the life of the process, starting on
-/// `first` (the session made at start) or registering anew.
+/// `first` (the session made at start) or registering anew. While the
+/// session is up, its writing half is in `writers[index]` (the loop tells
+/// the server of revocation lists through it).
 pub fn spawn(
     index: usize,
     addr: SocketAddrV4,
     first: Option<SecureParts>,
     reg: Registration,
-    (key, me): (Key, Arc<Mutex<Identity>>),
+    (key, me, writers): (Key, Arc<Mutex<Identity>>, Writers),
     tx: Notify,
 ) {
     let _ = std::thread::Builder::new().name(format!("boot-{index}")).spawn(move || {
@@ -55,7 +59,19 @@ pub fn spawn(
                     }
                 },
             };
-            let why = read(index, parts, &tx);
+            let SecureParts { stream, sealer, opener, plain, .. } = parts;
+            if let (Ok(w), Some(slot)) = (stream.try_clone(), lock(&writers).get_mut(index)) {
+                *slot = Some((w, sealer));
+            }
+            // A server that restarted without the list learns it back.
+            let list = identity(&me).trust.and_then(|t| t.revocations().map(|l| l.to_bytes()));
+            if let Some(list) = list {
+                tell(&writers, Some(index), &Msg::Revocations { list: &list }.to_frame());
+            }
+            let why = read(index, (stream, opener, plain), &tx);
+            if let Some(slot) = lock(&writers).get_mut(index) {
+                *slot = None;
+            }
             tx.send(Event::BootLost { index, why });
             std::thread::sleep(backoff);
         }
@@ -64,12 +80,37 @@ pub fn spawn(
 
 /// A copy of the shared identity (with the newest revocation list).
 fn identity(me: &Mutex<Identity>) -> Identity {
-    me.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    lock(me).clone()
+}
+
+/// The writing half of each bootstrap session that is up.
+pub type Writers = Arc<Mutex<Vec<Option<(TcpStream, Sealer)>>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Seals `frame` to every bootstrap server whose session is up.
+pub fn tell_all(writers: &Writers, frame: &[u8]) {
+    tell(writers, None, frame);
+}
+
+/// Seals `frame` to server `only` (or every one) if its session is up.
+fn tell(writers: &Writers, only: Option<usize>, frame: &[u8]) {
+    let mut out = Vec::new();
+    let mut all = lock(writers);
+    let chosen = all.iter_mut().enumerate().filter(|(i, _)| only.is_none_or(|o| o == *i));
+    for (w, sealer) in chosen.filter_map(|(_, s)| s.as_mut()) {
+        out.clear();
+        sealer.seal(session_clock(), frame, &mut out);
+        if let Err(e) = w.write_all(&out) {
+            log::debug!("telling a bootstrap server: {e}");
+        }
+    }
 }
 
 /// Hands every directory to the loop until the session ends; why it did.
-fn read(index: usize, parts: SecureParts, tx: &Notify) -> String {
-    let SecureParts { mut stream, mut opener, plain, .. } = parts;
+fn read(index: usize, (mut stream, mut opener, plain): (TcpStream, Opener, Vec<u8>), tx: &Notify) -> String {
     read_frames(&mut stream, &mut opener, plain, |f| {
         match Msg::parse(f) {
             Ok(Msg::Directory { entries }) => tx.send(Event::Directory { index, entries }),

@@ -130,8 +130,10 @@ pub fn run(setup: Setup) -> Result<(), Fail> {
         core.set_trust(t.clone());
     }
     let identity = Arc::new(Mutex::new(identity));
+    let boot_writers: super::boots::Writers = Arc::new(Mutex::new((0..boots.len()).map(|_| None).collect()));
     for (index, (addr, session)) in boots.into_iter().enumerate() {
-        super::boots::spawn(index, addr, session, reg.clone(), (key.clone(), identity.clone()), notify.clone());
+        let cred = (key.clone(), identity.clone(), boot_writers.clone());
+        super::boots::spawn(index, addr, session, reg.clone(), cred, notify.clone());
     }
     let ident =
         wan::Ident { key: key.clone(), identity, me, site, name: settings.name.clone(), refused: Default::default() };
@@ -166,6 +168,7 @@ pub fn run(setup: Setup) -> Result<(), Fail> {
         cache: settings.directory_cache.clone().map(|p| (p, site)),
         early: Vec::new(),
         fatal: None,
+        boot_writers,
     };
     if !initial.is_empty() {
         st.core.set_directory(&initial);
@@ -282,6 +285,8 @@ struct State {
     early: Vec<(Instant, Stream, String, NodeId, NodeId, u16)>,
     /// Why the relay must stop, once it must.
     fatal: Option<String>,
+    /// The bootstrap sessions' writing halves (revocation lists go up).
+    boot_writers: super::boots::Writers,
 }
 
 /// How long an open from a node the directory does not list yet waits for
@@ -697,6 +702,8 @@ impl State {
     /// links to relays whose key it names close now.
     fn revoked(&mut self, list: xsock_overlay::cert::Revocations) {
         log::info!("revocation list number {} taken: {} keys revoked", list.seq, list.keys.len());
+        // The servers learn it too (one that has it already ignores it).
+        super::boots::tell_all(&self.boot_writers, &Msg::Revocations { list: &list.to_bytes() }.to_frame());
         if let Ok(mut id) = self.ident.identity.lock()
             && let Some(t) = &mut id.trust
         {
