@@ -17,6 +17,7 @@ use xsock_testbed::{
     overlay::{Overlay, WAN_PORT},
     require_root,
     sites::{Policy, SiteSpec},
+    strs,
 };
 
 const XSOCK: &str = env!("CARGO_BIN_EXE_xsock");
@@ -78,10 +79,6 @@ fn ping_as(o: &Overlay, name: &str, rest: &[&str]) -> Vec<String> {
     a.extend(o.join_flags(name));
     a.extend(rest.iter().map(|s| s.to_string()));
     a
-}
-
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
 }
 
 fn three_lans() -> Vec<SiteSpec> {

@@ -14,13 +14,10 @@ use xsock_testbed::{
     overlay::{Overlay, WAN_PORT, issue},
     require_root,
     sites::{Policy, SiteSpec},
+    strs,
 };
 
 const XSOCK: &str = env!("CARGO_BIN_EXE_xsock");
-
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
 
 fn two_lans() -> Vec<SiteSpec> {
     vec![
