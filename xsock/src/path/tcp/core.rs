@@ -796,9 +796,23 @@ impl TcpCore {
         }
         self.give_up_at = deadline;
         for h in gave_up {
+            let s = self.sockets.get::<tcp::Socket<'_>>(h);
+            let (port, remote) = match (s.local_endpoint(), s.remote_endpoint()) {
+                (Some(l), Some(smoltcp::wire::IpEndpoint { addr: smoltcp::wire::IpAddress::Ipv4(a), port })) => {
+                    (l.port, (a.octets(), port))
+                }
+                _ => (0, ([0; 4], 0)),
+            };
+            let key = (port, remote.0, remote.1);
             log::debug!(
-                "TCP mode: giving up on a connection with data unacknowledged for {:?}",
-                self.config.dead_after
+                "TCP mode: giving up on a connection with data unacknowledged for {:?}: smoltcp {} with {} B to send and {} B to read; wire: {}; reorder: {}; SACK: {}",
+                self.config.dead_after,
+                s.state(),
+                s.send_queue(),
+                s.recv_queue(),
+                self.tracker.describe(port, now),
+                self.reorder.describe(key),
+                self.sack.describe(key),
             );
             self.sockets.get_mut::<tcp::Socket<'_>>(h).abort();
         }

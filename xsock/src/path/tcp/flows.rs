@@ -33,6 +33,31 @@ struct Flow {
     probe: Option<(u32, Instant)>,
     srtt: Option<Duration>,
     rate: WindowRate,
+    /// The last segment each way, for the report of a stalled connection.
+    last_out: Option<Glimpse>,
+    last_in: Option<Glimpse>,
+}
+
+/// One segment's header fields, as a stalled connection's report shows them.
+#[derive(Debug, Clone, Copy)]
+struct Glimpse {
+    seq: u32,
+    ack: u32,
+    len: u32,
+    flags: [bool; 4],
+    at: Instant,
+}
+
+impl Glimpse {
+    fn of(s: &Segment<'_>, at: Instant) -> Glimpse {
+        Glimpse { seq: s.seq, ack: s.ack, len: s.len, flags: [s.syn, s.ack_flag, s.fin, s.rst], at }
+    }
+
+    fn show(g: Option<Glimpse>, now: Instant) -> String {
+        let Some(g) = g else { return "none".into() };
+        let flags: String = g.flags.iter().zip("SAFR".chars()).filter(|(on, _)| **on).map(|(_, c)| c).collect();
+        format!("seq {} ack {} len {} [{flags}] {:?} ago", g.seq, g.ack, g.len, now.saturating_duration_since(g.at))
+    }
 }
 
 /// The flows of the TCP mode, by local port.
@@ -45,6 +70,9 @@ impl FlowTracker {
     /// Looks at an outgoing segment.
     pub fn on_sent(&mut self, s: &Segment<'_>, now: Instant) {
         if s.len == 0 {
+            if let Some(flow) = self.ports.get_mut(&s.sport) {
+                flow.last_out = Some(Glimpse::of(s, now));
+            }
             return;
         }
         let (port, seq) = (s.sport, s.seq);
@@ -59,7 +87,10 @@ impl FlowTracker {
             probe: None,
             srtt: None,
             rate: WindowRate::new(AUTO_PACE_FLOOR),
+            last_out: None,
+            last_in: None,
         });
+        flow.last_out = Some(Glimpse::of(s, now));
         flow.segments += 1;
         if after(end, flow.highest_end) {
             flow.highest_end = end;
@@ -79,6 +110,7 @@ impl FlowTracker {
             return;
         }
         let Some(flow) = self.ports.get_mut(&s.dport) else { return };
+        flow.last_in = Some(Glimpse::of(s, now));
         let ack = s.ack;
         if after(ack, flow.highest_end) || flow.una.is_some_and(|u| !after(ack, u)) {
             return;
@@ -124,6 +156,20 @@ impl FlowTracker {
 
     pub fn forget(&mut self, port: u16) {
         self.ports.remove(&port);
+    }
+
+    /// What `port`'s flow last sent and received, and what it has in
+    /// flight (for the report of a connection that stalled).
+    pub fn describe(&self, port: u16, now: Instant) -> String {
+        let Some(f) = self.ports.get(&port) else { return "no data sent".into() };
+        format!(
+            "highest sent {}, acknowledged to {:?}, {} B in flight; last out: {}; last in: {}",
+            f.highest_end,
+            f.una,
+            f.in_flight(),
+            Glimpse::show(f.last_out, now),
+            Glimpse::show(f.last_in, now)
+        )
     }
 }
 

@@ -235,6 +235,20 @@ impl Reorder {
         self.flows.retain(|k, _| k.0 != port);
     }
 
+    /// The flow's state, for the report of a connection that stalled.
+    pub fn describe(&self, key: Key) -> String {
+        let Some(f) = self.flows.get(&key) else { return "no flow".into() };
+        format!(
+            "smoltcp acknowledged {:?}, given {:?}, window end {:?}, {} held ({} B) in {:?}",
+            f.acked,
+            f.given,
+            f.window_end(),
+            f.held.len(),
+            f.held_bytes,
+            f.ranges.iter().take(4).collect::<Vec<_>>()
+        )
+    }
+
     /// Segments held now, over all flows.
     #[cfg(test)]
     pub fn held(&self) -> usize {
