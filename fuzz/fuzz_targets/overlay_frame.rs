@@ -1,5 +1,6 @@
-//! The overlay frame parser and the relay core behind it: no input panics
-//! either; whatever parses re-emits to a frame that parses the same.
+//! The overlay frame parser and the cores behind it (a relay link, an
+//! endpoint's session at both ends): no input panics any of them;
+//! whatever parses re-emits to a frame that parses the same.
 #![no_main]
 
 use std::time::Duration;
@@ -30,4 +31,6 @@ fuzz_target!(|data: &[u8]| {
     while core.poll_transmit().is_some() {}
     while core.poll_action().is_some() {}
     core.handle_timeout(Duration::from_secs(10));
+    // And as an endpoint's session with its relay, both ends.
+    xsock_overlay::attach::hostile_bytes(data);
 });

@@ -20,6 +20,8 @@
 //! - [`lsdb`] and [`route`]: link-state advertisements with sequence
 //!   numbers and ageing, routing behind the [`route::Routing`] trait
 //!   (Dijkstra now);
+//! - [`attach`]: an attached endpoint's session with its relay (the VCs of
+//!   every process behind it on one stream; windows that grow to the path);
 //! - [`relay`]: the relay's core: links, flooding, virtual connections
 //!   (open, data, end-to-end credit, close, abort) multiplexed over links;
 //! - [`sim`]: relay cores on in-memory links and virtual time (the tests'
@@ -32,6 +34,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod attach;
 pub mod auth;
 pub mod cert;
 pub mod id;

@@ -88,6 +88,15 @@ pub enum Done {
         /// The port it is for.
         port: u16,
     },
+    /// The far end attaches as node `node` ([`Preamble::attach`]): the
+    /// caller answers `Accept { vc: 0 }` or `Refuse` itself, and the
+    /// stream carries the node's virtual connections from then on.
+    Attaching {
+        /// Who asks (proven).
+        peer: Peer,
+        /// The node it attaches as.
+        node: NodeId,
+    },
 }
 
 /// Why a preamble failed. Send what [`Preamble::poll_transmit`] still
@@ -122,6 +131,7 @@ impl std::error::Error for PreambleError {}
 enum Mode {
     Authenticate,
     Open { src: NodeId, dst: NodeId, port: u16 },
+    Attach { node: NodeId },
     Answer,
 }
 
@@ -162,7 +172,14 @@ impl Preamble {
         Preamble::new(hs, Mode::Open { src, dst, port })
     }
 
-    /// The answering side: after the handshake, waits for the `Open`.
+    /// An endpoint attaching to its relay: after the handshake, asks that
+    /// the stream be node `node`'s session.
+    pub fn attach(hs: Handshake, node: NodeId) -> Preamble {
+        Preamble::new(hs, Mode::Attach { node })
+    }
+
+    /// The answering side: after the handshake, waits for the `Open` (or
+    /// an `Attach`).
     pub fn answer(hs: Handshake) -> Preamble {
         Preamble::new(hs, Mode::Answer)
     }
@@ -208,7 +225,11 @@ impl Preamble {
                 match self.mode {
                     Mode::Authenticate => Ok(Some(Done::Authenticated(peer))),
                     Mode::Open { src, dst, port } => {
-                        self.tx.push_back(Msg::Open { vc: 0, src, dst, port, ttl: 0, credit: 0 }.to_frame());
+                        self.tx.push_back(Msg::Open { vc: 0, src, dst, port, ttl: 0, credit: 0, data: b"" }.to_frame());
+                        Ok(None)
+                    }
+                    Mode::Attach { node } => {
+                        self.tx.push_back(Msg::Attach { node }.to_frame());
                         Ok(None)
                     }
                     Mode::Answer => Ok(None),
@@ -218,12 +239,13 @@ impl Preamble {
                 let msg = Msg::parse(frame).map_err(PreambleError::Parse)?;
                 let peer = self.peer.clone().expect("proven before the request");
                 match (self.mode, msg) {
-                    (Mode::Open { .. }, Msg::Accept { .. }) => Ok(Some(Done::Accepted(peer))),
+                    (Mode::Open { .. } | Mode::Attach { .. }, Msg::Accept { .. }) => Ok(Some(Done::Accepted(peer))),
                     (Mode::Answer, Msg::Open { src, dst, port, .. }) => Ok(Some(Done::Asked { peer, src, dst, port })),
+                    (Mode::Answer, Msg::Attach { node }) => Ok(Some(Done::Attaching { peer, node })),
                     (_, Msg::Refuse { reason, .. } | Msg::Refused { reason }) => {
                         Err(PreambleError::Refused(reason.to_owned()))
                     }
-                    (Mode::Answer, _) => Err(PreambleError::Unexpected("Open")),
+                    (Mode::Answer, _) => Err(PreambleError::Unexpected("Open or Attach")),
                     _ => Err(PreambleError::Unexpected("Accept or Refuse")),
                 }
             }
@@ -235,15 +257,19 @@ impl Preamble {
 /// Drives each kind of preamble with `data` from a hostile peer, cut into
 /// frames by [`ExactReader`] in pieces of every size: nothing may panic
 /// (the `lan_preamble` fuzz target, whose corpus the tests replay).
-/// Returns how many of the three ran to their end (so a replay can tell
+/// Returns how many of the four ran to their end (so a replay can tell
 /// that its corpus still holds whole transcripts).
 pub fn hostile_bytes(data: &[u8]) -> usize {
     let mut done = 0;
     let key = crate::auth::Key::from_file_contents(b"fuzz-cluster-key-0123456789").expect("long enough");
     let hs = || Handshake::new(key.clone(), crate::wire::Role::Relay, "fuzz", [7; 16]);
     let step = data.first().map_or(1, |b| usize::from(*b % 7) + 1);
-    for mut p in [Preamble::authenticate(hs()), Preamble::open(hs(), NodeId(1), NodeId(2), 80), Preamble::answer(hs())]
-    {
+    for mut p in [
+        Preamble::authenticate(hs()),
+        Preamble::open(hs(), NodeId(1), NodeId(2), 80),
+        Preamble::attach(hs(), NodeId(1)),
+        Preamble::answer(hs()),
+    ] {
         let mut rd = ExactReader::default();
         let mut at = 0;
         while at < data.len() {
@@ -332,6 +358,32 @@ mod tests {
             let Some(Ok(Done::Asked { peer, src, dst, port })) = rb else { panic!("{rb:?}") };
             assert_eq!((peer.name.as_str(), src, dst, port), ("ep", NodeId(7), NodeId(9), 5000));
         }
+    }
+
+    #[test]
+    fn an_attach_is_asked_for_with_the_peers_proven_name_and_ends_at_accept() {
+        for chunk in [1, 5, 4096] {
+            let k = "a-cluster-key-of-some-length";
+            let a = Preamble::attach(hs(k, Role::Endpoint, "ep", 1), NodeId(7));
+            let b = Preamble::answer(hs(k, Role::Relay, "relay", 2));
+            let (ra, rb) = run(a, b, chunk);
+            assert_eq!(ra, None);
+            let Some(Ok(Done::Attaching { peer, node })) = rb else { panic!("{rb:?}") };
+            assert_eq!((peer.name.as_str(), node), ("ep", NodeId(7)));
+        }
+        let k = "a-cluster-key-of-some-length";
+        let mut a = Preamble::attach(hs(k, Role::Endpoint, "ep", 1), NodeId(7));
+        let mut b = Preamble::answer(hs(k, Role::Relay, "relay", 2));
+        let (ha, hb) = (a.poll_transmit().unwrap(), b.poll_transmit().unwrap());
+        a.handle_frame(&hb[4..]).unwrap();
+        b.handle_frame(&ha[4..]).unwrap();
+        let (pa, pb) = (a.poll_transmit().unwrap(), b.poll_transmit().unwrap());
+        a.handle_frame(&pb[4..]).unwrap();
+        b.handle_frame(&pa[4..]).unwrap();
+        let attach = a.poll_transmit().unwrap();
+        assert!(matches!(b.handle_frame(&attach[4..]), Ok(Some(Done::Attaching { node: NodeId(7), .. }))));
+        let accept = Msg::Accept { vc: 0, credit: 0 }.to_frame();
+        assert!(matches!(a.handle_frame(&accept[4..]), Ok(Some(Done::Accepted(p))) if p.name == "relay"));
     }
 
     #[test]
@@ -429,11 +481,13 @@ mod tests {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/lan_preamble");
         std::fs::create_dir_all(dir).unwrap();
         let mut seeds: Vec<(&str, Vec<u8>)> = Vec::new();
-        for (name, opener) in [("opener", true), ("answerer", false)] {
-            let mut peer = if opener {
-                Preamble::open(Handshake::new(k.clone(), Role::Endpoint, "ep", [1; 16]), NodeId(7), NodeId(9), 80)
-            } else {
-                Preamble::answer(Handshake::new(k.clone(), Role::Endpoint, "ep", [1; 16]))
+        for (name, kind) in [("opener", 0), ("answerer", 1), ("attacher", 2)] {
+            let opener = kind != 1;
+            let hs = Handshake::new(k.clone(), Role::Endpoint, "ep", [1; 16]);
+            let mut peer = match kind {
+                0 => Preamble::open(hs, NodeId(7), NodeId(9), 80),
+                1 => Preamble::answer(hs),
+                _ => Preamble::attach(hs, NodeId(7)),
             };
             let peer_hello = peer.poll_transmit().unwrap();
             let mut t = peer_hello.clone();
@@ -451,7 +505,7 @@ mod tests {
             let mut refused = t.clone();
             refused.extend(Msg::Refuse { vc: 0, reason: "no" }.to_frame());
             seeds.push((name, t));
-            seeds.push((if opener { "opener-then-more" } else { "accept-then-refuse" }, refused));
+            seeds.push((["opener-then-more", "accept-then-refuse", "attacher-then-more"][kind], refused));
         }
         let hello = Handshake::new(k.clone(), Role::Endpoint, "ep", [1; 16]).hello().to_vec();
         let mut wrong = hello.clone();

@@ -15,6 +15,15 @@
 //! holding a local end forwards the endpoint's bytes only within the credit
 //! the other end granted (in `Open` and `Accept`, then `Credit` as it
 //! delivers). Relays in between forward without buffering beyond that.
+//!
+//! An endpoint that attaches ([`RelayCore::handle_session_up`]) keeps one
+//! stream to the relay, its *session*, and speaks the links' VC messages
+//! on it: its VCs open with one `Open` per hop carrying their first bytes,
+//! and the relay delivers VCs to it the same way, with no stream or
+//! handshake per VC. A session is a link in all but routing: no
+//! advertisement goes on it or names it, and the endpoint may open VCs
+//! only as itself. On a session the endpoint picks even VC ids, the relay
+//! odd ones.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -93,8 +102,9 @@ impl RelayConfig {
 #[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Open a stream to endpoint `dst` (of this LAN) on `port`, on behalf of
-    /// `src`; report with `handle_local_connected` or `handle_local_failed`.
+    /// Open a stream to endpoint `dst` (of this LAN, not attached) on
+    /// `port`, on behalf of `src`; report with `handle_local_connected` or
+    /// `handle_local_failed`.
     Connect { local: LocalId, src: NodeId, dst: NodeId, port: u16 },
     /// The VC opened by this local end was accepted: tell the endpoint and
     /// start relaying.
@@ -109,7 +119,7 @@ pub enum Action {
     Shutdown { local: LocalId },
     /// Both directions are finished: close the stream once flushed.
     Finished { local: LocalId },
-    /// Close this link (a duplicate, or it went silent).
+    /// Close this link or session (a duplicate, or it went silent).
     CloseLink { link: LinkId },
     /// A newer revocation list was taken (from a link or the shell) and
     /// flooded on: refuse these keys from now on, close the links and
@@ -143,6 +153,10 @@ pub struct Counters {
 enum End {
     Link(LinkId, u32),
     Local(LocalId),
+    /// An attached endpoint that finished sending (its `Close` went on)
+    /// and then left: the VC lives until the other end closes too, and
+    /// data for it is answered with `Abort`.
+    Departed(u64),
 }
 
 #[derive(Debug)]
@@ -160,6 +174,11 @@ struct LocalEnd {
     credit: u64,
     /// Bytes delivered to the endpoint, not yet credited back.
     owed: u32,
+    /// The VC's first bytes (from its `Open`), for a stream still being
+    /// connected; once delivered they are not credited back (they needed
+    /// no credit).
+    first: Vec<u8>,
+    free: u32,
 }
 
 #[derive(Debug)]
@@ -172,6 +191,8 @@ struct LinkState {
     /// Something was sent since then.
     sent: bool,
     initiated_by_me: bool,
+    /// An attached endpoint's session, not a relay link.
+    endpoint: bool,
 }
 
 /// See the module documentation.
@@ -185,6 +206,8 @@ pub struct RelayCore {
     next_refresh: Duration,
     links: HashMap<LinkId, LinkState>,
     link_to: HashMap<NodeId, LinkId>,
+    /// Attached endpoints' sessions, by node.
+    attached: HashMap<NodeId, LinkId>,
     out: HashMap<LinkId, Vec<u8>>,
     dirty: Vec<LinkId>,
     vcs: HashMap<u64, Vc>,
@@ -224,6 +247,7 @@ impl RelayCore {
             routes: HashMap::new(),
             links: HashMap::new(),
             link_to: HashMap::new(),
+            attached: HashMap::new(),
             out: HashMap::new(),
             dirty: Vec::new(),
             vcs: HashMap::new(),
@@ -307,8 +331,10 @@ impl RelayCore {
             self.drop_link(now, old, "replaced by a newer link");
         }
         let next_vc = if self.cfg.me < peer { 2 } else { 1 };
-        self.links
-            .insert(link, LinkState { peer, next_vc, last_heard: now, last_sent: now, sent: false, initiated_by_me });
+        self.links.insert(
+            link,
+            LinkState { peer, next_vc, last_heard: now, last_sent: now, sent: false, initiated_by_me, endpoint: false },
+        );
         self.link_to.insert(peer, link);
         // Full sync: everything we know, then our new advertisement.
         let all: Vec<Vec<u8>> = self
@@ -324,6 +350,39 @@ impl RelayCore {
             self.send_msg(link, &Msg::Revocations { list: &list });
         }
         self.links_changed(now);
+    }
+
+    /// Endpoint `node` of our LAN, authenticated by the shell as that node,
+    /// attached: `link` (a name the shell picks, distinct from its relay
+    /// links') is its session. A session `node` had before is closed.
+    pub fn handle_session_up(&mut self, now: Duration, link: LinkId, node: NodeId) {
+        if let Some(old) = self.attached.insert(node, link)
+            && old != link
+        {
+            self.actions.push_back(Action::CloseLink { link: old });
+            self.drop_link(now, old, "replaced by a newer session of the endpoint");
+            self.attached.insert(node, link);
+        }
+        let st = LinkState {
+            peer: node,
+            next_vc: 1,
+            last_heard: now,
+            last_sent: now,
+            sent: false,
+            initiated_by_me: false,
+            endpoint: true,
+        };
+        self.links.insert(link, st);
+    }
+
+    /// Endpoints attached now.
+    pub fn session_count(&self) -> usize {
+        self.attached.len()
+    }
+
+    /// Relay links (not sessions), but `except`.
+    fn relay_links(&self, except: Option<LinkId>) -> Vec<LinkId> {
+        self.links.iter().filter(|(l, s)| !s.endpoint && Some(**l) != except).map(|(l, _)| *l).collect()
     }
 
     /// Checks certificates against `trust` (its CA, its list): lists that
@@ -351,8 +410,7 @@ impl RelayCore {
         if !trust.adopt(list.clone())? {
             return Ok(false);
         }
-        let links: Vec<LinkId> = self.links.keys().copied().filter(|l| Some(*l) != from).collect();
-        for l in links {
+        for l in self.relay_links(from) {
             self.send_msg(l, &Msg::Revocations { list: bytes });
         }
         self.actions.push_back(Action::Revoked { list });
@@ -366,6 +424,28 @@ impl RelayCore {
 
     fn drop_link(&mut self, now: Duration, link: LinkId, why: &str) {
         let Some(st) = self.links.remove(&link) else { return };
+        if st.endpoint {
+            if self.attached.get(&st.peer) == Some(&link) {
+                self.attached.remove(&st.peer);
+            }
+            self.out.remove(&link);
+            let reason = format!("{PATH_LOST}{why} (endpoint {} at relay {})", st.peer, self.cfg.me);
+            for (end, vc) in self.ends_on(link) {
+                // An endpoint that closed its half and exited ended well:
+                // what it sent is on its way; the far end reads it all.
+                let finished = self.vcs.get(&vc).is_some_and(|v| v.open && v.closed[usize::from(v.ends[1] == end)]);
+                if finished {
+                    self.by_end.remove(&end);
+                    self.by_end.insert(End::Departed(vc), vc);
+                    let v = self.vcs.get_mut(&vc).expect("listed");
+                    let i = usize::from(v.ends[1] == end);
+                    v.ends[i] = End::Departed(vc);
+                } else {
+                    self.abort_vc(vc, Some(end), &reason);
+                }
+            }
+            return;
+        }
         if self.link_to.get(&st.peer) == Some(&link) {
             self.link_to.remove(&st.peer);
             // Another link to the same relay (a duplicate not yet closed)
@@ -376,13 +456,7 @@ impl RelayCore {
         }
         self.out.remove(&link);
         let reason = format!("{PATH_LOST}{why} (relay {} to relay {})", self.cfg.me, st.peer);
-        let affected: Vec<(End, u64)> = self
-            .by_end
-            .iter()
-            .filter(|(e, _)| matches!(e, End::Link(l, _) if *l == link))
-            .map(|(e, v)| (*e, *v))
-            .collect();
-        for (end, vc) in affected {
+        for (end, vc) in self.ends_on(link) {
             self.abort_vc(vc, Some(end), &reason);
         }
         self.links_changed(now);
@@ -399,12 +473,27 @@ impl RelayCore {
         self.flush_routes(now);
     }
 
-    /// One frame (type + body) from `link`. An error means the peer broke
-    /// the protocol: close the link.
+    /// The VC ends on `link`.
+    fn ends_on(&self, link: LinkId) -> Vec<(End, u64)> {
+        self.by_end.iter().filter(|(e, _)| matches!(e, End::Link(l, _) if *l == link)).map(|(e, v)| (*e, *v)).collect()
+    }
+
+    /// One frame (type + body) from `link` (a relay link or a session). An
+    /// error means the peer broke the protocol: close it.
     pub fn handle_link_frame(&mut self, now: Duration, link: LinkId, frame: &[u8]) -> Result<(), ParseError> {
         let msg = Msg::parse(frame)?;
         let Some(st) = self.links.get_mut(&link) else { return Ok(()) };
         st.last_heard = now;
+        if st.endpoint {
+            let node = st.peer;
+            return match msg {
+                // An endpoint opens as itself, never on another's behalf.
+                Msg::Open { src, .. } if src != node => Err(ParseError::BadValue("open from another node's id")),
+                Msg::Open { vc, .. } if vc % 2 == 1 => Err(ParseError::BadValue("odd vc id from an endpoint")),
+                Msg::Lsa { .. } | Msg::Revocations { .. } => Err(ParseError::BadValue("message type on a session")),
+                msg => self.handle_vc_msg(now, link, msg),
+            };
+        }
         match msg {
             Msg::Lsa { origin, seq, neighbors } => {
                 self.counters.lsas_in += 1;
@@ -421,8 +510,7 @@ impl RelayCore {
                 // skip the computation (most advertisements are refreshes).
                 let same_links = self.db.get(origin).is_some_and(|old| old.neighbors == neighbors);
                 if self.db.install(Lsa { origin, seq, neighbors }, now) == Install::Updated {
-                    let links: Vec<LinkId> = self.links.keys().copied().filter(|l| *l != link).collect();
-                    for l in links {
+                    for l in self.relay_links(Some(link)) {
                         self.send_raw(l, frame_with_len(frame).as_slice());
                     }
                     if !same_links {
@@ -430,15 +518,30 @@ impl RelayCore {
                     }
                 }
             }
-            Msg::Open { vc, src, dst, port, ttl, credit } => {
+            Msg::Revocations { list } => {
+                // A list that is not our CA's, or older, is not flooded on.
+                match self.take_revocations(Some(link), list) {
+                    Ok(_) | Err(CertError::Stale(_)) => {}
+                    Err(_) => self.counters.revocations_refused += 1,
+                }
+            }
+            msg => return self.handle_vc_msg(now, link, msg),
+        }
+        Ok(())
+    }
+
+    /// A VC message (or a keepalive) from a relay link or a session.
+    fn handle_vc_msg(&mut self, now: Duration, link: LinkId, msg: Msg<'_>) -> Result<(), ParseError> {
+        match msg {
+            Msg::Open { vc, src, dst, port, ttl, credit, data } => {
                 let end = End::Link(link, vc);
                 if self.by_end.contains_key(&end) {
                     return Err(ParseError::BadValue("open of a vc id in use"));
                 }
-                self.open(now, end, src, dst, port, ttl, credit);
+                self.open(now, end, (src, dst, port), ttl, credit, data);
             }
             Msg::Accept { vc, credit } => self.on_accept(End::Link(link, vc), credit),
-            Msg::Refuse { vc, reason } => {
+            Msg::Refuse { vc, reason } | Msg::Abort { vc, reason } => {
                 if let Some(id) = self.by_end.get(&End::Link(link, vc)).copied() {
                     self.abort_vc(id, Some(End::Link(link, vc)), reason);
                 }
@@ -447,19 +550,7 @@ impl RelayCore {
             Msg::Credit { vc, bytes } => self.on_credit(End::Link(link, vc), bytes),
             Msg::Close { vc } => self.on_close(End::Link(link, vc)),
             Msg::Keepalive => {}
-            Msg::Revocations { list } => {
-                // A list that is not our CA's, or older, is not flooded on.
-                match self.take_revocations(Some(link), list) {
-                    Ok(_) | Err(CertError::Stale(_)) => {}
-                    Err(_) => self.counters.revocations_refused += 1,
-                }
-            }
-            Msg::Abort { vc, reason } => {
-                if let Some(id) = self.by_end.get(&End::Link(link, vc)).copied() {
-                    self.abort_vc(id, Some(End::Link(link, vc)), reason);
-                }
-            }
-            // Handshake and directory messages do not belong on a relay link.
+            // Handshake and directory messages do not belong on a link.
             _ => return Err(ParseError::BadValue("message type on a relay link")),
         }
         Ok(())
@@ -473,13 +564,19 @@ impl RelayCore {
     pub fn handle_local_open(&mut self, now: Duration, src: NodeId, dst: NodeId, port: u16) -> LocalId {
         let local = self.new_local();
         let window = self.cfg.window;
-        self.open(now, End::Local(local), src, dst, port, MAX_HOPS, window);
+        self.open(now, End::Local(local), (src, dst, port), MAX_HOPS, window, &[]);
         local
     }
 
     /// The stream for [`Action::Connect`] is open and the endpoint accepted.
     pub fn handle_local_connected(&mut self, local: LocalId) {
         let window = self.cfg.window;
+        if let Some(l) = self.locals.get_mut(&local)
+            && !l.first.is_empty()
+        {
+            let bytes = std::mem::take(&mut l.first);
+            self.actions.push_back(Action::Write { local, bytes });
+        }
         self.on_accept(End::Local(local), window);
     }
 
@@ -513,7 +610,10 @@ impl RelayCore {
     pub fn handle_local_delivered(&mut self, local: LocalId, n: usize) {
         let window = self.cfg.window;
         let Some(l) = self.locals.get_mut(&local) else { return };
-        l.owed = l.owed.saturating_add(n as u32);
+        // The first bytes came without credit: none goes back for them.
+        let free = l.free.min(n as u32);
+        l.free -= free;
+        l.owed = l.owed.saturating_add(n as u32 - free);
         // Credit back in quarters of the window: few messages, and the
         // sender never waits while three quarters are still open.
         if l.owed >= window / 4 {
@@ -648,8 +748,7 @@ impl RelayCore {
         let same_links = self.db.get(self.cfg.me).is_some_and(|old| old.neighbors == lsa.neighbors);
         let frame = Msg::Lsa { origin: lsa.origin, seq: lsa.seq, neighbors: lsa.neighbors.clone() }.to_frame();
         self.db.install(lsa, now);
-        let links: Vec<LinkId> = self.links.keys().copied().collect();
-        for l in links {
+        for l in self.relay_links(None) {
             self.send_raw(l, &frame);
         }
         self.next_refresh = now + self.cfg.refresh;
@@ -777,8 +876,16 @@ impl RelayCore {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn open(&mut self, now: Duration, from: End, src: NodeId, dst: NodeId, port: u16, ttl: u8, credit: u32) {
+    /// A VC `(src, dst, port)` opened by end `from`, with its first bytes.
+    fn open(
+        &mut self,
+        now: Duration,
+        from: End,
+        (src, dst, port): (NodeId, NodeId, u16),
+        ttl: u8,
+        credit: u32,
+        data: &[u8],
+    ) {
         // A VC takes the routes as they are now, not as of the last burst.
         self.flush_routes(now);
         let id = self.next_vc;
@@ -788,10 +895,11 @@ impl RelayCore {
             match from {
                 End::Link(link, vc) => core.send_msg(link, &Msg::Refuse { vc, reason: &reason }),
                 End::Local(local) => core.actions.push_back(Action::Failed { local, reason }),
+                End::Departed(_) => {}
             }
         };
         if let End::Local(l) = from {
-            self.locals.insert(l, LocalEnd { vc: id, credit: 0, owed: 0 });
+            self.locals.insert(l, LocalEnd { vc: id, credit: 0, owed: 0, first: Vec::new(), free: 0 });
         }
         if let Some(reason) = self.draining.clone() {
             self.locals.retain(|_, l| l.vc != id);
@@ -805,10 +913,20 @@ impl RelayCore {
                 self.locals.retain(|_, l| l.vc != id);
                 return refuse(self, reason);
             }
-            let local = self.new_local();
-            self.locals.insert(local, LocalEnd { vc: id, credit: u64::from(credit), owed: 0 });
-            self.actions.push_back(Action::Connect { local, src, dst, port });
-            End::Local(local)
+            if let Some(&session) = self.attached.get(&dst) {
+                let st = self.links.get_mut(&session).expect("attached and links agree");
+                let vc = st.next_vc;
+                st.next_vc = st.next_vc.wrapping_add(2);
+                self.send_msg(session, &Msg::Open { vc, src, dst, port, ttl: 0, credit, data });
+                End::Link(session, vc)
+            } else {
+                let local = self.new_local();
+                let first = data.to_vec();
+                let free = data.len() as u32;
+                self.locals.insert(local, LocalEnd { vc: id, credit: u64::from(credit), owed: 0, first, free });
+                self.actions.push_back(Action::Connect { local, src, dst, port });
+                End::Local(local)
+            }
         } else {
             if ttl == 0 {
                 self.locals.retain(|_, l| l.vc != id);
@@ -829,9 +947,10 @@ impl RelayCore {
             let st = self.links.get_mut(&link).expect("link_to and links agree");
             let vc = st.next_vc;
             st.next_vc = st.next_vc.wrapping_add(2);
-            self.send_msg(link, &Msg::Open { vc, src, dst, port, ttl: ttl - 1, credit });
+            self.send_msg(link, &Msg::Open { vc, src, dst, port, ttl: ttl - 1, credit, data });
             End::Link(link, vc)
         };
+        self.counters.bytes_forwarded += data.len() as u64;
         self.by_end.insert(from, id);
         self.by_end.insert(to, id);
         self.vcs.insert(id, Vc { ends: [from, to], closed: [false; 2], open: false });
@@ -856,7 +975,7 @@ impl RelayCore {
                 }
                 self.actions.push_back(Action::Opened { local });
             }
-            None => {}
+            Some((_, End::Departed(_))) | None => {}
         }
     }
 
@@ -869,6 +988,9 @@ impl RelayCore {
                 }
             }
             Some((_, End::Local(local))) => self.actions.push_back(Action::Write { local, bytes: bytes.to_vec() }),
+            Some((_, End::Departed(_))) => {
+                self.abort_vc(vc, None, "the far end finished and left; it reads nothing more")
+            }
             None => {}
         }
     }
@@ -888,7 +1010,7 @@ impl RelayCore {
                     l.credit += u64::from(n);
                 }
             }
-            None => {}
+            Some((_, End::Departed(_))) | None => {}
         }
     }
 
@@ -898,6 +1020,7 @@ impl RelayCore {
         match other {
             End::Link(link, id) => self.send_msg(link, &Msg::Close { vc: id }),
             End::Local(local) => self.actions.push_back(Action::Shutdown { local }),
+            End::Departed(_) => {}
         }
         let v = self.vcs.get_mut(&vc).expect("vc of a known end");
         v.closed[1 - other_idx] = true;
@@ -925,6 +1048,7 @@ impl RelayCore {
                 End::Link(link, id) if open => self.send_msg(link, &Msg::Abort { vc: id, reason }),
                 End::Link(link, id) => self.send_msg(link, &Msg::Refuse { vc: id, reason }),
                 End::Local(local) => self.actions.push_back(Action::Failed { local, reason: reason.to_owned() }),
+                End::Departed(_) => {}
             }
         }
         self.remove_vc(vc, false);

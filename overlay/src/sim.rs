@@ -11,6 +11,7 @@ use std::{
 
 use crate::{
     NodeId, SiteId,
+    attach::{AttachConfig, Attachment, Event},
     relay::{Action, LinkId, LocalId, RelayConfig, RelayCore},
     route::ShortestPath,
     wire::{Entry, FrameReader, Role},
@@ -40,6 +41,12 @@ pub struct Sim {
     /// Rounds of delivery that moved frames (one round = one hop for
     /// everything in flight): the flooding depth.
     pub rounds: u64,
+    /// Attached endpoints, by node id: their relay, session and core.
+    pub attached: BTreeMap<u64, (u64, LinkId, Attachment)>,
+    /// Events the attached endpoints reported, in order.
+    pub events: Vec<(u64, Event)>,
+    /// Messages by type byte that crossed a hop (relay links and sessions).
+    pub msgs_by_type: BTreeMap<u8, u64>,
 }
 
 /// Relay `id` in site `id`.
@@ -111,6 +118,53 @@ impl Sim {
             in_flight: VecDeque::new(),
             actions: vec![],
             next_link: 1,
+            attached: BTreeMap::new(),
+            events: Vec::new(),
+            msgs_by_type: BTreeMap::new(),
+        }
+    }
+
+    /// Endpoint `node` attaches to relay `relay` (a session, as after its
+    /// LAN preamble).
+    pub fn attach(&mut self, relay: u64, node: u64) -> LinkId {
+        let l = self.next_link;
+        self.next_link += 1;
+        let now = self.now;
+        self.core(relay).handle_session_up(now, l, NodeId(node));
+        let mut a = Attachment::new(AttachConfig::new(NodeId(node)), now);
+        a.listen(80);
+        self.attached.insert(node, (relay, l, a));
+        l
+    }
+
+    /// Attached endpoint `node`'s core.
+    pub fn endpoint(&mut self, node: u64) -> &mut Attachment {
+        &mut self.attached.get_mut(&node).expect("attached").2
+    }
+
+    /// The session of `node` breaks at both ends.
+    pub fn detach(&mut self, node: u64) {
+        let (relay, link, mut a) = self.attached.remove(&node).expect("attached");
+        a.handle_session_lost("the session broke");
+        while let Some(e) = a.poll_event() {
+            self.events.push((node, e));
+        }
+        let now = self.now;
+        if let Some(c) = self.relays.get_mut(&relay) {
+            c.handle_link_down(now, link);
+        }
+    }
+
+    /// Takes the events reported so far.
+    pub fn take_events(&mut self) -> Vec<(u64, Event)> {
+        std::mem::take(&mut self.events)
+    }
+
+    fn count_types(&mut self, bytes: &[u8]) {
+        let mut rd = FrameReader::default();
+        rd.push(bytes);
+        while let Ok(Some(f)) = rd.next_frame() {
+            *self.msgs_by_type.entry(f[0]).or_default() += 1;
         }
     }
 
@@ -150,15 +204,39 @@ impl Sim {
     pub fn settle(&mut self) -> Vec<(u64, Action)> {
         let mut flushed = false;
         for _ in 0..10_000 {
+            let mut to_endpoints = Vec::new();
             for (&id, core) in self.relays.iter_mut() {
                 while let Some((link, bytes)) = core.poll_transmit() {
                     if let Some(&(a, b)) = self.links.get(&link) {
                         let to = if a == id { b } else { a };
                         self.in_flight.push_back((link, to, bytes));
+                    } else if let Some((&node, _)) = self.attached.iter().find(|(_, (_, l, _))| *l == link) {
+                        to_endpoints.push((node, bytes));
                     }
                 }
                 while let Some(a) = core.poll_action() {
                     self.actions.push((id, a));
+                }
+            }
+            let now = self.now;
+            for (node, bytes) in to_endpoints {
+                self.delivered += 1;
+                self.delivered_bytes += bytes.len() as u64;
+                self.count_types(&bytes);
+                let (_, _, a) = self.attached.get_mut(&node).expect("found");
+                let mut rd = FrameReader::default();
+                rd.push(&bytes);
+                while let Some(f) = rd.next_frame().unwrap() {
+                    a.handle_frame(now, f).unwrap();
+                }
+                flushed = false;
+            }
+            for (&node, (relay, link, a)) in self.attached.iter_mut() {
+                while let Some(e) = a.poll_event() {
+                    self.events.push((node, e));
+                }
+                if let Some(bytes) = a.poll_transmit(now) {
+                    self.in_flight.push_back((*link, *relay, bytes));
                 }
             }
             if self.in_flight.is_empty() {
@@ -178,6 +256,9 @@ impl Sim {
             while let Some((link, to, bytes)) = self.in_flight.pop_front() {
                 self.delivered += 1;
                 self.delivered_bytes += bytes.len() as u64;
+                if !self.attached.is_empty() {
+                    self.count_types(&bytes);
+                }
                 let Some(core) = self.relays.get_mut(&to) else { continue };
                 let rd = self.wires.entry((link, to)).or_default();
                 rd.push(&bytes);
@@ -193,12 +274,19 @@ impl Sim {
     pub fn advance(&mut self, d: Duration) {
         let end = self.now + d;
         while self.now < end {
-            let next = self.relays.values().map(|c| c.poll_timeout()).min().unwrap().min(end);
+            let relays = self.relays.values().map(|c| c.poll_timeout());
+            let endpoints = self.attached.values().map(|(_, _, a)| a.poll_timeout());
+            let next = relays.chain(endpoints).min().unwrap_or(end).min(end);
             self.now = next.max(self.now);
             let now = self.now;
             for c in self.relays.values_mut() {
                 if c.poll_timeout() <= now {
                     c.handle_timeout(now);
+                }
+            }
+            for (_, _, a) in self.attached.values_mut() {
+                if a.poll_timeout() <= now {
+                    a.handle_timeout(now);
                 }
             }
             self.settle();

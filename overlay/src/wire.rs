@@ -19,8 +19,12 @@ use crate::{NodeId, SiteId};
 pub const MAX_FRAME: usize = 1 << 20;
 /// Largest data payload one `Data` message carries.
 pub const MAX_DATA: usize = 64 * 1024;
+/// Largest first data an `Open` carries: the opener may send this much
+/// before the far end has granted any credit, and the far end takes it
+/// beside the credit it grants.
+pub const OPEN_DATA: usize = 16 * 1024;
 /// Protocol version in `Hello`.
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 
 /// What a node is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -117,8 +121,14 @@ pub enum Msg<'a> {
     Lsa { origin: NodeId, seq: u64, neighbors: Vec<(NodeId, u32)> },
     /// Opens virtual connection `vc` on this hop from `src` to `dst`:`port`;
     /// `ttl` counts down per hop (a transient routing loop ends), `credit`
-    /// is what the opening end can take back.
-    Open { vc: u32, src: NodeId, dst: NodeId, port: u16, ttl: u8, credit: u32 },
+    /// is what the opening end can take back, `data` the connection's first
+    /// bytes (at most [`OPEN_DATA`]; they need no credit).
+    Open { vc: u32, src: NodeId, dst: NodeId, port: u16, ttl: u8, credit: u32, data: &'a [u8] },
+    /// An endpoint, its LAN preamble's handshake done, attaches to the
+    /// relay as node `node`: the stream becomes its session, carrying the
+    /// virtual connections of every process behind it (`Open`, `Data`, ...
+    /// as on a relay link). Answered `Accept { vc: 0 }` or `Refuse`.
+    Attach { node: NodeId },
     /// The destination accepted; `credit` bytes may be sent toward it.
     Accept { vc: u32, credit: u32 },
     /// The open failed; the text says why.
@@ -178,6 +188,7 @@ mod ty {
     pub const LSA: u8 = 20;
     pub const KEEPALIVE: u8 = 21;
     pub const REVOCATIONS: u8 = 22;
+    pub const ATTACH: u8 = 23;
     pub const OPEN: u8 = 30;
     pub const ACCEPT: u8 = 31;
     pub const REFUSE: u8 = 32;
@@ -368,7 +379,15 @@ impl<'a> Msg<'a> {
                 port: r.u16()?,
                 ttl: r.u8()?,
                 credit: r.u32()?,
+                data: {
+                    let data = std::mem::take(&mut r.buf);
+                    if data.len() > OPEN_DATA {
+                        return Err(ParseError::BadValue("first data length"));
+                    }
+                    data
+                },
             },
+            ty::ATTACH => Msg::Attach { node: r.node()? },
             ty::ACCEPT => Msg::Accept { vc: r.u32()?, credit: r.u32()? },
             ty::REFUSE => Msg::Refuse { vc: r.u32()?, reason: r.str()? },
             ty::DATA => {
@@ -477,7 +496,7 @@ impl<'a> Msg<'a> {
                     w.u32(*cost);
                 }
             }
-            Msg::Open { vc, src, dst, port, ttl, credit } => {
+            Msg::Open { vc, src, dst, port, ttl, credit, data } => {
                 w.u8(ty::OPEN);
                 w.u32(*vc);
                 w.u64(src.0);
@@ -485,6 +504,11 @@ impl<'a> Msg<'a> {
                 w.u16(*port);
                 w.u8(*ttl);
                 w.u32(*credit);
+                w.out.extend_from_slice(data);
+            }
+            Msg::Attach { node } => {
+                w.u8(ty::ATTACH);
+                w.u64(node.0);
             }
             Msg::Accept { vc, credit } => {
                 w.u8(ty::ACCEPT);
@@ -623,7 +647,9 @@ mod tests {
             Msg::GetDirectory,
             Msg::Directory { entries: vec![entry()] },
             Msg::Lsa { origin: NodeId(1), seq: 9, neighbors: vec![(NodeId(2), 1), (NodeId(3), 10)] },
-            Msg::Open { vc: 4, src: NodeId(1), dst: NodeId(2), port: 80, ttl: 16, credit: 1 << 20 },
+            Msg::Open { vc: 4, src: NodeId(1), dst: NodeId(2), port: 80, ttl: 16, credit: 1 << 20, data: b"" },
+            Msg::Open { vc: 6, src: NodeId(1), dst: NodeId(2), port: 80, ttl: 16, credit: 1 << 20, data: b"GET /" },
+            Msg::Attach { node: NodeId(12) },
             Msg::Accept { vc: 4, credit: 1 << 20 },
             Msg::Refuse { vc: 4, reason: "no" },
             Msg::Data { vc: 4, bytes: b"hello" },
@@ -659,14 +685,18 @@ mod tests {
         for m in all() {
             let f = m.to_frame();
             for n in 0..f.len() - 4 {
-                if (matches!(m, Msg::Data { .. }) && n >= 5) || (matches!(m, Msg::Revocations { .. }) && n >= 1) {
+                let open_data = matches!(m, Msg::Open { data, .. } if n >= f.len() - 4 - data.len());
+                if (matches!(m, Msg::Data { .. }) && n >= 5)
+                    || (matches!(m, Msg::Revocations { .. }) && n >= 1)
+                    || open_data
+                {
                     continue; // a shorter payload is still a message (its reader judges the bytes)
                 }
                 assert!(Msg::parse(&f[4..4 + n]).is_err(), "{m:?} cut to {n}");
             }
             let mut long = f[4..].to_vec();
             long.push(0);
-            if !matches!(m, Msg::Data { .. } | Msg::Revocations { .. }) {
+            if !matches!(m, Msg::Data { .. } | Msg::Revocations { .. } | Msg::Open { .. }) {
                 assert_eq!(Msg::parse(&long), Err(ParseError::Trailing), "{m:?}");
             }
         }
@@ -681,7 +711,8 @@ mod tests {
 
     #[test]
     fn node_id_zero_and_lying_counts_are_refused() {
-        let mut f = Msg::Open { vc: 1, src: NodeId(1), dst: NodeId(2), port: 1, ttl: 1, credit: 1 }.to_frame();
+        let mut f =
+            Msg::Open { vc: 1, src: NodeId(1), dst: NodeId(2), port: 1, ttl: 1, credit: 1, data: b"" }.to_frame();
         f[9..17].fill(0);
         assert_eq!(Msg::parse(&f[4..]), Err(ParseError::BadValue("node id 0")));
         let f = [ty::PORTS, 0xff, 0xff, 0, 1];

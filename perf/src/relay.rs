@@ -299,8 +299,11 @@ fn paths(xsock: &str, rounds: usize, out: &mut String, spin: &str, bulk: bool) -
     Ok(())
 }
 
-/// Connects each endpoint has in flight in the all-to-all runs.
-const PARALLEL: &str = "2";
+/// Connects each endpoint has in flight in the all-to-all runs (both
+/// sides alike; `XSOCK_PERF_MESH_PARALLEL` changes it).
+fn parallel() -> String {
+    std::env::var("XSOCK_PERF_MESH_PARALLEL").unwrap_or_else(|_| "2".into())
+}
 
 fn bulk_only(xsock: &str, rounds: usize, out: &mut String, flags: &[&str]) -> io::Result<()> {
     let s = |name, policy, hosts| SiteSpec { name, policy, relays: 1, hosts };
@@ -379,7 +382,7 @@ fn all_to_all(xsock: &str, rounds: usize, out: &mut String) -> io::Result<()> {
         // phase is timed. Each process holds 4 endpoints.
         let reports = o.mesh_run(&hosts, &overlay_peers.join(","), |_, name| {
             let mut a = o.join_flags(name);
-            a.extend(["--endpoints", &k, "--parallel", PARALLEL].map(String::from));
+            a.extend(["--endpoints", &k, "--parallel", &parallel()].map(String::from));
             a
         })?;
         let (x_ms, x_ok, x_pairs, _) = span(&reports);
@@ -389,7 +392,7 @@ fn all_to_all(xsock: &str, rounds: usize, out: &mut String) -> io::Result<()> {
             first_error = reports.iter().find_map(|r| r["failed"].as_array().and_then(|a| a.first()).cloned());
         }
         let per_host_reports = o.mesh_run(&hosts, &plain_peers.join(","), |i, _| {
-            ["--plain", "--listen-ip", &ips[i], "--endpoints", &k, "--parallel", PARALLEL].map(String::from).to_vec()
+            ["--plain", "--listen-ip", &ips[i], "--endpoints", &k, "--parallel", &parallel()].map(String::from).to_vec()
         })?;
         let (k_ms, k_ok, k_pairs, _) = span(&per_host_reports);
         let k_conn = connect_times(&per_host_reports);
@@ -413,14 +416,15 @@ fn all_to_all(xsock: &str, rounds: usize, out: &mut String) -> io::Result<()> {
     *out += &t.markdown();
     *out += &format!(
         "\nMedian: overlay {:.1} ms, plain kernel TCP {:.1} ms. 16 processes (2 hosts per LAN), 4 endpoints each, \
-         {PARALLEL} connects in flight per endpoint; a barrier (`--start-at`) starts every process together after it \
+         {} connects in flight per endpoint; a barrier (`--start-at`) starts every process together after it \
          has joined and fetched the directory; timed from the first start to the last exchange (joining is not \
          timed). TCP connections crossing LANs are TCP SYNs the routers' nftables counted from LAN to WAN during \
          each round: for the overlay, the 64 endpoints' bootstrap sessions (made at join) and nothing else, since \
          the virtual connections ride the relay links; the relays' own setup (relay links and bootstrap sessions, \
          once, before the rounds) crossed {setup_crossings}.\n",
         median(xs),
-        median(ks)
+        median(ks),
+        parallel()
     );
     if let Some(e) = first_error {
         *out += &format!("\nFirst overlay failure: {e}\n");

@@ -673,6 +673,11 @@ impl Connection {
         self.send.mark_end();
     }
 
+    /// Bytes written and not yet acknowledged by the peer.
+    pub fn unacknowledged(&self) -> usize {
+        self.send.len()
+    }
+
     /// Whether the sending side is done: closed, every byte and the FIN
     /// acknowledged by the peer.
     pub fn send_finished(&self) -> bool {

@@ -71,6 +71,11 @@ fn every_pair_of_endpoints_across_firewalls_and_nat_connects() {
     assert_eq!(relayed, 14 * 13 - 14);
     let forwarded: u64 = refs.iter().map(|r| o.status(r)["counters"]["bytes_forwarded"].as_u64().unwrap_or(0)).sum();
     assert!(forwarded >= relayed * 2 * 64 * 1024, "relays forwarded {forwarded} bytes for {relayed} exchanges");
+    // Every endpoint attached once; no virtual connection took a LAN
+    // stream (and a handshake) of its own.
+    let counter = |key: &str| -> u64 { refs.iter().map(|r| o.status(r)["counters"][key].as_u64().unwrap_or(0)).sum() };
+    assert_eq!(counter("lan_streams"), 0, "VCs that opened a stream each instead of riding a session");
+    assert!(counter("sessions_attached") >= 14, "{} sessions for 14 endpoints", counter("sessions_attached"));
 }
 
 /// `xsock ping` joined to the overlay as `name`, then `rest`.

@@ -47,9 +47,18 @@ pub(crate) struct ListenShared {
     /// The host engine's id for this listener (attached runtimes).
     engine: Option<u32>,
     pub signal: Arc<Notifier>,
+    /// Streams handed to the listener by another carrier (an overlay
+    /// session's virtual connections), each with the carrier's tag.
+    offered: Mutex<VecDeque<(Stream, u64)>>,
 }
 
 impl ListenShared {
+    /// Queues `stream`, tagged `tag`, for the listener's next accept.
+    pub fn offer(&self, stream: Stream, tag: u64) {
+        self.offered.lock().unwrap_or_else(|p| p.into_inner()).push_back((stream, tag));
+        self.signal.notify();
+    }
+
     /// Connections waiting to be accepted (on every path).
     pub fn waiting(&self) -> usize {
         let mut n = 0;
@@ -108,6 +117,7 @@ impl Listener {
                 kernel_queue: None,
                 engine: Some(id),
                 signal,
+                offered: Mutex::default(),
             });
             return Ok(Listener { addr, mode: opts.mode, shared, kernel: None });
         }
@@ -132,6 +142,7 @@ impl Listener {
                 kernel_queue: None,
                 engine: None,
                 signal,
+                offered: Mutex::default(),
             });
             return Ok(Listener { addr, mode: opts.mode, shared, kernel: None });
         }
@@ -189,8 +200,15 @@ impl Listener {
             }
             None => (None, None),
         };
-        let shared =
-            Arc::new(ListenShared { rt: rt.clone(), link_port, tcp_port: None, kernel_queue, engine: None, signal });
+        let shared = Arc::new(ListenShared {
+            rt: rt.clone(),
+            link_port,
+            tcp_port: None,
+            kernel_queue,
+            engine: None,
+            signal,
+            offered: Mutex::default(),
+        });
         Ok(Listener { addr, mode: opts.mode, shared, kernel })
     }
 
@@ -232,11 +250,39 @@ impl Listener {
             Accepted::Kernel(sock) => Stream::from_kernel(rt, sock, self.mode),
             Accepted::Tcp(h) => Ok(Stream::from_tcp(rt, TcpConn::new(rt, h, Notifier::new()), self.mode)),
             Accepted::Engine(h) => Stream::from_engine(rt, h, self.mode),
+            Accepted::Offered(s, _) => Ok(s),
+        }
+    }
+
+    /// Like [`Listener::accept_timeout`], also saying which streams were
+    /// offered ([`ListenShared::offer`]) and with what tag.
+    pub(crate) fn accept_tagged(&self, timeout: Option<Duration>) -> Result<Option<(Stream, Option<u64>)>, Error> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let rt = &self.shared.rt;
+        let found = rt.wait_on(&self.shared.signal, deadline, || self.take_one())?;
+        found.map(|a| self.stream_tagged(a)).transpose()
+    }
+
+    /// Like [`Listener::try_accept`], with the tag of an offered stream.
+    pub(crate) fn try_accept_tagged(&self) -> Result<(Stream, Option<u64>), Error> {
+        match self.take_one()? {
+            Some(a) => self.stream_tagged(a),
+            None => Err(Error::WouldBlock),
+        }
+    }
+
+    fn stream_tagged(&self, a: Accepted) -> Result<(Stream, Option<u64>), Error> {
+        match a {
+            Accepted::Offered(s, tag) => Ok((s, Some(tag))),
+            a => Ok((self.stream(a)?, None)),
         }
     }
 
     fn take_one(&self) -> Result<Option<Accepted>, Error> {
         let s = &self.shared;
+        if let Some((st, tag)) = s.offered.lock().unwrap_or_else(|p| p.into_inner()).pop_front() {
+            return Ok(Some(Accepted::Offered(st, tag)));
+        }
         if let (Some(id), Some(c)) = (s.engine, s.rt.client()) {
             return Ok(c.take_accepted(id)?.map(Accepted::Engine));
         }
@@ -254,6 +300,7 @@ impl Listener {
 }
 
 enum Accepted {
+    Offered(Stream, u64),
     Engine(crate::engine_client::Handed),
     Link(u64),
     Kernel(TcpStream),

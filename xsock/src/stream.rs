@@ -407,6 +407,28 @@ impl Stream {
         Ok(Stream { rt: rt.clone(), conn, local, peer, mode, spin, max_message: rt.max_message() })
     }
 
+    /// A virtual connection an overlay session carries: our end of its
+    /// socketpair, and where to ask how it ended.
+    pub(crate) fn from_vc(
+        rt: &Runtime,
+        sock: std::os::unix::net::UnixStream,
+        end: Arc<crate::overlay::VcEnd>,
+        (local, peer): (SocketAddrV4, SocketAddrV4),
+    ) -> Stream {
+        use crate::path::kernel::{EndWatch, EngineSock, Sock};
+        let end = Arc::new(EndWatch::Vc(end));
+        let conn = Conn::Kernel(Sock::Engine(EngineSock { sock, path: Path::Link, end, local, rings: None }));
+        Stream {
+            rt: rt.clone(),
+            conn,
+            local,
+            peer,
+            mode: Mode::Stream,
+            spin: rt.poll_mode() == PollMode::Busy,
+            max_message: rt.max_message(),
+        }
+    }
+
     /// A stream the host engine handed over.
     pub(crate) fn from_engine(rt: &Runtime, h: crate::engine_client::Handed, mode: Mode) -> Result<Stream, Error> {
         let (local, peer) = (h.local, h.peer);
@@ -934,6 +956,14 @@ impl Stream {
         let cid = match &self.conn {
             Conn::Link { cid, .. } => *cid,
             Conn::Tcp(c) => return c.wait_sent(self.peer, timeout),
+            // A virtual connection: its session (in this process) must have
+            // handed the end over before the process may exit.
+            Conn::Kernel(crate::path::kernel::Sock::Engine(crate::path::kernel::EngineSock { end, .. })) => {
+                return match &**end {
+                    crate::path::kernel::EndWatch::Vc(v) => v.wait_flushed(self.peer, timeout),
+                    crate::path::kernel::EndWatch::Engine { .. } => Ok(()),
+                };
+            }
             Conn::Kernel(_) => return Ok(()),
             Conn::Failed { why, .. } => return Err(failed(why)),
             Conn::Connecting(_) => return Err(Error::WouldBlock),
@@ -955,6 +985,17 @@ impl Stream {
             }
         })?;
         done.ok_or_else(|| Error::TimedOut(format!("{peer} did not acknowledge the end of the stream")))
+    }
+
+    /// Bytes written that the peer has not acknowledged yet (reliable-link;
+    /// 0 on paths whose kernel or engine carries the bytes on).
+    pub(crate) fn unacknowledged(&self) -> usize {
+        match &self.conn {
+            Conn::Link { cid, .. } => {
+                self.rt.link().and_then(|l| l.shared.lock().connection(*cid).map(|c| c.unacknowledged())).unwrap_or(0)
+            }
+            _ => 0,
+        }
     }
 
     /// Aborts the connection: the peer sees a reset; unsent data is lost.
@@ -1051,7 +1092,7 @@ pub(crate) fn engine_conn(rt: &Runtime, h: crate::engine_client::Handed) -> Resu
         return Ok(Conn::Kernel(Sock::Tcp(TcpStream::from(h.fd))));
     }
     let sock = std::os::unix::net::UnixStream::from(h.fd);
-    let end = Arc::new(EndWatch { id: h.stream, client });
+    let end = Arc::new(EndWatch::Engine { id: h.stream, client });
     let rings = match h.ring {
         Some((region, capacity)) => {
             // The descriptor only carries doorbells: never block on it.

@@ -318,9 +318,11 @@ fn exchange(node: Option<&Node>, job: &Job, bytes: usize) -> Result<Outcome, Str
         Some(node) => {
             let (name, port) = parse_name_port(&job.to).map_err(|e| e.to_string())?;
             let relayed = node.lookup(&name).map(|e| e.site != node.site()).map_err(|e| e.to_string())?;
-            let mut s: Stream = node.connect(&name, port).map_err(|e| e.to_string())?;
+            // The message rides the open (through a relay session, in the
+            // virtual connection's one Open per hop).
+            let mut s: Stream = node.open(&name, port, &msg).map_err(|e| e.to_string())?;
             let c = t.elapsed();
-            s.write_all(&msg).and_then(|_| s.read_exact(&mut back)).map_err(|e| e.to_string())?;
+            s.read_exact(&mut back).map_err(|e| e.to_string())?;
             (c, relayed)
         }
         None => {

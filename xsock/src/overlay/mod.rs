@@ -21,12 +21,14 @@ mod io;
 pub mod keys;
 mod node;
 mod secure;
+mod session;
 
 pub use boots::{Registration, is_refusal, register};
 pub use io::{FrameIo, authenticate, fresh_nonce, recv_frame, send_msg};
 pub use keys::{load_identity, unix_now};
 pub use node::{Node, NodeListener, OverlayConfig, load_key};
 pub use secure::{SecureParts, SecureTcp, process_key, read_frames, session_clock};
+pub use session::VcEnd;
 pub use xsock_overlay::{
     NodeId, SiteId,
     auth::{Key, Peer},

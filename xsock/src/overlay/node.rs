@@ -18,6 +18,7 @@ use xsock_overlay::{
 use super::{
     boots::{Boots, Registration},
     io::{fresh_nonce, run_preamble, send_msg},
+    session::Session,
 };
 use crate::{Error, Listener, Runtime, Stream};
 
@@ -76,7 +77,22 @@ struct Inner {
     cache: Mutex<HashMap<String, Entry>>,
     relays: Mutex<(Vec<Entry>, Option<Instant>)>,
     ports: Mutex<BTreeSet<u16>>,
+    /// The sessions with relays of our LAN, once attached: the one we open
+    /// through first, and a standby where the LAN has a second relay (a
+    /// relay of our LAN delivers to us through its own session). None in a
+    /// LAN without relays, or while no relay takes us.
+    sessions: Mutex<Vec<Arc<Session>>>,
+    /// Our listeners, for the session's VCs (a new session hears them too).
+    listeners: Mutex<HashMap<u16, Weak<crate::listener::ListenShared>>>,
+    /// When attaching last failed (not tried again for a while).
+    attach_failed: Mutex<Option<Instant>>,
 }
+
+/// Sessions kept beside the one opened through (where the LAN has more relays).
+const STANDBYS: usize = 1;
+
+/// How long after a failed attach connects open a stream each instead.
+const ATTACH_RETRY: Duration = Duration::from_secs(5);
 
 /// A node of the overlay. Cheap to clone; it leaves the directory when the
 /// last clone (and listener) drops.
@@ -131,10 +147,79 @@ impl Node {
                 cache: Mutex::new(HashMap::new()),
                 relays: Mutex::new((Vec::new(), None)),
                 ports: Mutex::new(BTreeSet::new()),
+                sessions: Mutex::new(Vec::new()),
+                listeners: Mutex::new(HashMap::new()),
+                attach_failed: Mutex::new(None),
             }),
         };
         node.keep_registered();
+        if node.relays_for(id, false).is_ok_and(|r| !r.is_empty()) {
+            node.session();
+        }
         Ok(node)
+    }
+
+    /// A live session with a relay of our LAN, attaching again if none is
+    /// (the relays ended them).
+    fn session(&self) -> Option<Arc<Session>> {
+        let live =
+            self.inner.sessions.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|s| s.dead().is_none()).cloned();
+        if live.is_some() {
+            return live;
+        }
+        let failed = *self.inner.attach_failed.lock().unwrap_or_else(|p| p.into_inner());
+        if failed.is_some_and(|t| t.elapsed() < ATTACH_RETRY) {
+            return None;
+        }
+        let r = self.attach();
+        if let Err(e) = &r {
+            log::debug!("not attached to a relay: {e}");
+            *self.inner.attach_failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        }
+        r.ok()
+    }
+
+    /// Attaches to (up to) two relays of our LAN: one stream and one
+    /// handshake each, then every virtual connection of this node rides
+    /// them. Returns the first.
+    fn attach(&self) -> Result<Arc<Session>, Error> {
+        let n = &self.inner;
+        let relays = self.relays_for(n.id, false)?;
+        let mut err = None;
+        let mut got = Vec::new();
+        for relay in relays {
+            if got.len() == STANDBYS + 1 {
+                break;
+            }
+            let t = Instant::now();
+            let attached =
+                Stream::connect(&n.rt, SocketAddrV4::new(relay.lan_ip, relay.serve_port)).and_then(|mut s| {
+                    let hs = Handshake::new(n.key.clone(), Role::Endpoint, &n.name, fresh_nonce());
+                    match run_preamble(&mut s, Preamble::attach(hs, n.id), t + n.timeout)? {
+                        Ok(_) => Ok(s),
+                        Err(e) => Err(preamble_error(e)),
+                    }
+                });
+            match attached.and_then(|s| Session::start(&n.rt, s, n.id, relay.name.clone())) {
+                Ok(session) => {
+                    let session = Arc::new(session);
+                    for (port, l) in n.listeners.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                        if let Some(l) = l.upgrade() {
+                            session.listen(*port, &l)?;
+                        }
+                    }
+                    log::info!("attached to relay {} in {:?}", relay.name, t.elapsed());
+                    got.push(session);
+                }
+                Err(e) => {
+                    log::debug!("attaching to relay {}: {e}", relay.name);
+                    err.get_or_insert(e);
+                }
+            }
+        }
+        let first = got.first().cloned();
+        *n.sessions.lock().unwrap_or_else(|p| p.into_inner()) = got;
+        first.ok_or_else(|| err.unwrap_or_else(|| Error::Overlay("no relay serves our LAN".into())))
     }
 
     /// A helper thread that registers again with servers that come back
@@ -241,6 +326,10 @@ impl Node {
         let ip = self.inner.rt.local_subnets()[0].0;
         let inner = Listener::bind(&self.inner.rt, SocketAddrV4::new(ip, port))?;
         self.inner.ports.lock().unwrap_or_else(|p| p.into_inner()).insert(port);
+        self.inner.listeners.lock().unwrap_or_else(|p| p.into_inner()).insert(port, Arc::downgrade(inner.shared()));
+        for s in self.inner.sessions.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            s.listen(port, inner.shared())?;
+        }
         self.publish_ports()?;
         Ok(NodeListener { node: self.clone(), inner, port })
     }
@@ -253,21 +342,61 @@ impl Node {
     /// Connects to `name`:`port`: directly inside our LAN, through a relay
     /// of our LAN otherwise. The stream is the same type either way.
     pub fn connect(&self, name: &str, port: u16) -> Result<Stream, Error> {
+        self.open(name, port, &[])
+    }
+
+    /// Connects to `name`:`port` and sends `first`: through our relay
+    /// session, the virtual connection's `Open` carries the first bytes
+    /// (up to 16 KiB), so they arrive with the connection itself.
+    pub fn open(&self, name: &str, port: u16, first: &[u8]) -> Result<Stream, Error> {
         let entry = self.lookup(name)?;
-        self.connect_entry(&entry, port)
+        self.connect_entry(&entry, port, first)
     }
 
     /// Connects to the node with launcher rank `rank`.
     pub fn connect_rank(&self, rank: u32, port: u16) -> Result<Stream, Error> {
         let entry = self.resolve_rank(rank)?;
-        self.connect_entry(&entry, port)
+        self.connect_entry(&entry, port, &[])
     }
 
-    fn connect_entry(&self, dst: &Entry, port: u16) -> Result<Stream, Error> {
+    fn connect_entry(&self, dst: &Entry, port: u16, first: &[u8]) -> Result<Stream, Error> {
+        let (head, rest) = first.split_at(first.len().min(xsock_overlay::wire::OPEN_DATA));
+        let mut s = self.connect_carrying(dst, port, head)?;
+        if !rest.is_empty() {
+            s.send(rest)?;
+        }
+        Ok(s)
+    }
+
+    /// Connects, `first` (at most an Open's worth) sent.
+    fn connect_carrying(&self, dst: &Entry, port: u16, first: &[u8]) -> Result<Stream, Error> {
+        let sent_after = |r: Result<Stream, Error>| {
+            r.and_then(|mut s| {
+                if !first.is_empty() {
+                    s.send(first)?;
+                }
+                Ok(s)
+            })
+        };
         if dst.site == self.inner.site {
             let s = Stream::connect(&self.inner.rt, SocketAddrV4::new(dst.lan_ip, port))?;
-            return self.open_on(s, dst, port);
+            return sent_after(self.open_on(s, dst, port));
         }
+        if let Some(session) = self.session() {
+            let ip = self.inner.rt.local_subnets()[0].0;
+            let addrs = (SocketAddrV4::new(ip, 0), SocketAddrV4::new(dst.lan_ip, port));
+            let label = format!("{}:{port}", dst.name);
+            match session.open((dst.node, port, &label), first, addrs, self.inner.timeout) {
+                // A session that died under the open: the old way below.
+                Err(e) if session.dead().is_some() => log::debug!("{label} through the session: {e}"),
+                r => return r,
+            }
+        }
+        sent_after(self.connect_relayed(dst, port))
+    }
+
+    /// A stream to a relay of our LAN for this one VC (no session).
+    fn connect_relayed(&self, dst: &Entry, port: u16) -> Result<Stream, Error> {
         let relays = self.relays_for(dst.node, false)?;
         let mut first_error = None;
         for (i, relay) in relays.iter().enumerate() {
@@ -380,7 +509,12 @@ impl NodeListener {
     /// refused, logged, and skipped.
     pub fn accept(&self) -> Result<(Stream, NodeId), Error> {
         loop {
-            let s = self.inner.accept()?;
+            let (s, tag) = self.inner.accept_tagged(None)?.ok_or(Error::Closed)?;
+            // A virtual connection our relay session carries: the relay
+            // checked who opened it.
+            if let Some(src) = tag {
+                return Ok((s, NodeId(src)));
+            }
             let from = s.peer_addr();
             match self.admit(s) {
                 Ok(ok) => return Ok(ok),
@@ -394,7 +528,10 @@ impl NodeListener {
         let end = Instant::now() + timeout;
         loop {
             let left = end.saturating_duration_since(Instant::now());
-            let Some(s) = self.inner.accept_timeout(Some(left))? else { return Ok(None) };
+            let Some((s, tag)) = self.inner.accept_tagged(Some(left))? else { return Ok(None) };
+            if let Some(src) = tag {
+                return Ok(Some((s, NodeId(src))));
+            }
             let from = s.peer_addr();
             match self.admit(s) {
                 Ok(ok) => return Ok(Some(ok)),
@@ -408,7 +545,10 @@ impl NodeListener {
     /// that fail it are logged and skipped.
     pub fn try_accept(&self) -> Result<(Stream, NodeId), Error> {
         loop {
-            let s = self.inner.try_accept()?;
+            let (s, tag) = self.inner.try_accept_tagged()?;
+            if let Some(src) = tag {
+                return Ok((s, NodeId(src)));
+            }
             let from = s.peer_addr();
             match self.admit(s) {
                 Ok(ok) => return Ok(ok),
@@ -449,6 +589,10 @@ impl NodeListener {
 impl Drop for NodeListener {
     fn drop(&mut self) {
         self.node.inner.ports.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.port);
+        self.node.inner.listeners.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.port);
+        for s in self.node.inner.sessions.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            s.unlisten(self.port);
+        }
         let _ = self.node.publish_ports();
     }
 }

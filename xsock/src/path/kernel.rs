@@ -41,16 +41,29 @@ pub(crate) struct EngineSock {
     pub rings: Option<Arc<Rings>>,
 }
 
-/// Where to ask how an engine stream ended; the last clone's drop tells
-/// the client to forget it.
-pub(crate) struct EndWatch {
-    pub id: u32,
-    pub client: Arc<ClientShared>,
+/// Where to ask how a stream carried over a socketpair ended: the host
+/// engine (the last clone's drop tells the client to forget it), or the
+/// overlay session that carries a virtual connection.
+pub(crate) enum EndWatch {
+    Engine { id: u32, client: Arc<ClientShared> },
+    Vc(Arc<crate::overlay::VcEnd>),
+}
+
+impl EndWatch {
+    /// Why the stream ended, if not cleanly.
+    fn end_of(&self) -> Option<crate::Error> {
+        match self {
+            EndWatch::Engine { id, client } => client.end_of(*id),
+            EndWatch::Vc(v) => v.end_of(),
+        }
+    }
 }
 
 impl Drop for EndWatch {
     fn drop(&mut self) {
-        self.client.forget(self.id);
+        if let EndWatch::Engine { id, client } = self {
+            client.forget(*id);
+        }
     }
 }
 
@@ -73,13 +86,11 @@ impl EngineSock {
 
     fn settle(&self, r: io::Result<usize>) -> io::Result<usize> {
         match r {
-            Ok(0) => match self.end.client.end_of(self.end.id) {
+            Ok(0) => match self.end.end_of() {
                 Some(e) => Err(io::Error::from(e)),
                 None => Ok(0),
             },
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
-                Err(self.end.client.end_of(self.end.id).map_or(e, io::Error::from))
-            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Err(self.end.end_of().map_or(e, io::Error::from)),
             r => r,
         }
     }
@@ -188,7 +199,7 @@ impl Write for Sock {
                 None => xsock_nic::unix::send_nosignal(e.sock.as_fd(), buf),
             } {
                 Err(err) if matches!(err.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset) => {
-                    Err(e.end.client.end_of(e.end.id).map_or(err, io::Error::from))
+                    Err(e.end.end_of().map_or(err, io::Error::from))
                 }
                 r => r,
             },

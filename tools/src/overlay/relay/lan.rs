@@ -65,6 +65,9 @@ pub enum Outcome {
     Pending,
     /// An endpoint (by its proven name) asks for a VC.
     Open { stream: Stream, name: String, src: NodeId, dst: NodeId, port: u16 },
+    /// An endpoint (by its proven name) attaches as `node`: the stream
+    /// becomes its session.
+    Attach { stream: Stream, name: String, node: NodeId },
     /// The endpoint accepted our delivery.
     Accepted { stream: Stream, local: LocalId },
     /// It failed; the text says why (for Deliver, the VC is refused).
@@ -152,6 +155,9 @@ impl Pending {
                     return match (self.purpose, done) {
                         (Purpose::Admit, Done::Asked { peer, src, dst, port }) => {
                             Ok(Some(Outcome::Open { stream, name: peer.name, src, dst, port }))
+                        }
+                        (Purpose::Admit, Done::Attaching { peer, node }) => {
+                            Ok(Some(Outcome::Attach { stream, name: peer.name, node }))
                         }
                         (Purpose::Deliver { local, .. }, Done::Accepted(_)) => {
                             Ok(Some(Outcome::Accepted { stream, local }))

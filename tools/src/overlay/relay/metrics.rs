@@ -136,6 +136,22 @@ pub fn render(status: &Value) -> String {
         &servers,
     );
     family(&mut out, "xsock_relay_links", "gauge", "Relay links up", &[(relay.clone(), links.len() as f64)]);
+    let sessions = status["sessions"].as_array().map_or(0, Vec::len);
+    family(&mut out, "xsock_relay_sessions", "gauge", "Endpoints attached now", &[(relay.clone(), sessions as f64)]);
+    family(
+        &mut out,
+        "xsock_relay_sessions_attached_total",
+        "counter",
+        "Endpoint sessions taken (each carries all of its endpoint's virtual connections)",
+        &one(&c["sessions_attached"]),
+    );
+    family(
+        &mut out,
+        "xsock_relay_lan_streams_total",
+        "counter",
+        "Virtual connections that took a LAN stream of their own (an endpoint that did not attach)",
+        &one(&c["lan_streams"]),
+    );
     let per_link = |key: &str| -> Vec<(String, f64)> {
         links
             .iter()

@@ -16,6 +16,7 @@ mod boots;
 mod config;
 mod lan;
 mod metrics;
+mod sessions;
 mod shell;
 mod wan;
 

@@ -25,7 +25,7 @@ use xsock_overlay::{
     wire::{Entry, FrameReader, Msg, Role},
 };
 
-use super::{Settings, lan, metrics, wan};
+use super::{Settings, lan, metrics, sessions::Sessions, wan};
 use crate::{
     fail::Fail,
     overlay::{Clock, epoch_micros},
@@ -167,6 +167,9 @@ pub fn run(setup: Setup) -> Result<(), Fail> {
         servers,
         cache: settings.directory_cache.clone().map(|p| (p, site)),
         early: Vec::new(),
+        sessions: Sessions::default(),
+        sessions_total: 0,
+        lan_streams_total: 0,
         fatal: None,
         boot_writers,
     };
@@ -187,6 +190,7 @@ pub fn run(setup: Setup) -> Result<(), Fail> {
         work |= st.read_links(&mut buf);
         work |= st.drain_events(&rx);
         work |= st.serve_locals(&mut buf);
+        work |= st.serve_sessions(&mut buf);
         work |= st.run_actions();
         if !st.early.is_empty() {
             work |= st.retry_early();
@@ -281,12 +285,35 @@ struct State {
     servers: Vec<(std::net::SocketAddrV4, bool)>,
     /// `--directory-cache`, and our site to write in it.
     cache: Option<(std::path::PathBuf, SiteId)>,
-    /// Opens from nodes the directory does not list yet, with a deadline.
-    early: Vec<(Instant, Stream, String, NodeId, NodeId, u16)>,
+    /// Opens and attaches from nodes the directory does not list yet, with
+    /// a deadline.
+    early: Vec<(Instant, Stream, String, Ask)>,
+    /// Attached endpoints' sessions.
+    sessions: Sessions,
+    /// Sessions taken, and VCs that took a LAN stream of their own (an
+    /// endpoint that did not attach), over the relay's life.
+    sessions_total: u64,
+    lan_streams_total: u64,
     /// Why the relay must stop, once it must.
     fatal: Option<String>,
     /// The bootstrap sessions' writing halves (revocation lists go up).
     boot_writers: super::boots::Writers,
+}
+
+/// What an authenticated endpoint asks of us.
+#[derive(Debug, Clone, Copy)]
+enum Ask {
+    Open { src: NodeId, dst: NodeId, port: u16 },
+    Attach { node: NodeId },
+}
+
+impl Ask {
+    fn node(self) -> NodeId {
+        match self {
+            Ask::Open { src, .. } => src,
+            Ask::Attach { node } => node,
+        }
+    }
 }
 
 /// How long an open from a node the directory does not list yet waits for
@@ -329,8 +356,9 @@ impl State {
             match outcome {
                 lan::Outcome::Pending => {}
                 lan::Outcome::Open { stream, name, src, dst, port } => {
-                    self.local_open(stream, name, src, dst, port, true)
+                    self.admit(stream, name, Ask::Open { src, dst, port }, true)
                 }
+                lan::Outcome::Attach { stream, name, node } => self.admit(stream, name, Ask::Attach { node }, true),
                 lan::Outcome::Accepted { stream, local } => {
                     if self.pending.remove(&local).is_some() {
                         self.locals.insert(local, Local::new(stream, true));
@@ -353,25 +381,56 @@ impl State {
         any
     }
 
-    /// An endpoint, authenticated, asks for a VC.
-    fn local_open(&mut self, mut stream: Stream, name: String, src: NodeId, dst: NodeId, port: u16, may_wait: bool) {
+    /// An endpoint, authenticated, asks for a VC or attaches.
+    fn admit(&mut self, mut stream: Stream, name: String, ask: Ask, may_wait: bool) {
         // A key holder could claim another's id; the directory says which
-        // name owns `src`.
-        let owner = self.directory.iter().find(|e| e.node == src).map(|e| e.name.as_str());
+        // name owns it.
+        let node = ask.node();
+        let owner = self.directory.iter().find(|e| e.node == node).map(|e| e.name.as_str());
         if owner.is_none() && may_wait && self.early.len() < MAX_EARLY {
             // A node that has just joined can open before the server's push
             // of the directory that lists it reaches us: wait a little.
-            self.early.push((Instant::now() + EARLY_WAIT, stream, name, src, dst, port));
+            self.early.push((Instant::now() + EARLY_WAIT, stream, name, ask));
             return;
         }
         if owner != Some(name.as_str()) {
-            let reason = format!("{name} opened as node {src}, which is not its registered id");
+            let reason = format!("{name} came as node {node}, which is not its registered id");
             log::warn!("refused: {reason}");
             lan::send_now(&mut stream, &Msg::Refuse { vc: 0, reason: &reason }.to_frame());
             return;
         }
-        let local = self.core.handle_local_open(self.clock.now(), src, dst, port);
-        self.locals.insert(local, Local::new(stream, false));
+        let now = self.clock.now();
+        match ask {
+            Ask::Open { src, dst, port } => {
+                let local = self.core.handle_local_open(now, src, dst, port);
+                self.locals.insert(local, Local::new(stream, false));
+                self.lan_streams_total += 1;
+            }
+            Ask::Attach { node } => {
+                if !lan::send_now(&mut stream, &Msg::Accept { vc: 0, credit: 0 }.to_frame()) {
+                    return;
+                }
+                let link = self.next_link;
+                self.next_link += 1;
+                log::info!("endpoint {name} ({node}) attached: session {link}");
+                self.sessions.insert(link, stream, name, node);
+                self.core.handle_session_up(now, link, node);
+                self.sessions_total += 1;
+            }
+        }
+    }
+
+    /// Moves the sessions' bytes in and out.
+    fn serve_sessions(&mut self, buf: &mut [u8]) -> bool {
+        let now = self.clock.now();
+        let (any, gone) = self.sessions.read(&mut self.core, now, buf);
+        for (link, why) in gone {
+            if let Some(s) = self.sessions.remove(link) {
+                log::info!("session {link} of endpoint {} ended: {why}", s.name);
+            }
+            self.core.handle_link_down(now, link);
+        }
+        any
     }
 
     /// Held opens whose node the directory now lists, or whose wait is
@@ -379,12 +438,12 @@ impl State {
     fn retry_early(&mut self) -> bool {
         let now = Instant::now();
         let mut any = false;
-        for (deadline, stream, name, src, dst, port) in std::mem::take(&mut self.early) {
-            if now >= deadline || self.directory.iter().any(|e| e.node == src) {
+        for (deadline, stream, name, ask) in std::mem::take(&mut self.early) {
+            if now >= deadline || self.directory.iter().any(|e| e.node == ask.node()) {
                 any = true;
-                self.local_open(stream, name, src, dst, port, false);
+                self.admit(stream, name, ask, false);
             } else {
-                self.early.push((deadline, stream, name, src, dst, port));
+                self.early.push((deadline, stream, name, ask));
             }
         }
         any
@@ -635,6 +694,7 @@ impl State {
                         continue;
                     };
                     self.pending.insert(local, (src, dst, port));
+                    self.lan_streams_total += 1;
                     let _ = self.connect_jobs.send(lan::ConnectJob { local, ip, port });
                 }
                 Action::Opened { local } => {
@@ -682,6 +742,9 @@ impl State {
                 Action::CloseLink { link } => {
                     if let Some(l) = self.links.remove(&link) {
                         let _ = l.w.shutdown(std::net::Shutdown::Both);
+                    }
+                    if let Some(s) = self.sessions.remove(link) {
+                        log::info!("closed session {link} of endpoint {}", s.name);
                     }
                 }
                 Action::Revoked { list } => self.revoked(list),
@@ -731,7 +794,17 @@ impl State {
         while let Some((link, bytes)) = self.core.poll_transmit() {
             if let Some(l) = self.links.get_mut(&link) {
                 l.seal.seal(now, &bytes, &mut l.out);
+            } else {
+                self.sessions.queue(link, &bytes);
             }
+        }
+        let (wrote, broken) = self.sessions.write();
+        any |= wrote;
+        for (link, why) in broken {
+            if let Some(s) = self.sessions.remove(link) {
+                log::info!("session {link} of endpoint {} ended: {why}", s.name);
+            }
+            self.core.handle_link_down(self.clock.now(), link);
         }
         for l in self.links.values_mut() {
             while !l.out.is_empty() {
@@ -829,9 +902,12 @@ impl State {
             "name": s.name, "id": self.me.to_string(), "site": site.to_string(),
             "links": links, "routes": routes, "not_linked": unreachable,
             "vcs": self.core.vc_count(), "endpoint_streams": self.locals.len(),
+            "sessions": self.sessions.iter().map(|(id, s)| serde_json::json!({"session": id, "endpoint": s.name,
+                "id": s.node.to_string(), "bytes_in": s.bytes_in, "bytes_out": s.bytes_out})).collect::<Vec<_>>(),
             "counters": {"vcs_opened": c.vcs_opened, "vcs_refused": c.vcs_refused, "vcs_aborted": c.vcs_aborted,
                 "vcs_closed": c.vcs_closed, "bytes_forwarded": c.bytes_forwarded, "lsas_in": c.lsas_in,
                 "route_runs": c.route_runs, "auth_refused_lan": self.auth_refused_lan,
+                "sessions_attached": self.sessions_total, "lan_streams": self.lan_streams_total,
                 "revocations_refused": c.revocations_refused,
                 "revocation_list": self.core.trust().and_then(|t| t.revocations()).map_or(0, |l| l.seq),
                 "auth_refused_wan": self.ident.refused.load(std::sync::atomic::Ordering::Relaxed)},

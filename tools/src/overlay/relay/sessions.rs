@@ -1,0 +1,127 @@
+//! Attached endpoints' sessions at the relay: one stream per endpoint of
+//! the LAN, carrying all of its virtual connections with the relay links'
+//! messages (the core treats each session like a link that routes
+//! nothing). The streams are driven without blocking in the core loop.
+
+use std::{collections::HashMap, time::Duration};
+
+use xsock::{Error, Stream};
+use xsock_overlay::{
+    NodeId,
+    relay::{LinkId, RelayCore},
+    wire::FrameReader,
+};
+
+/// One endpoint's session.
+pub struct Session {
+    s: Stream,
+    out: Vec<u8>,
+    rd: FrameReader,
+    pub name: String,
+    pub node: NodeId,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// Every session, by the link id the core knows it as.
+#[derive(Default)]
+pub struct Sessions {
+    map: HashMap<LinkId, Session>,
+}
+
+impl Sessions {
+    /// A session on `s` (its attach preamble done) for `node`, proven `name`.
+    pub fn insert(&mut self, link: LinkId, s: Stream, name: String, node: NodeId) {
+        let session = Session { s, out: Vec::new(), rd: FrameReader::default(), name, node, bytes_in: 0, bytes_out: 0 };
+        self.map.insert(link, session);
+    }
+
+    /// Queues `bytes` (whole frames) on session `link`; false if `link` is
+    /// not a session.
+    pub fn queue(&mut self, link: LinkId, bytes: &[u8]) -> bool {
+        match self.map.get_mut(&link) {
+            Some(s) => {
+                s.out.extend_from_slice(bytes);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ends session `link` (its stream is reset).
+    pub fn remove(&mut self, link: LinkId) -> Option<Session> {
+        let s = self.map.remove(&link)?;
+        Some(s)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&LinkId, &Session)> {
+        self.map.iter()
+    }
+
+    /// Hands what every session has sent to the core; returns whether any
+    /// moved, and the sessions that ended (broken, closed, or breaking the
+    /// protocol), each with why.
+    pub fn read(&mut self, core: &mut RelayCore, now: Duration, buf: &mut [u8]) -> (bool, Vec<(LinkId, String)>) {
+        let (mut any, mut gone) = (false, Vec::new());
+        'sessions: for (&link, s) in self.map.iter_mut() {
+            loop {
+                match s.s.try_recv(buf) {
+                    Ok(0) => {
+                        gone.push((link, "it closed the session".to_owned()));
+                        break;
+                    }
+                    Ok(n) => {
+                        any = true;
+                        s.bytes_in += n as u64;
+                        s.rd.push(&buf[..n]);
+                        loop {
+                            match s.rd.next_frame() {
+                                Ok(Some(f)) => {
+                                    if let Err(e) = core.handle_link_frame(now, link, f) {
+                                        gone.push((link, format!("it broke the protocol ({e})")));
+                                        continue 'sessions;
+                                    }
+                                }
+                                Ok(None) => break,
+                                Err(e) => {
+                                    gone.push((link, e.to_string()));
+                                    continue 'sessions;
+                                }
+                            }
+                        }
+                    }
+                    Err(Error::WouldBlock) => break,
+                    Err(e) => {
+                        gone.push((link, e.to_string()));
+                        break;
+                    }
+                }
+            }
+        }
+        (any, gone)
+    }
+
+    /// Writes what waits; returns whether any went, and the sessions whose
+    /// stream broke.
+    pub fn write(&mut self) -> (bool, Vec<(LinkId, String)>) {
+        let (mut any, mut gone) = (false, Vec::new());
+        for (&link, s) in self.map.iter_mut() {
+            while !s.out.is_empty() {
+                match s.s.try_send(&s.out) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        any = true;
+                        s.bytes_out += n as u64;
+                        s.out.drain(..n);
+                    }
+                    Err(Error::WouldBlock) => break,
+                    Err(e) => {
+                        gone.push((link, e.to_string()));
+                        break;
+                    }
+                }
+            }
+        }
+        (any, gone)
+    }
+}
