@@ -28,6 +28,7 @@ use std::{
 
 use crate::{
     NodeId,
+    linkq::LinkQueue,
     relay::{MAX_HOPS, PATH_LOST},
     wire::{MAX_DATA, Msg, OPEN_DATA, ParseError},
 };
@@ -141,7 +142,7 @@ pub struct Attachment {
     vcs: HashMap<VcId, Vc>,
     next_vc: VcId,
     ports: HashSet<u16>,
-    out: Vec<u8>,
+    out: LinkQueue,
     events: VecDeque<Event>,
     last_heard: Duration,
     last_sent: Duration,
@@ -158,7 +159,7 @@ impl Attachment {
             vcs: HashMap::new(),
             next_vc: 2,
             ports: HashSet::new(),
-            out: Vec::new(),
+            out: LinkQueue::default(),
             events: VecDeque::new(),
             last_heard: now,
             last_sent: now,
@@ -433,7 +434,7 @@ impl Attachment {
             });
         }
         self.dead = Some(why.to_owned());
-        self.out.clear();
+        self.out = LinkQueue::default();
     }
 
     /// Keepalives, and the session's death when the relay fell silent.
@@ -459,11 +460,18 @@ impl Attachment {
     /// Bytes to write to the relay (whole frames), `None` when there are none.
     /// `now` is when they leave (the keepalive clock).
     pub fn poll_transmit(&mut self, now: Duration) -> Option<Vec<u8>> {
+        self.poll_transmit_some(now, usize::MAX)
+    }
+
+    /// About `budget` bytes of it, the VCs taking turns a frame at a time
+    /// ([`LinkQueue`]): a shell that asks only while the stream has room
+    /// keeps one VC's bulk from queueing in front of another's message.
+    pub fn poll_transmit_some(&mut self, now: Duration, budget: usize) -> Option<Vec<u8>> {
         if self.out.is_empty() {
             return None;
         }
         self.last_sent = now;
-        Some(std::mem::take(&mut self.out))
+        Some(self.out.pop(budget))
     }
 
     /// Bytes waiting for [`Attachment::poll_transmit`].
@@ -477,8 +485,12 @@ impl Attachment {
     }
 
     fn send(&mut self, msg: &Msg<'_>) {
-        if self.dead.is_none() {
-            msg.emit(&mut self.out);
+        if self.dead.is_some() {
+            return;
+        }
+        match msg.vc() {
+            Some(vc) => self.out.push_vc(vc, msg.to_frame()),
+            None => self.out.push_control(&msg.to_frame()),
         }
     }
 }

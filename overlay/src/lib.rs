@@ -22,6 +22,7 @@
 //!   (Dijkstra now);
 //! - [`attach`]: an attached endpoint's session with its relay (the VCs of
 //!   every process behind it on one stream; windows that grow to the path);
+//! - [`linkq`]: a link's output queue (VCs take turns, a frame each);
 //! - [`relay`]: the relay's core: links, flooding, virtual connections
 //!   (open, data, end-to-end credit, close, abort) multiplexed over links;
 //! - [`sim`]: relay cores on in-memory links and virtual time (the tests'
@@ -38,6 +39,7 @@ pub mod attach;
 pub mod auth;
 pub mod cert;
 pub mod id;
+pub mod linkq;
 pub mod lsdb;
 pub mod preamble;
 pub mod registry;

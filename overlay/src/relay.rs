@@ -33,6 +33,7 @@ use std::{
 use crate::{
     NodeId, SiteId,
     cert::{CertError, Revocations, Trust},
+    linkq::LinkQueue,
     lsdb::{Install, LinkStateDb, Lsa},
     route::{Route, Routing},
     wire::{Entry, MAX_DATA, Msg, ParseError, Role},
@@ -46,6 +47,11 @@ pub type LocalId = u64;
 /// How the reason of a VC aborted because a relay or relay link on its
 /// path went down begins (the shell tells the endpoint so).
 pub const PATH_LOST: &str = "path lost: ";
+
+/// The most a VC may have queued on one link of ours: more than any
+/// window the ends grant (they grow to 16 MiB), so only a sender that
+/// ignores credit reaches it.
+pub const MAX_VC_QUEUE: usize = 64 << 20;
 
 /// Hops an `Open` may take.
 pub const MAX_HOPS: u8 = 16;
@@ -208,7 +214,7 @@ pub struct RelayCore {
     link_to: HashMap<NodeId, LinkId>,
     /// Attached endpoints' sessions, by node.
     attached: HashMap<NodeId, LinkId>,
-    out: HashMap<LinkId, Vec<u8>>,
+    out: HashMap<LinkId, LinkQueue>,
     dirty: Vec<LinkId>,
     vcs: HashMap<u64, Vc>,
     next_vc: u64,
@@ -473,6 +479,10 @@ impl RelayCore {
         self.flush_routes(now);
     }
 
+    fn queued_for(&self, link: LinkId, vc: u32) -> usize {
+        self.out.get(&link).map_or(0, |q| q.vc_len(vc))
+    }
+
     /// The VC ends on `link`.
     fn ends_on(&self, link: LinkId) -> Vec<(End, u64)> {
         self.by_end.iter().filter(|(e, _)| matches!(e, End::Link(l, _) if *l == link)).map(|(e, v)| (*e, *v)).collect()
@@ -673,16 +683,36 @@ impl RelayCore {
 
     // ---- output --------------------------------------------------------------
 
-    /// Bytes to write on a link (whole frames), until `None`.
+    /// Bytes to write on a link (whole frames), until `None`: everything
+    /// queued, each link's VCs interleaved. A shell that writes as the
+    /// links take it asks [`RelayCore::poll_transmit_link`] instead.
     pub fn poll_transmit(&mut self) -> Option<(LinkId, Vec<u8>)> {
         while let Some(link) = self.dirty.pop() {
-            if let Some(buf) = self.out.get_mut(&link)
-                && !buf.is_empty()
+            if let Some(q) = self.out.get_mut(&link)
+                && !q.is_empty()
             {
-                return Some((link, std::mem::take(buf)));
+                return Some((link, q.pop(usize::MAX)));
             }
         }
         None
+    }
+
+    /// About `budget` bytes (whole frames) to write on `link` now, its VCs
+    /// taking turns a frame at a time ([`crate::linkq`]); `None` when
+    /// nothing waits. Asked only while the link has room, the rest waits
+    /// here in turn instead of in the socket's buffer in arrival order.
+    pub fn poll_transmit_link(&mut self, link: LinkId, budget: usize) -> Option<Vec<u8>> {
+        let q = self.out.get_mut(&link).filter(|q| !q.is_empty())?;
+        let bytes = q.pop(budget);
+        if q.is_empty() {
+            self.dirty.retain(|l| *l != link);
+        }
+        Some(bytes)
+    }
+
+    /// Bytes queued for `link`.
+    pub fn queued(&self, link: LinkId) -> usize {
+        self.out.get(&link).map_or(0, LinkQueue::len)
     }
 
     /// The next thing to do with an endpoint stream or link, until `None`.
@@ -830,21 +860,24 @@ impl RelayCore {
     fn send_raw(&mut self, link: LinkId, frame: &[u8]) {
         let Some(st) = self.links.get_mut(&link) else { return };
         st.sent = true;
-        let buf = self.out.entry(link).or_default();
-        if buf.is_empty() {
+        let q = self.out.entry(link).or_default();
+        if q.is_empty() {
             self.dirty.push(link);
         }
-        buf.extend_from_slice(frame);
+        q.push_control(frame);
     }
 
     fn send_msg(&mut self, link: LinkId, msg: &Msg<'_>) {
         let Some(st) = self.links.get_mut(&link) else { return };
         st.sent = true;
-        let buf = self.out.entry(link).or_default();
-        if buf.is_empty() {
+        let q = self.out.entry(link).or_default();
+        if q.is_empty() {
             self.dirty.push(link);
         }
-        msg.emit(buf);
+        match msg.vc() {
+            Some(vc) => q.push_vc(vc, msg.to_frame()),
+            None => q.push_control(&msg.to_frame()),
+        }
     }
 
     /// The relay to hand a VC for `dst` to: the nearest reachable relay of
@@ -985,6 +1018,11 @@ impl RelayCore {
             Some((_, End::Link(link, id))) => {
                 for chunk in bytes.chunks(MAX_DATA) {
                     self.send_msg(link, &Msg::Data { vc: id, bytes: chunk });
+                }
+                // Credit bounds what a VC has queued anywhere; a sender
+                // that ignores it is cut off before it fills our memory.
+                if self.queued_for(link, id) > MAX_VC_QUEUE {
+                    self.abort_vc(vc, None, "the sender ignored its credit (a broken peer): reset");
                 }
             }
             Some((_, End::Local(local))) => self.actions.push_back(Action::Write { local, bytes: bytes.to_vec() }),

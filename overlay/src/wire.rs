@@ -409,6 +409,21 @@ impl<'a> Msg<'a> {
         Ok(m)
     }
 
+    /// The virtual connection this message belongs to (its id on the hop),
+    /// for the messages that have one.
+    pub fn vc(&self) -> Option<u32> {
+        match self {
+            Msg::Open { vc, .. }
+            | Msg::Accept { vc, .. }
+            | Msg::Refuse { vc, .. }
+            | Msg::Data { vc, .. }
+            | Msg::Credit { vc, .. }
+            | Msg::Close { vc }
+            | Msg::Abort { vc, .. } => Some(*vc),
+            _ => None,
+        }
+    }
+
     /// Appends this message as one frame (length prefix included) to `out`.
     pub fn emit(&self, out: &mut Vec<u8>) {
         let start = out.len();

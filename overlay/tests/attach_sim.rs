@@ -249,3 +249,37 @@ fn an_endpoint_that_closes_and_leaves_ends_well_and_a_later_write_is_told() {
         assert_eq!(s.core(r).vc_count(), 0, "relay {r}");
     }
 }
+
+#[test]
+fn a_ping_is_not_queued_behind_a_bulk_window_on_the_session_or_the_link() {
+    let mut s = chain();
+    let (bulk, _) = open_accepted(&mut s, b"");
+    let (ping, _) = open_accepted(&mut s, b"");
+    s.settle();
+    // The bulk VC writes its whole window, then the ping VC four bytes.
+    assert_eq!(s.endpoint(101).write(bulk, &vec![1u8; 256 << 10]), 256 << 10);
+    assert_eq!(s.endpoint(101).write(ping, b"ping"), 4);
+    let now = s.now;
+    // What the endpoint sends first: one bulk frame, then the ping.
+    let first = s.endpoint(101).poll_transmit_some(now, 1).unwrap();
+    let second = s.endpoint(101).poll_transmit_some(now, 1).unwrap();
+    let vc_of = |f: &[u8]| Msg::parse(&f[4..]).unwrap().vc();
+    assert_eq!((vc_of(&first), vc_of(&second)), (Some(bulk), Some(ping)));
+    // Relay 1 takes everything at once; toward relay 2 the VCs again take
+    // turns: the ping leaves second, not after 256 KiB.
+    let (_, session, _) = s.attached[&101];
+    let rest = s.endpoint(101).poll_transmit(now).unwrap();
+    let mut rd = xsock_overlay::wire::FrameReader::default();
+    for bytes in [&first, &second, &rest] {
+        rd.push(bytes);
+        while let Some(f) = rd.next_frame().unwrap() {
+            s.core(1).handle_link_frame(now, session, f).unwrap();
+        }
+    }
+    let link = *s.links.iter().find(|(_, ends)| **ends == (1, 2)).unwrap().0;
+    let a = s.core(1).poll_transmit_link(link, 1).unwrap();
+    let b = s.core(1).poll_transmit_link(link, 1).unwrap();
+    let (va, vb) = (vc_of(&a), vc_of(&b));
+    assert!(va.is_some() && vb.is_some() && va != vb, "the second frame on the link is the other VC's");
+    assert!(s.core(1).queued(link) > 128 << 10, "the bulk window waits in the relay, in turn");
+}

@@ -380,8 +380,9 @@ impl Poller {
         loop {
             if inline {
                 // The caller works through the events between polls: take
-                // everything the rings hold now, not one pass's 64 frames.
-                self.rt.poll_drain()?;
+                // everything the rings hold now, not one pass's 64 frames
+                // (unless another thread of ours drives it now).
+                self.rt.try_poll_drain()?;
             }
             self.collect(events)?;
             if !events.is_empty() {
@@ -402,9 +403,16 @@ impl Poller {
     }
 
     fn wait(&mut self, inline: bool, wait: Option<Duration>) -> Result<(), Error> {
+        let mut wait = wait;
         if inline {
             let cap = wait.unwrap_or(Duration::from_millis(100));
-            return self.rt.idle_with(Some(cap), &[self.epoll.fd()]);
+            if self.rt.try_idle_with(Some(cap), &[self.epoll.fd()])? {
+                return Ok(());
+            }
+            // Another thread drives the datapath (and wakes us through the
+            // notifiers): wait as with a datapath thread, briefly, in case
+            // it stops driving.
+            wait = Some(cap.min(crate::runtime::OTHER_DRIVER));
         }
         if self.rt.poll_mode() == PollMode::Busy {
             let until = wait.map(|w| Instant::now() + w);

@@ -636,6 +636,10 @@ pub(crate) struct Inner {
 /// silence they must time out on).
 pub const LINGER_ON_DROP: Duration = Duration::from_secs(1);
 
+/// How long a thread waits on its notifiers while another thread drives
+/// the inline datapath, before it looks whether it must drive itself.
+pub(crate) const OTHER_DRIVER: Duration = Duration::from_millis(2);
+
 impl Drop for Inner {
     fn drop(&mut self) {
         let Some(link) = &self.link else { return };
@@ -828,13 +832,32 @@ impl Runtime {
     }
 
     /// Inline driving: passes until the receive rings are drained (at most
-    /// a ring's worth), for callers that do a lot between polls.
-    pub(crate) fn poll_drain(&self) -> Result<usize, Error> {
+    /// a ring's worth), for callers that do a lot between polls; `None`
+    /// when another thread drives the inline datapath now (its passes
+    /// notify the waiters).
+    pub(crate) fn try_poll_drain(&self) -> Result<Option<usize>, Error> {
         match self.inner.link.as_ref().map(|l| &l.engine) {
-            Some(Engine::Inline(dp) | Engine::Loop(dp)) => {
-                dp.lock().unwrap_or_else(|p| p.into_inner()).poll_drain(DRAIN_PASSES).map_err(Error::Io)
-            }
-            _ => Ok(0),
+            Some(Engine::Inline(dp) | Engine::Loop(dp)) => match dp.try_lock() {
+                Ok(mut dp) => dp.poll_drain(DRAIN_PASSES).map(Some).map_err(Error::Io),
+                Err(_) => Ok(None),
+            },
+            _ => Ok(Some(0)),
+        }
+    }
+
+    /// Like [`Runtime::idle_with`] for an inline datapath, unless another
+    /// thread holds it (false: nothing was waited for).
+    pub(crate) fn try_idle_with(
+        &self,
+        max: Option<Duration>,
+        extra: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<bool, Error> {
+        match self.inner.link.as_ref().map(|l| &l.engine) {
+            Some(Engine::Inline(dp) | Engine::Loop(dp)) => match dp.try_lock() {
+                Ok(mut dp) => dp.idle_with(max, extra).map(|()| true).map_err(Error::Io),
+                Err(_) => Ok(false),
+            },
+            _ => Ok(false),
         }
     }
 
@@ -971,13 +994,18 @@ impl Runtime {
                 None => Duration::from_millis(100),
             };
             match self.inner.link.as_ref().map(|l| &l.engine) {
-                Some(Engine::Inline(dp)) => {
-                    let mut dp = dp.lock().unwrap_or_else(|p| p.into_inner());
-                    let work = dp.poll().map_err(Error::Io)?;
-                    if work == 0 && signal.generation() == seen {
-                        dp.idle(Some(cap)).map_err(Error::Io)?;
+                Some(Engine::Inline(dp)) => match dp.try_lock() {
+                    Ok(mut dp) => {
+                        let work = dp.poll().map_err(Error::Io)?;
+                        if work == 0 && signal.generation() == seen {
+                            dp.idle(Some(cap)).map_err(Error::Io)?;
+                        }
                     }
-                }
+                    // Another thread of ours drives it (an overlay session's
+                    // pump, asleep in poll(2) with it): its passes notify
+                    // us; look again soon in case it stops driving.
+                    Err(_) => signal.wait_past(seen, cap.min(OTHER_DRIVER)),
+                },
                 _ if self.inner.poll == PollMode::Busy => signal.spin_past(seen, deadline),
                 _ => signal.wait_past(seen, cap),
             }

@@ -343,7 +343,7 @@ impl Pump {
     fn write_session(&mut self) -> Result<(), String> {
         loop {
             if self.out.is_empty() {
-                match self.core.poll_transmit(self.now()) {
+                match self.core.poll_transmit_some(self.now(), 256 << 10) {
                     Some(b) => self.out = b,
                     None => break,
                 }

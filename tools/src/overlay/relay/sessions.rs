@@ -36,15 +36,14 @@ impl Sessions {
         self.map.insert(link, session);
     }
 
-    /// Queues `bytes` (whole frames) on session `link`; false if `link` is
-    /// not a session.
-    pub fn queue(&mut self, link: LinkId, bytes: &[u8]) -> bool {
-        match self.map.get_mut(&link) {
-            Some(s) => {
-                s.out.extend_from_slice(bytes);
-                true
+    /// Takes what the core has for each session, while it holds under
+    /// `high` bytes.
+    pub fn pull(&mut self, core: &mut RelayCore, high: usize) {
+        for (&link, s) in self.map.iter_mut() {
+            while s.out.len() < high {
+                let Some(bytes) = core.poll_transmit_link(link, high) else { break };
+                s.out.extend_from_slice(&bytes);
             }
-            None => false,
         }
     }
 

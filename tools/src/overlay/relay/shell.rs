@@ -316,6 +316,9 @@ impl Ask {
     }
 }
 
+/// Bytes a link or session holds in the shell, on its way to the socket.
+const LINK_HIGH: usize = 256 << 10;
+
 /// How long an open from a node the directory does not list yet waits for
 /// the directory that lists it.
 const EARLY_WAIT: Duration = Duration::from_secs(2);
@@ -791,13 +794,16 @@ impl State {
     fn transmit(&mut self) -> bool {
         let mut any = false;
         let now = session_clock();
-        while let Some((link, bytes)) = self.core.poll_transmit() {
-            if let Some(l) = self.links.get_mut(&link) {
+        // Only what each link can take soon leaves the core: the rest
+        // waits there, where the VCs take turns (a bulk transfer's window
+        // does not sit in front of a ping in the socket's buffer).
+        for (&link, l) in self.links.iter_mut() {
+            while l.out.len() < LINK_HIGH {
+                let Some(bytes) = self.core.poll_transmit_link(link, LINK_HIGH) else { break };
                 l.seal.seal(now, &bytes, &mut l.out);
-            } else {
-                self.sessions.queue(link, &bytes);
             }
         }
+        self.sessions.pull(&mut self.core, LINK_HIGH);
         let (wrote, broken) = self.sessions.write();
         any |= wrote;
         for (link, why) in broken {
