@@ -307,7 +307,7 @@ impl Attachment {
                     let reason = format!("this session is node {}, not {dst}", self.cfg.me);
                     self.send(&Msg::Refuse { vc, reason: &reason });
                 } else if !self.ports.contains(&port) {
-                    let reason = format!("{dst} does not listen on port {port}");
+                    let reason = format!("node {dst} does not listen on port {port}");
                     self.send(&Msg::Refuse { vc, reason: &reason });
                 } else {
                     let mut v = Vc::new(Phase::Incoming, self.cfg.initial_window);

@@ -939,20 +939,22 @@ impl RelayCore {
             return refuse(self, reason);
         }
         let local_dst = self.endpoints.get(&dst).is_some_and(|(s, _, _)| Some(*s) == self.my_site);
-        let to = if local_dst {
+        let to = if let Some(&session) = self.attached.get(&dst) {
+            // An attached endpoint knows its own ports (the directory's copy
+            // can lag a listen by a push): it accepts or refuses itself.
+            let st = self.links.get_mut(&session).expect("attached and links agree");
+            let vc = st.next_vc;
+            st.next_vc = st.next_vc.wrapping_add(2);
+            self.send_msg(session, &Msg::Open { vc, src, dst, port, ttl: 0, credit, data });
+            End::Link(session, vc)
+        } else if local_dst {
             let (_, ports, name) = &self.endpoints[&dst];
             if !ports.contains(&port) {
                 let reason = format!("{name} ({dst}) does not listen on port {port}");
                 self.locals.retain(|_, l| l.vc != id);
                 return refuse(self, reason);
             }
-            if let Some(&session) = self.attached.get(&dst) {
-                let st = self.links.get_mut(&session).expect("attached and links agree");
-                let vc = st.next_vc;
-                st.next_vc = st.next_vc.wrapping_add(2);
-                self.send_msg(session, &Msg::Open { vc, src, dst, port, ttl: 0, credit, data });
-                End::Link(session, vc)
-            } else {
+            {
                 let local = self.new_local();
                 let first = data.to_vec();
                 let free = data.len() as u32;

@@ -7,6 +7,10 @@
 //! One part alone: `XSOCK_PERF_RELAY=probe` (an isolated relayed connect),
 //! `=mesh` (the all-to-all), `=kill` (the relay kill), or
 //! `XSOCK_PERF_RELAY_BULK="FLAGS"` (relayed bulk with the relays' flags).
+//! The all-to-all's size: `XSOCK_PERF_MESH_LANS` (8), `..._PER_HOST`
+//! (endpoints per process, 4), `..._PARALLEL` (connects in flight per
+//! endpoint, 2). `XSOCK_PERF_KILL_DUMP=1` prints the relay kill's attempts
+//! within 100 ms of the kill.
 
 use std::{
     io,
@@ -320,7 +324,15 @@ fn bulk_only(xsock: &str, rounds: usize, out: &mut String, flags: &[&str]) -> io
 }
 
 fn all_to_all(xsock: &str, rounds: usize, out: &mut String) -> io::Result<()> {
-    let names = ["l1", "l2", "l3", "l4", "l5", "l6", "l7", "l8"];
+    // 8 LANs of 2 hosts with 4 endpoints each, unless the environment asks
+    // for more (XSOCK_PERF_MESH_LANS, XSOCK_PERF_MESH_PER_HOST).
+    let knob = |name: &str, default: usize| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    let lans = knob("XSOCK_PERF_MESH_LANS", 8).clamp(2, 32);
+    const NAMES: [&str; 32] = [
+        "l1", "l2", "l3", "l4", "l5", "l6", "l7", "l8", "l9", "l10", "l11", "l12", "l13", "l14", "l15", "l16", "l17",
+        "l18", "l19", "l20", "l21", "l22", "l23", "l24", "l25", "l26", "l27", "l28", "l29", "l30", "l31", "l32",
+    ];
+    let names = &NAMES[..lans];
     let specs: Vec<SiteSpec> =
         names.iter().map(|&name| SiteSpec { name, policy: Policy::Open, relays: 1, hosts: 2 }).collect();
     let o = Overlay::start_after(xsock, "perf-mesh", &specs, &[], |s| count_crossings(&s.sites));
@@ -334,7 +346,8 @@ fn all_to_all(xsock: &str, rounds: usize, out: &mut String) -> io::Result<()> {
         Ok(d)
     };
     let hosts = o.endpoints();
-    let per_host = 4usize;
+    let per_host = knob("XSOCK_PERF_MESH_PER_HOST", 4).clamp(1, 64);
+    let endpoints = lans * 2 * per_host;
     let overlay_peers: Vec<String> = hosts
         .iter()
         .flat_map(|(n, _)| (0..per_host).map(move |k| format!("{n}-{k}:{}", MESH_PORT as usize + k)))
@@ -412,18 +425,21 @@ fn all_to_all(xsock: &str, rounds: usize, out: &mut String) -> io::Result<()> {
             ratio(x_ms, k_ms),
         ]);
     }
-    *out += "### All-to-all connect: 64 endpoints over 8 LANs, every endpoint to every other, one 64-byte message each way\n\n";
+    *out += &format!(
+        "### All-to-all connect: {endpoints} endpoints over {lans} LANs, every endpoint to every other, one 64-byte message each way\n\n"
+    );
     *out += &t.markdown();
     *out += &format!(
-        "\nMedian: overlay {:.1} ms, plain kernel TCP {:.1} ms. 16 processes (2 hosts per LAN), 4 endpoints each, \
+        "\nMedian: overlay {:.1} ms, plain kernel TCP {:.1} ms. {} processes (2 hosts per LAN), {per_host} endpoints each, \
          {} connects in flight per endpoint; a barrier (`--start-at`) starts every process together after it \
          has joined and fetched the directory; timed from the first start to the last exchange (joining is not \
          timed). TCP connections crossing LANs are TCP SYNs the routers' nftables counted from LAN to WAN during \
-         each round: for the overlay, the 64 endpoints' bootstrap sessions (made at join) and nothing else, since \
+         each round: for the overlay, the {endpoints} endpoints' bootstrap sessions (made at join) and nothing else, since \
          the virtual connections ride the relay links; the relays' own setup (relay links and bootstrap sessions, \
          once, before the rounds) crossed {setup_crossings}.\n",
         median(xs),
         median(ks),
+        lans * 2,
         parallel()
     );
     if let Some(e) = first_error {
@@ -486,14 +502,22 @@ fn recovery(xsock: &str, rounds: usize, out: &mut String) -> io::Result<()> {
             }
             std::thread::sleep(Duration::from_millis(2));
         };
-        let lines = String::from_utf8_lossy(&p1.wait_with_output()?.stdout).to_string();
-        let _ = p2.wait_with_output();
+        let lines = p1.finish()?;
+        let _ = p2.finish();
         let attempts: Vec<Value> = lines.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
         let after: Vec<&Value> = attempts.iter().filter(|a| a["t_ns"].as_u64().unwrap_or(0) >= killed_ns).collect();
         let first_ok = after.iter().find(|a| a["ok"] == true).map(|a| {
             (a["t_ns"].as_u64().unwrap_or(0) + a["us"].as_u64().unwrap_or(0) * 1000).saturating_sub(killed_ns)
         });
         let failed_between = after.iter().take_while(|a| a["ok"] != true).count();
+        if std::env::var("XSOCK_PERF_KILL_DUMP").is_ok() {
+            for a in &attempts {
+                let t = a["t_ns"].as_u64().unwrap_or(0) as i64 - killed_ns as i64;
+                if t.abs() < 100_000_000 {
+                    eprintln!("{:+.1} ms: {a}", t as f64 / 1e6);
+                }
+            }
+        }
         // The attempt in flight at the kill: how long until it failed.
         let in_flight =
             attempts.iter().rev().find(|a| a["t_ns"].as_u64().unwrap_or(0) < killed_ns && a["ok"] == false).map(|a| {
@@ -550,8 +574,8 @@ pub fn run(xsock: &Path, rounds: usize) -> io::Result<()> {
         let a = o.spawn_probe(&hosts[if same { 1 } else { 2 }], "p1h0-0:7500", "4s")?;
         std::thread::sleep(Duration::from_millis(300));
         let b = o.spawn_probe(&hosts[0], if same { "p1h1-0:7500" } else { "p2h0-0:7500" }, "4s")?;
-        let lines = String::from_utf8_lossy(&b.wait_with_output()?.stdout).to_string();
-        let _ = a.wait_with_output();
+        let lines = b.finish()?;
+        let _ = a.finish();
         let us: Vec<f64> = lines
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())

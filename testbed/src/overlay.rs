@@ -399,15 +399,41 @@ impl Overlay {
 
     /// Starts `xsock mesh --probe DUR` on `me` (joined as its name) against
     /// `peer`, stdout piped: one JSON line per connection attempt.
-    pub fn spawn_probe(&self, me: &(String, Host), peer: &str, dur: &str) -> std::io::Result<std::process::Child> {
+    pub fn spawn_probe(&self, me: &(String, Host), peer: &str, dur: &str) -> std::io::Result<Probe> {
         let mut args = vec!["mesh".to_owned()];
         args.extend(self.join_flags(&me.0));
         args.extend(["--port", "7500", "--peers", peer, "--probe", dur, "--bytes", "64"].map(String::from));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        me.1.command(&self.xsock, &args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
+        let mut child =
+            me.1.command(&self.xsock, &args)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()?;
+        // Read as it writes: a probe blocked on a full pipe (a line per
+        // attempt, hundreds a second) would pause its attempts until the
+        // caller reads, and show the pause as a slow recovery.
+        let mut stdout = child.stdout.take().expect("piped");
+        let out = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut stdout, &mut v);
+            v
+        });
+        Ok(Probe { child, out })
+    }
+}
+
+/// A running `xsock mesh --probe` ([`Overlay::spawn_probe`]).
+pub struct Probe {
+    child: std::process::Child,
+    out: std::thread::JoinHandle<Vec<u8>>,
+}
+
+impl Probe {
+    /// Waits for the probe to end; its lines (one JSON object per attempt).
+    pub fn finish(mut self) -> std::io::Result<String> {
+        self.child.wait()?;
+        let out = self.out.join().map_err(|_| std::io::Error::other("the probe's reader panicked"))?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
     }
 }
 
