@@ -145,6 +145,7 @@ impl Session {
             relay: relay.clone(),
             session_writable: false,
             flushing: Vec::new(),
+            leaving: false,
         };
         std::thread::Builder::new().name("xsock-session".into()).spawn(move || pump.run()).map_err(Error::Io)?;
         Ok(Session { requests: Mutex::new(tx), bell, dead, relay })
@@ -247,6 +248,8 @@ struct Pump {
     /// VC ends whose application finished writing, until the relay has
     /// acknowledged everything up to their Close.
     flushing: Vec<Arc<VcEnd>>,
+    /// The node was dropped: the session ends with its last VC.
+    leaving: bool,
 }
 
 impl Pump {
@@ -277,12 +280,20 @@ impl Pump {
     fn pass(&mut self, buf: &mut [u8]) -> Result<(), String> {
         let mut drain = [0u8; 64];
         while matches!((&self.ring).read(&mut drain), Ok(n) if n > 0) {}
-        loop {
+        while !self.leaving {
             match self.rx.try_recv() {
                 Ok(r) => self.request(r),
                 Err(mpsc::TryRecvError::Empty) => break,
-                Err(mpsc::TryRecvError::Disconnected) => return Err(LEFT.into()),
+                // The node is gone; its open streams carry on to their end.
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    self.leaving = true;
+                    // Its bell's other end is gone too: always readable now.
+                    let _ = self.poller.deregister(BELL);
+                }
             }
+        }
+        if self.leaving && self.vcs.is_empty() && self.flushing.is_empty() {
+            return Err(LEFT.into());
         }
         self.read_session(buf)?;
         self.events();
