@@ -357,15 +357,22 @@ impl Overlay {
 
     /// Runs `xsock mesh --port MESH_PORT --peers PEERS` plus
     /// `flags(index, name)` on every host at once, all starting together
-    /// 3 s from now; returns each one's JSON report.
+    /// 3 s from now and 25 ms per endpoint more; returns each one's JSON
+    /// report.
     pub fn mesh_run(
         &self,
         hosts: &[(String, Host)],
         peers: &str,
         flags: impl Fn(usize, &str) -> Vec<String>,
     ) -> std::io::Result<Vec<Value>> {
+        // Every process must have joined all its endpoints by then: 3 s,
+        // and 25 ms more per endpoint (256 endpoints' joins on 2 cores
+        // outran a flat 3 s, and the late ones' peers found nothing there).
+        let endpoints = peers.split(',').filter(|p| !p.is_empty()).count() as u128;
         let start_at =
-            (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() + 3000)
+            (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis()
+                + 3000
+                + 25 * endpoints)
                 .to_string();
         let port = MESH_PORT.to_string();
         std::thread::scope(|sc| {

@@ -221,6 +221,8 @@ impl Mesh {
             let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
             if at > now {
                 std::thread::sleep(Duration::from_millis(at - now));
+            } else {
+                log::warn!("joined {} ms after the --start-at barrier: peers may not find our listeners", now - at);
             }
         }
         if let Some(d) = self.probe {
