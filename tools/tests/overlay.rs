@@ -166,6 +166,55 @@ fn a_killed_relay_is_routed_around_and_its_connections_fail_clearly() {
 }
 
 #[test]
+fn a_listening_endpoint_attaches_again_when_its_relay_restarts() {
+    require_root!();
+    let o = Overlay::start(XSOCK, "again", &three_lans());
+    let relays = o.relay_names();
+    let refs: Vec<&str> = relays.iter().map(String::as_str).collect();
+    o.converge(&refs, Duration::from_secs(20));
+    let (sp1, sp2) = (&o.sites.sites[1], &o.sites.sites[2]);
+    let echo_at = format!("{}:7600", sp2.host_ip(0));
+    let server = &sp2.hosts[0];
+    o.bed
+        .spawn_ready(server, XSOCK, &strs(&ping_as(&o, "sp2h0", &["--listen", &echo_at])), || server.listening(7600))
+        .unwrap();
+    let attached = |o: &Overlay| {
+        o.status("sp2-x0")["sessions"].as_array().is_some_and(|a| a.iter().any(|s| s["endpoint"] == "sp2h0"))
+    };
+    let wait = |what: &str, ok: &dyn Fn() -> bool| {
+        let t = Instant::now();
+        while !ok() {
+            assert!(t.elapsed() < Duration::from_secs(15), "{what}: {}", o.dump(&["sp2-x0"]));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        t.elapsed()
+    };
+    wait("the server never attached", &|| attached(&o));
+    let ping = |name: &str| {
+        let args = ping_as(&o, name, &["--connect", "sp2h0:7600", "--count", "20", "--json"]);
+        sp1.hosts[0].command(XSOCK, &strs(&args)).output().unwrap()
+    };
+    let out = ping("sp1h0a");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The server's relay dies and comes back: the server, which only
+    // listens, attaches again by itself, and new connections reach it
+    // through its new session (no stream per connection).
+    let i = o.relays.iter().position(|(n, _, _)| n == "sp2-x0").unwrap();
+    let (name, host, pid) = o.relays[i].clone();
+    o.bed.kill9(pid).unwrap();
+    let _ = std::fs::remove_file(o.status_path(&name));
+    let wan = format!("{}:{}", sp2.relay_ip(0), xsock_testbed::overlay::WAN_PORT);
+    o.start_relay(&name, &host, Some(&wan));
+    o.converge(&refs, Duration::from_secs(20));
+    let took = wait("the server did not attach again", &|| attached(&o));
+    let out = ping("sp1h0b");
+    assert!(out.status.success(), "after the restart: {}", String::from_utf8_lossy(&out.stderr));
+    let c = &o.status("sp2-x0")["counters"];
+    assert_eq!(c["lan_streams"], 0, "the restarted relay delivered by a stream: {c}");
+    eprintln!("the server attached again {took:?} after its relay was back");
+}
+
+#[test]
 fn a_node_with_a_wrong_key_is_refused() {
     require_root!();
     let o = Overlay::start(XSOCK, "key", &three_lans()[..2]);

@@ -218,12 +218,18 @@ impl Node {
             }
         }
         let first = got.first().cloned();
-        *n.sessions.lock().unwrap_or_else(|p| p.into_inner()) = got;
+        if !got.is_empty() {
+            // (Dead ones stay until then: the helper thread tries again.)
+            *n.sessions.lock().unwrap_or_else(|p| p.into_inner()) = got;
+        }
         first.ok_or_else(|| err.unwrap_or_else(|| Error::Overlay("no relay serves our LAN".into())))
     }
 
     /// A helper thread that registers again with servers that come back
-    /// (and tells them our ports), as long as the node lives.
+    /// (and tells them our ports), and attaches again once every relay
+    /// session ended (a relay restarted: a node that only listens would
+    /// otherwise get a stream per connection from then on), as long as the
+    /// node lives.
     fn keep_registered(&self) {
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         let _ = std::thread::Builder::new().name("xsock-boots".into()).spawn(move || {
@@ -232,6 +238,14 @@ impl Node {
                 let Some(inner) = weak.upgrade() else { return };
                 let ports: Vec<u16> = inner.ports.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
                 inner.boot.lock().unwrap_or_else(|p| p.into_inner()).revive(&ports);
+                let lost = {
+                    let sessions = inner.sessions.lock().unwrap_or_else(|p| p.into_inner());
+                    !sessions.is_empty() && sessions.iter().all(|s| s.dead().is_some())
+                };
+                if lost {
+                    // Rate-limited inside: a relay still down is tried again later.
+                    Node { inner }.session();
+                }
             }
         });
     }
