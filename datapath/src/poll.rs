@@ -516,7 +516,18 @@ impl Datapath {
     /// [`Datapath::idle`] that also ends when one of `extra` is readable
     /// (an event loop's other sockets).
     pub fn idle_with(&mut self, max: Option<Duration>, extra: &[std::os::fd::BorrowedFd<'_>]) -> io::Result<()> {
-        let spin = match self.mode {
+        self.idle_as(self.mode, max, extra)
+    }
+
+    /// [`Datapath::idle_with`] as poll mode `mode` says, whatever the
+    /// datapath's own (a helper thread that must never spin sleeps).
+    pub fn idle_as(
+        &mut self,
+        mode: PollMode,
+        max: Option<Duration>,
+        extra: &[std::os::fd::BorrowedFd<'_>],
+    ) -> io::Result<()> {
+        let spin = match mode {
             PollMode::Busy => {
                 std::hint::spin_loop();
                 return Ok(());

@@ -249,9 +249,11 @@ impl Attachment {
     pub fn read(&mut self, vc: VcId, buf: &mut [u8]) -> usize {
         let Some(v) = self.vcs.get_mut(&vc) else { return 0 };
         let n = buf.len().min(v.rx.len());
-        for (b, x) in buf.iter_mut().zip(v.rx.drain(..n)) {
-            *b = x;
-        }
+        let (a, b) = v.rx.as_slices();
+        let from_a = n.min(a.len());
+        buf[..from_a].copy_from_slice(&a[..from_a]);
+        buf[from_a..n].copy_from_slice(&b[..n - from_a]);
+        v.rx.drain(..n);
         v.read += n as u64;
         let drained = n > 0 && v.rx.is_empty();
         self.give_credit(vc, false, drained);

@@ -223,6 +223,8 @@ pub struct Poller {
     watched_fds: usize,
     /// Scratch: link connections' readiness for one collect.
     link_ready: Vec<(usize, (bool, bool, bool))>,
+    /// Waits sleep whatever the runtime's poll mode ([`Poller::sleeping`]).
+    sleeps: bool,
 }
 
 impl std::fmt::Debug for Poller {
@@ -254,7 +256,17 @@ impl Poller {
             connecting: HashSet::new(),
             watched_fds: 0,
             link_ready: Vec::new(),
+            sleeps: false,
         })
+    }
+
+    /// A poller whose waits sleep whatever the runtime's poll mode: for a
+    /// helper thread beside the application's (an overlay session's pump),
+    /// which must not spin a core away from it.
+    pub(crate) fn sleeping(rt: &Runtime) -> Result<Poller, Error> {
+        let mut p = Poller::new(rt)?;
+        p.sleeps = true;
+        Ok(p)
     }
 
     /// Watches `stream` as `token` for `interest`. A token names one source
@@ -406,7 +418,7 @@ impl Poller {
         let mut wait = wait;
         if inline {
             let cap = wait.unwrap_or(Duration::from_millis(100));
-            if self.rt.try_idle_with(Some(cap), &[self.epoll.fd()])? {
+            if self.rt.try_idle_with(Some(cap), &[self.epoll.fd()], self.sleeps)? {
                 return Ok(());
             }
             // Another thread drives the datapath (and wakes us through the
@@ -414,7 +426,7 @@ impl Poller {
             // it stops driving.
             wait = Some(cap.min(crate::runtime::OTHER_DRIVER));
         }
-        if self.rt.poll_mode() == PollMode::Busy {
+        if self.rt.poll_mode() == PollMode::Busy && !self.sleeps {
             let until = wait.map(|w| Instant::now() + w);
             let mut n = 0u32;
             while !self.shared.nonempty.load(Ordering::SeqCst) {

@@ -847,14 +847,18 @@ impl Runtime {
 
     /// Like [`Runtime::idle_with`] for an inline datapath, unless another
     /// thread holds it (false: nothing was waited for).
+    /// `sleep`: in poll(2) at once, whatever the poll mode (a helper
+    /// thread must not spin beside the application's).
     pub(crate) fn try_idle_with(
         &self,
         max: Option<Duration>,
         extra: &[std::os::fd::BorrowedFd<'_>],
+        sleep: bool,
     ) -> Result<bool, Error> {
+        let mode = if sleep { PollMode::Sleep } else { self.inner.poll };
         match self.inner.link.as_ref().map(|l| &l.engine) {
             Some(Engine::Inline(dp) | Engine::Loop(dp)) => match dp.try_lock() {
-                Ok(mut dp) => dp.idle_with(max, extra).map(|()| true).map_err(Error::Io),
+                Ok(mut dp) => dp.idle_as(mode, max, extra).map(|()| true).map_err(Error::Io),
                 Err(_) => Ok(false),
             },
             _ => Ok(false),

@@ -125,7 +125,7 @@ impl Session {
         let (tx, rx) = mpsc::channel();
         let dead = Arc::new(Mutex::new(None));
         let epoch = Instant::now();
-        let mut poller = Poller::new(rt)?;
+        let mut poller = Poller::sleeping(rt)?;
         poller.register(&stream, SESSION, Interest::READABLE)?;
         poller.register_fd(ring.as_fd(), BELL, Interest::READABLE)?;
         let pump = Pump {
@@ -133,6 +133,7 @@ impl Session {
             s: stream,
             rd: FrameReader::default(),
             out: Vec::new(),
+            out_off: 0,
             core: Attachment::new(AttachConfig::new(me), Duration::ZERO),
             epoch,
             vcs: HashMap::new(),
@@ -233,7 +234,9 @@ struct Pump {
     rt: Runtime,
     s: Stream,
     rd: FrameReader,
+    /// Bytes on their way to the session stream, sent up to `out_off`.
     out: Vec<u8>,
+    out_off: usize,
     core: Attachment,
     epoch: Instant,
     vcs: HashMap<VcId, VcIo>,
@@ -306,7 +309,8 @@ impl Pump {
             return Err(why.to_owned());
         }
         self.write_session()?;
-        if !self.flushing.is_empty() && self.out.is_empty() && self.core.queued() == 0 && self.s.unacknowledged() == 0 {
+        let sent = self.out_off == self.out.len();
+        if !self.flushing.is_empty() && sent && self.core.queued() == 0 && self.s.unacknowledged() == 0 {
             for end in self.flushing.drain(..) {
                 end.set_flushed();
             }
@@ -353,24 +357,26 @@ impl Pump {
 
     fn write_session(&mut self) -> Result<(), String> {
         loop {
-            if self.out.is_empty() {
+            if self.out_off == self.out.len() {
+                self.out_off = 0;
                 match self.core.poll_transmit_some(self.now(), 256 << 10) {
                     Some(b) => self.out = b,
-                    None => break,
-                }
-            }
-            match self.s.try_send(&self.out) {
-                Ok(n) => {
-                    self.out.drain(..n);
-                    if n == 0 {
+                    None => {
+                        self.out.clear();
                         break;
                     }
                 }
+            }
+            // An offset, not a drain: moving the rest down on every partial
+            // send cost the sender more than the copies it must make.
+            match self.s.try_send(&self.out[self.out_off..]) {
+                Ok(0) => break,
+                Ok(n) => self.out_off += n,
                 Err(Error::WouldBlock) => break,
                 Err(e) => return Err(format!("the session with relay {} broke: {e}", self.relay)),
             }
         }
-        let want = !self.out.is_empty();
+        let want = self.out_off < self.out.len();
         if want != self.session_writable {
             self.session_writable = want;
             let i = if want { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };

@@ -88,8 +88,9 @@ struct Link {
     w: TcpStream,
     seal: Sealer,
     open: Opener,
-    /// Sealed records waiting for the socket.
+    /// Sealed records waiting for the socket, written up to `off`.
     out: Vec<u8>,
+    off: usize,
     rd: FrameReader,
     peer: NodeId,
     name: String,
@@ -537,6 +538,7 @@ impl State {
                         seal: sealer,
                         open: opener,
                         out: Vec::new(),
+                        off: 0,
                         rd: FrameReader::default(),
                         peer,
                         name,
@@ -798,7 +800,15 @@ impl State {
         // waits there, where the VCs take turns (a bulk transfer's window
         // does not sit in front of a ping in the socket's buffer).
         for (&link, l) in self.links.iter_mut() {
-            while l.out.len() < LINK_HIGH {
+            if l.off == l.out.len() {
+                l.out.clear();
+                l.off = 0;
+            } else if l.off >= LINK_HIGH {
+                // What was written goes once per LINK_HIGH, not per write.
+                l.out.drain(..l.off);
+                l.off = 0;
+            }
+            while l.out.len() - l.off < LINK_HIGH {
                 let Some(bytes) = self.core.poll_transmit_link(link, LINK_HIGH) else { break };
                 l.seal.seal(now, &bytes, &mut l.out);
             }
@@ -813,17 +823,18 @@ impl State {
             self.core.handle_link_down(self.clock.now(), link);
         }
         for l in self.links.values_mut() {
-            while !l.out.is_empty() {
-                match l.w.write(&l.out) {
+            while l.off < l.out.len() {
+                match l.w.write(&l.out[l.off..]) {
                     Ok(n) => {
                         any = true;
                         l.bytes_out += n as u64;
-                        l.out.drain(..n);
+                        l.off += n;
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(_) => {
                         // The reader sees the end and reports the link down.
                         l.out.clear();
+                        l.off = 0;
                         let _ = l.w.shutdown(std::net::Shutdown::Both);
                     }
                 }
@@ -864,7 +875,7 @@ impl State {
             .iter()
             .map(|(id, l)| {
                 serde_json::json!({"link": id, "peer": l.peer.to_string(), "name": l.name,
-                    "bytes_in": l.bytes_in, "bytes_out": l.bytes_out, "queued": l.out.len()})
+                    "bytes_in": l.bytes_in, "bytes_out": l.bytes_out, "queued": l.out.len() - l.off})
             })
             .collect();
         let routes: Vec<serde_json::Value> = self
