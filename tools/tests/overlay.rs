@@ -100,19 +100,27 @@ fn next_hop(o: &Overlay, from: &str, to: &str) -> Option<String> {
     st["routes"].as_array()?.iter().find(|r| r["relay"] == to).and_then(|r| r["next_hop"].as_str().map(String::from))
 }
 
-#[test]
-fn a_killed_relay_is_routed_around_and_its_connections_fail_clearly() {
-    require_root!();
-    let o = Overlay::start(XSOCK, "kill", &three_lans());
+/// [`three_lans`] converged, and `xsock ping --listen` as sp2h0 on port
+/// 7600 of sp2's host; the overlay and its relays' names.
+fn three_lans_with_an_echo_server(tag: &str) -> (Overlay, Vec<String>) {
+    let o = Overlay::start(XSOCK, tag, &three_lans());
     let relays = o.relay_names();
     let refs: Vec<&str> = relays.iter().map(String::as_str).collect();
     o.converge(&refs, Duration::from_secs(20));
-    let (sp1, sp2) = (&o.sites.sites[1], &o.sites.sites[2]);
+    let sp2 = &o.sites.sites[2];
     let echo_at = format!("{}:7600", sp2.host_ip(0));
     let server = &sp2.hosts[0];
     o.bed
         .spawn_ready(server, XSOCK, &strs(&ping_as(&o, "sp2h0", &["--listen", &echo_at])), || server.listening(7600))
         .unwrap();
+    (o, relays)
+}
+
+#[test]
+fn a_killed_relay_is_routed_around_and_its_connections_fail_clearly() {
+    require_root!();
+    let (o, _) = three_lans_with_an_echo_server("kill");
+    let sp1 = &o.sites.sites[1];
     std::thread::sleep(Duration::from_millis(300)); // its port reaches the relays' directory
     // A long ping through sp1-x0 -> hub-x? -> sp2-x0.
     let long = ["--connect", "sp2h0:7600", "--count", "100000000", "--warmup", "0", "--poll", "sleep"];
@@ -168,16 +176,9 @@ fn a_killed_relay_is_routed_around_and_its_connections_fail_clearly() {
 #[test]
 fn a_listening_endpoint_attaches_again_when_its_relay_restarts() {
     require_root!();
-    let o = Overlay::start(XSOCK, "again", &three_lans());
-    let relays = o.relay_names();
-    let refs: Vec<&str> = relays.iter().map(String::as_str).collect();
-    o.converge(&refs, Duration::from_secs(20));
+    let (o, refs) = three_lans_with_an_echo_server("again");
     let (sp1, sp2) = (&o.sites.sites[1], &o.sites.sites[2]);
-    let echo_at = format!("{}:7600", sp2.host_ip(0));
-    let server = &sp2.hosts[0];
-    o.bed
-        .spawn_ready(server, XSOCK, &strs(&ping_as(&o, "sp2h0", &["--listen", &echo_at])), || server.listening(7600))
-        .unwrap();
+    let refs: Vec<&str> = refs.iter().map(String::as_str).collect();
     let attached = |o: &Overlay| {
         o.status("sp2-x0")["sessions"].as_array().is_some_and(|a| a.iter().any(|s| s["endpoint"] == "sp2h0"))
     };
