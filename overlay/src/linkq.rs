@@ -5,6 +5,7 @@
 //! its `Data`), and a VC with a window of bulk queued holds another's
 //! message back by at most one frame (64 KiB) per busy VC: on a slow link,
 //! a ping's round trip does not wait behind a bulk transfer's megabytes.
+//! [`SendBuf`] is the shells' buffer between such a queue and the socket.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -80,6 +81,70 @@ impl LinkQueue {
     }
 }
 
+/// Bytes on their way to a socket that takes part of them at a time: what
+/// was written is kept until the buffer empties or a quarter MiB of it
+/// piles up, then dropped in one move (moving the rest down on every
+/// partial write cost a relayed sender more than its copies).
+#[derive(Debug, Default)]
+pub struct SendBuf {
+    buf: Vec<u8>,
+    off: usize,
+}
+
+/// Written bytes dropped in one move once this many pile up.
+const SEND_COMPACT: usize = 256 << 10;
+
+impl SendBuf {
+    /// The bytes not written yet.
+    pub fn pending(&self) -> &[u8] {
+        &self.buf[self.off..]
+    }
+
+    /// How many bytes are not written yet.
+    pub fn len(&self) -> usize {
+        self.buf.len() - self.off
+    }
+
+    /// Whether every byte was written.
+    pub fn is_empty(&self) -> bool {
+        self.off == self.buf.len()
+    }
+
+    /// `n` bytes of [`SendBuf::pending`] were written.
+    pub fn advance(&mut self, n: usize) {
+        self.off = (self.off + n).min(self.buf.len());
+        if self.off == self.buf.len() {
+            self.clear();
+        }
+    }
+
+    /// Appends `bytes`, taking the vector itself when nothing is pending
+    /// (no copy).
+    pub fn push(&mut self, bytes: Vec<u8>) {
+        if self.is_empty() {
+            self.buf = bytes;
+            self.off = 0;
+        } else {
+            self.tail().extend_from_slice(&bytes);
+        }
+    }
+
+    /// Where more bytes go (after the pending ones).
+    pub fn tail(&mut self) -> &mut Vec<u8> {
+        if self.off >= SEND_COMPACT {
+            self.buf.drain(..self.off);
+            self.off = 0;
+        }
+        &mut self.buf
+    }
+
+    /// Forgets everything (the socket is gone).
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.off = 0;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +163,29 @@ mod tests {
             });
         }
         out
+    }
+
+    #[test]
+    fn a_send_buffer_gives_back_what_was_not_written_in_order() {
+        let mut b = SendBuf::default();
+        let all: Vec<u8> = (0..1_000_000u32).map(|i| i as u8).collect();
+        let mut out = Vec::new();
+        let mut at = 0;
+        while out.len() < all.len() {
+            if at < all.len() && b.len() < 300_000 {
+                let n = 70_001.min(all.len() - at);
+                if at % 2 == 0 {
+                    b.tail().extend_from_slice(&all[at..at + n]);
+                } else {
+                    b.push(all[at..at + n].to_vec());
+                }
+                at += n;
+            }
+            let n = b.pending().len().min(40_000);
+            out.extend_from_slice(&b.pending()[..n]);
+            b.advance(n);
+        }
+        assert!(out == all && b.is_empty());
     }
 
     #[test]

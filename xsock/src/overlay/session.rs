@@ -23,6 +23,7 @@ use std::{
 use xsock_overlay::{
     NodeId,
     attach::{AttachConfig, Attachment, Event, VcId},
+    linkq::SendBuf,
     relay::PATH_LOST,
     wire::FrameReader,
 };
@@ -132,8 +133,7 @@ impl Session {
             rt: rt.clone(),
             s: stream,
             rd: FrameReader::default(),
-            out: Vec::new(),
-            out_off: 0,
+            out: SendBuf::default(),
             core: Attachment::new(AttachConfig::new(me), Duration::ZERO),
             epoch,
             vcs: HashMap::new(),
@@ -234,9 +234,8 @@ struct Pump {
     rt: Runtime,
     s: Stream,
     rd: FrameReader,
-    /// Bytes on their way to the session stream, sent up to `out_off`.
-    out: Vec<u8>,
-    out_off: usize,
+    /// Bytes on their way to the session stream.
+    out: SendBuf,
     core: Attachment,
     epoch: Instant,
     vcs: HashMap<VcId, VcIo>,
@@ -309,8 +308,7 @@ impl Pump {
             return Err(why.to_owned());
         }
         self.write_session()?;
-        let sent = self.out_off == self.out.len();
-        if !self.flushing.is_empty() && sent && self.core.queued() == 0 && self.s.unacknowledged() == 0 {
+        if !self.flushing.is_empty() && self.out.is_empty() && self.core.queued() == 0 && self.s.unacknowledged() == 0 {
             for end in self.flushing.drain(..) {
                 end.set_flushed();
             }
@@ -357,26 +355,20 @@ impl Pump {
 
     fn write_session(&mut self) -> Result<(), String> {
         loop {
-            if self.out_off == self.out.len() {
-                self.out_off = 0;
+            if self.out.is_empty() {
                 match self.core.poll_transmit_some(self.now(), 256 << 10) {
-                    Some(b) => self.out = b,
-                    None => {
-                        self.out.clear();
-                        break;
-                    }
+                    Some(b) => self.out.push(b),
+                    None => break,
                 }
             }
-            // An offset, not a drain: moving the rest down on every partial
-            // send cost the sender more than the copies it must make.
-            match self.s.try_send(&self.out[self.out_off..]) {
+            match self.s.try_send(self.out.pending()) {
                 Ok(0) => break,
-                Ok(n) => self.out_off += n,
+                Ok(n) => self.out.advance(n),
                 Err(Error::WouldBlock) => break,
                 Err(e) => return Err(format!("the session with relay {} broke: {e}", self.relay)),
             }
         }
-        let want = self.out_off < self.out.len();
+        let want = !self.out.is_empty();
         if want != self.session_writable {
             self.session_writable = want;
             let i = if want { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };

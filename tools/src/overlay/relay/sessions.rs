@@ -8,6 +8,7 @@ use std::{collections::HashMap, time::Duration};
 use xsock::{Error, Stream};
 use xsock_overlay::{
     NodeId,
+    linkq::SendBuf,
     relay::{LinkId, RelayCore},
     wire::FrameReader,
 };
@@ -15,9 +16,7 @@ use xsock_overlay::{
 /// One endpoint's session.
 pub struct Session {
     s: Stream,
-    /// Bytes on their way to the endpoint, sent up to `off`.
-    out: Vec<u8>,
-    off: usize,
+    out: SendBuf,
     rd: FrameReader,
     pub name: String,
     pub node: NodeId,
@@ -35,7 +34,7 @@ impl Sessions {
     /// A session on `s` (its attach preamble done) for `node`, proven `name`.
     pub fn insert(&mut self, link: LinkId, s: Stream, name: String, node: NodeId) {
         let session =
-            Session { s, out: Vec::new(), off: 0, rd: FrameReader::default(), name, node, bytes_in: 0, bytes_out: 0 };
+            Session { s, out: SendBuf::default(), rd: FrameReader::default(), name, node, bytes_in: 0, bytes_out: 0 };
         self.map.insert(link, session);
     }
 
@@ -43,17 +42,9 @@ impl Sessions {
     /// `high` bytes.
     pub fn pull(&mut self, core: &mut RelayCore, high: usize) {
         for (&link, s) in self.map.iter_mut() {
-            if s.off == s.out.len() {
-                s.out.clear();
-                s.off = 0;
-            } else if s.off >= high {
-                // What was sent goes once per `high` bytes, not per write.
-                s.out.drain(..s.off);
-                s.off = 0;
-            }
-            while s.out.len() - s.off < high {
+            while s.out.len() < high {
                 let Some(bytes) = core.poll_transmit_link(link, high) else { break };
-                s.out.extend_from_slice(&bytes);
+                s.out.push(bytes);
             }
         }
     }
@@ -116,13 +107,13 @@ impl Sessions {
     pub fn write(&mut self) -> (bool, Vec<(LinkId, String)>) {
         let (mut any, mut gone) = (false, Vec::new());
         for (&link, s) in self.map.iter_mut() {
-            while s.off < s.out.len() {
-                match s.s.try_send(&s.out[s.off..]) {
+            while !s.out.is_empty() {
+                match s.s.try_send(s.out.pending()) {
                     Ok(0) => break,
                     Ok(n) => {
                         any = true;
                         s.bytes_out += n as u64;
-                        s.off += n;
+                        s.out.advance(n);
                     }
                     Err(Error::WouldBlock) => break,
                     Err(e) => {

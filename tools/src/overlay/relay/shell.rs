@@ -19,6 +19,7 @@ use xsock::{
 };
 use xsock_overlay::{
     NodeId, SiteId,
+    linkq::SendBuf,
     relay::{Action, LinkId, LocalId, RelayConfig, RelayCore},
     route::ShortestPath,
     secure::{Opener, Sealer},
@@ -88,9 +89,8 @@ struct Link {
     w: TcpStream,
     seal: Sealer,
     open: Opener,
-    /// Sealed records waiting for the socket, written up to `off`.
-    out: Vec<u8>,
-    off: usize,
+    /// Sealed records waiting for the socket.
+    out: SendBuf,
     rd: FrameReader,
     peer: NodeId,
     name: String,
@@ -102,8 +102,7 @@ struct Link {
 
 struct Local {
     s: Stream,
-    out: Vec<u8>,
-    off: usize,
+    out: SendBuf,
     open: bool,
     eof: bool,
     shutdown: bool,
@@ -537,8 +536,7 @@ impl State {
                         w: stream,
                         seal: sealer,
                         open: opener,
-                        out: Vec::new(),
-                        off: 0,
+                        out: SendBuf::default(),
                         rd: FrameReader::default(),
                         peer,
                         name,
@@ -650,16 +648,12 @@ impl State {
                 }
             }
             // Overlay -> endpoint.
-            if l.off < l.out.len() {
-                match l.s.try_send(&l.out[l.off..]) {
+            if !l.out.is_empty() {
+                match l.s.try_send(l.out.pending()) {
                     Ok(n) => {
                         any = true;
-                        l.off += n;
+                        l.out.advance(n);
                         self.core.handle_local_delivered(id, n);
-                        if l.off == l.out.len() {
-                            l.out.clear();
-                            l.off = 0;
-                        }
                     }
                     Err(Error::WouldBlock) => {}
                     Err(e) => {
@@ -668,7 +662,7 @@ impl State {
                     }
                 }
             }
-            if l.off == l.out.len() {
+            if l.out.is_empty() {
                 if l.shutdown {
                     l.shutdown = false;
                     let _ = l.s.shutdown_write();
@@ -731,7 +725,7 @@ impl State {
                 }
                 Action::Write { local, bytes } => {
                     if let Some(l) = self.locals.get_mut(&local) {
-                        l.out.extend_from_slice(&bytes);
+                        l.out.tail().extend_from_slice(&bytes);
                     }
                 }
                 Action::Shutdown { local } => {
@@ -800,17 +794,9 @@ impl State {
         // waits there, where the VCs take turns (a bulk transfer's window
         // does not sit in front of a ping in the socket's buffer).
         for (&link, l) in self.links.iter_mut() {
-            if l.off == l.out.len() {
-                l.out.clear();
-                l.off = 0;
-            } else if l.off >= LINK_HIGH {
-                // What was written goes once per LINK_HIGH, not per write.
-                l.out.drain(..l.off);
-                l.off = 0;
-            }
-            while l.out.len() - l.off < LINK_HIGH {
+            while l.out.len() < LINK_HIGH {
                 let Some(bytes) = self.core.poll_transmit_link(link, LINK_HIGH) else { break };
-                l.seal.seal(now, &bytes, &mut l.out);
+                l.seal.seal(now, &bytes, l.out.tail());
             }
         }
         self.sessions.pull(&mut self.core, LINK_HIGH);
@@ -823,18 +809,17 @@ impl State {
             self.core.handle_link_down(self.clock.now(), link);
         }
         for l in self.links.values_mut() {
-            while l.off < l.out.len() {
-                match l.w.write(&l.out[l.off..]) {
+            while !l.out.is_empty() {
+                match l.w.write(l.out.pending()) {
                     Ok(n) => {
                         any = true;
                         l.bytes_out += n as u64;
-                        l.off += n;
+                        l.out.advance(n);
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(_) => {
                         // The reader sees the end and reports the link down.
                         l.out.clear();
-                        l.off = 0;
                         let _ = l.w.shutdown(std::net::Shutdown::Both);
                     }
                 }
@@ -875,7 +860,7 @@ impl State {
             .iter()
             .map(|(id, l)| {
                 serde_json::json!({"link": id, "peer": l.peer.to_string(), "name": l.name,
-                    "bytes_in": l.bytes_in, "bytes_out": l.bytes_out, "queued": l.out.len() - l.off})
+                    "bytes_in": l.bytes_in, "bytes_out": l.bytes_out, "queued": l.out.len()})
             })
             .collect();
         let routes: Vec<serde_json::Value> = self
@@ -965,6 +950,6 @@ fn feed(core: &mut RelayCore, now: Duration, link: LinkId, l: &mut Link) -> bool
 
 impl Local {
     fn new(s: Stream, open: bool) -> Self {
-        Local { s, out: Vec::new(), off: 0, open, eof: false, shutdown: false, finished: false }
+        Local { s, out: SendBuf::default(), open, eof: false, shutdown: false, finished: false }
     }
 }
