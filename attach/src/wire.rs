@@ -11,7 +11,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// The protocol version a client and an engine must share.
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 
 /// The largest control message either side sends or accepts.
 pub const MAX_MSG: usize = 64 * 1024;
@@ -144,6 +144,14 @@ pub enum Msg<'a> {
         addr: Ipv4Addr,
         /// Prefix length of `addr`.
         prefix: u8,
+        /// The engine's virtual address on the overlay (0.0.0.0: the
+        /// engine joined none).
+        vaddr: Ipv4Addr,
+        /// The overlay's virtual network (programs' connects to it go
+        /// through the engine's node) and its prefix length (0: none).
+        vnet: Ipv4Addr,
+        /// Prefix length of `vnet`.
+        vnet_prefix: u8,
     },
     /// Engine, first: not attached, and why (the connection then closes).
     Refused {
@@ -474,6 +482,12 @@ impl<'a> Msg<'a> {
                     p @ 0..=32 => p,
                     _ => return Err(ParseError::BadField(t, "prefix length")),
                 },
+                vaddr: r.ip()?,
+                vnet: r.ip()?,
+                vnet_prefix: match r.u8()? {
+                    p @ 0..=32 => p,
+                    _ => return Err(ParseError::BadField(t, "prefix length")),
+                },
             },
             tag::REFUSED => Msg::Refused { reason: r.str()? },
             tag::CONNECTED => Msg::Connected {
@@ -525,9 +539,16 @@ impl<'a> Msg<'a> {
             Msg::Sync { req } => w.u8(tag::SYNC).u32(req),
             Msg::Close { stream } => w.u8(tag::CLOSE).u32(stream),
             Msg::Synced { req } => w.u8(tag::SYNCED).u32(req),
-            Msg::Welcome { version, engine_pid, iface, addr, prefix } => {
-                w.u8(tag::WELCOME).u16(version).u32(engine_pid).str(iface).ip(addr).u8(prefix.min(32))
-            }
+            Msg::Welcome { version, engine_pid, iface, addr, prefix, vaddr, vnet, vnet_prefix } => w
+                .u8(tag::WELCOME)
+                .u16(version)
+                .u32(engine_pid)
+                .str(iface)
+                .ip(addr)
+                .u8(prefix.min(32))
+                .ip(vaddr)
+                .ip(vnet)
+                .u8(vnet_prefix.min(32)),
             Msg::Refused { reason } => w.u8(tag::REFUSED).str(reason),
             Msg::Connected { req, stream, path, local, peer, ring } => {
                 w.u8(tag::CONNECTED).u32(req).u32(stream).u8(path.code()).addr(local).addr(peer).u32(ring)
@@ -586,7 +607,16 @@ mod tests {
             Msg::Sync { req: 10 },
             Msg::Close { stream: 11 },
             Msg::Synced { req: 10 },
-            Msg::Welcome { version: 1, engine_pid: 4242, iface: "e0", addr: Ipv4Addr::new(10, 0, 0, 1), prefix: 24 },
+            Msg::Welcome {
+                version: 1,
+                engine_pid: 4242,
+                iface: "e0",
+                addr: Ipv4Addr::new(10, 0, 0, 1),
+                prefix: 24,
+                vaddr: Ipv4Addr::new(100, 64, 0, 7),
+                vnet: Ipv4Addr::new(100, 64, 0, 0),
+                vnet_prefix: 16,
+            },
             Msg::Refused { reason: "uid 1000 is not allowed" },
             Msg::Connected {
                 req: 7,

@@ -94,6 +94,11 @@ pub enum Error {
     /// and what to do: a wrong key, an unknown name, no relay, a refusal).
     #[error("overlay: {0}")]
     Overlay(String),
+    /// The far end of a virtual connection, or a relay on its way, refused
+    /// the open (nothing listens on the port, no route): the message says
+    /// which and why.
+    #[error("overlay: {0}")]
+    OverlayRefused(String),
 }
 
 impl Error {
@@ -120,6 +125,7 @@ impl Error {
                 Error::MemoryLimit { held: *held, limit: *limit, connections: *connections }
             }
             Error::Overlay(m) => Error::Overlay(m.clone()),
+            Error::OverlayRefused(m) => Error::OverlayRefused(m.clone()),
         }
     }
 
@@ -147,7 +153,7 @@ impl From<Error> for io::Error {
     fn from(e: Error) -> io::Error {
         let kind = match &e {
             Error::Io(inner) => return io::Error::new(inner.kind(), e),
-            Error::ConnectionRefused(_) => io::ErrorKind::ConnectionRefused,
+            Error::ConnectionRefused(_) | Error::OverlayRefused(_) => io::ErrorKind::ConnectionRefused,
             Error::ConnectionReset(_) => io::ErrorKind::ConnectionReset,
             Error::TimedOut(_) => io::ErrorKind::TimedOut,
             Error::WouldBlock => io::ErrorKind::WouldBlock,

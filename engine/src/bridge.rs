@@ -158,7 +158,7 @@ impl End {
     /// The end an xsock error means.
     pub fn of(e: &Error) -> End {
         let kind = match e {
-            Error::ConnectionRefused(_) => EndKind::Refused,
+            Error::ConnectionRefused(_) | Error::OverlayRefused(_) => EndKind::Refused,
             Error::TimedOut(_) => EndKind::TimedOut,
             Error::ConnectionReset(_) | Error::Closed | Error::Protocol(_) => EndKind::Reset,
             Error::Config(_) | Error::AddrInUse(_) | Error::NoLink | Error::NotXsockPeer(_) => EndKind::Config,

@@ -10,6 +10,16 @@ use xsock_nic::unix::{self, FdPassError};
 
 use crate::{Client, Connecting, Engine, Listen, bridge::End, kind, token};
 
+/// What a connect asks for: where, on which transport, bytes or
+/// messages, and its bound in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Want {
+    addr: std::net::SocketAddrV4,
+    transport: TransportKind,
+    mode: Mode,
+    ms: u32,
+}
+
 fn mode(messages: bool) -> Mode {
     if messages { Mode::Message } else { Mode::Stream }
 }
@@ -113,11 +123,21 @@ impl Engine {
                 let (ip, prefix) = addr.unwrap_or((std::net::Ipv4Addr::UNSPECIFIED, 0));
                 let iface = self.cfg.iface.clone();
                 let pid = std::process::id();
-                self.send_to(
-                    id,
-                    &Msg::Welcome { version: VERSION, engine_pid: pid, iface: &iface, addr: ip, prefix },
-                    None,
-                );
+                let (vaddr, (vnet, vnet_prefix)) = match &self.overlay {
+                    Some(o) => (o.vaddr(), o.node.vnet()),
+                    None => (std::net::Ipv4Addr::UNSPECIFIED, (std::net::Ipv4Addr::UNSPECIFIED, 0)),
+                };
+                let welcome = Msg::Welcome {
+                    version: VERSION,
+                    engine_pid: pid,
+                    iface: &iface,
+                    addr: ip,
+                    prefix,
+                    vaddr,
+                    vnet,
+                    vnet_prefix,
+                };
+                self.send_to(id, &welcome, None);
                 if let Some(c) = self.clients.get_mut(&id) {
                     c.hello = true;
                     c.rings = rings;
@@ -129,7 +149,7 @@ impl Engine {
             }
             _ if !hello => Err("it sent a request before hello".into()),
             Msg::Connect { req, addr, transport, messages, timeout_ms } => {
-                self.connect(id, req, addr, transport, mode(messages), timeout_ms);
+                self.connect(id, req, Want { addr, transport, mode: mode(messages), ms: timeout_ms });
                 Ok(())
             }
             Msg::Listen { req, addr, messages } => {
@@ -171,15 +191,8 @@ impl Engine {
         }
     }
 
-    fn connect(
-        &mut self,
-        id: u32,
-        req: u32,
-        addr: std::net::SocketAddrV4,
-        transport: TransportKind,
-        mode: Mode,
-        ms: u32,
-    ) {
+    fn connect(&mut self, id: u32, req: u32, want: Want) {
+        let Want { addr, mode, ms, .. } = want;
         let full = self.clients.get(&id).is_none_or(|c| c.streams.len() >= self.cfg.max_streams_per_client);
         if full {
             let text = format!(
@@ -189,6 +202,29 @@ impl Engine {
             self.send_to(id, &Msg::Failed { req, kind: EndKind::Overloaded, text: &text }, None);
             return;
         }
+        if let Some(o) = &mut self.overlay
+            && o.is_virtual(*addr.ip())
+        {
+            let refusal = if *addr.ip() == o.vaddr() {
+                Some(format!("{} is this host's own virtual address: connect to 127.0.0.1 instead", addr.ip()))
+            } else if mode == Mode::Message {
+                Some("a virtual connection carries a byte stream, not messages".to_owned())
+            } else {
+                o.open(id, req, addr, ms).err().map(|e| format!("the engine could not start the open: {e}"))
+            };
+            if let Some(text) = refusal {
+                self.totals.failed_connects += 1;
+                self.send_to(id, &Msg::Failed { req, kind: EndKind::Config, text: &text }, None);
+            }
+            return;
+        }
+        self.connect_to(id, req, want, None);
+    }
+
+    /// Starts a connect; `shown` is the virtual address the process asked
+    /// for, when `want.addr` is that node's LAN address.
+    pub(crate) fn connect_to(&mut self, id: u32, req: u32, want: Want, shown: Option<std::net::SocketAddrV4>) {
+        let Want { addr, transport, mode, ms } = want;
         let transport = match transport {
             TransportKind::Auto => Transport::Auto,
             TransportKind::Link => Transport::Link,
@@ -203,7 +239,7 @@ impl Engine {
                 if let Some(c) = self.clients.get_mut(&id) {
                     c.streams.insert(sid);
                 }
-                self.connecting.insert(sid, Connecting { client: id, req, stream: s });
+                self.connecting.insert(sid, Connecting { client: id, req, stream: s, shown });
                 self.advance_connect(sid);
             }
             Err(e) => {
@@ -225,7 +261,19 @@ impl Engine {
                     return;
                 }
                 self.watched.insert(token(lid, kind::LISTEN).0, Interest::READABLE);
-                self.listens.insert(lid, Listen { client: id, listener: l });
+                // An overlay engine's listeners take their port's virtual
+                // connections too.
+                let served = match &self.overlay {
+                    Some(o) => match o.node.serve(&l) {
+                        Ok(s) => Some(s),
+                        Err(e) => {
+                            log::warn!("engine: port {} on the overlay: {e}", local.port());
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                self.listens.insert(lid, Listen { client: id, listener: l, _served: served });
                 if let Some(c) = self.clients.get_mut(&id) {
                     c.listens.insert(lid);
                 }
@@ -241,6 +289,42 @@ impl Engine {
                     e => End::of(e),
                 };
                 self.send_to(id, &Msg::Failed { req, kind: end.kind, text: &end.text }, None);
+            }
+        }
+    }
+
+    /// Acts on the overlay's finished opens: a VC is handed over, a node
+    /// of this LAN connected to at its LAN address, a failure answered.
+    pub(crate) fn overlay_opened(&mut self) {
+        let Some(o) = &mut self.overlay else { return };
+        let vaddr = o.vaddr();
+        for done in o.finished() {
+            let crate::overlay::Opened { client, req, dest, route, timeout_ms } = done;
+            if !self.clients.contains_key(&client) {
+                continue; // gone: a VC drops (closes) here
+            }
+            match route {
+                Ok(crate::overlay::Route::Direct(lan)) => {
+                    let want = Want { addr: lan, transport: TransportKind::Link, mode: Mode::Stream, ms: timeout_ms };
+                    self.connect_to(client, req, want, Some(dest));
+                }
+                Ok(crate::overlay::Route::Vc(s)) => {
+                    let make = move |stream, path, ring| {
+                        let local = std::net::SocketAddrV4::new(vaddr, crate::vc_port(stream));
+                        Msg::Connected { req, stream, path, local, peer: dest, ring }
+                    };
+                    self.hand_over(client, s, make, Some(req));
+                }
+                Err(e) => {
+                    self.totals.failed_connects += 1;
+                    let mut end = End::of(&e);
+                    if matches!(e, xsock::Error::Overlay(_)) {
+                        // No such node, no server to ask, no route: as
+                        // Linux says of a host it cannot reach.
+                        end.kind = EndKind::Unreachable;
+                    }
+                    self.send_to(client, &Msg::Failed { req, kind: end.kind, text: &end.text }, None);
+                }
             }
         }
     }

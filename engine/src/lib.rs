@@ -18,10 +18,12 @@
 
 pub mod bridge;
 mod control;
+mod overlay;
 mod status;
 
 use std::{
     collections::{HashMap, HashSet},
+    net::SocketAddrV4,
     os::fd::{AsFd, OwnedFd},
     path::PathBuf,
     time::{Duration, Instant},
@@ -53,6 +55,8 @@ pub struct EngineConfig {
     /// Bytes of each of a stream's two shared rings (a power of two; for
     /// clients that move bytes through rings).
     pub ring_bytes: usize,
+    /// Join the overlay as one node for every process (`--boot ...`).
+    pub overlay: Option<xsock::overlay::OverlayConfig>,
 }
 
 /// The smallest and largest ring a stream may have.
@@ -70,6 +74,7 @@ impl EngineConfig {
             max_clients: 1024,
             max_streams_per_client: 16_384,
             ring_bytes: 128 * 1024,
+            overlay: None,
         }
     }
 }
@@ -127,6 +132,8 @@ mod kind {
     pub const PAIR: usize = 2;
     pub const STREAM: usize = 3;
     pub const LISTEN: usize = 4;
+    /// The overlay's finished opens (id 0).
+    pub const OVERLAY: usize = 5;
 }
 
 fn token(id: u32, k: usize) -> Token {
@@ -155,12 +162,17 @@ struct Connecting {
     client: u32,
     req: u32,
     stream: Stream,
+    /// The virtual address:port the process asked for (a node of this
+    /// LAN, reached at its LAN address): what its socket's names show.
+    shown: Option<std::net::SocketAddrV4>,
 }
 
 /// A listener for a client.
 struct Listen {
     client: u32,
     listener: Listener,
+    /// Its port's virtual connections come to it too (overlay engines).
+    _served: Option<xsock::overlay::Served>,
 }
 
 /// A carried stream and what the engine knows of its owner.
@@ -210,6 +222,8 @@ pub struct Engine {
     /// Streams to pump on the next pass whatever the poller says (their
     /// rings hold work no doorbell announces).
     again: Vec<u32>,
+    /// The engine's node on the overlay, if it joined one.
+    overlay: Option<overlay::Overlay>,
 }
 
 impl Engine {
@@ -252,6 +266,16 @@ impl Engine {
             .engine(EngineUse::Never)
             .build()
             .map_err(|source| EngineError::Interface { iface: cfg.iface.clone(), source })?;
+        let overlay = match cfg.overlay.clone() {
+            Some(ocfg) => {
+                let name = ocfg.name.clone();
+                let node = xsock::overlay::Node::join(&rt, ocfg).map_err(|e| {
+                    EngineError::Config(format!("the engine could not join the overlay as {name}: {e}"))
+                })?;
+                Some(overlay::Overlay::new(node).map_err(io_err("an eventfd for the overlay"))?)
+            }
+            None => None,
+        };
         // We hold the lock: a socket file left here is a dead engine's.
         let path = place.socket();
         let _ = std::fs::remove_file(&path);
@@ -262,6 +286,17 @@ impl Engine {
         poller
             .register_fd(listen_sock.as_fd(), token(0, kind::ACCEPT), Interest::READABLE)
             .map_err(|e| EngineError::Config(e.to_string()))?;
+        if let Some(o) = &overlay {
+            poller
+                .register_fd(o.bell.fd(), token(0, kind::OVERLAY), Interest::READABLE)
+                .map_err(|e| EngineError::Config(e.to_string()))?;
+            log::info!(
+                "the engine is overlay node {} (virtual address {}) for every process on {}",
+                o.node.name(),
+                o.vaddr(),
+                cfg.iface
+            );
+        }
         log::info!(
             "xsock engine for {} (pid {}): listening on {}; admits root, uid {}{}; {:?} polling",
             cfg.iface,
@@ -291,6 +326,7 @@ impl Engine {
             buf: vec![0u8; xsock_attach::wire::MAX_MSG],
             turn: 0,
             again: Vec::new(),
+            overlay,
         })
     }
 
@@ -345,6 +381,7 @@ impl Engine {
                 }
             }
             kind::LISTEN => self.accept_streams(id),
+            kind::OVERLAY => self.overlay_opened(),
             _ => {}
         }
     }
@@ -632,7 +669,10 @@ impl Engine {
                 if let Some(c) = self.clients.get_mut(&p.client) {
                     c.streams.remove(&id);
                 }
-                let (req, local, peer) = (p.req, p.stream.local_addr(), p.stream.peer_addr());
+                let (req, mut local, mut peer) = (p.req, p.stream.local_addr(), p.stream.peer_addr());
+                if let (Some(shown), Some(o)) = (p.shown, &self.overlay) {
+                    (local, peer) = (SocketAddrV4::new(o.vaddr(), local.port()), shown);
+                }
                 self.hand_over(
                     p.client,
                     p.stream,
@@ -656,9 +696,16 @@ impl Engine {
         loop {
             let Some(l) = self.listens.get(&id) else { return };
             let client = l.client;
-            match l.listener.try_accept() {
-                Ok(s) => {
-                    let (local, peer) = (s.local_addr(), s.peer_addr());
+            match l.listener.try_accept_tagged() {
+                Ok((s, tag)) => {
+                    let (mut local, mut peer) = (s.local_addr(), s.peer_addr());
+                    // A virtual connection: it shows the opener's virtual
+                    // address (a VC has no source port: one is made up).
+                    if let (Some(src), Some(o)) = (tag, &mut self.overlay) {
+                        let from = o.vaddr_of(xsock::overlay::NodeId(src));
+                        (local, peer) =
+                            (SocketAddrV4::new(o.vaddr(), local.port()), SocketAddrV4::new(from, vc_port(id)));
+                    }
                     self.hand_over(
                         client,
                         s,
@@ -733,6 +780,12 @@ impl Drop for Engine {
 /// has closed all its descriptors, which can take a moment after its
 /// control sockets hang up (the AF_XDP socket is torn down first): a
 /// holder that is exiting is waited for, up to 3 s.
+/// The port a virtual connection shows as its far end's (it has none):
+/// one of the dynamic range, by the stream's id.
+fn vc_port(id: u32) -> u16 {
+    49152 + (id % 16384) as u16
+}
+
 fn take_lock(place: &Place, iface: &str) -> Result<LockFile, EngineError> {
     use xsock_nic::{lockfile::LockError, sys::ProcessState};
     let deadline = Instant::now() + Duration::from_secs(3);

@@ -44,7 +44,29 @@ impl Engine {
                 })
             })
             .collect();
+        let overlay = self.overlay.as_ref().map(|o| {
+            let (net, prefix) = o.node.vnet();
+            // The directory, fresh (one round trip to a bootstrap server):
+            // what `xsock engine --hosts` prints.
+            let hosts: Vec<Value> = match o.node.directory() {
+                Ok(mut entries) => {
+                    entries.sort_by_key(|e| e.vaddr);
+                    entries
+                    .iter()
+                    .filter_map(|e| e.vaddr.map(|a| json!({"vaddr": a.to_string(), "name": e.name, "site": e.site.0})))
+                    .collect()
+                }
+                Err(e) => vec![json!({"error": e.to_string()})],
+            };
+            json!({
+                "name": o.node.name(), "node": o.node.id().0, "site": o.node.site().0,
+                "vaddr": o.vaddr().to_string(), "vnet": format!("{net}/{prefix}"), "opening": o.pending,
+                "boot_servers": o.node.boot_servers().iter().map(|(a, up)| json!({"addr": a.to_string(), "up": up})).collect::<Vec<_>>(),
+                "hosts": hosts,
+            })
+        });
         json!({
+            "overlay": overlay,
             "stream_detail": detail,
             "iface": self.cfg.iface,
             "pid": std::process::id(),

@@ -6,6 +6,13 @@
 //! every node registers with each of them under the id it drew for itself,
 //! so they all hold the same ids, and sites are derived from what each
 //! server sees, the same way everywhere.
+//!
+//! Endpoints get a virtual IPv4 address from the server's virtual network
+//! (`xsock boot --vnet`, [`DEFAULT_VNET`] by default), independent of the
+//! LANs' own addresses, so two sites may both use 10.0.0.0/24. An address
+//! is leased to a name: the same name registering again gets it back (a
+//! hostfile stays right across restarts). A node asks every other server
+//! for the address the first one gave, so they agree.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -20,9 +27,17 @@ use crate::{
 /// A bootstrap session, named by the shell.
 pub type SessionId = u64;
 
+/// The virtual network when none is given: part of the shared address
+/// space of RFC 6598, which no LAN routes to the internet.
+pub const DEFAULT_VNET: (Ipv4Addr, u8) = (Ipv4Addr::new(100, 64, 0, 0), 16);
+
 /// See the module documentation.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
+    vnet: (Ipv4Addr, u8),
+    /// Virtual addresses by name, kept after a node leaves.
+    leases: HashMap<String, Ipv4Addr>,
+    leased: HashMap<Ipv4Addr, String>,
     entries: HashMap<NodeId, Entry>,
     by_name: HashMap<String, NodeId>,
     session_node: HashMap<SessionId, NodeId>,
@@ -30,10 +45,95 @@ pub struct Registry {
     out: VecDeque<(SessionId, Vec<u8>)>,
 }
 
+impl Default for Registry {
+    fn default() -> Self {
+        Self::with_vnet(DEFAULT_VNET.0, DEFAULT_VNET.1).expect("the default is a valid network")
+    }
+}
+
 impl Registry {
-    /// An empty directory.
+    /// An empty directory on [`DEFAULT_VNET`].
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty directory whose endpoints get addresses in `net`/`prefix`
+    /// (8 to 30: room for at least two hosts).
+    pub fn with_vnet(net: Ipv4Addr, prefix: u8) -> Result<Self, String> {
+        if !(8..=30).contains(&prefix) {
+            return Err(format!("virtual network {net}/{prefix}: give a prefix from /8 to /30"));
+        }
+        let mask = u32::MAX << (32 - prefix);
+        if u32::from(net) & !mask != 0 {
+            let base = Ipv4Addr::from(u32::from(net) & mask);
+            return Err(format!("virtual network {net}/{prefix} has host bits set: did you mean {base}/{prefix}?"));
+        }
+        Ok(Registry {
+            vnet: (net, prefix),
+            leases: HashMap::new(),
+            leased: HashMap::new(),
+            entries: HashMap::new(),
+            by_name: HashMap::new(),
+            session_node: HashMap::new(),
+            relays: Vec::new(),
+            out: VecDeque::new(),
+        })
+    }
+
+    /// The virtual network.
+    pub fn vnet(&self) -> (Ipv4Addr, u8) {
+        self.vnet
+    }
+
+    /// Whether `ip` is a host address of the virtual network (not its
+    /// network or broadcast address).
+    pub fn in_vnet(&self, ip: Ipv4Addr) -> bool {
+        in_net(self.vnet, ip)
+    }
+
+    /// `name`'s virtual address: its lease, else `asked` if free, else the
+    /// lowest free one.
+    fn lease(&mut self, name: &str, asked: Option<Ipv4Addr>) -> Result<Ipv4Addr, String> {
+        let (net, prefix) = self.vnet;
+        if let Some(ip) = asked {
+            if !self.in_vnet(ip) {
+                return Err(format!(
+                    "virtual address {ip} is outside this server's network {net}/{prefix}: give every bootstrap \
+                     server the same --vnet, or a --vaddr inside it"
+                ));
+            }
+            match self.leased.get(&ip) {
+                Some(holder) if holder != name => {
+                    return Err(format!(
+                        "virtual address {ip} is leased to {holder:?} at this server: give {name:?} another --vaddr \
+                         (bootstrap servers that disagree were started with different histories)"
+                    ));
+                }
+                _ => {}
+            }
+            if let Some(old) = self.leases.insert(name.to_owned(), ip)
+                && old != ip
+            {
+                self.leased.remove(&old);
+            }
+            self.leased.insert(ip, name.to_owned());
+            return Ok(ip);
+        }
+        if let Some(ip) = self.leases.get(name) {
+            return Ok(*ip);
+        }
+        let base = u32::from(net);
+        let hosts = (1u32 << (32 - prefix)) - 2;
+        let free = (1..=hosts).map(|i| Ipv4Addr::from(base + i)).find(|ip| !self.leased.contains_key(ip));
+        let Some(ip) = free else {
+            return Err(format!(
+                "the virtual network {net}/{prefix} is full ({hosts} names leased): start the bootstrap servers with \
+                 a larger --vnet"
+            ));
+        };
+        self.leases.insert(name.to_owned(), ip);
+        self.leased.insert(ip, name.to_owned());
+        Ok(ip)
     }
 
     /// A message (type + body) from an authenticated session whose TCP
@@ -42,7 +142,7 @@ impl Registry {
     pub fn handle_message(&mut self, session: SessionId, seen_from: Ipv4Addr, frame: &[u8]) -> Result<(), String> {
         let msg = Msg::parse(frame).map_err(|e| e.to_string())?;
         match msg {
-            Msg::Register { node, role, name, lan_ip, prefix, wan, serve_port, rank } => {
+            Msg::Register { node, role, name, lan_ip, prefix, wan, serve_port, rank, vaddr } => {
                 if self.session_node.contains_key(&session) {
                     return Err("this session has registered already".into());
                 }
@@ -65,15 +165,30 @@ impl Registry {
                     return Err(format!("node id {node} is taken by {} at {}", other.name, other.lan_ip));
                 }
                 let site = SiteId::derive(lan_ip, prefix, seen_from);
-                let entry =
-                    Entry { node, role, name: name.to_owned(), site, lan_ip, wan, serve_port, rank, ports: Vec::new() };
+                let vaddr = match role {
+                    Role::Endpoint => Some(self.lease(name, vaddr)?),
+                    _ => None,
+                };
+                let entry = Entry {
+                    node,
+                    role,
+                    name: name.to_owned(),
+                    site,
+                    lan_ip,
+                    wan,
+                    serve_port,
+                    rank,
+                    ports: Vec::new(),
+                    vaddr,
+                };
                 self.entries.insert(node, entry);
                 self.by_name.insert(name.to_owned(), node);
                 self.session_node.insert(session, node);
                 if role == Role::Relay {
                     self.relays.push(session);
                 }
-                self.out.push_back((session, Msg::Registered { node, site }.to_frame()));
+                let (vnet, vnet_prefix) = self.vnet;
+                self.out.push_back((session, Msg::Registered { node, site, vaddr, vnet, vnet_prefix }.to_frame()));
                 self.push_directory();
             }
             Msg::Ports { ports } => {
@@ -98,6 +213,15 @@ impl Registry {
                 let reply = match found {
                     Some(id) => self.resolved(node, id),
                     None => Msg::NotFound { what: &format!("rank {rank}") }.to_frame(),
+                };
+                self.out.push_back((session, reply));
+            }
+            Msg::ResolveAddr { addr } => {
+                let node = self.node_of(session)?;
+                let found = self.entries.values().find(|e| e.vaddr == Some(addr)).map(|e| e.node);
+                let reply = match found {
+                    Some(id) => self.resolved(node, id),
+                    None => Msg::NotFound { what: &format!("virtual address {addr}") }.to_frame(),
                 };
                 self.out.push_back((session, reply));
             }
@@ -164,6 +288,17 @@ impl Registry {
     }
 }
 
+/// Whether `ip` is a host address of `net` (neither its network nor its
+/// broadcast address).
+pub fn in_net((net, prefix): (Ipv4Addr, u8), ip: Ipv4Addr) -> bool {
+    if prefix == 0 || prefix > 30 {
+        return false;
+    }
+    let mask = u32::MAX << (32 - prefix);
+    let (n, i) = (u32::from(net) & mask, u32::from(ip));
+    i & mask == n && i != n && i != n | !mask
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +313,7 @@ mod tests {
             wan: None,
             serve_port: 7,
             rank: Some(s as u32),
+            vaddr: None,
         }
         .to_frame();
         r.handle_message(s, seen.into(), &f[4..])
@@ -232,6 +368,10 @@ mod tests {
     }
 
     fn register_as(node: u64, name: &str) -> Vec<u8> {
+        register_asking(node, name, None)
+    }
+
+    fn register_asking(node: u64, name: &str, vaddr: Option<[u8; 4]>) -> Vec<u8> {
         Msg::Register {
             node: NodeId(node),
             role: Role::Endpoint,
@@ -241,8 +381,54 @@ mod tests {
             wan: None,
             serve_port: 0,
             rank: None,
+            vaddr: vaddr.map(Ipv4Addr::from),
         }
         .to_frame()
+    }
+
+    fn vaddr_of(frame: &[u8]) -> Ipv4Addr {
+        let Msg::Registered { vaddr: Some(ip), .. } = Msg::parse(&frame[4..]).unwrap() else { panic!("no address") };
+        ip
+    }
+
+    #[test]
+    fn endpoints_lease_virtual_addresses_that_outlive_their_sessions() {
+        let mut r = Registry::with_vnet([10, 0, 0, 0].into(), 30).unwrap();
+        reg(&mut r, 1, Role::Relay, "relay-a", [10, 0, 0, 1], [10, 0, 0, 1]).unwrap();
+        let Msg::Registered { vaddr: None, .. } = Msg::parse(&drain(&mut r)[0].1[4..]).unwrap() else { panic!() };
+        r.handle_message(2, [10, 0, 0, 2].into(), &register_as(2, "h1")[4..]).unwrap();
+        r.handle_message(3, [10, 0, 0, 3].into(), &register_as(3, "h2")[4..]).unwrap();
+        let out = drain(&mut r);
+        let got: Vec<Ipv4Addr> = out.iter().filter(|(s, _)| *s != 1).map(|(_, f)| vaddr_of(f)).collect();
+        assert_eq!(got, [Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)], "relays take none; .0 and .3 never");
+        // Resolving by address.
+        r.handle_message(2, [10, 0, 0, 2].into(), &Msg::ResolveAddr { addr: got[1] }.to_frame()[4..]).unwrap();
+        let Msg::Resolved { entry, .. } = Msg::parse(&drain(&mut r)[0].1[4..]).unwrap() else { panic!() };
+        assert_eq!((entry.name.as_str(), entry.vaddr), ("h2", Some(got[1])));
+        // The network is full; a leaver keeps its address for its name.
+        let e = r.handle_message(4, [10, 0, 0, 4].into(), &register_as(4, "h3")[4..]).unwrap_err();
+        assert!(e.contains("is full") && e.contains("--vnet"), "{e}");
+        r.handle_session_closed(2);
+        assert!(r.handle_message(4, [10, 0, 0, 4].into(), &register_as(4, "h3")[4..]).is_err());
+        r.handle_message(5, [10, 0, 0, 2].into(), &register_as(5, "h1")[4..]).unwrap();
+        let back = drain(&mut r).into_iter().find(|(s, _)| *s == 5).unwrap();
+        assert_eq!(vaddr_of(&back.1), got[0]);
+    }
+
+    #[test]
+    fn an_asked_address_is_granted_once_and_checked() {
+        let mut r = Registry::with_vnet([100, 64, 0, 0].into(), 16).unwrap();
+        r.handle_message(1, [10, 0, 0, 2].into(), &register_asking(1, "h1", Some([100, 64, 7, 7]))[4..]).unwrap();
+        assert_eq!(vaddr_of(&drain(&mut r).remove(0).1), Ipv4Addr::new(100, 64, 7, 7));
+        let e = r.handle_message(2, [10, 0, 0, 3].into(), &register_asking(2, "h2", Some([100, 64, 7, 7]))[4..]);
+        assert!(e.unwrap_err().contains("leased to \"h1\""));
+        let e = r.handle_message(3, [10, 0, 0, 3].into(), &register_asking(3, "h3", Some([10, 1, 0, 1]))[4..]);
+        assert!(e.unwrap_err().contains("outside this server's network 100.64.0.0/16"));
+        let e = r.handle_message(3, [10, 0, 0, 3].into(), &register_asking(3, "h3", Some([100, 64, 255, 255]))[4..]);
+        assert!(e.is_err(), "the broadcast address is no host's");
+        assert!(Registry::with_vnet([100, 64, 0, 1].into(), 16).unwrap_err().contains("did you mean 100.64.0.0/16"));
+        assert!(Registry::with_vnet([100, 64, 0, 0].into(), 31).is_err());
+        assert!(in_net((Ipv4Addr::new(100, 64, 0, 0), 16), Ipv4Addr::new(100, 64, 3, 4)));
     }
 
     #[test]

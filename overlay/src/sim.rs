@@ -61,6 +61,7 @@ pub fn relay_entry(id: u64) -> Entry {
         serve_port: 1,
         rank: None,
         ports: vec![],
+        vaddr: None,
     }
 }
 
@@ -76,6 +77,7 @@ pub fn endpoint_entry(site: u64, k: u64) -> Entry {
         serve_port: 0,
         rank: None,
         ports: vec![80],
+        vaddr: Some(Ipv4Addr::new(100, 64, site as u8, k as u8)),
     }
 }
 

@@ -24,7 +24,7 @@ pub const MAX_DATA: usize = 64 * 1024;
 /// beside the credit it grants.
 pub const OPEN_DATA: usize = 16 * 1024;
 /// Protocol version in `Hello`.
-pub const VERSION: u8 = 4;
+pub const VERSION: u8 = 5;
 
 /// What a node is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -69,6 +69,9 @@ pub struct Entry {
     pub rank: Option<u32>,
     /// Endpoints: the ports it listens on.
     pub ports: Vec<u16>,
+    /// Endpoints: its virtual IPv4 address (from the bootstrap server's
+    /// `--vnet`), which unmodified programs connect to.
+    pub vaddr: Option<Ipv4Addr>,
 }
 
 /// A message.
@@ -94,15 +97,21 @@ pub enum Msg<'a> {
         wan: Option<SocketAddrV4>,
         serve_port: u16,
         rank: Option<u32>,
+        /// Endpoints: the virtual address asked for (a `--vaddr`, or the
+        /// one another bootstrap server gave), if any.
+        vaddr: Option<Ipv4Addr>,
     },
-    /// From the bootstrap server: your id and your site.
-    Registered { node: NodeId, site: SiteId },
+    /// From the bootstrap server: your id, your site, your virtual
+    /// address (endpoints) and the virtual network it is in.
+    Registered { node: NodeId, site: SiteId, vaddr: Option<Ipv4Addr>, vnet: Ipv4Addr, vnet_prefix: u8 },
     /// To the bootstrap server: the ports I listen on now.
     Ports { ports: Vec<u16> },
     /// To the bootstrap server: who is `name`?
     Resolve { name: &'a str },
     /// To the bootstrap server: who has launcher rank `rank`?
     ResolveRank { rank: u32 },
+    /// To the bootstrap server: who has virtual address `addr`?
+    ResolveAddr { addr: Ipv4Addr },
     /// Answer to a resolve: the node, and the relays of the asker's site.
     Resolved { entry: Entry, my_relays: Vec<Entry> },
     /// Answer to a resolve: nobody by that name or rank.
@@ -182,6 +191,7 @@ mod ty {
     pub const RESOLVE: u8 = 13;
     pub const RESOLVE_RANK: u8 = 14;
     pub const RESOLVED: u8 = 15;
+    pub const RESOLVE_ADDR: u8 = 19;
     pub const NOT_FOUND: u8 = 16;
     pub const GET_DIRECTORY: u8 = 17;
     pub const DIRECTORY: u8 = 18;
@@ -246,6 +256,16 @@ impl<'a> Reader<'a> {
         let port = self.u16()?;
         Ok((port != 0).then(|| SocketAddrV4::new(ip, port)))
     }
+    pub(crate) fn opt_ip(&mut self) -> Result<Option<Ipv4Addr>, ParseError> {
+        let ip = self.ip()?;
+        Ok((!ip.is_unspecified()).then_some(ip))
+    }
+    pub(crate) fn prefix(&mut self) -> Result<u8, ParseError> {
+        match self.u8()? {
+            p @ 0..=32 => Ok(p),
+            _ => Err(ParseError::BadValue("prefix length")),
+        }
+    }
     pub(crate) fn opt_rank(&mut self) -> Result<Option<u32>, ParseError> {
         Ok(match self.u32()? {
             u32::MAX => None,
@@ -279,6 +299,7 @@ impl<'a> Reader<'a> {
             serve_port: self.u16()?,
             rank: self.opt_rank()?,
             ports: self.list(|r| r.u16())?,
+            vaddr: self.opt_ip()?,
         })
     }
 }
@@ -315,6 +336,9 @@ impl Writer<'_> {
         self.u32(u32::from(*a.ip()));
         self.u16(a.port());
     }
+    pub(crate) fn opt_ip(&mut self, a: Option<Ipv4Addr>) {
+        self.u32(u32::from(a.unwrap_or(Ipv4Addr::UNSPECIFIED)));
+    }
     pub(crate) fn count(&mut self, n: usize) {
         self.u16(u16::try_from(n).expect("lists hold at most 65535 items"));
     }
@@ -331,6 +355,7 @@ impl Writer<'_> {
         for p in &e.ports {
             self.u16(*p);
         }
+        self.opt_ip(e.vaddr);
     }
 }
 
@@ -352,19 +377,24 @@ impl<'a> Msg<'a> {
                 role: Role::from_u8(r.u8()?)?,
                 name: r.str()?,
                 lan_ip: r.ip()?,
-                prefix: match r.u8()? {
-                    p @ 0..=32 => p,
-                    _ => return Err(ParseError::BadValue("prefix length")),
-                },
+                prefix: r.prefix()?,
                 wan: r.opt_addr()?,
                 serve_port: r.u16()?,
                 rank: r.opt_rank()?,
                 node: r.node()?,
+                vaddr: r.opt_ip()?,
             },
-            ty::REGISTERED => Msg::Registered { node: r.node()?, site: SiteId(r.u64()?) },
+            ty::REGISTERED => Msg::Registered {
+                node: r.node()?,
+                site: SiteId(r.u64()?),
+                vaddr: r.opt_ip()?,
+                vnet: r.ip()?,
+                vnet_prefix: r.prefix()?,
+            },
             ty::PORTS => Msg::Ports { ports: r.list(|r| r.u16())? },
             ty::RESOLVE => Msg::Resolve { name: r.str()? },
             ty::RESOLVE_RANK => Msg::ResolveRank { rank: r.u32()? },
+            ty::RESOLVE_ADDR => Msg::ResolveAddr { addr: r.ip()? },
             ty::RESOLVED => Msg::Resolved { entry: r.entry()?, my_relays: r.list(|r| r.entry())? },
             ty::NOT_FOUND => Msg::NotFound { what: r.str()? },
             ty::GET_DIRECTORY => Msg::GetDirectory,
@@ -445,7 +475,7 @@ impl<'a> Msg<'a> {
                 w.u8(ty::REFUSED);
                 w.str(reason);
             }
-            Msg::Register { node, role, name, lan_ip, prefix, wan, serve_port, rank } => {
+            Msg::Register { node, role, name, lan_ip, prefix, wan, serve_port, rank, vaddr } => {
                 w.u8(ty::REGISTER);
                 w.u8(*role as u8);
                 w.str(name);
@@ -455,11 +485,15 @@ impl<'a> Msg<'a> {
                 w.u16(*serve_port);
                 w.u32(rank.unwrap_or(u32::MAX));
                 w.u64(node.0);
+                w.opt_ip(*vaddr);
             }
-            Msg::Registered { node, site } => {
+            Msg::Registered { node, site, vaddr, vnet, vnet_prefix } => {
                 w.u8(ty::REGISTERED);
                 w.u64(node.0);
                 w.u64(site.0);
+                w.opt_ip(*vaddr);
+                w.u32(u32::from(*vnet));
+                w.u8(*vnet_prefix);
             }
             Msg::Ports { ports } => {
                 w.u8(ty::PORTS);
@@ -475,6 +509,10 @@ impl<'a> Msg<'a> {
             Msg::ResolveRank { rank } => {
                 w.u8(ty::RESOLVE_RANK);
                 w.u32(*rank);
+            }
+            Msg::ResolveAddr { addr } => {
+                w.u8(ty::RESOLVE_ADDR);
+                w.u32(u32::from(*addr));
             }
             Msg::Resolved { entry, my_relays } => {
                 w.u8(ty::RESOLVED);
@@ -633,6 +671,7 @@ mod tests {
             serve_port: 7401,
             rank: Some(3),
             ports: vec![5000, 5001],
+            vaddr: Some(Ipv4Addr::new(100, 64, 0, 9)),
         }
     }
 
@@ -650,8 +689,16 @@ mod tests {
                 wan: None,
                 serve_port: 1,
                 rank: None,
+                vaddr: Some(Ipv4Addr::new(100, 64, 0, 3)),
             },
-            Msg::Registered { node: NodeId(1), site: SiteId(2) },
+            Msg::Registered {
+                node: NodeId(1),
+                site: SiteId(2),
+                vaddr: None,
+                vnet: Ipv4Addr::new(100, 64, 0, 0),
+                vnet_prefix: 16,
+            },
+            Msg::ResolveAddr { addr: Ipv4Addr::new(100, 64, 0, 3) },
             Msg::Keepalive,
             Msg::Revocations { list: b"XSR1..." },
             Msg::Ports { ports: vec![1, 2, 3] },

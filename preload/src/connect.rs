@@ -10,7 +10,7 @@ use libc::c_int;
 use xsock_attach::{EndKind, Msg, PathKind, TransportKind, preload::PreloadTransport};
 
 use crate::{
-    attach, engine, errno_of, fail, install, log, no_engine, path_name, real, settings, sockopt,
+    addr, attach, engine, errno_of, fail, install, log, no_engine, path_name, real, settings, sockopt,
     table::{self, Info, Kind},
 };
 
@@ -23,17 +23,26 @@ pub fn through_engine(fd: c_int, dest: SocketAddrV4, v6: bool) -> Option<c_int> 
         Ok(c) => c,
         Err(r) => return r,
     };
+    // A node's virtual address: through the engine's overlay node,
+    // whatever the transport setting (the kernel has no route to it).
+    let virtual_dest = ctl.is_virtual(*dest.ip());
     let transport = match s.transport {
-        PreloadTransport::Tcp => TransportKind::Tcp,
+        PreloadTransport::Tcp if !virtual_dest => TransportKind::Tcp,
         _ => TransportKind::Link,
     };
-    if *dest.ip() == ctl.addr {
+    if virtual_dest && *dest.ip() == ctl.vaddr {
+        log(|| format!("fd {fd}: {dest} is this host's virtual address: kernel loopback"));
+        table::forget(fd);
+        let (ss, len) = addr::to_kernel(SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, dest.port()), v6);
+        return Some(real::connect(fd, (&raw const ss).cast(), len));
+    }
+    if !virtual_dest && *dest.ip() == ctl.addr {
         // This host itself: the kernel's TCP is the short way (and the link
         // has no path to itself).
         log(|| format!("fd {fd}: {dest} is this host: kernel TCP"));
         return None;
     }
-    if transport == TransportKind::Link && !ctl.on_subnet(*dest.ip()) {
+    if !virtual_dest && transport == TransportKind::Link && !ctl.on_subnet(*dest.ip()) {
         log(|| format!("fd {fd}: {dest} is off {}'s subnet: kernel TCP", ctl.iface));
         return None;
     }
@@ -61,7 +70,8 @@ pub fn through_engine(fd: c_int, dest: SocketAddrV4, v6: bool) -> Option<c_int> 
         Ok(engine::Answer::Failed { kind, text }) => {
             // Not an xsock peer, or one whose port is a kernel listener's:
             // the kernel's TCP, on the program's own socket.
-            let fallback = s.transport == PreloadTransport::Auto
+            let fallback = !virtual_dest
+                && s.transport == PreloadTransport::Auto
                 && matches!(kind, EndKind::Config | EndKind::Refused | EndKind::Overloaded | EndKind::Shutdown);
             if fallback {
                 log(|| format!("fd {fd}: {dest} not on reliable-link ({text}): kernel TCP"));

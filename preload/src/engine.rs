@@ -28,6 +28,10 @@ pub struct Ctl {
     pub iface: String,
     pub addr: Ipv4Addr,
     pub prefix: u8,
+    /// The engine's overlay node: its virtual address, and the virtual
+    /// network (prefix 0: the engine joined no overlay).
+    pub vaddr: Ipv4Addr,
+    pub vnet: (Ipv4Addr, u8),
 }
 
 impl Drop for Ctl {
@@ -44,12 +48,29 @@ impl Ctl {
         std::mem::replace(&mut self.fd, -1)
     }
 
+    /// Whether `ip` is an overlay node's virtual address (connects to it
+    /// go through the engine's node, whatever the transport setting).
+    pub fn is_virtual(&self, ip: Ipv4Addr) -> bool {
+        in_net(self.vnet, ip)
+    }
+
     /// Whether `ip` is on the engine's subnet.
     pub fn on_subnet(&self, ip: Ipv4Addr) -> bool {
         let bits = u32::from(self.prefix.min(32));
         let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
         u32::from(ip) & mask == u32::from(self.addr) & mask
     }
+}
+
+/// Whether `ip` is a host address of `net`/`prefix` (as the bootstrap
+/// server leases them: neither the network nor the broadcast address).
+fn in_net((net, prefix): (Ipv4Addr, u8), ip: Ipv4Addr) -> bool {
+    if prefix == 0 || prefix > 30 {
+        return false;
+    }
+    let mask = u32::MAX << (32 - prefix);
+    let (n, i) = (u32::from(net) & mask, u32::from(ip));
+    i & mask == n && i != n && i != n | !mask
 }
 
 /// Why no engine could be attached.
@@ -98,7 +119,8 @@ pub fn attach(iface: Option<&str>) -> Result<Ctl, AttachError> {
     if fd < 0 {
         return Err(AttachError::Broken(format!("socket(AF_UNIX): {}", std::io::Error::last_os_error())));
     }
-    let mut ctl = Ctl { fd, iface: String::new(), addr: Ipv4Addr::UNSPECIFIED, prefix: 0 };
+    let none = Ipv4Addr::UNSPECIFIED;
+    let mut ctl = Ctl { fd, iface: String::new(), addr: none, prefix: 0, vaddr: none, vnet: (none, 0) };
     // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
     let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
@@ -130,10 +152,12 @@ pub fn attach(iface: Option<&str>) -> Result<Ctl, AttachError> {
     let (n, fds) = recv(fd, &mut buf, Some(deadline), false).map_err(|e| AttachError::Broken(e.to_string()))?;
     close_all(&fds);
     match Msg::parse(&buf[..n]) {
-        Ok(Msg::Welcome { version, iface, addr, prefix, .. }) if version == VERSION => {
+        Ok(Msg::Welcome { version, iface, addr, prefix, vaddr, vnet, vnet_prefix, .. }) if version == VERSION => {
             ctl.iface = iface.to_owned();
             ctl.addr = addr;
             ctl.prefix = prefix;
+            ctl.vaddr = vaddr;
+            ctl.vnet = (vnet, vnet_prefix);
             Ok(ctl)
         }
         Ok(Msg::Welcome { version, engine_pid, .. }) => Err(AttachError::Broken(format!(

@@ -42,6 +42,16 @@ pub struct EngineCmd {
     /// Print the running engine's status (JSON) and exit.
     #[arg(long)]
     status: bool,
+    /// Print the overlay's virtual addresses as /etc/hosts lines (asks the
+    /// running engine, which asks a bootstrap server) and exit: append them
+    /// to /etc/hosts, or use them as an MPI hostfile's addresses.
+    #[arg(long)]
+    hosts: bool,
+    /// With --boot: the engine joins the overlay as one node for every
+    /// process on the host (one relay session; programs under the preload
+    /// reach other LANs by the nodes' virtual addresses).
+    #[command(flatten)]
+    join: crate::overlay::JoinArgs,
 }
 
 impl EngineCmd {
@@ -49,11 +59,14 @@ impl EngineCmd {
         let Some(iface) = self.rt.iface.clone() else {
             return Err(Fail::msg("xsock engine needs --iface: the interface it drives for every process"));
         };
-        if self.status {
+        if self.status || self.hosts {
             let rt = Runtime::builder().interface(&iface).engine(EngineUse::Require).build()?;
             let json = rt.engine_status().expect("attached")?;
-            println!("{json}");
-            return Ok(());
+            if self.status {
+                println!("{json}");
+                return Ok(());
+            }
+            return print_hosts(&json);
         }
         sys::catch_interrupts()?;
         let cfg = EngineConfig {
@@ -63,6 +76,7 @@ impl EngineCmd {
             max_clients: self.max_clients,
             max_streams_per_client: self.max_streams,
             ring_bytes: self.ring_kib.saturating_mul(1024),
+            overlay: if self.join.wanted() { Some(self.join.config()?) } else { None },
             ..EngineConfig::new(&iface)
         };
         let builder = self.rt.builder(Driving::Inline, cfg.poll);
@@ -70,4 +84,24 @@ impl EngineCmd {
         engine.run(sys::interrupted).map_err(|e| Fail::msg(e.to_string()))?;
         Ok(())
     }
+}
+
+/// The status's overlay directory as /etc/hosts lines.
+fn print_hosts(status: &str) -> Result<(), Fail> {
+    let v: serde_json::Value =
+        serde_json::from_str(status).map_err(|e| Fail::msg(format!("the engine's status is not JSON: {e}")))?;
+    let Some(hosts) = v["overlay"]["hosts"].as_array() else {
+        return Err(Fail::msg("this engine joined no overlay: start it with --boot IP:PORT --name NAME --key-file F"));
+    };
+    println!(
+        "# xsock overlay {} (virtual addresses from the bootstrap servers)",
+        v["overlay"]["vnet"].as_str().unwrap_or("?")
+    );
+    for h in hosts {
+        if let Some(e) = h["error"].as_str() {
+            return Err(Fail::msg(format!("the engine could not fetch the directory: {e}")));
+        }
+        println!("{}\t{}", h["vaddr"].as_str().unwrap_or("?"), h["name"].as_str().unwrap_or("?"));
+    }
+    Ok(())
 }

@@ -8,6 +8,9 @@
 //! namespace's TcpOutSegs), or, against a kernel peer, the kernel.
 //! Without an engine a program stays on the kernel after one warning, or
 //! fails with strict mode; a typo in a setting stops it with the fix.
+//! Across LANs, engines joined to the overlay give programs the nodes'
+//! virtual addresses: nc and Python reach a LAN behind NAT on the same
+//! private subnet as their own through the relays.
 
 use std::time::Duration;
 
@@ -378,4 +381,154 @@ fn without_an_engine_programs_stay_on_the_kernel_or_fail_if_strict() {
     for v in ["XSOCK_PRELOAD", "XSOCK_TRANSPORT", "XSOCK_STRICT", "XSOCK_IFACE", "XSOCK_CONNECT_TIMEOUT_MS"] {
         assert!(text.contains(v), "{v} listed: {text}");
     }
+}
+
+/// Unmodified programs across LANs by virtual address (issue 13, point 3):
+/// two LANs behind NAT on the same private subnet (10.99.0.0/24 both) and
+/// a hub LAN; an engine on each host joins the overlay, the bootstrap
+/// server leases each a virtual address, `xsock engine --hosts` lists
+/// them, and nc and Python connect to them: through the relays to the
+/// other NAT LAN, directly inside a LAN, with the virtual addresses as
+/// the sockets' names.
+#[test]
+fn programs_reach_another_lan_by_virtual_address() {
+    require_root!();
+    use xsock_testbed::{
+        overlay::Overlay,
+        sites::{Policy, SiteSpec},
+    };
+    let specs = [
+        SiteSpec { name: "hub", policy: Policy::Open, relays: 1, hosts: 1 },
+        SiteSpec { name: "nat1", policy: Policy::Nat, relays: 1, hosts: 2 },
+        SiteSpec { name: "nat2", policy: Policy::Nat, relays: 1, hosts: 1 },
+    ];
+    let o = Overlay::start(XSOCK, "vaddr", &specs);
+    o.converge(&["hub-x0", "nat1-x0", "nat2-x0"], Duration::from_secs(20));
+    let (n1, n2) = (&o.sites.sites[1], &o.sites.sites[2]);
+    let hosts = [("n1a", &n1.hosts[0]), ("n1b", &n1.hosts[1]), ("n2a", &n2.hosts[0])];
+    for (name, h) in hosts {
+        let mut args = vec!["engine".to_owned()];
+        args.extend(o.join_flags(name));
+        let pid = o.bed.spawn(h, XSOCK, &xsock_testbed::strs(&args)).unwrap();
+        wait_for("the engine to join and listen", Duration::from_secs(15), || {
+            o.bed.log_tail(pid, 20).contains("listening on")
+        });
+    }
+    // The hostfile: every engine's name and its lease.
+    let out = n1.hosts[0].exec(XSOCK, &["engine", "--iface", "eth0", "--hosts"]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "--hosts: {}", String::from_utf8_lossy(&out.stderr));
+    let vaddr = |name: &str| -> String {
+        let line = text.lines().find(|l| l.split_whitespace().nth(1) == Some(name));
+        let ip = line.and_then(|l| l.split_whitespace().next()).unwrap_or_else(|| panic!("{name} in {text}"));
+        assert!(ip.starts_with("100.64."), "{name} leased {ip}, outside the default --vnet: {text}");
+        ip.to_owned()
+    };
+    let (v1a, v2a) = (vaddr("n1a"), vaddr("n2a"));
+    vaddr("n1b");
+    assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 3, "endpoints only, relays have none: {text}");
+    let vcs = || -> u64 { o.status("nat1-x0")["counters"]["vcs_opened"].as_u64().unwrap_or(0) };
+
+    let dir = xsock_testbed::overlay::scratch("preload-vaddr");
+    let src = dir.join("src");
+    let data: Vec<u8> = (0..2_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(&src, &data).unwrap();
+    let want = sha256(&src);
+    // nc moves the file from `client` to `server` (or back, `fetch`), by
+    // virtual address `dest`; the receiver's copy is checked.
+    let nc = |server: &Host, client: &Host, dest: &str, port: u16, fetch: bool| {
+        let got = dir.join(format!("got-{port}"));
+        let (listen, connect) = if fetch {
+            (format!("-l -N {port} < {}", src.display()), format!("-d {dest} {port} > {}", got.display()))
+        } else {
+            (format!("-l -N {port} > {}", got.display()), format!("-N {dest} {port} < {}", src.display()))
+        };
+        let pid =
+            o.bed.spawn(server, "sh", &["-c", &format!("XSOCK_PRELOAD_LOG=1 {XSOCK} preload nc {listen}")]).unwrap();
+        wait_for("nc to listen", Duration::from_secs(10), || o.bed.log_tail(pid, 5).contains("listening on"));
+        std::thread::sleep(Duration::from_millis(200)); // its port reaches the directory
+        let (ok, log) = preloaded(
+            &o.bed,
+            client,
+            &format!("XSOCK_PRELOAD_LOG=1 {XSOCK} preload nc {connect}"),
+            Duration::from_secs(30),
+        );
+        assert!(ok, "nc {connect}: {log}\nserver: {}\nrelays: {}", o.bed.log_tail(pid, 20), o.relay_logs());
+        assert!(o.bed.wait_exit(pid, Duration::from_secs(10)).unwrap().success(), "{}", o.bed.log_tail(pid, 10));
+        assert_eq!(sha256(&got), want, "nc to {dest}:{port}: the file arrived intact");
+    };
+    // nat1 -> nat2 through the relays (the same private subnet on both).
+    let vcs0 = vcs();
+    let (e0, k0) = counters(&n1.hosts[0]);
+    nc(&n2.hosts[0], &n1.hosts[0], &v2a, 7811, false);
+    assert!(vcs() > vcs0, "the connection went through nat1's relay");
+    let (e1, k1) = counters(&n1.hosts[0]);
+    assert!(e1 - e0 >= data.len() as u64, "the file crossed n1a's engine ({} bytes)", e1 - e0);
+    assert!(k1 - k0 < 100, "n1a's kernel TCP sent {} segments for the file", k1 - k0);
+    // nat2 -> nat1, the listener sending.
+    nc(&n1.hosts[0], &n2.hosts[0], &v1a, 7812, true);
+    // Inside nat1: by virtual address, directly (no relay).
+    let vcs1 = vcs();
+    nc(&n1.hosts[0], &n1.hosts[1], &v1a, 7813, true);
+    assert_eq!(vcs(), vcs1, "a node of the same LAN is reached directly");
+    eprintln!("hosts:\n{text}relayed VCs at nat1's relay: {}", vcs());
+
+    // Python sees the virtual addresses as the sockets' names.
+    let script = format!(
+        "import socket,sys\n\
+         if sys.argv[1]=='s':\n\
+         \x20 l=socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind(('0.0.0.0',7814)); l.listen(4)\n\
+         \x20 print('listening', flush=True); c,a=l.accept(); print('peer', a[0], flush=True); c.sendall(c.recv(100)); c.close()\n\
+         else:\n\
+         \x20 s=socket.create_connection(('{v1a}',7814)); print('peername', s.getpeername(), 'sockname', s.getsockname()[0])\n\
+         \x20 s.sendall(b'hello'); assert s.recv(100)==b'hello'; print('echo ok')\n"
+    );
+    let py = dir.join("names.py");
+    std::fs::write(&py, script).unwrap();
+    let srv = o.bed.spawn(&n1.hosts[0], XSOCK, &["preload", "python3", py.to_str().unwrap(), "s"]).unwrap();
+    wait_for("python to listen", Duration::from_secs(10), || o.bed.log_tail(srv, 5).contains("listening"));
+    std::thread::sleep(Duration::from_millis(200));
+    let (ok, log) = preloaded(
+        &o.bed,
+        &n2.hosts[0],
+        &format!("{XSOCK} preload python3 {} c", py.display()),
+        Duration::from_secs(30),
+    );
+    assert!(ok && log.contains("echo ok"), "python client: {log}");
+    assert!(log.contains(&format!("peername ('{v1a}', 7814) sockname {v2a}")), "{log}");
+    assert!(o.bed.wait_exit(srv, Duration::from_secs(10)).unwrap().success(), "{}", o.bed.log_tail(srv, 10));
+    assert!(o.bed.log_tail(srv, 5).contains(&format!("peer {v2a}")), "{}", o.bed.log_tail(srv, 5));
+
+    // A virtual address nobody holds: a clear refusal, not a hang.
+    let (ok, log) = preloaded(
+        &o.bed,
+        &n1.hosts[0],
+        &format!("XSOCK_PRELOAD_LOG=1 {XSOCK} preload nc -N 100.64.200.200 7815 < /dev/null"),
+        Duration::from_secs(20),
+    );
+    assert!(!ok, "{log}");
+    assert!(log.contains("no node has the virtual address 100.64.200.200"), "{log}");
+    // The errno each failure gives, as Linux's would.
+    let errs = dir.join("errs.py");
+    std::fs::write(
+        &errs,
+        format!(
+            "import socket,errno\n\
+             for dest in [('100.64.200.200', 7815), ('{v1a}', 7899)]:\n\
+             \x20 try:\n\
+             \x20   socket.create_connection(dest, timeout=10); print(dest, 'connected')\n\
+             \x20 except OSError as e:\n\
+             \x20   print(dest, errno.errorcode.get(e.errno, e.errno))\n"
+        ),
+    )
+    .unwrap();
+    let (ok, log) = preloaded(
+        &o.bed,
+        &n2.hosts[0],
+        &format!("{XSOCK} preload python3 {}", errs.display()),
+        Duration::from_secs(30),
+    );
+    assert!(ok, "{log}");
+    assert!(log.contains("('100.64.200.200', 7815) EHOSTUNREACH"), "{log}");
+    assert!(log.contains(&format!("('{v1a}', 7899) ECONNREFUSED")), "{log}");
 }

@@ -177,7 +177,7 @@ impl Client {
         let welcome = Msg::parse(&buf[..n])
             .map_err(|e| Error::Protocol(format!("the host engine at {} sent {e}", path.display())))?;
         let (iface, addr, prefix, engine_pid) = match welcome {
-            Msg::Welcome { version, engine_pid, iface, addr, prefix } if version == VERSION => {
+            Msg::Welcome { version, engine_pid, iface, addr, prefix, .. } if version == VERSION => {
                 (iface.to_owned(), addr, prefix, engine_pid)
             }
             Msg::Welcome { version, engine_pid, .. } => {

@@ -61,7 +61,7 @@ impl ListenShared {
 
     /// Connections waiting to be accepted (on every path).
     pub fn waiting(&self) -> usize {
-        let mut n = 0;
+        let mut n = self.offered.lock().unwrap_or_else(|p| p.into_inner()).len();
         if let (Some(port), Some(tcp)) = (self.tcp_port, self.rt.tcp()) {
             n += tcp.lock().backlog(port);
         }
@@ -263,8 +263,9 @@ impl Listener {
         found.map(|a| self.stream_tagged(a)).transpose()
     }
 
-    /// Like [`Listener::try_accept`], with the tag of an offered stream.
-    pub(crate) fn try_accept_tagged(&self) -> Result<(Stream, Option<u64>), Error> {
+    /// Like [`Listener::try_accept`], also giving the tag of a stream an
+    /// overlay session offered (the id of the node that opened it).
+    pub fn try_accept_tagged(&self) -> Result<(Stream, Option<u64>), Error> {
         match self.take_one()? {
             Some(a) => self.stream_tagged(a),
             None => Err(Error::WouldBlock),

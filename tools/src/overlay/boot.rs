@@ -44,6 +44,20 @@ pub struct Boot {
     /// The CA's revocation list (`xsock keys revoke`; needs --cert).
     #[arg(long)]
     revoked: Option<PathBuf>,
+    /// The virtual network endpoints get their addresses from (programs
+    /// under the preload connect to them; independent of the LANs' own
+    /// addresses). Give every bootstrap server the same one.
+    #[arg(long, value_name = "NET/PREFIX", default_value = "100.64.0.0/16", value_parser = parse_vnet)]
+    vnet: (Ipv4Addr, u8),
+}
+
+/// `A.B.C.D/P`, checked as [`Registry::with_vnet`] checks it.
+fn parse_vnet(s: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (net, prefix) = s.split_once('/').ok_or_else(|| format!("{s:?}: give a network as A.B.C.D/PREFIX"))?;
+    let net: Ipv4Addr = net.parse().map_err(|e| format!("{net:?}: {e}"))?;
+    let prefix: u8 = prefix.parse().map_err(|e| format!("prefix {prefix:?}: {e}"))?;
+    Registry::with_vnet(net, prefix)?;
+    Ok((net, prefix))
 }
 
 enum Event {
@@ -63,7 +77,12 @@ impl Boot {
         let listener = TcpListener::bind(self.listen).map_err(|e| {
             Fail::msg(format!("cannot listen on {}: {e} (is the address on this host, the port free?)", self.listen))
         })?;
-        log::info!("bootstrap server listening on {}", self.listen);
+        log::info!(
+            "bootstrap server listening on {}; endpoints' virtual addresses from {}/{}",
+            self.listen,
+            self.vnet.0,
+            self.vnet.1
+        );
         let (tx, rx) = unbounded();
         let me = Arc::new(Mutex::new(me));
         if let Some(path) = self.revoked.clone() {
@@ -82,7 +101,7 @@ impl Boot {
         }
         let shared = me.clone();
         std::thread::Builder::new().name("boot-accept".into()).spawn(move || accept_loop(listener, (key, me), tx))?;
-        serve(rx, &shared);
+        serve(rx, &shared, self.vnet);
         Ok(())
     }
 }
@@ -192,8 +211,8 @@ fn take_revocations(
     }
 }
 
-fn serve(rx: Receiver<Event>, me: &Mutex<Identity>) {
-    let mut reg = Registry::new();
+fn serve(rx: Receiver<Event>, me: &Mutex<Identity>, vnet: (Ipv4Addr, u8)) {
+    let mut reg = Registry::with_vnet(vnet.0, vnet.1).expect("checked when parsed");
     let mut sessions: HashMap<SessionId, Session> = HashMap::new();
     let mut out = Vec::new();
     // The list relays get (the newest taken), as bytes.

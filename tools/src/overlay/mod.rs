@@ -39,6 +39,10 @@ pub struct JoinArgs {
     /// in a cluster with node certificates.
     #[arg(long)]
     pub cert: Option<PathBuf>,
+    /// The virtual address to ask the bootstrap servers for (by default
+    /// they lease one to the name; `xsock hosts` lists them).
+    #[arg(long)]
+    pub vaddr: Option<std::net::Ipv4Addr>,
 }
 
 impl JoinArgs {
@@ -49,6 +53,11 @@ impl JoinArgs {
 
     /// Joins the overlay on `rt`.
     pub fn join(&self, rt: &xsock::Runtime) -> Result<Node, Fail> {
+        Ok(Node::join(rt, self.config()?)?)
+    }
+
+    /// How to join, from the flags.
+    pub fn config(&self) -> Result<OverlayConfig, Fail> {
         if self.boot.is_empty() {
             return Err(Fail::msg("--boot IP:PORT is needed to join the overlay"));
         }
@@ -56,7 +65,8 @@ impl JoinArgs {
         let key = key_from(self.key_file.as_deref())?;
         let mut cfg = OverlayConfig::with_boots(self.boot.clone(), name.clone(), key);
         cfg.identity = load_identity(self.cert.as_deref(), None, xsock::overlay::Role::Endpoint, Some(&name))?;
-        Ok(Node::join(rt, cfg)?)
+        cfg.vaddr = self.vaddr;
+        Ok(cfg)
     }
 }
 

@@ -41,6 +41,21 @@ pub struct Registration {
     pub serve_port: u16,
     /// A launcher rank.
     pub rank: Option<u32>,
+    /// Endpoints: the virtual address to ask for (`--vaddr`; after the
+    /// first server answered, the one it gave).
+    pub vaddr: Option<std::net::Ipv4Addr>,
+}
+
+/// Where a server put a node: its site, and (endpoints) its virtual
+/// address and the virtual network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// The node's site.
+    pub site: SiteId,
+    /// Its virtual address (endpoints).
+    pub vaddr: Option<std::net::Ipv4Addr>,
+    /// The virtual network and its prefix length.
+    pub vnet: (std::net::Ipv4Addr, u8),
 }
 
 impl Registration {
@@ -64,7 +79,7 @@ pub fn register(
     me: &Identity,
     reg: &Registration,
     timeout: Duration,
-) -> Result<(SecureTcp, SiteId), Error> {
+) -> Result<(SecureTcp, Placement), Error> {
     let deadline = Instant::now() + timeout;
     let tcp = TcpStream::connect_timeout(&addr.into(), timeout).map_err(|e| {
         Error::Overlay(format!("cannot reach the bootstrap server at {addr}: {e} (is `xsock boot` running there?)"))
@@ -84,6 +99,7 @@ pub fn register(
         wan: reg.wan,
         serve_port: reg.serve_port,
         rank: reg.rank,
+        vaddr: reg.vaddr,
     };
     send_msg(&mut s, &msg)?;
     // Its verdict on our certificate comes first, if it refuses it.
@@ -92,7 +108,9 @@ pub fn register(
         e => e,
     })?;
     match Msg::parse(&reply).map_err(|e| Error::Protocol(e.to_string()))? {
-        Msg::Registered { node, site } if node == reg.node => Ok((s, site)),
+        Msg::Registered { node, site, vaddr, vnet, vnet_prefix } if node == reg.node => {
+            Ok((s, Placement { site, vaddr, vnet: (vnet, vnet_prefix) }))
+        }
         Msg::Registered { node, .. } => {
             Err(Error::Protocol(format!("bootstrap server {addr} registered us as {node}, not {}", reg.node)))
         }
@@ -131,14 +149,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Boots {
     /// Registers with every server of `addrs`; fails only if none takes us
-    /// (with each one's reason). The site is the first server's.
+    /// (with each one's reason). The placement is the first server's; the
+    /// others are asked for the same virtual address.
     pub fn register_all(
         addrs: &[SocketAddrV4],
         key: &Key,
         me: &Identity,
-        reg: Registration,
+        mut reg: Registration,
         timeout: Duration,
-    ) -> Result<(Boots, SiteId), Error> {
+    ) -> Result<(Boots, Placement), Error> {
         if addrs.is_empty() {
             return Err(Error::Config("no bootstrap server given: --boot IP:PORT[,IP:PORT...]".into()));
         }
@@ -147,10 +166,14 @@ impl Boots {
         let mut refused = None;
         for &addr in addrs {
             let (conn, why) = match register(addr, key, me, &reg, timeout) {
-                Ok((s, got)) => {
+                Ok((s, placed)) => {
+                    let got = placed.site;
                     match site {
-                        None => site = Some(got),
-                        Some(first) if first != got => log::warn!(
+                        None => {
+                            site = Some(placed);
+                            reg.vaddr = reg.vaddr.or(placed.vaddr);
+                        }
+                        Some(Placement { site: first, .. }) if first != got => log::warn!(
                             "bootstrap server {addr} puts us in {got}, the first one in {first}: do both see this \
                              LAN's traffic from the same address?"
                         ),

@@ -23,10 +23,10 @@ mod node;
 mod secure;
 mod session;
 
-pub use boots::{Registration, is_refusal, register};
+pub use boots::{Placement, Registration, is_refusal, register};
 pub use io::{FrameIo, authenticate, fresh_nonce, recv_frame, send_msg};
 pub use keys::{load_identity, unix_now};
-pub use node::{Node, NodeListener, OverlayConfig, load_key};
+pub use node::{Node, NodeListener, OverlayConfig, Served, load_key};
 pub use secure::{SecureParts, SecureTcp, process_key, read_frames, session_clock};
 pub use session::VcEnd;
 pub use xsock_overlay::{

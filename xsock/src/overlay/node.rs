@@ -40,6 +40,9 @@ pub struct OverlayConfig {
     /// process's key without a certificate; in a cluster with node
     /// certificates, [`super::load_identity`] of its credentials file.
     pub identity: super::Identity,
+    /// The virtual address to ask for (by default the bootstrap server
+    /// leases one to the name).
+    pub vaddr: Option<std::net::Ipv4Addr>,
 }
 
 impl OverlayConfig {
@@ -51,7 +54,7 @@ impl OverlayConfig {
     /// `name` joining through every server of `boots` with `key`.
     pub fn with_boots(boots: Vec<SocketAddrV4>, name: impl Into<String>, key: Key) -> Self {
         let identity = super::Identity::plain(super::process_key().clone());
-        Self { boots, name: name.into(), key, rank: None, timeout: Duration::from_secs(5), identity }
+        Self { boots, name: name.into(), key, rank: None, timeout: Duration::from_secs(5), identity, vaddr: None }
     }
 }
 
@@ -72,6 +75,8 @@ struct Inner {
     name: String,
     id: NodeId,
     site: SiteId,
+    vaddr: Option<std::net::Ipv4Addr>,
+    vnet: (std::net::Ipv4Addr, u8),
     timeout: Duration,
     boot: Mutex<Boots>,
     cache: Mutex<HashMap<String, Entry>>,
@@ -130,11 +135,13 @@ impl Node {
             wan: None,
             serve_port: 0,
             rank,
+            vaddr: cfg.vaddr,
         };
-        let (boot, site) = Boots::register_all(&cfg.boots, &cfg.key, &cfg.identity, reg, cfg.timeout)?;
-        let id = boot.node();
+        let (boot, placed) = Boots::register_all(&cfg.boots, &cfg.key, &cfg.identity, reg, cfg.timeout)?;
+        let (id, site) = (boot.node(), placed.site);
         let up: Vec<String> = boot.servers().iter().filter(|(_, up)| *up).map(|(a, _)| a.to_string()).collect();
-        log::info!("joined the overlay as {} ({id}, {site}) through {}", cfg.name, up.join(", "));
+        let vaddr = placed.vaddr.map(|a| format!(", virtual address {a}")).unwrap_or_default();
+        log::info!("joined the overlay as {} ({id}, {site}{vaddr}) through {}", cfg.name, up.join(", "));
         let node = Node {
             inner: Arc::new(Inner {
                 rt: rt.clone(),
@@ -142,6 +149,8 @@ impl Node {
                 name: cfg.name,
                 id,
                 site,
+                vaddr: placed.vaddr,
+                vnet: placed.vnet,
                 timeout: cfg.timeout,
                 boot: Mutex::new(boot),
                 cache: Mutex::new(HashMap::new()),
@@ -265,6 +274,21 @@ impl Node {
         self.inner.site
     }
 
+    /// Our virtual address (the bootstrap server's lease to our name).
+    pub fn vaddr(&self) -> Option<std::net::Ipv4Addr> {
+        self.inner.vaddr
+    }
+
+    /// The virtual network our address is in, and its prefix length.
+    pub fn vnet(&self) -> (std::net::Ipv4Addr, u8) {
+        self.inner.vnet
+    }
+
+    /// Whether `ip` is a host address of the virtual network.
+    pub fn is_virtual(&self, ip: std::net::Ipv4Addr) -> bool {
+        xsock_overlay::registry::in_net(self.inner.vnet, ip)
+    }
+
     /// Our name.
     pub fn name(&self) -> &str {
         &self.inner.name
@@ -307,13 +331,50 @@ impl Node {
         }
     }
 
-    /// Fetches the whole directory into the cache in one round trip (before
-    /// connecting to many nodes); returns how many nodes it holds.
-    pub fn load_directory(&self) -> Result<usize, Error> {
+    /// Asks the server which node has virtual address `ip`.
+    pub fn resolve_addr(&self, ip: std::net::Ipv4Addr) -> Result<Entry, Error> {
+        let reply = self.request(&Msg::ResolveAddr { addr: ip })?;
+        match parse(&reply)? {
+            Msg::Resolved { entry, my_relays } => Ok(self.remember(entry, my_relays)),
+            Msg::NotFound { .. } => Err(Error::Overlay(format!(
+                "no node has the virtual address {ip} (not started yet, or a stale hostfile: `xsock hosts` lists \
+                 the addresses)"
+            ))),
+            _ => Err(Error::Protocol("unexpected answer to ResolveAddr".into())),
+        }
+    }
+
+    /// Who has virtual address `ip`: from the cache, else asked of the
+    /// server.
+    pub fn lookup_addr(&self, ip: std::net::Ipv4Addr) -> Result<Entry, Error> {
+        let cached = {
+            let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+            cache.values().find(|e| e.vaddr == Some(ip)).cloned()
+        };
+        match cached {
+            Some(e) => Ok(e),
+            None => self.resolve_addr(ip),
+        }
+    }
+
+    /// The node with id `node`, if the cache knows it.
+    pub fn cached(&self, node: NodeId) -> Option<Entry> {
+        self.inner.cache.lock().unwrap_or_else(|p| p.into_inner()).values().find(|e| e.node == node).cloned()
+    }
+
+    /// Every registered node, in one round trip to the server.
+    pub fn directory(&self) -> Result<Vec<Entry>, Error> {
         let reply = self.request(&Msg::GetDirectory)?;
         let Msg::Directory { entries } = parse(&reply)? else {
             return Err(Error::Protocol("unexpected answer to GetDirectory".into()));
         };
+        Ok(entries)
+    }
+
+    /// Fetches the whole directory into the cache in one round trip (before
+    /// connecting to many nodes); returns how many nodes it holds.
+    pub fn load_directory(&self) -> Result<usize, Error> {
+        let entries = self.directory()?;
         let relays: Vec<Entry> =
             entries.iter().filter(|e| e.role == Role::Relay && e.site == self.inner.site).cloned().collect();
         *self.inner.relays.lock().unwrap_or_else(|p| p.into_inner()) = (relays, Some(Instant::now()));
@@ -339,13 +400,24 @@ impl Node {
     pub fn listen(&self, port: u16) -> Result<NodeListener, Error> {
         let ip = self.inner.rt.local_subnets()[0].0;
         let inner = Listener::bind(&self.inner.rt, SocketAddrV4::new(ip, port))?;
+        let served = self.serve(&inner)?;
+        Ok(NodeListener { node: self.clone(), inner, port, _served: served })
+    }
+
+    /// Takes the virtual connections to `listener`'s port into it: they
+    /// come out of its accepts beside the LAN's plain connections (the
+    /// host engine's listeners; no handshake is run on those). Published
+    /// to the servers; undone when the guard drops.
+    pub fn serve(&self, listener: &Listener) -> Result<Served, Error> {
+        let port = listener.local_addr().port();
         self.inner.ports.lock().unwrap_or_else(|p| p.into_inner()).insert(port);
-        self.inner.listeners.lock().unwrap_or_else(|p| p.into_inner()).insert(port, Arc::downgrade(inner.shared()));
+        self.inner.listeners.lock().unwrap_or_else(|p| p.into_inner()).insert(port, Arc::downgrade(listener.shared()));
+        let served = Served { node: self.clone(), port };
         for s in self.inner.sessions.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            s.listen(port, inner.shared())?;
+            s.listen(port, listener.shared())?;
         }
         self.publish_ports()?;
-        Ok(NodeListener { node: self.clone(), inner, port })
+        Ok(served)
     }
 
     fn publish_ports(&self) -> Result<(), Error> {
@@ -365,6 +437,12 @@ impl Node {
     pub fn open(&self, name: &str, port: u16, first: &[u8]) -> Result<Stream, Error> {
         let entry = self.lookup(name)?;
         self.connect_entry(&entry, port, first)
+    }
+
+    /// Connects to `entry`:`port` (as [`Node::open`] does once it knows
+    /// the node).
+    pub fn open_entry(&self, entry: &Entry, port: u16, first: &[u8]) -> Result<Stream, Error> {
+        self.connect_entry(entry, port, first)
     }
 
     /// Connects to the node with launcher rank `rank`.
@@ -509,6 +587,20 @@ pub struct NodeListener {
     node: Node,
     inner: Listener,
     port: u16,
+    _served: Served,
+}
+
+/// A port whose virtual connections go to a listener ([`Node::serve`]);
+/// dropping it takes the port back.
+pub struct Served {
+    node: Node,
+    port: u16,
+}
+
+impl std::fmt::Debug for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Served").field("node", &self.node).field("port", &self.port).finish()
+    }
 }
 
 impl std::fmt::Debug for NodeListener {
@@ -600,7 +692,7 @@ impl NodeListener {
     }
 }
 
-impl Drop for NodeListener {
+impl Drop for Served {
     fn drop(&mut self) {
         self.node.inner.ports.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.port);
         self.node.inner.listeners.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.port);

@@ -399,7 +399,7 @@ impl Pump {
                 }
                 Event::Refused { vc, reason } => {
                     if let Some((reply, _, label)) = self.opens.remove(&vc) {
-                        let _ = reply.send(Err(Error::Overlay(format!("{label} refused: {reason}"))));
+                        let _ = reply.send(Err(Error::OverlayRefused(format!("{label} refused: {reason}"))));
                     }
                 }
                 Event::Incoming { vc, src, port } => {

@@ -147,6 +147,7 @@ mod tests {
             serve_port: 0,
             rank: None,
             ports: vec![],
+            vaddr: Some([100, 64, 0, id as u8].into()),
         }
     }
 
@@ -226,6 +227,7 @@ pub mod cache {
                 serve_port: 7401,
                 rank: None,
                 ports: vec![],
+                vaddr: None,
             };
             save(&p, NodeId(1), SiteId(2), std::slice::from_ref(&e)).unwrap();
             assert_eq!(load(&p).unwrap(), (NodeId(1), SiteId(2), vec![e]));

@@ -180,6 +180,7 @@ impl Relay {
             wan,
             serve_port: s.serve_port,
             rank: None,
+            vaddr: None,
         };
         let mut site = None;
         let mut boots = Vec::new();
@@ -187,7 +188,7 @@ impl Relay {
         for &addr in &s.boot {
             match register(addr, &key, &identity, &reg, Duration::from_secs(5)) {
                 Ok((session, got)) => {
-                    site.get_or_insert(got);
+                    site.get_or_insert(got.site);
                     boots.push((addr, Some(session.into_parts())));
                 }
                 // A refusal (a wrong key, a taken name, a certificate) is

@@ -47,7 +47,14 @@ fn handshake(s: TcpStream, id: &Ident, dialled: bool) -> Result<(SecureParts, No
     if peer.role != Role::Relay {
         return Err(format!("{} is a {:?}, not a relay", peer.name, peer.role));
     }
-    send_msg(&mut st, &Msg::Registered { node: id.me, site: id.site }).map_err(|e| e.to_string())?;
+    let me = Msg::Registered {
+        node: id.me,
+        site: id.site,
+        vaddr: None,
+        vnet: std::net::Ipv4Addr::UNSPECIFIED,
+        vnet_prefix: 0,
+    };
+    send_msg(&mut st, &me).map_err(|e| e.to_string())?;
     let f = recv_frame(&mut st, deadline).map_err(|e| e.to_string())?;
     match Msg::parse(&f) {
         Ok(Msg::Registered { node, .. }) if node != id.me => {
