@@ -125,6 +125,16 @@ pub enum Msg<'a> {
         /// Echoed in the reply.
         req: u32,
     },
+    /// Client (the preload, which takes no [`Msg::Ended`]): how did
+    /// `stream`, whose end it just read, end? Answered [`Msg::Failed`]
+    /// with `req` if badly (the read then fails as Linux's would,
+    /// ECONNRESET...), else [`Msg::Synced`] with `req`.
+    HowEnded {
+        /// Echoed in the reply.
+        req: u32,
+        /// The stream.
+        stream: u32,
+    },
     /// Client: this process lets go of `stream` (its last handle is being
     /// dropped): the end of the socket that follows is orderly even if the
     /// process is exiting.
@@ -270,6 +280,7 @@ mod tag {
     pub const STATUS: u8 = 5;
     pub const SYNC: u8 = 6;
     pub const CLOSE: u8 = 7;
+    pub const HOW_ENDED: u8 = 8;
     pub const WELCOME: u8 = 64;
     pub const REFUSED: u8 = 65;
     pub const CONNECTED: u8 = 66;
@@ -472,6 +483,7 @@ impl<'a> Msg<'a> {
             tag::STATUS => Msg::Status { req: r.u32()? },
             tag::SYNC => Msg::Sync { req: r.u32()? },
             tag::CLOSE => Msg::Close { stream: r.u32()? },
+            tag::HOW_ENDED => Msg::HowEnded { req: r.u32()?, stream: r.u32()? },
             tag::SYNCED => Msg::Synced { req: r.u32()? },
             tag::WELCOME => Msg::Welcome {
                 version: r.u16()?,
@@ -538,6 +550,7 @@ impl<'a> Msg<'a> {
             Msg::Status { req } => w.u8(tag::STATUS).u32(req),
             Msg::Sync { req } => w.u8(tag::SYNC).u32(req),
             Msg::Close { stream } => w.u8(tag::CLOSE).u32(stream),
+            Msg::HowEnded { req, stream } => w.u8(tag::HOW_ENDED).u32(req).u32(stream),
             Msg::Synced { req } => w.u8(tag::SYNCED).u32(req),
             Msg::Welcome { version, engine_pid, iface, addr, prefix, vaddr, vnet, vnet_prefix } => w
                 .u8(tag::WELCOME)
@@ -606,6 +619,7 @@ mod tests {
             Msg::Status { req: 9 },
             Msg::Sync { req: 10 },
             Msg::Close { stream: 11 },
+            Msg::HowEnded { req: 4, stream: 11 },
             Msg::Synced { req: 10 },
             Msg::Welcome {
                 version: 1,

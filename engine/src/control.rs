@@ -182,6 +182,19 @@ impl Engine {
                 self.send_to(id, &Msg::Synced { req }, None);
                 Ok(())
             }
+            Msg::HowEnded { req, stream } => {
+                let pid = self.clients.get(&id).map(|c| c.pid);
+                match self.ended.get(&stream) {
+                    Some((owner, _)) if Some(*owner) == pid => {
+                        let (_, end) = self.ended.remove(&stream).expect("there");
+                        self.send_to(id, &Msg::Failed { req, kind: end.kind, text: &end.text }, None);
+                    }
+                    _ => {
+                        self.send_to(id, &Msg::Synced { req }, None);
+                    }
+                }
+                Ok(())
+            }
             Msg::Status { req } => {
                 let json = self.status_json().to_string();
                 self.send_to(id, &Msg::StatusReply { req, json: &json }, None);

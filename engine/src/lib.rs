@@ -224,7 +224,15 @@ pub struct Engine {
     again: Vec<u32>,
     /// The engine's node on the overlay, if it joined one.
     overlay: Option<overlay::Overlay>,
+    /// How streams of clients that take no [`Msg::Ended`] (the preload)
+    /// ended badly, by stream id with the owner's pid, until the process
+    /// asks ([`Msg::HowEnded`]); the oldest go past [`ENDED_KEPT`].
+    ended: HashMap<u32, (i32, End)>,
+    ended_order: std::collections::VecDeque<u32>,
 }
+
+/// Bad ends kept for the processes to ask about.
+const ENDED_KEPT: usize = 1 << 16;
 
 impl Engine {
     /// Takes the interface's lock, drives the interface and listens for
@@ -327,6 +335,8 @@ impl Engine {
             turn: 0,
             again: Vec::new(),
             overlay,
+            ended: HashMap::new(),
+            ended_order: Default::default(),
         })
     }
 
@@ -584,6 +594,8 @@ impl Engine {
                 if let Some(c) = self.clients.get_mut(&client) {
                     c.streams.insert(id);
                 }
+                // A bad end kept under a reused id is no longer this one's.
+                self.ended.remove(&id);
                 self.carried.insert(id, Carried { bridge, pid, released: false });
                 self.pump(id, false);
             }
@@ -615,7 +627,14 @@ impl Engine {
                 }
                 Outcome::Done => return self.drop_carried(id, None),
                 Outcome::Failed(end) => {
-                    let client = c.bridge.client;
+                    let (client, pid) = (c.bridge.client, c.pid);
+                    if self.clients.get(&client).is_none_or(|cl| !cl.ends) {
+                        // Kept before the socketpair closes, so the read
+                        // that finds the end can ask how it came (the
+                        // preload takes no Ended, and lets go of the
+                        // connection it connected on).
+                        self.remember_end(id, pid, end.clone());
+                    }
                     self.send_to(client, &Msg::Ended { stream: id, kind: end.kind, text: &end.text }, None);
                     return self.drop_carried(id, None);
                 }
@@ -635,6 +654,18 @@ impl Engine {
                     self.totals.process_gone_resets += 1;
                     return self.drop_carried(id, Some(Gone));
                 }
+            }
+        }
+    }
+
+    fn remember_end(&mut self, id: u32, pid: i32, end: End) {
+        log::debug!("engine: stream {id} of pid {pid} ended badly: {}", end.text);
+        if self.ended.insert(id, (pid, end)).is_none() {
+            self.ended_order.push_back(id);
+        }
+        while self.ended_order.len() > ENDED_KEPT {
+            if let Some(old) = self.ended_order.pop_front() {
+                self.ended.remove(&old);
             }
         }
     }

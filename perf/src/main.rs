@@ -13,6 +13,7 @@
 //! xsock-perf handshake [--rounds 2000]             (no root: what node certificates cost a Noise handshake)
 //! ```
 
+mod across;
 mod engine;
 mod foundation;
 mod handshake;

@@ -5,7 +5,8 @@
 //! by the routers), and recovery after a relay is killed.
 //!
 //! One part alone: `XSOCK_PERF_RELAY=probe` (an isolated relayed connect),
-//! `=mesh` (the all-to-all), `=kill` (the relay kill), or
+//! `=mesh` (the all-to-all), `=kill` (the relay kill), `=preload`
+//! (unmodified programs across LANs by virtual address, `across.rs`), or
 //! `XSOCK_PERF_RELAY_BULK="FLAGS"` (relayed bulk with the relays' flags).
 //! The all-to-all's size: `XSOCK_PERF_MESH_LANS` (8), `..._PER_HOST`
 //! (endpoints per process, 4), `..._PARALLEL` (connects in flight per
@@ -607,6 +608,11 @@ pub fn run(xsock: &Path, rounds: usize) -> io::Result<()> {
     }
     if std::env::var("XSOCK_PERF_RELAY").as_deref() == Ok("kill") {
         recovery(xsock, rounds, &mut out)?;
+        println!("{out}");
+        return Ok(());
+    }
+    if std::env::var("XSOCK_PERF_RELAY").as_deref() == Ok("preload") {
+        crate::across::run(xsock, rounds, &mut out)?;
         println!("{out}");
         return Ok(());
     }

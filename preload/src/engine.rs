@@ -369,6 +369,50 @@ pub fn closer_closed(fd: c_int) {
     }
 }
 
+/// Makes sure `g` holds this process's own connection for letting go of
+/// streams (a forked child's copy is its parent's: it attaches afresh).
+fn closer(g: &mut Option<(u32, c_int, u64, u64)>, iface: Option<&str>) {
+    let pid = std::process::id();
+    let usable = g.is_some_and(|(p, fd, dev, ino)| p == pid && identity(fd) == Some((dev, ino)));
+    if usable {
+        return;
+    }
+    if let Some((p, fd, _, _)) = *g
+        && p == pid
+    {
+        real::close(fd);
+    }
+    set_closer(g, None);
+    let Ok(ctl) = attach(iface) else { return };
+    let fd = ctl.into_fd();
+    let Some((dev, ino)) = identity(fd) else { return };
+    set_closer(g, Some((pid, fd, dev, ino)));
+}
+
+/// How `stream`, whose end the program just read, ended: `Some(kind)` if
+/// badly (a reset, a lost path), `None` if orderly or unknown.
+pub fn how_ended(stream: u32, iface: Option<&str>) -> Option<xsock_attach::EndKind> {
+    let mut g = CLOSER.lock().unwrap_or_else(|p| p.into_inner());
+    closer(&mut g, iface);
+    let (_, fd, _, _) = (*g)?;
+    if send(fd, &Msg::HowEnded { req: 2, stream }).is_err() {
+        real::close(fd);
+        set_closer(&mut g, None);
+        return None;
+    }
+    let mut buf = [0u8; ANSWER_MAX];
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while let Ok((n, fds)) = recv(fd, &mut buf, Some(deadline), true) {
+        close_all(&fds);
+        match Msg::parse(&buf[..n]) {
+            Ok(Msg::Failed { req: 2, kind, .. }) => return Some(kind),
+            Ok(Msg::Synced { req: 2 }) => return None,
+            _ => {}
+        }
+    }
+    None
+}
+
 /// Tells the engine this process lets go of `streams` (their hang-up that
 /// follows is an orderly close, even if the process is exiting by then).
 /// `sync`: wait until the engine has read it (at exit).
@@ -376,22 +420,8 @@ pub fn let_go(streams: &[u32], iface: Option<&str>, sync: bool) {
     if streams.is_empty() {
         return;
     }
-    let pid = std::process::id();
     let mut g = CLOSER.lock().unwrap_or_else(|p| p.into_inner());
-    let usable = g.is_some_and(|(p, fd, dev, ino)| p == pid && identity(fd) == Some((dev, ino)));
-    if !usable {
-        // A forked child's copy is its parent's: leave it open for them.
-        if let Some((p, fd, _, _)) = *g
-            && p == pid
-        {
-            real::close(fd);
-        }
-        set_closer(&mut g, None);
-        let Ok(ctl) = attach(iface) else { return };
-        let fd = ctl.into_fd();
-        let Some((dev, ino)) = identity(fd) else { return };
-        set_closer(&mut g, Some((pid, fd, dev, ino)));
-    }
+    closer(&mut g, iface);
     let Some((_, fd, _, _)) = *g else { return };
     for &stream in streams {
         if send(fd, &Msg::Close { stream }).is_err() {

@@ -460,7 +460,7 @@ pub unsafe extern "C" fn recvfrom(
         // SAFETY: `len` is the caller's valid socklen_t.
         unsafe { *len = 0 };
     }
-    r
+    at_end(fd, r, n, flags)
 }
 
 /// glibc's checked recvfrom (-D_FORTIFY_SOURCE).
@@ -484,6 +484,90 @@ pub unsafe extern "C" fn __recvfrom_chk(
     unsafe { recvfrom(fd, buf, n, flags, addr, len) }
 }
 
+/// A read of `n` bytes (`flags` as recv's) returned `r` on our stream
+/// `fd`: at its end, how the stream ended decides what the program sees,
+/// 0 for an orderly end, -1 with ECONNRESET (or what Linux gives for the
+/// cause) for a reset, as a TCP socket's read reports an RST once.
+fn at_end(fd: c_int, r: ssize_t, n: size_t, flags: c_int) -> ssize_t {
+    if r != 0 || n == 0 || flags & libc::MSG_PEEK != 0 {
+        return r;
+    }
+    let Some(stream) = table::info(fd).map(|i| i.stream).filter(|s| *s != 0) else { return r };
+    match engine::how_ended(stream, settings().iface.as_deref()) {
+        Some(kind) => {
+            log(|| format!("fd {fd}: the stream ended badly: {}", errno_name(errno_of(kind))));
+            fail(errno_of(kind)) as ssize_t
+        }
+        None => 0,
+    }
+}
+
+fn errno_name(e: c_int) -> String {
+    std::io::Error::from_raw_os_error(e).to_string()
+}
+
+/// read(2): our streams' ends say how they came ([`at_end`]).
+///
+/// # Safety
+/// As read(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
+    let r = real::read(fd, buf, n);
+    if r == 0 && table::kind(fd) == Some(Kind::Stream) { at_end(fd, r, n, 0) } else { r }
+}
+
+/// glibc's checked read (-D_FORTIFY_SOURCE).
+///
+/// # Safety
+/// As read(2), with `buflen` the size of `buf`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __read_chk(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t) -> ssize_t {
+    if n > buflen {
+        die("*** buffer overflow detected ***: read asked for more than its buffer holds");
+    }
+    // SAFETY: as our caller's.
+    unsafe { read(fd, buf, n) }
+}
+
+/// readv(2), as read.
+///
+/// # Safety
+/// As readv(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn readv(fd: c_int, iov: *const libc::iovec, cnt: c_int) -> ssize_t {
+    let r = real::readv(fd, iov, cnt);
+    if r != 0 || table::kind(fd) != Some(Kind::Stream) || iov.is_null() {
+        return r;
+    }
+    let len = usize::try_from(cnt).unwrap_or(0);
+    // SAFETY: the caller's `cnt` iovecs at `iov`, as readv(2) reads them.
+    let total: usize = unsafe { std::slice::from_raw_parts(iov, len) }.iter().map(|v| v.iov_len).sum();
+    at_end(fd, r, total, 0)
+}
+
+/// recv(2), as read.
+///
+/// # Safety
+/// As recv(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t {
+    let r = real::recv(fd, buf, n, flags);
+    if r == 0 && table::kind(fd) == Some(Kind::Stream) { at_end(fd, r, n, flags) } else { r }
+}
+
+/// glibc's checked recv (-D_FORTIFY_SOURCE).
+///
+/// # Safety
+/// As recv(2), with `buflen` the size of `buf`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __recv_chk(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t, flags: c_int) -> ssize_t {
+    if n > buflen {
+        die("*** buffer overflow detected ***: recv asked for more than its buffer holds");
+    }
+    // SAFETY: as our caller's.
+    unsafe { recv(fd, buf, n, flags) }
+}
+
 /// recvmsg(2): as recvfrom, no sender address on our streams.
 ///
 /// # Safety
@@ -505,7 +589,14 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> s
         // msghdr (name length 0: no address).
         unsafe { msg.write(m) };
     }
-    r
+    let len = m.msg_iovlen;
+    let total: usize = if m.msg_iov.is_null() {
+        0
+    } else {
+        // SAFETY: the caller's iovecs, as recvmsg(2) read them.
+        unsafe { std::slice::from_raw_parts(m.msg_iov, len) }.iter().map(|v| v.iov_len).sum()
+    };
+    at_end(fd, r, total, flags)
 }
 
 /// sendto(2): the address is ignored on a connected stream (as TCP).

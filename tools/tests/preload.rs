@@ -406,10 +406,13 @@ fn programs_reach_another_lan_by_virtual_address() {
     o.converge(&["hub-x0", "nat1-x0", "nat2-x0"], Duration::from_secs(20));
     let (n1, n2) = (&o.sites.sites[1], &o.sites.sites[2]);
     let hosts = [("n1a", &n1.hosts[0]), ("n1b", &n1.hosts[1]), ("n2a", &n2.hosts[0])];
+    let mut engines = Vec::new();
     for (name, h) in hosts {
         let mut args = vec!["engine".to_owned()];
         args.extend(o.join_flags(name));
-        let pid = o.bed.spawn(h, XSOCK, &xsock_testbed::strs(&args)).unwrap();
+        let cmd = format!("RUST_LOG=xsock_engine=debug,xsock::overlay=debug {XSOCK} {}", args.join(" "));
+        let pid = o.bed.spawn(h, "sh", &["-c", &cmd]).unwrap();
+        engines.push(pid);
         wait_for("the engine to join and listen", Duration::from_secs(15), || {
             o.bed.log_tail(pid, 20).contains("listening on")
         });
@@ -531,4 +534,42 @@ fn programs_reach_another_lan_by_virtual_address() {
     assert!(ok, "{log}");
     assert!(log.contains("('100.64.200.200', 7815) EHOSTUNREACH"), "{log}");
     assert!(log.contains(&format!("('{v1a}', 7899) ECONNREFUSED")), "{log}");
+
+    // A far process killed mid-stream: the reader's next read fails with
+    // ECONNRESET (an end it could take for a complete transfer, never).
+    let reset = dir.join("reset.py");
+    std::fs::write(
+        &reset,
+        format!(
+            "import socket,sys,time\n\
+             if sys.argv[1]=='s':\n\
+             \x20 l=socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind(('0.0.0.0',7816)); l.listen(1)\n\
+             \x20 print('listening', flush=True); c,_=l.accept(); c.sendall(b'x'*65536); print('sent', flush=True); time.sleep(60)\n\
+             else:\n\
+             \x20 s=socket.create_connection(('{v2a}',7816)); got=0\n\
+             \x20 while got<65536: got+=len(s.recv(65536))\n\
+             \x20 print('got all', flush=True)\n\
+             \x20 try:\n\
+             \x20   r=s.recv(100); print('eof' if r==b'' else 'data')\n\
+             \x20 except ConnectionResetError as e: print('reset:', e)\n"
+        ),
+    )
+    .unwrap();
+    let srv = o.bed.spawn(&n2.hosts[0], XSOCK, &["preload", "python3", reset.to_str().unwrap(), "s"]).unwrap();
+    wait_for("python to listen", Duration::from_secs(10), || o.bed.log_tail(srv, 5).contains("listening"));
+    std::thread::sleep(Duration::from_millis(200));
+    let cli = o
+        .bed
+        .spawn(
+            &n1.hosts[0],
+            "sh",
+            &["-c", &format!("XSOCK_PRELOAD_LOG=1 {XSOCK} preload python3 {} c", reset.display())],
+        )
+        .unwrap();
+    wait_for("the client to read it all", Duration::from_secs(20), || o.bed.log_tail(cli, 20).contains("got all"));
+    o.bed.kill9(srv).unwrap();
+    assert!(o.bed.wait_exit(cli, Duration::from_secs(20)).unwrap().success(), "{}", o.bed.log_tail(cli, 20));
+    let log = o.bed.log_tail(cli, 20);
+    let elog: Vec<String> = engines.iter().map(|p| o.bed.log_tail(*p, 30)).collect();
+    assert!(log.contains("reset: [Errno 104]"), "the reader saw the kill as a reset: {log}\nengines: {elog:#?}");
 }

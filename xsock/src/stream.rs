@@ -1030,6 +1030,19 @@ impl Stream {
         if let Conn::Tcp(c) = &self.conn {
             c.abort();
         }
+        if let Conn::Kernel(crate::path::kernel::Sock::Engine(e)) = &self.conn
+            && let crate::path::kernel::EndWatch::Vc(v) = &*e.end
+        {
+            // The session aborts the VC when it finds our end closed.
+            v.request_abort(match reason {
+                RstReason::ProcessGone => {
+                    "the far end's process went away (killed or crashed) with the connection open; its xsock \
+                     engine reset it"
+                }
+                RstReason::PathLost => "the far end's relay lost the path on the way",
+                _ => "the far end aborted the connection",
+            });
+        }
         if let Conn::Link { cid, .. } = self.conn {
             self.rt.link().expect("link").shared.lock().abort_with(cid, reason);
             self.rt.kick();

@@ -38,9 +38,18 @@ pub struct VcEnd {
     /// acknowledged by the relay (which carries them on if we exit).
     flushed: Mutex<bool>,
     changed: std::sync::Condvar,
+    /// Our side aborts: when the pump finds our socket closed, it aborts
+    /// the VC with this reason instead of closing it.
+    abort: Mutex<Option<&'static str>>,
 }
 
 impl VcEnd {
+    /// Our end, closed next, aborts the VC with `why` (a host engine whose
+    /// client was killed: its far end must not take the end as complete).
+    pub(crate) fn request_abort(&self, why: &'static str) {
+        *self.abort.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+
     fn set(&self, why: &str) {
         self.reason.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| why.to_owned());
         self.changed.notify_all();
@@ -419,6 +428,7 @@ impl Pump {
                     }
                 }
                 Event::Aborted { vc, reason } => {
+                    log::debug!("overlay session: VC {vc} aborted: {reason}");
                     if let Some((reply, _, label)) = self.opens.remove(&vc) {
                         let _ = reply.send(Err(Error::Overlay(format!("{label}: {reason}"))));
                     }
@@ -506,7 +516,13 @@ impl Pump {
             // Application -> far end, within the credit.
             let space = self.core.send_space(vc).min(buf.len());
             if !v.app_done && space > 0 && self.core.queued() < MAX_QUEUED {
+                let abort = *v.end.abort.lock().unwrap_or_else(|p| p.into_inner());
                 match v.sock.read(&mut buf[..space]) {
+                    Ok(0) if let Some(why) = abort => {
+                        log::debug!("overlay session: VC {vc} aborted by our side: {why}");
+                        self.drop_vc(vc, why);
+                        continue;
+                    }
                     Ok(0) => {
                         v.app_done = true;
                         self.core.close(vc);
