@@ -248,6 +248,38 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
     }
 }
 
+/// bind(2): the kernel's, except to this host's virtual address on the
+/// overlay, which no interface holds: the socket binds the port on every
+/// address instead, and its name says the virtual address.
+///
+/// # Safety
+/// As bind(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    let r = real::bind(fd, addr, len);
+    if r == 0 || table::kind(fd) != Some(Kind::Fresh) || real::errno() != libc::EADDRNOTAVAIL {
+        return r;
+    }
+    // SAFETY: the caller passes `len` readable bytes at `addr`.
+    let Some((want, v6)) = (unsafe { addr::read(addr, len) }) else { return r };
+    let vaddr = match attach() {
+        Ok(ctl) => ctl.vaddr,
+        Err(_) => return fail(libc::EADDRNOTAVAIL),
+    };
+    if vaddr.is_unspecified() || *want.ip() != vaddr {
+        return fail(libc::EADDRNOTAVAIL);
+    }
+    let (ss, l) = addr::to_kernel(std::net::SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, want.port()), v6);
+    if real::bind(fd, (&raw const ss).cast(), l) < 0 {
+        return -1;
+    }
+    let port = addr::bound(fd).map_or(want.port(), |(a, _)| a.port());
+    let local = std::net::SocketAddrV4::new(vaddr, port);
+    log(|| format!("fd {fd}: bound to {local}, this host's virtual address (the port on every address)"));
+    table::name_fresh(fd, local, v6);
+    0
+}
+
 /// listen(2): the engine listens (both paths) and the descriptor becomes
 /// the control connection it announces connections on.
 ///
@@ -292,7 +324,9 @@ pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut sockle
 /// As getsockname(2).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-    match table::kind(fd).filter(|k| *k != Kind::Fresh).and_then(|_| table::info(fd)) {
+    // (A fresh socket has a name of ours only when bound to the virtual
+    // address.)
+    match table::kind(fd).and_then(|_| table::info(fd)) {
         // SAFETY: the caller's buffers, as getsockname(2) takes them.
         Some(i) => unsafe { addr::write(i.local, i.v6, addr, len) },
         None => real::getsockname(fd, addr, len),

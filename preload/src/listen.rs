@@ -105,6 +105,11 @@ pub fn listen(fd: c_int, backlog: c_int) -> c_int {
         None
     };
     let both = if dual.as_ref().is_some_and(|d| d.v6 >= 0) { " and IPv6 on the kernel" } else { "" };
+    // Bound to the virtual address: named by it.
+    let local = match table::info(fd) {
+        Some(i) => SocketAddrV4::new(*i.local.ip(), local.port()),
+        None => local,
+    };
     table::mark(
         fd,
         Kind::Listener,

@@ -104,6 +104,16 @@ pub fn mark_fresh(fd: i32) -> bool {
     true
 }
 
+/// Names fresh socket `fd` `local` (bound to the virtual address).
+pub fn name_fresh(fd: i32, local: SocketAddrV4, v6: bool) {
+    if kind(fd) != Some(Kind::Fresh) {
+        return;
+    }
+    let info = Info { local, peer: None, path: "kernel", opts: HashMap::new(), stream: 0, v6, dual: None };
+    let gone = with_info(|m| m.insert(fd, info));
+    drop(gone);
+}
+
 /// Follows `fd` as a stream or listener through the engine.
 pub fn mark(fd: i32, kind: Kind, info: Info) {
     let Some(s) = slot(fd) else { return };

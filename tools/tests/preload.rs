@@ -480,8 +480,8 @@ fn programs_reach_another_lan_by_virtual_address() {
     let script = format!(
         "import socket,sys\n\
          if sys.argv[1]=='s':\n\
-         \x20 l=socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind(('0.0.0.0',7814)); l.listen(4)\n\
-         \x20 print('listening', flush=True); c,a=l.accept(); print('peer', a[0], flush=True); c.sendall(c.recv(100)); c.close()\n\
+         \x20 l=socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind(('{v1a}',7814)); l.listen(4)\n\
+         \x20 print('listening', l.getsockname(), flush=True); c,a=l.accept(); print('peer', a[0], flush=True); c.sendall(c.recv(100)); c.close()\n\
          else:\n\
          \x20 s=socket.create_connection(('{v1a}',7814)); print('peername', s.getpeername(), 'sockname', s.getsockname()[0])\n\
          \x20 s.sendall(b'hello'); assert s.recv(100)==b'hello'; print('echo ok')\n"
@@ -500,7 +500,9 @@ fn programs_reach_another_lan_by_virtual_address() {
     assert!(ok && log.contains("echo ok"), "python client: {log}");
     assert!(log.contains(&format!("peername ('{v1a}', 7814) sockname {v2a}")), "{log}");
     assert!(o.bed.wait_exit(srv, Duration::from_secs(10)).unwrap().success(), "{}", o.bed.log_tail(srv, 10));
-    assert!(o.bed.log_tail(srv, 5).contains(&format!("peer {v2a}")), "{}", o.bed.log_tail(srv, 5));
+    let slog = o.bed.log_tail(srv, 5);
+    assert!(slog.contains(&format!("listening ('{v1a}', 7814)")), "bound to its virtual address: {slog}");
+    assert!(slog.contains(&format!("peer {v2a}")), "{slog}");
 
     // A virtual address nobody holds: a clear refusal, not a hang.
     let (ok, log) = preloaded(
