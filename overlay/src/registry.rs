@@ -38,6 +38,8 @@ pub struct Registry {
     /// Virtual addresses by name, kept after a node leaves.
     leases: HashMap<String, Ipv4Addr>,
     leased: HashMap<Ipv4Addr, String>,
+    /// A lease was made or moved since [`Registry::take_leases_changed`].
+    leases_changed: bool,
     entries: HashMap<NodeId, Entry>,
     by_name: HashMap<String, NodeId>,
     session_node: HashMap<SessionId, NodeId>,
@@ -72,12 +74,42 @@ impl Registry {
             vnet: (net, prefix),
             leases: HashMap::new(),
             leased: HashMap::new(),
+            leases_changed: false,
             entries: HashMap::new(),
             by_name: HashMap::new(),
             session_node: HashMap::new(),
             relays: Vec::new(),
             out: VecDeque::new(),
         })
+    }
+
+    /// Every lease, by address: what a restarted server takes back
+    /// ([`Registry::restore_leases`]; [`format_leases`] writes them).
+    pub fn leases(&self) -> Vec<(Ipv4Addr, String)> {
+        let mut v: Vec<(Ipv4Addr, String)> = self.leased.iter().map(|(a, n)| (*a, n.clone())).collect();
+        v.sort();
+        v
+    }
+
+    /// Takes back leases a previous run made. Those outside the virtual
+    /// network, or whose name or address is taken already, are skipped and
+    /// returned (to be logged).
+    pub fn restore_leases(&mut self, leases: Vec<(Ipv4Addr, String)>) -> Vec<(Ipv4Addr, String)> {
+        let mut skipped = Vec::new();
+        for (ip, name) in leases {
+            if !self.in_vnet(ip) || self.leased.contains_key(&ip) || self.leases.contains_key(&name) {
+                skipped.push((ip, name));
+                continue;
+            }
+            self.leases.insert(name.clone(), ip);
+            self.leased.insert(ip, name);
+        }
+        skipped
+    }
+
+    /// Whether a lease was made or moved since the last call.
+    pub fn take_leases_changed(&mut self) -> bool {
+        std::mem::take(&mut self.leases_changed)
     }
 
     /// The virtual network.
@@ -116,7 +148,9 @@ impl Registry {
             {
                 self.leased.remove(&old);
             }
-            self.leased.insert(ip, name.to_owned());
+            if self.leased.insert(ip, name.to_owned()).is_none() {
+                self.leases_changed = true;
+            }
             return Ok(ip);
         }
         if let Some(ip) = self.leases.get(name) {
@@ -133,6 +167,7 @@ impl Registry {
         };
         self.leases.insert(name.to_owned(), ip);
         self.leased.insert(ip, name.to_owned());
+        self.leases_changed = true;
         Ok(ip)
     }
 
@@ -288,6 +323,35 @@ impl Registry {
     }
 }
 
+/// Leases as text: one `ADDRESS NAME` line each, as in /etc/hosts (so the
+/// file a bootstrap server keeps is a hosts file too).
+pub fn format_leases(leases: &[(Ipv4Addr, String)]) -> String {
+    let mut s = String::from("# xsock bootstrap server: virtual address leases (ADDRESS NAME), as /etc/hosts\n");
+    for (ip, name) in leases {
+        s += &format!("{ip}\t{name}\n");
+    }
+    s
+}
+
+/// Reads [`format_leases`]'s text; blank lines and `#` comments are
+/// skipped. The error names the line.
+pub fn parse_leases(text: &str) -> Result<Vec<(Ipv4Addr, String)>, String> {
+    let mut v = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut parts = line.split_whitespace();
+        let (Some(ip), Some(name), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(format!("line {}: {line:?} is not ADDRESS NAME", i + 1));
+        };
+        let ip = ip.parse().map_err(|e| format!("line {}: {ip:?}: {e}", i + 1))?;
+        v.push((ip, name.to_owned()));
+    }
+    Ok(v)
+}
+
 /// Whether `ip` is a host address of `net` (neither its network nor its
 /// broadcast address).
 pub fn in_net((net, prefix): (Ipv4Addr, u8), ip: Ipv4Addr) -> bool {
@@ -413,6 +477,34 @@ mod tests {
         r.handle_message(5, [10, 0, 0, 2].into(), &register_as(5, "h1")[4..]).unwrap();
         let back = drain(&mut r).into_iter().find(|(s, _)| *s == 5).unwrap();
         assert_eq!(vaddr_of(&back.1), got[0]);
+    }
+
+    #[test]
+    fn leases_survive_a_restart_through_their_text() {
+        let mut r = Registry::with_vnet([100, 64, 0, 0].into(), 16).unwrap();
+        assert!(!r.take_leases_changed());
+        r.handle_message(1, [10, 0, 0, 2].into(), &register_as(1, "h1")[4..]).unwrap();
+        r.handle_message(2, [10, 0, 0, 3].into(), &register_asking(2, "h2", Some([100, 64, 9, 9]))[4..]).unwrap();
+        assert!(r.take_leases_changed());
+        assert!(!r.take_leases_changed(), "taken");
+        let text = format_leases(&r.leases());
+        // A new server, its file read back: the names keep their addresses
+        // whatever order they come back in.
+        let mut again = Registry::with_vnet([100, 64, 0, 0].into(), 16).unwrap();
+        let mut back = parse_leases(&text).unwrap();
+        back.push((Ipv4Addr::new(10, 0, 0, 1), "outside".into()));
+        back.push((Ipv4Addr::new(100, 64, 9, 9), "dup".into()));
+        let skipped = again.restore_leases(back);
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        again.handle_message(7, [10, 0, 0, 3].into(), &register_as(7, "h2")[4..]).unwrap();
+        again.handle_message(8, [10, 0, 0, 4].into(), &register_as(8, "h9")[4..]).unwrap();
+        again.handle_message(9, [10, 0, 0, 2].into(), &register_as(9, "h1")[4..]).unwrap();
+        let out = drain(&mut again);
+        let of = |s: SessionId| vaddr_of(&out.iter().find(|(x, _)| *x == s).unwrap().1);
+        assert_eq!((of(7), of(9)), (Ipv4Addr::new(100, 64, 9, 9), Ipv4Addr::new(100, 64, 0, 1)));
+        assert_eq!(of(8), Ipv4Addr::new(100, 64, 0, 2), "a new name takes a free address");
+        assert!(parse_leases("100.64.0.1 a b\n").unwrap_err().starts_with("line 1"));
+        assert!(parse_leases("# c\n\nx a\n").unwrap_err().starts_with("line 3"));
     }
 
     #[test]

@@ -24,6 +24,17 @@ fn start_boot(bed: &Testbed, host: &Host, xsock: &str, addr: &str, key: &std::pa
     bed.spawn_ready(host, xsock, &args, || host.listening(port)).unwrap()
 }
 
+/// Bootstrap server `k`'s virtual address leases (`xsock boot --leases`).
+pub fn leases_path(dir: &std::path::Path, k: usize) -> PathBuf {
+    dir.join(format!("boot{k}.leases"))
+}
+
+fn with_leases(flags: &[String], dir: &std::path::Path, k: usize) -> Vec<String> {
+    let mut f = flags.to_vec();
+    f.extend(["--leases".to_owned(), leases_path(dir, k).display().to_string()]);
+    f
+}
+
 /// Port relays accept relay links on.
 pub const WAN_PORT: u16 = 7402;
 /// First port of `xsock mesh` endpoints.
@@ -171,7 +182,7 @@ impl Overlay {
         let mut boots = Vec::new();
         for k in 0..servers.max(1) {
             let addr = format!("{BOOT_IP}:{}", BOOT_PORT + 10 * k as u16);
-            let pid = start_boot(&bed, &sites.boot, xsock, &addr, &key, &boot_flags);
+            let pid = start_boot(&bed, &sites.boot, xsock, &addr, &key, &with_leases(&boot_flags, &dir, k));
             boots.push((addr, pid));
         }
         let boot = boots.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>().join(",");
@@ -223,7 +234,8 @@ impl Overlay {
     pub fn restart_boot_with(&mut self, k: usize, forget_list: bool) -> u32 {
         let addr = self.boots[k].0.clone();
         let flags = if forget_list { &self.boot_flags.1 } else { &self.boot_flags.0 };
-        let pid = start_boot(&self.bed, &self.sites.boot, &self.xsock, &addr, &self.key, flags);
+        let flags = with_leases(flags, &self.dir, k);
+        let pid = start_boot(&self.bed, &self.sites.boot, &self.xsock, &addr, &self.key, &flags);
         self.boots[k].1 = pid;
         pid
     }

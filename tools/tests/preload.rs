@@ -428,6 +428,12 @@ fn programs_reach_another_lan_by_virtual_address() {
         ip.to_owned()
     };
     let (v1a, v2a) = (vaddr("n1a"), vaddr("n2a"));
+    // The bootstrap server keeps the same leases in its file (a restart
+    // gives the names their addresses back).
+    let kept = std::fs::read_to_string(xsock_testbed::overlay::leases_path(&o.dir, 0)).unwrap();
+    for name in ["n1a", "n1b", "n2a"] {
+        assert!(kept.contains(&format!("{}\t{name}", vaddr(name))), "{name} in the leases file: {kept}");
+    }
     vaddr("n1b");
     assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 3, "endpoints only, relays have none: {text}");
     let vcs = || -> u64 { o.status("nat1-x0")["counters"]["vcs_opened"].as_u64().unwrap_or(0) };

@@ -49,6 +49,33 @@ pub struct Boot {
     /// addresses). Give every bootstrap server the same one.
     #[arg(long, value_name = "NET/PREFIX", default_value = "100.64.0.0/16", value_parser = parse_vnet)]
     vnet: (Ipv4Addr, u8),
+    /// Keep the virtual address leases in this file (ADDRESS NAME lines, a
+    /// hosts file), written on every new lease and read at start: a
+    /// restarted server gives every name its address back.
+    #[arg(long, value_name = "FILE")]
+    leases: Option<PathBuf>,
+}
+
+/// The leases a previous run kept in `path` (none if it does not exist).
+fn read_leases(path: &std::path::Path) -> Result<Vec<(Ipv4Addr, String)>, Fail> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => xsock_overlay::registry::parse_leases(&text)
+            .map_err(|e| Fail::msg(format!("{}: {e} (fix or remove the file)", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Fail::msg(format!("cannot read the leases file {}: {e}", path.display()))),
+    }
+}
+
+/// Writes the leases whole (a temporary file renamed over the old one, so
+/// a crash leaves one or the other).
+fn write_leases(path: &std::path::Path, reg: &Registry) {
+    let tmp = path.with_extension("tmp");
+    let text = xsock_overlay::registry::format_leases(&reg.leases());
+    let r = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = r {
+        let _ = std::fs::remove_file(&tmp);
+        log::warn!("cannot write the leases file {}: {e}; a restart would hand out new addresses", path.display());
+    }
 }
 
 /// `A.B.C.D/P`, checked as [`Registry::with_vnet`] checks it.
@@ -74,6 +101,14 @@ impl Boot {
     pub fn run(self) -> Result<(), Fail> {
         let key = key_from(self.key_file.as_deref())?;
         let me = load_identity(self.cert.as_deref(), self.revoked.as_deref(), Role::Boot, None)?;
+        let mut reg = Registry::with_vnet(self.vnet.0, self.vnet.1).map_err(Fail::msg)?;
+        if let Some(path) = &self.leases {
+            let skipped = reg.restore_leases(read_leases(path)?);
+            for (ip, name) in &skipped {
+                log::warn!("{}: skipped the lease of {ip} to {name} (outside --vnet, or a duplicate)", path.display());
+            }
+            log::info!("took back {} leases from {}", reg.leases().len(), path.display());
+        }
         let listener = TcpListener::bind(self.listen).map_err(|e| {
             Fail::msg(format!("cannot listen on {}: {e} (is the address on this host, the port free?)", self.listen))
         })?;
@@ -101,7 +136,7 @@ impl Boot {
         }
         let shared = me.clone();
         std::thread::Builder::new().name("boot-accept".into()).spawn(move || accept_loop(listener, (key, me), tx))?;
-        serve(rx, &shared, self.vnet);
+        serve(rx, &shared, reg, self.leases.as_deref());
         Ok(())
     }
 }
@@ -211,8 +246,7 @@ fn take_revocations(
     }
 }
 
-fn serve(rx: Receiver<Event>, me: &Mutex<Identity>, vnet: (Ipv4Addr, u8)) {
-    let mut reg = Registry::with_vnet(vnet.0, vnet.1).expect("checked when parsed");
+fn serve(rx: Receiver<Event>, me: &Mutex<Identity>, mut reg: Registry, leases: Option<&std::path::Path>) {
     let mut sessions: HashMap<SessionId, Session> = HashMap::new();
     let mut out = Vec::new();
     // The list relays get (the newest taken), as bytes.
@@ -269,6 +303,11 @@ fn serve(rx: Receiver<Event>, me: &Mutex<Identity>, vnet: (Ipv4Addr, u8)) {
             && let Some(list) = list_of(me)
         {
             let _ = s.send(&Msg::Revocations { list: &list }.to_frame(), &mut out);
+        }
+        if reg.take_leases_changed()
+            && let Some(path) = leases
+        {
+            write_leases(path, &reg);
         }
     }
 }
