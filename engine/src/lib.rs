@@ -275,7 +275,10 @@ impl Engine {
             .build()
             .map_err(|source| EngineError::Interface { iface: cfg.iface.clone(), source })?;
         let overlay = match cfg.overlay.clone() {
-            Some(ocfg) => {
+            Some(mut ocfg) => {
+                // Every relay of the LAN delivers through a session: the
+                // engine's listeners take plain streams only.
+                ocfg.sessions = usize::MAX;
                 let name = ocfg.name.clone();
                 let node = xsock::overlay::Node::join(&rt, ocfg).map_err(|e| {
                     EngineError::Config(format!("the engine could not join the overlay as {name}: {e}"))
@@ -730,6 +733,19 @@ impl Engine {
             match l.listener.try_accept_tagged() {
                 Ok((s, tag)) => {
                     let (mut local, mut peer) = (s.local_addr(), s.peer_addr());
+                    if tag.is_none() && self.overlay.as_ref().is_some_and(|o| o.node.is_lan_relay(*peer.ip())) {
+                        // A relay delivering by a LAN stream (its preamble
+                        // would reach the program as bytes): refused; the
+                        // engine attaches to every relay of its LAN.
+                        log::warn!(
+                            "engine: relay {} opened a LAN stream to port {}; refused (the engine takes virtual \
+                             connections over its relay sessions, and attaches to a new relay within 5 s)",
+                            peer.ip(),
+                            local.port()
+                        );
+                        s.abort();
+                        continue;
+                    }
                     // A virtual connection: it shows the opener's virtual
                     // address (a VC has no source port: one is made up).
                     if let (Some(src), Some(o)) = (tag, &mut self.overlay) {

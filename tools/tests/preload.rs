@@ -399,11 +399,15 @@ fn programs_reach_another_lan_by_virtual_address() {
     };
     let specs = [
         SiteSpec { name: "hub", policy: Policy::Open, relays: 1, hosts: 1 },
-        SiteSpec { name: "nat1", policy: Policy::Nat, relays: 1, hosts: 2 },
+        SiteSpec { name: "nat1", policy: Policy::Nat, relays: 2, hosts: 2 },
         SiteSpec { name: "nat2", policy: Policy::Nat, relays: 1, hosts: 1 },
     ];
     let o = Overlay::start(XSOCK, "vaddr", &specs);
-    o.converge(&["hub-x0", "nat1-x0", "nat2-x0"], Duration::from_secs(20));
+    o.converge(&["hub-x0", "nat1-x0", "nat1-x1", "nat2-x0"], Duration::from_secs(20));
+    // nat1's second relay is down while the engines attach, and comes back
+    // at the end: they must attach to it (below).
+    let x1 = o.relays.iter().position(|(n, _, _)| n == "nat1-x1").unwrap();
+    o.bed.kill9(o.relays[x1].2).unwrap();
     let (n1, n2) = (&o.sites.sites[1], &o.sites.sites[2]);
     let hosts = [("n1a", &n1.hosts[0]), ("n1b", &n1.hosts[1]), ("n2a", &n2.hosts[0])];
     let mut engines = Vec::new();
@@ -580,4 +584,20 @@ fn programs_reach_another_lan_by_virtual_address() {
     let log = o.bed.log_tail(cli, 20);
     let elog: Vec<String> = engines.iter().map(|p| o.bed.log_tail(*p, 30)).collect();
     assert!(log.contains("reset: [Errno 104]"), "the reader saw the kill as a reset: {log}\nengines: {elog:#?}");
+
+    // nat1's second relay back: both of nat1's engines attach to it (its
+    // VCs would otherwise reach them as LAN streams, which they refuse).
+    let host = o.relays[x1].1.clone();
+    o.start_relay("nat1-x1", &host, None);
+    let t0 = std::time::Instant::now();
+    let attached = || o.status("nat1-x1")["counters"]["sessions_attached"].as_u64().unwrap_or(0);
+    while attached() < 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the engines did not attach to nat1-x1: {}",
+            o.status("nat1-x1")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("nat1's engines attached to the restarted relay after {:?}", t0.elapsed());
 }

@@ -43,6 +43,11 @@ pub struct OverlayConfig {
     /// The virtual address to ask for (by default the bootstrap server
     /// leases one to the name).
     pub vaddr: Option<std::net::Ipv4Addr>,
+    /// Relays of our LAN to attach to: the first carries our opens, the
+    /// rest stand by and deliver to us (default 2; `usize::MAX`: every
+    /// one, as a host engine does, whose listeners take no relay's LAN
+    /// stream).
+    pub sessions: usize,
 }
 
 impl OverlayConfig {
@@ -54,7 +59,16 @@ impl OverlayConfig {
     /// `name` joining through every server of `boots` with `key`.
     pub fn with_boots(boots: Vec<SocketAddrV4>, name: impl Into<String>, key: Key) -> Self {
         let identity = super::Identity::plain(super::process_key().clone());
-        Self { boots, name: name.into(), key, rank: None, timeout: Duration::from_secs(5), identity, vaddr: None }
+        Self {
+            boots,
+            name: name.into(),
+            key,
+            rank: None,
+            timeout: Duration::from_secs(5),
+            identity,
+            vaddr: None,
+            sessions: STANDBYS + 1,
+        }
     }
 }
 
@@ -77,6 +91,8 @@ struct Inner {
     site: SiteId,
     vaddr: Option<std::net::Ipv4Addr>,
     vnet: (std::net::Ipv4Addr, u8),
+    /// How many relays to attach to.
+    max_sessions: usize,
     timeout: Duration,
     boot: Mutex<Boots>,
     cache: Mutex<HashMap<String, Entry>>,
@@ -93,7 +109,8 @@ struct Inner {
     attach_failed: Mutex<Option<Instant>>,
 }
 
-/// Sessions kept beside the one opened through (where the LAN has more relays).
+/// Sessions kept beside the one opened through (where the LAN has more
+/// relays), by default.
 const STANDBYS: usize = 1;
 
 /// How long after a failed attach connects open a stream each instead.
@@ -151,6 +168,7 @@ impl Node {
                 site,
                 vaddr: placed.vaddr,
                 vnet: placed.vnet,
+                max_sessions: cfg.sessions.max(1),
                 timeout: cfg.timeout,
                 boot: Mutex::new(boot),
                 cache: Mutex::new(HashMap::new()),
@@ -188,40 +206,21 @@ impl Node {
         r.ok()
     }
 
-    /// Attaches to (up to) two relays of our LAN: one stream and one
-    /// handshake each, then every virtual connection of this node rides
-    /// them. Returns the first.
+    /// Attaches to (up to) two relays of our LAN (or as many as the
+    /// config says): one stream and one handshake each, then every virtual
+    /// connection of this node rides them. Returns the first.
     fn attach(&self) -> Result<Arc<Session>, Error> {
         let n = &self.inner;
         let relays = self.relays_for(n.id, false)?;
         let mut err = None;
         let mut got = Vec::new();
         for relay in relays {
-            if got.len() == STANDBYS + 1 {
+            if got.len() == n.max_sessions {
                 break;
             }
-            let t = Instant::now();
-            let attached =
-                Stream::connect(&n.rt, SocketAddrV4::new(relay.lan_ip, relay.serve_port)).and_then(|mut s| {
-                    let hs = Handshake::new(n.key.clone(), Role::Endpoint, &n.name, fresh_nonce());
-                    match run_preamble(&mut s, Preamble::attach(hs, n.id), t + n.timeout)? {
-                        Ok(_) => Ok(s),
-                        Err(e) => Err(preamble_error(e)),
-                    }
-                });
-            match attached.and_then(|s| Session::start(&n.rt, s, n.id, relay.name.clone())) {
-                Ok(session) => {
-                    let session = Arc::new(session);
-                    for (port, l) in n.listeners.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-                        if let Some(l) = l.upgrade() {
-                            session.listen(*port, &l)?;
-                        }
-                    }
-                    log::info!("attached to relay {} in {:?}", relay.name, t.elapsed());
-                    got.push(session);
-                }
+            match self.attach_to(&relay) {
+                Ok(session) => got.push(session),
                 Err(e) => {
-                    log::debug!("attaching to relay {}: {e}", relay.name);
                     err.get_or_insert(e);
                 }
             }
@@ -234,6 +233,60 @@ impl Node {
         first.ok_or_else(|| err.unwrap_or_else(|| Error::Overlay("no relay serves our LAN".into())))
     }
 
+    /// One session with `relay`, our listeners told to it.
+    fn attach_to(&self, relay: &Entry) -> Result<Arc<Session>, Error> {
+        let n = &self.inner;
+        let t = Instant::now();
+        let attached = Stream::connect(&n.rt, SocketAddrV4::new(relay.lan_ip, relay.serve_port)).and_then(|mut s| {
+            let hs = Handshake::new(n.key.clone(), Role::Endpoint, &n.name, fresh_nonce());
+            match run_preamble(&mut s, Preamble::attach(hs, n.id), t + n.timeout)? {
+                Ok(_) => Ok(s),
+                Err(e) => Err(preamble_error(e)),
+            }
+        });
+        let session = match attached.and_then(|s| Session::start(&n.rt, s, n.id, relay.name.clone())) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                log::debug!("attaching to relay {}: {e}", relay.name);
+                return Err(e);
+            }
+        };
+        for (port, l) in n.listeners.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            if let Some(l) = l.upgrade() {
+                session.listen(*port, &l)?;
+            }
+        }
+        log::info!("attached to relay {} in {:?}", relay.name, t.elapsed());
+        Ok(session)
+    }
+
+    /// A node that attaches to every relay of its LAN (a host engine's)
+    /// attaches to those it holds no live session with: a relay started
+    /// after it attached would otherwise deliver by a LAN stream, which
+    /// the engine's listeners do not take.
+    fn top_up(&self) {
+        let n = &self.inner;
+        if n.max_sessions != usize::MAX {
+            return;
+        }
+        let live: Vec<String> = {
+            let sessions = n.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            sessions.iter().filter(|s| s.dead().is_none()).map(|s| s.relay.clone()).collect()
+        };
+        if live.is_empty() {
+            return; // session() attaches afresh
+        }
+        // (One request to a bootstrap server each time: a host engine's.)
+        let Ok(relays) = self.relays_for(n.id, true) else { return };
+        for relay in relays.iter().filter(|r| !live.contains(&r.name)) {
+            if let Ok(s) = self.attach_to(relay) {
+                let mut sessions = n.sessions.lock().unwrap_or_else(|p| p.into_inner());
+                sessions.retain(|s| s.dead().is_none());
+                sessions.push(s);
+            }
+        }
+    }
+
     /// A helper thread that registers again with servers that come back
     /// (and tells them our ports), and attaches again once every relay
     /// session ended (a relay restarted: a node that only listens would
@@ -242,9 +295,12 @@ impl Node {
     fn keep_registered(&self) {
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         let _ = std::thread::Builder::new().name("xsock-boots".into()).spawn(move || {
-            loop {
+            for tick in 1u64.. {
                 std::thread::sleep(Duration::from_millis(200));
                 let Some(inner) = weak.upgrade() else { return };
+                if tick % 25 == 0 {
+                    Node { inner: inner.clone() }.top_up();
+                }
                 let ports: Vec<u16> = inner.ports.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
                 inner.boot.lock().unwrap_or_else(|p| p.into_inner()).revive(&ports);
                 let lost = {
@@ -355,6 +411,12 @@ impl Node {
             Some(e) => Ok(e),
             None => self.resolve_addr(ip),
         }
+    }
+
+    /// Whether `ip` is the LAN address of a relay of our LAN, as last
+    /// heard (no request).
+    pub fn is_lan_relay(&self, ip: std::net::Ipv4Addr) -> bool {
+        self.inner.relays.lock().unwrap_or_else(|p| p.into_inner()).0.iter().any(|e| e.lan_ip == ip)
     }
 
     /// The node with id `node`, if the cache knows it.
