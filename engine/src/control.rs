@@ -176,6 +176,11 @@ impl Engine {
                 {
                     c.released = true;
                 }
+                if let Some(d) = self.direct.get(&stream)
+                    && (d.client == id || Some(d.pid) == pid)
+                {
+                    d.end.set_released();
+                }
                 Ok(())
             }
             Msg::Sync { req } => {
@@ -183,7 +188,17 @@ impl Engine {
                 Ok(())
             }
             Msg::HowEnded { req, stream } => {
+                self.prune_direct();
                 let pid = self.clients.get(&id).map(|c| c.pid);
+                // A handed-over VC whose session is still letting go of it.
+                if let Some(d) = self.direct.get(&stream)
+                    && Some(d.pid) == pid
+                    && let Some(e) = d.end.error()
+                {
+                    let end = End::of(&e);
+                    self.send_to(id, &Msg::Failed { req, kind: end.kind, text: &end.text }, None);
+                    return Ok(());
+                }
                 match self.ended.get(&stream) {
                     Some((owner, _)) if Some(*owner) == pid => {
                         let (_, end) = self.ended.remove(&stream).expect("there");
@@ -196,6 +211,7 @@ impl Engine {
                 Ok(())
             }
             Msg::Status { req } => {
+                self.prune_direct();
                 let json = self.status_json().to_string();
                 self.send_to(id, &Msg::StatusReply { req, json: &json }, None);
                 Ok(())

@@ -190,6 +190,8 @@ struct Totals {
     refused: u64,
     streams: u64,
     kernel_handed: u64,
+    /// VCs handed to the preload as they are.
+    vcs_handed: u64,
     process_gone_resets: u64,
     failed_connects: u64,
     moved: Moved,
@@ -229,6 +231,16 @@ pub struct Engine {
     /// asks ([`Msg::HowEnded`]); the oldest go past [`ENDED_KEPT`].
     ended: HashMap<u32, (i32, End)>,
     ended_order: std::collections::VecDeque<u32>,
+    /// Virtual connections handed to the preload as they are (their
+    /// socket is the program's; the overlay session moves the bytes).
+    direct: HashMap<u32, Direct>,
+}
+
+/// A VC whose socket a process holds.
+struct Direct {
+    client: u32,
+    pid: i32,
+    end: std::sync::Arc<xsock::overlay::VcEnd>,
 }
 
 /// Bad ends kept for the processes to ask about.
@@ -340,6 +352,7 @@ impl Engine {
             overlay,
             ended: HashMap::new(),
             ended_order: Default::default(),
+            direct: HashMap::new(),
         })
     }
 
@@ -537,6 +550,35 @@ impl Engine {
                 self.send_to(client, &make(id, xsock_attach::PathKind::Kernel, 0), Some(OwnedFd::from(sock)));
             }
             Err(stream) => {
+                // A VC for the preload: its socket is handed over as it is,
+                // no bridge (the session pump moves its bytes, and aborts it
+                // if the process dies holding it).
+                let stream = if self.clients.get(&client).is_some_and(|c| !c.ends) {
+                    match stream.into_vc() {
+                        Ok((sock, end)) => {
+                            end.set_owner(pid);
+                            if !self.send_to(
+                                client,
+                                &make(id, xsock_attach::PathKind::Link, 0),
+                                Some(OwnedFd::from(sock)),
+                            ) {
+                                return;
+                            }
+                            self.totals.streams += 1;
+                            self.totals.vcs_handed += 1;
+                            if let Some(c) = self.clients.get_mut(&client) {
+                                c.streams.insert(id);
+                            }
+                            self.ended.remove(&id);
+                            self.direct.insert(id, Direct { client, pid, end });
+                            self.prune_direct();
+                            return;
+                        }
+                        Err(stream) => stream,
+                    }
+                } else {
+                    stream
+                };
                 let path = match stream.path() {
                     xsock::Path::Tcp => xsock_attach::PathKind::Tcp,
                     _ => xsock_attach::PathKind::Link,
@@ -657,6 +699,25 @@ impl Engine {
                     self.totals.process_gone_resets += 1;
                     return self.drop_carried(id, Some(Gone));
                 }
+            }
+        }
+    }
+
+    /// Lets go of the handed-over VCs whose session ended them: their
+    /// bytes join the totals, a bad end is kept for the process to ask.
+    pub(crate) fn prune_direct(&mut self) {
+        let done: Vec<u32> =
+            self.direct.iter().filter(|(_, d)| std::sync::Arc::strong_count(&d.end) == 1).map(|(id, _)| *id).collect();
+        for id in done {
+            let Some(d) = self.direct.remove(&id) else { continue };
+            let (to_net, to_app) = d.end.moved();
+            self.totals.moved.to_net += to_net;
+            self.totals.moved.to_app += to_app;
+            if let Some(c) = self.clients.get_mut(&d.client) {
+                c.streams.remove(&id);
+            }
+            if let Some(e) = d.end.error() {
+                self.remember_end(id, d.pid, End::of(&e));
             }
         }
     }

@@ -18,6 +18,11 @@ impl Engine {
             ring_streams += usize::from(c.bridge.has_rings());
             bells += c.bridge.bells;
         }
+        for d in self.direct.values() {
+            let (n, a) = d.end.moved();
+            to_net += n;
+            to_app += a;
+        }
         let mem = self.rt.memory();
         let queues: Vec<Value> = self
             .rt
@@ -73,7 +78,9 @@ impl Engine {
             "socket": self.place.socket().display().to_string(),
             "uptime_s": self.started.elapsed().as_secs_f64(),
             "clients": self.clients.len(),
-            "streams": self.carried.len(),
+            "streams": self.carried.len() + self.direct.len(),
+            "vcs_handed_over": self.direct.len(),
+            "vcs_handed_over_total": self.totals.vcs_handed,
             "connecting": self.connecting.len(),
             "listeners": self.listens.len(),
             "attached_total": self.totals.attached,

@@ -478,6 +478,8 @@ fn programs_reach_another_lan_by_virtual_address() {
     let (e1, k1) = counters(&n1.hosts[0]);
     assert!(e1 - e0 >= data.len() as u64, "the file crossed n1a's engine ({} bytes)", e1 - e0);
     assert!(k1 - k0 < 100, "n1a's kernel TCP sent {} segments for the file", k1 - k0);
+    let st = status(&n1.hosts[0]);
+    assert!(st["vcs_handed_over_total"].as_u64() > Some(0), "the VC's socket went to nc as it is: {st}");
     // nat2 -> nat1, the listener sending.
     nc(&n1.hosts[0], &n2.hosts[0], &v1a, 7812, true);
     // Inside nat1: by virtual address, directly (no relay).

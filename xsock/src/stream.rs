@@ -1016,6 +1016,21 @@ impl Stream {
         self.abort_with(RstReason::ProcessGone);
     }
 
+    /// A virtual connection's socket and the record of how it ends, to
+    /// hand the socket on as it is (a host engine passes it to a process);
+    /// any other stream comes back unchanged.
+    pub fn into_vc(self) -> Result<(std::os::unix::net::UnixStream, Arc<crate::overlay::VcEnd>), Stream> {
+        use crate::path::kernel::{EndWatch, Sock};
+        match self.conn {
+            Conn::Kernel(Sock::Engine(e)) if e.rings.is_none() && matches!(&*e.end, EndWatch::Vc(_)) => {
+                let EndWatch::Vc(end) = &*e.end else { unreachable!("matched above") };
+                let end = end.clone();
+                Ok((e.sock, end))
+            }
+            conn => Err(Stream { conn, ..self }),
+        }
+    }
+
     /// The kernel socket of a connection that took kernel TCP, to hand on
     /// as it is (a host engine passes it to its client); any other stream
     /// comes back unchanged.

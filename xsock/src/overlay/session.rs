@@ -41,6 +41,13 @@ pub struct VcEnd {
     /// Our side aborts: when the pump finds our socket closed, it aborts
     /// the VC with this reason instead of closing it.
     abort: Mutex<Option<&'static str>>,
+    /// Handed to a process as it is (a host engine's client): its pid, and
+    /// whether it let go of the stream; a closed socket whose process was
+    /// killed first aborts the VC.
+    owner: Mutex<Option<(i32, bool)>>,
+    /// Bytes the pump moved toward the far end and toward us.
+    to_net: std::sync::atomic::AtomicU64,
+    to_app: std::sync::atomic::AtomicU64,
 }
 
 impl VcEnd {
@@ -48,6 +55,46 @@ impl VcEnd {
     /// client was killed: its far end must not take the end as complete).
     pub(crate) fn request_abort(&self, why: &'static str) {
         *self.abort.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+
+    /// The socket is process `pid`'s now (a host engine handed it over):
+    /// if it closes after the process died without letting go, the VC is
+    /// aborted, as a killed program's connections are.
+    pub fn set_owner(&self, pid: i32) {
+        *self.owner.lock().unwrap_or_else(|p| p.into_inner()) = Some((pid, false));
+    }
+
+    /// The owner let go of the stream: its close is orderly even if the
+    /// process is exiting by then.
+    pub fn set_released(&self) {
+        if let Some(o) = self.owner.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            o.1 = true;
+        }
+    }
+
+    /// Why the VC ended, if not cleanly (for a host engine answering its
+    /// client).
+    pub fn error(&self) -> Option<Error> {
+        self.end_of()
+    }
+
+    /// Bytes moved so far: (toward the far end, toward us).
+    pub fn moved(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.to_net.load(Relaxed), self.to_app.load(Relaxed))
+    }
+
+    /// The reason to abort with, now that our socket closed, if any.
+    fn abort_on_close(&self) -> Option<&'static str> {
+        if let Some(why) = *self.abort.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Some(why);
+        }
+        let (pid, released) = (*self.owner.lock().unwrap_or_else(|p| p.into_inner()))?;
+        use xsock_nic::sys::ProcessState;
+        let lives = matches!(xsock_nic::sys::process_state(pid), ProcessState::Alive | ProcessState::Exiting { .. });
+        (!released && !lives).then_some(
+            "the far end's process went away (killed or crashed) with the connection open; its xsock engine reset it",
+        )
     }
 
     fn set(&self, why: &str) {
@@ -496,7 +543,10 @@ impl Pump {
                     v.pending.extend_from_slice(&buf[..got]);
                 }
                 match xsock_nic::unix::send_nosignal(v.sock.as_fd(), &v.pending[v.off..]) {
-                    Ok(k) => v.off += k,
+                    Ok(k) => {
+                        v.off += k;
+                        v.end.to_app.fetch_add(k as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) => {
                         broken = Some(format!("the application's end went away: {e}"));
@@ -516,9 +566,8 @@ impl Pump {
             // Application -> far end, within the credit.
             let space = self.core.send_space(vc).min(buf.len());
             if !v.app_done && space > 0 && self.core.queued() < MAX_QUEUED {
-                let abort = *v.end.abort.lock().unwrap_or_else(|p| p.into_inner());
                 match v.sock.read(&mut buf[..space]) {
-                    Ok(0) if let Some(why) = abort => {
+                    Ok(0) if let Some(why) = v.end.abort_on_close() => {
                         log::debug!("overlay session: VC {vc} aborted by our side: {why}");
                         self.drop_vc(vc, why);
                         continue;
@@ -530,6 +579,7 @@ impl Pump {
                     }
                     Ok(n) => {
                         self.core.write(vc, &buf[..n]);
+                        v.end.to_net.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(e) => {
