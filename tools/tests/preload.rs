@@ -414,7 +414,9 @@ fn programs_reach_another_lan_by_virtual_address() {
     for (name, h) in hosts {
         let mut args = vec!["engine".to_owned()];
         args.extend(o.join_flags(name));
-        let cmd = format!("RUST_LOG=xsock_engine=debug,xsock::overlay=debug {XSOCK} {}", args.join(" "));
+        // (exec: the engine leads its process group, so the testbed's
+        // SIGTERM waits for its clean-up.)
+        let cmd = format!("exec env RUST_LOG=xsock_engine=debug,xsock::overlay=debug {XSOCK} {}", args.join(" "));
         let pid = o.bed.spawn(h, "sh", &["-c", &cmd]).unwrap();
         engines.push(pid);
         wait_for("the engine to join and listen", Duration::from_secs(15), || {
