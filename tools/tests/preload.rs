@@ -18,6 +18,7 @@ use xsock_testbed::{Host, LinkOpts, Testbed, require_root};
 
 const XSOCK: &str = env!("CARGO_BIN_EXE_xsock");
 const ECHO_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/preload/echo.py");
+const RESET_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/preload/reset.py");
 
 fn start_engine(bed: &Testbed, host: &Host) -> u32 {
     let pid = bed.spawn(host, XSOCK, &["engine", "--iface", "eth0"]).unwrap();
@@ -336,6 +337,29 @@ fn mpich_ranks_on_two_hosts_run_over_xsock() {
     assert!(segs * 5 < kernel_segs, "kernel TCP segments with the preload {segs}, without {kernel_segs}");
 }
 
+/// A peer process killed -9 with a stream open, on one LAN (reliable-link
+/// through both engines): the reader's next read fails with ECONNRESET,
+/// never an end it could take for a complete transfer.
+#[test]
+fn a_killed_peer_reads_as_a_reset() {
+    require_root!();
+    let bed = Testbed::new().unwrap();
+    let (a, b) = bed.pair(LinkOpts::default(), "10.94.0").unwrap();
+    let _engines = (start_engine(&bed, &a), start_engine(&bed, &b));
+    let srv = bed.spawn(&b, XSOCK, &["preload", "python3", RESET_PY, "s", "7820"]).unwrap();
+    wait_for("python to listen", Duration::from_secs(10), || bed.log_tail(srv, 5).contains("listening"));
+    let cli = bed
+        .spawn(&a, "sh", &["-c", &format!("XSOCK_PRELOAD_LOG=1 {XSOCK} preload python3 {RESET_PY} c 10.94.0.2 7820")])
+        .unwrap();
+    wait_for("the client to read it all", Duration::from_secs(20), || bed.log_tail(cli, 20).contains("got all"));
+    bed.kill9(srv).unwrap();
+    assert!(bed.wait_exit(cli, Duration::from_secs(20)).unwrap().success(), "{}", bed.log_tail(cli, 20));
+    let log = bed.log_tail(cli, 20);
+    assert!(log.contains("over reliable-link"), "{log}");
+    assert!(log.contains("reset: [Errno 104]"), "the reader saw the kill as a reset: {log}");
+    assert_eq!(status(&b)["process_gone_resets_total"], 1, "b's engine reset the killed process's peer");
+}
+
 #[test]
 fn without_an_engine_programs_stay_on_the_kernel_or_fail_if_strict() {
     require_root!();
@@ -553,25 +577,7 @@ fn programs_reach_another_lan_by_virtual_address() {
 
     // A far process killed mid-stream: the reader's next read fails with
     // ECONNRESET (an end it could take for a complete transfer, never).
-    let reset = dir.join("reset.py");
-    std::fs::write(
-        &reset,
-        format!(
-            "import socket,sys,time\n\
-             if sys.argv[1]=='s':\n\
-             \x20 l=socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind(('0.0.0.0',7816)); l.listen(1)\n\
-             \x20 print('listening', flush=True); c,_=l.accept(); c.sendall(b'x'*65536); print('sent', flush=True); time.sleep(60)\n\
-             else:\n\
-             \x20 s=socket.create_connection(('{v2a}',7816)); got=0\n\
-             \x20 while got<65536: got+=len(s.recv(65536))\n\
-             \x20 print('got all', flush=True)\n\
-             \x20 try:\n\
-             \x20   r=s.recv(100); print('eof' if r==b'' else 'data')\n\
-             \x20 except ConnectionResetError as e: print('reset:', e)\n"
-        ),
-    )
-    .unwrap();
-    let srv = o.bed.spawn(&n2.hosts[0], XSOCK, &["preload", "python3", reset.to_str().unwrap(), "s"]).unwrap();
+    let srv = o.bed.spawn(&n2.hosts[0], XSOCK, &["preload", "python3", RESET_PY, "s", "7816"]).unwrap();
     wait_for("python to listen", Duration::from_secs(10), || o.bed.log_tail(srv, 5).contains("listening"));
     std::thread::sleep(Duration::from_millis(200));
     let cli = o
@@ -579,7 +585,7 @@ fn programs_reach_another_lan_by_virtual_address() {
         .spawn(
             &n1.hosts[0],
             "sh",
-            &["-c", &format!("XSOCK_PRELOAD_LOG=1 {XSOCK} preload python3 {} c", reset.display())],
+            &["-c", &format!("XSOCK_PRELOAD_LOG=1 {XSOCK} preload python3 {RESET_PY} c {v2a} 7816")],
         )
         .unwrap();
     wait_for("the client to read it all", Duration::from_secs(20), || o.bed.log_tail(cli, 20).contains("got all"));
