@@ -1,7 +1,8 @@
 //! The engine's node on the overlay (`xsock engine --boot ... --name ...`):
-//! one relay session for every process on the host. A process connects to
-//! a node's virtual address (leased by the bootstrap servers, `xsock
-//! hosts`) as to any IPv4 address; the engine resolves it and opens a
+//! one node, with a session to every relay of its LAN, for every process
+//! on the host. A process connects to a node's virtual address (leased by
+//! the bootstrap servers, `xsock engine --hosts`) as to any IPv4 address;
+//! the engine resolves it and opens a
 //! virtual connection with one `Open` per hop, or, for a node of this LAN,
 //! connects to it directly. A listener's port takes virtual connections
 //! beside the LAN's own.
@@ -65,7 +66,7 @@ impl Overlay {
         Ok(Overlay { node, tx, rx, bell: Arc::new(EventFd::new()?), fetched: None, pending: 0 })
     }
 
-    /// Whether `ip` is a virtual address (and not our own).
+    /// Whether `ip` is a virtual address.
     pub fn is_virtual(&self, ip: Ipv4Addr) -> bool {
         self.node.is_virtual(ip)
     }
