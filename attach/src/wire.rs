@@ -125,6 +125,22 @@ pub enum Msg<'a> {
         /// Echoed in the reply.
         req: u32,
     },
+    /// Client: which virtual address has the overlay node `name`?
+    /// Answered [`Msg::Found`], or [`Msg::Failed`] (no overlay, no such
+    /// node).
+    Lookup {
+        /// Echoed in the reply.
+        req: u32,
+        /// The node's name.
+        name: &'a str,
+    },
+    /// Engine: the answer to a [`Msg::Lookup`].
+    Found {
+        /// The request's.
+        req: u32,
+        /// The node's virtual address.
+        addr: Ipv4Addr,
+    },
     /// Client (the preload, which takes no [`Msg::Ended`]): how did
     /// `stream`, whose end it just read, end? Answered [`Msg::Failed`]
     /// with `req` if badly (the read then fails as Linux's would,
@@ -281,6 +297,7 @@ mod tag {
     pub const SYNC: u8 = 6;
     pub const CLOSE: u8 = 7;
     pub const HOW_ENDED: u8 = 8;
+    pub const LOOKUP: u8 = 9;
     pub const WELCOME: u8 = 64;
     pub const REFUSED: u8 = 65;
     pub const CONNECTED: u8 = 66;
@@ -290,6 +307,7 @@ mod tag {
     pub const ENDED: u8 = 70;
     pub const STATUS_REPLY: u8 = 71;
     pub const SYNCED: u8 = 72;
+    pub const FOUND: u8 = 73;
 }
 
 impl TransportKind {
@@ -484,6 +502,8 @@ impl<'a> Msg<'a> {
             tag::SYNC => Msg::Sync { req: r.u32()? },
             tag::CLOSE => Msg::Close { stream: r.u32()? },
             tag::HOW_ENDED => Msg::HowEnded { req: r.u32()?, stream: r.u32()? },
+            tag::LOOKUP => Msg::Lookup { req: r.u32()?, name: r.str()? },
+            tag::FOUND => Msg::Found { req: r.u32()?, addr: r.ip()? },
             tag::SYNCED => Msg::Synced { req: r.u32()? },
             tag::WELCOME => Msg::Welcome {
                 version: r.u16()?,
@@ -551,6 +571,8 @@ impl<'a> Msg<'a> {
             Msg::Sync { req } => w.u8(tag::SYNC).u32(req),
             Msg::Close { stream } => w.u8(tag::CLOSE).u32(stream),
             Msg::HowEnded { req, stream } => w.u8(tag::HOW_ENDED).u32(req).u32(stream),
+            Msg::Lookup { req, name } => w.u8(tag::LOOKUP).u32(req).str(name),
+            Msg::Found { req, addr } => w.u8(tag::FOUND).u32(req).ip(addr),
             Msg::Synced { req } => w.u8(tag::SYNCED).u32(req),
             Msg::Welcome { version, engine_pid, iface, addr, prefix, vaddr, vnet, vnet_prefix } => w
                 .u8(tag::WELCOME)
@@ -620,6 +642,8 @@ mod tests {
             Msg::Sync { req: 10 },
             Msg::Close { stream: 11 },
             Msg::HowEnded { req: 4, stream: 11 },
+            Msg::Lookup { req: 5, name: "n2a" },
+            Msg::Found { req: 5, addr: Ipv4Addr::new(100, 64, 0, 3) },
             Msg::Synced { req: 10 },
             Msg::Welcome {
                 version: 1,

@@ -187,6 +187,18 @@ impl Engine {
                 self.send_to(id, &Msg::Synced { req }, None);
                 Ok(())
             }
+            Msg::Lookup { req, name } => {
+                let started = match &mut self.overlay {
+                    Some(o) => {
+                        o.lookup(id, req, name.to_owned()).map_err(|e| format!("the engine could not look it up: {e}"))
+                    }
+                    None => Err("this host's engine joined no overlay (xsock engine --boot ... --name ...)".to_owned()),
+                };
+                if let Err(text) = started {
+                    self.send_to(id, &Msg::Failed { req, kind: EndKind::Config, text: &text }, None);
+                }
+                Ok(())
+            }
             Msg::HowEnded { req, stream } => {
                 self.prune_direct();
                 let pid = self.clients.get(&id).map(|c| c.pid);
@@ -328,7 +340,7 @@ impl Engine {
         let Some(o) = &mut self.overlay else { return };
         let vaddr = o.vaddr();
         for done in o.finished() {
-            let crate::overlay::Opened { client, req, dest, route, timeout_ms } = done;
+            let crate::overlay::Opened { client, req, dest, route, timeout_ms, lookup } = done;
             if !self.clients.contains_key(&client) {
                 continue; // gone: a VC drops (closes) here
             }
@@ -336,6 +348,9 @@ impl Engine {
                 Ok(crate::overlay::Route::Direct(lan)) => {
                     let want = Want { addr: lan, transport: TransportKind::Link, mode: Mode::Stream, ms: timeout_ms };
                     self.connect_to(client, req, want, Some(dest));
+                }
+                Ok(crate::overlay::Route::Found(addr)) => {
+                    self.send_to(client, &Msg::Found { req, addr }, None);
                 }
                 Ok(crate::overlay::Route::Vc(s)) => {
                     let make = move |stream, path, ring| {
@@ -345,7 +360,9 @@ impl Engine {
                     self.hand_over(client, s, make, Some(req));
                 }
                 Err(e) => {
-                    self.totals.failed_connects += 1;
+                    if !lookup {
+                        self.totals.failed_connects += 1;
+                    }
                     let mut end = End::of(&e);
                     if matches!(e, xsock::Error::Overlay(_)) {
                         // No such node, no server to ask, no route: as

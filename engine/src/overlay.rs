@@ -32,6 +32,8 @@ pub(crate) enum Route {
     Direct(SocketAddrV4),
     /// A node of another LAN: the virtual connection, open.
     Vc(Stream),
+    /// A lookup's answer: the node's virtual address.
+    Found(Ipv4Addr),
 }
 
 /// A finished open, for the loop.
@@ -43,6 +45,8 @@ pub(crate) struct Opened {
     pub route: Result<Route, Error>,
     /// The connect's bound, for a direct connect that follows.
     pub timeout_ms: u32,
+    /// A lookup, not an open.
+    pub lookup: bool,
 }
 
 /// The node and the way open results come back.
@@ -81,7 +85,24 @@ impl Overlay {
         let (node, tx, bell) = (self.node.clone(), self.tx.clone(), self.bell.clone());
         std::thread::Builder::new().name("engine-open".into()).spawn(move || {
             let route = resolve(&node, dest);
-            let _ = tx.send(Opened { client, req, dest, route, timeout_ms });
+            let _ = tx.send(Opened { client, req, dest, route, timeout_ms, lookup: false });
+            bell.signal();
+        })?;
+        self.pending += 1;
+        Ok(())
+    }
+
+    /// Starts looking up node `name`'s virtual address for `client`.
+    pub fn lookup(&mut self, client: u32, req: u32, name: String) -> std::io::Result<()> {
+        let (node, tx, bell) = (self.node.clone(), self.tx.clone(), self.bell.clone());
+        std::thread::Builder::new().name("engine-lookup".into()).spawn(move || {
+            let route = node.lookup(&name).and_then(|e| {
+                e.vaddr
+                    .map(Route::Found)
+                    .ok_or_else(|| Error::Overlay(format!("{name} is a relay: it has no virtual address")))
+            });
+            let dest = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+            let _ = tx.send(Opened { client, req, dest, route, timeout_ms: 0, lookup: true });
             bell.signal();
         })?;
         self.pending += 1;

@@ -80,7 +80,7 @@ pub fn through_engine(fd: c_int, dest: SocketAddrV4, v6: bool) -> Option<c_int> 
             log(|| format!("fd {fd}: connect to {dest} failed: {text}"));
             Some(fail(errno_of(kind)))
         }
-        Ok(engine::Answer::Listening { .. }) => Some(fail(libc::EPROTO)),
+        Ok(engine::Answer::Listening { .. } | engine::Answer::Found { .. }) => Some(fail(libc::EPROTO)),
         Err(text) => no_engine(&text),
     }
 }

@@ -305,6 +305,8 @@ pub enum Answer {
     Listening { local: SocketAddrV4 },
     /// Failed.
     Failed { kind: xsock_attach::EndKind, text: String },
+    /// A lookup's answer.
+    Found { addr: Ipv4Addr },
 }
 
 /// Sends `m` (request number 1) and waits for its answer until `deadline`,
@@ -323,6 +325,7 @@ pub fn request(fd: c_int, m: &Msg<'_>, deadline: Instant) -> Result<Answer, Stri
                 return Ok(Answer::Stream { fd: fds[0], stream, path, local, peer });
             }
             Ok(Msg::Listening { req: 1, local, .. }) => Some(Answer::Listening { local }),
+            Ok(Msg::Found { req: 1, addr }) => Some(Answer::Found { addr }),
             Ok(Msg::Failed { req: 1, kind, text }) => Some(Answer::Failed { kind, text: text.to_owned() }),
             Ok(_) => None,
             Err(e) => {

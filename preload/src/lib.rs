@@ -29,6 +29,7 @@ mod addr;
 mod connect;
 mod engine;
 mod listen;
+mod names;
 mod real;
 mod sockopt;
 mod table;
@@ -245,6 +246,25 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
             table::forget(fd);
             real::connect(fd, addr, len)
         }
+    }
+}
+
+/// getaddrinfo(3): overlay node names resolve to their virtual addresses
+/// (see `names`); everything else is the C library's.
+///
+/// # Safety
+/// As getaddrinfo(3).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn getaddrinfo(
+    node: *const std::ffi::c_char,
+    service: *const std::ffi::c_char,
+    hints: *const libc::addrinfo,
+    res: *mut *mut libc::addrinfo,
+) -> c_int {
+    // SAFETY: passed on as the caller gave them.
+    match unsafe { names::getaddrinfo(node, service, hints, res) } {
+        Some(r) => r,
+        None => real::getaddrinfo(node, service, hints, res),
     }
 }
 

@@ -61,6 +61,7 @@ real! {
     fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t;
     fn readv(fd: c_int, iov: *const libc::iovec, n: c_int) -> ssize_t;
     fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t;
+    fn getaddrinfo(node: *const c_char, service: *const c_char, hints: *const libc::addrinfo, res: *mut *mut libc::addrinfo) -> c_int;
     fn sendto(fd: c_int, buf: *const c_void, n: size_t, flags: c_int, addr: *const sockaddr, len: socklen_t) -> ssize_t;
     fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t;
 }

@@ -495,11 +495,14 @@ fn programs_reach_another_lan_by_virtual_address() {
         assert!(ok, "nc {connect}: {log}\nserver: {}\nrelays: {}", o.bed.log_tail(pid, 20), o.relay_logs());
         assert!(o.bed.wait_exit(pid, Duration::from_secs(10)).unwrap().success(), "{}", o.bed.log_tail(pid, 10));
         assert_eq!(sha256(&got), want, "nc to {dest}:{port}: the file arrived intact");
+        log
     };
     // nat1 -> nat2 through the relays (the same private subnet on both).
     let vcs0 = vcs();
     let (e0, k0) = counters(&n1.hosts[0]);
-    nc(&n2.hosts[0], &n1.hosts[0], &v2a, 7811, false);
+    // By name: no /etc/hosts entry, the engine resolves it.
+    let log = nc(&n2.hosts[0], &n1.hosts[0], "n2a", 7811, false);
+    assert!(log.contains(&format!("getaddrinfo(n2a): the overlay node's virtual address {v2a}")), "{log}");
     assert!(vcs() > vcs0, "the connection went through nat1's relay");
     let (e1, k1) = counters(&n1.hosts[0]);
     assert!(e1 - e0 >= data.len() as u64, "the file crossed n1a's engine ({} bytes)", e1 - e0);
@@ -507,10 +510,10 @@ fn programs_reach_another_lan_by_virtual_address() {
     let st = status(&n1.hosts[0]);
     assert!(st["vcs_handed_over_total"].as_u64() > Some(0), "the VC's socket went to nc as it is: {st}");
     // nat2 -> nat1, the listener sending.
-    nc(&n1.hosts[0], &n2.hosts[0], &v1a, 7812, true);
+    let _ = nc(&n1.hosts[0], &n2.hosts[0], &v1a, 7812, true);
     // Inside nat1: by virtual address, directly (no relay).
     let vcs1 = vcs();
-    nc(&n1.hosts[0], &n1.hosts[1], &v1a, 7813, true);
+    let _ = nc(&n1.hosts[0], &n1.hosts[1], &v1a, 7813, true);
     assert_eq!(vcs(), vcs1, "a node of the same LAN is reached directly");
     eprintln!("hosts:\n{text}relayed VCs at nat1's relay: {}", vcs());
 
@@ -557,7 +560,7 @@ fn programs_reach_another_lan_by_virtual_address() {
         &errs,
         format!(
             "import socket,errno\n\
-             for dest in [('100.64.200.200', 7815), ('{v1a}', 7899)]:\n\
+             for dest in [('100.64.200.200', 7815), ('{v1a}', 7899), ('n1a', 7899)]:\n\
              \x20 try:\n\
              \x20   socket.create_connection(dest, timeout=10); print(dest, 'connected')\n\
              \x20 except OSError as e:\n\
@@ -574,6 +577,7 @@ fn programs_reach_another_lan_by_virtual_address() {
     assert!(ok, "{log}");
     assert!(log.contains("('100.64.200.200', 7815) EHOSTUNREACH"), "{log}");
     assert!(log.contains(&format!("('{v1a}', 7899) ECONNREFUSED")), "{log}");
+    assert!(log.contains("('n1a', 7899) ECONNREFUSED"), "by name, through getaddrinfo: {log}");
 
     // A far process killed mid-stream: the reader's next read fails with
     // ECONNRESET (an end it could take for a complete transfer, never).
