@@ -57,8 +57,9 @@ pub unsafe fn getaddrinfo(
     let addr = vaddr_of(name)?;
     log(|| format!("getaddrinfo({name}): the overlay node's virtual address {addr}"));
     h.ai_family = libc::AF_INET;
+    // (AI_CANONNAME is kept: the canonical name is then the address, and
+    // a program that asked for one finds one.)
     h.ai_flags |= libc::AI_NUMERICHOST;
-    h.ai_flags &= !libc::AI_CANONNAME;
     let numeric = std::ffi::CString::new(addr.to_string()).expect("no NUL in an address");
     Some(real::getaddrinfo(numeric.as_ptr(), service, &raw const h, res))
 }
