@@ -205,7 +205,7 @@ impl Engine {
                 // A handed-over VC whose session is still letting go of it.
                 if let Some(d) = self.direct.get(&stream)
                     && Some(d.pid) == pid
-                    && let Some(e) = d.end.error()
+                    && let Some(e) = d.end.end_of()
                 {
                     let end = End::of(&e);
                     self.send_to(id, &Msg::Failed { req, kind: end.kind, text: &end.text }, None);

@@ -716,7 +716,7 @@ impl Engine {
             if let Some(c) = self.clients.get_mut(&d.client) {
                 c.streams.remove(&id);
             }
-            if let Some(e) = d.end.error() {
+            if let Some(e) = d.end.end_of() {
                 self.remember_end(id, d.pid, End::of(&e));
             }
         }

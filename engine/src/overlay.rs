@@ -82,27 +82,37 @@ impl Overlay {
 
     /// Starts resolving and opening `dest` for `client`'s request `req`.
     pub fn open(&mut self, client: u32, req: u32, dest: SocketAddrV4, timeout_ms: u32) -> std::io::Result<()> {
-        let (node, tx, bell) = (self.node.clone(), self.tx.clone(), self.bell.clone());
-        std::thread::Builder::new().name("engine-open".into()).spawn(move || {
-            let route = resolve(&node, dest);
-            let _ = tx.send(Opened { client, req, dest, route, timeout_ms, lookup: false });
-            bell.signal();
-        })?;
-        self.pending += 1;
-        Ok(())
+        let job =
+            Opened { client, req, dest, route: Ok(Route::Found(Ipv4Addr::UNSPECIFIED)), timeout_ms, lookup: false };
+        self.run("engine-open", job, move |node| resolve(node, dest))
     }
 
     /// Starts looking up node `name`'s virtual address for `client`.
     pub fn lookup(&mut self, client: u32, req: u32, name: String) -> std::io::Result<()> {
+        let dest = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+        let job =
+            Opened { client, req, dest, route: Ok(Route::Found(Ipv4Addr::UNSPECIFIED)), timeout_ms: 0, lookup: true };
+        self.run("engine-lookup", job, move |node| {
+            let e = node.lookup(&name)?;
+            e.vaddr
+                .map(Route::Found)
+                .ok_or_else(|| Error::Overlay(format!("{name} is a relay: it has no virtual address")))
+        })
+    }
+
+    /// Runs `work` on a thread of its own; `job` comes back to the loop
+    /// with `work`'s result as its route (what it holds till then is
+    /// overwritten).
+    fn run(
+        &mut self,
+        name: &str,
+        mut job: Opened,
+        work: impl FnOnce(&Node) -> Result<Route, Error> + Send + 'static,
+    ) -> std::io::Result<()> {
         let (node, tx, bell) = (self.node.clone(), self.tx.clone(), self.bell.clone());
-        std::thread::Builder::new().name("engine-lookup".into()).spawn(move || {
-            let route = node.lookup(&name).and_then(|e| {
-                e.vaddr
-                    .map(Route::Found)
-                    .ok_or_else(|| Error::Overlay(format!("{name} is a relay: it has no virtual address")))
-            });
-            let dest = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
-            let _ = tx.send(Opened { client, req, dest, route, timeout_ms: 0, lookup: true });
+        std::thread::Builder::new().name(name.into()).spawn(move || {
+            job.route = work(&node);
+            let _ = tx.send(job);
             bell.signal();
         })?;
         self.pending += 1;

@@ -243,22 +243,10 @@ impl Registry {
                 self.out.push_back((session, reply));
             }
             Msg::ResolveRank { rank } => {
-                let node = self.node_of(session)?;
-                let found = self.entries.values().find(|e| e.rank == Some(rank)).map(|e| e.node);
-                let reply = match found {
-                    Some(id) => self.resolved(node, id),
-                    None => Msg::NotFound { what: &format!("rank {rank}") }.to_frame(),
-                };
-                self.out.push_back((session, reply));
+                self.resolve_where(session, &format!("rank {rank}"), |e| e.rank == Some(rank))?;
             }
             Msg::ResolveAddr { addr } => {
-                let node = self.node_of(session)?;
-                let found = self.entries.values().find(|e| e.vaddr == Some(addr)).map(|e| e.node);
-                let reply = match found {
-                    Some(id) => self.resolved(node, id),
-                    None => Msg::NotFound { what: &format!("virtual address {addr}") }.to_frame(),
-                };
-                self.out.push_back((session, reply));
+                self.resolve_where(session, &format!("virtual address {addr}"), |e| e.vaddr == Some(addr))?;
             }
             Msg::GetDirectory => {
                 self.node_of(session)?;
@@ -292,6 +280,17 @@ impl Registry {
 
     fn node_of(&self, session: SessionId) -> Result<NodeId, String> {
         self.session_node.get(&session).copied().ok_or_else(|| "register first".to_owned())
+    }
+
+    /// Answers `session` with the node `is` picks, or that none is `what`.
+    fn resolve_where(&mut self, session: SessionId, what: &str, is: impl Fn(&Entry) -> bool) -> Result<(), String> {
+        let node = self.node_of(session)?;
+        let reply = match self.entries.values().find(|e| is(e)).map(|e| e.node) {
+            Some(id) => self.resolved(node, id),
+            None => Msg::NotFound { what }.to_frame(),
+        };
+        self.out.push_back((session, reply));
+        Ok(())
     }
 
     fn relays_of(&self, site: SiteId) -> Vec<Entry> {

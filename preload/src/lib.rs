@@ -556,6 +556,18 @@ fn at_end(fd: c_int, r: ssize_t, n: size_t, flags: c_int) -> ssize_t {
     }
 }
 
+/// The bytes `n` iovecs at `iov` (null: none) have room for.
+///
+/// # Safety
+/// `iov` is null or points to `n` readable iovecs.
+unsafe fn iov_total(iov: *const libc::iovec, n: usize) -> usize {
+    if iov.is_null() {
+        return 0;
+    }
+    // SAFETY: as the caller promises.
+    unsafe { std::slice::from_raw_parts(iov, n) }.iter().map(|v| v.iov_len).sum()
+}
+
 fn errno_name(e: c_int) -> String {
     std::io::Error::from_raw_os_error(e).to_string()
 }
@@ -593,9 +605,8 @@ pub unsafe extern "C" fn readv(fd: c_int, iov: *const libc::iovec, cnt: c_int) -
     if r != 0 || table::kind(fd) != Some(Kind::Stream) || iov.is_null() {
         return r;
     }
-    let len = usize::try_from(cnt).unwrap_or(0);
-    // SAFETY: the caller's `cnt` iovecs at `iov`, as readv(2) reads them.
-    let total: usize = unsafe { std::slice::from_raw_parts(iov, len) }.iter().map(|v| v.iov_len).sum();
+    // SAFETY: the caller's `cnt` iovecs at `iov`, as readv(2) read them.
+    let total = unsafe { iov_total(iov, usize::try_from(cnt).unwrap_or(0)) };
     at_end(fd, r, total, 0)
 }
 
@@ -643,13 +654,8 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> s
         // msghdr (name length 0: no address).
         unsafe { msg.write(m) };
     }
-    let len = m.msg_iovlen;
-    let total: usize = if m.msg_iov.is_null() {
-        0
-    } else {
-        // SAFETY: the caller's iovecs, as recvmsg(2) read them.
-        unsafe { std::slice::from_raw_parts(m.msg_iov, len) }.iter().map(|v| v.iov_len).sum()
-    };
+    // SAFETY: the caller's iovecs, as recvmsg(2) read them.
+    let total = unsafe { iov_total(m.msg_iov, m.msg_iovlen) };
     at_end(fd, r, total, flags)
 }
 

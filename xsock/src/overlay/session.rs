@@ -72,12 +72,6 @@ impl VcEnd {
         }
     }
 
-    /// Why the VC ended, if not cleanly (for a host engine answering its
-    /// client).
-    pub fn error(&self) -> Option<Error> {
-        self.end_of()
-    }
-
     /// Bytes moved so far: (toward the far end, toward us).
     pub fn moved(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
@@ -128,8 +122,9 @@ impl VcEnd {
         Ok(())
     }
 
-    /// Why the VC ended, if not cleanly.
-    pub(crate) fn end_of(&self) -> Option<Error> {
+    /// Why the VC ended, if not cleanly (its stream's next call, or a host
+    /// engine answering its client).
+    pub fn end_of(&self) -> Option<Error> {
         let why = self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
         Some(Error::ConnectionReset(match why.strip_prefix(PATH_LOST) {
             Some(rest) => {
