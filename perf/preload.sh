@@ -34,6 +34,12 @@ ip netns add $A; ip netns add $B
 ip link add eth0 netns $A type veth peer name eth0 netns $B
 ip -n $A addr add $IPA/24 dev eth0; ip -n $B addr add $IPB/24 dev eth0
 for n in $A $B; do ip -n $n link set lo up; ip -n $n link set eth0 up; done
+# UCX takes an interface only once it is fully up: wait for the link-local
+# IPv6 address the kernel adds then (about 1 s after the veth comes up;
+# before that MPI_Init fails with "Destination is unreachable").
+for n in $A $B; do
+    for _ in $(seq 50); do [ -n "$(ip -n $n -6 addr show dev eth0 scope link)" ] && break; sleep 0.1; done
+done
 
 start_engines() {
     for p in "${engines[@]}"; do kill "$p" 2>/dev/null || true; done

@@ -12,7 +12,7 @@
 //! virtual addresses: nc and Python reach a LAN behind NAT on the same
 //! private subnet as their own through the relays.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use xsock_testbed::{Host, LinkOpts, Testbed, require_root};
 
@@ -27,7 +27,7 @@ fn start_engine(bed: &Testbed, host: &Host) -> u32 {
 }
 
 fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let t0 = std::time::Instant::now();
+    let t0 = Instant::now();
     while !cond() {
         assert!(t0.elapsed() < within, "{what}: not within {within:?}");
         std::thread::sleep(Duration::from_millis(10));
@@ -245,7 +245,7 @@ fn unmodified_programs_move_their_bytes_over_xsock() {
 fn mpiexec(bed: &Testbed, host: &Host, script: &str, prog: &std::path::Path) -> String {
     for attempt in 1..=3 {
         let pid = bed.spawn(host, "sh", &["-c", script]).unwrap();
-        let t0 = std::time::Instant::now();
+        let t0 = Instant::now();
         let mut result_at = None;
         loop {
             if let Some(st) = bed.try_wait(pid).unwrap() {
@@ -255,7 +255,7 @@ fn mpiexec(bed: &Testbed, host: &Host, script: &str, prog: &std::path::Path) -> 
             }
             let printed = bed.log_tail(pid, 1000).lines().any(|l| l.starts_with('{'));
             if printed && result_at.is_none() {
-                result_at = Some(std::time::Instant::now());
+                result_at = Some(Instant::now());
             }
             if result_at.is_some_and(|t| t.elapsed() > Duration::from_secs(20)) {
                 eprintln!("attempt {attempt}: MPI_Finalize hangs after the result (MPICH/UCX); stopping the ranks");
@@ -285,6 +285,16 @@ fn mpich_ranks_on_two_hosts_run_over_xsock() {
     let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/preload/mpi_check.c");
     let out = std::process::Command::new("mpicc").args(["-O2", "-o"]).arg(&prog).arg(src).output().unwrap();
     assert!(out.status.success(), "mpicc: {}", String::from_utf8_lossy(&out.stderr));
+    // UCX takes an interface only once it is fully up, which the kernel
+    // marks with the link-local IPv6 address about 1 s after the veth
+    // comes up; before that MPI_Init fails ("Destination is unreachable").
+    for h in [&a, &b] {
+        let t0 = Instant::now();
+        while h.ip(&["-6", "addr", "show", "dev", "eth0", "scope", "link"]).unwrap().trim().is_empty() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "{}: eth0 has no link-local address after 10 s", h.ns());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     // hydra's ssh launcher, pointed at the namespaces: HOST -> its netns.
     let launch = dir.join("launch.sh");
     std::fs::write(
@@ -603,7 +613,7 @@ fn programs_reach_another_lan_by_virtual_address() {
     // VCs would otherwise reach them as LAN streams, which they refuse).
     let host = o.relays[x1].1.clone();
     o.start_relay("nat1-x1", &host, None);
-    let t0 = std::time::Instant::now();
+    let t0 = Instant::now();
     let attached = || o.status("nat1-x1")["counters"]["sessions_attached"].as_u64().unwrap_or(0);
     while attached() < 2 {
         assert!(
