@@ -268,6 +268,86 @@ pub unsafe extern "C" fn getaddrinfo(
     }
 }
 
+/// gethostbyname_r(3): overlay node names resolve to their virtual
+/// addresses (see `names`); everything else is the C library's.
+///
+/// # Safety
+/// As gethostbyname_r(3).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gethostbyname_r(
+    node: *const std::ffi::c_char,
+    ret: *mut libc::hostent,
+    buf: *mut std::ffi::c_char,
+    len: size_t,
+    result: *mut *mut libc::hostent,
+    h_errnop: *mut c_int,
+) -> c_int {
+    // SAFETY: passed on as the caller gave them.
+    match unsafe { names::gethostbyname_r(node, ret, buf, len, result, h_errnop) } {
+        Some(r) => r,
+        None => real::gethostbyname_r(node, ret, buf, len, result, h_errnop),
+    }
+}
+
+/// gethostbyname2(3): for AF_INET as gethostbyname; other families are
+/// the C library's.
+///
+/// # Safety
+/// As gethostbyname2(3).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gethostbyname2(node: *const std::ffi::c_char, af: c_int) -> *mut libc::hostent {
+    if af == libc::AF_INET {
+        // SAFETY: as our caller's.
+        unsafe { gethostbyname(node) }
+    } else {
+        real::gethostbyname2(node, af)
+    }
+}
+
+/// gethostbyname(3), as gethostbyname_r, into a buffer of the thread's
+/// (glibc's is per thread too, overwritten by the next call).
+///
+/// # Safety
+/// As gethostbyname(3).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gethostbyname(node: *const std::ffi::c_char) -> *mut libc::hostent {
+    /// The thread's answer: the hostent and the buffer it points into.
+    struct HostBuf {
+        host: libc::hostent,
+        buf: [u64; 64],
+    }
+    thread_local! {
+        static HOST: std::cell::UnsafeCell<HostBuf> =
+            // SAFETY: hostent is plain pointers and integers; all zero is a
+            // valid (empty) value.
+            const { std::cell::UnsafeCell::new(HostBuf { host: unsafe { std::mem::zeroed() }, buf: [0; 64] }) };
+    }
+    HOST.with(|cell| {
+        // SAFETY: the thread's own cell, borrowed by nobody else while this
+        // call runs (gethostbyname is not reentrant on one thread).
+        let hb = unsafe { &mut *cell.get() };
+        let (mut result, mut herr) = (std::ptr::null_mut(), 0);
+        let len = std::mem::size_of_val(&hb.buf);
+        // SAFETY: the thread's hostent and buffer (`len` bytes, aligned);
+        // the caller's NUL-terminated name.
+        let r = unsafe {
+            names::gethostbyname_r(
+                node,
+                &raw mut hb.host,
+                hb.buf.as_mut_ptr().cast(),
+                len,
+                &raw mut result,
+                &raw mut herr,
+            )
+        };
+        match r {
+            Some(0) => result,
+            Some(_) => std::ptr::null_mut(),
+            None => real::gethostbyname(node),
+        }
+    })
+}
+
 /// bind(2): the kernel's, except to this host's virtual address on the
 /// overlay, which no interface holds: the socket binds the port on every
 /// address instead, and its name says the virtual address.

@@ -1,10 +1,12 @@
-//! getaddrinfo(3) of overlay node names: with an engine joined to the
-//! overlay, a name the bootstrap servers know (`n2a`) resolves to that
-//! node's virtual address, so `nc n2a 5000` needs no /etc/hosts entry.
+//! getaddrinfo(3) and gethostbyname(3) of overlay node names: with an
+//! engine joined to the overlay, a name the bootstrap servers know (`n2a`)
+//! resolves to that node's virtual address, so `nc n2a 5000` needs no
+//! /etc/hosts entry.
 //! The engine is asked first (a name it does not know goes on to the C
 //! library's lookup, /etc/hosts and DNS, unchanged); answers are kept 10 s.
-//! The result is the C library's own, built from the numeric address, so
-//! freeaddrinfo(3) frees it as usual.
+//! getaddrinfo's result is the C library's own, built from the numeric
+//! address, so freeaddrinfo(3) frees it as usual; gethostbyname's is built
+//! here, in the caller's buffer (`_r`) or a buffer of the thread's.
 
 use std::{
     collections::HashMap,
@@ -18,6 +20,9 @@ use libc::{addrinfo, c_char, c_int};
 use xsock_attach::{Msg, preload::PreloadTransport};
 
 use crate::{engine, log, real, settings};
+
+/// glibc's h_errno for "see errno" (netdb.h).
+const NETDB_INTERNAL: c_int = -1;
 
 /// How long an answer (either way) is kept.
 const KEEP: Duration = Duration::from_secs(10);
@@ -40,13 +45,7 @@ pub unsafe fn getaddrinfo(
     hints: *const addrinfo,
     res: *mut *mut addrinfo,
 ) -> Option<c_int> {
-    let s = settings();
-    if node.is_null() || !s.enabled || s.transport == PreloadTransport::Kernel {
-        return None;
-    }
-    // SAFETY: the caller's NUL-terminated name.
-    let name = unsafe { CStr::from_ptr(node) }.to_str().ok()?;
-    if !plausible(name) {
+    if node.is_null() {
         return None;
     }
     // SAFETY: the caller's hints, null or valid.
@@ -54,7 +53,8 @@ pub unsafe fn getaddrinfo(
     if (h.ai_family != libc::AF_UNSPEC && h.ai_family != libc::AF_INET) || h.ai_flags & libc::AI_NUMERICHOST != 0 {
         return None;
     }
-    let addr = vaddr_of(name)?;
+    // SAFETY: the caller's NUL-terminated name.
+    let (name, addr) = unsafe { overlay_name(node) }?;
     log(|| format!("getaddrinfo({name}): the overlay node's virtual address {addr}"));
     h.ai_family = libc::AF_INET;
     // (AI_CANONNAME is kept: the canonical name is then the address, and
@@ -62,6 +62,100 @@ pub unsafe fn getaddrinfo(
     h.ai_flags |= libc::AI_NUMERICHOST;
     let numeric = std::ffi::CString::new(addr.to_string()).expect("no NUL in an address");
     Some(real::getaddrinfo(numeric.as_ptr(), service, &raw const h, res))
+}
+
+/// `node` and its virtual address, if it names an overlay node.
+///
+/// # Safety
+/// `node` is non-null and NUL-terminated.
+unsafe fn overlay_name<'a>(node: *const c_char) -> Option<(&'a str, Ipv4Addr)> {
+    let s = settings();
+    if !s.enabled || s.transport == PreloadTransport::Kernel {
+        return None;
+    }
+    // SAFETY: as the caller promises.
+    let name = unsafe { CStr::from_ptr(node) }.to_str().ok()?;
+    if !plausible(name) {
+        return None;
+    }
+    Some((name, vaddr_of(name)?))
+}
+
+/// gethostbyname_r for an overlay name: `Some(status)` if `node` is one
+/// (0, or ERANGE when `buf` is too small, as glibc's), `None` to leave the
+/// call to the C library.
+///
+/// # Safety
+/// As gethostbyname_r(3): `node` NUL-terminated or null, `ret` writable,
+/// `buf` writable for `len` bytes, `result` and `h_errnop` writable.
+pub unsafe fn gethostbyname_r(
+    node: *const c_char,
+    ret: *mut libc::hostent,
+    buf: *mut c_char,
+    len: usize,
+    result: *mut *mut libc::hostent,
+    h_errnop: *mut c_int,
+) -> Option<c_int> {
+    if node.is_null() {
+        return None;
+    }
+    // SAFETY: the caller's NUL-terminated name.
+    let (name, addr) = unsafe { overlay_name(node) }?;
+    log(|| format!("gethostbyname({name}): the overlay node's virtual address {addr}"));
+    // SAFETY: as our caller promises.
+    Some(unsafe { fill_hostent(name, addr, ret, buf, len, result, h_errnop) })
+}
+
+/// Writes `name`'s hostent (one IPv4 address, no aliases) into `ret` and
+/// `buf`: 0, or ERANGE when `len` bytes cannot hold it.
+///
+/// # Safety
+/// As gethostbyname_r(3): `ret` writable, `buf` writable for `len` bytes,
+/// `result` and `h_errnop` writable.
+unsafe fn fill_hostent(
+    name: &str,
+    addr: Ipv4Addr,
+    ret: *mut libc::hostent,
+    buf: *mut c_char,
+    len: usize,
+    result: *mut *mut libc::hostent,
+    h_errnop: *mut c_int,
+) -> c_int {
+    // The buffer: [address list: 2 pointers][aliases: 1 pointer][address:
+    // 4 bytes][name, NUL], the pointers aligned.
+    let ptr = std::mem::size_of::<usize>();
+    let skip = (buf as usize).next_multiple_of(ptr) - buf as usize;
+    let need = skip + 3 * ptr + 4 + name.len() + 1;
+    if buf.is_null() || len < need {
+        // SAFETY: the caller's result slot, writable.
+        unsafe { *result = std::ptr::null_mut() };
+        // SAFETY: the caller's h_errno slot, writable.
+        unsafe { *h_errnop = NETDB_INTERNAL };
+        return libc::ERANGE;
+    }
+    // SAFETY: `buf` is the caller's, writable for `len` bytes and not
+    // otherwise used while this call runs.
+    let out = unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), len) };
+    let at = |off: usize| buf.wrapping_add(off);
+    let (list, aliases, a, n) = (skip, skip + 2 * ptr, skip + 3 * ptr, skip + 3 * ptr + 4);
+    out[list..list + ptr].copy_from_slice(&(at(a) as usize).to_ne_bytes());
+    out[list + ptr..aliases].fill(0);
+    out[aliases..a].fill(0);
+    out[a..n].copy_from_slice(&addr.octets());
+    out[n..n + name.len()].copy_from_slice(name.as_bytes());
+    out[n + name.len()] = 0;
+    let host = libc::hostent {
+        h_name: at(n),
+        h_aliases: at(aliases).cast(),
+        h_addrtype: libc::AF_INET,
+        h_length: 4,
+        h_addr_list: at(list).cast(),
+    };
+    // SAFETY: the caller's hostent, writable.
+    unsafe { ret.write(host) };
+    // SAFETY: the caller's result slot, writable.
+    unsafe { *result = ret };
+    0
 }
 
 /// Whether `name` could be a node's (not a numeric address, not local).
@@ -102,5 +196,56 @@ fn ask(name: &str) -> Option<Ipv4Addr> {
     match engine::request(ctl.fd, &Msg::Lookup { req: 1, name }, deadline) {
         Ok(engine::Answer::Found { addr }) => Some(addr),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a hostent says: name, first address, second address slot
+    /// null, first alias null.
+    type Read = (String, [u8; 4], bool, bool);
+
+    /// The hostent `fill_hostent` writes into `buf`, read back.
+    fn fill(buf: &mut [u8], host: &mut libc::hostent) -> (c_int, Option<Read>) {
+        let (mut result, mut herr) = (std::ptr::null_mut(), 0);
+        let addr = Ipv4Addr::new(100, 64, 0, 7);
+        // SAFETY: `host`, `buf` (its own length), `result` and `herr` are
+        // this function's, alive for the call.
+        let r = unsafe {
+            fill_hostent("n2a", addr, host, buf.as_mut_ptr().cast(), buf.len(), &raw mut result, &raw mut herr)
+        };
+        if r != 0 {
+            assert!(result.is_null() && herr == NETDB_INTERNAL);
+            return (r, None);
+        }
+        assert_eq!(result, &raw mut *host);
+        assert_eq!((host.h_addrtype, host.h_length), (libc::AF_INET, 4));
+        // SAFETY: h_name points into `buf`, NUL-terminated by fill_hostent.
+        let name = unsafe { CStr::from_ptr(host.h_name) }.to_str().unwrap().to_owned();
+        // SAFETY: h_addr_list points at two pointer slots in `buf`.
+        let slots = unsafe { std::slice::from_raw_parts(host.h_addr_list, 2) };
+        let (first, second) = (slots[0], slots[1]);
+        let mut octets = [0; 4];
+        // SAFETY: the first slot points at the 4 address bytes in `buf`.
+        unsafe { std::ptr::copy_nonoverlapping(first.cast::<u8>(), octets.as_mut_ptr(), 4) };
+        // SAFETY: h_aliases points at one pointer slot in `buf`.
+        let alias = unsafe { *host.h_aliases };
+        (r, Some((name, octets, second.is_null(), alias.is_null())))
+    }
+
+    #[test]
+    fn a_hostent_reads_back_and_a_short_buffer_is_erange() {
+        // SAFETY: hostent is plain pointers and integers; zero is valid.
+        let mut host: libc::hostent = unsafe { std::mem::zeroed() };
+        for start in 0..8 {
+            // Every misalignment of the caller's buffer.
+            let mut buf = [0u8; 64];
+            let (r, got) = fill(&mut buf[start..], &mut host);
+            assert_eq!(r, 0);
+            assert_eq!(got, Some(("n2a".to_owned(), [100, 64, 0, 7], true, true)));
+        }
+        assert_eq!(fill(&mut [0u8; 16], &mut host), (libc::ERANGE, None));
     }
 }

@@ -64,6 +64,9 @@ real! {
     fn getaddrinfo(node: *const c_char, service: *const c_char, hints: *const libc::addrinfo, res: *mut *mut libc::addrinfo) -> c_int;
     fn sendto(fd: c_int, buf: *const c_void, n: size_t, flags: c_int, addr: *const sockaddr, len: socklen_t) -> ssize_t;
     fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t;
+    fn gethostbyname_r(node: *const c_char, ret: *mut libc::hostent, buf: *mut c_char, len: size_t, result: *mut *mut libc::hostent, h_errnop: *mut c_int) -> c_int;
+    fn gethostbyname(node: *const c_char) -> *mut libc::hostent;
+    fn gethostbyname2(node: *const c_char, af: c_int) -> *mut libc::hostent;
 }
 
 /// `errno` now.

@@ -574,7 +574,8 @@ fn programs_reach_another_lan_by_virtual_address() {
              \x20 try:\n\
              \x20   socket.create_connection(dest, timeout=10); print(dest, 'connected')\n\
              \x20 except OSError as e:\n\
-             \x20   print(dest, errno.errorcode.get(e.errno, e.errno))\n"
+             \x20   print(dest, errno.errorcode.get(e.errno, e.errno))\n\
+             print('gethostbyname_ex', socket.gethostbyname_ex('n1a'))\n"
         ),
     )
     .unwrap();
@@ -588,6 +589,18 @@ fn programs_reach_another_lan_by_virtual_address() {
     assert!(log.contains("('100.64.200.200', 7815) EHOSTUNREACH"), "{log}");
     assert!(log.contains(&format!("('{v1a}', 7899) ECONNREFUSED")), "{log}");
     assert!(log.contains("('n1a', 7899) ECONNREFUSED"), "by name, through getaddrinfo: {log}");
+    // gethostbyname_r (CPython's gethostbyname_ex) knows the names too.
+    assert!(log.contains(&format!("gethostbyname_ex ('n1a', [], ['{v1a}'])")), "{log}");
+    // And gethostbyname (Perl's).
+    let (ok, log) = preloaded(
+        &o.bed,
+        &n2.hosts[0],
+        &format!(
+            "{XSOCK} preload perl -MSocket -e 'print \"perl \", inet_ntoa(scalar gethostbyname(\"n1a\")), \"\\n\"'"
+        ),
+        Duration::from_secs(30),
+    );
+    assert!(ok && log.contains(&format!("perl {v1a}")), "{log}");
 
     // A far process killed mid-stream: the reader's next read fails with
     // ECONNRESET (an end it could take for a complete transfer, never).
