@@ -45,9 +45,6 @@ pub unsafe fn getaddrinfo(
     hints: *const addrinfo,
     res: *mut *mut addrinfo,
 ) -> Option<c_int> {
-    if node.is_null() {
-        return None;
-    }
     // SAFETY: the caller's hints, null or valid.
     let mut h: addrinfo = if hints.is_null() { unsafe { std::mem::zeroed() } } else { unsafe { hints.read() } };
     if (h.ai_family != libc::AF_UNSPEC && h.ai_family != libc::AF_INET) || h.ai_flags & libc::AI_NUMERICHOST != 0 {
@@ -67,10 +64,10 @@ pub unsafe fn getaddrinfo(
 /// `node` and its virtual address, if it names an overlay node.
 ///
 /// # Safety
-/// `node` is non-null and NUL-terminated.
+/// `node` is null or NUL-terminated.
 unsafe fn overlay_name<'a>(node: *const c_char) -> Option<(&'a str, Ipv4Addr)> {
     let s = settings();
-    if !s.enabled || s.transport == PreloadTransport::Kernel {
+    if node.is_null() || !s.enabled || s.transport == PreloadTransport::Kernel {
         return None;
     }
     // SAFETY: as the caller promises.
@@ -96,9 +93,6 @@ pub unsafe fn gethostbyname_r(
     result: *mut *mut libc::hostent,
     h_errnop: *mut c_int,
 ) -> Option<c_int> {
-    if node.is_null() {
-        return None;
-    }
     // SAFETY: the caller's NUL-terminated name.
     let (name, addr) = unsafe { overlay_name(node) }?;
     log(|| format!("gethostbyname({name}): the overlay node's virtual address {addr}"));
