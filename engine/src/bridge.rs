@@ -249,6 +249,11 @@ pub struct Bridge {
     spin: Option<std::time::Duration>,
     /// When bytes last came from the client's ring.
     last_from_app: Option<std::time::Instant>,
+    /// Byte mode: the pair may hold bytes not read yet (the poller reported
+    /// it since a read last found it empty). A short read or WouldBlock
+    /// clears it, so a pump the network side woke makes no system call on
+    /// the pair.
+    pair_unread: bool,
 }
 
 /// Where the bridge is in the client's current message.
@@ -297,13 +302,16 @@ impl Bridge {
             bells: 0,
             spin,
             last_from_app: None,
+            pair_unread: true,
         })
     }
 
     /// Moves what can move now, both ways. `pair_event`: the socketpair
     /// was reported readable (ring mode: doorbells or the hang-up to read;
     /// otherwise it is not read, which keeps a spinning pump free of
-    /// system calls).
+    /// system calls; byte mode: bytes or the hang-up, and without it the
+    /// pair is read only if no read has found it empty since the last
+    /// report).
     pub fn pump(&mut self, pool: &mut BufPool, pair_event: bool) -> Outcome {
         self.pumps += 1;
         let now = std::time::Instant::now();
@@ -311,6 +319,7 @@ impl Bridge {
         if let (Some(rings), true) = (self.rings.as_mut(), pair_event) {
             drain_bells(rings, &mut self.pair);
         }
+        self.pair_unread |= pair_event;
         for _ in 0..ROUNDS {
             let mut progress = false;
             // Client -> network.
@@ -323,9 +332,16 @@ impl Bridge {
             }
             if self.to_net.is_empty() && !self.app_eof {
                 let r = match self.rings.as_mut() {
+                    None if !self.pair_unread => Err(io::ErrorKind::WouldBlock.into()),
                     None => {
                         let pair = &mut self.pair;
-                        self.to_net.fill(pool, |b| pair.read(b))
+                        let r = self.to_net.fill(pool, |b| pair.read(b));
+                        // Less than asked for: the pair was empty then, and
+                        // bytes after it are reported by the poller.
+                        if r.as_ref().map_or_else(|e| e.kind() == io::ErrorKind::WouldBlock, |&n| n > 0 && n < BUF) {
+                            self.pair_unread = false;
+                        }
+                        r
                     }
                     Some(rings) => {
                         match take_from_ring(rings, &self.pair, &mut self.to_net, pool, &mut self.bells, !hot) {

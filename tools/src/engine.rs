@@ -24,6 +24,13 @@ pub struct EngineCmd {
     /// How the engine's loop waits when idle (busy: lowest latency, a core).
     #[arg(long, value_enum, default_value = "adaptive")]
     poll: Poll,
+    /// With `--poll adaptive`: how long the loop keeps spinning after its
+    /// last work before it sleeps (e.g. 50us, 1ms). A window longer than a
+    /// request-response program's round trip keeps the engine spinning
+    /// while the program talks (busy-poll latency) and asleep when it is
+    /// idle. [default: 50us]
+    #[arg(long, value_parser = crate::args::parse_duration)]
+    spin: Option<std::time::Duration>,
     /// Members of this group may attach too (root and the engine's user
     /// always may).
     #[arg(long)]
@@ -71,7 +78,17 @@ impl EngineCmd {
         sys::catch_interrupts()?;
         let cfg = EngineConfig {
             queues: self.queues,
-            poll: self.poll.into(),
+            poll: match (self.poll, self.spin) {
+                (Poll::Adaptive, Some(spin)) => xsock::PollMode::Adaptive { spin },
+                (p, None) => p.into(),
+                (p, Some(_)) => {
+                    return Err(Fail::msg(format!(
+                        "--spin is how long --poll adaptive spins before it sleeps; it means nothing with --poll {}: \
+                         drop --spin or use --poll adaptive",
+                        if p == Poll::Busy { "busy" } else { "sleep" }
+                    )));
+                }
+            },
             group: self.group.clone(),
             max_clients: self.max_clients,
             max_streams_per_client: self.max_streams,

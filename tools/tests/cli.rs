@@ -131,6 +131,11 @@ fn bad_input_is_one_clear_line_and_a_nonzero_exit() {
     let (code, err) = fails(&a, &["ping", "--connect", "10.66.0.2:7999", "--transport", "kernel"]);
     assert_eq!(code, 1);
     assert!(err.contains("connection refused by 10.66.0.2:7999") && err.contains("--listen"), "{err}");
+    // The adaptive window given to a mode that has none: refused, and the
+    // engine never took the interface.
+    let (code, err) = fails(&a, &["engine", "--iface", "eth0", "--poll", "busy", "--spin", "1ms"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--spin") && err.contains("--poll adaptive"), "{err}");
     // None of the failures left a program on the interface.
     assert!(!a.has_xdp("eth0").unwrap());
 }
