@@ -7,12 +7,22 @@
 #   cargo build --release -p xsock-tools -p xsock-preload
 #   sudo perf/preload.sh [ROUNDS]      (ENGINE_POLL=adaptive|busy|sleep)
 #   ONLY="mpi sockperf" sudo perf/preload.sh 5   (a subset: sockperf iperf mpi)
+#   ENGINE_SPIN=1ms            (--spin of adaptive engines; default 50us)
+#   ENGINE_WRAP="chrt -f 10"   (a command the engines run under)
+#   KERNEL_BESIDE_ENGINES=1    (kernel rounds with the engines running; by
+#                               default they are stopped, as on a host
+#                               without xsock: busy engines keep the two
+#                               vCPUs out of halt and speed the kernel's
+#                               wake-ups up, or take its cores)
 #
 # Prints one line per measurement and a markdown table of medians.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 poll=${ENGINE_POLL:-adaptive}
+wrap=${ENGINE_WRAP:-}
+beside=${KERNEL_BESIDE_ENGINES:-0}
+spin=${ENGINE_SPIN:+--spin $ENGINE_SPIN}
 only=${ONLY:-sockperf iperf mpi}
 want() { [[ " $only " == *" $1 "* ]]; }
 X=$PWD/target/release/xsock
@@ -41,12 +51,15 @@ for n in $A $B; do
     for _ in $(seq 50); do [ -n "$(ip -n $n -6 addr show dev eth0 scope link)" ] && break; sleep 0.1; done
 done
 
-start_engines() {
+stop_engines() {
     for p in "${engines[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${engines[@]}"; do while kill -0 "$p" 2>/dev/null; do sleep 0.1; done; done
     engines=()
+}
+start_engines() {
+    stop_engines
     for n in $A $B; do
-        ip netns exec $n "$X" engine --iface eth0 --poll "$poll" > "$work/engine-$n.log" 2>&1 &
+        ip netns exec $n $wrap "$X" engine --iface eth0 --poll "$poll" $spin > "$work/engine-$n.log" 2>&1 &
         engines+=($!)
     done
     for n in $A $B; do
@@ -72,9 +85,26 @@ iperf_gbps() { # mode -> Gbit/s received
     python3 -c "import json,sys; print('%.2f' % (json.load(open('$work/iperf.json'))['end']['sum_received']['bits_per_second']/1e9))"
 }
 mpi_run() { # mode -> "rtt_us alltoall_ms"
+    # Debian's MPICH/UCX sometimes never returns from MPI_Finalize (kernel
+    # TCP too; see mpiexec() in tools/tests/preload.rs): the result line is
+    # printed before it, so a run that printed and then hangs 20 s is
+    # stopped and its result kept.
     local g=""; [ "$1" = xsock ] && g="-genv LD_PRELOAD $LIB"
+    local out="$work/mpi.out"; : > "$out"
     ip netns exec $A mpiexec -launcher ssh -launcher-exec "$work/launch.sh" -hosts $IPA:1,$IPB:1 -n 2 \
-        -genv UCX_TLS tcp,self -genv UCX_NET_DEVICES eth0 $g "$work/mpi_check" 2>/dev/null | tail -1 \
+        -genv UCX_TLS tcp,self -genv UCX_NET_DEVICES eth0 $g "$work/mpi_check" > "$out" 2>/dev/null &
+    local m=$! t=0 printed=""
+    while kill -0 $m 2>/dev/null; do
+        sleep 0.1; t=$((t + 1))
+        [ -z "$printed" ] && grep -q '^{' "$out" && printed=$t
+        if [ -n "$printed" ] && [ $((t - printed)) -gt 200 ]; then
+            echo "MPI_Finalize hung after the result ($1); ranks stopped" >&2
+            pkill -KILL -f "$work/mpi_check" || true; break
+        fi
+        [ $t -gt 1200 ] && { echo "mpiexec ($1) ran 120 s without a result" >&2; pkill -KILL -f "$work/mpi_check" || true; break; }
+    done
+    wait $m 2>/dev/null || true
+    grep '^{' "$out" | tail -1 \
         | python3 -c "import json,sys; v=json.loads(sys.stdin.read()); assert v['bad']==0; print(v['pingpong_rtt_us'], v['alltoall_ms'])"
 }
 mpicc -O2 -o "$work/mpi_check" tools/tests/preload/mpi_check.c
@@ -89,24 +119,33 @@ chmod +x "$work/launch.sh"
 
 declare -A results
 add() { results[$1]="${results[$1]:-} $2"; echo "$1: $2"; }
-start_engines
-for r in $(seq "$rounds"); do
-    if want sockperf; then for m in kernel xsock; do add "sockperf-$m" "$(sockperf_p50 $m)"; done; fi
-    if want iperf; then for m in kernel xsock; do add "iperf1500-$m" "$(iperf_gbps $m)"; done; fi
-    if want mpi; then
-        for m in kernel xsock; do read -r rtt a2a <<< "$(mpi_run $m)"; add "mpirtt-$m" "$rtt"; add "mpia2a-$m" "$a2a"; done
+# engines for mode $1: running for xsock, and for kernel rounds only with
+# KERNEL_BESIDE_ENGINES=1.
+engines_for() {
+    if [ "$1" = xsock ] || [ "$beside" = 1 ]; then
+        [ ${#engines[@]} -gt 0 ] || start_engines
+    else
+        stop_engines
     fi
+}
+for r in $(seq "$rounds"); do
+    for m in kernel xsock; do
+        engines_for $m
+        if want sockperf; then add "sockperf-$m" "$(sockperf_p50 $m)"; fi
+        if want iperf; then add "iperf1500-$m" "$(iperf_gbps $m)"; fi
+        if want mpi; then read -r rtt a2a <<< "$(mpi_run $m)"; add "mpirtt-$m" "$rtt"; add "mpia2a-$m" "$a2a"; fi
+    done
 done
 if want iperf; then
+    stop_engines
     for n in $A $B; do ip -n $n link set eth0 mtu 9000; done
-    start_engines
     for r in $(seq "$rounds"); do
-        for m in kernel xsock; do add "iperf9000-$m" "$(iperf_gbps $m)"; done
+        for m in kernel xsock; do engines_for $m; add "iperf9000-$m" "$(iperf_gbps $m)"; done
     done
 fi
 med() { tr ' ' '\n' <<< "$1" | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo
-echo "engines: --poll $poll; $rounds rounds, interleaved; medians"
+echo "engines: --poll $poll $spin${wrap:+ under $wrap}; kernel rounds $([ "$beside" = 1 ] && echo "beside the running engines" || echo "with the engines stopped"); $rounds rounds, interleaved; medians"
 echo
 echo "| measurement | kernel TCP | xsock preload | ratio |"
 echo "|---|---|---|---|"
