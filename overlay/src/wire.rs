@@ -605,29 +605,63 @@ impl<'a> Msg<'a> {
     }
 }
 
-/// Cuts a byte stream into frames. Feed it what arrives; take frames out.
+/// Cuts a byte stream into frames. Feed it what arrives ([`push`], or
+/// [`read_with`] to receive straight into it, which saves a copy of every
+/// byte); take frames out.
+///
+/// [`push`]: FrameReader::push
+/// [`read_with`]: FrameReader::read_with
 #[derive(Debug, Default)]
 pub struct FrameReader {
+    /// Held bytes are `buf[start..end]`; the rest is room (kept, so that a
+    /// read into it does not zero it first).
     buf: Vec<u8>,
     start: usize,
+    end: usize,
 }
 
 impl FrameReader {
     /// Appends bytes that arrived.
     pub fn push(&mut self, bytes: &[u8]) {
-        if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
+        self.room(bytes.len());
+        self.buf[self.end..self.end + bytes.len()].copy_from_slice(bytes);
+        self.end += bytes.len();
+    }
+
+    /// Lets `read` put up to `max` bytes straight after what is held (a
+    /// stream's receive); keeps what it says it read. Returns what `read`
+    /// returned.
+    pub fn read_with<E>(&mut self, max: usize, read: impl FnOnce(&mut [u8]) -> Result<usize, E>) -> Result<usize, E> {
+        self.room(max);
+        let r = read(&mut self.buf[self.end..self.end + max]);
+        if let Ok(n) = r {
+            self.end += n.min(max);
         }
-        self.buf.extend_from_slice(bytes);
+        r
+    }
+
+    /// Makes room for `n` more bytes after what is held.
+    fn room(&mut self, n: usize) {
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        }
+        if self.buf.len() - self.end >= n {
+            return;
+        }
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+        }
+        if self.buf.len() - self.end < n {
+            self.buf.resize(self.end + n, 0);
+        }
     }
 
     /// The next complete frame (type + body), if one is in; an error if the
     /// stream announces a frame over [`MAX_FRAME`] (close the connection).
     pub fn next_frame(&mut self) -> Result<Option<&[u8]>, ParseError> {
-        let avail = &self.buf[self.start..];
+        let avail = &self.buf[self.start..self.end];
         if avail.len() < 4 {
-            self.compact();
             return Ok(None);
         }
         let len = u32::from_be_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
@@ -635,7 +669,6 @@ impl FrameReader {
             return Err(ParseError::TooLong(len));
         }
         if avail.len() < 4 + len {
-            self.compact();
             return Ok(None);
         }
         let s = self.start + 4;
@@ -645,14 +678,7 @@ impl FrameReader {
 
     /// Bytes held that are not a complete frame yet.
     pub fn pending(&self) -> usize {
-        self.buf.len() - self.start
-    }
-
-    fn compact(&mut self) {
-        if self.start > 0 {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
+        self.end - self.start
     }
 }
 
@@ -739,6 +765,42 @@ mod tests {
             let parsed: Vec<_> = got.iter().map(|f| Msg::parse(f).unwrap()).collect();
             assert_eq!(parsed, all(), "cut {cut}");
             assert_eq!(rd.pending(), 0);
+        }
+    }
+
+    /// The same stream received straight into the reader, in reads of
+    /// every size, some of them short: the same frames, nothing left.
+    #[test]
+    fn reads_into_the_reader_give_the_frames_that_pushes_give() {
+        let mut stream = Vec::new();
+        for m in all() {
+            m.emit(&mut stream);
+        }
+        for max in [1, 3, 5, 64, 100, stream.len() + 10] {
+            let mut rd = FrameReader::default();
+            let (mut got, mut at, mut turn) = (Vec::new(), 0, 0usize);
+            while at < stream.len() {
+                turn += 1;
+                // Every third read finds less than it may take.
+                let want = if turn % 3 == 0 { max.div_ceil(2) } else { max };
+                let n = rd
+                    .read_with(max, |room| -> Result<usize, ()> {
+                        assert_eq!(room.len(), max);
+                        let n = want.min(stream.len() - at);
+                        room[..n].copy_from_slice(&stream[at..at + n]);
+                        Ok(n)
+                    })
+                    .unwrap();
+                at += n;
+                while let Some(f) = rd.next_frame().unwrap() {
+                    got.push(f.to_vec());
+                }
+            }
+            assert_eq!(rd.read_with(8, |_| Err::<usize, _>("would block")), Err("would block"));
+            let parsed: Vec<_> = got.iter().map(|f| Msg::parse(f).unwrap()).collect();
+            assert_eq!(parsed, all(), "reads of {max}");
+            assert_eq!(rd.pending(), 0);
+            assert!(rd.buf.len() <= 2 * max + MAX_FRAME.min(stream.len()), "room stays bounded: {}", rd.buf.len());
         }
     }
 

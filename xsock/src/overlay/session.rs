@@ -348,7 +348,7 @@ impl Pump {
         if self.leaving && self.vcs.is_empty() && self.flushing.is_empty() {
             return Err(LEFT.into());
         }
-        self.read_session(buf)?;
+        self.read_session()?;
         self.events();
         self.move_bytes(buf);
         let now = self.now();
@@ -385,12 +385,12 @@ impl Pump {
         }
     }
 
-    fn read_session(&mut self, buf: &mut [u8]) -> Result<(), String> {
+    fn read_session(&mut self) -> Result<(), String> {
         loop {
-            match self.s.try_recv(buf) {
+            // Straight from the stream into the frame reader.
+            match self.rd.read_with(256 << 10, |room| self.s.try_recv(room)) {
                 Ok(0) => return Err(format!("relay {} closed the session", self.relay)),
-                Ok(n) => {
-                    self.rd.push(&buf[..n]);
+                Ok(_) => {
                     let now = self.now();
                     while let Some(f) = self.rd.next_frame().map_err(|e| format!("relay {}: {e}", self.relay))? {
                         self.core

@@ -13,6 +13,9 @@ use xsock_overlay::{
     wire::FrameReader,
 };
 
+/// The most one read of a session takes.
+const READ: usize = 64 * 1024;
+
 /// One endpoint's session.
 pub struct Session {
     s: Stream,
@@ -62,11 +65,12 @@ impl Sessions {
     /// Hands what every session has sent to the core; returns whether any
     /// moved, and the sessions that ended (broken, closed, or breaking the
     /// protocol), each with why.
-    pub fn read(&mut self, core: &mut RelayCore, now: Duration, buf: &mut [u8]) -> (bool, Vec<(LinkId, String)>) {
+    pub fn read(&mut self, core: &mut RelayCore, now: Duration) -> (bool, Vec<(LinkId, String)>) {
         let (mut any, mut gone) = (false, Vec::new());
         'sessions: for (&link, s) in self.map.iter_mut() {
             loop {
-                match s.s.try_recv(buf) {
+                // Straight from the stream into the frame reader.
+                match s.rd.read_with(READ, |room| s.s.try_recv(room)) {
                     Ok(0) => {
                         gone.push((link, "it closed the session".to_owned()));
                         break;
@@ -74,7 +78,6 @@ impl Sessions {
                     Ok(n) => {
                         any = true;
                         s.bytes_in += n as u64;
-                        s.rd.push(&buf[..n]);
                         loop {
                             match s.rd.next_frame() {
                                 Ok(Some(f)) => {

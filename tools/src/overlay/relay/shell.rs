@@ -190,7 +190,7 @@ pub fn run(setup: Setup) -> Result<(), Fail> {
         work |= st.read_links(&mut buf);
         work |= st.drain_events(&rx);
         work |= st.serve_locals(&mut buf);
-        work |= st.serve_sessions(&mut buf);
+        work |= st.serve_sessions();
         work |= st.run_actions();
         if !st.early.is_empty() {
             work |= st.retry_early();
@@ -424,9 +424,9 @@ impl State {
     }
 
     /// Moves the sessions' bytes in and out.
-    fn serve_sessions(&mut self, buf: &mut [u8]) -> bool {
+    fn serve_sessions(&mut self) -> bool {
         let now = self.clock.now();
-        let (any, gone) = self.sessions.read(&mut self.core, now, buf);
+        let (any, gone) = self.sessions.read(&mut self.core, now);
         for (link, why) in gone {
             if let Some(s) = self.sessions.remove(link) {
                 log::info!("session {link} of endpoint {} ended: {why}", s.name);
