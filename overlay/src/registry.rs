@@ -1,6 +1,9 @@
 //! The bootstrap server's directory, sans-IO: who is registered (relays
 //! and endpoints), their sites, names, ranks and ports. Relays get the
-//! whole directory pushed on every change; endpoints ask.
+//! whole directory pushed after changes, once per drain of
+//! [`Registry::poll_transmit`] however many changes came before it (a
+//! thousand nodes joining at once cost a few pushes, not a thousand
+//! directories of a thousand entries to every relay); endpoints ask.
 //!
 //! Several servers may run side by side (no single point of failure):
 //! every node registers with each of them under the id it drew for itself,
@@ -45,6 +48,8 @@ pub struct Registry {
     session_node: HashMap<SessionId, NodeId>,
     relays: Vec<SessionId>,
     out: VecDeque<(SessionId, Vec<u8>)>,
+    /// The directory changed since the relays were last sent it.
+    directory_due: bool,
 }
 
 impl Default for Registry {
@@ -80,6 +85,7 @@ impl Registry {
             session_node: HashMap::new(),
             relays: Vec::new(),
             out: VecDeque::new(),
+            directory_due: false,
         })
     }
 
@@ -268,8 +274,15 @@ impl Registry {
         Some(e)
     }
 
-    /// The next frame to send, and to which session.
+    /// The next frame to send, and to which session: the answers first,
+    /// then the directory for the relays if it changed.
     pub fn poll_transmit(&mut self) -> Option<(SessionId, Vec<u8>)> {
+        if self.out.is_empty() && std::mem::take(&mut self.directory_due) && !self.relays.is_empty() {
+            let f = self.directory_frame();
+            for &s in &self.relays {
+                self.out.push_back((s, f.clone()));
+            }
+        }
         self.out.pop_front()
     }
 
@@ -311,14 +324,9 @@ impl Registry {
         Msg::Directory { entries }.to_frame()
     }
 
+    /// The relays are sent the directory at the end of the next drain.
     fn push_directory(&mut self) {
-        if self.relays.is_empty() {
-            return;
-        }
-        let f = self.directory_frame();
-        for s in self.relays.clone() {
-            self.out.push_back((s, f.clone()));
-        }
+        self.directory_due = true;
     }
 }
 
@@ -415,19 +423,48 @@ mod tests {
     }
 
     #[test]
-    fn relays_get_the_directory_on_every_change() {
+    fn relays_get_the_directory_after_changes_once_per_drain() {
         let mut r = Registry::new();
         reg(&mut r, 1, Role::Relay, "relay-a", [10, 0, 0, 1], [10, 0, 0, 1]).unwrap();
         drain(&mut r);
+        // Two changes before the drain: one push, the newest directory.
         reg(&mut r, 2, Role::Endpoint, "h1", [10, 0, 0, 2], [10, 0, 0, 2]).unwrap();
         r.handle_message(2, [10, 0, 0, 2].into(), &Msg::Ports { ports: vec![80, 80, 22] }.to_frame()[4..]).unwrap();
-        let pushes: Vec<_> = drain(&mut r).into_iter().filter(|(s, _)| *s == 1).collect();
-        assert_eq!(pushes.len(), 2);
-        let Msg::Directory { entries } = Msg::parse(&pushes[1].1[4..]).unwrap() else { panic!() };
+        let out = drain(&mut r);
+        assert!(matches!(Msg::parse(&out[0].1[4..]), Ok(Msg::Registered { .. })), "the answer goes first");
+        let pushes: Vec<_> = out.into_iter().filter(|(s, _)| *s == 1).collect();
+        assert_eq!(pushes.len(), 1);
+        let Msg::Directory { entries } = Msg::parse(&pushes[0].1[4..]).unwrap() else { panic!() };
         assert_eq!(entries.iter().find(|e| e.name == "h1").unwrap().ports, vec![22, 80]);
+        assert!(drain(&mut r).is_empty(), "no change, no push");
         r.handle_session_closed(2);
         let Msg::Directory { entries } = Msg::parse(&drain(&mut r)[0].1[4..]).unwrap() else { panic!() };
         assert_eq!(entries.len(), 1);
+    }
+
+    /// A thousand endpoints joining (and listening) between two drains cost
+    /// each relay one directory, not two thousand.
+    #[test]
+    fn a_join_storm_costs_each_relay_one_directory_per_drain() {
+        let mut r = Registry::new();
+        for s in 1..=4 {
+            reg(&mut r, s, Role::Relay, &format!("relay-{s}"), [10, 0, s as u8, 1], [10, 0, s as u8, 1]).unwrap();
+        }
+        drain(&mut r);
+        for s in 10..1010u64 {
+            let lan = [10, 0, (s % 4 + 1) as u8, (s % 200 + 2) as u8];
+            reg(&mut r, s, Role::Endpoint, &format!("h{s}"), lan, lan).unwrap();
+            r.handle_message(s, lan.into(), &Msg::Ports { ports: vec![7500] }.to_frame()[4..]).unwrap();
+        }
+        let out = drain(&mut r);
+        let (pushes, answers): (Vec<_>, Vec<_>) = out.iter().partition(|(s, _)| *s <= 4);
+        assert_eq!(answers.len(), 1000, "every endpoint is answered");
+        assert_eq!(pushes.len(), 4, "one directory per relay");
+        for (_, f) in pushes {
+            let Msg::Directory { entries } = Msg::parse(&f[4..]).unwrap() else { panic!() };
+            assert_eq!(entries.len(), 1004);
+            assert!(entries.iter().filter(|e| e.role == Role::Endpoint).all(|e| e.ports == [7500]));
+        }
     }
 
     fn register_as(node: u64, name: &str) -> Vec<u8> {

@@ -246,6 +246,9 @@ fn take_revocations(
     }
 }
 
+/// Events taken at most before the answers go out.
+const BATCH: usize = 1024;
+
 fn serve(rx: Receiver<Event>, me: &Mutex<Identity>, mut reg: Registry, leases: Option<&std::path::Path>) {
     let mut sessions: HashMap<SessionId, Session> = HashMap::new();
     let mut out = Vec::new();
@@ -253,42 +256,51 @@ fn serve(rx: Receiver<Event>, me: &Mutex<Identity>, mut reg: Registry, leases: O
     let list_of = |me: &Mutex<Identity>| {
         me.lock().ok().and_then(|m| m.trust.as_ref().and_then(|t| t.revocations()).map(|l| l.to_bytes()))
     };
-    while let Ok(ev) = rx.recv() {
-        // A relay that just registered gets the list after its answer.
-        let mut tell = None;
-        match ev {
-            Event::Joined(id, w, sealer, ip, peer, key) => {
-                sessions.insert(id, Session { w, sealer, ip, peer, key });
-            }
-            Event::Revocations(list) => take_revocations(&list, "--revoked", me, &mut sessions, &mut out),
-            Event::Frame(id, f) => {
-                // A relay passes on a list it took (from its links or file).
-                if let Ok(Msg::Revocations { list }) = Msg::parse(&f) {
-                    let whence = sessions.get(&id).map(|s| format!("relay {}", s.peer.name)).unwrap_or_default();
-                    take_revocations(list, &whence, me, &mut sessions, &mut out);
-                    continue;
+    while let Ok(first) = rx.recv() {
+        // Relays that just registered get the list after their answer.
+        let mut tell = Vec::new();
+        // What else waits is taken before anyone is answered: a storm of
+        // joins then costs each relay one directory (the registry pushes
+        // it once per drain), not one per join.
+        for ev in std::iter::once(first).chain(rx.try_iter().take(BATCH - 1)) {
+            match ev {
+                Event::Joined(id, w, sealer, ip, peer, key) => {
+                    sessions.insert(id, Session { w, sealer, ip, peer, key });
                 }
-                let Some(s) = sessions.get_mut(&id) else { continue };
-                // A node registers as what it proved at the handshake (its
-                // certificate's name and role, where there are certificates).
-                let as_proved = match Msg::parse(&f) {
-                    Ok(Msg::Register { role, name, .. }) if role != s.peer.role || name != s.peer.name => Err(format!(
-                        "registering as the {role:?} {name:?} after the handshake as the {:?} {:?}",
-                        s.peer.role, s.peer.name
-                    )),
-                    _ => Ok(()),
-                };
-                if let Err(reason) = as_proved.and_then(|()| reg.handle_message(id, s.ip, &f)) {
-                    s.refuse(&reason, &mut out);
-                } else if let Ok(Msg::Register { role, name, .. }) = Msg::parse(&f) {
-                    log::info!("{role:?} {name} registered from {}", s.ip);
-                    tell = (role == Role::Relay).then_some(id);
+                Event::Revocations(list) => take_revocations(&list, "--revoked", me, &mut sessions, &mut out),
+                Event::Frame(id, f) => {
+                    // A relay passes on a list it took (from its links or file).
+                    if let Ok(Msg::Revocations { list }) = Msg::parse(&f) {
+                        let whence = sessions.get(&id).map(|s| format!("relay {}", s.peer.name)).unwrap_or_default();
+                        take_revocations(list, &whence, me, &mut sessions, &mut out);
+                        continue;
+                    }
+                    let Some(s) = sessions.get_mut(&id) else { continue };
+                    // A node registers as what it proved at the handshake (its
+                    // certificate's name and role, where there are certificates).
+                    let as_proved = match Msg::parse(&f) {
+                        Ok(Msg::Register { role, name, .. }) if role != s.peer.role || name != s.peer.name => {
+                            Err(format!(
+                                "registering as the {role:?} {name:?} after the handshake as the {:?} {:?}",
+                                s.peer.role, s.peer.name
+                            ))
+                        }
+                        _ => Ok(()),
+                    };
+                    if let Err(reason) = as_proved.and_then(|()| reg.handle_message(id, s.ip, &f)) {
+                        s.refuse(&reason, &mut out);
+                    } else if let Ok(Msg::Register { role, name, .. }) = Msg::parse(&f) {
+                        log::info!("{role:?} {name} registered from {}", s.ip);
+                        if role == Role::Relay {
+                            tell.push(id);
+                        }
+                    }
                 }
-            }
-            Event::Closed(id) => {
-                sessions.remove(&id);
-                if let Some(e) = reg.handle_session_closed(id) {
-                    log::info!("{:?} {} ({}) left", e.role, e.name, e.node);
+                Event::Closed(id) => {
+                    sessions.remove(&id);
+                    if let Some(e) = reg.handle_session_closed(id) {
+                        log::info!("{:?} {} ({}) left", e.role, e.name, e.node);
+                    }
                 }
             }
         }
@@ -299,10 +311,12 @@ fn serve(rx: Receiver<Event>, me: &Mutex<Identity>, mut reg: Registry, leases: O
                 log::warn!("{} ({}): {e}", s.ip, s.peer.name);
             }
         }
-        if let Some(s) = tell.and_then(|id| sessions.get_mut(&id))
-            && let Some(list) = list_of(me)
-        {
-            let _ = s.send(&Msg::Revocations { list: &list }.to_frame(), &mut out);
+        for id in tell {
+            if let Some(s) = sessions.get_mut(&id)
+                && let Some(list) = list_of(me)
+            {
+                let _ = s.send(&Msg::Revocations { list: &list }.to_frame(), &mut out);
+            }
         }
         if reg.take_leases_changed()
             && let Some(path) = leases

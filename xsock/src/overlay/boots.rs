@@ -85,8 +85,11 @@ pub fn register(
         Error::Overlay(format!("cannot reach the bootstrap server at {addr}: {e} (is `xsock boot` running there?)"))
     })?;
     tcp.set_nodelay(true).map_err(Error::Io)?;
-    let mut s = SecureTcp::connect(tcp, key, me, reg.role, &reg.name, deadline)
-        .map_err(|e| Error::Overlay(format!("bootstrap server {addr}: {e}")))?;
+    let mut s = SecureTcp::connect(tcp, key, me, reg.role, &reg.name, deadline).map_err(|e| match e {
+        // Kept apart: a server too busy to answer in time is asked again.
+        Error::TimedOut(m) => Error::TimedOut(format!("bootstrap server {addr}: {m}")),
+        e => Error::Overlay(format!("bootstrap server {addr}: {e}")),
+    })?;
     if s.peer().role != Role::Boot {
         return Err(Error::Overlay(format!("{addr} is a {:?}, not a bootstrap server", s.peer().role)));
     }
@@ -105,6 +108,7 @@ pub fn register(
     // Its verdict on our certificate comes first, if it refuses it.
     let reply = recv_frame(&mut s, deadline).map_err(|e| match e {
         Error::Overlay(m) => Error::Overlay(format!("bootstrap server {addr}: {m}")),
+        Error::TimedOut(m) => Error::TimedOut(format!("bootstrap server {addr}: {m}")),
         e => e,
     })?;
     match Msg::parse(&reply).map_err(|e| Error::Protocol(e.to_string()))? {
@@ -145,6 +149,9 @@ impl std::fmt::Debug for Boots {
 
 /// The first retry after a lost session; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// Tries of a server that is reachable but too slow to answer, while no
+/// server has taken us yet.
+const SLOW_TRIES: u32 = 4;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Boots {
@@ -165,7 +172,25 @@ impl Boots {
         let mut sessions = Vec::new();
         let mut refused = None;
         for &addr in addrs {
-            let (conn, why) = match register(addr, key, me, &reg, timeout) {
+            // A server that took the connection but did not answer in time
+            // is busy (a thousand nodes joining at once), not gone: until
+            // one server has taken us, ask it again a few times.
+            let mut tries = 1;
+            let first = loop {
+                let r = register(addr, key, me, &reg, timeout);
+                match &r {
+                    Err(Error::TimedOut(m)) if site.is_none() && tries < SLOW_TRIES => {
+                        log::warn!(
+                            "bootstrap server {addr} is slow ({m} within {timeout:?}); asking again ({} of {SLOW_TRIES})",
+                            tries + 1
+                        );
+                        std::thread::sleep(FIRST_BACKOFF * tries);
+                        tries += 1;
+                    }
+                    _ => break r,
+                }
+            };
+            let (conn, why) = match first {
                 Ok((s, placed)) => {
                     let got = placed.site;
                     match site {
@@ -313,5 +338,62 @@ fn closed(s: &TcpStream) -> Option<String> {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
         Err(e) => Some(e.to_string()),
         Ok(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that takes the connection and never answers is asked
+    /// again (busy, not gone), then the join fails with one clear line; a
+    /// server nobody listens at is not asked again.
+    #[test]
+    fn a_silent_server_is_asked_again_and_a_closed_port_is_not() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let std::net::SocketAddr::V4(silent) = listener.local_addr().unwrap() else { unreachable!() };
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = stop.clone();
+        let held = std::thread::spawn(move || {
+            let mut conns = Vec::new();
+            listener.set_nonblocking(true).unwrap();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((c, _)) => conns.push(c),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            conns.len()
+        });
+        let key = Key::from_file_contents(b"a cluster key of more than enough bytes").unwrap();
+        let me = super::super::Identity::plain(super::super::process_key().clone());
+        let reg = Registration {
+            node: Registration::fresh_id(),
+            role: Role::Endpoint,
+            name: "n".into(),
+            lan_ip: std::net::Ipv4Addr::LOCALHOST,
+            prefix: 8,
+            wan: None,
+            serve_port: 0,
+            rank: None,
+            vaddr: None,
+        };
+        let timeout = Duration::from_millis(150);
+        let t = Instant::now();
+        let Err(e) = Boots::register_all(&[silent], &key, &me, reg.clone(), timeout) else { panic!("registered") };
+        assert!(e.to_string().contains("no bootstrap server took us"), "{e}");
+        assert!(t.elapsed() >= timeout * SLOW_TRIES, "asked {SLOW_TRIES} times: {:?}", t.elapsed());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(held.join().unwrap(), SLOW_TRIES as usize, "one connection per try");
+        // Nobody listens: refused at once, no second try.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let std::net::SocketAddr::V4(a) = l.local_addr().unwrap() else { unreachable!() };
+            a
+        };
+        let t = Instant::now();
+        let Err(e) = Boots::register_all(&[closed], &key, &me, reg, timeout) else { panic!("registered") };
+        assert!(e.to_string().contains("cannot reach"), "{e}");
+        assert!(t.elapsed() < timeout, "{:?}", t.elapsed());
     }
 }
