@@ -10,7 +10,8 @@
 //! `XSOCK_PERF_RELAY_BULK="FLAGS"` (relayed bulk with the relays' flags).
 //! The all-to-all's size: `XSOCK_PERF_MESH_LANS` (8), `..._PER_HOST`
 //! (endpoints per process, 4), `..._PARALLEL` (connects in flight per
-//! endpoint, 2). `XSOCK_PERF_KILL_DUMP=1` prints the relay kill's attempts
+//! endpoint, 2), `..._POLL` (the endpoints' `--poll`, adaptive).
+//! `XSOCK_PERF_KILL_DUMP=1` prints the relay kill's attempts
 //! within 100 ms of the kill.
 
 use std::{
@@ -390,13 +391,14 @@ fn all_to_all(xsock: &str, rounds: usize, out: &mut String) -> io::Result<()> {
     ]);
     let (mut xs, mut ks) = (vec![], vec![]);
     let mut first_error = None;
+    let poll = std::env::var("XSOCK_PERF_MESH_POLL").unwrap_or_else(|_| "adaptive".into());
     for round in 1..=rounds {
         progress(&format!("all-to-all round {round}/{rounds}"));
         // Joining (registration) is before the barrier; only the connect
         // phase is timed. Each process holds 4 endpoints.
         let reports = o.mesh_run(&hosts, &overlay_peers.join(","), |_, name| {
             let mut a = o.join_flags(name);
-            a.extend(["--endpoints", &k, "--parallel", &parallel()].map(String::from));
+            a.extend(["--endpoints", &k, "--parallel", &parallel(), "--poll", &poll].map(String::from));
             a
         })?;
         let (x_ms, x_ok, x_pairs, _) = span(&reports);

@@ -17,7 +17,7 @@ use std::{
 use clap::Args;
 use serde::Serialize;
 use xsock::{
-    Driving, PollMode, Runtime, Stream,
+    Driving, Runtime, Stream,
     overlay::{Node, NodeListener, OverlayConfig},
 };
 
@@ -65,6 +65,10 @@ pub struct Mesh {
     /// Keep serving this long after our own connections are done.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     linger: Duration,
+    /// How the datapath thread waits when idle (sleep: kind to a host that
+    /// runs more processes than it has cores).
+    #[arg(long, value_enum, default_value = "adaptive")]
+    poll: crate::args::Poll,
 }
 
 #[derive(Debug, Serialize)]
@@ -192,7 +196,7 @@ impl Mesh {
             let rt = Runtime::builder()
                 .interface(&iface)
                 .driving(Driving::Thread)
-                .poll_mode(PollMode::default())
+                .poll_mode(self.poll.into())
                 // Many small connections: small (pre-faulted) buffers.
                 .send_buffer((self.bytes.max(4096) * 2).min(1 << 20))
                 .recv_buffer((self.bytes.max(4096) * 2).min(1 << 20))
