@@ -1,6 +1,7 @@
 //! The overlay frame parser and the cores behind it (a relay link, an
 //! endpoint's session at both ends): no input panics any of them;
-//! whatever parses re-emits to a frame that parses the same.
+//! whatever parses re-emits to a frame that parses the same, and a frame
+//! reader cuts the same frames however the bytes arrive.
 #![no_main]
 
 use std::time::Duration;
@@ -33,4 +34,6 @@ fuzz_target!(|data: &[u8]| {
     core.handle_timeout(Duration::from_secs(10));
     // And as an endpoint's session with its relay, both ends.
     xsock_overlay::attach::hostile_bytes(data);
+    // Received straight into a frame reader.
+    xsock_overlay::wire::reader_bytes(data);
 });

@@ -605,6 +605,10 @@ impl<'a> Msg<'a> {
     }
 }
 
+/// What a session receives at once into its [`FrameReader`] (which keeps
+/// that much room: a small part of a stream's own buffers).
+pub const SESSION_READ: usize = 64 << 10;
+
 /// Cuts a byte stream into frames. Feed it what arrives ([`push`], or
 /// [`read_with`] to receive straight into it, which saves a copy of every
 /// byte); take frames out.
@@ -680,6 +684,36 @@ impl FrameReader {
     pub fn pending(&self) -> usize {
         self.end - self.start
     }
+}
+
+/// Cuts `data` into frames twice, pushed whole and received in reads of a
+/// size its first byte picks ([`FrameReader::read_with`]): the same
+/// frames, or the same error, and never a panic (the `overlay_frame` fuzz
+/// target, whose corpus the tests replay).
+pub fn reader_bytes(data: &[u8]) {
+    let Some((&k, rest)) = data.split_first() else { return };
+    let (max, mut at) = (usize::from(k % 64) + 1, 0);
+    let (mut whole, mut read) = (FrameReader::default(), FrameReader::default());
+    whole.push(rest);
+    while at < rest.len() {
+        let r = read.read_with(max, |room| -> Result<usize, ()> {
+            let n = room.len().min(rest.len() - at);
+            room[..n].copy_from_slice(&rest[at..at + n]);
+            Ok(n)
+        });
+        at += r.unwrap_or(0);
+        loop {
+            match read.next_frame() {
+                Ok(Some(f)) => assert_eq!(Ok(Some(f)), whole.next_frame(), "read_with and push cut the same frames"),
+                Ok(None) => break,
+                Err(e) => {
+                    assert_eq!(Err(e), whole.next_frame(), "the same error either way");
+                    return;
+                }
+            }
+        }
+    }
+    assert_eq!(read.pending(), whole.pending());
 }
 
 #[cfg(test)]

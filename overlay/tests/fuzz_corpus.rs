@@ -12,6 +12,7 @@ fn every_overlay_frame_corpus_input_parses_or_fails_cleanly() {
     for entry in std::fs::read_dir(dir).expect("fuzz/corpus/overlay_frame is committed") {
         let bytes = std::fs::read(entry.unwrap().path()).unwrap();
         xsock_overlay::attach::hostile_bytes(&bytes);
+        xsock_overlay::wire::reader_bytes(&bytes);
         if let Ok(m) = Msg::parse(&bytes) {
             let f = m.to_frame();
             assert_eq!(Msg::parse(&f[4..]).unwrap(), m);

@@ -149,10 +149,10 @@ impl std::fmt::Debug for Boots {
 
 /// The first retry after a lost session; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Tries of a server that is reachable but too slow to answer, while no
 /// server has taken us yet.
 const SLOW_TRIES: u32 = 4;
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Boots {
     /// Registers with every server of `addrs`; fails only if none takes us
@@ -179,11 +179,8 @@ impl Boots {
             let first = loop {
                 let r = register(addr, key, me, &reg, timeout);
                 match &r {
-                    Err(Error::TimedOut(m)) if site.is_none() && tries < SLOW_TRIES => {
-                        log::warn!(
-                            "bootstrap server {addr} is slow ({m} within {timeout:?}); asking again ({} of {SLOW_TRIES})",
-                            tries + 1
-                        );
+                    Err(e @ Error::TimedOut(_)) if site.is_none() && tries < SLOW_TRIES => {
+                        log::warn!("{e}; the server is busy, asking again ({} of {SLOW_TRIES})", tries + 1);
                         std::thread::sleep(FIRST_BACKOFF * tries);
                         tries += 1;
                     }

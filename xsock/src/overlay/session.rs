@@ -388,7 +388,7 @@ impl Pump {
     fn read_session(&mut self) -> Result<(), String> {
         loop {
             // Straight from the stream into the frame reader.
-            match self.rd.read_with(256 << 10, |room| self.s.try_recv(room)) {
+            match self.rd.read_with(xsock_overlay::wire::SESSION_READ, |room| self.s.try_recv(room)) {
                 Ok(0) => return Err(format!("relay {} closed the session", self.relay)),
                 Ok(_) => {
                     let now = self.now();

@@ -10,11 +10,8 @@ use xsock_overlay::{
     NodeId,
     linkq::SendBuf,
     relay::{LinkId, RelayCore},
-    wire::FrameReader,
+    wire::{FrameReader, SESSION_READ},
 };
-
-/// The most one read of a session takes.
-const READ: usize = 64 * 1024;
 
 /// One endpoint's session.
 pub struct Session {
@@ -70,7 +67,7 @@ impl Sessions {
         'sessions: for (&link, s) in self.map.iter_mut() {
             loop {
                 // Straight from the stream into the frame reader.
-                match s.rd.read_with(READ, |room| s.s.try_recv(room)) {
+                match s.rd.read_with(SESSION_READ, |room| s.s.try_recv(room)) {
                     Ok(0) => {
                         gone.push((link, "it closed the session".to_owned()));
                         break;
