@@ -214,6 +214,8 @@ impl PathBench<'_> {
             "1048576",
             "--seconds",
             "5",
+            "--poll",
+            BULK_POLL,
             "--json",
         ];
         let r: Value = json("relayed xsock bw", h.command(self.xsock, &args).output())?;
