@@ -249,79 +249,94 @@ fn take_revocations(
 /// Events taken at most before the answers go out.
 const BATCH: usize = 1024;
 
-fn serve(rx: Receiver<Event>, me: &Mutex<Identity>, mut reg: Registry, leases: Option<&std::path::Path>) {
-    let mut sessions: HashMap<SessionId, Session> = HashMap::new();
-    let mut out = Vec::new();
+/// The registry loop's sessions and state, as one event changes them.
+struct Registrar<'a> {
+    me: &'a Mutex<Identity>,
+    sessions: HashMap<SessionId, Session>,
+    reg: Registry,
+    out: Vec<u8>,
+}
+
+impl Registrar<'_> {
+    /// Takes one event; returns the relay that just registered, if any
+    /// (it gets the revocation list after its answer).
+    fn take(&mut self, ev: Event) -> Option<SessionId> {
+        let Registrar { me, sessions, reg, out } = self;
+        match ev {
+            Event::Joined(id, w, sealer, ip, peer, key) => {
+                sessions.insert(id, Session { w, sealer, ip, peer, key });
+            }
+            Event::Revocations(list) => take_revocations(&list, "--revoked", me, sessions, out),
+            Event::Frame(id, f) => {
+                let msg = Msg::parse(&f);
+                // A relay passes on a list it took (from its links or file).
+                if let Ok(Msg::Revocations { list }) = &msg {
+                    let whence = sessions.get(&id).map(|s| format!("relay {}", s.peer.name)).unwrap_or_default();
+                    take_revocations(list, &whence, me, sessions, out);
+                    return None;
+                }
+                let s = sessions.get_mut(&id)?;
+                // A node registers as what it proved at the handshake (its
+                // certificate's name and role, where there are certificates).
+                let as_proved = match &msg {
+                    Ok(Msg::Register { role, name, .. }) if *role != s.peer.role || *name != s.peer.name => {
+                        Err(format!(
+                            "registering as the {role:?} {name:?} after the handshake as the {:?} {:?}",
+                            s.peer.role, s.peer.name
+                        ))
+                    }
+                    _ => Ok(()),
+                };
+                if let Err(reason) = as_proved.and_then(|()| reg.handle_message(id, s.ip, &f)) {
+                    s.refuse(&reason, out);
+                } else if let Ok(Msg::Register { role, name, .. }) = msg {
+                    log::info!("{role:?} {name} registered from {}", s.ip);
+                    return (role == Role::Relay).then_some(id);
+                }
+            }
+            Event::Closed(id) => {
+                sessions.remove(&id);
+                if let Some(e) = reg.handle_session_closed(id) {
+                    log::info!("{:?} {} ({}) left", e.role, e.name, e.node);
+                }
+            }
+        }
+        None
+    }
+}
+
+fn serve(rx: Receiver<Event>, me: &Mutex<Identity>, reg: Registry, leases: Option<&std::path::Path>) {
+    let mut st = Registrar { me, sessions: HashMap::new(), reg, out: Vec::new() };
     // The list relays get (the newest taken), as bytes.
     let list_of = |me: &Mutex<Identity>| {
         me.lock().ok().and_then(|m| m.trust.as_ref().and_then(|t| t.revocations()).map(|l| l.to_bytes()))
     };
     while let Ok(first) = rx.recv() {
-        // Relays that just registered get the list after their answer.
-        let mut tell = Vec::new();
         // What else waits is taken before anyone is answered: a storm of
         // joins then costs each relay one directory (the registry pushes
         // it once per drain), not one per join.
-        for ev in std::iter::once(first).chain(rx.try_iter().take(BATCH - 1)) {
-            match ev {
-                Event::Joined(id, w, sealer, ip, peer, key) => {
-                    sessions.insert(id, Session { w, sealer, ip, peer, key });
-                }
-                Event::Revocations(list) => take_revocations(&list, "--revoked", me, &mut sessions, &mut out),
-                Event::Frame(id, f) => {
-                    // A relay passes on a list it took (from its links or file).
-                    if let Ok(Msg::Revocations { list }) = Msg::parse(&f) {
-                        let whence = sessions.get(&id).map(|s| format!("relay {}", s.peer.name)).unwrap_or_default();
-                        take_revocations(list, &whence, me, &mut sessions, &mut out);
-                        continue;
-                    }
-                    let Some(s) = sessions.get_mut(&id) else { continue };
-                    // A node registers as what it proved at the handshake (its
-                    // certificate's name and role, where there are certificates).
-                    let as_proved = match Msg::parse(&f) {
-                        Ok(Msg::Register { role, name, .. }) if role != s.peer.role || name != s.peer.name => {
-                            Err(format!(
-                                "registering as the {role:?} {name:?} after the handshake as the {:?} {:?}",
-                                s.peer.role, s.peer.name
-                            ))
-                        }
-                        _ => Ok(()),
-                    };
-                    if let Err(reason) = as_proved.and_then(|()| reg.handle_message(id, s.ip, &f)) {
-                        s.refuse(&reason, &mut out);
-                    } else if let Ok(Msg::Register { role, name, .. }) = Msg::parse(&f) {
-                        log::info!("{role:?} {name} registered from {}", s.ip);
-                        if role == Role::Relay {
-                            tell.push(id);
-                        }
-                    }
-                }
-                Event::Closed(id) => {
-                    sessions.remove(&id);
-                    if let Some(e) = reg.handle_session_closed(id) {
-                        log::info!("{:?} {} ({}) left", e.role, e.name, e.node);
-                    }
-                }
-            }
-        }
+        let tell: Vec<SessionId> =
+            std::iter::once(first).chain(rx.try_iter().take(BATCH - 1)).filter_map(|ev| st.take(ev)).collect();
+        let Registrar { sessions, reg, out, .. } = &mut st;
         while let Some((id, frame)) = reg.poll_transmit() {
             if let Some(s) = sessions.get_mut(&id)
-                && let Err(e) = s.send(&frame, &mut out)
+                && let Err(e) = s.send(&frame, out)
             {
                 log::warn!("{} ({}): {e}", s.ip, s.peer.name);
             }
         }
-        for id in tell {
-            if let Some(s) = sessions.get_mut(&id)
-                && let Some(list) = list_of(me)
-            {
-                let _ = s.send(&Msg::Revocations { list: &list }.to_frame(), &mut out);
+        if let Some(list) = if tell.is_empty() { None } else { list_of(me) } {
+            let frame = Msg::Revocations { list: &list }.to_frame();
+            for id in &tell {
+                if let Some(s) = sessions.get_mut(id) {
+                    let _ = s.send(&frame, out);
+                }
             }
         }
         if reg.take_leases_changed()
             && let Some(path) = leases
         {
-            write_leases(path, &reg);
+            write_leases(path, reg);
         }
     }
 }
