@@ -11,7 +11,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// The protocol version a client and an engine must share.
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
 
 /// The largest control message either side sends or accepts.
 pub const MAX_MSG: usize = 64 * 1024;
@@ -98,6 +98,42 @@ pub enum Msg<'a> {
         messages: bool,
         /// Give up after this long.
         timeout_ms: u32,
+    },
+    /// Client: connect to `addr` without waiting, the stream to be
+    /// carried on the socketpair end that comes with this message (the
+    /// preload's non-blocking connect). The client keeps the other end as
+    /// the program's descriptor, with `filler` bytes written into it until
+    /// it stopped being writable: the engine answers [`Msg::Dialed`] (or
+    /// [`Msg::Failed`]) first and then discards exactly `filler` bytes, so
+    /// the descriptor turns writable when, and only when, the stream is
+    /// connected; a failed connect closes the engine's end instead (the
+    /// descriptor hangs up).
+    Dial {
+        /// Echoed in the reply.
+        req: u32,
+        /// Where.
+        addr: SocketAddrV4,
+        /// Which paths (a fallback to kernel TCP is carried through the
+        /// engine too: the descriptor is already the program's).
+        transport: TransportKind,
+        /// Give up after this long.
+        timeout_ms: u32,
+        /// Bytes to discard from the socketpair before the stream's.
+        filler: u32,
+    },
+    /// Engine: a [`Msg::Dial`] connected (its stream is carried on the
+    /// socketpair end the client sent; no descriptor comes back).
+    Dialed {
+        /// From the request.
+        req: u32,
+        /// The engine's id for the stream.
+        stream: u32,
+        /// The path taken.
+        path: PathKind,
+        /// Our end.
+        local: SocketAddrV4,
+        /// The peer's.
+        peer: SocketAddrV4,
     },
     /// Client: listen on `addr` (port 0: the engine picks).
     Listen {
@@ -298,6 +334,7 @@ mod tag {
     pub const CLOSE: u8 = 7;
     pub const HOW_ENDED: u8 = 8;
     pub const LOOKUP: u8 = 9;
+    pub const DIAL: u8 = 10;
     pub const WELCOME: u8 = 64;
     pub const REFUSED: u8 = 65;
     pub const CONNECTED: u8 = 66;
@@ -308,6 +345,7 @@ mod tag {
     pub const STATUS_REPLY: u8 = 71;
     pub const SYNCED: u8 = 72;
     pub const FOUND: u8 = 73;
+    pub const DIALED: u8 = 74;
 }
 
 impl TransportKind {
@@ -496,6 +534,16 @@ impl<'a> Msg<'a> {
                 messages: r.flag()?,
                 timeout_ms: r.u32()?,
             },
+            tag::DIAL => Msg::Dial {
+                req: r.u32()?,
+                addr: r.addr()?,
+                transport: r.transport()?,
+                timeout_ms: r.u32()?,
+                filler: r.u32()?,
+            },
+            tag::DIALED => {
+                Msg::Dialed { req: r.u32()?, stream: r.u32()?, path: r.path()?, local: r.addr()?, peer: r.addr()? }
+            }
             tag::LISTEN => Msg::Listen { req: r.u32()?, addr: r.addr()?, messages: r.flag()? },
             tag::UNLISTEN => Msg::Unlisten { listen: r.u32()? },
             tag::STATUS => Msg::Status { req: r.u32()? },
@@ -565,6 +613,12 @@ impl<'a> Msg<'a> {
             Msg::Connect { req, addr, transport, messages, timeout_ms } => {
                 w.u8(tag::CONNECT).u32(req).addr(addr).u8(transport.code()).u8(u8::from(messages)).u32(timeout_ms)
             }
+            Msg::Dial { req, addr, transport, timeout_ms, filler } => {
+                w.u8(tag::DIAL).u32(req).addr(addr).u8(transport.code()).u32(timeout_ms).u32(filler)
+            }
+            Msg::Dialed { req, stream, path, local, peer } => {
+                w.u8(tag::DIALED).u32(req).u32(stream).u8(path.code()).addr(local).addr(peer)
+            }
             Msg::Listen { req, addr, messages } => w.u8(tag::LISTEN).u32(req).addr(addr).u8(u8::from(messages)),
             Msg::Unlisten { listen } => w.u8(tag::UNLISTEN).u32(listen),
             Msg::Status { req } => w.u8(tag::STATUS).u32(req),
@@ -612,6 +666,7 @@ impl<'a> Msg<'a> {
     pub fn fds(&self) -> usize {
         match self {
             Msg::Connected { ring, .. } | Msg::Accepted { ring, .. } => 1 + usize::from(*ring > 0),
+            Msg::Dial { .. } => 1,
             _ => 0,
         }
     }
@@ -635,6 +690,20 @@ mod tests {
                 transport: TransportKind::Link,
                 messages: true,
                 timeout_ms: 10_000,
+            },
+            Msg::Dial {
+                req: 17,
+                addr: a("10.0.0.2:5000"),
+                transport: TransportKind::Auto,
+                timeout_ms: 10_000,
+                filler: 212_992,
+            },
+            Msg::Dialed {
+                req: 17,
+                stream: 13,
+                path: PathKind::Kernel,
+                local: a("10.0.0.1:40001"),
+                peer: a("10.0.0.2:5000"),
             },
             Msg::Listen { req: 8, addr: a("0.0.0.0:0"), messages: false },
             Msg::Unlisten { listen: 3 },

@@ -163,6 +163,9 @@ impl End {
             Error::ConnectionReset(_) | Error::Closed | Error::Protocol(_) => EndKind::Reset,
             Error::Config(_) | Error::AddrInUse(_) | Error::NoLink | Error::NotXsockPeer(_) => EndKind::Config,
             Error::MemoryLimit { .. } => EndKind::Overloaded,
+            Error::Io(e) if matches!(e.kind(), io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable) => {
+                EndKind::Unreachable
+            }
             _ => EndKind::Other,
         };
         End { kind, text: e.to_string() }
@@ -598,6 +601,27 @@ impl Bridge {
         self.to_net.release(pool);
         self.to_app.release(pool);
     }
+}
+
+/// Reads and drops the `n` filler bytes a non-blocking connect's client
+/// wrote into its socketpair (`Msg::Dial`): they are all queued before
+/// the request arrives, so finding fewer is the client's error.
+pub fn discard(pair: &UnixStream, n: usize, scratch: &mut [u8]) -> io::Result<()> {
+    pair.set_nonblocking(true)?;
+    let mut left = n;
+    while left > 0 {
+        let want = left.min(scratch.len());
+        match (&*pair).read(&mut scratch[..want]) {
+            Ok(0) => return Err(io::Error::other(format!("the socketpair ended {left} bytes short of the filler"))),
+            Ok(got) => left -= got,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(io::Error::other(format!("{left} bytes of the filler it announced never came")));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Reads the doorbells waiting on the pair (ring mode) and notes a

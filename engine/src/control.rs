@@ -85,11 +85,14 @@ impl Engine {
         loop {
             let Some(c) = self.clients.get(&id) else { return };
             let mut buf = std::mem::take(&mut self.buf);
-            let r = unix::recv_with_fds(c.ctl.as_fd(), &mut buf, 0);
+            let r = unix::recv_with_fds(c.ctl.as_fd(), &mut buf, 1);
             let outcome = match r {
                 Ok((0, _)) => Err("its socket closed".to_owned()),
-                Ok((n, _)) => match Msg::parse(&buf[..n]) {
-                    Ok(m) => self.serve(id, m),
+                Ok((n, fds)) => match Msg::parse(&buf[..n]) {
+                    Ok(m) if fds.len() != m.fds() => {
+                        Err(format!("it sent {} descriptors with a message that takes {}", fds.len(), m.fds()))
+                    }
+                    Ok(m) => self.serve(id, m, fds.into_iter().next()),
                     Err(e) => Err(format!("it sent {e}")),
                 },
                 Err(FdPassError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -107,7 +110,8 @@ impl Engine {
         }
     }
 
-    fn serve(&mut self, id: u32, m: Msg<'_>) -> Result<(), String> {
+    /// `fd`: the descriptor that came with `m` (as many as [`Msg::fds`]).
+    fn serve(&mut self, id: u32, m: Msg<'_>, fd: Option<std::os::fd::OwnedFd>) -> Result<(), String> {
         let hello = self.clients.get(&id).is_some_and(|c| c.hello);
         match m {
             Msg::Hello { version, rings, ends } if !hello => {
@@ -150,6 +154,17 @@ impl Engine {
             _ if !hello => Err("it sent a request before hello".into()),
             Msg::Connect { req, addr, transport, messages, timeout_ms } => {
                 self.connect(id, req, Want { addr, transport, mode: mode(messages), ms: timeout_ms });
+                Ok(())
+            }
+            Msg::Dial { req, addr, transport, timeout_ms, filler } => {
+                let pair = std::os::unix::net::UnixStream::from(fd.expect("counted above"));
+                if !unix::is_unix_stream(pair.as_fd()) {
+                    return Err("it sent a Dial whose descriptor is not a stream socketpair".into());
+                }
+                if self.dials.insert((id, req), crate::Dial { pair, filler }).is_some() {
+                    return Err(format!("it sent a second Dial numbered {req} before the first was answered"));
+                }
+                self.connect(id, req, Want { addr, transport, mode: Mode::Stream, ms: timeout_ms });
                 Ok(())
             }
             Msg::Listen { req, addr, messages } => {
@@ -240,7 +255,7 @@ impl Engine {
                 "this process holds {} streams through the engine, its cap (xsock engine --max-streams)",
                 self.cfg.max_streams_per_client
             );
-            self.send_to(id, &Msg::Failed { req, kind: EndKind::Overloaded, text: &text }, None);
+            self.connect_failed(id, req, EndKind::Overloaded, &text);
             return;
         }
         if let Some(o) = &mut self.overlay
@@ -255,7 +270,7 @@ impl Engine {
             };
             if let Some(text) = refusal {
                 self.totals.failed_connects += 1;
-                self.send_to(id, &Msg::Failed { req, kind: EndKind::Config, text: &text }, None);
+                self.connect_failed(id, req, EndKind::Config, &text);
             }
             return;
         }
@@ -286,7 +301,7 @@ impl Engine {
             Err(e) => {
                 self.totals.failed_connects += 1;
                 let end = End::of(&e);
-                self.send_to(id, &Msg::Failed { req, kind: end.kind, text: &end.text }, None);
+                self.connect_failed(id, req, end.kind, &end.text);
             }
         }
     }
@@ -369,7 +384,7 @@ impl Engine {
                         // Linux says of a host it cannot reach.
                         end.kind = EndKind::Unreachable;
                     }
-                    self.send_to(client, &Msg::Failed { req, kind: end.kind, text: &end.text }, None);
+                    self.connect_failed(client, req, end.kind, &end.text);
                 }
             }
         }
@@ -386,6 +401,7 @@ impl Engine {
             self.unwatch(token(l, kind::LISTEN));
             self.listens.remove(&l);
         }
+        self.dials.retain(|(client, _), _| *client != id);
         for s in c.streams {
             if let Some(p) = self.connecting.remove(&s) {
                 self.unwatch(token(s, kind::STREAM));

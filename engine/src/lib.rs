@@ -167,6 +167,13 @@ struct Connecting {
     shown: Option<std::net::SocketAddrV4>,
 }
 
+/// The program's side of a [`Msg::Dial`]: the socketpair end to carry
+/// the stream on, and the filler to discard from it once connected.
+struct Dial {
+    pair: std::os::unix::net::UnixStream,
+    filler: u32,
+}
+
 /// A listener for a client.
 struct Listen {
     client: u32,
@@ -211,6 +218,10 @@ pub struct Engine {
     clients: HashMap<u32, Client>,
     carried: HashMap<u32, Carried>,
     connecting: HashMap<u32, Connecting>,
+    /// Non-blocking connects' socketpair ends, by (client, request), until
+    /// the connect is carried on them or fails (dropping one hangs up the
+    /// program's descriptor).
+    dials: HashMap<(u32, u32), Dial>,
     listens: HashMap<u32, Listen>,
     /// What each registered token is watched for now.
     watched: HashMap<usize, Interest>,
@@ -340,6 +351,7 @@ impl Engine {
             clients: HashMap::new(),
             carried: HashMap::new(),
             connecting: HashMap::new(),
+            dials: HashMap::new(),
             listens: HashMap::new(),
             watched: HashMap::new(),
             pool: BufPool::default(),
@@ -532,16 +544,26 @@ impl Engine {
         req: Option<u32>,
     ) {
         let id = self.new_id();
+        // A non-blocking connect's: carried on the program's socketpair
+        // whatever the path (dropped, so hung up, if refused below).
+        let dial = req.and_then(|r| self.dials.remove(&(client, r)));
         let (pid, ok, wants_rings) = match self.clients.get(&client) {
             Some(c) => (c.pid, c.streams.len() < self.cfg.max_streams_per_client, c.rings),
             None => return stream.abort(),
         };
         if !ok {
-            log::warn!(
-                "engine: client pid {pid} holds {} streams, its cap; refused one",
+            let text = format!(
+                "this process holds {} streams through the engine, its cap (xsock engine --max-streams)",
                 self.cfg.max_streams_per_client
             );
+            log::warn!("engine: client pid {pid}: {text}; refused one");
+            if let Some(req) = req {
+                self.connect_failed(client, req, xsock_attach::EndKind::Overloaded, &text);
+            }
             return stream.abort();
+        }
+        if let Some(dial) = dial {
+            return self.carry_dialed(client, id, pid, stream, dial, make);
         }
         match stream.into_kernel() {
             Ok(sock) => {
@@ -627,24 +649,78 @@ impl Engine {
                 if !self.send_to(client, &make(id, path, ring), fds) {
                     return stream.abort();
                 }
-                let spin = (self.cfg.poll == PollMode::Busy).then_some(HOT);
-                let bridge = match Bridge::new(client, stream, ours, rings, spin) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        log::warn!("engine: {e}");
-                        return;
-                    }
-                };
-                self.totals.streams += 1;
-                if let Some(c) = self.clients.get_mut(&client) {
-                    c.streams.insert(id);
-                }
-                // A bad end kept under a reused id is no longer this one's.
-                self.ended.remove(&id);
-                self.carried.insert(id, Carried { bridge, pid, released: false });
-                self.pump(id, false);
+                self.carry(client, id, pid, stream, ours, rings);
             }
         }
+    }
+
+    /// A non-blocking connect succeeded: answered [`Msg::Dialed`] first,
+    /// then the filler goes (the program's descriptor turns writable with
+    /// the answer already waiting), and the stream is carried on the
+    /// program's socketpair, whatever its path.
+    fn carry_dialed(
+        &mut self,
+        client: u32,
+        id: u32,
+        pid: i32,
+        stream: Stream,
+        dial: Dial,
+        make: impl FnOnce(u32, xsock_attach::PathKind, u32) -> Msg<'static>,
+    ) {
+        let path = match stream.path() {
+            xsock::Path::Tcp => xsock_attach::PathKind::Tcp,
+            xsock::Path::Kernel => xsock_attach::PathKind::Kernel,
+            _ => xsock_attach::PathKind::Link,
+        };
+        let Msg::Connected { req, local, peer, .. } = make(id, path, 0) else {
+            unreachable!("a connect's answer is Connected")
+        };
+        if !self.send_to(client, &Msg::Dialed { req, stream: id, path, local, peer }, None) {
+            return stream.abort();
+        }
+        let Dial { pair, filler } = dial;
+        if let Err(e) = bridge::discard(&pair, filler as usize, &mut self.buf) {
+            log::warn!("engine: pid {pid}'s connect: its filler: {e}; the stream is reset");
+            return stream.abort();
+        }
+        self.carry(client, id, pid, stream, pair, None);
+    }
+
+    /// Carries `stream` on `pair` (the engine's end of the client's
+    /// socketpair) from now on.
+    fn carry(
+        &mut self,
+        client: u32,
+        id: u32,
+        pid: i32,
+        stream: Stream,
+        pair: std::os::unix::net::UnixStream,
+        rings: Option<bridge::Rings>,
+    ) {
+        let spin = (self.cfg.poll == PollMode::Busy).then_some(HOT);
+        let bridge = match Bridge::new(client, stream, pair, rings, spin) {
+            Ok(b) => b,
+            Err(e) => {
+                log::warn!("engine: {e}");
+                return;
+            }
+        };
+        self.totals.streams += 1;
+        if let Some(c) = self.clients.get_mut(&client) {
+            c.streams.insert(id);
+        }
+        // A bad end kept under a reused id is no longer this one's.
+        self.ended.remove(&id);
+        self.carried.insert(id, Carried { bridge, pid, released: false });
+        self.pump(id, false);
+    }
+
+    /// A connect of `client`'s (request `req`) failed: answered, and a
+    /// non-blocking connect's socketpair end dropped after the answer (so
+    /// the program finds the reason when its descriptor hangs up).
+    pub(crate) fn connect_failed(&mut self, client: u32, req: u32, kind: xsock_attach::EndKind, text: &str) {
+        self.send_to(client, &Msg::Failed { req, kind, text }, None);
+        drop(self.dials.remove(&(client, req)));
     }
 
     /// Moves a carried stream's bytes and acts on how it stands.
@@ -782,7 +858,7 @@ impl Engine {
                 }
                 self.totals.failed_connects += 1;
                 let end = End::of(&e);
-                self.send_to(p.client, &Msg::Failed { req: p.req, kind: end.kind, text: &end.text }, None);
+                self.connect_failed(p.client, p.req, end.kind, &end.text);
             }
         }
     }

@@ -102,6 +102,14 @@ pub fn recv_with_fds(
     Ok((msg.bytes, fds))
 }
 
+/// Whether `sock` is a Unix-domain stream socket (as one end of a
+/// socketpair a peer passed must be, to be read and written as a stream).
+pub fn is_unix_stream(sock: BorrowedFd<'_>) -> bool {
+    let unix = nix::sys::socket::getsockname::<nix::sys::socket::UnixAddr>(sock.as_raw_fd()).is_ok();
+    unix && getsockopt(&sock, nix::sys::socket::sockopt::SockType)
+        .is_ok_and(|t| t == nix::sys::socket::SockType::Stream)
+}
+
 /// The peer's credentials (SO_PEERCRED).
 pub fn peer_cred(sock: BorrowedFd<'_>) -> io::Result<PeerCred> {
     let c = getsockopt(&sock, PeerCredentials).map_err(errno)?;

@@ -1,9 +1,12 @@
 //! Talking to the host engine: find its socket in this network namespace,
-//! attach (hello, welcome), and send one request. Every connect and every
-//! listener has its own control connection, so nothing here is shared
-//! between threads or survives a fork half-used: a forked child's connect
-//! attaches afresh, and a listener's connection is the listener's
+//! attach (hello, welcome), and send one request. Every blocking connect
+//! and every listener has its own control connection, so nothing of it is
+//! shared between threads or survives a fork half-used: a forked child's
+//! connect attaches afresh, and a listener's connection is the listener's
 //! descriptor itself (readable when the engine has a connection for it).
+//! What outlives one call (letting go of streams, how they ended, the
+//! non-blocking connects' answers) goes over one shared connection per
+//! process, behind a mutex, which a forked child replaces with its own.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
@@ -43,6 +46,11 @@ impl Drop for Ctl {
 }
 
 impl Ctl {
+    /// What the engine said at attach, without the descriptor.
+    pub fn welcome(&self) -> Ctl {
+        Ctl { fd: -1, iface: self.iface.clone(), ..*self }
+    }
+
     /// Gives up the descriptor (it now belongs to the program).
     pub fn into_fd(mut self) -> c_int {
         std::mem::replace(&mut self.fd, -1)
@@ -237,6 +245,16 @@ pub fn recv(
             }
         }
     }
+    recv_msg(fd, buf, if cloexec { libc::MSG_CMSG_CLOEXEC } else { 0 })
+}
+
+/// Receives one message if one waits (close-on-exec descriptors), else
+/// EAGAIN.
+pub fn recv_now(fd: c_int, buf: &mut [u8]) -> Result<(usize, Vec<c_int>), RecvError> {
+    recv_msg(fd, buf, libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT)
+}
+
+fn recv_msg(fd: c_int, buf: &mut [u8], flags: c_int) -> Result<(usize, Vec<c_int>), RecvError> {
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     let mut cbuf = [0u64; 16]; // room for MAX_FDS descriptors, aligned
     // SAFETY: msghdr is plain data; all zeroes is a valid value.
@@ -245,7 +263,6 @@ pub fn recv(
     msg.msg_iovlen = 1;
     msg.msg_control = cbuf.as_mut_ptr().cast();
     msg.msg_controllen = std::mem::size_of_val(&cbuf);
-    let flags = if cloexec { libc::MSG_CMSG_CLOEXEC } else { 0 };
     let n = real::recvmsg(fd, &raw mut msg, flags);
     if n < 0 {
         return Err(RecvError::Errno(real::errno()));
@@ -340,18 +357,65 @@ pub fn request(fd: c_int, m: &Msg<'_>, deadline: Instant) -> Result<Answer, Stri
     }
 }
 
-/// This process's connection for letting go of streams (its pid, the
-/// descriptor, and the descriptor's device and inode, so a number the
-/// program closed and reused is never written to).
-static CLOSER: std::sync::Mutex<Option<(u32, c_int, u64, u64)>> = std::sync::Mutex::new(None);
+/// The engine's answer to a [`Msg::Dial`].
+#[derive(Debug, Clone)]
+pub enum Dialed {
+    /// Connected: the program's descriptor carries the stream.
+    Stream { stream: u32, path: xsock_attach::PathKind, local: SocketAddrV4, peer: SocketAddrV4 },
+    /// Failed (the engine has closed its end).
+    Failed { kind: xsock_attach::EndKind, text: String },
+}
+
+/// Where a dial stands for [`take_dial`].
+#[derive(Debug)]
+pub enum DialState {
+    /// Not answered yet.
+    Pending,
+    /// Its answer cannot come to this process: it was asked on a
+    /// connection this process no longer has (a forked child's dial of
+    /// its parent's, or the engine went away).
+    Lost,
+    /// Answered.
+    Done(Dialed),
+}
+
+/// This process's own connection to the engine for what outlives one
+/// call: letting go of streams, asking how they ended, and the
+/// non-blocking connects (dials) with their answers as they come.
+struct Shared {
+    /// The process it is this process's for (a forked child's copy is its
+    /// parent's: it attaches afresh).
+    pid: u32,
+    fd: c_int,
+    /// The descriptor's device and inode, so a number the program closed
+    /// and reused is never written to.
+    dev: u64,
+    ino: u64,
+    /// What the engine said when it attached (no descriptor).
+    welcome: Ctl,
+    /// The next dial's request number.
+    next_dial: u32,
+    /// Dials asked on it and not taken, with their answers once read.
+    dials: std::collections::HashMap<u32, Option<Dialed>>,
+}
+
+/// Request numbers below this are the one-off requests' (let-go's sync,
+/// how-ended); dials count from here.
+const FIRST_DIAL: u32 = 16;
+
+static SHARED: std::sync::Mutex<Option<Shared>> = std::sync::Mutex::new(None);
 
 /// Its descriptor number (-1: none), so that every other close the program
 /// makes costs one load, not the mutex.
-static CLOSER_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+static SHARED_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 
-fn set_closer(g: &mut Option<(u32, c_int, u64, u64)>, v: Option<(u32, c_int, u64, u64)>) {
-    CLOSER_FD.store(v.map_or(-1, |(_, fd, _, _)| fd), std::sync::atomic::Ordering::Relaxed);
+fn set_shared(g: &mut Option<Shared>, v: Option<Shared>) {
+    SHARED_FD.store(v.as_ref().map_or(-1, |s| s.fd), std::sync::atomic::Ordering::Relaxed);
     *g = v;
+}
+
+fn lock() -> std::sync::MutexGuard<'static, Option<Shared>> {
+    SHARED.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn identity(fd: c_int) -> Option<(u64, u64)> {
@@ -361,59 +425,129 @@ fn identity(fd: c_int) -> Option<(u64, u64)> {
     (unsafe { libc::fstat(fd, &raw mut st) } == 0).then_some((st.st_dev, st.st_ino))
 }
 
-/// Forgets the closing connection if `fd` is it (the program closed it).
+/// Forgets the shared connection if `fd` is it (the program closed it).
 pub fn closer_closed(fd: c_int) {
-    if CLOSER_FD.load(std::sync::atomic::Ordering::Relaxed) != fd {
+    if SHARED_FD.load(std::sync::atomic::Ordering::Relaxed) != fd {
         return;
     }
-    let mut g = CLOSER.lock().unwrap_or_else(|p| p.into_inner());
-    if g.is_some_and(|(_, c, _, _)| c == fd) {
-        set_closer(&mut g, None);
+    let mut g = lock();
+    if g.as_ref().is_some_and(|s| s.fd == fd) {
+        set_shared(&mut g, None);
     }
 }
 
-/// Makes sure `g` holds this process's own connection for letting go of
-/// streams (a forked child's copy is its parent's: it attaches afresh).
-fn closer(g: &mut Option<(u32, c_int, u64, u64)>, iface: Option<&str>) {
+/// Makes sure `g` holds this process's own shared connection, and returns
+/// it (or why no engine could be attached to).
+fn shared<'a>(g: &'a mut Option<Shared>, iface: Option<&str>) -> Result<&'a mut Shared, AttachError> {
     let pid = std::process::id();
-    let usable = g.is_some_and(|(p, fd, dev, ino)| p == pid && identity(fd) == Some((dev, ino)));
-    if usable {
-        return;
+    let usable = g.as_ref().is_some_and(|s| s.pid == pid && identity(s.fd) == Some((s.dev, s.ino)));
+    if !usable {
+        if let Some(s) = g.as_ref()
+            && s.pid == pid
+        {
+            real::close(s.fd);
+        }
+        set_shared(g, None);
+        let ctl = attach(iface)?;
+        let welcome = ctl.welcome();
+        let fd = ctl.into_fd();
+        let Some((dev, ino)) = identity(fd) else {
+            real::close(fd);
+            return Err(AttachError::Broken(format!("fstat: {}", std::io::Error::last_os_error())));
+        };
+        let next_dial = FIRST_DIAL;
+        set_shared(g, Some(Shared { pid, fd, dev, ino, welcome, next_dial, dials: Default::default() }));
     }
-    if let Some((p, fd, _, _)) = *g
-        && p == pid
-    {
-        real::close(fd);
+    Ok(g.as_mut().expect("set above"))
+}
+
+/// What the engine said when this process's shared connection attached
+/// (attaching it if need be): its interface, addresses and overlay.
+pub fn welcome(iface: Option<&str>) -> Result<Ctl, AttachError> {
+    let mut g = lock();
+    Ok(shared(&mut g, iface)?.welcome.welcome())
+}
+
+/// Drops the shared connection (it broke).
+fn broken(g: &mut Option<Shared>) {
+    if let Some(s) = g.take() {
+        real::close(s.fd);
     }
-    set_closer(g, None);
-    let Ok(ctl) = attach(iface) else { return };
-    let fd = ctl.into_fd();
-    let Some((dev, ino)) = identity(fd) else { return };
-    set_closer(g, Some((pid, fd, dev, ino)));
+    set_shared(g, None);
+}
+
+/// Reads what the engine sent on `s` until `done` accepts a message
+/// (returning what it made of it), dial `dial`'s answer comes, or, with
+/// `deadline` `None`, nothing more waits; dials' answers are kept as they
+/// pass. `Err(())`: the connection broke.
+fn read_until<R>(
+    s: &mut Shared,
+    deadline: Option<Instant>,
+    dial: Option<u32>,
+    mut done: impl FnMut(&Msg<'_>) -> Option<R>,
+) -> Result<Option<R>, ()> {
+    let mut buf = [0u8; ANSWER_MAX];
+    loop {
+        let got = match deadline {
+            Some(d) => recv(s.fd, &mut buf, Some(d), true),
+            None => recv_now(s.fd, &mut buf),
+        };
+        let (n, fds) = match got {
+            Ok(r) => r,
+            Err(RecvError::Errno(libc::EINTR)) => continue,
+            Err(RecvError::Errno(libc::EAGAIN) | RecvError::TimedOut) => return Ok(None),
+            Err(_) => return Err(()),
+        };
+        close_all(&fds);
+        let Ok(m) = Msg::parse(&buf[..n]) else { return Err(()) };
+        let answer = match &m {
+            Msg::Dialed { req, stream, path, local, peer } => {
+                Some((*req, Dialed::Stream { stream: *stream, path: *path, local: *local, peer: *peer }))
+            }
+            Msg::Failed { req, kind, text } if *req >= FIRST_DIAL => {
+                Some((*req, Dialed::Failed { kind: *kind, text: (*text).to_owned() }))
+            }
+            _ => None,
+        };
+        if let Some((req, d)) = answer {
+            // A dial the program gave up on (closed) is dropped here; its
+            // descriptor went with it.
+            if let Some(slot) = s.dials.get_mut(&req) {
+                *slot = Some(d);
+            }
+            if dial == Some(req) {
+                return Ok(None);
+            }
+            continue;
+        }
+        if let Some(r) = done(&m) {
+            return Ok(Some(r));
+        }
+    }
 }
 
 /// How `stream`, whose end the program just read, ended: `Some(kind)` if
 /// badly (a reset, a lost path), `None` if orderly or unknown.
 pub fn how_ended(stream: u32, iface: Option<&str>) -> Option<xsock_attach::EndKind> {
-    let mut g = CLOSER.lock().unwrap_or_else(|p| p.into_inner());
-    closer(&mut g, iface);
-    let (_, fd, _, _) = (*g)?;
-    if send(fd, &Msg::HowEnded { req: 2, stream }).is_err() {
-        real::close(fd);
-        set_closer(&mut g, None);
+    let mut g = lock();
+    let s = shared(&mut g, iface).ok()?;
+    if send(s.fd, &Msg::HowEnded { req: 2, stream }).is_err() {
+        broken(&mut g);
         return None;
     }
-    let mut buf = [0u8; ANSWER_MAX];
     let deadline = Instant::now() + Duration::from_secs(1);
-    while let Ok((n, fds)) = recv(fd, &mut buf, Some(deadline), true) {
-        close_all(&fds);
-        match Msg::parse(&buf[..n]) {
-            Ok(Msg::Failed { req: 2, kind, .. }) => return Some(kind),
-            Ok(Msg::Synced { req: 2 }) => return None,
-            _ => {}
+    let r = read_until(s, Some(deadline), None, |m| match m {
+        Msg::Failed { req: 2, kind, .. } => Some(Some(*kind)),
+        Msg::Synced { req: 2 } => Some(None),
+        _ => None,
+    });
+    match r {
+        Ok(found) => found.flatten(),
+        Err(()) => {
+            broken(&mut g);
+            None
         }
     }
-    None
 }
 
 /// Tells the engine this process lets go of `streams` (their hang-up that
@@ -423,25 +557,117 @@ pub fn let_go(streams: &[u32], iface: Option<&str>, sync: bool) {
     if streams.is_empty() {
         return;
     }
-    let mut g = CLOSER.lock().unwrap_or_else(|p| p.into_inner());
-    closer(&mut g, iface);
-    let Some((_, fd, _, _)) = *g else { return };
+    let mut g = lock();
+    let Ok(s) = shared(&mut g, iface) else { return };
     for &stream in streams {
-        if send(fd, &Msg::Close { stream }).is_err() {
-            real::close(fd);
-            set_closer(&mut g, None);
-            return;
+        if send(s.fd, &Msg::Close { stream }).is_err() {
+            return broken(&mut g);
         }
     }
     if sync {
-        let _ = send(fd, &Msg::Sync { req: 1 });
-        let mut buf = [0u8; ANSWER_MAX];
+        let _ = send(s.fd, &Msg::Sync { req: 1 });
         let deadline = Instant::now() + Duration::from_secs(1);
-        while let Ok((n, fds)) = recv(fd, &mut buf, Some(deadline), true) {
-            close_all(&fds);
-            if matches!(Msg::parse(&buf[..n]), Ok(Msg::Synced { req: 1 })) {
-                break;
-            }
+        if read_until(s, Some(deadline), None, |m| matches!(m, Msg::Synced { req: 1 }).then_some(())).is_err() {
+            broken(&mut g);
+        }
+    }
+}
+
+/// Asks the engine to connect `m` (a [`Msg::Dial`] whose request number is
+/// set here) without waiting, the stream to be carried on `pair`, which
+/// goes to the engine (and is closed here either way). The dial's number.
+pub fn dial(m: Msg<'_>, pair: c_int, iface: Option<&str>) -> Result<u32, String> {
+    let mut g = lock();
+    let s = match shared(&mut g, iface) {
+        Ok(s) => s,
+        Err(AttachError::None(e) | AttachError::Broken(e)) => {
+            real::close(pair);
+            return Err(e);
+        }
+    };
+    let req = s.next_dial;
+    s.next_dial = s.next_dial.checked_add(1).unwrap_or(FIRST_DIAL);
+    let m = match m {
+        Msg::Dial { addr, transport, timeout_ms, filler, .. } => Msg::Dial { req, addr, transport, timeout_ms, filler },
+        other => other,
+    };
+    let sent = send_fd(s.fd, &m, pair);
+    real::close(pair);
+    match sent {
+        Ok(()) => {
+            s.dials.insert(req, None);
+            Ok(req)
+        }
+        Err(e) => {
+            broken(&mut g);
+            Err(e)
+        }
+    }
+}
+
+/// Dial `req`'s answer, if it came (reading what waits for it, until
+/// `deadline` if one is given); taken answers are forgotten here.
+pub fn take_dial(req: u32, deadline: Option<Instant>) -> DialState {
+    let mut g = lock();
+    let pid = std::process::id();
+    let Some(s) = g.as_mut().filter(|s| s.pid == pid && s.dials.contains_key(&req)) else {
+        return DialState::Lost;
+    };
+    if s.dials.get(&req).is_some_and(Option::is_some) {
+        return DialState::Done(s.dials.remove(&req).flatten().expect("checked"));
+    }
+    let r = read_until(s, deadline, Some(req), |_| None::<()>);
+    let answered = s.dials.get(&req).is_some_and(Option::is_some);
+    if answered {
+        return DialState::Done(s.dials.remove(&req).flatten().expect("checked"));
+    }
+    if r.is_err() {
+        broken(&mut g);
+        return DialState::Lost;
+    }
+    DialState::Pending
+}
+
+/// Forgets dial `req` (the program closed its descriptor): its answer is
+/// dropped when it comes.
+pub fn abandon_dial(req: u32) {
+    let mut g = lock();
+    if let Some(s) = g.as_mut() {
+        s.dials.remove(&req);
+    }
+}
+
+/// Sends `m` with descriptor `pass` attached.
+fn send_fd(fd: c_int, m: &Msg<'_>, pass: c_int) -> Result<(), String> {
+    let bytes = m.emit();
+    let mut iov = libc::iovec { iov_base: bytes.as_ptr().cast_mut().cast(), iov_len: bytes.len() };
+    let mut cbuf = [0u64; 4]; // one descriptor's control message, aligned
+    // SAFETY: msghdr is plain data; all zeroes is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE is arithmetic on a constant.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<c_int>() as u32) } as usize;
+    // SAFETY: msg_control points at cbuf, which has room for one header
+    // and one descriptor (CMSG_SPACE above is at most its size).
+    let c = unsafe { libc::CMSG_FIRSTHDR(&raw const msg) };
+    // SAFETY: CMSG_LEN is arithmetic on a constant.
+    let cmsg_len = unsafe { libc::CMSG_LEN(std::mem::size_of::<c_int>() as u32) } as usize;
+    let hdr = libc::cmsghdr { cmsg_len, cmsg_level: libc::SOL_SOCKET, cmsg_type: libc::SCM_RIGHTS };
+    // SAFETY: `c` is cbuf's first header (non-null: the buffer has room).
+    unsafe { c.write_unaligned(hdr) };
+    // SAFETY: `c` is cbuf's first header, just written.
+    let data = unsafe { libc::CMSG_DATA(c) }.cast::<c_int>();
+    // SAFETY: the header's data area holds one c_int inside cbuf.
+    unsafe { data.write_unaligned(pass) };
+    loop {
+        if real::sendmsg(fd, &raw const msg, libc::MSG_NOSIGNAL) >= 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(format!("the host engine's connection broke: {e}"));
         }
     }
 }

@@ -8,6 +8,11 @@
 //! Linux's. At `connect` to a peer on the engine's segment, the engine
 //! opens a reliable-link stream and hands back one end of a socketpair,
 //! which replaces the program's descriptor under the same number (dup3).
+//! A non-blocking connect cannot wait for that: the descriptor becomes
+//! one end of a socketpair of our own at once, filled until it is not
+//! writable, and the engine connects on the other end, dropping the
+//! filler once connected (so poll and epoll see the connect finish) or
+//! hanging up if it failed (`connect::dial`, `Msg::Dial`).
 //! From then on the descriptor *is* a kernel socket with the stream's
 //! bytes: read, write, send, recv, sendfile, poll, select, epoll, fcntl,
 //! ioctl, dup, fork, exec and close need nothing from this library and
@@ -73,6 +78,12 @@ extern "C" fn fini() {
     // Not through settings(): an exit from inside its first reading (a
     // typo) must not read them again.
     let Some(s) = SETTINGS.get() else { return };
+    // Connects decided by now count as the streams they became.
+    for req in table::dials() {
+        if let Some(&fd) = table::naming_dial(req).first() {
+            connect::settle(fd);
+        }
+    }
     engine::let_go(&table::streams(), s.iface.as_deref(), true);
 }
 
@@ -146,6 +157,15 @@ fn no_engine(why: &str) -> Option<c_int> {
 
 fn attach() -> Result<engine::Ctl, Option<c_int>> {
     match engine::attach(settings().iface.as_deref()) {
+        Ok(c) => Ok(c),
+        Err(engine::AttachError::None(why) | engine::AttachError::Broken(why)) => Err(no_engine(&why)),
+    }
+}
+
+/// As [`attach`], but only what the engine said, from this process's
+/// shared connection (no new connection, no round trip).
+fn welcome() -> Result<engine::Ctl, Option<c_int>> {
+    match engine::welcome(settings().iface.as_deref()) {
         Ok(c) => Ok(c),
         Err(engine::AttachError::None(why) | engine::AttachError::Broken(why)) => Err(no_engine(&why)),
     }
@@ -230,8 +250,18 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_
 pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     match table::kind(fd) {
         Some(Kind::Fresh) => {}
-        Some(Kind::Stream) => return fail(libc::EISCONN),
+        Some(Kind::Stream) => return connected_again(fd),
         Some(Kind::Listener) => return fail(libc::EINVAL),
+        Some(Kind::Connecting) => {
+            let e = connect::take_error(fd);
+            return match table::kind(fd) {
+                Some(Kind::Stream) => connected_again(fd),
+                _ if e != 0 => fail(e),
+                _ if table::info(fd).is_some_and(|i| i.pending != 0) => fail(libc::EALREADY),
+                // Failed, and said so already: this socket cannot try again.
+                _ => fail(libc::ECONNABORTED),
+            };
+        }
         None => return real::connect(fd, addr, len),
     }
     // SAFETY: the caller passes `len` readable bytes at `addr`.
@@ -348,6 +378,13 @@ pub unsafe extern "C" fn gethostbyname(node: *const std::ffi::c_char) -> *mut li
     })
 }
 
+/// connect(2) on a connected stream: 0 the first time after a
+/// non-blocking connect succeeded (as Linux reports it once), else
+/// EISCONN.
+fn connected_again(fd: c_int) -> c_int {
+    if table::update(fd, |i| std::mem::take(&mut i.dialed)) == Some(true) { 0 } else { fail(libc::EISCONN) }
+}
+
 /// bind(2): the kernel's, except to this host's virtual address on the
 /// overlay, which no interface holds: the socket binds the port on every
 /// address instead, and its name says the virtual address.
@@ -390,7 +427,7 @@ pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
     match table::kind(fd) {
         Some(Kind::Fresh) => listen::listen(fd, backlog),
         Some(Kind::Listener) => 0,
-        Some(Kind::Stream) => fail(libc::EINVAL),
+        Some(Kind::Stream | Kind::Connecting) => fail(libc::EINVAL),
         None => real::listen(fd, backlog),
     }
 }
@@ -426,6 +463,9 @@ pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut sockle
 pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
     // (A fresh socket has a name of ours only when bound to the virtual
     // address.)
+    if table::kind(fd) == Some(Kind::Connecting) {
+        connect::settle(fd);
+    }
     match table::kind(fd).and_then(|_| table::info(fd)) {
         // SAFETY: the caller's buffers, as getsockname(2) takes them.
         Some(i) => unsafe { addr::write(i.local, i.v6, addr, len) },
@@ -439,13 +479,16 @@ pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut s
 /// As getpeername(2).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    if table::kind(fd) == Some(Kind::Connecting) {
+        connect::settle(fd);
+    }
     match table::kind(fd) {
         Some(Kind::Stream) => match table::info(fd).and_then(|i| i.peer.map(|p| (p, i.v6))) {
             // SAFETY: the caller's buffers, as getpeername(2) takes them.
             Some((p, v6)) => unsafe { addr::write(p, v6, addr, len) },
             None => fail(libc::ENOTCONN),
         },
-        Some(Kind::Listener) => fail(libc::ENOTCONN),
+        Some(Kind::Listener | Kind::Connecting) => fail(libc::ENOTCONN),
         _ => real::getpeername(fd, addr, len),
     }
 }
@@ -462,9 +505,19 @@ pub unsafe extern "C" fn getsockopt(
     val: *mut c_void,
     len: *mut socklen_t,
 ) -> c_int {
+    if table::kind(fd) == Some(Kind::Connecting) && level == libc::SOL_SOCKET && name == libc::SO_ERROR {
+        let e = connect::take_error(fd);
+        // SAFETY: the caller's buffers, as getsockopt(2) takes them.
+        return unsafe { sockopt::put_int(e, val, len) };
+    }
+    if table::kind(fd) == Some(Kind::Connecting) {
+        connect::settle(fd);
+    }
     match table::kind(fd) {
         // SAFETY: the caller's buffers, as getsockopt(2) takes them.
-        Some(k @ (Kind::Stream | Kind::Listener)) => unsafe { sockopt::get(fd, k, level, name, val, len) },
+        Some(k @ (Kind::Stream | Kind::Listener | Kind::Connecting)) => unsafe {
+            sockopt::get(fd, k, level, name, val, len)
+        },
         _ => real::getsockopt(fd, level, name, val, len),
     }
 }
@@ -477,7 +530,7 @@ pub unsafe extern "C" fn getsockopt(
 pub unsafe extern "C" fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int {
     match table::kind(fd) {
         // SAFETY: the caller's buffer, as setsockopt(2) takes it.
-        Some(Kind::Stream | Kind::Listener) => unsafe { sockopt::set(fd, level, name, val, len) },
+        Some(Kind::Stream | Kind::Listener | Kind::Connecting) => unsafe { sockopt::set(fd, level, name, val, len) },
         _ => real::setsockopt(fd, level, name, val, len),
     }
 }
@@ -490,6 +543,17 @@ pub unsafe extern "C" fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     let stream = match table::kind(fd) {
         Some(Kind::Stream) => table::info(fd).map(|i| i.stream),
+        Some(Kind::Connecting) => {
+            // The last name of a connect under way: its answer is not
+            // waited for (the engine carries it on a socketpair whose
+            // program end closes here, and so ends it).
+            if let Some(req) = table::info(fd).map(|i| i.pending).filter(|r| *r != 0)
+                && table::naming_dial(req).len() == 1
+            {
+                engine::abandon_dial(req);
+            }
+            None
+        }
         Some(_) => None,
         None => {
             engine::closer_closed(fd);
@@ -586,7 +650,7 @@ pub unsafe extern "C" fn recvfrom(
     addr: *mut sockaddr,
     len: *mut socklen_t,
 ) -> ssize_t {
-    if table::kind(fd) != Some(Kind::Stream) {
+    if !ours(fd) {
         return real::recvfrom(fd, buf, n, flags, addr, len);
     }
     let r = real::recvfrom(fd, buf, n, flags, std::ptr::null_mut(), std::ptr::null_mut());
@@ -623,6 +687,16 @@ pub unsafe extern "C" fn __recvfrom_chk(
 /// 0 for an orderly end, -1 with ECONNRESET (or what Linux gives for the
 /// cause) for a reset, as a TCP socket's read reports an RST once.
 fn at_end(fd: c_int, r: ssize_t, n: size_t, flags: c_int) -> ssize_t {
+    if table::kind(fd) == Some(Kind::Connecting) {
+        // A read before the connect is known to have succeeded: a failed
+        // one reports its error (once), as a TCP socket's read does.
+        let saved = real::errno();
+        let e = connect::take_error(fd);
+        if e != 0 {
+            return fail(e) as ssize_t;
+        }
+        real::set_errno(saved);
+    }
     if r != 0 || n == 0 || flags & libc::MSG_PEEK != 0 {
         return r;
     }
@@ -634,6 +708,12 @@ fn at_end(fd: c_int, r: ssize_t, n: size_t, flags: c_int) -> ssize_t {
         }
         None => 0,
     }
+}
+
+/// Whether a read's short answer on `fd` (0 or -1) may need [`at_end`]:
+/// a stream of ours, or a connect of ours under way.
+fn ours(fd: c_int) -> bool {
+    matches!(table::kind(fd), Some(Kind::Stream | Kind::Connecting))
 }
 
 /// The bytes `n` iovecs at `iov` (null: none) have room for.
@@ -659,7 +739,7 @@ fn errno_name(e: c_int) -> String {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
     let r = real::read(fd, buf, n);
-    if r == 0 && table::kind(fd) == Some(Kind::Stream) { at_end(fd, r, n, 0) } else { r }
+    if r <= 0 && ours(fd) { at_end(fd, r, n, 0) } else { r }
 }
 
 /// glibc's checked read (-D_FORTIFY_SOURCE).
@@ -682,7 +762,7 @@ pub unsafe extern "C" fn __read_chk(fd: c_int, buf: *mut c_void, n: size_t, bufl
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn readv(fd: c_int, iov: *const libc::iovec, cnt: c_int) -> ssize_t {
     let r = real::readv(fd, iov, cnt);
-    if r != 0 || table::kind(fd) != Some(Kind::Stream) || iov.is_null() {
+    if r > 0 || !ours(fd) || iov.is_null() {
         return r;
     }
     // SAFETY: the caller's `cnt` iovecs at `iov`, as readv(2) read them.
@@ -697,7 +777,7 @@ pub unsafe extern "C" fn readv(fd: c_int, iov: *const libc::iovec, cnt: c_int) -
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t {
     let r = real::recv(fd, buf, n, flags);
-    if r == 0 && table::kind(fd) == Some(Kind::Stream) { at_end(fd, r, n, flags) } else { r }
+    if r <= 0 && ours(fd) { at_end(fd, r, n, flags) } else { r }
 }
 
 /// glibc's checked recv (-D_FORTIFY_SOURCE).
@@ -719,7 +799,7 @@ pub unsafe extern "C" fn __recv_chk(fd: c_int, buf: *mut c_void, n: size_t, bufl
 /// As recvmsg(2).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
-    if table::kind(fd) != Some(Kind::Stream) || msg.is_null() {
+    if !ours(fd) || msg.is_null() {
         return real::recvmsg(fd, msg, flags);
     }
     // SAFETY: the caller's msghdr, valid per recvmsg(2).
@@ -752,7 +832,7 @@ pub unsafe extern "C" fn sendto(
     addr: *const sockaddr,
     len: socklen_t,
 ) -> ssize_t {
-    if table::kind(fd) == Some(Kind::Stream) {
+    if ours(fd) {
         return real::sendto(fd, buf, n, flags, std::ptr::null(), 0);
     }
     real::sendto(fd, buf, n, flags, addr, len)
@@ -764,7 +844,7 @@ pub unsafe extern "C" fn sendto(
 /// As sendmsg(2).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
-    if table::kind(fd) != Some(Kind::Stream) || msg.is_null() {
+    if !ours(fd) || msg.is_null() {
         return real::sendmsg(fd, msg, flags);
     }
     // SAFETY: the caller's msghdr, valid per sendmsg(2).

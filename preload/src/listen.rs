@@ -113,7 +113,16 @@ pub fn listen(fd: c_int, backlog: c_int) -> c_int {
     table::mark(
         fd,
         Kind::Listener,
-        Info { local, peer: None, path: "reliable-link", opts: Default::default(), stream: 0, v6, dual },
+        Info {
+            local,
+            peer: None,
+            path: "reliable-link",
+            opts: Default::default(),
+            stream: 0,
+            v6,
+            dual,
+            ..Info::default()
+        },
     );
     log(|| format!("fd {fd}: listening on {local} through the engine on {iface} (both paths){both}"));
     0
@@ -192,7 +201,7 @@ fn take_accepted(
                 opts: Default::default(),
                 stream,
                 v6,
-                dual: None,
+                ..Info::default()
             };
             table::mark(new, Kind::Stream, info);
         }

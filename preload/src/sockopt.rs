@@ -76,6 +76,15 @@ pub fn carry_over(from: c_int, to: c_int) {
     }
 }
 
+/// Writes an int option to a caller's option buffer.
+///
+/// # Safety
+/// As [`put`].
+pub unsafe fn put_int(v: c_int, val: *mut c_void, len: *mut socklen_t) -> c_int {
+    // SAFETY: as our caller's.
+    unsafe { put(&v.to_ne_bytes(), val, len) }
+}
+
 /// Writes `bytes` to a caller's option buffer: at most `*len`, and `*len`
 /// set to what was written (as Linux does for these options).
 ///
@@ -101,7 +110,11 @@ unsafe fn put(bytes: &[u8], val: *mut c_void, len: *mut socklen_t) -> c_int {
 fn tcp_info(kind: Kind) -> Vec<u8> {
     // SAFETY: tcp_info is plain data; all zeroes is a valid value.
     let mut t: libc::tcp_info = unsafe { std::mem::zeroed() };
-    t.tcpi_state = if kind == Kind::Listener { 10 } else { 1 }; // TCP_LISTEN / TCP_ESTABLISHED
+    t.tcpi_state = match kind {
+        Kind::Listener => 10,  // TCP_LISTEN
+        Kind::Connecting => 2, // TCP_SYN_SENT
+        _ => 1,                // TCP_ESTABLISHED
+    };
     t.tcpi_snd_mss = 1448;
     t.tcpi_rcv_mss = 1448;
     t.tcpi_advmss = 1448;

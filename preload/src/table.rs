@@ -30,6 +30,10 @@ pub enum Kind {
     /// A listener through the engine: its control connection, readable
     /// when a connection waits.
     Listener = 3,
+    /// A non-blocking connect through the engine, not known to have
+    /// succeeded: one end of a socketpair, writable once connected, hung
+    /// up if the connect failed ([`Info::pending`], [`Info::error`]).
+    Connecting = 4,
 }
 
 /// What the program is told about a descriptor of ours.
@@ -51,6 +55,34 @@ pub struct Info {
     /// A dual-stack listener's parts (the descriptor is then an epoll
     /// instance over them).
     pub dual: Option<Arc<Dual>>,
+    /// A connecting descriptor's dial (its request number; 0: none).
+    pub pending: u32,
+    /// A failed connect's errno, until SO_ERROR (or a read) reports it.
+    pub error: i32,
+    /// Connected by a dial whose success no connect(2) has reported yet
+    /// (the next one returns 0, as Linux's does once).
+    pub dialed: bool,
+    /// A connecting descriptor's send buffer (SO_SNDBUF as read), given
+    /// back once connected: the filler ran with the least there is.
+    pub sndbuf: i32,
+}
+
+impl Default for Info {
+    fn default() -> Self {
+        Info {
+            local: SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
+            peer: None,
+            path: "kernel",
+            opts: HashMap::new(),
+            stream: 0,
+            v6: false,
+            dual: None,
+            pending: 0,
+            error: 0,
+            dialed: false,
+            sndbuf: 0,
+        }
+    }
 }
 
 /// The two halves of a dual-stack (AF_INET6, not V6ONLY) listener: the
@@ -86,6 +118,7 @@ pub fn kind(fd: i32) -> Option<Kind> {
         1 => Some(Kind::Fresh),
         2 => Some(Kind::Stream),
         3 => Some(Kind::Listener),
+        4 => Some(Kind::Connecting),
         _ => None,
     }
 }
@@ -109,7 +142,7 @@ pub fn name_fresh(fd: i32, local: SocketAddrV4, v6: bool) {
     if kind(fd) != Some(Kind::Fresh) {
         return;
     }
-    let info = Info { local, peer: None, path: "kernel", opts: HashMap::new(), stream: 0, v6, dual: None };
+    let info = Info { local, peer: None, path: "kernel", opts: HashMap::new(), stream: 0, v6, ..Info::default() };
     let gone = with_info(|m| m.insert(fd, info));
     drop(gone);
 }
@@ -149,6 +182,11 @@ pub fn info(fd: i32) -> Option<Info> {
     with_info(|m| m.get(&fd).cloned())
 }
 
+/// Changes what we know of `fd` (nothing if it is not ours).
+pub fn update<R>(fd: i32, f: impl FnOnce(&mut Info) -> R) -> Option<R> {
+    with_info(|m| m.get_mut(&fd).map(f))
+}
+
 /// Records an option the program set on `fd`.
 pub fn set_opt(fd: i32, level: i32, name: i32, value: Vec<u8>) {
     with_info(|m| {
@@ -156,6 +194,16 @@ pub fn set_opt(fd: i32, level: i32, name: i32, value: Vec<u8>) {
             i.opts.insert((level, name), value);
         }
     });
+}
+
+/// Every descriptor that names dial `req` (dups of a connecting one).
+pub fn naming_dial(req: u32) -> Vec<i32> {
+    with_info(|m| m.iter().filter(|(_, i)| i.pending == req).map(|(fd, _)| *fd).collect())
+}
+
+/// Every dial a connecting descriptor names.
+pub fn dials() -> Vec<u32> {
+    with_info(|m| m.values().map(|i| i.pending).filter(|r| *r != 0).collect())
 }
 
 /// Whether any descriptor still names engine stream `id`.
@@ -174,7 +222,7 @@ mod tests {
 
     fn stream(id: u32) -> Info {
         let a = "10.0.0.1:40000".parse().unwrap();
-        Info { local: a, peer: Some(a), path: "reliable-link", opts: HashMap::new(), stream: id, v6: false, dual: None }
+        Info { local: a, peer: Some(a), path: "reliable-link", stream: id, ..Info::default() }
     }
 
     #[test]

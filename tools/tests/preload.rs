@@ -19,6 +19,8 @@ use xsock_testbed::{Host, LinkOpts, Testbed, require_root};
 const XSOCK: &str = env!("CARGO_BIN_EXE_xsock");
 const ECHO_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/preload/echo.py");
 const RESET_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/preload/reset.py");
+const NONBLOCKING_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/preload/nonblocking.py");
+const HOSTILE_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/preload/hostile_dial.py");
 
 fn start_engine(bed: &Testbed, host: &Host) -> u32 {
     let pid = bed.spawn(host, XSOCK, &["engine", "--iface", "eth0"]).unwrap();
@@ -347,6 +349,65 @@ fn mpich_ranks_on_two_hosts_run_over_xsock() {
     assert!(segs * 5 < kernel_segs, "kernel TCP segments with the preload {segs}, without {kernel_segs}");
 }
 
+/// Non-blocking connects (issue 13, point 1): the same Python program
+/// first on plain kernel TCP (so its expectations are Linux's), then under
+/// the preload. 32 connects each return EINPROGRESS at once, epoll reports
+/// them writable with SO_ERROR 0, their bytes cross the engines; a refused
+/// port and an address nobody holds come back through SO_ERROR, the
+/// latter without the connect waiting on discovery or ARP; and a connect
+/// made while the peer's engine is stopped (SIGSTOP) returns at once,
+/// stays in progress, and completes when that engine runs again.
+#[test]
+fn nonblocking_connects_return_at_once_and_report_through_so_error() {
+    require_root!();
+    let bed = Testbed::new().unwrap();
+    let (a, b) = bed.pair(LinkOpts::default(), "10.96.0").unwrap();
+    let (_engine_a, engine_b) = (start_engine(&bed, &a), start_engine(&bed, &b));
+    let n = 32;
+    let srv = bed
+        .spawn(&b, "sh", &["-c", &format!("{XSOCK} preload python3 {ECHO_PY} server 10.96.0.2 7830 {}", 2 * n + 3)])
+        .unwrap();
+    wait_for("python to listen", Duration::from_secs(10), || bed.log_tail(srv, 5).contains("listening ("));
+    let args = format!("{NONBLOCKING_PY} 10.96.0.2 7830 10.96.0.77 {n}");
+    let (ok, log) = preloaded(&bed, &a, &format!("python3 {args}"), Duration::from_secs(90));
+    assert!(ok && log.contains("nonblocking ok"), "on kernel TCP: {log}");
+    eprintln!("kernel: {log}");
+    let (e0, k0) = counters(&a);
+    // Under the preload, also a connect while b's engine is stopped.
+    let (ok, log) = preloaded(
+        &bed,
+        &a,
+        &format!("XSOCK_PRELOAD_LOG=1 XSOCK_CONNECT_TIMEOUT_MS=30000 {XSOCK} preload python3 {args} {engine_b}"),
+        Duration::from_secs(90),
+    );
+    assert!(ok && log.contains("nonblocking ok"), "under the preload: {log}");
+    eprintln!("{}", log.lines().filter(|l| l.contains(" ms")).collect::<Vec<_>>().join("\n"));
+    assert_eq!(log.matches("without waiting (dial").count(), n + 3, "every connect a dial: {log}");
+    assert_eq!(log.matches("over reliable-link (dial").count(), n + 1, "{log}");
+    let (e1, k1) = counters(&a);
+    assert!(e1 - e0 >= 2 * 1200 * n as u64, "the echoes crossed the engine ({} bytes)", e1 - e0);
+    // The refused connect's fallback SYN, its share of the echo server's
+    // kernel-side handshake, and nothing per echoed byte.
+    assert!(k1 - k0 < 20, "kernel TCP carried little: {} segments", k1 - k0);
+    // A client that breaks the Dial rules (short filler, a TCP socket or
+    // none or two for the pair, a request number twice) loses its stream
+    // or its connection, and the engine serves on.
+    let socket = status(&a)["socket"].as_str().unwrap().to_owned();
+    let reset = bed.spawn(&b, XSOCK, &["preload", "python3", ECHO_PY, "server", "10.96.0.2", "7831", "1"]).unwrap();
+    wait_for("python to listen", Duration::from_secs(10), || bed.log_tail(reset, 5).contains("listening ("));
+    let (ok, log) =
+        preloaded(&bed, &a, &format!("python3 {HOSTILE_PY} {socket} 10.96.0.2 7830"), Duration::from_secs(60));
+    assert!(ok && log.contains("hostile ok"), "{log}\nserver: {}", bed.log_tail(srv, 10));
+    assert!(bed.wait_exit(srv, Duration::from_secs(20)).unwrap().success(), "{}", bed.log_tail(srv, 10));
+    std::thread::sleep(Duration::from_millis(300));
+    for h in [&a, &b] {
+        let st = status(h);
+        assert_eq!(st["streams"], 0, "{st}");
+        assert_eq!(st["clients"], 1, "only the status query itself is attached: {st}");
+    }
+    assert!(bed.log_tail(reset, 10).contains("ConnectionResetError"), "{}", bed.log_tail(reset, 10));
+}
+
 /// A peer process killed -9 with a stream open, on one LAN (reliable-link
 /// through both engines): the reader's next read fails with ECONNRESET,
 /// never an end it could take for a complete transfer.
@@ -517,8 +578,10 @@ fn programs_reach_another_lan_by_virtual_address() {
     let (e1, k1) = counters(&n1.hosts[0]);
     assert!(e1 - e0 >= data.len() as u64, "the file crossed n1a's engine ({} bytes)", e1 - e0);
     assert!(k1 - k0 < 100, "n1a's kernel TCP sent {} segments for the file", k1 - k0);
-    let st = status(&n1.hosts[0]);
-    assert!(st["vcs_handed_over_total"].as_u64() > Some(0), "the VC's socket went to nc as it is: {st}");
+    // nc's connect is non-blocking: the engine carries the VC on the
+    // socketpair nc already holds (a blocking connect's VC is handed over
+    // as it is: Python's, below).
+    assert!(log.contains("without waiting (dial"), "{log}");
     // nat2 -> nat1, the listener sending.
     let _ = nc(&n1.hosts[0], &n2.hosts[0], &v1a, 7812, true);
     // Inside nat1: by virtual address, directly (no relay).
@@ -550,6 +613,8 @@ fn programs_reach_another_lan_by_virtual_address() {
     );
     assert!(ok && log.contains("echo ok"), "python client: {log}");
     assert!(log.contains(&format!("peername ('{v1a}', 7814) sockname {v2a}")), "{log}");
+    let st = status(&n2.hosts[0]);
+    assert!(st["vcs_handed_over_total"].as_u64() > Some(0), "the VC's socket went to Python as it is: {st}");
     assert!(o.bed.wait_exit(srv, Duration::from_secs(10)).unwrap().success(), "{}", o.bed.log_tail(srv, 10));
     let slog = o.bed.log_tail(srv, 5);
     assert!(slog.contains(&format!("listening ('{v1a}', 7814)")), "bound to its virtual address: {slog}");

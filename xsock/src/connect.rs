@@ -390,8 +390,10 @@ impl Pending {
             std::io::ErrorKind::TimedOut => {
                 Error::TimedOut(format!("kernel TCP connect to {}: the peer does not answer", self.addr))
             }
-            std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable => {
-                Error::TimedOut(format!("kernel TCP connect to {}: no route to the host", self.addr))
+            // The kind kept (EHOSTUNREACH, as the kernel's own connect
+            // reports a neighbour that never answered ARP).
+            k @ (std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable) => {
+                Error::Io(std::io::Error::new(k, format!("kernel TCP connect to {}: no route to the host", self.addr)))
             }
             _ => Error::Io(e),
         }
