@@ -36,6 +36,9 @@ pub struct PreloadSettings {
     pub connect_timeout: Duration,
     /// `XSOCK_PRELOAD_LOG=1`: one line on stderr per decision.
     pub log: bool,
+    /// `XSOCK_IFADDR=virtual`: getifaddrs shows the engine's interface
+    /// with the host's virtual address on the overlay.
+    pub virtual_ifaddr: bool,
 }
 
 /// The variables, with what each does (for `--help` and the README).
@@ -55,6 +58,13 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("XSOCK_IFACE", "the interface whose engine to use (default: the only engine running in this network namespace)"),
     ("XSOCK_CONNECT_TIMEOUT_MS", "how long a connect through the engine may take (default 10000)"),
     ("XSOCK_PRELOAD_LOG", "0 (default) or 1: one line on stderr for every socket the preload takes or leaves"),
+    (
+        "XSOCK_IFADDR",
+        "lan (default) or virtual: with virtual, getifaddrs shows the engine's interface with this host's virtual \
+         address and the virtual network's mask (an engine joined to an overlay), so programs that tell their peers \
+         the interface's address (MPICH's launcher with -iface, UCX's TCP transport) tell them one they can reach \
+         from other LANs",
+    ),
     ("XSOCK_RUN_DIR", "where engines keep their sockets (default /run/xsock)"),
 ];
 
@@ -92,6 +102,11 @@ impl PreloadSettings {
                 }
             },
         };
+        let virtual_ifaddr = match get("XSOCK_IFADDR").as_deref() {
+            None | Some("" | "lan") => false,
+            Some("virtual") => true,
+            Some(v) => return Err(format!("XSOCK_IFADDR={v} is not a setting: use lan or virtual")),
+        };
         Ok(PreloadSettings {
             enabled: flag("XSOCK_PRELOAD", true)?,
             transport,
@@ -99,6 +114,7 @@ impl PreloadSettings {
             iface: get("XSOCK_IFACE").filter(|v| !v.is_empty()),
             connect_timeout,
             log: flag("XSOCK_PRELOAD_LOG", false)?,
+            virtual_ifaddr,
         })
     }
 }
@@ -116,7 +132,7 @@ mod tests {
     #[test]
     fn defaults_and_each_variable() {
         let d = with(&[]).unwrap();
-        assert!(d.enabled && !d.strict && !d.log && d.iface.is_none());
+        assert!(d.enabled && !d.strict && !d.log && d.iface.is_none() && !d.virtual_ifaddr);
         assert_eq!(d.transport, PreloadTransport::Auto);
         assert_eq!(d.connect_timeout, Duration::from_secs(10));
         let s = with(&[
@@ -126,9 +142,10 @@ mod tests {
             ("XSOCK_IFACE", "eth1"),
             ("XSOCK_CONNECT_TIMEOUT_MS", "250"),
             ("XSOCK_PRELOAD_LOG", "1"),
+            ("XSOCK_IFADDR", "virtual"),
         ])
         .unwrap();
-        assert!(!s.enabled && s.strict && s.log);
+        assert!(!s.enabled && s.strict && s.log && s.virtual_ifaddr);
         assert_eq!(s.transport, PreloadTransport::Link);
         assert_eq!(s.iface.as_deref(), Some("eth1"));
         assert_eq!(s.connect_timeout, Duration::from_millis(250));
@@ -141,11 +158,19 @@ mod tests {
         assert!(with(&[("XSOCK_STRICT", "maybe")]).unwrap_err().contains("XSOCK_STRICT=maybe"));
         assert!(with(&[("XSOCK_CONNECT_TIMEOUT_MS", "0")]).is_err());
         assert!(with(&[("XSOCK_CONNECT_TIMEOUT_MS", "1s")]).is_err());
+        assert!(with(&[("XSOCK_IFADDR", "vaddr")]).unwrap_err().contains("use lan or virtual"));
     }
 
     #[test]
     fn every_variable_read_is_listed() {
-        for name in ["XSOCK_PRELOAD", "XSOCK_TRANSPORT", "XSOCK_STRICT", "XSOCK_IFACE", "XSOCK_CONNECT_TIMEOUT_MS"] {
+        for name in [
+            "XSOCK_PRELOAD",
+            "XSOCK_TRANSPORT",
+            "XSOCK_STRICT",
+            "XSOCK_IFACE",
+            "XSOCK_CONNECT_TIMEOUT_MS",
+            "XSOCK_IFADDR",
+        ] {
             assert!(VARIABLES.iter().any(|(n, _)| *n == name), "{name}");
         }
     }

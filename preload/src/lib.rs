@@ -385,6 +385,23 @@ fn connected_again(fd: c_int) -> c_int {
     if table::update(fd, |i| std::mem::take(&mut i.dialed)) == Some(true) { 0 } else { fail(libc::EISCONN) }
 }
 
+/// getifaddrs(3): as the C library's, with the engine's interface on its
+/// virtual address under `XSOCK_IFADDR=virtual` ([`names::virtual_ifaddrs`]).
+///
+/// # Safety
+/// As getifaddrs(3).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn getifaddrs(ifap: *mut *mut libc::ifaddrs) -> c_int {
+    let r = real::getifaddrs(ifap);
+    if r == 0 && !ifap.is_null() && settings().enabled && settings().virtual_ifaddr {
+        // SAFETY: getifaddrs succeeded, so `*ifap` holds its list.
+        let list = unsafe { *ifap };
+        // SAFETY: the list the C library just made.
+        unsafe { names::virtual_ifaddrs(list) };
+    }
+    r
+}
+
 /// bind(2): the kernel's, except to this host's virtual address on the
 /// overlay, which no interface holds: the socket binds the port on every
 /// address instead, and its name says the virtual address.

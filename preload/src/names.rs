@@ -193,6 +193,50 @@ fn ask(name: &str) -> Option<Ipv4Addr> {
     }
 }
 
+/// getifaddrs(3) with `XSOCK_IFADDR=virtual`: the engine's interface shows
+/// this host's virtual address, the virtual network's mask and its
+/// broadcast address (written into the list the C library made, which
+/// freeifaddrs frees as ever). Nothing changes without an overlay.
+///
+/// # Safety
+/// `list` is the head of a list getifaddrs just returned.
+pub unsafe fn virtual_ifaddrs(list: *mut libc::ifaddrs) {
+    let Ok(w) = crate::welcome() else { return };
+    if w.vaddr.is_unspecified() {
+        return;
+    }
+    let (vnet, prefix) = w.vnet;
+    let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix.min(32))) };
+    let broadcast = Ipv4Addr::from(u32::from(vnet) | !mask);
+    let mut ifa = list;
+    while !ifa.is_null() {
+        // SAFETY: a node of the list getifaddrs made (the caller's).
+        let node = unsafe { &mut *ifa };
+        ifa = node.ifa_next;
+        // SAFETY: getifaddrs names every node with a NUL-terminated string.
+        let name = unsafe { std::ffi::CStr::from_ptr(node.ifa_name) };
+        if name.to_bytes() != w.iface.as_bytes() || node.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: a sockaddr getifaddrs filled (its family says which).
+        if i32::from(unsafe { (*node.ifa_addr).sa_family }) != libc::AF_INET {
+            continue;
+        }
+        for (sa, ip) in [(node.ifa_addr, w.vaddr), (node.ifa_netmask, Ipv4Addr::from(mask))]
+            .into_iter()
+            .chain(std::iter::once((node.ifa_ifu, broadcast)))
+        {
+            if !sa.is_null() {
+                let sin = sa.cast::<libc::sockaddr_in>();
+                // SAFETY: an AF_INET entry's addresses are sockaddr_in
+                // (getifaddrs allocates them so); written in place.
+                unsafe { (*sin).sin_addr.s_addr = u32::from(ip).to_be() };
+            }
+        }
+    }
+    crate::log(|| format!("getifaddrs: {} shows the virtual address {}/{prefix}", w.iface, w.vaddr));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -67,6 +67,7 @@ real! {
     fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t;
     fn gethostbyname_r(node: *const c_char, ret: *mut libc::hostent, buf: *mut c_char, len: size_t, result: *mut *mut libc::hostent, h_errnop: *mut c_int) -> c_int;
     fn gethostbyname(node: *const c_char) -> *mut libc::hostent;
+    fn getifaddrs(ifap: *mut *mut libc::ifaddrs) -> c_int;
     fn gethostbyname2(node: *const c_char, af: c_int) -> *mut libc::hostent;
 }
 

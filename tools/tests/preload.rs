@@ -349,6 +349,84 @@ fn mpich_ranks_on_two_hosts_run_over_xsock() {
     assert!(segs * 5 < kernel_segs, "kernel TCP segments with the preload {segs}, without {kernel_segs}");
 }
 
+/// MPICH across LANs (issue 13, point 3): one rank on each of two LANs
+/// behind NAT on the same private subnet, every process (mpiexec, its
+/// proxies, the ranks) under the preload with `XSOCK_IFADDR=virtual`, so
+/// hydra's control address (`-iface eth0`) and UCX's published interface
+/// address are the hosts' virtual ones: the launcher's connections and
+/// the ranks' own go through the relays, and the ping-pong and checked
+/// all-to-all run to the end with the program unchanged.
+#[test]
+fn mpich_ranks_on_two_lans_run_through_the_relays() {
+    require_root!();
+    use xsock_testbed::{
+        overlay::Overlay,
+        sites::{Policy, SiteSpec},
+    };
+    if std::process::Command::new("mpicc").arg("--version").output().is_err() {
+        panic!("mpicc is missing: scripts/setup.sh installs mpich");
+    }
+    let specs = [
+        SiteSpec { name: "hub", policy: Policy::Open, relays: 1, hosts: 1 },
+        SiteSpec { name: "nat1", policy: Policy::Nat, relays: 1, hosts: 1 },
+        SiteSpec { name: "nat2", policy: Policy::Nat, relays: 1, hosts: 1 },
+    ];
+    let o = Overlay::start(XSOCK, "mpilans", &specs);
+    o.converge(&["hub-x0", "nat1-x0", "nat2-x0"], Duration::from_secs(20));
+    let (n1, n2) = (&o.sites.sites[1].hosts[0], &o.sites.sites[2].hosts[0]);
+    for (name, h) in [("n1a", n1), ("n2a", n2)] {
+        let mut args = vec!["engine".to_owned()];
+        args.extend(o.join_flags(name));
+        let pid = o.bed.spawn(h, "sh", &["-c", &format!("exec {XSOCK} {}", args.join(" "))]).unwrap();
+        wait_for("the engine to join and listen", Duration::from_secs(15), || {
+            o.bed.log_tail(pid, 20).contains("listening on")
+        });
+    }
+    // UCX takes an interface once it has its link-local IPv6 address.
+    for h in [n1, n2] {
+        let t0 = Instant::now();
+        while h.ip(&["-6", "addr", "show", "dev", "eth0", "scope", "link"]).unwrap().trim().is_empty() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "{}: eth0 has no link-local address after 10 s", h.ns());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let dir = xsock_testbed::overlay::scratch("preload-mpi-lans");
+    let prog = dir.join("mpi_check");
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/preload/mpi_check.c");
+    let out = std::process::Command::new("mpicc").args(["-O2", "-o"]).arg(&prog).arg(src).output().unwrap();
+    assert!(out.status.success(), "mpicc: {}", String::from_utf8_lossy(&out.stderr));
+    // hydra's ssh launcher, pointed at the namespaces by node name.
+    let launch = dir.join("launch.sh");
+    std::fs::write(
+        &launch,
+        format!(
+            "#!/bin/sh\nwhile [ \"${{1#-}}\" != \"$1\" ]; do shift; done\nhost=$1; shift\ncase $host in n1a) ns={};; \
+             n2a) ns={};; *) echo \"unknown host $host\" >&2; exit 1;; esac\nexec ip netns exec $ns sh -c \"$*\"\n",
+            n1.ns(),
+            n2.ns()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&launch, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let lib = std::path::Path::new(XSOCK).with_file_name("libxsock_preload.so");
+    let vcs0 = o.status("nat1-x0")["counters"]["vcs_opened"].as_u64().unwrap_or(0);
+    let script = format!(
+        "export LD_PRELOAD={lib} XSOCK_IFADDR=virtual XSOCK_PRELOAD_LOG=1; mpiexec -launcher ssh -launcher-exec {} \
+         -iface eth0 -hosts n1a:1,n2a:1 -n 2 -genv UCX_TLS tcp,self -genv UCX_NET_DEVICES eth0 {}",
+        launch.display(),
+        prog.display(),
+        lib = lib.display()
+    );
+    let log = mpiexec(&o.bed, n1, &script, &prog);
+    let json = log.lines().rfind(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no result: {log}"));
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(v["bad"], 0, "every all-to-all element arrived intact: {v}");
+    assert!(log.contains("shows the virtual address 100.64."), "{log}");
+    let vcs = o.status("nat1-x0")["counters"]["vcs_opened"].as_u64().unwrap_or(0) - vcs0;
+    assert!(vcs >= 2, "the launcher's and the ranks' connections went through nat1's relay ({vcs} VCs)");
+    eprintln!("MPICH, one rank on each of two NAT'd LANs through the relays: {v} ({vcs} VCs at nat1's relay)");
+}
+
 /// Non-blocking connects (issue 13, point 1): the same Python program
 /// first on plain kernel TCP (so its expectations are Linux's), then under
 /// the preload. 32 connects each return EINPROGRESS at once, epoll reports
