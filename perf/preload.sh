@@ -2,11 +2,16 @@
 # Unmodified programs under libxsock_preload.so vs the same programs on
 # kernel TCP, interleaved in one run (issue 13): sockperf ping-pong, iperf3
 # at MTU 1500 and 9000, and an MPICH (UCX over TCP) ping-pong and
-# all-to-all with one rank on each of two namespaced hosts.
+# all-to-all with one rank on each of two namespaced hosts; and (connects)
+# 64 non-blocking connects at once from Python: until every connect
+# returned, and until every one was connected.
 #
 #   cargo build --release -p xsock-tools -p xsock-preload
 #   sudo perf/preload.sh [ROUNDS]      (ENGINE_POLL=adaptive|busy|sleep)
-#   ONLY="mpi sockperf" sudo perf/preload.sh 5   (a subset: sockperf iperf mpi)
+#   ONLY="mpi sockperf" sudo perf/preload.sh 5   (a subset: sockperf iperf mpi
+#                                                  connects)
+#   XSOCK_BIN=... PRELOAD_LIB=...   (another build's xsock and preload, e.g.
+#                               an older commit's, to compare)
 #   ENGINE_SPIN=1ms            (--spin of adaptive engines; default 50us)
 #   ENGINE_WRAP="chrt -f 10"   (a command the engines run under)
 #   KERNEL_BESIDE_ENGINES=1    (kernel rounds with the engines running; by
@@ -23,10 +28,10 @@ poll=${ENGINE_POLL:-adaptive}
 wrap=${ENGINE_WRAP:-}
 beside=${KERNEL_BESIDE_ENGINES:-0}
 spin=${ENGINE_SPIN:+--spin $ENGINE_SPIN}
-only=${ONLY:-sockperf iperf mpi}
+only=${ONLY:-sockperf iperf mpi connects}
 want() { [[ " $only " == *" $1 "* ]]; }
-X=$PWD/target/release/xsock
-LIB=$PWD/target/release/libxsock_preload.so
+X=${XSOCK_BIN:-$PWD/target/release/xsock}
+LIB=${PRELOAD_LIB:-$PWD/target/release/libxsock_preload.so}
 [ -x "$X" ] && [ -f "$LIB" ] || { echo "build first: cargo build --release -p xsock-tools -p xsock-preload" >&2; exit 1; }
 A=xpa; B=xpb; IPA=10.97.0.1; IPB=10.97.0.2
 work=$(mktemp -d)
@@ -107,6 +112,14 @@ mpi_run() { # mode -> "rtt_us alltoall_ms"
     grep '^{' "$out" | tail -1 \
         | python3 -c "import json,sys; v=json.loads(sys.stdin.read()); assert v['bad']==0; print(v['pingpong_rtt_us'], v['alltoall_ms'])"
 }
+connects_ms() { # mode -> "returned_ms connected_ms" for 64 non-blocking connects at once
+    local e; e=$(pre "$1")
+    ip netns exec $B $e python3 tools/tests/preload/echo.py server $IPB 7830 64 > "$work/echo.log" 2>&1 &
+    local s=$!
+    for _ in $(seq 50); do grep -q listening "$work/echo.log" && break; sleep 0.1; done
+    ip netns exec $A $e python3 tools/tests/preload/nonblocking.py time $IPB 7830 64
+    wait $s 2>/dev/null || true
+}
 mpicc -O2 -o "$work/mpi_check" tools/tests/preload/mpi_check.c
 cat > "$work/launch.sh" <<EOS
 #!/bin/sh
@@ -134,6 +147,7 @@ for r in $(seq "$rounds"); do
         if want sockperf; then add "sockperf-$m" "$(sockperf_p50 $m)"; fi
         if want iperf; then add "iperf1500-$m" "$(iperf_gbps $m)"; fi
         if want mpi; then read -r rtt a2a <<< "$(mpi_run $m)"; add "mpirtt-$m" "$rtt"; add "mpia2a-$m" "$a2a"; fi
+        if want connects; then read -r ret con <<< "$(connects_ms $m)"; add "connret-$m" "$ret"; add "connall-$m" "$con"; fi
     done
 done
 if want iperf; then
@@ -149,7 +163,7 @@ echo "engines: --poll $poll $spin${wrap:+ under $wrap}; kernel rounds $([ "$besi
 echo
 echo "| measurement | kernel TCP | xsock preload | ratio |"
 echo "|---|---|---|---|"
-for k in sockperf:"sockperf ping-pong p50, one way (us)" iperf1500:"iperf3 MTU 1500 (Gbit/s)" iperf9000:"iperf3 MTU 9000 (Gbit/s)" mpirtt:"MPI 64 B ping-pong RTT (us)" mpia2a:"MPI all-to-all, 2 ranks, 256 KiB each way (ms)"; do
+for k in sockperf:"sockperf ping-pong p50, one way (us)" iperf1500:"iperf3 MTU 1500 (Gbit/s)" iperf9000:"iperf3 MTU 9000 (Gbit/s)" mpirtt:"MPI 64 B ping-pong RTT (us)" mpia2a:"MPI all-to-all, 2 ranks, 256 KiB each way (ms)" connret:"64 non-blocking connects: all returned (ms)" connall:"64 non-blocking connects: all connected (ms)"; do
     key=${k%%:*}; label=${k#*:}
     [ -n "${results[$key-kernel]:-}" ] || continue
     kv=$(med "${results[$key-kernel]}"); xv=$(med "${results[$key-xsock]}")

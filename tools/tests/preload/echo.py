@@ -13,7 +13,7 @@ def server(host, port, conns):
     ls = socket.socket()
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     ls.bind((host, port))
-    ls.listen(16)
+    ls.listen(128)
     ls.setblocking(False)
     assert ls.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) == socket.SOCK_STREAM
     assert ls.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1

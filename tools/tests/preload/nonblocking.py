@@ -141,6 +141,26 @@ def stalled(host, port, engine):
     print(f"stalled ok: returned in {took * 1e3:.2f} ms", flush=True)
 
 
+def timing(host, port, n):
+    """perf/preload.sh: `n` non-blocking connects at once, echoed once
+    each; prints the milliseconds until every connect returned and until
+    every one was connected."""
+    t0 = time.monotonic()
+    socks = [start((host, port))[0] for _ in range(n)]
+    issued = time.monotonic() - t0
+    errors = wait_writable(socks, 30)
+    connected = time.monotonic() - t0
+    assert all(e == 0 for e in errors.values()), errors
+    for s in socks:
+        s.setblocking(True)
+        echo(s, b"x")
+        s.close()
+    print(f"{issued * 1e3:.2f} {connected * 1e3:.2f}", flush=True)
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "time":
+        timing(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+        sys.exit(0)
     stopped_engine = int(sys.argv[5]) if len(sys.argv) > 5 else 0
     main(sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
