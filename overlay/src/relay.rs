@@ -73,6 +73,12 @@ pub struct RelayConfig {
     /// next one waits for the rest of the interval, so the links of a start
     /// (or a flap) go out in one advertisement, not one per link.
     pub min_originate: Duration,
+    /// The longest that hold grows to: advertisements that follow each
+    /// other within twice the hold double it (a flapping link, a storm of
+    /// links lost and made under load, which would otherwise flood every
+    /// relay with every change as fast as `min_originate` allows); one
+    /// that comes after a quiet spell of twice the hold sets it back.
+    pub max_originate: Duration,
     /// Routes are recomputed this long after the first change of a burst
     /// (one computation for the burst of advertisements a change floods;
     /// a VC opened meanwhile computes them at once).
@@ -96,6 +102,7 @@ impl RelayConfig {
             keepalive: Duration::from_millis(500),
             spf_delay: Duration::from_millis(2),
             min_originate: Duration::from_millis(50),
+            max_originate: Duration::from_secs(2),
             max_age: Duration::from_secs(120),
             link_timeout: Duration::from_millis(2000),
             seq_start,
@@ -148,6 +155,16 @@ pub struct Counters {
     pub bytes_forwarded: u64,
     /// Advertisements received.
     pub lsas_in: u64,
+    /// Advertisements of our own sent (changes and refreshes).
+    pub lsas_originated: u64,
+    /// Relay links closed because they went silent.
+    pub links_silent: u64,
+    /// Relay links that went down (closed or broken under us).
+    pub links_down: u64,
+    /// Relay links replaced by a newer one to the same relay.
+    pub links_replaced: u64,
+    /// Endpoint sessions that ended (closed, broken or silent).
+    pub sessions_ended: u64,
     /// Route computations.
     pub route_runs: u64,
     /// Revocation lists from links that were not taken (another CA's, a
@@ -236,6 +253,9 @@ pub struct RelayCore {
     /// An advertisement waits for this time (see
     /// [`RelayConfig::min_originate`]).
     originate_at: Option<Duration>,
+    /// How long after an advertisement the next may go (from
+    /// `min_originate` up to `max_originate`).
+    hold: Duration,
     /// The cluster CA and the newest revocation list, in a cluster with
     /// node certificates.
     trust: Option<Trust>,
@@ -244,6 +264,7 @@ pub struct RelayCore {
 impl RelayCore {
     /// A relay with no links yet, routing with `routing`.
     pub fn new(cfg: RelayConfig, routing: Box<dyn Routing>, now: Duration) -> Self {
+        let hold = cfg.min_originate;
         let mut core = Self {
             db: LinkStateDb::new(cfg.max_age),
             seq: cfg.seq_start,
@@ -271,9 +292,11 @@ impl RelayCore {
             routes_dirty: None,
             last_originated: now,
             originate_at: None,
+            hold,
             trust: None,
         };
         core.originate(now);
+        core.hold = core.cfg.min_originate;
         core
     }
 
@@ -334,6 +357,7 @@ impl RelayCore {
                 return;
             }
             self.actions.push_back(Action::CloseLink { link: old });
+            self.counters.links_replaced += 1;
             self.drop_link(now, old, "replaced by a newer link");
         }
         let next_vc = if self.cfg.me < peer { 2 } else { 1 };
@@ -425,12 +449,16 @@ impl RelayCore {
 
     /// The link is gone (closed, reset, or the shell gave up on it).
     pub fn handle_link_down(&mut self, now: Duration, link: LinkId) {
+        if self.links.get(&link).is_some_and(|s| !s.endpoint) {
+            self.counters.links_down += 1;
+        }
         self.drop_link(now, link, "the relay link carrying it went down");
     }
 
     fn drop_link(&mut self, now: Duration, link: LinkId, why: &str) {
         let Some(st) = self.links.remove(&link) else { return };
         if st.endpoint {
+            self.counters.sessions_ended += 1;
             if self.attached.get(&st.peer) == Some(&link) {
                 self.attached.remove(&st.peer);
             }
@@ -509,10 +537,13 @@ impl RelayCore {
                 self.counters.lsas_in += 1;
                 if origin == self.cfg.me {
                     // An old advertisement of ours from before a restart:
-                    // jump past it so ours wins everywhere.
-                    if seq >= self.seq {
+                    // jump past it so ours wins everywhere. Our current
+                    // one coming back (a new link's full sync) is no news:
+                    // answering it with a fresh one flooded every relay
+                    // once per link made.
+                    if seq > self.seq {
                         self.seq = seq;
-                        self.originate(now);
+                        self.links_changed(now);
                     }
                     return Ok(());
                 }
@@ -658,6 +689,9 @@ impl RelayCore {
             self.links.iter().filter(|(_, s)| now.saturating_sub(s.last_heard) > timeout).map(|(l, _)| *l).collect();
         for link in silent {
             self.actions.push_back(Action::CloseLink { link });
+            if self.links.get(&link).is_some_and(|s| !s.endpoint) {
+                self.counters.links_silent += 1;
+            }
             self.drop_link(now, link, "the relay link went silent");
         }
     }
@@ -762,7 +796,7 @@ impl RelayCore {
     /// Our links changed: advertise them now, or at the end of the
     /// interval after the last advertisement.
     fn links_changed(&mut self, now: Duration) {
-        let next = self.last_originated + self.cfg.min_originate;
+        let next = self.last_originated + self.hold;
         if now >= next {
             self.originate(now);
         } else {
@@ -771,6 +805,13 @@ impl RelayCore {
     }
 
     fn originate(&mut self, now: Duration) {
+        self.counters.lsas_originated += 1;
+        let since = now.saturating_sub(self.last_originated);
+        self.hold = if since <= self.hold * 2 {
+            (self.hold * 2).min(self.cfg.max_originate.max(self.cfg.min_originate))
+        } else {
+            self.cfg.min_originate
+        };
         self.last_originated = now;
         self.originate_at = None;
         self.seq += 1;

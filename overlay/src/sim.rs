@@ -47,6 +47,9 @@ pub struct Sim {
     pub events: Vec<(u64, Event)>,
     /// Messages by type byte that crossed a hop (relay links and sessions).
     pub msgs_by_type: BTreeMap<u8, u64>,
+    /// Whether [`Sim::settle`] fires the burst timers at quiet points
+    /// (true; false leaves them to virtual time, as in `xsock relay`).
+    pub flush_bursts: bool,
 }
 
 /// Relay `id` in site `id`.
@@ -123,6 +126,7 @@ impl Sim {
             attached: BTreeMap::new(),
             events: Vec::new(),
             msgs_by_type: BTreeMap::new(),
+            flush_bursts: true,
         }
     }
 
@@ -242,7 +246,7 @@ impl Sim {
                 }
             }
             if self.in_flight.is_empty() {
-                if flushed {
+                if flushed || !self.flush_bursts {
                     return std::mem::take(&mut self.actions);
                 }
                 // Quiet: the timers of the burst fire.

@@ -333,3 +333,35 @@ fn a_revocation_list_floods_to_every_relay_once_and_reaches_a_relay_that_joins_l
     assert_eq!(revoked(&s.settle()), Vec::<u64>::new());
     assert!(!s.core(5).trust().unwrap().is_revoked(&[8; 32]));
 }
+
+#[test]
+fn a_flapping_link_floods_fewer_and_fewer_advertisements_and_a_quiet_one_goes_out_at_once() {
+    let mut s = Sim::new(&[1, 2, 3], 1 << 20);
+    s.connect(1, 2);
+    s.connect(2, 3);
+    s.settle();
+    s.advance(Duration::from_secs(5));
+    // Time, not the harness, releases held advertisements (as in a relay).
+    s.flush_bursts = false;
+    let before = s.core(1).counters().lsas_originated;
+    // The 1-3 link made and lost every 20 ms for 10 s (500 changes on
+    // each side): at most one advertisement per 50 ms would be 200.
+    for _ in 0..250 {
+        let l = s.connect(1, 3);
+        s.advance(Duration::from_millis(20));
+        s.cut(l);
+        s.advance(Duration::from_millis(20));
+    }
+    let flapping = s.core(1).counters().lsas_originated - before;
+    assert!(flapping <= 12, "{flapping} advertisements for 500 changes in 10 s");
+    // Quiet again: the next change goes out at once, and every relay's
+    // routes follow it.
+    s.advance(Duration::from_secs(5));
+    let quiet = s.core(1).counters().lsas_originated;
+    s.connect(1, 3);
+    assert_eq!(s.core(1).counters().lsas_originated, quiet + 1, "a change after a quiet spell waits for nothing");
+    // Within the route computation's burst delay (2 ms), everyone follows.
+    s.advance(Duration::from_millis(5));
+    assert_eq!(next_hop_path(&s, 3, 1), vec![3, 1]);
+    assert_eq!(next_hop_path(&s, 2, 3), vec![2, 3]);
+}

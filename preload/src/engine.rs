@@ -585,6 +585,15 @@ pub fn dial(m: Msg<'_>, pair: c_int, iface: Option<&str>) -> Result<u32, String>
             return Err(e);
         }
     };
+    // What waits is read first: answers of dials nobody asked about yet
+    // (a program that writes without SO_ERROR) must not fill the
+    // connection until the engine gives up on this process.
+    if read_until(s, None, None, |_| None::<()>).is_err() {
+        broken(&mut g);
+        real::close(pair);
+        return Err("the host engine's connection broke".to_owned());
+    }
+    let Some(s) = g.as_mut() else { unreachable!("kept above") };
     let req = s.next_dial;
     s.next_dial = s.next_dial.checked_add(1).unwrap_or(FIRST_DIAL);
     let m = match m {

@@ -71,7 +71,9 @@ pub enum Outcome {
     /// The endpoint accepted our delivery.
     Accepted { stream: Stream, local: LocalId },
     /// It failed; the text says why (for Deliver, the VC is refused).
-    Failed { purpose: Purpose, reason: String },
+    /// `auth`: the peer failed authentication (a wrong key, a stranger),
+    /// not the stream or the clock.
+    Failed { purpose: Purpose, reason: String, auth: bool },
 }
 
 /// One stream's preamble ([`xsock_overlay::preamble`]), driven by
@@ -126,30 +128,35 @@ impl Pending {
         match self.step(now) {
             Ok(Some(o)) => o,
             Ok(None) => Outcome::Pending,
-            Err(reason) => Outcome::Failed { purpose: self.purpose, reason },
+            Err((reason, auth)) => Outcome::Failed { purpose: self.purpose, reason, auth },
         }
     }
 
-    fn step(&mut self, now: Instant) -> Result<Option<Outcome>, String> {
-        if now > self.deadline {
-            return Err(format!("no answer within {HANDSHAKE:?} (is it an xsock overlay node?)"));
-        }
+    /// `Err((why, auth))`, `auth` when the peer failed authentication.
+    fn step(&mut self, now: Instant) -> Result<Option<Outcome>, (String, bool)> {
+        let plain = |why: String| (why, false);
         loop {
             let s = self.stream.as_mut().expect("pending until it ends");
             let n = match s.try_recv(self.rd.space()) {
-                Ok(0) => return Err("the peer closed the stream".into()),
+                Ok(0) => return Err(plain("the peer closed the stream".into())),
                 Ok(n) => n,
+                // What arrived is taken first, and only then the deadline
+                // judged: a relay loop that came back late must not fail
+                // a handshake whose answer waits in the stream.
+                Err(Error::WouldBlock) if now > self.deadline => {
+                    return Err(plain(format!("no answer within {HANDSHAKE:?} (is it an xsock overlay node?)")));
+                }
                 Err(Error::WouldBlock) => return Ok(None),
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(plain(e.to_string())),
             };
-            let Some(frame) = self.rd.filled(n).map_err(|e| format!("{e}: not an xsock overlay peer?"))? else {
+            let Some(frame) = self.rd.filled(n).map_err(|e| plain(format!("{e}: not an xsock overlay peer?")))? else {
                 continue;
             };
             let r = self.pre.handle_frame(&frame);
             let sent = self.flush();
             match r {
                 Ok(None) if sent => {}
-                Ok(None) => return Err("could not send the next handshake step".into()),
+                Ok(None) => return Err(plain("could not send the next handshake step".into())),
                 Ok(Some(done)) => {
                     let stream = self.stream.take().expect("still pending");
                     return match (self.purpose, done) {
@@ -162,10 +169,13 @@ impl Pending {
                         (Purpose::Deliver { local, .. }, Done::Accepted(_)) => {
                             Ok(Some(Outcome::Accepted { stream, local }))
                         }
-                        _ => Err("the handshake ended in the wrong step".into()),
+                        _ => Err(plain("the handshake ended in the wrong step".into())),
                     };
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => {
+                    let auth = matches!(e, xsock_overlay::preamble::PreambleError::Auth(_));
+                    return Err((e.to_string(), auth));
+                }
             }
         }
     }

@@ -198,6 +198,12 @@ pub fn render(status: &Value) -> String {
         ("vcs_closed", "Virtual connections that ended normally"),
         ("bytes_forwarded", "Data bytes forwarded"),
         ("lsas_in", "Link-state advertisements received"),
+        ("lsas_originated", "Link-state advertisements of this relay sent (changes and refreshes)"),
+        ("sessions_ended", "Endpoint sessions that ended"),
+        (
+            "lan_handshakes_failed",
+            "Endpoints' LAN handshakes that failed other than by authentication (timed out, closed)",
+        ),
         ("route_runs", "Route computations"),
         ("revocations_refused", "Revocation lists from links not taken (another CA, bad signature)"),
     ] {
@@ -211,6 +217,17 @@ pub fn render(status: &Value) -> String {
         &[
             (format!("{relay},reason=\"refused\""), num(&c["vcs_refused"])),
             (format!("{relay},reason=\"aborted\""), num(&c["vcs_aborted"])),
+        ],
+    );
+    family(
+        &mut out,
+        "xsock_relay_links_dropped_total",
+        "counter",
+        "Relay links closed, by reason",
+        &[
+            (format!("{relay},reason=\"silent\""), num(&c["links_silent"])),
+            (format!("{relay},reason=\"down\""), num(&c["links_down"])),
+            (format!("{relay},reason=\"replaced\""), num(&c["links_replaced"])),
         ],
     );
     family(
@@ -265,13 +282,16 @@ mod tests {
             "routes": [{"relay": "hub", "hops": 1}],
             "lan_queues": [{"queue": 0, "rx_frames": 5, "tx_frames": 6, "rx_dropped": 1, "fill_ring_empty": 0, "tx_ring_full": 0}],
             "counters": {"vcs_opened": 4, "vcs_refused": 1, "vcs_aborted": 0, "vcs_closed": 3, "bytes_forwarded": 99,
-                "lsas_in": 7, "route_runs": 2, "auth_refused_wan": 1, "auth_refused_lan": 0, "revocations_refused": 0},
+                "lsas_in": 7, "route_runs": 2, "auth_refused_wan": 1, "auth_refused_lan": 0, "revocations_refused": 0,
+                "lsas_originated": 3, "sessions_ended": 1, "lan_handshakes_failed": 2, "links_silent": 1,
+                "links_down": 0, "links_replaced": 0},
         });
         let t = render(&st);
         assert!(t.contains("xsock_relay_vcs{relay=\"site-\\\"a\\\"\"} 3"), "{t}");
         assert!(t.contains("xsock_relay_link_tx_bytes_total{relay=\"site-\\\"a\\\"\",peer=\"hub\"} 20"), "{t}");
         assert!(t.contains("reason=\"refused\"} 1"), "{t}");
         assert!(t.contains("side=\"wan\"} 1"), "{t}");
+        assert!(t.contains("xsock_relay_links_dropped_total{relay=\"site-\\\"a\\\"\",reason=\"silent\"} 1"), "{t}");
         // Every sample line is `name{labels} value` or `name value`.
         for l in t.lines().filter(|l| !l.starts_with('#')) {
             let v = l.rsplit(' ').next().unwrap();

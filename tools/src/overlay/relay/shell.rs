@@ -163,6 +163,7 @@ pub fn run(setup: Setup) -> Result<(), Fail> {
         dials: HashMap::new(),
         clock,
         auth_refused_lan: 0,
+        lan_handshakes_failed: 0,
         server_dirs: vec![Vec::new(); servers.len()],
         servers,
         cache: settings.directory_cache.clone().map(|p| (p, site)),
@@ -279,6 +280,9 @@ struct State {
     clock: Clock,
     /// Endpoints refused at the LAN handshake.
     auth_refused_lan: u64,
+    /// Endpoints' LAN handshakes that failed for any other reason (no
+    /// answer in time, the stream closed or broke).
+    lan_handshakes_failed: u64,
     /// What each bootstrap server last said (kept while it is down).
     server_dirs: Vec<Vec<Entry>>,
     /// Each bootstrap server and whether its session is up.
@@ -370,11 +374,16 @@ impl State {
                         stream.abort();
                     }
                 }
-                lan::Outcome::Failed { purpose: lan::Purpose::Admit, reason } => {
-                    self.auth_refused_lan += 1;
-                    log::warn!("refused an endpoint at {from}: {reason}")
+                lan::Outcome::Failed { purpose: lan::Purpose::Admit, reason, auth } => {
+                    if auth {
+                        self.auth_refused_lan += 1;
+                        log::warn!("refused an endpoint at {from}: {reason}")
+                    } else {
+                        self.lan_handshakes_failed += 1;
+                        log::info!("an endpoint's handshake at {from} failed: {reason}")
+                    }
                 }
-                lan::Outcome::Failed { purpose: lan::Purpose::Deliver { local, .. }, reason } => {
+                lan::Outcome::Failed { purpose: lan::Purpose::Deliver { local, .. }, reason, .. } => {
                     if self.pending.remove(&local).is_some() {
                         self.core.handle_local_failed(local, &format!("delivering to {from}: {reason}"));
                     }
@@ -909,6 +918,9 @@ impl State {
             "counters": {"vcs_opened": c.vcs_opened, "vcs_refused": c.vcs_refused, "vcs_aborted": c.vcs_aborted,
                 "vcs_closed": c.vcs_closed, "bytes_forwarded": c.bytes_forwarded, "lsas_in": c.lsas_in,
                 "route_runs": c.route_runs, "auth_refused_lan": self.auth_refused_lan,
+                "lan_handshakes_failed": self.lan_handshakes_failed, "lsas_originated": c.lsas_originated,
+                "links_silent": c.links_silent, "links_down": c.links_down, "links_replaced": c.links_replaced,
+                "sessions_ended": c.sessions_ended,
                 "sessions_attached": self.sessions_total, "lan_streams": self.lan_streams_total,
                 "revocations_refused": c.revocations_refused,
                 "revocation_list": self.core.trust().and_then(|t| t.revocations()).map_or(0, |l| l.seq),
