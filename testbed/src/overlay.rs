@@ -458,6 +458,10 @@ impl Probe {
 
 impl Drop for Overlay {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // XSOCK_OVERLAY_KEEP=1 keeps the relays' last status files (and
+        // the rest) for a look after a run.
+        if std::env::var_os("XSOCK_OVERLAY_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
