@@ -667,9 +667,11 @@ impl Engine {
         dial: Dial,
         make: impl FnOnce(u32, xsock_attach::PathKind, u32) -> Msg<'static>,
     ) {
+        // (A virtual connection reads a socket, but is no kernel TCP
+        // stream: it is told as the link, as when handed over.)
         let path = match stream.path() {
             xsock::Path::Tcp => xsock_attach::PathKind::Tcp,
-            xsock::Path::Kernel => xsock_attach::PathKind::Kernel,
+            xsock::Path::Kernel if !stream.is_virtual() => xsock_attach::PathKind::Kernel,
             _ => xsock_attach::PathKind::Link,
         };
         let Msg::Connected { req, local, peer, .. } = make(id, path, 0) else {

@@ -660,6 +660,7 @@ fn programs_reach_another_lan_by_virtual_address() {
     // socketpair nc already holds (a blocking connect's VC is handed over
     // as it is: Python's, below).
     assert!(log.contains("without waiting (dial"), "{log}");
+    assert!(log.contains("over reliable-link (dial"), "a VC is told as the link, not kernel TCP: {log}");
     // nat2 -> nat1, the listener sending.
     let _ = nc(&n1.hosts[0], &n2.hosts[0], &v1a, 7812, true);
     // Inside nat1: by virtual address, directly (no relay).

@@ -1016,6 +1016,14 @@ impl Stream {
         self.abort_with(RstReason::ProcessGone);
     }
 
+    /// Whether this is a virtual connection through the overlay (its
+    /// bytes cross a session to a relay; [`Stream::path`] says `Kernel`,
+    /// the socket it reads).
+    pub fn is_virtual(&self) -> bool {
+        use crate::path::kernel::{EndWatch, Sock};
+        matches!(&self.conn, Conn::Kernel(Sock::Engine(e)) if matches!(&*e.end, EndWatch::Vc(_)))
+    }
+
     /// A virtual connection's socket and the record of how it ends, to
     /// hand the socket on as it is (a host engine passes it to a process);
     /// any other stream comes back unchanged.
