@@ -236,6 +236,42 @@ fn unmodified_programs_move_their_bytes_over_xsock() {
     let _ = engine_a;
 }
 
+/// For an MPI run on `hosts` (each as mpiexec names it, and its
+/// namespace): `mpi_check` compiled, and hydra's ssh launcher (the
+/// returned script) pointed at the namespaces. Waits until UCX will take
+/// each host's eth0: only once it is fully up, which the kernel marks with
+/// the link-local IPv6 address about 1 s after the veth comes up (before
+/// that MPI_Init fails with "Destination is unreachable").
+fn mpi_setup(name: &str, hosts: &[(&str, &Host)]) -> (std::path::PathBuf, std::path::PathBuf) {
+    if std::process::Command::new("mpicc").arg("--version").output().is_err() {
+        panic!("mpicc is missing: scripts/setup.sh installs mpich");
+    }
+    let dir = xsock_testbed::overlay::scratch(name);
+    let prog = dir.join("mpi_check");
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/preload/mpi_check.c");
+    let out = std::process::Command::new("mpicc").args(["-O2", "-o"]).arg(&prog).arg(src).output().unwrap();
+    assert!(out.status.success(), "mpicc: {}", String::from_utf8_lossy(&out.stderr));
+    for (_, h) in hosts {
+        let t0 = Instant::now();
+        while h.ip(&["-6", "addr", "show", "dev", "eth0", "scope", "link"]).unwrap().trim().is_empty() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "{}: eth0 has no link-local address after 10 s", h.ns());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let cases: String = hosts.iter().map(|(n, h)| format!("{n}) ns={};; ", h.ns())).collect();
+    let launch = dir.join("launch.sh");
+    std::fs::write(
+        &launch,
+        format!(
+            "#!/bin/sh\nwhile [ \"${{1#-}}\" != \"$1\" ]; do shift; done\nhost=$1; shift\ncase $host in {cases}*) echo \
+             \"unknown host $host\" >&2; exit 1;; esac\nexec ip netns exec $ns sh -c \"$*\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&launch, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    (prog, launch)
+}
+
 /// Runs `script` (an mpiexec of `prog`) on `host` to its end; its output.
 ///
 /// Debian's MPICH 4.0.2 (ch4:ucx) sometimes never returns from
@@ -275,42 +311,11 @@ fn mpiexec(bed: &Testbed, host: &Host, script: &str, prog: &std::path::Path) -> 
 #[test]
 fn mpich_ranks_on_two_hosts_run_over_xsock() {
     require_root!();
-    if std::process::Command::new("mpicc").arg("--version").output().is_err() {
-        panic!("mpicc is missing: scripts/setup.sh installs mpich");
-    }
     let bed = Testbed::new().unwrap();
     let (a, b) = bed.pair(LinkOpts::default(), "10.92.0").unwrap();
     start_engine(&bed, &a);
     start_engine(&bed, &b);
-    let dir = xsock_testbed::overlay::scratch("preload-mpi");
-    let prog = dir.join("mpi_check");
-    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/preload/mpi_check.c");
-    let out = std::process::Command::new("mpicc").args(["-O2", "-o"]).arg(&prog).arg(src).output().unwrap();
-    assert!(out.status.success(), "mpicc: {}", String::from_utf8_lossy(&out.stderr));
-    // UCX takes an interface only once it is fully up, which the kernel
-    // marks with the link-local IPv6 address about 1 s after the veth
-    // comes up; before that MPI_Init fails ("Destination is unreachable").
-    for h in [&a, &b] {
-        let t0 = Instant::now();
-        while h.ip(&["-6", "addr", "show", "dev", "eth0", "scope", "link"]).unwrap().trim().is_empty() {
-            assert!(t0.elapsed() < Duration::from_secs(10), "{}: eth0 has no link-local address after 10 s", h.ns());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    // hydra's ssh launcher, pointed at the namespaces: HOST -> its netns.
-    let launch = dir.join("launch.sh");
-    std::fs::write(
-        &launch,
-        format!(
-            "#!/bin/sh\nwhile [ \"${{1#-}}\" != \"$1\" ]; do shift; done\nhost=$1; shift\ncase $host in 10.92.0.1) \
-             ns={};; 10.92.0.2) ns={};; *) echo \"unknown host $host\" >&2; exit 1;; esac\nexec ip netns exec $ns sh \
-             -c \"$*\"\n",
-            a.ns(),
-            b.ns()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&launch, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (prog, launch) = mpi_setup("preload-mpi", &[("10.92.0.1", &a), ("10.92.0.2", &b)]);
     let lib = std::path::Path::new(XSOCK).with_file_name("libxsock_preload.so");
     let run = |preload: bool| -> (serde_json::Value, u64, u64) {
         let (e0, k0) = counters(&a);
@@ -363,9 +368,6 @@ fn mpich_ranks_on_two_lans_run_through_the_relays() {
         overlay::Overlay,
         sites::{Policy, SiteSpec},
     };
-    if std::process::Command::new("mpicc").arg("--version").output().is_err() {
-        panic!("mpicc is missing: scripts/setup.sh installs mpich");
-    }
     let specs = [
         SiteSpec { name: "hub", policy: Policy::Open, relays: 1, hosts: 1 },
         SiteSpec { name: "nat1", policy: Policy::Nat, relays: 1, hosts: 1 },
@@ -382,32 +384,8 @@ fn mpich_ranks_on_two_lans_run_through_the_relays() {
             o.bed.log_tail(pid, 20).contains("listening on")
         });
     }
-    // UCX takes an interface once it has its link-local IPv6 address.
-    for h in [n1, n2] {
-        let t0 = Instant::now();
-        while h.ip(&["-6", "addr", "show", "dev", "eth0", "scope", "link"]).unwrap().trim().is_empty() {
-            assert!(t0.elapsed() < Duration::from_secs(10), "{}: eth0 has no link-local address after 10 s", h.ns());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    let dir = xsock_testbed::overlay::scratch("preload-mpi-lans");
-    let prog = dir.join("mpi_check");
-    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/preload/mpi_check.c");
-    let out = std::process::Command::new("mpicc").args(["-O2", "-o"]).arg(&prog).arg(src).output().unwrap();
-    assert!(out.status.success(), "mpicc: {}", String::from_utf8_lossy(&out.stderr));
-    // hydra's ssh launcher, pointed at the namespaces by node name.
-    let launch = dir.join("launch.sh");
-    std::fs::write(
-        &launch,
-        format!(
-            "#!/bin/sh\nwhile [ \"${{1#-}}\" != \"$1\" ]; do shift; done\nhost=$1; shift\ncase $host in n1a) ns={};; \
-             n2a) ns={};; *) echo \"unknown host $host\" >&2; exit 1;; esac\nexec ip netns exec $ns sh -c \"$*\"\n",
-            n1.ns(),
-            n2.ns()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&launch, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // The launcher reaches the hosts by node name.
+    let (prog, launch) = mpi_setup("preload-mpi-lans", &[("n1a", n1), ("n2a", n2)]);
     let lib = std::path::Path::new(XSOCK).with_file_name("libxsock_preload.so");
     let vcs0 = o.status("nat1-x0")["counters"]["vcs_opened"].as_u64().unwrap_or(0);
     let script = format!(
