@@ -529,7 +529,9 @@ fn without_an_engine_programs_stay_on_the_kernel_or_fail_if_strict() {
     // The settings are listed.
     let out = a.exec(XSOCK, &["preload"]).unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for v in ["XSOCK_PRELOAD", "XSOCK_TRANSPORT", "XSOCK_STRICT", "XSOCK_IFACE", "XSOCK_CONNECT_TIMEOUT_MS"] {
+    for v in
+        ["XSOCK_PRELOAD", "XSOCK_TRANSPORT", "XSOCK_STRICT", "XSOCK_IFACE", "XSOCK_CONNECT_TIMEOUT_MS", "XSOCK_IFADDR"]
+    {
         assert!(text.contains(v), "{v} listed: {text}");
     }
 }
