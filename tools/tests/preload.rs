@@ -427,7 +427,8 @@ fn nonblocking_connects_return_at_once_and_report_through_so_error() {
     let args = format!("{NONBLOCKING_PY} 10.96.0.2 7830 10.96.0.77 {n}");
     let (ok, log) = preloaded(&bed, &a, &format!("python3 {args}"), Duration::from_secs(90));
     assert!(ok && log.contains("nonblocking ok"), "on kernel TCP: {log}");
-    eprintln!("kernel: {log}");
+    let timings = |log: &str| log.lines().filter(|l| l.contains(" ms")).collect::<Vec<_>>().join("; ");
+    eprintln!("kernel TCP: {}", timings(&log));
     let (e0, k0) = counters(&a);
     // Under the preload, also a connect while b's engine is stopped.
     let (ok, log) = preloaded(
@@ -437,7 +438,7 @@ fn nonblocking_connects_return_at_once_and_report_through_so_error() {
         Duration::from_secs(90),
     );
     assert!(ok && log.contains("nonblocking ok"), "under the preload: {log}");
-    eprintln!("{}", log.lines().filter(|l| l.contains(" ms")).collect::<Vec<_>>().join("\n"));
+    eprintln!("preload: {}", timings(&log));
     assert_eq!(log.matches("without waiting (dial").count(), n + 3, "every connect a dial: {log}");
     assert_eq!(log.matches("over reliable-link (dial").count(), n + 1, "{log}");
     let (e1, k1) = counters(&a);
