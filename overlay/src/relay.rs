@@ -85,7 +85,8 @@ pub struct RelayConfig {
     pub spf_delay: Duration,
     /// Advertisements not refreshed for this long are dropped.
     pub max_age: Duration,
-    /// A link that has been silent this long is closed.
+    /// A link that has been silent this long is closed (10 s: see
+    /// `AttachConfig::new` for why not 2).
     pub link_timeout: Duration,
     /// First sequence number (the shell passes its start time in µs, so a
     /// restarted relay's advertisements are newer than its old ones).
@@ -104,7 +105,7 @@ impl RelayConfig {
             min_originate: Duration::from_millis(50),
             max_originate: Duration::from_secs(2),
             max_age: Duration::from_secs(120),
-            link_timeout: Duration::from_millis(2000),
+            link_timeout: Duration::from_millis(10000),
             seq_start,
         }
     }

@@ -195,9 +195,12 @@ fn a_relay_that_vanishes_silently_ages_out() {
     s.connect(1, 2);
     s.connect(2, 3);
     s.settle();
-    // 3 stops answering without closing its link: 2 notices by silence.
+    // 3 stops answering without closing its link: 2 notices by silence
+    // (after link_timeout, 10 s).
     s.relays.remove(&3);
-    s.advance(Duration::from_secs(3));
+    s.advance(Duration::from_secs(9));
+    assert!(s.core(2).links().iter().any(|(n, _)| n.0 == 3), "closed before its timeout");
+    s.advance(Duration::from_secs(2));
     assert!(s.core(2).links().iter().all(|(n, _)| n.0 != 3));
     assert!(s.core(1).routes().iter().all(|(n, _)| n.0 != 3));
     // The live link stayed up: refreshes kept it heard.
