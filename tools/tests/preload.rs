@@ -272,6 +272,15 @@ fn mpi_setup(name: &str, hosts: &[(&str, &Host)]) -> (std::path::PathBuf, std::p
     (prog, launch)
 }
 
+/// The result line `mpi_check` printed in `log`, every all-to-all element
+/// checked intact.
+fn mpi_result(log: &str) -> serde_json::Value {
+    let json = log.lines().rfind(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no result: {log}"));
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(v["bad"], 0, "every all-to-all element arrived intact: {v}");
+    v
+}
+
 /// Runs `script` (an mpiexec of `prog`) on `host` to its end; its output.
 ///
 /// Debian's MPICH 4.0.2 (ch4:ucx) sometimes never returns from
@@ -331,9 +340,7 @@ fn mpich_ranks_on_two_hosts_run_over_xsock() {
             prog.display()
         );
         let log = mpiexec(&bed, &a, &script, &prog);
-        let json = log.lines().rfind(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no result: {log}"));
-        let v: serde_json::Value = serde_json::from_str(json).unwrap();
-        assert_eq!(v["bad"], 0, "every all-to-all element arrived intact: {v}");
+        let v = mpi_result(&log);
         if preload {
             assert!(log.contains("over reliable-link"), "the ranks' connections went over reliable-link: {log}");
         }
@@ -396,9 +403,7 @@ fn mpich_ranks_on_two_lans_run_through_the_relays() {
         lib = lib.display()
     );
     let log = mpiexec(&o.bed, n1, &script, &prog);
-    let json = log.lines().rfind(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no result: {log}"));
-    let v: serde_json::Value = serde_json::from_str(json).unwrap();
-    assert_eq!(v["bad"], 0, "every all-to-all element arrived intact: {v}");
+    let v = mpi_result(&log);
     assert!(log.contains("shows the virtual address 100.64."), "{log}");
     let vcs = o.status("nat1-x0")["counters"]["vcs_opened"].as_u64().unwrap_or(0) - vcs0;
     assert!(vcs >= 2, "the launcher's and the ranks' connections went through nat1's relay ({vcs} VCs)");

@@ -88,6 +88,17 @@ def client(host, port):
     print("client ok", flush=True)
 
 
+def echo(s, msg):
+    """Sends `msg` on blocking `s` and checks the echo."""
+    s.sendall(msg)
+    got = b""
+    while len(got) < len(msg):
+        part = s.recv(65536)
+        assert part, "the stream ended early"
+        got += part
+    assert got == msg, (got, msg)
+
+
 def forks(host, port):
     """An inherited stream keeps working in a forked child; the child opens
     streams of its own; a child started with subprocess (posix_spawn or
@@ -95,15 +106,6 @@ def forks(host, port):
     after all of them."""
     import os
     import subprocess
-
-    def echo(s, msg):
-        s.sendall(msg)
-        got = b""
-        while len(got) < len(msg):
-            part = s.recv(65536)
-            assert part, "the stream ended early"
-            got += part
-        assert got == msg, (got, msg)
 
     s = socket.create_connection((host, port), timeout=10)
     echo(s, b"parent before fork")

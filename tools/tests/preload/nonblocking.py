@@ -13,6 +13,8 @@ import socket
 import sys
 import time
 
+from echo import echo  # the same directory
+
 
 def wait_writable(socks, within):
     """Waits until every socket in `socks` is reported writable (epoll,
@@ -50,15 +52,6 @@ def start(dest):
     return s, took
 
 
-def echo(s, msg):
-    """Sends `msg` on blocking `s` and checks the echo."""
-    s.sendall(msg)
-    got = b""
-    while len(got) < len(msg):
-        part = s.recv(65536)
-        assert part, "the stream ended early"
-        got += part
-    assert got == msg
 
 
 def main(host, port, nobody, n):
